@@ -1,0 +1,101 @@
+"""``mm-ptft`` command line: train, eval, predict, list, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def _split(args: Sequence[str], key: str) -> tuple[Optional[str], list[str]]:
+    """Pull ``key=value`` out of the overrides (e.g. ``checkpoint=PATH``)."""
+    value, rest = None, []
+    for a in args:
+        if a.startswith(key + "="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return value, rest
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from mm_ptft.config import load_config
+    from mm_ptft.run import train
+
+    results = train(load_config(ns.config, ns.overrides))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from mm_ptft.run import evaluate
+
+    checkpoint, overrides = _split(ns.overrides, "checkpoint")
+    print(json.dumps(evaluate(ns.config, overrides, checkpoint), indent=2))
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from mm_ptft.run import predict
+
+    inputs = list(ns.inputs) or [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
+    for row in predict(ns.run_dir, inputs, ns.checkpoint):
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    from mm_ptft.components import load_components
+    from mm_ptft.registry import all_registries
+
+    load_components()
+    for kind, reg in sorted(all_registries().items()):
+        print(f"{kind}: {', '.join(reg.names())}")
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from mm_ptft.report import write_report
+
+    print(write_report(ns.run_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mm-ptft", description="Multimodal pretraining and fine-tuning")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a recipe: mm-ptft train CONFIG [key.sub=value ...]")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run: mm-ptft eval RUN_DIR|CONFIG [checkpoint=PATH] [key=value ...]")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(fn=cmd_eval)
+    pr = sub.add_parser("predict", help="mm-ptft predict RUN_DIR INPUT... (texts, or audio/image paths)")
+    pr.add_argument("run_dir")
+    pr.add_argument("inputs", nargs="*", help="inputs; read one per line from stdin when none are given")
+    pr.add_argument("--checkpoint", default=None)
+    pr.set_defaults(fn=cmd_predict)
+    ls = sub.add_parser("list", help="list every registry's entries")
+    ls.set_defaults(fn=cmd_list)
+    r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")
+    r.add_argument("run_dir")
+    r.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ns = build_parser().parse_args(argv)
+    from mm_ptft.config import ConfigError
+    from mm_ptft.data.tables import DataError
+
+    try:
+        return ns.fn(ns)
+    except (ConfigError, DataError) as err:
+        print(f"mm-ptft: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Import every module that registers components, so all registries are filled.
+
+Discovery is by package walk: a new encoder, objective, head, data generator or task module is
+registered by adding its file; no central list to edit."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+PACKAGES = ["mm_ptft.encoders", "mm_ptft.heads", "mm_ptft.objectives", "mm_ptft.data", "mm_ptft.tasks"]
+MODULES = ["mm_ptft.fusion"]
+
+
+def import_submodules(package: str) -> None:
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+
+
+def load_components() -> None:
+    for name in PACKAGES:
+        import_submodules(name)
+    for name in MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise

@@ -1,0 +1,141 @@
+"""Run configuration: dataclass schemas filled from a recipe YAML plus ``key.sub=value`` overrides.
+
+OmegaConf structured configs do the parsing and type checking; this module turns their errors
+into one-line messages that name the offending key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+C = TypeVar("C", bound="RunConfig")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
+    batch_size: int = 32
+    eval_batch_size: int = 0  # 0: same as batch_size
+    grad_accum_steps: int = 1
+    grad_clip: float = 1.0  # 0 disables clipping
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler on CUDA)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 0  # steps between evaluations; 0: once per epoch
+    log_every: int = 10
+    save_every: int = 0  # steps between checkpoints; 0: at every evaluation
+    keep_last: int = 2  # checkpoints kept besides the best one
+    resume: bool = False  # continue from the latest good checkpoint in output_dir
+    metric_for_best: str = ""  # default: the task's main metric
+    greater_is_better: bool = True
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    num_workers: int = 0
+    group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
+    compile: bool = False
+    grad_checkpointing: bool = False
+    distributed: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
+    deterministic: bool = False
+    report: bool = True  # write report.md with plots at the end
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    fused: Optional[bool] = None  # None: fused kernels where the device supports them
+
+
+@dataclass
+class SchedConfig:
+    name: str = "linear"  # constant | linear | cosine (all with warmup)
+    warmup_steps: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    strategy: str = "full"  # full | linear_probe | freeze_layers | llrd | lora
+    freeze_layers: int = 0  # freeze_layers: embeddings + the first N encoder layers
+    llrd_decay: float = 0.75  # llrd: lr * decay**(depth from the top)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)  # empty: attention projections, found by name
+
+
+@dataclass
+class RunConfig:
+    """Keys every recipe has. Tasks subclass it and add typed ``data`` and ``model`` sections."""
+
+    task: str = MISSING
+    output_dir: str = "runs/default"
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def _explain(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    msg = str(err).split("\n")[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        return ConfigError(f"unknown config key '{key}' ({msg})")
+    if "Missing mandatory value" in msg:
+        return ConfigError(f"missing required config value '{key}'")
+    return ConfigError(f"bad value for config key '{key}': {msg}")
+
+
+def parse(schema: type[C], *sources: Any) -> C:
+    """Merge YAML/dict/dotlist sources over the schema and return a typed, validated instance."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *sources)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+                schema: type[C] | None = None) -> C:
+    """Load a recipe YAML plus ``key=value`` overrides into the task's schema.
+
+    ``schema`` defaults to the config class of the task named by the ``task`` key."""
+    yaml_cfg = OmegaConf.load(path) if path else OmegaConf.create({})
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    if schema is None:
+        task = OmegaConf.select(cli, "task") or OmegaConf.select(yaml_cfg, "task")
+        if not task:
+            raise ConfigError("missing required config value 'task' (e.g. task: text_classification)")
+        from mm_ptft.tasks import get_recipe
+
+        try:
+            schema = get_recipe(task).config_cls
+        except KeyError as err:
+            raise ConfigError(f"task: {err.args[0]}") from None
+    return parse(schema, yaml_cfg, cli)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

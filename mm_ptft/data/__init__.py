@@ -1,0 +1,1 @@
+"""Data loading, transforms, collators, samplers and generated datasets."""

@@ -1,0 +1,73 @@
+"""Text data: tokenisation with bad-row handling, and a dynamic-padding collator."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from mm_ptft.data.tables import DataError
+from mm_ptft.types import LABELS, TEXT, TEXT_MASK
+
+
+class Records(Dataset):
+    """A list of per-sample dicts (fast indexing; no per-item Arrow decoding)."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, skip_bad: bool,
+             counters: dict[str, int]) -> tuple[list[list[int]], list[int]]:
+    """Token ids for each usable text and the row numbers kept.
+
+    Empty or missing texts are an error naming the row, or a counted skip with ``skip_bad``;
+    texts over ``max_length`` tokens are truncated (keeping the closing special token) and counted."""
+    kept = []
+    for row, t in enumerate(texts):
+        if t is None or not str(t).strip():
+            if not skip_bad:
+                raise DataError(f"{where}: row {row}: empty text (set data.skip_bad_samples=true to skip such rows)")
+            counters["skipped_empty_text"] = counters.get("skipped_empty_text", 0) + 1
+            continue
+        kept.append(row)
+    enc = tokenizer([str(texts[r]) for r in kept], add_special_tokens=True, truncation=False, verbose=False)
+    sep = tokenizer.sep_token_id
+    ids = []
+    for seq in enc["input_ids"]:
+        if len(seq) > max_length:
+            counters["truncated_texts"] = counters.get("truncated_texts", 0) + 1
+            seq = seq[: max_length - 1] + [seq[-1]] if sep is not None and seq[-1] == sep else seq[:max_length]
+        ids.append(seq)
+    return ids, kept
+
+
+class TextCollator:
+    """Pads ``text`` ids to the longest in the batch (optionally to a multiple of 8)."""
+
+    def __init__(self, pad_id: int, multiple_of: int = 1) -> None:
+        self.pad_id, self.multiple_of = pad_id, multiple_of
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(it[TEXT]) for it in items)
+        longest = -(-longest // self.multiple_of) * self.multiple_of
+        ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)  # (B, L)
+        mask = torch.zeros((len(items), longest), dtype=torch.long)  # (B, L)
+        for i, it in enumerate(items):
+            n = len(it[TEXT])
+            ids[i, :n] = torch.as_tensor(it[TEXT])
+            mask[i, :n] = 1
+        batch = {TEXT: ids, TEXT_MASK: mask}
+        if LABELS in items[0]:
+            batch[LABELS] = torch.as_tensor([it[LABELS] for it in items])
+        return batch
+
+
+def lengths_of(records: Optional[Records]) -> Optional[list[int]]:
+    return None if records is None else [len(r[TEXT]) for r in records.items]

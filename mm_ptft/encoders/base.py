@@ -1,0 +1,128 @@
+"""The Encoder contract and the encoder-directory format shared by every modality.
+
+An encoder directory holds ``mm_ptft_encoder.json`` (registry name + kwargs) and the weights:
+HF-backed encoders write ``save_pretrained`` files, the rest a ``model.safetensors``. Any recipe
+rebuilds it from ``model.<modality>.name_or_path=<dir>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from mm_ptft.registry import Registry
+from mm_ptft.types import EncoderOutput
+
+ENCODER_FILE = "mm_ptft_encoder.json"
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h|stages|resblocks)\.(\d+)\.")
+_EMBED_RE = re.compile(r"embed|cls_token|pos_|position|patch|stem|conv1\.|bn1\.|feature_extractor|mask_emb")
+
+
+class Encoder(nn.Module):
+    """Base for all encoders: ``forward(batch) -> EncoderOutput``; reads its own batch keys."""
+
+    modality: str = ""
+    out_dim: int = 0
+    #: set by the registry build helper: the spec that rebuilds this encoder
+    spec: dict[str, Any]
+    #: True where ``save_pretrained`` writes a Hugging Face directory
+    hf_format: bool = False
+
+    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Depth used by layer-wise LR decay and layer freezing."""
+        ids = [layer_index(n) for n, _ in self.named_parameters()]
+        return max([i for i in ids if i is not None], default=-1) + 1
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def lora_targets(self) -> list[str]:
+        """Module-name suffixes that LoRA adapts by default (attention projections)."""
+        names = {n.rsplit(".", 1)[-1] for n, m in self.named_modules() if isinstance(m, nn.Linear)}
+        preferred = ["query", "value", "q_proj", "v_proj", "qkv", "in_proj", "q", "v", "out_proj"]
+        found = [p for p in preferred if p in names]
+        if not found:
+            raise ValueError(f"{type(self).__name__}: no attention projections found for LoRA; "
+                             f"set finetune.lora_targets to some of {sorted(names)}")
+        return found
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an encoder directory that ``build_encoder`` reloads by path."""
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        kwargs = {k: v for k, v in self.spec.items() if k not in ("name", "name_or_path", "corpus")}
+        meta = {"name": self.spec["name"], "modality": self.modality, "kwargs": kwargs,
+                "format": "hf" if self.hf_format else "safetensors"}
+        if self.hf_format:
+            self.save_hf(path)
+        else:
+            save_model(self, str(path / "model.safetensors"))
+        tok = getattr(self, "tokenizer", None)
+        if tok is not None and not self.hf_format:
+            tok.save_pretrained(str(path))
+        (path / ENCODER_FILE).write_text(json.dumps(meta, indent=2))
+
+    def save_hf(self, path: Path) -> None:  # pragma: no cover - overridden by HF encoders
+        raise NotImplementedError
+
+
+def layer_index(param_name: str) -> Optional[int]:
+    """Block index of a parameter (``encoder.layer.3.…`` → 3), -1 for embeddings, None otherwise."""
+    m = _LAYER_RE.search(param_name)
+    if m:
+        return int(m.group(1))
+    if _EMBED_RE.search(param_name):
+        return -1
+    return None
+
+
+def is_encoder_dir(path: Any) -> bool:
+    return isinstance(path, str) and os.path.isfile(os.path.join(path, ENCODER_FILE))
+
+
+def build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: str,
+                  **runtime: Any) -> Encoder:
+    """Build an encoder from ``{name, **kwargs}`` or reload one from an encoder directory."""
+    spec = dict(spec)
+    path = spec.get("name_or_path")
+    if is_encoder_dir(path):
+        meta = json.loads(Path(path, ENCODER_FILE).read_text())
+        if meta.get("modality") not in (None, registry.kind.split("_")[0]):
+            raise ValueError(f"{where}.name_or_path={path} holds a {meta['modality']} encoder, "
+                             f"not a {registry.kind.split('_')[0]} one")
+        stored = {**meta["kwargs"], **{k: v for k, v in spec.items() if k not in ("name", "name_or_path")}}
+        if meta["format"] == "hf":
+            enc = registry.build({"name": meta["name"], **stored, "name_or_path": path}, where, **runtime)
+            enc.spec = {"name": meta["name"], **stored, "name_or_path": path}
+            return enc
+        stored.pop("tokenizer", None)
+        tok = os.path.join(path, "tokenizer.json")
+        extra = {"tokenizer": path} if os.path.isfile(tok) else {}
+        enc = registry.build({"name": meta["name"], **stored, **extra}, where, **runtime)
+        from safetensors.torch import load_model
+
+        load_model(enc, os.path.join(path, "model.safetensors"))
+        enc.spec = {"name": meta["name"], **stored, **extra}
+        return enc
+    enc = registry.build(spec, where, **runtime)
+    enc.spec = spec
+    return enc
+
+
+def masked_mean(tokens: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over real tokens. tokens (B, N, D), mask (B, N) → (B, D)."""
+    if mask is None:
+        return tokens.mean(1)
+    w = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)

@@ -1,0 +1,142 @@
+"""Text encoders: any Hugging Face ``AutoModel`` and a tiny built-in transformer.
+
+Each text encoder carries its tokenizer (``encoder.tokenizer``). Without a pretrained tokenizer,
+a WordPiece vocabulary is trained on the run's training texts (``corpus``) and saved with the run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from mm_ptft.encoders.base import Encoder, masked_mean
+from mm_ptft.registry import Registry
+from mm_ptft.types import TEXT, TEXT_MASK, EncoderOutput
+
+TEXT_ENCODERS: Registry[Encoder] = Registry("text_encoder")
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def train_wordpiece(corpus: Iterable[str], vocab_size: int = 2000):
+    """A BERT-style WordPiece tokenizer trained on ``corpus`` (lower-cased, [CLS] x [SEP])."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(list(corpus), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def load_tokenizer(path: Optional[str], corpus: Optional[Iterable[str]], vocab_size: int, where: str):
+    from transformers import AutoTokenizer
+
+    if path:
+        return AutoTokenizer.from_pretrained(path)
+    if corpus is None:
+        raise ValueError(f"{where}: no tokenizer: give {where}.tokenizer=<dir or hub id>, "
+                         f"or {where}.name_or_path, or training texts to learn a vocabulary from")
+    return train_wordpiece(corpus, vocab_size)
+
+
+class HFTextEncoder(Encoder):
+    """Wraps a transformers ``AutoModel``; pools the [CLS] token or the masked mean."""
+
+    modality = "text"
+    hf_format = True
+
+    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str = "cls", max_length: int = 512) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.model, self.tokenizer, self.pooling = model, tokenizer, pooling
+        limit = getattr(model.config, "max_position_embeddings", None) or max_length
+        self.max_length = min(max_length, limit)
+        self.out_dim = int(model.config.hidden_size)
+
+    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
+        mask = batch[TEXT_MASK]  # (B, L)
+        tokens = self.model(input_ids=batch[TEXT], attention_mask=mask).last_hidden_state  # (B, L, D)
+        pooled = tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)  # (B, D)
+        return EncoderOutput(pooled, tokens, mask.bool())
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        if enabled:
+            self.model.gradient_checkpointing_enable()
+        else:
+            self.model.gradient_checkpointing_disable()
+
+    def save_hf(self, path: Path) -> None:
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+
+
+@TEXT_ENCODERS.register("hf")
+def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, pooling: str = "cls",
+       tokenizer: Optional[str] = None, vocab_size: int = 2000, max_length: int = 512,
+       trust_remote_code: bool = False, corpus: Optional[Iterable[str]] = None) -> HFTextEncoder:
+    """Any HF ``AutoModel``: pretrained from a hub id or local directory (``name_or_path``), or
+    randomly initialised from ``config`` (e.g. ``{model_type: bert, hidden_size: 64, ...}``)."""
+    from transformers import AutoConfig, AutoModel
+
+    if name_or_path:
+        tok = load_tokenizer(tokenizer or name_or_path, None, vocab_size, "model.text")
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    elif config:
+        cfg = dict(config)
+        tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
+        hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg, vocab_size=len(tok),
+                                      pad_token_id=tok.pad_token_id)
+        model = AutoModel.from_config(hf_cfg, trust_remote_code=trust_remote_code)
+    else:
+        raise ValueError("model.text (hf): give name_or_path (hub id or directory) or config (random init)")
+    return HFTextEncoder(model, tok, pooling, max_length)
+
+
+class TinyTextTransformer(Encoder):
+    """A small pre-norm transformer encoder for tests and CPU recipes."""
+
+    modality = "text"
+
+    def __init__(self, tokenizer: Any, dim: int, depth: int, heads: int, max_length: int, pooling: str) -> None:
+        super().__init__()
+        self.tokenizer, self.pooling, self.max_length, self.out_dim = tokenizer, pooling, max_length, dim
+        self.tok_embed = nn.Embedding(len(tokenizer), dim, padding_idx=tokenizer.pad_token_id)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.1, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self._ckpt = False
+
+    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
+        ids, mask = batch[TEXT], batch[TEXT_MASK].bool()  # (B, L)
+        x = self.tok_embed(ids) + self.pos_embed[:, : ids.shape[1]]  # (B, L, D)
+        for blk in self.encoder.layers:
+            if self._ckpt and self.training:
+                x = torch.utils.checkpoint.checkpoint(blk, x, None, ~mask, use_reentrant=False)
+            else:
+                x = blk(x, src_key_padding_mask=~mask)
+        x = self.norm(x)  # (B, L, D)
+        pooled = x[:, 0] if self.pooling == "cls" else masked_mean(x, mask)  # (B, D)
+        return EncoderOutput(pooled, x, mask)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self._ckpt = enabled
+
+
+@TEXT_ENCODERS.register("tiny")
+def tiny(dim: int = 64, depth: int = 2, heads: int = 4, max_length: int = 128, pooling: str = "mean",
+         tokenizer: Optional[str] = None, vocab_size: int = 2000,
+         corpus: Optional[Iterable[str]] = None) -> TinyTextTransformer:
+    """Built-in tiny transformer; tokenizer from ``tokenizer`` or trained on ``corpus``."""
+    tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
+    return TinyTextTransformer(tok, dim, depth, heads, max_length, pooling)

@@ -1,0 +1,52 @@
+"""Classification over one encoder's pooled embedding."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_ptft.encoders.base import Encoder
+from mm_ptft.metrics import ClassificationMetrics
+from mm_ptft.tasks.base import Task
+from mm_ptft.types import LABELS
+
+
+class ClassificationHead(nn.Module):
+    """Dropout + linear layer: (B, D) → (B, C)."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(in_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.dropout(x))  # (B, C)
+
+
+class ClassificationTask(Task):
+    """Encoder → pooled embedding → classification head; cross-entropy with optional smoothing.
+
+    ``labels`` may be class indices (B,) or soft targets (B, C) from mixup/cutmix."""
+
+    main_metric = "accuracy"
+
+    def __init__(self, encoder: Encoder, num_classes: int, dropout: float = 0.1,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = ClassificationHead(encoder.out_dim, num_classes, dropout)
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self.head(self.encoder(batch).pooled)  # (B, C)
+        out = {"logits": logits}
+        if LABELS in batch:
+            smoothing = self.label_smoothing if self.training else 0.0
+            out["ce_loss"] = F.cross_entropy(logits.float(), batch[LABELS], label_smoothing=smoothing)
+            out["loss"] = out["ce_loss"]
+        return out
+
+    def build_metrics(self) -> ClassificationMetrics:
+        return ClassificationMetrics(self.num_classes)

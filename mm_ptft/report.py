@@ -1,0 +1,52 @@
+"""``report.md`` for a run directory: final metrics and loss/metric curves as PNG."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write ``RUN_DIR/report.md`` with curves of every logged loss and eval metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for rec in read_metrics(run_dir):
+        for k, v in rec.items():
+            if k not in ("step", "time", "kind", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                series[(rec["kind"], k)].append((rec["step"], v))
+    lines = [f"# Run report: {run_dir.name}", ""]
+    final = run_dir / "final_metrics.json"
+    if final.exists():
+        lines += ["## Final metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in json.loads(final.read_text()).items()]
+        lines.append("")
+    for kind in sorted({k for k, _ in series}):
+        names = sorted(n for k, n in series if k == kind and ("loss" in n or kind == "eval") and n != "lr")
+        if not names:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for n in names:
+            xs, ys = zip(*series[(kind, n)])
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=n)
+        ax.set_xlabel("step")
+        ax.set_title(f"{kind} curves")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        png = run_dir / f"{kind}_curves.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        lines += [f"## {kind}", "", f"![{kind} curves]({png.name})", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out

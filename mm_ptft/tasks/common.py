@@ -1,0 +1,35 @@
+"""Steps shared by recipes: where generated data goes, resolving data files, run-time artifacts."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from mm_ptft.data.generated import generate
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_files(data: Any, output_dir: str) -> None:
+    """Fill ``data.train_file``/``data.eval_file`` from ``data.generate`` when those are empty."""
+    if getattr(data, "generate", None) and not data.train_file:
+        root = os.environ.get("MM_PTFT_DATA", os.path.join(output_dir, "generated_data"))
+        paths = generate(data.generate, root)
+        data.train_file = paths["train_file"]
+        data.eval_file = data.eval_file or paths.get("eval_file", "")
+
+
+def save_tokenizer(spec: dict[str, Any], tokenizer: Any, output_dir: str) -> None:
+    """Save a tokenizer learned at run time and point the resolved config at it."""
+    if spec.get("tokenizer") or spec.get("name_or_path"):
+        return
+    path = Path(output_dir) / "tokenizer"
+    if is_main_process():
+        tokenizer.save_pretrained(str(path))
+    spec["tokenizer"] = str(path.resolve())
+
+
+def existing(path: Optional[str]) -> Optional[str]:
+    return path if path else None

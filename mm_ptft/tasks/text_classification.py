@@ -1,0 +1,102 @@
+"""Text classification: any text encoder + a linear head; CSV/JSON/JSONL/parquet via HF datasets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from mm_ptft.config import RunConfig
+from mm_ptft.data.tables import LabelMap, load_table, require_columns, resolve_eval
+from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
+from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
+from mm_ptft.heads.classification import ClassificationTask
+from mm_ptft.tasks import TASKS
+from mm_ptft.tasks.base import Prepared
+from mm_ptft.tasks.common import resolve_files, save_tokenizer
+from mm_ptft.types import LABELS, TEXT
+
+
+@dataclass
+class TextClsData:
+    train_file: str = ""
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    text_column: str = "text"
+    label_column: str = "label"
+    eval_fraction: float = 0.1
+    max_length: int = 128
+    labels: list[str] = field(default_factory=list)  # empty: learned from the training file
+    skip_bad_samples: bool = False
+    pad_to_multiple_of: int = 1
+    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+
+
+@dataclass
+class TextClsModel:
+    text: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TextClassificationConfig(RunConfig):
+    task: str = "text_classification"
+    data: TextClsData = field(default_factory=TextClsData)
+    model: TextClsModel = field(default_factory=TextClsModel)
+
+
+def _records(ds: Any, cfg: TextClassificationConfig, tokenizer: Any, labels: LabelMap, where: str,
+             max_length: int, counters: dict[str, int]) -> Records:
+    d = cfg.data
+    require_columns(ds, [d.text_column, d.label_column], where)
+    ids, kept = tokenize(tokenizer, ds[d.text_column], max_length, where, d.skip_bad_samples, counters)
+    raw = ds[d.label_column]
+    y = labels.encode([raw[r] for r in kept], where)
+    return Records([{TEXT: i, LABELS: c} for i, c in zip(ids, y)])
+
+
+@TASKS.register("text_classification")
+class TextClassification:
+    config_cls = TextClassificationConfig
+
+    @staticmethod
+    def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
+        """Load data, learn labels (and a tokenizer if needed), build the encoder and head."""
+        d = cfg.data
+        resolve_files(d, cfg.output_dir)
+        train_ds = eval_ds = None
+        if d.train_file and (train or not d.labels):
+            train_ds = load_table(d.train_file, "data.train_file")
+            require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
+            train_ds, eval_ds = resolve_eval(train_ds, d.eval_file, d.eval_fraction, cfg.seed)
+        elif d.eval_file:  # inference: only the eval file is needed
+            eval_ds = load_table(d.eval_file, "data.eval_file")
+        if not d.labels:
+            if train_ds is None:
+                raise ValueError("data.labels is empty and there is no data.train_file to learn them from")
+            d.labels = [str(x) for x in LabelMap.from_values(train_ds[d.label_column]).names]
+        labels = LabelMap(d.labels)
+        corpus = train_ds[d.text_column] if train_ds is not None else None
+        encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
+                                corpus=[t for t in corpus if t] if corpus else None)
+        save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
+        task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing)
+        max_len = min(d.max_length, encoder.max_length)
+        counters: dict[str, int] = {}
+        tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds else None
+        ev = _records(eval_ds, cfg, encoder.tokenizer, labels, d.eval_file or f"{d.train_file} (eval split)",
+                      max_len, counters) if eval_ds is not None else None
+        collate = TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of)
+        return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
+
+    @staticmethod
+    def predict(cfg: TextClassificationConfig, prepared: Prepared, texts: list[str]) -> list[dict[str, Any]]:
+        """Label and per-class scores for each raw text."""
+        import torch
+
+        enc = prepared.task.encoder
+        counters: dict[str, int] = {}
+        ids, _ = tokenize(enc.tokenizer, texts, min(cfg.data.max_length, enc.max_length), "input", False, counters)
+        batch = prepared.collate([{TEXT: i} for i in ids])
+        probs = torch.softmax(prepared.task(batch)["logits"].float(), -1)  # (B, C)
+        names = cfg.data.labels
+        return [{"text": t, "label": names[int(p.argmax())], "scores": {n: float(s) for n, s in zip(names, p)}}
+                for t, p in zip(texts, probs)]

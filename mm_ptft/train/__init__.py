@@ -1,0 +1,1 @@
+"""Training loop, optimisation, checkpoints, logging, distributed setup."""

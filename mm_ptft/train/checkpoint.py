@@ -1,0 +1,125 @@
+"""Checkpoints that survive crashes: written under a temporary name, verified, then renamed.
+
+Layout: ``checkpoints/step_00000120/{model.safetensors, trainer_state.pt, config.yaml, meta.json}``.
+``meta.json`` records each file's size and SHA-256, so a truncated or corrupted checkpoint is
+detected on resume and the previous good one is used instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger("mm_ptft")
+WEIGHTS, STATE, META = "model.safetensors", "trainer_state.pt", "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def step_dirs(ckpt_root: Path) -> list[Path]:
+    """Completed checkpoint directories, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def save(ckpt_root: Path, step: int, model: nn.Module, state: dict[str, Any], config_yaml: str) -> Path:
+    """Write a checkpoint atomically and return its directory."""
+    from safetensors.torch import save_model
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:08d}"
+    tmp = ckpt_root / f".tmp_{final.name}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / WEIGHTS))
+    torch.save(state, tmp / STATE)
+    (tmp / "config.yaml").write_text(config_yaml)
+    files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in (WEIGHTS, STATE, "config.yaml")}
+    (tmp / META).write_text(json.dumps({"step": step, "files": files}, indent=1))
+    for n in (*files, META):
+        with open(tmp / n, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    return final
+
+
+def verify(path: Path) -> Optional[str]:
+    """None if the checkpoint is complete and intact, else what is wrong with it."""
+    meta_path = path / META
+    if not meta_path.is_file():
+        return "meta.json missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return "meta.json unreadable"
+    for name, want in meta["files"].items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} is {f.stat().st_size} bytes, expected {want['bytes']} (truncated?)"
+        if _sha256(f) != want["sha256"]:
+            return f"{name} checksum mismatch (corrupted)"
+    return None
+
+
+def latest_good(ckpt_root: Path) -> Optional[Path]:
+    """Newest intact checkpoint; corrupted newer ones are reported and skipped."""
+    for path in reversed(step_dirs(ckpt_root)):
+        problem = verify(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, problem)
+    return None
+
+
+def load(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` (strict) and return the trainer state."""
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
+    except Exception as err:
+        raise CheckpointError(f"{path}: weights do not fit this model ({err})") from err
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: checkpoint is from another model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+    return torch.load(path / STATE, weights_only=True, map_location="cpu")
+
+
+def prune(ckpt_root: Path, keep_last: int, keep: set[Path]) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints and those in ``keep`` (e.g. the best)."""
+    dirs = step_dirs(ckpt_root)
+    survivors = set(dirs[-keep_last:]) if keep_last > 0 else set()
+    for d in dirs:
+        if d not in survivors and d not in keep:
+            shutil.rmtree(d, ignore_errors=True)

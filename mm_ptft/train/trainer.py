@@ -1,0 +1,347 @@
+"""The training loop. It runs any Task: it sums nothing itself, logs every ``*_loss`` it is given,
+and evaluates with the metrics object the task builds. Options are branches, not subclasses."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mm_ptft.config import ConfigError, RunConfig, to_yaml
+from mm_ptft.data.samplers import GroupedBatchSampler
+from mm_ptft.tasks.base import Task
+from mm_ptft.train import checkpoint as ckpt
+from mm_ptft.train import distributed as D
+from mm_ptft.train.logging import RunLogger, log
+from mm_ptft.train.optim import apply_finetune, build_optimizer, build_scheduler, param_groups
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a NaN/Inf loss or gradient."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors (also inside dicts/lists, e.g. detection targets) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuple_to_list(x: Any) -> Any:
+    return [_tuple_to_list(v) for v in x] if isinstance(x, tuple) else x
+
+
+class Trainer:
+    """Fits ``task`` on ``train_data``, evaluating on ``eval_data``; writes the run directory."""
+
+    def __init__(self, task: Task, cfg: RunConfig, train_data: Optional[Dataset], eval_data: Optional[Dataset],
+                 collate: Callable[[list[Any]], dict[str, Any]], train_lengths: Optional[Sequence[int]] = None,
+                 eval_lengths: Optional[Sequence[int]] = None, counters: Optional[dict[str, int]] = None) -> None:
+        self.cfg, self.tc, self.task = cfg, cfg.train, task
+        if self.tc.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {sorted(PRECISIONS)}")
+        self.dist, self.device = D.setup(self.tc.device)
+        self.run_dir = Path(cfg.output_dir)
+        self.counters = dict(counters or {})
+        if self.tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        apply_finetune(task, cfg.finetune)
+        if self.tc.grad_checkpointing:
+            for enc in task.encoders().values():
+                enc.set_grad_checkpointing(True)
+        task.to(self.device)
+        self.model: nn.Module = self._wrap(task)
+        self.collate = collate
+        self.train_loader = self._loader(train_data, train_lengths, train=True) if train_data is not None else None
+        self.eval_loader = self._loader(eval_data, eval_lengths, train=False) if eval_data is not None else None
+        self.amp_dtype = PRECISIONS[self.tc.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16
+                                           and self.device.type == "cuda")
+        self.metric = self.tc.metric_for_best or task.main_metric
+        self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
+
+    # ---- building -------------------------------------------------------------------------
+    def _wrap(self, task: nn.Module) -> nn.Module:
+        model = task
+        if self.dist.enabled:
+            from mm_ptft.train.parallel import wrap_distributed
+
+            model = wrap_distributed(task, self.tc.distributed, self.device)
+        if self.tc.compile:
+            model = torch.compile(model)
+        return model
+
+    def _loader(self, data: Dataset, lengths: Optional[Sequence[int]], train: bool):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        bs = self.tc.batch_size if train else (self.tc.eval_batch_size or self.tc.batch_size)
+        sampler = GroupedBatchSampler(len(data), bs, lengths if self.tc.group_by_length else None, shuffle=train,
+                                      seed=self.cfg.seed, rank=self.dist.rank, world=self.dist.world, even=train)
+        return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.tc.num_workers,
+                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ---- state ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        at_epoch_end = self.batches_done >= len(self.train_loader)
+        return {"step": self.step, "epoch": self.epoch + int(at_epoch_end),
+                "loader": None if at_epoch_end else self.train_loader.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _tuple_to_list(_rng_state()),
+                "best": {"metric": self.best_value, "step": self.best_step, "stale_evals": self.stale_evals},
+                "batches_done": 0 if at_epoch_end else self.batches_done,
+                "counters": self.counters, "bad_steps_total": self.bad_steps_total}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        rng["python"] = (rng["python"][0], tuple(rng["python"][1]), rng["python"][2])
+        _set_rng_state(rng)
+        self.best_value, self.best_step = state["best"]["metric"], state["best"]["step"]
+        self.stale_evals = state["best"]["stale_evals"]
+        self.bad_steps_total = state["bad_steps_total"]
+        self.batches_done = state["batches_done"]
+        self.train_loader.batch_sampler.set_epoch(self.epoch)
+        if state["loader"] is not None:
+            self.train_loader.load_state_dict(state["loader"])
+
+    def save_checkpoint(self) -> Optional[Path]:
+        path = None
+        if self.dist.is_main:
+            root = self.run_dir / "checkpoints"
+            path = ckpt.save(root, self.step, self._unwrapped(), self._state(), to_yaml(self.cfg))
+            best = root / f"step_{self.best_step:08d}" if self.best_step >= 0 else None
+            if best is not None:
+                (root / "best.json").write_text(json.dumps({"step": self.best_step, "path": best.name,
+                                                            self.metric: self.best_value}))
+            ckpt.prune(root, self.tc.keep_last, {best} if best else set())
+        D.barrier()
+        return path
+
+    def _unwrapped(self) -> nn.Module:
+        m = self.model
+        m = getattr(m, "_orig_mod", m)
+        return getattr(m, "module", m)
+
+    # ---- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics on the eval split (synced across ranks), plus the mean eval ``loss``."""
+        if self.eval_loader is None:
+            return {}
+        self.model.eval()
+        metrics = self.task.build_metrics().to(self.device)
+        loss_sum = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for batch in self.eval_loader:
+            batch = to_device(batch, self.device)
+            with self._autocast():
+                out = self.model(batch)
+            metrics.update(out, batch)
+            if "loss" in out:
+                n = len(next(iter(batch.values())))
+                loss_sum += torch.stack([out["loss"].detach().double() * n, torch.tensor(n, device=self.device)])
+        self.model.train()
+        results = metrics.compute()
+        total = D.all_reduce_mean(loss_sum)
+        if total[1] > 0:
+            results["loss"] = float(total[0] / total[1])
+        return results
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _setup_fit(self) -> int:
+        if self.train_loader is None:
+            raise ConfigError("no training data: set data.train_file")
+        per_epoch = math.ceil(len(self.train_loader) / self.tc.grad_accum_steps)
+        if per_epoch == 0:
+            raise ConfigError(f"train.batch_size={self.tc.batch_size} leaves no batch from {len(self.train_loader.dataset)} samples")
+        total = self.tc.max_steps if self.tc.max_steps > 0 else per_epoch * self.tc.epochs
+        groups = param_groups(self.task, self.cfg.optim, self.cfg.finetune)
+        self.opt = build_optimizer(groups, self.cfg.optim, self.device)
+        self.sched = build_scheduler(self.opt, self.cfg.sched, total)
+        self.eval_every = self.tc.eval_every or per_epoch
+        self.step = self.epoch = self.batches_done = self.bad_steps = self.bad_steps_total = 0
+        self.best_value, self.best_step, self.stale_evals = None, -1, 0
+        self.start_step, self.last_eval_step, self.last_results = 0, -1, {}
+        if self.tc.resume:
+            found = ckpt.latest_good(self.run_dir / "checkpoints")
+            if found is None:
+                log.info("train.resume=true but no usable checkpoint in %s: starting fresh", self.run_dir)
+            else:
+                self._restore(ckpt.load(found, self._unwrapped()))
+                self.start_step = self.step
+                log.info("resumed from %s (step %d, epoch %d)", found, self.step, self.epoch)
+        return total
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``max_steps`` / ``epochs``; return the final evaluation."""
+        total = self._setup_fit()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        if self.start_step == 0:
+            seed_everything(self.cfg.seed + self.dist.rank)
+        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step)
+        if self.counters and self.start_step == 0:
+            self.logger.log(0, "data", self.counters)
+        self.model.train()
+        stop = False
+        while self.step < total and not stop:
+            self.train_loader.batch_sampler.set_epoch(self.epoch)
+            stop = self._run_epoch(total)
+            if self.batches_done >= len(self.train_loader):
+                self.epoch, self.batches_done = self.epoch + 1, 0
+        results = self.last_results if self.last_eval_step == self.step else self._eval_and_save()
+        self._finish(results)
+        return results
+
+    def _run_epoch(self, total: int) -> bool:
+        """One pass over the loader (or what is left of it after a resume). True: stop training."""
+        accum, n_batches = self.tc.grad_accum_steps, len(self.train_loader)
+        sums: dict[str, torch.Tensor] = {}
+        t0, samples, steps = time.time(), 0, 0
+        for batch in self.train_loader:
+            self.batches_done += 1
+            batch = to_device(batch, self.device)
+            samples += _batch_size(batch)
+            boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
+            no_sync = self.dist.enabled and not boundary and hasattr(self.model, "no_sync")
+            with self.model.no_sync() if no_sync else contextlib.nullcontext():
+                with self._autocast():
+                    out = self.model(batch)
+                self.scaler.scale(out["loss"] / accum).backward()
+            for k, v in out.items():
+                if k == "loss" or k.endswith("_loss"):
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            if not boundary:
+                continue
+            grad_norm = self._optimizer_step()
+            steps += 1
+            self.logger.advance()
+            if self.step % self.tc.log_every == 0 or self.step >= total:
+                rate = samples * self.dist.world / max(time.time() - t0, 1e-9)
+                vals = {k: float(v) / steps for k, v in sums.items()}
+                self.logger.log(self.step, "train", {**vals, "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
+                                                     "samples_per_s": rate, "epoch": self.epoch})
+                sums, t0, samples, steps = {}, time.time(), 0, 0
+            if self.step % self.eval_every == 0 or self.step >= total:
+                if self._eval_and_save():
+                    return True
+            elif self.tc.save_every and self.step % self.tc.save_every == 0:
+                self.save_checkpoint()
+            if self.step >= total:
+                return True
+        return False
+
+    def _optimizer_step(self) -> float:
+        """Unscale, clip, and step unless the loss or gradient is NaN/Inf (then skip and count)."""
+        self.scaler.unscale_(self.opt)
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if math.isfinite(norm) or self.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.bad_steps_total += 1
+            self.logger.log(self.step, "fault", {"nonfinite_steps_skipped": self.bad_steps_total})
+            if self.bad_steps >= self.tc.max_bad_steps:
+                self.opt.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"{self.bad_steps} consecutive steps had a NaN/Inf loss or gradient "
+                                     f"(train.max_bad_steps={self.tc.max_bad_steps}); the last good state "
+                                     f"is in {self.run_dir / 'checkpoints'}")
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.step += 1
+        return norm
+
+    def _eval_and_save(self) -> bool:
+        """Evaluate, track the best metric, checkpoint. True when early stopping says stop."""
+        results = self.evaluate()
+        self.last_eval_step, self.last_results = self.step, results
+        if results:
+            self.logger.log(self.step, "eval", results)
+        value = results.get(self.metric)
+        if value is not None:
+            better = self.best_value is None or (value > self.best_value if self.greater else value < self.best_value)
+            if better:
+                self.best_value, self.best_step, self.stale_evals = value, self.step, 0
+            else:
+                self.stale_evals += 1
+        self.save_checkpoint()
+        patience = self.tc.early_stopping_patience
+        if patience and self.stale_evals >= patience:
+            self.logger.log(self.step, "early_stop", {"best_step": self.best_step, f"best_{self.metric}": self.best_value})
+            return True
+        return False
+
+    def _finish(self, results: dict[str, float]) -> None:
+        if self.dist.is_main:
+            (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
+            save_encoders(self._unwrapped(), self.run_dir / "encoders")
+        self.logger.close()
+        if self.dist.is_main and self.tc.report:
+            from mm_ptft.report import write_report
+
+            write_report(self.run_dir)
+        D.barrier()
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    first = next(iter(batch.values()))
+    return len(first)
+
+
+def save_encoders(task: nn.Module, root: Path) -> None:
+    """Write each encoder as a reloadable directory (LoRA adapters merged into the weights)."""
+    from mm_ptft.train.optim import merged_copy
+
+    encoders = task.encoders() if isinstance(task, Task) else {}
+    for modality, enc in encoders.items():
+        merged_copy(enc).save_pretrained(root / modality)

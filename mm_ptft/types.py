@@ -1,0 +1,20 @@
+"""Shared data contracts: batch keys and encoder outputs."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+# Batch keys (DESIGN.md § Contracts). A batch is a plain dict keyed by these names.
+TEXT, TEXT_MASK = "text", "text_mask"
+IMAGE = "image"
+AUDIO, AUDIO_LENGTHS = "audio", "audio_lengths"
+LABELS, TARGETS = "labels", "targets"
+
+
+class EncoderOutput(NamedTuple):
+    """What every encoder returns."""
+
+    pooled: torch.Tensor  # (B, D)
+    tokens: Optional[torch.Tensor] = None  # (B, N, D)
+    mask: Optional[torch.Tensor] = None  # (B, N) True where a token is real
