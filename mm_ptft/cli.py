@@ -61,6 +61,13 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(ns: argparse.Namespace) -> int:
+    from mm_ptft.quickstart import run_quickstart
+
+    run_quickstart(output_dir=ns.output_dir, steps=ns.steps, device=ns.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm-ptft", description="Multimodal pretraining and fine-tuning")
     sub = p.add_subparsers(dest="command", required=True)
@@ -82,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_report)
+    q = sub.add_parser("quickstart", help="the main job on an embedded default (no download)")
+    q.add_argument("--output-dir", default="runs/quickstart")
+    q.add_argument("--steps", type=int, default=None, help="scale the training steps up or down")
+    q.add_argument("--device", default="auto")
+    q.set_defaults(fn=cmd_quickstart)
     return p
 
 
