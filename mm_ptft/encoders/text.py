@@ -21,16 +21,26 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(corpus: Iterable[str], vocab_size: int = 2000):
-    """A BERT-style WordPiece tokenizer trained on ``corpus`` (lower-cased, [CLS] x [SEP])."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece tokenizer learned from ``corpus`` (lower-cased, ``[CLS] x [SEP]``).
+
+    The vocabulary is the most frequent whole words (ties broken alphabetically) plus every
+    character and ``##``-continuation character, so unseen words split into known pieces. Built
+    deterministically (the library's trainer is not, across runs), so a resumed or rebuilt run
+    gets the same ids."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(list(corpus), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for text in corpus for w, _ in pre.pre_tokenize_str(norm.normalize_str(str(text))))
+    chars = sorted({c for w in counts for c in w})
+    pieces = SPECIALS + chars + ["##" + c for c in chars]
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab = {t: i for i, t in enumerate(pieces + words[: max(vocab_size - len(pieces), 0)])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = norm, pre, decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",

@@ -1,0 +1,83 @@
+"""Registry-generated tests for every text encoder, plus save/reload round trips."""
+import pytest
+import torch
+
+from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
+from mm_ptft.data.text import TextCollator
+
+CORPUS = ["the cat sat on the mat", "a dog ran in the park", "stock market bond rally", "bake the bread in an oven"] * 5
+# One tiny spec per registered entry: a new entry without a spec here fails test_every_entry_has_a_spec.
+TINY_SPECS = {
+    "hf": {"name": "hf", "vocab_size": 200, "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
+                                                       "num_attention_heads": 2, "intermediate_size": 64,
+                                                       "max_position_embeddings": 64}},
+    "tiny": {"name": "tiny", "dim": 32, "depth": 2, "heads": 2, "max_length": 64, "vocab_size": 200},
+}
+
+
+def batch_for(enc, texts):
+    ids = enc.tokenizer(texts)["input_ids"]
+    return TextCollator(enc.tokenizer.pad_token_id)([{"text": i} for i in ids])
+
+
+def test_every_entry_has_a_spec():
+    assert set(TINY_SPECS) == set(TEXT_ENCODERS.names())
+
+
+@pytest.mark.parametrize("name", sorted(TINY_SPECS))
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    enc = build_encoder(TEXT_ENCODERS, TINY_SPECS[name], "model.text", corpus=CORPUS)
+    batch = batch_for(enc, ["the cat sat", "a dog ran in the park today"])
+    out = enc(batch)
+    B, L = batch["text"].shape
+    assert out.pooled.shape == (B, enc.out_dim)
+    assert out.tokens.shape == (B, L, enc.out_dim) and out.mask.shape == (B, L)
+    out.pooled.sum().backward()
+    grads = [p.grad for p in enc.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert enc.num_layers == 2
+
+
+@pytest.mark.parametrize("name", sorted(TINY_SPECS))
+def test_padding_does_not_change_mean_pooling(name):
+    """Mean pooling ignores padding: a text alone equals the same text batched with a longer one."""
+    spec = {**TINY_SPECS[name], "pooling": "mean"}
+    enc = build_encoder(TEXT_ENCODERS, spec, "model.text", corpus=CORPUS).eval()
+    alone = enc(batch_for(enc, ["the cat sat"])).pooled[0]
+    padded = enc(batch_for(enc, ["the cat sat", "a dog ran in the park on the mat"])).pooled[0]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_SPECS))
+def test_save_and_reload_by_path(name, tmp_path):
+    enc = build_encoder(TEXT_ENCODERS, TINY_SPECS[name], "model.text", corpus=CORPUS).eval()
+    enc.save_pretrained(tmp_path / "enc")
+    again = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path / "enc")}, "model.text").eval()
+    assert type(again) is type(enc)
+    batch = batch_for(enc, ["a dog sat on the bread"])
+    assert again.tokenizer(["a dog"])["input_ids"] == enc.tokenizer(["a dog"])["input_ids"]
+    torch.testing.assert_close(again(batch).pooled, enc(batch).pooled)
+
+
+def test_hf_needs_a_source():
+    with pytest.raises(ValueError, match="name_or_path"):
+        build_encoder(TEXT_ENCODERS, {"name": "hf"}, "model.text")
+
+
+def test_trained_wordpiece_round_trips_words():
+    from mm_ptft.encoders.text import train_wordpiece
+
+    tok = train_wordpiece(CORPUS, 200)
+    ids = tok("the cat sat")["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "the cat sat"
+
+
+def test_learned_vocabulary_is_deterministic_and_splits_unseen_words():
+    from mm_ptft.encoders.text import train_wordpiece
+
+    a, b = train_wordpiece(CORPUS, 60), train_wordpiece(list(CORPUS), 60)
+    assert a.get_vocab() == b.get_vocab()
+    pieces = a.tokenize("catmat")  # unseen word → known pieces, not [UNK]
+    assert "[UNK]" not in pieces and pieces[0] in ("c", "cat") and all(p.startswith("##") for p in pieces[1:])

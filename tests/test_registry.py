@@ -1,0 +1,65 @@
+import pytest
+
+from mm_ptft.registry import Registry, all_registries
+
+
+import itertools
+
+_ids = itertools.count()
+
+
+def make() -> Registry:
+    reg = Registry(f"thing_{next(_ids)}")
+
+    @reg.register()
+    def small(width: int = 2, depth: int = 1) -> tuple:
+        return ("small", width, depth)
+
+    @reg.register("big")
+    def _big(**kw) -> tuple:
+        return ("big", kw)
+
+    return reg
+
+
+def test_build_by_spec_and_bare_name():
+    reg = make()
+    assert reg.build({"name": "small", "width": 5}) == ("small", 5, 1)
+    assert reg.build("small") == ("small", 2, 1)
+    assert reg.names() == ["big", "small"]
+    assert "small" in reg and "nope" not in reg
+
+
+def test_duplicate_name_raises():
+    reg = make()
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("small")(lambda: None)
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(KeyError, match=r"unknown .* 'smal'; known: big, small"):
+        make().build({"name": "smal"})
+
+
+def test_unknown_kwarg_names_the_config_key():
+    with pytest.raises(KeyError, match=r"model\.text\.widht"):
+        make().build({"name": "small", "widht": 3}, where="model.text")
+
+
+def test_missing_name_is_an_error():
+    with pytest.raises(KeyError, match="missing required key 'name'"):
+        make().build({"width": 3}, where="model.image")
+
+
+def test_runtime_extras_only_passed_when_accepted():
+    reg = make()
+    assert reg.build({"name": "small"}, corpus=["x"]) == ("small", 2, 1)
+    assert reg.build({"name": "big"}, corpus=["x"]) == ("big", {"corpus": ["x"]})
+
+
+def test_duplicate_registry_kind_raises():
+    with pytest.raises(ValueError):
+        Registry("text_encoder")  # created by mm_ptft.encoders.text
+    import mm_ptft.encoders.text  # noqa: F401
+
+    assert "text_encoder" in all_registries()

@@ -1,0 +1,97 @@
+"""Trainer behaviour on the tiny text recipe: exact resume, accumulation, run directory, early stopping."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mm_ptft.config import load_config
+from mm_ptft.run import train
+from mm_ptft.train.trainer import Trainer
+
+from conftest import TEXT_TINY
+
+NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",
+              "model.text.config.attention_probs_dropout_prob=0.0"]
+
+
+def cfg_for(data, out, *extra):
+    return load_config(TEXT_TINY, [f"output_dir={out}", f"data.train_file={data['train_file']}",
+                                   f"data.eval_file={data['eval_file']}", "train.batch_size=16", "train.log_every=2",
+                                   "train.report=false", *extra])
+
+
+def final_weights(run_dir):
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
+    return load_file(str(ckpts[-1] / "model.safetensors"))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_mid_epoch_gives_identical_weights(topics_data, tmp_path, monkeypatch):
+    """N steps straight == N/2 steps, crash, resume to N (CPU): bitwise-identical weights."""
+    steps = ["train.max_steps=12", "train.eval_every=5", "train.save_every=3"]
+    train(cfg_for(topics_data, tmp_path / "straight", *steps))
+
+    real_step = Trainer._optimizer_step
+
+    def crashing(self):
+        norm = real_step(self)
+        if self.step == 7:  # after the checkpoint at step 6, mid-epoch (25 batches per epoch)
+            raise Crash()
+        return norm
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crashing)
+    with pytest.raises(Crash):
+        train(cfg_for(topics_data, tmp_path / "resumed", *steps))
+    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
+    train(cfg_for(topics_data, tmp_path / "resumed", *steps, "train.resume=true"))
+
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the log has no duplicate steps after the resume
+    steps_logged = [json.loads(ln)["step"] for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(ln)["kind"] == "train"]
+    assert steps_logged == sorted(set(steps_logged))
+
+
+def test_grad_accumulation_matches_big_batch(topics_data, tmp_path):
+    """2 micro-batches of 16 accumulate to the same update as one batch of 32 (no dropout)."""
+    common = ["train.max_steps=3", "train.group_by_length=false", "train.grad_clip=0", *NO_DROPOUT]
+    train(cfg_for(topics_data, tmp_path / "accum", *common, "train.grad_accum_steps=2"))
+    train(cfg_for(topics_data, tmp_path / "big", *common, "train.batch_size=32"))
+    a, b = final_weights(tmp_path / "accum"), final_weights(tmp_path / "big")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+
+
+def test_run_directory_contents(topics_data, tmp_path):
+    out = tmp_path / "run"
+    results = train(cfg_for(topics_data, out, "train.max_steps=6", "train.eval_every=3", "train.keep_last=1",
+                            "train.report=true"))
+    for name in ("config.yaml", "metrics.jsonl", "final_metrics.json", "report.md", "tokenizer", "encoders/text"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents*"))
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert set(final) >= {"accuracy", "macro_f1", "loss"} and final == results
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} >= {"train", "eval"}
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert kept == sorted({f"step_{6:08d}", best["path"]})  # keep_last=1 plus the best
+    resolved = load_config(out / "config.yaml")
+    assert resolved.data.labels == ["cooking", "finance", "space", "sports"]
+    assert resolved.model.text["tokenizer"].endswith("tokenizer")
+
+
+def test_early_stopping(topics_data, tmp_path):
+    out = tmp_path / "es"
+    train(cfg_for(topics_data, out, "train.max_steps=40", "train.eval_every=2", "train.early_stopping_patience=1",
+                  "optim.lr=0.0", "sched.name=constant"))  # lr 0: the metric never improves
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
+    assert any(r["kind"] == "early_stop" for r in records)
