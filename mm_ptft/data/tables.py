@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Sequence
 
+ROW = "__row__"
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -25,9 +26,12 @@ def load_table(path: str, key: str = "data.train_file"):
     kwargs: dict[str, Any] = {"delimiter": "\t"} if ext == ".tsv" else {}
     datasets.disable_progress_bars()
     try:
-        return datasets.load_dataset(BUILDERS[ext], data_files=path, split="train", **kwargs)
+        ds = datasets.load_dataset(BUILDERS[ext], data_files=path, split="train", **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types
         raise DataError(f"{key}={path}: could not be read ({type(err).__name__}: {err})") from err
+    # The file's own row numbers (0-based, header excluded) survive shuffles and splits, so errors
+    # can point at the row a user can find.
+    return ds.add_column(ROW, list(range(len(ds))))
 
 
 def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
@@ -67,11 +71,13 @@ class LabelMap:
             order = sorted(uniq)
         return cls(order)
 
-    def encode(self, values: Sequence[Any], where: str) -> list[int]:
+    def encode(self, values: Sequence[Any], where: str, rows: Optional[Sequence[int]] = None) -> list[int]:
+        """Class indices; a value outside the label set is an error naming its file row."""
         out = []
-        for row, v in enumerate(values):
+        for k, v in enumerate(values):
             i = self.index.get(self._key(v)) if v is not None else None
             if i is None:
+                row = rows[k] if rows is not None else k
                 raise DataError(f"{where}: row {row}: label {v!r} is not in the label set {self.names}")
             out.append(i)
         return out

@@ -24,16 +24,17 @@ class Records(Dataset):
 
 
 def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, skip_bad: bool,
-             counters: dict[str, int]) -> tuple[list[list[int]], list[int]]:
+             counters: dict[str, int], rows: Optional[Sequence[int]] = None) -> tuple[list[list[int]], list[int]]:
     """Token ids for each usable text and the row numbers kept.
 
     Empty or missing texts are an error naming the row, or a counted skip with ``skip_bad``;
-    texts over ``max_length`` tokens are truncated (keeping the closing special token) and counted."""
+    texts over ``max_length`` tokens are truncated (keeping the closing special token) and counted.
+    ``rows`` maps positions to the file's row numbers for messages."""
     kept = []
     for row, t in enumerate(texts):
         if t is None or not str(t).strip():
             if not skip_bad:
-                raise DataError(f"{where}: row {row}: empty text (set data.skip_bad_samples=true to skip such rows)")
+                raise DataError(f"{where}: row {rows[row] if rows is not None else row}: empty text (set data.skip_bad_samples=true to skip such rows)")
             counters["skipped_empty_text"] = counters.get("skipped_empty_text", 0) + 1
             continue
         kept.append(row)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from mm_ptft.config import RunConfig
-from mm_ptft.data.tables import LabelMap, load_table, require_columns, resolve_eval
+from mm_ptft.data.tables import ROW, LabelMap, load_table, require_columns, resolve_eval
 from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
@@ -47,9 +47,10 @@ def _records(ds: Any, cfg: TextClassificationConfig, tokenizer: Any, labels: Lab
              max_length: int, counters: dict[str, int]) -> Records:
     d = cfg.data
     require_columns(ds, [d.text_column, d.label_column], where)
-    ids, kept = tokenize(tokenizer, ds[d.text_column], max_length, where, d.skip_bad_samples, counters)
+    rows = ds[ROW] if ROW in ds.column_names else None
+    ids, kept = tokenize(tokenizer, ds[d.text_column], max_length, where, d.skip_bad_samples, counters, rows)
     raw = ds[d.label_column]
-    y = labels.encode([raw[r] for r in kept], where)
+    y = labels.encode([raw[r] for r in kept], where, [rows[r] for r in kept] if rows else None)
     return Records([{TEXT: i, LABELS: c} for i, c in zip(ids, y)])
 
 

@@ -1,0 +1,101 @@
+"""Text classification end to end: data handling, errors that name the problem, predict/eval."""
+import csv
+import json
+
+import pytest
+
+from mm_ptft.config import load_config
+from mm_ptft.data.tables import DataError
+from mm_ptft.run import evaluate, predict, train
+from mm_ptft.tasks.text_classification import TextClassification
+
+from conftest import TEXT_TINY
+
+
+def write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
+
+
+def cfg(tmp_path, *extra):
+    return load_config(TEXT_TINY, [f"output_dir={tmp_path / 'run'}", "train.report=false", *extra])
+
+
+def test_tiny_recipe_beats_chance_and_predicts(tmp_path):
+    """Four balanced topics: chance is 0.25; the tiny recipe must reach at least 0.6."""
+    results = train(cfg(tmp_path, "train.epochs=3"))
+    assert results["accuracy"] >= 0.6, results
+    run = tmp_path / "run"
+    rows = predict(run, ["the chef baked bread in the oven with garlic", "the rocket reached orbit around the moon"])
+    assert [r["label"] for r in rows] == ["cooking", "space"]
+    assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-5
+    # eval reloads weights: the last checkpoint reproduces final_metrics.json, the default is the best one
+    last = sorted((run / "checkpoints").glob("step_*"))[-1]
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert evaluate(run, checkpoint=str(last))["accuracy"] == pytest.approx(final["accuracy"])
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert evaluate(run)["accuracy"] == pytest.approx(best["accuracy"])
+
+
+def test_missing_column_is_named(tmp_path):
+    f = write_csv(tmp_path / "t.csv", [("hello world", "a")] * 10, header=("sentence", "label"))
+    with pytest.raises(DataError, match=r"missing column\(s\) \['text'\]"):
+        TextClassification.prepare(cfg(tmp_path, f"data.train_file={f}"))
+
+
+def test_label_outside_label_set_names_row(tmp_path):
+    tr = write_csv(tmp_path / "tr.csv", [("good film", "pos"), ("bad film", "neg")] * 5)
+    ev = write_csv(tmp_path / "ev.csv", [("fine film", "pos"), ("odd film", "neutral")])
+    with pytest.raises(DataError, match=r"row 1: label 'neutral' is not in the label set"):
+        TextClassification.prepare(cfg(tmp_path, f"data.train_file={tr}", f"data.eval_file={ev}"))
+
+
+def test_empty_text_error_or_counted_skip(tmp_path):
+    tr = write_csv(tmp_path / "tr.csv", [("good film", "pos"), ("", "neg"), ("bad film", "neg")] * 4)
+    with pytest.raises(DataError, match=r"tr.csv: row (1|4|7|10): empty text"):
+        TextClassification.prepare(cfg(tmp_path, f"data.train_file={tr}", "data.eval_fraction=0.25"))
+    p = TextClassification.prepare(cfg(tmp_path, f"data.train_file={tr}", "data.eval_fraction=0.25",
+                                       "data.skip_bad_samples=true"))
+    assert p.counters["skipped_empty_text"] == 4
+    assert len(p.train_data) + len(p.eval_data) == 8
+
+
+def test_long_text_truncated_and_counted(tmp_path):
+    tr = write_csv(tmp_path / "tr.csv", [("word " * 200, "a"), ("short one", "b")] * 5)
+    p = TextClassification.prepare(cfg(tmp_path, f"data.train_file={tr}", "data.max_length=16"))
+    assert max(len(r["text"]) for r in p.train_data.items) == 16
+    assert p.counters["truncated_texts"] >= 4
+
+
+def test_int_labels_keep_numeric_order_and_seeded_split(tmp_path):
+    rows = [(f"sample number {i}", [10, 2, 1][i % 3]) for i in range(30)]
+    tr = write_csv(tmp_path / "tr.csv", rows)
+    a = TextClassification.prepare(cfg(tmp_path, f"data.train_file={tr}", "data.eval_fraction=0.2"))
+    c = cfg(tmp_path, f"data.train_file={tr}", "data.eval_fraction=0.2")
+    b = TextClassification.prepare(c)
+    assert c.data.labels == ["1", "2", "10"]
+    assert len(a.eval_data) == 6 and [r["text"] for r in a.eval_data.items] == [r["text"] for r in b.eval_data.items]
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "parquet", "tsv"])
+def test_other_file_formats(tmp_path, ext):
+    import pandas as pd
+
+    df = pd.DataFrame({"text": ["good film", "bad film"] * 5, "label": ["pos", "neg"] * 5})
+    path = tmp_path / f"d.{ext}"
+    if ext == "jsonl":
+        df.to_json(path, orient="records", lines=True)
+    elif ext == "parquet":
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, sep="\t", index=False)
+    p = TextClassification.prepare(cfg(tmp_path, f"data.train_file={path}", "data.eval_fraction=0.2"))
+    assert len(p.train_data) == 8
+
+
+def test_missing_file_named(tmp_path):
+    with pytest.raises(DataError, match=r"data.train_file=.*nope.csv: file not found"):
+        TextClassification.prepare(cfg(tmp_path, "data.train_file=/nope.csv"))

@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+from mm_ptft.cli import main
+
+from conftest import TEXT_TINY
+
+
+def test_list_prints_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "text_encoder: hf, tiny" in out and "task:" in out and "text_classification" in out
+
+
+def test_config_error_exits_2_naming_the_key(capsys):
+    assert main(["train", TEXT_TINY, "train.max_stepz=3"]) == 2
+    assert "train.max_stepz" in capsys.readouterr().err
+
+
+def test_console_script_and_recipe_script_run(tmp_path):
+    """The README's `mm-ptft train` and the recipe's own train.py both run a tiny job."""
+    args = [TEXT_TINY, f"output_dir={tmp_path / 'a'}", "train.max_steps=2", "train.report=false"]
+    subprocess.run(["mm-ptft", "train", *args], check=True, capture_output=True)
+    assert (tmp_path / "a" / "final_metrics.json").exists()
+    args[1] = f"output_dir={tmp_path / 'b'}"
+    subprocess.run([sys.executable, "recipes/text_classification/train.py", *args], check=True, capture_output=True,
+                   cwd=__file__.rsplit("/tests/", 1)[0])
+    assert (tmp_path / "b" / "final_metrics.json").exists()
