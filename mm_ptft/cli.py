@@ -64,7 +64,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_quickstart(ns: argparse.Namespace) -> int:
     from mm_ptft.quickstart import run_quickstart
 
-    run_quickstart(output_dir=ns.output_dir, steps=ns.steps, device=ns.device)
+    run_quickstart(output_dir=ns.output_dir, steps=ns.steps, device=ns.device, per_class=ns.labels_per_class)
     return 0
 
 
@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_report)
     q = sub.add_parser("quickstart", help="the main job on an embedded default (no download)")
     q.add_argument("--output-dir", default="runs/quickstart")
-    q.add_argument("--steps", type=int, default=None, help="scale the training steps up or down")
-    q.add_argument("--device", default="auto")
+    q.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the tiny recipe's 5 epochs)")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    q.add_argument("--labels-per-class", type=int, default=4, help="labeled examples per class for fine-tuning")
     q.set_defaults(fn=cmd_quickstart)
     return p
 

@@ -64,6 +64,9 @@ def text_topics(out_dir: str, n_train: int = 800, n_eval: int = 200, noise: floa
 
 def generate(spec: dict[str, Any], root: str | Path, where: str = "data.generate") -> dict[str, str]:
     """Run the generator named in ``spec`` into ``root/<name>-<hash of spec>`` (reused when present)."""
+    from mm_ptft.components import import_submodules
+
+    import_submodules("mm_ptft.data")  # generators live in several modules of this package
     spec = dict(spec)
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     out_dir = Path(root) / f"{spec.get('name', 'data')}-{key}"

@@ -6,6 +6,7 @@ rebuilds it from ``model.<modality>.name_or_path=<dir>``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from mm_ptft.registry import Registry
 from mm_ptft.types import EncoderOutput
 
 ENCODER_FILE = "mm_ptft_encoder.json"
+#: builder options that only say where initial weights come from, and their "no weights" values
+WEIGHT_SOURCE_KEYS = {"pretrained": None, "weights": None, "checkpoint_path": ""}
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h|stages|resblocks)\.(\d+)\.")
 _EMBED_RE = re.compile(r"embed|cls_token|pos_|position|patch|stem|conv1\.|bn1\.|feature_extractor|mask_emb")
 
@@ -62,9 +65,18 @@ class Encoder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         kwargs = {k: v for k, v in self.spec.items() if k not in ("name", "name_or_path", "corpus")}
+        if not self.hf_format and not is_encoder_dir(self.spec.get("name_or_path")):
+            # For timm/torchvision/open_clip the name is the architecture: keep it; the weights now
+            # live in this directory, so the options that fetched initial weights are switched off.
+            if self.spec.get("name_or_path"):
+                kwargs["name_or_path"] = self.spec["name_or_path"]
+            kwargs.update({k: v for k, v in WEIGHT_SOURCE_KEYS.items() if k in kwargs})
         meta = {"name": self.spec["name"], "modality": self.modality, "kwargs": kwargs,
                 "format": "hf" if self.hf_format else "safetensors"}
         if self.hf_format:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # one line per event, not a bar per file
             self.save_hf(path)
         else:
             save_model(self, str(path / "model.safetensors"))
@@ -101,7 +113,13 @@ def build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: s
         if meta.get("modality") not in (None, registry.kind.split("_")[0]):
             raise ValueError(f"{where}.name_or_path={path} holds a {meta['modality']} encoder, "
                              f"not a {registry.kind.split('_')[0]} one")
-        stored = {**meta["kwargs"], **{k: v for k, v in spec.items() if k not in ("name", "name_or_path")}}
+        # The directory defines the architecture: the recipe's own model.<modality> keys (often written
+        # for another encoder) only fill options the saved builder takes and the directory leaves open.
+        params = inspect.signature(registry.get(meta["name"])).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and k not in meta["kwargs"]
+                and k not in ("name", "name_or_path", "tokenizer")}
+        stored = {**meta["kwargs"], **fill}
         if meta["format"] == "hf":
             enc = registry.build({"name": meta["name"], **stored, "name_or_path": path}, where, **runtime)
             enc.spec = {"name": meta["name"], **stored, "name_or_path": path}

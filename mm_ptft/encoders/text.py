@@ -150,3 +150,67 @@ def tiny(dim: int = 64, depth: int = 2, heads: int = 4, max_length: int = 128, p
     """Built-in tiny transformer; tokenizer from ``tokenizer`` or trained on ``corpus``."""
     tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
     return TinyTextTransformer(tok, dim, depth, heads, max_length, pooling)
+
+
+class OpenCLIPTokenizer:
+    """open_clip's tokenizer behind the small slice of the HF tokenizer API the data pipeline uses."""
+
+    def __init__(self, model_name: str, context_length: Optional[int] = None) -> None:
+        import open_clip
+
+        self.model_name = model_name
+        self.tok = open_clip.get_tokenizer(model_name, **({"context_length": context_length} if context_length else {}))
+        self.context_length = int(getattr(self.tok, "context_length", 77))
+        self.pad_token_id = 0
+        self.sep_token_id = getattr(self.tok, "eot_token_id", None)
+        self.cls_token_id = getattr(self.tok, "sot_token_id", None)
+
+    def __call__(self, texts: Any, **_: Any) -> dict[str, Any]:
+        single = isinstance(texts, str)
+        ids = self.tok([texts] if single else list(texts))  # (B, context_length), zero-padded
+        rows = [r[: int((r != 0).nonzero().max()) + 1].tolist() if (r != 0).any() else [] for r in ids]
+        return {"input_ids": rows[0] if single else rows}
+
+    def __len__(self) -> int:
+        return int(getattr(self.tok, "vocab_size", 0) or len(getattr(self.tok, "encoder", {})))
+
+    def save_pretrained(self, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "open_clip_tokenizer.txt").write_text(self.model_name)
+
+
+class OpenCLIPTextEncoder(Encoder):
+    """The text tower of an open_clip model: its own tokenizer, causal transformer and projection.
+
+    ``pooled`` is open_clip's ``encode_text`` (projected, not normalised); no per-token outputs."""
+
+    modality = "text"
+
+    def __init__(self, model: nn.Module, tokenizer: OpenCLIPTokenizer) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length = tokenizer.context_length
+        with torch.no_grad():
+            self.out_dim = int(model.encode_text(torch.zeros(1, self.max_length, dtype=torch.long)).shape[-1])
+
+    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
+        ids = batch[TEXT]  # (B, L)
+        ids = torch.nn.functional.pad(ids, (0, self.max_length - ids.shape[1]))  # (B, context) as open_clip expects
+        return EncoderOutput(self.model.encode_text(ids))  # (B, E)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.model.set_grad_checkpointing(enabled)
+
+
+@TEXT_ENCODERS.register("open_clip")
+def open_clip_text(name_or_path: str = "ViT-B-32", pretrained: Optional[str] = None,
+                   model_cfg: Optional[dict] = None) -> OpenCLIPTextEncoder:
+    """Text tower of open_clip model ``name_or_path``; ``pretrained`` is a tag or a local checkpoint file;
+    ``model_cfg`` overrides the config (``embed_dim``, ``text_cfg``, ...) for custom or tiny models."""
+    import open_clip
+
+    model = open_clip.create_model(name_or_path, pretrained=pretrained, **dict(model_cfg or {}))
+    for attr in ("visual",):  # keep only the text side
+        if hasattr(model, attr):
+            setattr(model, attr, nn.Identity())
+    return OpenCLIPTextEncoder(model, OpenCLIPTokenizer(name_or_path, getattr(model, "context_length", None)))
