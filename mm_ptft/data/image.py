@@ -1,0 +1,213 @@
+"""Image data: tables or class folders of image files (via HF ``datasets``), PIL decoding with
+bad-file handling, ``torchvision.transforms.v2`` pipelines built from config, and a collator.
+
+Bad files (missing, zero-byte, unreadable, truncated) are found when the data is scanned: a
+``DataError`` naming the file, or a counted skip with ``data.skip_bad_samples=true``."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from mm_ptft.data.tables import DataError, load_table, require_columns
+from mm_ptft.types import IMAGE, LABELS
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class ImageAugment:
+    """Training-time augmentation (evaluation always resizes and centre-crops)."""
+
+    random_resized_crop: bool = True
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    hflip: float = 0.5  # probability
+    auto_augment: str = ""  # "" | randaugment | trivialaugment | augmix
+    randaugment_magnitude: int = 9
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 disables
+    random_erasing: float = 0.0  # probability
+    mixup_alpha: float = 0.0  # 0 disables MixUp
+    cutmix_alpha: float = 0.0  # 0 disables CutMix
+
+
+def _add(counters: dict[str, int], key: str) -> None:
+    counters[key] = counters.get(key, 0) + 1
+
+
+# ---------------------------------------------------------------------------------------- decoding
+def load_image(path: str) -> Image.Image:
+    """Decode ``path`` fully into an RGB PIL image (grayscale/palette/RGBA/CMYK converted)."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes every pixel: truncated files fail here, not later in a worker
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def image_problem(path: str, decode: bool = True) -> Optional[str]:
+    """Why ``path`` cannot be used as an image (None when it can): missing, empty or undecodable."""
+    if not os.path.isfile(path):
+        return "missing"
+    if os.path.getsize(path) == 0:
+        return "empty"
+    if decode:
+        try:
+            load_image(path)
+        except DataError:
+            return "corrupt"
+    return None
+
+
+def scan_images(paths: Sequence[str], where: str, skip_bad: bool, counters: dict[str, int],
+                decode: bool = True) -> list[int]:
+    """Indices of usable images; a bad one raises a ``DataError`` naming it, or is counted and skipped."""
+    kept = []
+    for i, p in enumerate(paths):
+        problem = image_problem(p, decode)
+        if problem is None:
+            kept.append(i)
+            continue
+        if not skip_bad:
+            raise DataError(f"{where}: row {i}: {problem} image file {p} "
+                            f"(set data.skip_bad_samples=true to skip such rows)")
+        _add(counters, f"skipped_{problem}_images")
+    return kept
+
+
+# ------------------------------------------------------------------------------------------- tables
+def resolve_path(path: str, root: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def image_table(source: str, key: str, path_column: str, label_column: str) -> tuple[list[str], list[Any]]:
+    """(absolute image paths, raw labels) from a CSV/TSV/JSON/JSONL/parquet table (paths relative to
+    the table's folder) or from a folder with one sub-folder of images per class."""
+    if os.path.isdir(source):
+        return _image_folder(source, key)
+    ds = load_table(source, key)
+    require_columns(ds, [path_column, label_column], source)
+    root = os.path.dirname(os.path.abspath(source))
+    paths = []
+    for row, p in enumerate(ds[path_column]):
+        if not p:
+            raise DataError(f"{source}: row {row}: empty {path_column!r}")
+        paths.append(resolve_path(str(p), root))
+    return paths, list(ds[label_column])
+
+
+def _image_folder(root: str, key: str) -> tuple[list[str], list[Any]]:
+    """Class-per-folder layout through the HF ``imagefolder`` builder (paths only, no decoding)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset("imagefolder", data_dir=root, split="train")
+    except Exception as err:  # datasets raises many types for an unusable folder
+        raise DataError(f"{key}={root}: not a folder of class sub-folders with images ({err})") from err
+    if "label" not in ds.column_names:
+        raise DataError(f"{key}={root}: no class sub-folders found")
+    names = ds.features["label"].names
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    return [im["path"] for im in ds["image"]], [names[i] for i in ds["label"]]
+
+
+# ---------------------------------------------------------------------------------------- transforms
+def _interp(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name.lower()) if name else InterpolationMode.BILINEAR
+
+
+def classification_transforms(pre: Any, aug: ImageAugment, train: bool) -> Callable[[Image.Image], torch.Tensor]:
+    """v2 pipeline: PIL image → normalised float tensor (3, H, W) at the encoder's ``preprocess`` size."""
+    from torchvision.transforms import v2
+
+    size, interp = list(pre.size), _interp(pre.interpolation)
+    if train and aug.random_resized_crop:
+        ops: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(aug.scale), interpolation=interp, antialias=True)]
+    else:
+        resize = [int(s / pre.crop_pct) for s in size] if pre.crop_pct < 1 else size
+        ops = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
+    ops.insert(0, v2.ToImage())
+    if train:
+        ops += [v2.RandomHorizontalFlip(aug.hflip)] if aug.hflip > 0 else []
+        ops += [_auto_augment(aug, interp)] if aug.auto_augment else []
+        if aug.color_jitter > 0:
+            ops.append(v2.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    if train and aug.random_erasing > 0:
+        ops.append(v2.RandomErasing(aug.random_erasing))
+    return v2.Compose(ops)
+
+
+def _auto_augment(aug: ImageAugment, interp: Any) -> Any:
+    from torchvision.transforms import v2
+
+    policies = {"randaugment": lambda: v2.RandAugment(magnitude=aug.randaugment_magnitude, interpolation=interp),
+                "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=interp),
+                "augmix": lambda: v2.AugMix(interpolation=interp)}
+    if aug.auto_augment not in policies:
+        raise ValueError(f"data.augment.auto_augment={aug.auto_augment!r}; choose one of {sorted(policies)} or ''")
+    return policies[aug.auto_augment]()
+
+
+def batch_mix(aug: ImageAugment, num_classes: int) -> Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+    """MixUp and/or CutMix (one chosen at random per batch) giving soft (B, C) labels; None if off."""
+    from torchvision.transforms import v2
+
+    ops = []
+    if aug.mixup_alpha > 0:
+        ops.append(v2.MixUp(alpha=aug.mixup_alpha, num_classes=num_classes))
+    if aug.cutmix_alpha > 0:
+        ops.append(v2.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+
+# ------------------------------------------------------------------------------------ dataset/collate
+class ImageDataset(Dataset):
+    """(path, label) pairs decoded and transformed on access. A file that became unreadable after
+    the scan is an error naming it, or (``skip_bad``) an item the collator drops."""
+
+    def __init__(self, paths: Sequence[str], labels: Optional[Sequence[int]], transform: Callable,
+                 skip_bad: bool = False) -> None:
+        self.paths, self.labels, self.transform, self.skip_bad = list(paths), labels, transform, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Optional[dict[str, Any]]:
+        try:
+            img = load_image(self.paths[i])
+        except DataError:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping unreadable image %s", self.paths[i])
+            return None
+        item: dict[str, Any] = {IMAGE: self.transform(img)}  # (3, H, W)
+        if self.labels is not None:
+            item[LABELS] = self.labels[i]
+        return item
+
+
+class ImageCollator:
+    """Stacks images to (B, 3, H, W) and labels to (B,); drops items the dataset skipped."""
+
+    def __call__(self, items: list[Optional[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        items = [it for it in items if it is not None]
+        if not items:
+            raise DataError("every image in a batch was unreadable")
+        batch = {IMAGE: torch.stack([it[IMAGE] for it in items])}  # (B, 3, H, W)
+        if LABELS in items[0]:
+            batch[LABELS] = torch.as_tensor([it[LABELS] for it in items])  # (B,)
+        return batch
