@@ -143,9 +143,9 @@ class CrossAttentionFusion(_TokenFusion):
 
 
 class BottleneckFusion(_TokenFusion):
-    """Attention-bottleneck fusion (Nagrani et al., 2021, in its latent form): a few latent tokens
-    read every present modality's tokens through cross-attention, then self-attend; the mean
-    latent is the fused vector. Information between modalities flows only through the latents."""
+    """Latent-bottleneck fusion (Perceiver-style; cf. the fusion bottlenecks of Nagrani et al., 2021):
+    a few latent tokens read every present modality's tokens through cross-attention, then
+    self-attend; the mean latent is the fused vector. Modalities meet only through the latents."""
 
     def __init__(self, dims: Mapping[str, int], out_dim: int, num_latents: int, heads: int, layers: int,
                  dropout: float) -> None:

@@ -1,0 +1,60 @@
+"""Pretraining objectives: contrastive (CLIP, SigLIP) and masked modelling (MLM, MAE, spectrogram).
+
+Each objective is a pure loss function plus an ``Objective`` module owning its learnable parts.
+``OBJECTIVES`` maps config names to builders; a builder receives the run's encoders (runtime
+argument ``encoders``) to size its heads. ``Objective.forward(feats, batch)`` returns a dict of
+named parts ending in ``_loss``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from mm_ptft.encoders.base import Encoder
+from mm_ptft.registry import Registry
+from mm_ptft.types import AUDIO, IMAGE, TEXT, EncoderOutput
+
+OBJECTIVES: Registry["Objective"] = Registry("objective")
+
+#: the batch key that must be present for a modality to be usable
+MODALITY_KEYS = {"text": TEXT, "image": IMAGE, "audio": AUDIO}
+
+
+class EncodedBatch:
+    """Encoder outputs of one batch, computed on first use and shared by the objectives."""
+
+    def __init__(self, encoders: Mapping[str, Encoder], batch: Mapping[str, Any]) -> None:
+        self.encoders, self.batch = encoders, batch
+        self._cache: dict[str, EncoderOutput] = {}
+
+    def __getitem__(self, modality: str) -> EncoderOutput:
+        if modality not in self._cache:
+            self._cache[modality] = self.encoders[modality](self.batch)
+        return self._cache[modality]
+
+
+class Objective(nn.Module):
+    """Base: ``modalities`` it needs in a batch; ``forward(feats, batch) -> {"<name>_loss": …}``."""
+
+    modalities: tuple[str, ...] = ()
+    name: str = "objective"
+
+    def applies_to(self, batch: Mapping[str, Any]) -> bool:
+        """True when the batch carries every modality this objective needs."""
+        return all(MODALITY_KEYS[m] in batch for m in self.modalities)
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def require_encoders(encoders: Mapping[str, Encoder], needed: tuple[str, ...] | list[str], where: str) -> None:
+    """Clear error when an objective names a modality without a configured encoder."""
+    missing = [m for m in needed if m not in encoders]
+    if missing:
+        raise KeyError(f"{where}: needs encoder(s) for {missing}; configure model.{missing[0]} "
+                       f"(configured: {sorted(encoders)})")
+
+
+__all__ = ["OBJECTIVES", "EncodedBatch", "MODALITY_KEYS", "Objective", "require_encoders"]

@@ -1,0 +1,240 @@
+"""Paired multimodal manifests → batches, and weighted mixing of several datasets in one run.
+
+A manifest is a CSV/JSONL/parquet table with one row per sample: a caption column, media
+columns holding image/audio file paths (relative to the manifest's folder or absolute) and an
+optional label column. ``PairedDataset`` reads only the modalities it is asked for, so one
+paired manifest also serves as an unpaired text-, image- or audio-only source. Media are
+decoded lazily in ``__getitem__`` (DataLoader workers parallelise it).
+
+Batches carry the contract keys ``text``/``text_mask`` (B, L), ``image`` (B, 3, H, W),
+``audio`` (B, T) waveform or (B, F, N) log-mel, ``audio_lengths`` (B,), ``labels`` (B,).
+A ``MixtureDataset`` batch is a dict ``{source name: sub-batch}``: each sub-batch comes from one
+source, so it carries that source's keys only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from mm_ptft.data.tables import DataError, LabelMap, require_columns
+from mm_ptft.data.text import tokenize
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, LABELS, TEXT, TEXT_MASK
+
+MODALITIES = ("audio", "image", "text")
+
+
+@dataclass
+class MediaConfig:
+    """How media are decoded: image side and normalisation, audio rate, length and features."""
+
+    image_size: int = 32
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    sample_rate: int = 16000  # set from the audio encoder
+    max_audio_seconds: float = 10.0  # longer clips are cropped (and counted)
+    n_mels: int = 0  # > 0: the pipeline gives normalised log-mel (features-kind audio encoders)
+
+
+def load_image(path: str, media: MediaConfig) -> torch.Tensor:
+    """An image file → normalised float tensor (3, S, S)."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    with Image.open(path) as im:
+        x = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
+    x = TF.resize(x, [media.image_size, media.image_size], antialias=True)
+    x = TF.to_dtype(x, torch.float32, scale=True)  # (3, S, S) in [0, 1]
+    return TF.normalize(x, media.image_mean, media.image_std)
+
+
+def load_audio(path: str, media: MediaConfig) -> torch.Tensor:
+    """An audio file → mono float waveform (T,) at ``media.sample_rate``, cropped to the max length;
+    or normalised log-mel (F, N) when ``media.n_mels`` > 0."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(data).mean(1)  # (T,)
+    if rate != media.sample_rate:
+        wav = AF.resample(wav, rate, media.sample_rate)
+    wav = wav[: int(media.max_audio_seconds * media.sample_rate)]
+    if media.n_mels <= 0:
+        return wav  # (T,)
+    from mm_ptft.encoders.audio import LogMel, masked_normalize
+
+    mel = LogMel(media.sample_rate, media.n_mels)
+    feats = mel(wav[None])  # (1, F, N)
+    return masked_normalize(feats, torch.tensor([feats.shape[-1]]))[0]  # (F, N)
+
+
+@dataclass
+class Columns:
+    """Manifest column per modality ('' where the manifest has none)."""
+
+    text: str = "caption"
+    image: str = "image"
+    audio: str = "audio"
+    label: str = "label"
+
+
+class PairedDataset(Dataset):
+    """Rows of a manifest with the requested modalities: text tokenised up front, media decoded on access."""
+
+    def __init__(self, rows: list[dict[str, Any]], media: MediaConfig, where: str) -> None:
+        self.rows, self.media, self.where = rows, media, where
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        item = {k: v for k, v in row.items() if k in (TEXT, LABELS)}
+        try:
+            if IMAGE in row:
+                item[IMAGE] = load_image(row[IMAGE], self.media)
+            if AUDIO in row:
+                item[AUDIO] = load_audio(row[AUDIO], self.media)
+        except Exception as err:  # PIL/soundfile raise many types; name the file and row
+            raise DataError(f"{self.where}: row {row['_row']}: could not decode "
+                            f"{row.get(IMAGE) or row.get(AUDIO)} ({type(err).__name__}: {err})") from err
+        return item
+
+    def lengths(self) -> Optional[list[int]]:
+        """Token counts for length-grouped batching (text sources only)."""
+        return [len(r[TEXT]) for r in self.rows] if self.rows and TEXT in self.rows[0] else None
+
+
+def _media_path(base: str, value: Any) -> Optional[str]:
+    if value is None or not str(value).strip():
+        return None
+    return value if os.path.isabs(value) else os.path.join(base, value)
+
+
+def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, media: MediaConfig,
+                 tokenizer: Any = None, max_length: int = 64, labels: Optional[LabelMap] = None,
+                 skip_bad: bool = False, counters: Optional[dict[str, int]] = None) -> PairedDataset:
+    """Check columns and media files, tokenise captions, encode labels. Missing media are an error
+    naming the row, or a counted skip (``skipped_missing_<modality>``) with ``skip_bad``."""
+    counters = counters if counters is not None else {}
+    bad = sorted(set(modalities) - set(MODALITIES))
+    if bad:
+        raise DataError(f"{path}: unknown modality {bad}; choose from {MODALITIES}")
+    need = [getattr(cols, m) for m in modalities] + ([cols.label] if labels is not None else [])
+    require_columns(ds, need, path)
+    base = os.path.dirname(os.path.abspath(path))
+    media_cols = {m: ds[getattr(cols, m)] for m in ("image", "audio") if m in modalities}
+    rows: list[dict[str, Any]] = []
+    for r in range(len(ds)):
+        row: dict[str, Any] = {"_row": r}
+        for m, values in media_cols.items():
+            p = _media_path(base, values[r])
+            if p is None or not os.path.isfile(p):
+                if not skip_bad:
+                    raise DataError(f"{path}: row {r}: {m} file {p or '(empty)'} not found "
+                                    f"(set data.skip_bad_samples=true to skip such rows)")
+                counters[f"skipped_missing_{m}"] = counters.get(f"skipped_missing_{m}", 0) + 1
+                break
+            row[IMAGE if m == "image" else AUDIO] = p
+        else:
+            rows.append(row)
+    if "text" in modalities:
+        texts = ds[cols.text]
+        ids, kept = tokenize(tokenizer, [texts[r["_row"]] for r in rows], max_length, path, skip_bad, counters)
+        rows = [dict(rows[k], **{TEXT: i}) for k, i in zip(kept, ids)]
+    if labels is not None:
+        values = ds[cols.label]
+        ys = labels.encode([values[r["_row"]] for r in rows], path)
+        rows = [dict(r, **{LABELS: y}) for r, y in zip(rows, ys)]
+    return PairedDataset(rows, media, path)
+
+
+def _pad_last(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad tensors along their last axis: (B, ..., T_max) and lengths (B,)."""
+    lengths = torch.tensor([x.shape[-1] for x in xs])
+    out = xs[0].new_zeros((len(xs), *xs[0].shape[:-1], int(lengths.max())))
+    for i, x in enumerate(xs):
+        out[i, ..., : x.shape[-1]] = x
+    return out, lengths
+
+
+class MultimodalCollator:
+    """Pads text and audio, stacks images and labels: only the keys the items carry."""
+
+    def __init__(self, pad_id: int = 0, multiple_of: int = 1) -> None:
+        self.pad_id, self.multiple_of = pad_id, multiple_of
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        first = items[0]
+        if TEXT in first:
+            longest = max(len(it[TEXT]) for it in items)
+            longest = -(-longest // self.multiple_of) * self.multiple_of
+            ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)  # (B, L)
+            mask = torch.zeros((len(items), longest), dtype=torch.long)  # (B, L)
+            for i, it in enumerate(items):
+                ids[i, : len(it[TEXT])] = torch.as_tensor(it[TEXT])
+                mask[i, : len(it[TEXT])] = 1
+            batch[TEXT], batch[TEXT_MASK] = ids, mask
+        if IMAGE in first:
+            batch[IMAGE] = torch.stack([it[IMAGE] for it in items])  # (B, 3, H, W)
+        if AUDIO in first:
+            batch[AUDIO], batch[AUDIO_LENGTHS] = _pad_last([it[AUDIO] for it in items])  # (B, T) | (B, F, N)
+        if LABELS in first:
+            batch[LABELS] = torch.as_tensor([it[LABELS] for it in items])  # (B,)
+        return batch
+
+
+class MixtureDataset(Dataset):
+    """Several datasets sampled with weights: index i → (source, item). An epoch has ``size``
+    items (default: the sum of the sources' sizes), of which a ``weight`` share comes from each
+    source (small sources are repeated, large ones subsampled; seeded, so resumes are exact)."""
+
+    def __init__(self, sources: Mapping[str, Dataset], weights: Mapping[str, float], size: int = 0,
+                 seed: int = 0) -> None:
+        names = sorted(sources)
+        bad = [n for n in names if weights.get(n, 0) < 0] + sorted(set(weights) - set(names))
+        if bad or sum(weights.get(n, 0) for n in names) <= 0:
+            raise ValueError(f"data.sources weights {dict(weights)}: need non-negative weights for "
+                             f"{names} with a positive sum")
+        total = size or sum(len(sources[n]) for n in names)
+        norm = sum(weights[n] for n in names)
+        g = torch.Generator().manual_seed(seed)
+        self.sources, self.index = dict(sources), []
+        for n in names:
+            count, m = round(total * weights[n] / norm), len(sources[n])
+            if count and not m:
+                raise ValueError(f"data.sources.{n}: has weight {weights[n]} but no samples")
+            reps = -(-count // m) if m else 0
+            order = torch.cat([torch.randperm(m, generator=g) for _ in range(reps)])[:count] if reps else []
+            self.index += [(n, int(i)) for i in order]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[str, dict[str, Any]]:
+        name, j = self.index[i]
+        return name, self.sources[name][j]
+
+    def counts(self) -> dict[str, int]:
+        """Items per source in one epoch."""
+        out: dict[str, int] = {}
+        for name, _ in self.index:
+            out[name] = out.get(name, 0) + 1
+        return out
+
+
+class MixtureCollator:
+    """Groups a mixed list of (source, item) by source: ``{source: collate(items)}`` in sorted order."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for name, item in items:
+            groups.setdefault(name, []).append(item)
+        return {name: self.collate(groups[name]) for name in sorted(groups)}

@@ -1,0 +1,347 @@
+"""Masked modelling objectives: MLM for text, MAE-style masked image modelling, masked spectrogram
+modelling for audio, and masked text conditioned on another modality through a fusion module.
+
+Each is a pure function (masking and loss) plus an ``Objective`` module that owns its light
+decoder. The encoders are the run's own, so any registered encoder can be pretrained: masked
+image patches and masked audio spans are blanked in the *input* (SimMIM-style) rather than
+dropped, which works for CNNs as well as transformers; the loss follows MAE (normalised-pixel
+targets, masked parts only). Training draws masks from the global RNG (seeded and resumed by the
+trainer); evaluation uses a fixed-seed generator so eval losses are comparable across steps.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_ptft.encoders.base import Encoder
+from mm_ptft.fusion import build_fusion
+from mm_ptft.objectives import OBJECTIVES, EncodedBatch, Objective, require_encoders
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
+
+IGNORE = -100
+
+
+# ---- text: MLM -------------------------------------------------------------------------------------
+
+def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Iterable[int], mask_id: int,
+                vocab_size: int, prob: float = 0.15, generator: Optional[torch.Generator] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose ``prob`` of the real, non-special tokens; of those 80% become
+    ``mask_id``, 10% a random non-special token, 10% stay. Returns (inputs, labels) (B, L) with
+    labels = original id at chosen positions and -100 elsewhere."""
+    special = torch.tensor(sorted(set(special_ids)), device=ids.device)
+    eligible = attention_mask.bool() & ~torch.isin(ids, special)  # (B, L)
+    u = torch.rand(ids.shape, device=ids.device, generator=generator)  # (B, L)
+    chosen = eligible & (u < prob)  # (B, L)
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))  # (B, L)
+    v = torch.rand(ids.shape, device=ids.device, generator=generator)  # (B, L): which of 80/10/10
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in set(special.tolist())], device=ids.device)
+    rand_tok = allowed[torch.randint(len(allowed), ids.shape, device=ids.device, generator=generator)]  # (B, L)
+    inputs = torch.where(chosen & (v < 0.8), torch.full_like(ids, mask_id), ids)
+    inputs = torch.where(chosen & (v >= 0.8) & (v < 0.9), rand_tok, inputs)  # (B, L)
+    return inputs, labels
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the chosen positions only. logits (B, L, V), labels (B, L) with -100 elsewhere.
+    Zero (with gradient) when nothing was chosen."""
+    if not (labels != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense + GELU + LayerNorm + vocabulary projection. (B, L, D) → (B, L, V)."""
+
+    def __init__(self, dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.decoder = nn.Linear(dim, vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x))  # (B, L, V)
+
+
+class _Masked(Objective):
+    """Shared: a fixed-seed mask generator in eval mode (reset whenever training resumes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._eval_gen: Optional[torch.Generator] = None
+
+    def train(self, mode: bool = True) -> "_Masked":
+        self._eval_gen = None
+        return super().train(mode)
+
+    def generator(self, device: torch.device) -> Optional[torch.Generator]:
+        if self.training:
+            return None
+        if self._eval_gen is None:
+            self._eval_gen = torch.Generator(device).manual_seed(1234)
+        return self._eval_gen
+
+
+class _TextMasking(_Masked):
+    """Masks ``batch['text']`` with the text encoder's tokenizer."""
+
+    def __init__(self, tokenizer: Any, prob: float) -> None:
+        super().__init__()
+        if not 0 < prob <= 1:
+            raise ValueError(f"mask_prob must be in (0, 1], got {prob}")
+        if tokenizer.mask_token_id is None:
+            raise ValueError("the text encoder's tokenizer has no [MASK] token; MLM needs one")
+        self.mask_id, self.vocab_size, self.prob = tokenizer.mask_token_id, len(tokenizer), prob
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+
+    def masked_batch(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+        ids, att = batch[TEXT], batch[TEXT_MASK]  # (B, L)
+        inputs, labels = mask_tokens(ids, att, self.special_ids, self.mask_id, self.vocab_size, self.prob,
+                                     self.generator(ids.device))
+        return {TEXT: inputs, TEXT_MASK: att}, labels
+
+
+class MaskedLMObjective(_TextMasking):
+    """Masked language modelling on the text encoder's tokens: returns ``mlm_loss``."""
+
+    modalities = ("text",)
+
+    def __init__(self, text_encoder: Encoder, prob: float = 0.15) -> None:
+        super().__init__(text_encoder.tokenizer, prob)
+        self.head = MLMHead(text_encoder.out_dim, self.vocab_size)
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        inputs, labels = self.masked_batch(batch)
+        tokens = feats.encoders["text"](inputs).tokens  # (B, L, D)
+        return {"mlm_loss": mlm_loss(self.head(tokens), labels)}
+
+
+class ConditionedMLMObjective(_TextMasking):
+    """Masked text predicted with help from another modality: the fusion of (masked) text and the
+    other modality becomes a prefix token that one transformer block mixes into the text tokens.
+    Returns ``mlm_<modality>_loss``."""
+
+    def __init__(self, text_encoder: Encoder, cond_encoder: Encoder, fusion: Mapping[str, Any],
+                 prob: float = 0.15, heads: int = 4) -> None:
+        super().__init__(text_encoder.tokenizer, prob)
+        self.cond, dim = cond_encoder.modality, text_encoder.out_dim
+        self.modalities = tuple(sorted(("text", self.cond)))
+        spec = {"out_dim": dim, **dict(fusion)}
+        self.fusion = build_fusion(spec, {"text": dim, self.cond: cond_encoder.out_dim}, "objective.fusion")
+        self.ctx_proj = nn.Linear(self.fusion.out_dim, dim)
+        self.mix = nn.TransformerEncoderLayer(dim, heads, 4 * dim, 0.1, batch_first=True, norm_first=True)
+        self.head = MLMHead(dim, self.vocab_size)
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        inputs, labels = self.masked_batch(batch)
+        text = feats.encoders["text"](inputs)  # tokens (B, L, D)
+        cond = feats[self.cond]
+        ctx = self.fusion({"text": text.tokens, self.cond: cond.tokens if cond.tokens is not None else cond.pooled},
+                          {"text": text.mask, self.cond: cond.mask})  # (B, D_f)
+        x = torch.cat([self.ctx_proj(ctx).unsqueeze(1), text.tokens], 1)  # (B, 1 + L, D)
+        pad = torch.cat([torch.zeros_like(text.mask[:, :1]), ~text.mask.bool()], 1)  # (B, 1 + L)
+        x = self.mix(x, src_key_padding_mask=pad)[:, 1:]  # (B, L, D)
+        return {f"mlm_{self.cond}_loss": mlm_loss(self.head(x), labels)}
+
+
+# ---- images: MAE-style ----------------------------------------------------------------------------
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, N, patch*patch*C) patches in row-major order (MAE's layout)."""
+    b, c, h, w = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch_size={patch}")
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def random_patch_mask(batch: int, n: int, ratio: float, device: torch.device,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Exactly round(ratio*n) masked patches per image, chosen uniformly: (B, N) bool, True = masked."""
+    k = int(round(ratio * n))
+    if not 0 < k < n:
+        raise ValueError(f"mask_ratio={ratio} masks {k} of {n} patches; need at least one masked and one visible")
+    order = torch.rand(batch, n, device=device, generator=generator).argsort(1)  # (B, N)
+    return order < k  # the first k positions of a random permutation
+
+
+def mae_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch: int,
+             norm_pix: bool = True) -> torch.Tensor:
+    """MSE between predicted and true patches on masked patches only; with ``norm_pix`` each target
+    patch is normalised by its own mean and variance (MAE's best setting).
+    pred (B, N, p*p*C), images (B, C, H, W), mask (B, N) True = masked."""
+    target = patchify(images, patch).float()  # (B, N, P)
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = ((pred.float() - target) ** 2).mean(-1)  # (B, N)
+    m = mask.to(per_patch.dtype)
+    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+
+
+class QueryDecoder(nn.Module):
+    """Light decoder: one learned query per output position (position embedding + mask token)
+    cross-attends to the encoder tokens, then a linear layer predicts the position's values."""
+
+    def __init__(self, enc_dim: int, positions: int, out_dim: int, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(enc_dim, dim)
+        self.pos = nn.Parameter(torch.randn(1, positions, dim) * 0.02)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        block = nn.TransformerDecoderLayer(dim, heads, 4 * dim, 0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerDecoder(block, depth)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim))
+
+    def forward(self, tokens: torch.Tensor, token_mask: Optional[torch.Tensor], n: int) -> torch.Tensor:
+        """tokens (B, M, D_enc), token_mask (B, M) True = real → predictions (B, n, out_dim)."""
+        if n > self.pos.shape[1]:
+            raise ValueError(f"{n} positions to decode but the decoder has {self.pos.shape[1]}; raise max_positions")
+        q = (self.pos[:, :n] + self.mask_token).expand(tokens.shape[0], -1, -1)  # (B, n, d)
+        pad = None if token_mask is None else ~token_mask.bool()
+        return self.out(self.blocks(q, self.inp(tokens), memory_key_padding_mask=pad))  # (B, n, out)
+
+
+def _tokens(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Encoder tokens (B, M, D) with mask, or the pooled vector as a single token."""
+    if out.tokens is not None:
+        return out.tokens, out.mask
+    return out.pooled.unsqueeze(1), None
+
+
+class MaskedImageObjective(_Masked):
+    """MAE-style masked image modelling: blank ``mask_ratio`` of the patches, encode, decode every
+    patch with a light decoder, normalised-pixel MSE on the masked ones. Returns ``mae_loss``."""
+
+    modalities = ("image",)
+
+    def __init__(self, image_encoder: Encoder, image_size: int, patch_size: int = 8, mask_ratio: float = 0.6,
+                 decoder_dim: int = 64, decoder_depth: int = 1, heads: int = 4, norm_pix: bool = True) -> None:
+        super().__init__()
+        self.patch, self.ratio, self.norm_pix = patch_size, mask_ratio, norm_pix
+        n = (image_size // patch_size) ** 2
+        enc_dim = getattr(image_encoder, "token_dim", 0) or image_encoder.out_dim
+        self.decoder = QueryDecoder(enc_dim, n, patch_size * patch_size * 3, decoder_dim, decoder_depth, heads)
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        images = batch[IMAGE]  # (B, C, H, W)
+        b, c, h, w = images.shape
+        gh, gw = h // self.patch, w // self.patch
+        mask = random_patch_mask(b, gh * gw, self.ratio, images.device, self.generator(images.device))  # (B, N)
+        pix = mask.reshape(b, 1, gh, 1, gw, 1).expand(b, 1, gh, self.patch, gw, self.patch).reshape(b, 1, h, w)
+        blanked = images.masked_fill(pix, 0.0)  # 0 = the dataset mean after normalisation
+        tokens, tmask = _tokens(feats.encoders["image"]({IMAGE: blanked}))
+        pred = self.decoder(tokens, tmask, gh * gw)  # (B, N, p*p*C)
+        return {"mae_loss": mae_loss(pred, images, mask, self.patch, self.norm_pix)}
+
+
+# ---- audio: masked spectrogram modelling ------------------------------------------------------------
+
+def span_mask(lengths: torch.Tensor, n: int, ratio: float, span: int,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Time-span masking (wav2vec 2.0 / BEATs style): per row, ceil(ratio*len/span) spans of
+    ``span`` frames at random starts inside the real frames. lengths (B,) → (B, n) bool, True = masked."""
+    b = lengths.shape[0]
+    starts_max = (lengths - span).clamp_min(1).float()  # (B,)
+    k = max(1, math.ceil(ratio * n / span))
+    starts = (torch.rand(b, k, device=lengths.device, generator=generator) * starts_max[:, None]).long()  # (B, k)
+    pos = torch.arange(n, device=lengths.device)  # (n,)
+    inside = (pos[None, None] >= starts[..., None]) & (pos[None, None] < starts[..., None] + span)  # (B, k, n)
+    real = pos[None] < lengths[:, None]  # (B, n)
+    keep_k = torch.arange(k, device=lengths.device)[None] < torch.ceil(ratio * lengths / span)[:, None]  # (B, k)
+    return (inside & keep_k[..., None]).any(1) & real  # (B, n)
+
+
+def masked_frames_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over masked frames only. pred, target (B, N, F); mask (B, N) True = masked."""
+    per_frame = ((pred.float() - target.float()) ** 2).mean(-1)  # (B, N)
+    m = mask.to(per_frame.dtype)
+    return (per_frame * m).sum() / m.sum().clamp_min(1.0)
+
+
+class MaskedSpectrogramObjective(_Masked):
+    """Masked spectrogram modelling: blank time spans of the input (waveform samples or log-mel
+    frames), encode, reconstruct the normalised log-mel of the masked frames. Returns ``msm_loss``."""
+
+    modalities = ("audio",)
+
+    def __init__(self, audio_encoder: Encoder, mask_ratio: float = 0.4, span: int = 5, n_mels: int = 0,
+                 decoder_dim: int = 64, decoder_depth: int = 1, heads: int = 4, max_frames: int = 3000) -> None:
+        super().__init__()
+        from mm_ptft.encoders.audio import LogMel
+
+        self.ratio, self.span = mask_ratio, span
+        self.kind = getattr(audio_encoder, "input_kind", "waveform")
+        self.n_mels = n_mels or getattr(audio_encoder, "n_mels", 0) or 40
+        self.logmel = LogMel(audio_encoder.sample_rate, self.n_mels) if self.kind == "waveform" else None
+        enc_dim = getattr(audio_encoder, "token_dim", 0) or audio_encoder.out_dim
+        self.decoder = QueryDecoder(enc_dim, max_frames, self.n_mels, decoder_dim, decoder_depth, heads)
+
+    def target(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised log-mel (B, N, F) and frame lengths (B,)."""
+        from mm_ptft.encoders.audio import batch_lengths, masked_normalize
+
+        x = batch[AUDIO]
+        lengths = batch_lengths(batch, x)
+        if self.logmel is None:
+            return x.transpose(1, 2), lengths  # features: (B, F, N) → (B, N, F)
+        n = self.logmel.out_lengths(lengths)
+        return masked_normalize(self.logmel(x), n).transpose(1, 2), n  # (B, N, F)
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        x = batch[AUDIO]
+        target, frames = self.target(batch)  # (B, N, F), (B,)
+        mask = span_mask(frames, target.shape[1], self.ratio, self.span, self.generator(x.device))  # (B, N)
+        if self.logmel is None:
+            blanked = x.masked_fill(mask.unsqueeze(1), 0.0)  # (B, F, N)
+        else:  # frame i is centred on sample i*hop: blank the hop samples around it
+            hop = self.logmel.hop
+            samples = mask.repeat_interleave(hop, 1)[:, hop // 2: hop // 2 + x.shape[1]]  # (B, ~T)
+            samples = F.pad(samples, (0, x.shape[1] - samples.shape[1]))  # (B, T)
+            blanked = x.masked_fill(samples, 0.0)  # (B, T)
+        enc_batch = {AUDIO: blanked}
+        if AUDIO_LENGTHS in batch:
+            enc_batch[AUDIO_LENGTHS] = batch[AUDIO_LENGTHS]
+        tokens, tmask = _tokens(feats.encoders["audio"](enc_batch))
+        pred = self.decoder(tokens, tmask, target.shape[1])  # (B, N, F)
+        return {"msm_loss": masked_frames_loss(pred, target, mask)}
+
+
+# ---- registry ---------------------------------------------------------------------------------------
+
+@OBJECTIVES.register()
+def mlm(encoders: Mapping[str, Encoder], mask_prob: float = 0.15) -> MaskedLMObjective:
+    """BERT-style masked language modelling on the text encoder."""
+    require_encoders(encoders, ["text"], "objective mlm")
+    return MaskedLMObjective(encoders["text"], mask_prob)
+
+
+@OBJECTIVES.register()
+def conditioned_mlm(encoders: Mapping[str, Encoder], modality: str = "image", mask_prob: float = 0.15,
+                    fusion: Optional[dict[str, Any]] = None, heads: int = 4) -> ConditionedMLMObjective:
+    """Masked text predicted from text + ``modality`` fused by ``fusion`` (default cross-attention)."""
+    require_encoders(encoders, ["text", modality], "objective conditioned_mlm")
+    spec = dict(fusion or {"name": "cross_attention"})
+    return ConditionedMLMObjective(encoders["text"], encoders[modality], spec, mask_prob, heads)
+
+
+@OBJECTIVES.register()
+def mae(encoders: Mapping[str, Encoder], image_size: int = 0, patch_size: int = 8, mask_ratio: float = 0.6,
+        decoder_dim: int = 64, decoder_depth: int = 1, norm_pix: bool = True) -> MaskedImageObjective:
+    """MAE-style masked image modelling (image_size defaults to the image encoder's input size)."""
+    require_encoders(encoders, ["image"], "objective mae")
+    enc = encoders["image"]
+    size = image_size or enc.preprocess.size[0]  # type: ignore[attr-defined]
+    return MaskedImageObjective(enc, size, patch_size, mask_ratio, decoder_dim, decoder_depth, 4, norm_pix)
+
+
+@OBJECTIVES.register()
+def masked_spectrogram(encoders: Mapping[str, Encoder], mask_ratio: float = 0.4, span: int = 5, n_mels: int = 0,
+                       decoder_dim: int = 64, decoder_depth: int = 1,
+                       max_frames: int = 3000) -> MaskedSpectrogramObjective:
+    """Masked spectrogram modelling with time-span masking on the audio encoder."""
+    require_encoders(encoders, ["audio"], "objective masked_spectrogram")
+    return MaskedSpectrogramObjective(encoders["audio"], mask_ratio, span, n_mels, decoder_dim, decoder_depth, 4,
+                                      max_frames)

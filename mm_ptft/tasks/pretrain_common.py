@@ -1,0 +1,193 @@
+"""Config sections and preparation steps shared by the pretraining recipes
+(``pretrain_contrastive``, ``pretrain_masked``, ``pretrain_joint``)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+
+from mm_ptft.config import ConfigError
+import mm_ptft.data.generated_multimodal  # noqa: F401  (registers the shapes_captions generator)
+from mm_ptft.data.multimodal import Columns, MediaConfig, PairedDataset, build_paired
+from mm_ptft.data.tables import LabelMap, load_table, resolve_eval
+from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
+from mm_ptft.encoders.base import Encoder
+import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
+import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
+from mm_ptft.objectives import OBJECTIVES, Objective
+from mm_ptft.tasks.common import resolve_files, save_tokenizer
+
+
+@dataclass
+class PretrainData:
+    """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, optional label."""
+
+    train_file: str = ""
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    eval_fraction: float = 0.1
+    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    text_column: str = "caption"
+    image_column: str = "image"
+    audio_column: str = "audio"
+    label_column: str = "label"  # class names for zero-shot eval; '' when the data has none
+    # zero-shot prompts, '{}' = class name; several are averaged per class (CLIP's prompt ensembling);
+    # empty: no zero-shot evaluation
+    prompt_templates: list[str] = field(default_factory=lambda: ["a picture of a {}"])
+    labels: list[str] = field(default_factory=list)  # empty: learned from the data
+    max_length: int = 64
+    max_audio_seconds: float = 10.0
+    skip_bad_samples: bool = False
+
+
+@dataclass
+class EncoderSpecs:
+    """One encoder spec per modality (``{name: <registry key>, ...}`` or ``name_or_path: <dir>``)."""
+
+    text: Optional[Dict[str, Any]] = None
+    image: Optional[Dict[str, Any]] = None
+    audio: Optional[Dict[str, Any]] = None
+
+
+def columns(d: PretrainData) -> Columns:
+    return Columns(d.text_column, d.image_column, d.audio_column, d.label_column)
+
+
+def load_tables(d: PretrainData, output_dir: str, seed: int, train: bool) -> tuple[Any, Any]:
+    """(train table or None, eval table or None), generating data first where configured."""
+    resolve_files(d, output_dir)
+    if d.train_file and train:
+        return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, seed)
+    if d.eval_file:
+        return None, load_table(d.eval_file, "data.eval_file")
+    if d.train_file:  # rebuilding a run without an eval file: the same seeded split
+        return resolve_eval(load_table(d.train_file, "data.train_file"), "", d.eval_fraction, seed)
+    raise ConfigError("data.train_file is empty and data.generate is not set")
+
+
+def build_encoders(specs: EncoderSpecs, needed: Sequence[str], output_dir: str,
+                   corpus: Optional[Sequence[str]]) -> dict[str, Encoder]:
+    """The encoders of ``needed`` modalities; a text encoder without a tokenizer learns one on ``corpus``."""
+    from mm_ptft.encoders.audio import AUDIO_ENCODERS
+    from mm_ptft.encoders.image import IMAGE_ENCODERS
+
+    registries = {"text": TEXT_ENCODERS, "image": IMAGE_ENCODERS, "audio": AUDIO_ENCODERS}
+    out: dict[str, Encoder] = {}
+    for m in sorted(set(needed)):
+        spec = getattr(specs, m)
+        if spec is None:
+            raise ConfigError(f"model.{m} is not set, but the objectives/data need a {m} encoder "
+                              f"(e.g. model.{m}={{name: tiny}})")
+        runtime = {"corpus": [t for t in corpus if t]} if m == "text" and corpus else {}
+        out[m] = build_encoder(registries[m], spec, f"model.{m}", **runtime)
+        if m == "text":
+            save_tokenizer(spec, out[m].tokenizer, output_dir)
+    return out
+
+
+def media_config(encoders: Mapping[str, Encoder], d: PretrainData) -> MediaConfig:
+    """Decoding settings taken from the encoders themselves (input size, normalisation, sample rate)."""
+    media = MediaConfig(max_audio_seconds=d.max_audio_seconds)
+    pre = getattr(encoders.get("image"), "preprocess", None)
+    if pre is not None:
+        media.image_size, media.image_mean, media.image_std = pre.size[0], list(pre.mean), list(pre.std)
+    audio = encoders.get("audio")
+    if audio is not None:
+        media.sample_rate = int(getattr(audio, "sample_rate", media.sample_rate))
+        if getattr(audio, "input_kind", "waveform") == "features":
+            media.n_mels = int(audio.n_mels)  # type: ignore[attr-defined]
+    return media
+
+
+def label_map(d: PretrainData, tables: Sequence[Any]) -> Optional[LabelMap]:
+    """Class names from ``data.labels`` or the label column of the given tables; None without labels."""
+    if not d.label_column or not d.prompt_templates:
+        return None
+    if not d.labels:
+        values = [v for t in tables if t is not None and d.label_column in t.column_names for v in t[d.label_column]]
+        if not values:
+            return None
+        d.labels = [str(x) for x in LabelMap.from_values(values).names]
+    return LabelMap(d.labels)
+
+
+def class_prompts(labels: LabelMap, templates: Sequence[str], tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask (C * T, L) of every template for every class (class-major), e.g.
+    'a picture of a circle'; the task averages the T prompt embeddings of each class."""
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ConfigError(f"data.prompt_templates: {bad} must contain '{{}}' where the class name goes")
+    texts = [t.format(n) for n in labels.names for t in templates]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def paired_split(table: Any, path: str, modalities: Sequence[str], d: PretrainData, media: MediaConfig,
+                 encoders: Mapping[str, Encoder], labels: Optional[LabelMap],
+                 counters: dict[str, int]) -> PairedDataset:
+    """One split as a ``PairedDataset`` of the given modalities (labels kept where known)."""
+    text = encoders.get("text")
+    max_len = min(d.max_length, getattr(text, "max_length", d.max_length))
+    use_labels = labels if labels is not None and d.label_column in table.column_names else None
+    return build_paired(table, path, modalities, columns(d), media, getattr(text, "tokenizer", None), max_len,
+                        use_labels, d.skip_bad_samples, counters)
+
+
+def build_objectives(specs: Mapping[str, Mapping[str, Any]], encoders: Mapping[str, Encoder],
+                     where: str = "model.objectives") -> tuple[dict[str, Objective], dict[str, float]]:
+    """Objectives from ``{name: {name: <objective>, weight: w, ...}}`` and their weights."""
+    objectives, weights = {}, {}
+    for key, spec in specs.items():
+        spec = dict(spec)
+        weights[key] = float(spec.pop("weight", 1.0))
+        objectives[key] = OBJECTIVES.build(spec, f"{where}.{key}", encoders=encoders)
+    return objectives, weights
+
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+
+
+def input_modality(value: str) -> str:
+    """'image' / 'audio' for an existing media file (by extension), else 'text'."""
+    ext = os.path.splitext(value)[1].lower()
+    if os.path.isfile(value) and ext in IMAGE_EXTS | AUDIO_EXTS:
+        return "image" if ext in IMAGE_EXTS else "audio"
+    return "text"
+
+
+@torch.no_grad()
+def predict_embeddings(cfg: Any, prepared: Any, inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """Each input (a caption, or an image/audio file path) → its normalised contrastive embedding,
+    plus zero-shot class scores for media when the run has class prompts."""
+    from mm_ptft.data.multimodal import MultimodalCollator, load_audio, load_image
+    from mm_ptft.objectives import EncodedBatch
+
+    task = prepared.task
+    if task.retrieval is None:
+        raise ValueError(f"{cfg.task}: predict needs a contrastive objective (clip/siglip) to embed inputs")
+    media = media_config(dict(task.towers.items()), cfg.data)
+    tok = getattr(task.towers["text"], "tokenizer", None) if "text" in task.towers else None
+    classes = task.class_embeddings() if task.num_classes else None
+    results = []
+    for value in inputs:
+        m = input_modality(value)
+        if m not in task.retrieval.modalities:
+            raise ValueError(f"input {value!r} is {m}, but this run embeds {list(task.retrieval.modalities)}")
+        item = {"text": tok(value)["input_ids"]} if m == "text" else (
+            {"image": load_image(value, media)} if m == "image" else {"audio": load_audio(value, media)})
+        batch = MultimodalCollator(tok.pad_token_id if tok is not None else 0)([item])
+        emb = task.retrieval.embed(EncodedBatch(task.towers, batch), m)[0]  # (E,)
+        row: dict[str, Any] = {"input": value, "modality": m, "embedding": [round(float(x), 5) for x in emb]}
+        if classes is not None and m != "text":
+            probs = (task.retrieval.losses[_pair_key(task, m)].scale * classes @ emb).softmax(-1)  # (C,)
+            row["scores"] = {n: float(p) for n, p in zip(cfg.data.labels, probs)}
+            row["label"] = max(row["scores"], key=row["scores"].get)
+        results.append(row)
+    return results
+
+
+def _pair_key(task: Any, modality: str) -> str:
+    a, b = sorted((modality, "text"))
+    return f"{a}_{b}"

@@ -1,0 +1,101 @@
+"""Joint pretraining: several weighted objectives in one run, each source dataset mixed in by weight.
+
+``data.sources`` names the datasets (paired image-text, audio-text, unpaired text/image/audio…),
+each a manifest read for its own ``modalities`` and drawn with its ``weight``; a training batch is
+``{source: sub-batch}`` and every objective takes the sub-batches that carry its modalities.
+Evaluation runs on ``data.eval_file`` (or a split of the first source) read for
+``data.eval_modalities``: the objectives' losses, retrieval recall@K and zero-shot accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.data.multimodal import MixtureCollator, MixtureDataset, MultimodalCollator
+from mm_ptft.data.tables import load_table
+from mm_ptft.heads.pretraining import PretrainTask
+from mm_ptft.tasks import TASKS
+from mm_ptft.tasks.base import Prepared
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives,
+                                           class_prompts, label_map, load_tables, media_config, paired_split,
+                                           predict_embeddings)
+
+
+@dataclass
+class SourceConfig:
+    train_file: str = ""  # empty: data.train_file (e.g. the generated manifest)
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    weight: float = 1.0  # share of each epoch's samples drawn from this source
+
+
+@dataclass
+class JointData(PretrainData):
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    eval_modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    epoch_size: int = 0  # samples per epoch over all sources; 0: the sum of their sizes
+
+
+@dataclass
+class JointModel(EncoderSpecs):
+    # name → {name: <objective>, weight: w, ...}: e.g. {clip_it: {name: clip, pairs: [[image, text]]}, mlm: {name: mlm}}
+    objectives: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainJointConfig(RunConfig):
+    task: str = "pretrain_joint"
+    data: JointData = field(default_factory=JointData)
+    model: JointModel = field(default_factory=JointModel)
+
+
+@TASKS.register("pretrain_joint")
+class PretrainJoint:
+    config_cls = PretrainJointConfig
+
+    @staticmethod
+    def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
+        """Encoders of every modality the sources carry, the weighted objectives, the mixture."""
+        d = cfg.data
+        if not d.sources:
+            raise ConfigError("data.sources is empty: name at least one source, e.g. "
+                              "data.sources={pairs: {modalities: [image, text]}}")
+        first, eval_ds = load_tables(d, cfg.output_dir, cfg.seed, train)
+        files = {n: s.train_file or d.train_file for n, s in sorted(d.sources.items())}
+        tables = {n: load_table(f, f"data.sources.{n}.train_file") if f != d.train_file else first
+                  for n, f in files.items()} if train else {}
+        mods = sorted({m for s in d.sources.values() for m in s.modalities} | set(d.eval_modalities))
+        texts = [t for n, tb in tables.items() if "text" in d.sources[n].modalities for t in tb[d.text_column]]
+        encoders = build_encoders(cfg.model, mods, cfg.output_dir, texts or None)
+        objectives, weights = build_objectives(cfg.model.objectives, encoders)
+        labels = label_map(d, [eval_ds]) if "text" in encoders else None
+        prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+        task = PretrainTask(encoders, objectives, weights, sources=list(files), prompts=prompts,
+                            num_classes=len(labels) if labels else 0)
+        media, counters = media_config(encoders, d), {}
+        parts = {n: paired_split(tb, files[n], d.sources[n].modalities, d, media, encoders, None, counters)
+                 for n, tb in tables.items()}
+        weights = {n: s.weight for n, s in d.sources.items()}
+        tr = MixtureDataset(parts, weights, d.epoch_size, cfg.seed) if parts else None
+        if tr is not None:
+            counters.update({f"epoch_samples_{n}": c for n, c in tr.counts().items()})
+        ev = (paired_split(eval_ds, d.eval_file or f"{d.train_file} (eval split)", d.eval_modalities, d, media,
+                           encoders, labels, counters) if eval_ds is not None else None)
+        pad = encoders["text"].tokenizer.pad_token_id if "text" in encoders else 0
+        collate = _JointCollate(MultimodalCollator(pad))
+        return Prepared(task, tr, ev, collate, None, None, counters)
+
+    @staticmethod
+    def predict(cfg: PretrainJointConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
+        """Embedding of each caption or media file, with zero-shot class scores for media."""
+        return predict_embeddings(cfg, prepared, inputs)
+
+
+class _JointCollate:
+    """Mixed (source, item) lists → ``{source: batch}``; plain items (evaluation) → one batch."""
+
+    def __init__(self, collate: MultimodalCollator) -> None:
+        self.flat, self.mixed = collate, MixtureCollator(collate)
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        return self.mixed(items) if isinstance(items[0], tuple) else self.flat(items)
