@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, TypeVar
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -113,13 +114,21 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
 
     ``schema`` defaults to the config class of the task named by the ``task`` key."""
     yaml_cfg = OmegaConf.load(path) if path else OmegaConf.create({})
+    cli = OmegaConf.create({})
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
-    try:
-        cli = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise _explain(err) from None
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {key}: cannot parse {raw!r} ({err})") from None
+        # A whole mapping replaces the YAML's (``model.image="{name: timm, ...}"`` must not keep the
+        # old encoder's keys); a scalar or list is set as is. The schema merge below type-checks both.
+        try:
+            OmegaConf.update(yaml_cfg if isinstance(value, dict) else cli, key, value, merge=False)
+        except OmegaConfBaseException as err:
+            raise _explain(err) from None
     if schema is None:
         task = OmegaConf.select(cli, "task") or OmegaConf.select(yaml_cfg, "task")
         if not task:

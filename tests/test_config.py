@@ -54,3 +54,14 @@ def test_unknown_yaml_key_in_file(tmp_path):
     p.write_text("task: text_classification\ntrain:\n  bacth_size: 4\n")
     with pytest.raises(ConfigError, match=r"train\.bacth_size"):
         load_config(p)
+
+
+def test_mapping_override_replaces_the_component():
+    """Switching encoder on the command line drops the YAML's keys for the old one."""
+    cfg = load_config(TEXT_TINY, ['model.text={name: tiny, dim: 32}', "model.text.depth=1"])
+    assert cfg.model.text == {"name": "tiny", "dim": 32, "depth": 1}
+
+
+def test_null_override():
+    cfg = load_config(TEXT_TINY, ["data.generate=null", "data.train_file=x.csv"])
+    assert cfg.data.generate is None and cfg.data.train_file == "x.csv"
