@@ -10,6 +10,7 @@ import torch
 from mm_ptft.config import RunConfig, load_config
 from mm_ptft.tasks import get_recipe
 from mm_ptft.train import checkpoint as ckpt
+from mm_ptft.train.distributed import main_process_first
 from mm_ptft.train.optim import apply_finetune
 from mm_ptft.train.trainer import Trainer, seed_everything
 
@@ -17,7 +18,8 @@ from mm_ptft.train.trainer import Trainer, seed_everything
 def train(cfg: RunConfig) -> dict[str, float]:
     """Build the recipe's task and data, train, and return the final evaluation."""
     seed_everything(cfg.seed)
-    prepared = get_recipe(cfg.task).prepare(cfg)
+    with main_process_first(cfg.train.device):  # under torchrun, rank 0 generates data before the others read it
+        prepared = get_recipe(cfg.task).prepare(cfg)
     trainer = Trainer(prepared.task, cfg, prepared.train_data, prepared.eval_data, prepared.collate,
                       prepared.train_lengths, prepared.eval_lengths, prepared.counters)
     return trainer.fit()

@@ -5,6 +5,7 @@ generated data flows through exactly the same loading code as a user's own files
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -72,8 +73,10 @@ def generate(spec: dict[str, Any], root: str | Path, where: str = "data.generate
     out_dir = Path(root) / f"{spec.get('name', 'data')}-{key}"
     out_dir.mkdir(parents=True, exist_ok=True)
     done = out_dir / ".done"
-    if done.exists():
-        return dict(line.split("=", 1) for line in done.read_text().splitlines() if "=" in line)
-    paths = GENERATORS.build({**spec, "out_dir": str(out_dir)}, where)
-    done.write_text("\n".join(f"{k}={v}" for k, v in paths.items()))
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # torchrun ranks / parallel runs: one writes, the others wait and reuse
+        if done.exists():
+            return dict(line.split("=", 1) for line in done.read_text().splitlines() if "=" in line)
+        paths = GENERATORS.build({**spec, "out_dir": str(out_dir)}, where)
+        done.write_text("\n".join(f"{k}={v}" for k, v in paths.items()))
     return paths

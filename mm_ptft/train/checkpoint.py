@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -48,19 +48,25 @@ def step_dirs(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
-def save(ckpt_root: Path, step: int, model: nn.Module, state: dict[str, Any], config_yaml: str) -> Path:
-    """Write a checkpoint atomically and return its directory."""
-    from safetensors.torch import save_model
+def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor]], state: dict[str, Any],
+         config_yaml: str) -> Path:
+    """Write a checkpoint atomically and return its directory. ``model`` is a module or a full state
+    dict (FSDP runs gather one on rank 0)."""
+    from safetensors.torch import save_file, save_model
 
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_{final.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS))
+    if isinstance(model, nn.Module):
+        save_model(model, str(tmp / WEIGHTS))
+    else:
+        save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / WEIGHTS))
     torch.save(state, tmp / STATE)
     (tmp / "config.yaml").write_text(config_yaml)
-    files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in (WEIGHTS, STATE, "config.yaml")}
+    files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+             for n in (WEIGHTS, STATE, "config.yaml")}
     (tmp / META).write_text(json.dumps({"step": step, "files": files}, indent=1))
     for n in (*files, META):
         with open(tmp / n, "rb") as f:
@@ -79,9 +85,10 @@ def verify(path: Path) -> Optional[str]:
         return "meta.json missing"
     try:
         meta = json.loads(meta_path.read_text())
-    except ValueError:
+        files = dict(meta["files"])
+    except (ValueError, KeyError, TypeError):
         return "meta.json unreadable"
-    for name, want in meta["files"].items():
+    for name, want in files.items():
         f = path / name
         if not f.is_file():
             return f"{name} missing"
@@ -113,7 +120,25 @@ def load(path: Path, model: nn.Module) -> dict[str, Any]:
     if missing or unexpected:
         raise CheckpointError(f"{path}: checkpoint is from another model: missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")
-    return torch.load(path / STATE, weights_only=True, map_location="cpu")
+    return read_state(path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint (tensors and plain Python values only: ``weights_only=True``)."""
+    try:
+        return torch.load(path / STATE, weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{path / STATE}: unreadable trainer state ({type(err).__name__}: {err})") from err
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint as a full state dict (for loading into a sharded model)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path / WEIGHTS))
+    except Exception as err:
+        raise CheckpointError(f"{path / WEIGHTS}: unreadable weights ({type(err).__name__}: {err})") from err
 
 
 def prune(ckpt_root: Path, keep_last: int, keep: set[Path]) -> None:

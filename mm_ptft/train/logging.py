@@ -20,6 +20,14 @@ def setup_console(level: int = logging.INFO) -> None:
     log.setLevel(level)
 
 
+def _step_of(line: str) -> Optional[int]:
+    """The step of one metrics.jsonl line; None for a blank or half-written one (a run killed mid-write)."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except ValueError:
+        return None
+
+
 def _fmt(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
 
@@ -49,7 +57,7 @@ class RunLogger:
         """On resume, forget events logged after the checkpoint we restart from."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= step]
         self.path.write_text("".join(ln + "\n" for ln in keep))
 
     def advance(self, n: int = 1) -> None:

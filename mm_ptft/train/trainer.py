@@ -20,7 +20,8 @@ from mm_ptft.data.samplers import GroupedBatchSampler
 from mm_ptft.tasks.base import Task
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
-from mm_ptft.train.logging import RunLogger, log
+from mm_ptft.train import parallel as P
+from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import apply_finetune, build_optimizer, build_scheduler, param_groups
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,11 +101,11 @@ class Trainer:
 
     # ---- building -------------------------------------------------------------------------
     def _wrap(self, task: nn.Module) -> nn.Module:
-        model = task
+        model, self._export = task, None
         if self.dist.enabled:
-            from mm_ptft.train.parallel import wrap_distributed
-
-            model = wrap_distributed(task, self.tc.distributed, self.device)
+            if self.tc.distributed == "fsdp" and self.dist.is_main:
+                self._export = P.export_template(task)  # sharded modules cannot be saved as encoder dirs
+            model = P.wrap_distributed(task, self.tc.distributed, self.device)
         if self.tc.compile:
             model = torch.compile(model)
         return model
@@ -121,50 +122,81 @@ class Trainer:
         return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.tc.num_workers,
                                   pin_memory=self.device.type == "cuda", persistent_workers=False, generator=gen)
 
+    def _set_epoch(self, epoch: int) -> None:
+        """Point the sampler and the loader's generator (worker seeds) at ``epoch``: same draws after a resume."""
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        self.train_loader.generator.manual_seed(self.cfg.seed + 7919 * self.dist.rank + 2 * (epoch + 1))
+
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ---- state ----------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self, optimizer: dict[str, Any], rngs: list[Any]) -> dict[str, Any]:
         at_epoch_end = self.batches_done >= len(self.train_loader)
         return {"step": self.step, "epoch": self.epoch + int(at_epoch_end),
                 "loader": None if at_epoch_end else self.train_loader.state_dict(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": _tuple_to_list(_rng_state()),
+                "optimizer": optimizer, "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
                 "best": {"metric": self.best_value, "step": self.best_step, "stale_evals": self.stale_evals},
                 "batches_done": 0 if at_epoch_end else self.batches_done,
                 "counters": self.counters, "bad_steps_total": self.bad_steps_total}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step, self.epoch = state["step"], state["epoch"]
-        self.opt.load_state_dict(state["optimizer"])
+        if P.is_fsdp(self.model):
+            P.load_full_state(self._unwrapped(), self.opt, {}, state["optimizer"])
+        else:
+            self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        rng["python"] = (rng["python"][0], tuple(rng["python"][1]), rng["python"][2])
-        _set_rng_state(rng)
+        rngs = state.get("rng_per_rank") or [state["rng"]]
+        if self.dist.rank < len(rngs):  # each rank continues its own random stream (dropout, augmentation)
+            rng = rngs[self.dist.rank]
+            rng["python"] = (rng["python"][0], tuple(rng["python"][1]), rng["python"][2])
+            _set_rng_state(rng)
+        else:  # more ranks than the run that wrote the checkpoint
+            seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
         self.best_value, self.best_step = state["best"]["metric"], state["best"]["step"]
         self.stale_evals = state["best"]["stale_evals"]
         self.bad_steps_total = state["bad_steps_total"]
         self.batches_done = state["batches_done"]
-        self.train_loader.batch_sampler.set_epoch(self.epoch)
+        self._set_epoch(self.epoch)
         if state["loader"] is not None:
             self.train_loader.load_state_dict(state["loader"])
 
     def save_checkpoint(self) -> Optional[Path]:
+        """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first)."""
         path = None
+        rngs = _gather_rng_states()
+        if P.is_fsdp(self.model):
+            weights: Any = P.full_model_state(self._unwrapped())
+            optimizer = P.full_optim_state(self._unwrapped(), self.opt)
+        else:
+            weights = self._unwrapped()
+            optimizer = self.opt.state_dict() if self.dist.is_main else {}
         if self.dist.is_main:
             root = self.run_dir / "checkpoints"
-            path = ckpt.save(root, self.step, self._unwrapped(), self._state(), to_yaml(self.cfg))
+            path = ckpt.save(root, self.step, weights, self._state(optimizer, rngs), to_yaml(self.cfg))
             best = root / f"step_{self.best_step:08d}" if self.best_step >= 0 else None
             if best is not None:
-                (root / "best.json").write_text(json.dumps({"step": self.best_step, "path": best.name,
-                                                            self.metric: self.best_value}))
+                tmp = root / "best.json.tmp"  # renamed into place: a crash never leaves half a file
+                tmp.write_text(json.dumps({"step": self.best_step, "path": best.name, self.metric: self.best_value}))
+                tmp.replace(root / "best.json")
             ckpt.prune(root, self.tc.keep_last, {best} if best else set())
         D.barrier()
         return path
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """Load a checkpoint's weights into the model and return its trainer state."""
+        if not P.is_fsdp(self.model):
+            return ckpt.load(path, self._unwrapped())
+        try:  # every rank reads the full file and keeps its own shard
+            P.load_full_state(self._unwrapped(), None, ckpt.read_weights(path), None)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ckpt.CheckpointError(f"{path}: weights do not fit this model ({err})") from err
+        return ckpt.read_state(path)
 
     def _unwrapped(self) -> nn.Module:
         m = self.model
@@ -177,18 +209,25 @@ class Trainer:
         """Metrics on the eval split (synced across ranks), plus the mean eval ``loss``."""
         if self.eval_loader is None:
             return {}
-        self.model.eval()
+        # DDP's forward would sync buffers (a collective) although ranks may hold different numbers of
+        # eval batches; FSDP needs its forward, so ranks with fewer batches run filler forwards below.
+        model = self._unwrapped() if self.dist.enabled and not P.is_fsdp(self.model) else self.model
+        model.eval()
         metrics = self.task.build_metrics().to(self.device)
         loss_sum = torch.zeros(2, device=self.device, dtype=torch.float64)
+        fillers = D.all_reduce_max(len(self.eval_loader)) - len(self.eval_loader) if P.is_fsdp(self.model) else 0
         for batch in self.eval_loader:
             batch = to_device(batch, self.device)
             with self._autocast():
-                out = self.model(batch)
+                out = model(batch)
             metrics.update(out, batch)
             if "loss" in out:
                 n = len(next(iter(batch.values())))
                 loss_sum += torch.stack([out["loss"].detach().double() * n, torch.tensor(n, device=self.device)])
-        self.model.train()
+        for _ in range(fillers):
+            with self._autocast():
+                model(to_device(self.collate([self.eval_loader.dataset[0]]), self.device))  # output discarded
+        model.train()
         results = metrics.compute()
         total = D.all_reduce_mean(loss_sum)
         if total[1] > 0:
@@ -210,12 +249,17 @@ class Trainer:
         self.step = self.epoch = self.batches_done = self.bad_steps = self.bad_steps_total = 0
         self.best_value, self.best_step, self.stale_evals = None, -1, 0
         self.start_step, self.last_eval_step, self.last_results = 0, -1, {}
-        if self.tc.resume:
+        if self.dist.is_main:
+            setup_console()  # resume messages are logged before the RunLogger exists
+        restarts = D.restart_count()
+        if restarts:
+            log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, self.run_dir)
+        if self.tc.resume or restarts:
             found = ckpt.latest_good(self.run_dir / "checkpoints")
             if found is None:
                 log.info("train.resume=true but no usable checkpoint in %s: starting fresh", self.run_dir)
             else:
-                self._restore(ckpt.load(found, self._unwrapped()))
+                self._restore(self._load(found))
                 self.start_step = self.step
                 log.info("resumed from %s (step %d, epoch %d)", found, self.step, self.epoch)
         return total
@@ -234,7 +278,7 @@ class Trainer:
         self.model.train()
         stop = False
         while self.step < total and not stop:
-            self.train_loader.batch_sampler.set_epoch(self.epoch)
+            self._set_epoch(self.epoch)
             stop = self._run_epoch(total)
             if self.batches_done >= len(self.train_loader):
                 self.epoch, self.batches_done = self.epoch + 1, 0
@@ -252,8 +296,7 @@ class Trainer:
             batch = to_device(batch, self.device)
             samples += _batch_size(batch)
             boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
-            no_sync = self.dist.enabled and not boundary and hasattr(self.model, "no_sync")
-            with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            with P.grad_sync(self.model, boundary):  # accumulating: no all-reduce until the last micro-batch
                 with self._autocast():
                     out = self.model(batch)
                 self.scaler.scale(out["loss"] / accum).backward()
@@ -267,7 +310,7 @@ class Trainer:
             self.logger.advance()
             if self.step % self.tc.log_every == 0 or self.step >= total:
                 rate = samples * self.dist.world / max(time.time() - t0, 1e-9)
-                vals = {k: float(v) / steps for k, v in sums.items()}
+                vals = {k: v / steps for k, v in _mean_over_ranks(sums).items()}
                 self.logger.log(self.step, "train", {**vals, "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
                                                      "samples_per_s": rate, "epoch": self.epoch})
                 sums, t0, samples, steps = {}, time.time(), 0, 0
@@ -285,7 +328,7 @@ class Trainer:
         self.scaler.unscale_(self.opt)
         params = [p for g in self.opt.param_groups for p in g["params"]]
         clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        norm = P.norm_value(torch.nn.utils.clip_grad_norm_(params, clip))  # same on every rank (reduced grads)
         if math.isfinite(norm) or self.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -296,9 +339,10 @@ class Trainer:
             self.logger.log(self.step, "fault", {"nonfinite_steps_skipped": self.bad_steps_total})
             if self.bad_steps >= self.tc.max_bad_steps:
                 self.opt.zero_grad(set_to_none=True)
+                path = self.save_checkpoint()  # the skipped steps changed no weights: this is the last good state
                 raise NonFiniteError(f"{self.bad_steps} consecutive steps had a NaN/Inf loss or gradient "
                                      f"(train.max_bad_steps={self.tc.max_bad_steps}); the last good state "
-                                     f"is in {self.run_dir / 'checkpoints'}")
+                                     f"is saved in {path or self.run_dir / 'checkpoints'}")
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.step += 1
@@ -325,9 +369,13 @@ class Trainer:
         return False
 
     def _finish(self, results: dict[str, float]) -> None:
+        plain = self._unwrapped()
+        if P.is_fsdp(self.model):  # gather the shards (every rank) into a plain copy (rank 0)
+            weights = P.full_model_state(plain)
+            plain = self._export(weights) if self._export is not None else plain
         if self.dist.is_main:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
-            save_encoders(self._unwrapped(), self.run_dir / "encoders")
+            save_encoders(plain, self.run_dir / "encoders")
         self.logger.close()
         if self.dist.is_main and self.tc.report:
             from mm_ptft.report import write_report
@@ -336,8 +384,43 @@ class Trainer:
         D.barrier()
 
 
+def _gather_rng_states() -> list[Any]:
+    """Every rank's RNG state, in rank order (as numpy while in transit: ``all_gather_object`` of
+    CPU tensors fails to unpickle under gloo)."""
+    mine = _tuple_to_list(_rng_state())
+    if not D.is_distributed():
+        return [mine]
+    gathered = D.all_gather_object(_map_tensors(mine, lambda t: t.numpy()))
+    return [_map_tensors(r, torch.from_numpy) for r in gathered]
+
+
+def _map_tensors(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_tensors(v, fn) for v in obj]
+    return obj
+
+
+def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Logged losses averaged over ranks (every rank calls this at the same steps)."""
+    keys = sorted(sums)
+    if D.is_distributed():  # ranks may hold different parts (mixed-source batches): use the union
+        keys = sorted(set().union(*D.all_gather_object(keys)))
+        device = next((v.device for v in sums.values() if isinstance(v, torch.Tensor)), None)
+        sums = {k: sums.get(k, torch.zeros((), device=device)) for k in keys}
+    if not keys:
+        return {}
+    values = D.all_reduce_mean(torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in keys]))
+    return {k: float(v) for k, v in zip(keys, values)}
+
+
 def _batch_size(batch: Mapping[str, Any]) -> int:
     first = next(iter(batch.values()))
+    if isinstance(first, Mapping):  # a mixed batch {source: sub-batch} (MixtureDataset): count all rows
+        return sum(_batch_size(sub) for sub in batch.values())
     return len(first)
 
 

@@ -1,0 +1,99 @@
+"""Exact resume: a run killed with SIGKILL at a random step, then resumed with ``train.resume=true``,
+ends with the same weights (torch.equal) as an uninterrupted run; likewise when resuming at an epoch end.
+Dropout stays on: the RNG state, the data position and the optimizer/scheduler state are all restored."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mm_ptft.config import load_config
+from mm_ptft.run import train
+
+from conftest import ROOT, TEXT_TINY
+
+STEPS, SAVE_EVERY, PER_EPOCH = 9, 2, 7  # 400 training rows / batch 64 → 7 batches per epoch
+
+
+def overrides(data, out, *extra):
+    return [f"output_dir={out}", f"data.train_file={data['train_file']}", f"data.eval_file={data['eval_file']}",
+            "train.batch_size=64", f"train.max_steps={STEPS}", f"train.save_every={SAVE_EVERY}",
+            f"train.eval_every={PER_EPOCH}", "train.keep_last=10", "train.log_every=1", "train.report=false",
+            "train.device=cpu", *extra]
+
+
+def weights(ckpt_dir):
+    return load_file(str(ckpt_dir / "model.safetensors"))
+
+
+def assert_identical(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def logged_steps(run_dir, kind="train"):
+    recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in recs if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def straight(topics_data, tmp_path_factory):
+    """The uninterrupted reference run."""
+    out = tmp_path_factory.mktemp("straight")
+    train(load_config(TEXT_TINY, overrides(topics_data, out)))
+    return out
+
+
+def kill_after_checkpoint(cmd, env, ckpt_root, step, timeout=180.0):
+    """Start ``cmd``; SIGKILL it as soon as the checkpoint of ``step`` exists. Returns the exit code."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target, deadline = ckpt_root / f"step_{step:08d}", time.time() + timeout
+    try:
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(topics_data, straight, tmp_path):
+    step = random.Random(os.getpid()).choice(range(SAVE_EVERY, PER_EPOCH, SAVE_EVERY))  # mid-epoch: 2, 4 or 6
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mm_ptft.cli", "train", TEXT_TINY, *overrides(topics_data, out)]
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    assert kill_after_checkpoint(cmd, env, out / "checkpoints", step) == -signal.SIGKILL
+    assert not (out / "final_metrics.json").exists(), "the run finished before it could be killed"
+
+    train(load_config(TEXT_TINY, overrides(topics_data, out, "train.resume=true")))
+
+    final = f"step_{STEPS:08d}"
+    assert_identical(weights(straight / "checkpoints" / final), weights(out / "checkpoints" / final))
+    assert logged_steps(out) == list(range(1, STEPS + 1))  # no step logged twice, none missing
+    ref = json.loads((straight / "final_metrics.json").read_text())
+    assert json.loads((out / "final_metrics.json").read_text()) == ref
+
+
+def test_resume_at_an_epoch_boundary_gives_identical_weights(topics_data, straight, tmp_path):
+    """Start from the reference's end-of-epoch checkpoint alone and finish the run."""
+    out = tmp_path / "boundary"
+    boundary = f"step_{PER_EPOCH:08d}"
+    shutil.copytree(straight / "checkpoints" / boundary, out / "checkpoints" / boundary)
+    state = torch.load(out / "checkpoints" / boundary / "trainer_state.pt", weights_only=True)
+    assert (state["epoch"], state["batches_done"], state["loader"]) == (1, 0, None)  # really at the boundary
+
+    train(load_config(TEXT_TINY, overrides(topics_data, out, "train.resume=true")))
+
+    final = f"step_{STEPS:08d}"
+    assert_identical(weights(straight / "checkpoints" / final), weights(out / "checkpoints" / final))
+    assert logged_steps(out) == list(range(PER_EPOCH + 1, STEPS + 1))
