@@ -9,7 +9,8 @@ from conftest import TEXT_TINY
 def test_list_prints_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "text_encoder: hf, tiny" in out and "task:" in out and "text_classification" in out
+    assert "text_encoder: hf, open_clip, tiny" in out and "task:" in out and "text_classification" in out
+    assert "image_encoder:" in out and "audio_encoder:" in out and "fusion:" in out and "objective:" in out
 
 
 def test_config_error_exits_2_naming_the_key(capsys):

@@ -1,0 +1,177 @@
+"""CTC speech recognition: character vocabulary, text normalisation, the CTC task, greedy and
+beam-search decoding (torchaudio's flashlight ``ctc_decoder``), and WER/CER metrics."""
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_ptft.data.audio import LABEL_LENGTHS, TRANSCRIPTS
+from mm_ptft.encoders.base import Encoder
+from mm_ptft.tasks.base import Task
+from mm_ptft.types import LABELS
+
+BLANK, SPACE = "<blank>", "|"  # token 0 is the CTC blank; "|" marks word boundaries (flashlight's convention)
+
+
+def normalize_text(text: str, lowercase: bool = True, strip_punctuation: bool = True) -> str:
+    """Unicode NFKC, optional lower-casing and punctuation removal (apostrophes kept), single spaces."""
+    text = unicodedata.normalize("NFKC", str(text))
+    if lowercase:
+        text = text.lower()
+    if strip_punctuation:
+        text = re.sub(r"[^\w\s']|_", " ", text)
+    return " ".join(text.split())
+
+
+class CharVocab:
+    """Characters ↔ ids: 0 is the CTC blank, ``|`` stands for a space. Built from training texts
+    and stored (as its token list) in the run's resolved config so eval/predict rebuild it."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self.tokens = list(tokens)
+        if not self.tokens or self.tokens[0] != BLANK:
+            raise ValueError(f"a CTC vocabulary must start with {BLANK!r}, got {self.tokens[:3]}")
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise ValueError(f"duplicate tokens in the CTC vocabulary {self.tokens}")
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> "CharVocab":
+        chars = sorted({c for t in texts for c in t.replace(" ", SPACE)} - {SPACE})
+        return cls([BLANK, SPACE, *chars])
+
+    def encode(self, text: str) -> tuple[list[int], int]:
+        """Ids of the characters of ``text`` and how many characters were not in the vocabulary."""
+        ids = [self.index.get(c) for c in text.replace(" ", SPACE)]
+        return [i for i in ids if i is not None], sum(i is None for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join("".join(self.tokens[i] for i in ids if i != 0).replace(SPACE, " ").split())
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """Best path: argmax per frame, merge repeats, drop blanks (id 0). (B, N, V), (B,) → ids per row."""
+    best = log_probs.argmax(-1).cpu()  # (B, N)
+    out = []
+    for row, n in zip(best, lengths.cpu().tolist()):
+        ids = torch.unique_consecutive(row[:n]).tolist()
+        out.append([i for i in ids if i != 0])
+    return out
+
+
+class BeamDecoder:
+    """Beam search with torchaudio's flashlight ``ctc_decoder``, no language model: lexicon-free
+    (``lexicon=None``), or restricted to the spellings of ``words`` (a lexicon decoder)."""
+
+    def __init__(self, vocab: CharVocab, beam_size: int = 20, words: Sequence[str] = ()) -> None:
+        from torchaudio.models.decoder import ctc_decoder
+
+        self.vocab = vocab
+        lexicon = self._write_lexicon(vocab, words) if words else None
+        self.decoder = ctc_decoder(lexicon=lexicon, tokens=vocab.tokens, lm=None, beam_size=beam_size,
+                                   blank_token=BLANK, sil_token=SPACE, log_add=True)  # sum paths per prefix
+
+    @staticmethod
+    def _write_lexicon(vocab: CharVocab, words: Sequence[str]) -> str:
+        """A flashlight lexicon file (``word<TAB>w o r d |``) for the words spellable with ``vocab``."""
+        import tempfile
+
+        lines = [f"{w}\t{' '.join(w)} {SPACE}" for w in sorted(set(words)) if all(c in vocab.index for c in w)]
+        with tempfile.NamedTemporaryFile("w", suffix=".lexicon.txt", delete=False) as f:
+            f.write("\n".join(lines) + "\n")
+        return f.name
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        emissions = log_probs.detach().float().cpu().contiguous()  # (B, N, V)
+        hyps = self.decoder(emissions, lengths.detach().cpu().to(torch.int32))
+        return [self.vocab.decode(h[0].tokens.tolist()) if h else "" for h in hyps]
+
+
+class Transcriber:
+    """Log-probs → strings: ``greedy`` (best path), ``beam`` (lexicon-free beam search) or
+    ``lexicon`` (beam search restricted to ``words``, e.g. the training transcripts' words)."""
+
+    def __init__(self, vocab: CharVocab, decoder: str = "greedy", beam_size: int = 20,
+                 words: Sequence[str] = ()) -> None:
+        if decoder not in ("greedy", "beam", "lexicon"):
+            raise ValueError(f"model.decoder={decoder!r}; choose 'greedy', 'beam' or 'lexicon'")
+        if decoder == "lexicon" and not words:
+            raise ValueError("model.decoder=lexicon needs words (model.lexicon, learned from the training transcripts)")
+        self.vocab = vocab
+        self.beam = BeamDecoder(vocab, beam_size, words if decoder == "lexicon" else ()) if decoder != "greedy" else None
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        if self.beam is not None:
+            return self.beam(log_probs, lengths)
+        return [self.vocab.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+
+
+class CTCMetrics:
+    """WER and CER (torchmetrics, synced across ranks) of decoded hypotheses against ``transcripts``."""
+
+    def __init__(self, transcriber: Transcriber) -> None:
+        from torchmetrics.text import CharErrorRate, WordErrorRate
+
+        self.transcriber = transcriber
+        self.wer, self.cer = WordErrorRate(), CharErrorRate()
+
+    def to(self, device: torch.device) -> "CTCMetrics":
+        self.wer, self.cer = self.wer.to(device), self.cer.to(device)
+        return self
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        hyps = self.transcriber(out["log_probs"], out["frame_lengths"])
+        refs = list(batch[TRANSCRIPTS])
+        self.wer.update(hyps, refs)
+        self.cer.update(hyps, refs)
+
+    def compute(self) -> dict[str, float]:
+        return {"wer": float(self.wer.compute()), "cer": float(self.cer.compute())}
+
+
+class CTCTask(Task):
+    """Encoder frame tokens → dropout + linear → per-frame log-probs over the vocabulary; CTC loss."""
+
+    main_metric = "wer"
+    greater_is_better = False
+
+    def __init__(self, encoder: Encoder, vocab: CharVocab, dropout: float = 0.1, decoder: str = "greedy",
+                 beam_size: int = 20, words: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.encoder, self.vocab = encoder, vocab
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.out_dim, len(vocab))
+        self.transcriber = Transcriber(vocab, decoder, beam_size, words)
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        enc = self.encoder(batch)
+        logits = self.head(self.dropout(enc.tokens))  # (B, N, V)
+        log_probs = F.log_softmax(logits.float(), -1)  # (B, N, V)
+        frame_lengths = enc.mask.sum(1)  # (B,)
+        out = {"log_probs": log_probs, "frame_lengths": frame_lengths}
+        if LABELS in batch:
+            out["ctc_loss"] = F.ctc_loss(log_probs.transpose(0, 1), batch[LABELS], frame_lengths,
+                                         batch[LABEL_LENGTHS], blank=0, zero_infinity=True)
+            out["loss"] = out["ctc_loss"]
+        return out
+
+    def build_metrics(self) -> CTCMetrics:
+        return CTCMetrics(self.transcriber)
+
+    @torch.no_grad()
+    def transcribe(self, batch: Mapping[str, Any]) -> list[str]:
+        out = self(batch)
+        return self.transcriber(out["log_probs"], out["frame_lengths"])
+
+
+def needed_frames(labels: Sequence[int]) -> int:
+    """Fewest CTC frames that can emit ``labels``: one per label plus a blank between repeats."""
+    return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))

@@ -1,0 +1,152 @@
+"""Speech recognition (CTC): any audio encoder + a linear CTC head over its frames; audio manifests
+(CSV/JSONL with an audio-path and a transcript column) through HF datasets, decoded with soundfile."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech generator)
+from mm_ptft.config import RunConfig
+from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
+from mm_ptft.data.tables import DataError, load_table, require_columns, resolve_eval
+from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
+from mm_ptft.encoders.base import build_encoder
+from mm_ptft.heads.ctc import CharVocab, CTCTask, needed_frames, normalize_text
+from mm_ptft.tasks import TASKS
+from mm_ptft.tasks.base import Prepared
+from mm_ptft.tasks.common import resolve_files
+
+
+@dataclass
+class SpeechData:
+    train_file: str = ""
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    audio_column: str = "audio"  # file paths, relative to the manifest
+    text_column: str = "text"
+    eval_fraction: float = 0.1
+    min_duration: float = 0.0  # seconds; shorter clips are dropped and counted
+    max_duration: float = 30.0  # seconds; longer clips are dropped and counted (0: no limit)
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    check_audio: bool = True  # decode every file once at start-up to catch truncated/NaN files early
+    skip_bad_samples: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+
+
+@dataclass
+class SpeechModel:
+    audio: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
+    vocab: list[str] = field(default_factory=list)  # empty: characters of the training transcripts
+    dropout: float = 0.1
+    decoder: str = "greedy"  # greedy | beam (torchaudio ctc_decoder, lexicon-free) | lexicon (beam over known words)
+    beam_size: int = 20
+    lexicon: list[str] = field(default_factory=list)  # decoder=lexicon; empty: words of the training transcripts
+    freeze_feature_encoder: bool = False  # encoders with a conv front end (hf, torchaudio_wav2vec2)
+
+
+@dataclass
+class SpeechRecognitionConfig(RunConfig):
+    task: str = "speech_recognition"
+    data: SpeechData = field(default_factory=SpeechData)
+    model: SpeechModel = field(default_factory=SpeechModel)
+
+
+def _clips(ds: Any, manifest: str, cfg: SpeechRecognitionConfig, enc: AudioEncoder, pipe: AudioPipeline,
+           vocab: CharVocab, counters: dict[str, int]) -> list[Clip]:
+    """Usable clips of one manifest: bad files and durations filtered, transcripts normalised and
+    encoded, clips too short for their transcript under CTC dropped (and counted)."""
+    d = cfg.data
+    require_columns(ds, [d.audio_column, d.text_column], manifest)
+    texts = ds[d.text_column]
+    found = scan_clips(ds[d.audio_column], manifest, enc.sample_rate, d.min_duration, d.max_duration,
+                       d.skip_bad_samples, d.check_audio, counters)
+    clips = []
+    for row, path, samples in found:
+        text = normalize_text(texts[row] or "", d.lowercase, d.strip_punctuation)
+        if not text:
+            if not d.skip_bad_samples:
+                raise DataError(f"{manifest}: row {row}: empty transcript (set data.skip_bad_samples=true to skip)")
+            count(counters, "skipped_empty_transcript")
+            continue
+        ids, unknown = vocab.encode(text)
+        if unknown:
+            count(counters, "unknown_characters_dropped", unknown)
+        frames = int(enc.frame_lengths(torch.tensor([pipe.input_length(samples)]))[0])
+        if frames < needed_frames(ids):
+            count(counters, "dropped_too_short_for_transcript")
+            continue
+        clips.append(Clip(path, text, ids, samples))
+    return clips
+
+
+def _build_encoder(cfg: SpeechRecognitionConfig) -> AudioEncoder:
+    enc = build_encoder(AUDIO_ENCODERS, cfg.model.audio, "model.audio")
+    if cfg.model.freeze_feature_encoder:
+        if not hasattr(enc, "freeze_feature_encoder"):
+            raise ValueError(f"model.freeze_feature_encoder=true but model.audio.name={cfg.model.audio['name']!r} "
+                             f"has no separate feature encoder")
+        enc.freeze_feature_encoder()
+    return enc
+
+
+@TASKS.register("speech_recognition")
+class SpeechRecognition:
+    config_cls = SpeechRecognitionConfig
+
+    @staticmethod
+    def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
+        """Load manifests, learn the character vocabulary, build the encoder and CTC head."""
+        d, m = cfg.data, cfg.model
+        resolve_files(d, cfg.output_dir)
+        train_ds = eval_ds = None
+        learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
+        if d.train_file and (train or learn):
+            train_ds, eval_ds = resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file,
+                                             d.eval_fraction, cfg.seed)
+        elif d.eval_file:  # inference: only the eval manifest is needed
+            eval_ds = load_table(d.eval_file, "data.eval_file")
+        if not m.vocab:
+            if train_ds is None:
+                raise ValueError("model.vocab is empty and there is no data.train_file to learn it from")
+            require_columns(train_ds, [d.text_column], d.train_file)
+            texts = [normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]]
+            m.vocab = CharVocab.from_texts(texts).tokens  # saved with the run's resolved config
+        if m.decoder == "lexicon" and not m.lexicon:
+            if train_ds is None:
+                raise ValueError("model.decoder=lexicon: model.lexicon is empty and there is no data.train_file")
+            m.lexicon = sorted({w for t in train_ds[d.text_column] for w in normalize_text(t or "", d.lowercase,
+                                                                                          d.strip_punctuation).split()})
+        vocab = CharVocab(m.vocab)
+        enc = _build_encoder(cfg)
+        task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
+        counters: dict[str, int] = {}
+        train_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels, d.augment, train=True)
+        eval_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
+        tr = ev = None
+        if train_ds is not None and train:
+            tr = AudioDataset(_clips(train_ds, d.train_file, cfg, enc, train_pipe, vocab, counters), train_pipe)
+        if eval_ds is not None:
+            where = d.eval_file or f"{d.train_file} (eval split)"
+            ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, enc, eval_pipe, vocab, counters),
+                              eval_pipe)
+            if not len(ev):
+                raise DataError(f"{where}: no usable clips left (counts: {counters})")
+        return Prepared(task, tr, ev, AudioCollator(), tr.lengths() if tr else None, ev.lengths() if ev else None,
+                        counters)
+
+    @staticmethod
+    def predict(cfg: SpeechRecognitionConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
+        """Transcribe audio files (any format soundfile reads, any rate, mono or multi-channel)."""
+        task: CTCTask = prepared.task
+        enc = task.encoder
+        pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
+        device = next(task.parameters()).device
+        out = []
+        for path in paths:
+            batch = prepared.collate([{"audio": pipe(path)}])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out.append({"file": path, "text": task.transcribe(batch)[0]})
+        return out

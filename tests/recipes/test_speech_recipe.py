@@ -1,0 +1,112 @@
+"""The speech-recognition tiny.yaml runs end to end through its train.py and learns (WER far below
+chance = 1.0); the run reloads for eval and predict; espeak-ng corpus building where installed."""
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "speech_recognition"
+# fewer clips and epochs than tiny.yaml (which reaches WER ~0.1): still well past chance
+REDUCED = ["data.generate.n_train=320", "data.generate.n_eval=60", "train.epochs=10", "train.num_workers=0",
+           "train.report=false"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the model is tiny and the CPU shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One reduced tiny run through the recipe's train.py."""
+    out = tmp_path_factory.mktemp("speech")
+    main = runpy.run_path(str(RECIPE / "train.py"))["main"]
+    return out, main([str(RECIPE / "tiny.yaml"), f"output_dir={out}", *REDUCED])
+
+
+def test_tiny_wer_far_below_chance(speech_run):
+    out, results = speech_run
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["wer"] == pytest.approx(results["wer"])
+    # chance: no word right (WER 1.0); the margin is wide on purpose
+    assert results["wer"] < 0.8 and results["cer"] < 0.35, results
+
+
+def test_vocab_saved_with_run_and_predict_transcribes(speech_run):
+    from mm_ptft.run import evaluate, predict
+
+    out, results = speech_run
+    assert "vocab:" in (out / "config.yaml").read_text()
+    eval_csv = next(out.glob("generated_data/*/eval.csv"))
+    rows = [ln.split(",") for ln in eval_csv.read_text().splitlines()[1:9]]
+    preds = predict(out, [str(eval_csv.parent / r[0]) for r in rows])
+    assert [Path(p["file"]).name for p in preds] == [Path(r[0]).name for r in rows]
+    assert jiwer.cer([r[1] for r in rows], [p["text"] or "-" for p in preds]) < 0.5, (preds, rows)
+    again = evaluate(out)  # rebuilt from config.yaml (vocab included) + best checkpoint
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert again["wer"] == pytest.approx(best["wer"], abs=1e-6)
+
+
+def test_tiny_yaml_defaults_parse():
+    from mm_ptft.config import load_config
+
+    cfg = load_config(RECIPE / "tiny.yaml")
+    assert cfg.task == "speech_recognition" and cfg.model.audio["name"] == "tiny"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_espeak_corpus_script(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_espeak_corpus.py"), str(tmp_path), "--phrases", "6",
+                    "--voices", "en", "en-us", "--speeds", "160", "--eval-voices", "en-us"], check=True,
+                   capture_output=True)
+    import soundfile as sf
+
+    train = (tmp_path / "train.csv").read_text().splitlines()
+    evals = (tmp_path / "eval.csv").read_text().splitlines()
+    assert train[0] == evals[0] == "audio,text,voice"
+    assert len(train) == 7 and len(evals) == 7
+    assert {r.split(",")[-1] for r in evals[1:]} == {"en-us"} and "en-us" not in {r.split(",")[-1] for r in train[1:]}
+    info = sf.info(str(tmp_path / train[1].split(",")[0]))
+    assert info.samplerate == 16000 and info.channels == 1 and info.frames > 1600
+
+
+def test_prepare_counts_bad_resampled_and_stereo_files(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from mm_ptft.config import load_config
+    from mm_ptft.data.generated import generate
+    from mm_ptft.data.tables import DataError
+    from mm_ptft.tasks.speech_recognition import SpeechRecognition
+
+    paths = generate({"name": "tone_speech", "n_train": 12, "n_eval": 4, "seed": 3}, tmp_path)
+    root = Path(paths["train_file"]).parent
+    (root / "bad.wav").write_bytes(b"RIFF0000WAVEjunk")
+    t = np.arange(22050) / 22050
+    sf.write(str(root / "stereo.wav"), np.stack([np.sin(2 * np.pi * 300 * t)] * 2, 1) * 0.3, 22050)
+    with open(paths["train_file"], "a") as f:
+        f.write("bad.wav,cat,x\nstereo.wav,dog,x\n")
+    args = [f"output_dir={tmp_path / 'run'}", "data.generate=null", f"data.train_file={paths['train_file']}",
+            f"data.eval_file={paths['eval_file']}"]
+    with pytest.raises(DataError, match=r"train.csv: row 12: .*bad.wav"):
+        SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", args))
+    prepared = SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*args, "data.skip_bad_samples=true"]))
+    # (12 training phrases may not cover every eval character: those are counted too)
+    counted = {k: v for k, v in prepared.counters.items() if k != "unknown_characters_dropped"}
+    assert counted == {"skipped_bad_audio": 1, "resampled": 1, "downmixed_to_mono": 1}
+    assert len(prepared.train_data) == 13 and prepared.train_lengths[-1] == 8000  # 1 s at 8 kHz
+    assert prepared.train_data[12]["audio"].shape[0] == 40  # log-mel bins of model.audio
