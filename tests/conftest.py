@@ -9,8 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT_TINY = os.path.join(ROOT, "recipes", "text_classification", "tiny.yaml")
+from mm_paths import ROOT, TEXT_TINY  # noqa: E402,F401  (re-exported for older imports)
 
 
 @pytest.fixture(scope="session")

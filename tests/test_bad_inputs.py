@@ -22,7 +22,7 @@ from mm_ptft.run import train
 from mm_ptft.tasks import get_recipe
 from mm_ptft.train import checkpoint as ckpt
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 TOPICS = ["sports", "cooking", "space", "finance"]
 

@@ -3,7 +3,7 @@ import sys
 
 from mm_ptft.cli import main
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 
 def test_list_prints_every_registry(capsys):

@@ -3,7 +3,7 @@ import pytest
 from mm_ptft.config import ConfigError, load_config
 from mm_ptft.tasks.text_classification import TextClassificationConfig
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 
 def test_tiny_yaml_loads_typed_with_overrides():

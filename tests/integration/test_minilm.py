@@ -4,7 +4,7 @@ import pytest
 from mm_ptft.config import load_config
 from mm_ptft.run import predict, train
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from mm_ptft.data.tables import DataError
 from mm_ptft.run import evaluate, predict, train
 from mm_ptft.tasks.text_classification import TextClassification
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 
 def write_csv(path, rows, header=("text", "label")):

@@ -11,7 +11,7 @@ from mm_ptft.run import train
 from mm_ptft.tasks import get_recipe
 from mm_ptft.train.trainer import Trainer
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 STEPS = 2
 NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from mm_ptft.config import load_config
 from mm_ptft.run import train
 
-from conftest import ROOT, TEXT_TINY
+from mm_paths import ROOT, TEXT_TINY
 
 STEPS, SAVE_EVERY, PER_EPOCH = 9, 2, 7  # 400 training rows / batch 64 → 7 batches per epoch
 

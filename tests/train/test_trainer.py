@@ -9,7 +9,7 @@ from mm_ptft.config import load_config
 from mm_ptft.run import train
 from mm_ptft.train.trainer import Trainer
 
-from conftest import TEXT_TINY
+from mm_paths import TEXT_TINY
 
 NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",
               "model.text.config.attention_probs_dropout_prob=0.0"]

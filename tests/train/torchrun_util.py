@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from mm_ptft.config import load_config
 from mm_ptft.run import train
 
-from conftest import ROOT, TEXT_TINY
+from mm_paths import ROOT, TEXT_TINY
 
 NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",
               "model.text.config.attention_probs_dropout_prob=0.0"]
