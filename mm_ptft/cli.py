@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_report)
     q = sub.add_parser("quickstart", help="the main job on an embedded default (no download)")
     q.add_argument("--output-dir", default="runs/quickstart")
-    q.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the tiny recipe's 5 epochs)")
+    q.add_argument("--steps", type=int, default=400, help="pretraining steps")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     q.add_argument("--labels-per-class", type=int, default=4, help="labeled examples per class for fine-tuning")
     q.set_defaults(fn=cmd_quickstart)

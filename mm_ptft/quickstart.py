@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Optional
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-GENERATE = {"name": "shapes_captions", "n_train": 600, "n_eval": 200, "image_size": 32, "sample_rate": 8000,
+GENERATE = {"name": "shapes_captions", "n_train": 600, "n_eval": 200, "image_size": 64, "sample_rate": 8000,
             "seconds": 0.5, "seed": 0}
 ENCODERS = {  # small enough for a laptop CPU; the same specs in pretraining and from-scratch runs
     "text": "{name: tiny, dim: 64, depth: 2, heads: 4, max_length: 32, vocab_size: 200}",
-    "image": "{name: tiny_cnn, widths: [16, 32, 64], img_size: 32}",
+    "image": "{name: tiny_cnn, widths: [16, 32, 64], img_size: 64}",
     "audio": "{name: tiny, sample_rate: 8000, n_mels: 32, dim: 64, depth: 1, heads: 4, subsample: 2}",
 }
 SETUPS = {"multimodal (gated fusion)": ["audio", "image", "text"], "image only": ["image"],
@@ -37,14 +37,13 @@ def few_labels(manifest: str, per_class: int, seed: int) -> str:
     return str(out)
 
 
-def pretrain(data: dict[str, str], out: Path, steps: Optional[int], device: str) -> dict[str, float]:
+def pretrain(data: dict[str, str], out: Path, steps: int, device: str) -> dict[str, float]:
     from mm_ptft.config import load_config
     from mm_ptft.run import train
 
     overrides = [f"output_dir={out}", f"train.device={device}", f"data.train_file={data['train_file']}",
-                 f"data.eval_file={data['eval_file']}", *(f"model.{m}={s}" for m, s in ENCODERS.items())]
-    if steps:
-        overrides.append(f"train.max_steps={steps}")
+                 f"data.eval_file={data['eval_file']}", f"train.max_steps={steps}", "train.eval_every=100",
+                 *(f"model.{m}={s}" for m, s in ENCODERS.items())]
     return train(load_config(RECIPES / "pretrain_joint" / "tiny.yaml", overrides))
 
 
@@ -63,7 +62,7 @@ def finetune(data: dict[str, str], few: str, modalities: list[str], encoders_dir
     return train(load_config(RECIPES / "multimodal_classification" / "tiny.yaml", overrides))
 
 
-def run_quickstart(output_dir: str = "runs/quickstart", steps: Optional[int] = None, device: str = "auto",
+def run_quickstart(output_dir: str = "runs/quickstart", steps: int = 400, device: str = "auto",
                    per_class: int = 4) -> dict:
     """Pretrain, fine-tune with few labels (pretrained vs scratch), print the table, write the report."""
     from mm_ptft.data.generated import generate
