@@ -1,4 +1,4 @@
-"""``mm-ptft`` command line: train, eval, predict, list, report."""
+"""``mm-ptft`` command line: train, eval, predict, export, list, report."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,18 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from mm_ptft.export import ExportError, export_run
+
+    try:
+        path = export_run(ns.run_dir, ns.format, ns.out, ns.quantize, ns.checkpoint)
+    except ExportError as err:
+        print(f"mm-ptft: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": str(path), "description": str(path.with_suffix(".json"))}))
+    return 0
+
+
 def cmd_list(ns: argparse.Namespace) -> int:
     from mm_ptft.components import load_components
     from mm_ptft.registry import all_registries
@@ -84,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="*", help="inputs; read one per line from stdin when none are given")
     pr.add_argument("--checkpoint", default=None)
     pr.set_defaults(fn=cmd_predict)
+    ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript [--out PATH] [--quantize int8]")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt)")
+    ex.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation (CPU serving)")
+    ex.add_argument("--checkpoint", default=None)
+    ex.set_defaults(fn=cmd_export)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")

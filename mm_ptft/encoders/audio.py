@@ -9,13 +9,12 @@ for real frames, and their masked mean as ``pooled``.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, masked_mean
+from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean
 from mm_ptft.registry import Registry
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, EncoderOutput
 
@@ -201,12 +200,11 @@ class WhisperLogMel(nn.Module):
         return (logs + 4.0) / 4.0
 
 
-class HFAudioEncoder(AudioEncoder):
+class HFAudioEncoder(HFBacked, AudioEncoder):
     """Wraps a transformers speech model. Models whose main input is ``input_values`` (wav2vec2,
     HuBERT, WavLM, data2vec-audio) take the normalised waveform with an attention mask from
     ``audio_lengths``; those taking ``input_features`` (Whisper's encoder) get log-mel features."""
 
-    hf_format = True
 
     def __init__(self, model: nn.Module, sample_rate: int, freeze_feature_encoder: bool) -> None:
         super().__init__()
@@ -244,15 +242,6 @@ class HFAudioEncoder(AudioEncoder):
             tokens = self.model(input_values=wav, attention_mask=att.long()).last_hidden_state  # (B, N, D)
         mask = lengths_to_mask(self.frame_lengths(lengths), tokens.shape[1])  # (B, N)
         return EncoderOutput(masked_mean(tokens, mask), tokens, mask)
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        if enabled:
-            self.model.gradient_checkpointing_enable()
-        else:
-            self.model.gradient_checkpointing_disable()
-
-    def save_hf(self, path: Path) -> None:
-        self.model.save_pretrained(str(path))
 
 
 def _encoder_only(model: nn.Module) -> nn.Module:

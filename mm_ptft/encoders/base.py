@@ -89,6 +89,26 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
 
+class HFBacked:
+    """Mixin for encoders that wrap a transformers model in ``self.model``: gradient checkpointing
+    and ``save_pretrained`` of the model plus its tokenizer or processor, where it has one."""
+
+    hf_format = True
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        if enabled:
+            self.model.gradient_checkpointing_enable()
+        else:
+            self.model.gradient_checkpointing_disable()
+
+    def save_hf(self, path: Path) -> None:
+        self.model.save_pretrained(str(path))
+        for attr in ("tokenizer", "processor"):
+            part = getattr(self, attr, None)
+            if part is not None and hasattr(part, "save_pretrained"):
+                part.save_pretrained(str(path))
+
+
 def layer_index(param_name: str) -> Optional[int]:
     """Block index of a parameter (``encoder.layer.3.…`` → 3), -1 for embeddings, None otherwise."""
     m = _LAYER_RE.search(param_name)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder
+from mm_ptft.encoders.base import Encoder, HFBacked
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -272,10 +271,9 @@ def torchvision_encoder(name_or_path: str, weights: Optional[str] = None, img_si
 
 
 # ---------------------------------------------------------------------------------- Hugging Face
-class HFImageEncoder(ImageEncoder):
+class HFImageEncoder(HFBacked, ImageEncoder):
     """A transformers vision ``AutoModel`` (ViT, DeiT, DINOv2, ConvNeXt, ResNet...)."""
 
-    hf_format = True
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, processor: Any = None,
                  pooling: str = "auto") -> None:
@@ -305,17 +303,6 @@ class HFImageEncoder(ImageEncoder):
             strides = [images.shape[-2] // m.shape[-2] for m in maps]
             return as_maps([maps[i] for i in pyramid_indices(strides)])
         return as_maps([vit_map(out.last_hidden_state, images, int(self.model.config.patch_size))])
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        if enabled:
-            self.model.gradient_checkpointing_enable()
-        else:
-            self.model.gradient_checkpointing_disable()
-
-    def save_hf(self, path: Path) -> None:
-        self.model.save_pretrained(str(path))
-        if self.processor is not None:
-            self.processor.save_pretrained(str(path))
 
 
 def vit_map(tokens: torch.Tensor, images: torch.Tensor, patch: int) -> torch.Tensor:

@@ -5,14 +5,13 @@ a WordPiece vocabulary is trained on the run's training texts (``corpus``) and s
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, masked_mean
+from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, EncoderOutput
 
@@ -58,11 +57,10 @@ def load_tokenizer(path: Optional[str], corpus: Optional[Iterable[str]], vocab_s
     return train_wordpiece(corpus, vocab_size)
 
 
-class HFTextEncoder(Encoder):
+class HFTextEncoder(HFBacked, Encoder):
     """Wraps a transformers ``AutoModel``; pools the [CLS] token or the masked mean."""
 
     modality = "text"
-    hf_format = True
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: str = "cls", max_length: int = 512) -> None:
         super().__init__()
@@ -78,16 +76,6 @@ class HFTextEncoder(Encoder):
         tokens = self.model(input_ids=batch[TEXT], attention_mask=mask).last_hidden_state  # (B, L, D)
         pooled = tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)  # (B, D)
         return EncoderOutput(pooled, tokens, mask.bool())
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        if enabled:
-            self.model.gradient_checkpointing_enable()
-        else:
-            self.model.gradient_checkpointing_disable()
-
-    def save_hf(self, path: Path) -> None:
-        self.model.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
 
 
 @TEXT_ENCODERS.register("hf")

@@ -25,6 +25,16 @@ class ClassificationHead(nn.Module):
         return self.proj(self.dropout(x))  # (B, C)
 
 
+def classification_outputs(logits: torch.Tensor, batch: Mapping[str, Any], smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    """``{"logits"}``, plus cross-entropy as ``ce_loss`` and ``loss`` when the batch has labels
+    (class indices (B,) or soft targets (B, C))."""
+    out = {"logits": logits}
+    if LABELS in batch:
+        out["ce_loss"] = F.cross_entropy(logits.float(), batch[LABELS], label_smoothing=smoothing)
+        out["loss"] = out["ce_loss"]
+    return out
+
+
 class ClassificationTask(Task):
     """Encoder → pooled embedding → classification head; cross-entropy with optional smoothing.
 
@@ -41,12 +51,7 @@ class ClassificationTask(Task):
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.head(self.encoder(batch).pooled)  # (B, C)
-        out = {"logits": logits}
-        if LABELS in batch:
-            smoothing = self.label_smoothing if self.training else 0.0
-            out["ce_loss"] = F.cross_entropy(logits.float(), batch[LABELS], label_smoothing=smoothing)
-            out["loss"] = out["ce_loss"]
-        return out
+        return classification_outputs(logits, batch, self.label_smoothing if self.training else 0.0)
 
     def build_metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics(self.num_classes)

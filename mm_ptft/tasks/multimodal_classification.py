@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -21,7 +20,7 @@ from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, require_co
 from mm_ptft.data.text import tokenize
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.fusion import build_fusion
-from mm_ptft.heads.classification import ClassificationHead
+from mm_ptft.heads.classification import ClassificationHead, classification_outputs
 from mm_ptft.metrics import ClassificationMetrics
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared, Task
@@ -96,12 +95,7 @@ class MultimodalClassifier(Task):
                 torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, N)
             embeddings[m], masks[m] = tokens, mask.bool() & present[:, j:j + 1]
         logits = self.head(self.fusion(embeddings, masks))  # (B, C)
-        out = {"logits": logits}
-        if LABELS in batch:
-            smoothing = self.label_smoothing if self.training else 0.0
-            out["ce_loss"] = F.cross_entropy(logits.float(), batch[LABELS], label_smoothing=smoothing)
-            out["loss"] = out["ce_loss"]
-        return out
+        return classification_outputs(logits, batch, self.label_smoothing if self.training else 0.0)
 
     def build_metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics(self.num_classes)
