@@ -59,6 +59,10 @@ class ExportModule(nn.Module):
         batch = dict(zip(self.keys, tensors))
         if self.kind == "classification":  # head over the live encoder (not an EMA copy or a loss)
             return self.task.head(self.task.encoder(batch).pooled)  # (B, C)
+        if self.kind == "multimodal_classification":  # every modality present; flags sized from the inputs, so
+            for m, key in (("text", TEXT), ("image", IMAGE), ("audio", AUDIO)):  # the batch axis stays dynamic
+                if key in batch:
+                    batch[f"{m}_present"] = torch.ones_like(batch[key].flatten(1)[:, 0], dtype=torch.bool)  # (B,)
         out = self.task(batch)
         if self.kind == "ctc":
             return out["log_probs"], out["frame_lengths"]  # (B, N, V), (B,)
@@ -177,7 +181,7 @@ def _dynamic_axes(spec: Spec, inputs: Sequence[torch.Tensor]) -> dict[str, dict[
 
 
 def _describe(model: nn.Module, what: str) -> str:
-    """``encoder TinyTextTransformer (model.text: tiny)``-style names of a task's encoders, for errors."""
+    """``MultimodalClassifier with text encoder TinyTextTransformer (name: tiny), …``: for error messages."""
     parts = []
     for m, enc in getattr(model, "encoders", lambda: {})().items():
         parts.append(f"{m} encoder {type(enc).__name__} (name: {getattr(enc, 'spec', {}).get('name', '?')})")
@@ -231,8 +235,8 @@ def preprocessing(cfg: Any, task: nn.Module, prepared: Any, out: Path) -> dict[s
     if image is not None:
         pre = getattr(image, "preprocess", None)
         info["image"] = {**(pre.to_dict() if pre is not None else {}), "layout": "NCHW float32 RGB",
-                         "steps": "decode RGB, resize (shorter side size/crop_pct) + centre crop to size, "
-                                  "scale to [0, 1], subtract mean, divide by std"}
+                         "steps": "decode RGB, resize to size / crop_pct (size where crop_pct >= 1), centre crop "
+                                  "to size, scale to [0, 1], subtract mean, divide by std"}
         media = getattr(prepared.eval_data, "media", None)
         if media is not None:  # multimodal rows: a plain resize to image_size, media mean/std
             info["image"].update(size=[media.image_size, media.image_size], mean=media.image_mean,
@@ -250,10 +254,16 @@ def preprocessing(cfg: Any, task: nn.Module, prepared: Any, out: Path) -> dict[s
             info["audio"].update(n_mels=int(audio.n_mels), hop_length=lm.hop, n_fft=lm.mel.n_fft,
                                  win_length=lm.mel.win_length,
                                  steps="mono, resample to sample_rate, torchaudio MelSpectrogram(center=True, "
-                                       "pad_mode=constant), log(x + 1e-6), per-bin mean/std normalisation over time; "
+                                       "pad_mode=constant), log(x + 1e-6), per mel bin (x - mean) / (std + 1e-5) over time; "
                                        "shape (B, n_mels, frames)")
         else:
-            info["audio"]["steps"] = "mono, resample to sample_rate, zero-mean unit-variance; shape (B, samples)"
+            info["audio"]["steps"] = "mono, resample to sample_rate, (x - mean) / (std + 1e-7) per clip; shape (B, samples)"
+        media = getattr(prepared.eval_data, "media", None)
+        if media is not None:  # multimodal rows decode audio their own way
+            info["audio"]["max_seconds"] = media.max_audio_seconds
+            info["audio"]["steps"] = ("as mm_ptft.data.multimodal.load_audio: mono, resample to sample_rate, crop to "
+                                      "max_seconds; " + ("raw waveform (the encoder normalises); shape (B, samples)"
+                                                         if kind != "features" else "log-mel normalised per bin"))
     return info
 
 
@@ -271,8 +281,10 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path]
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only 'int8' (dynamic, nn.Linear weights) is supported")
     run_dir = Path(run_dir)
+    from mm_ptft.tasks.distillation import student_of
+
     cfg, prepared, _ = load_run(run_dir, checkpoint=checkpoint)
-    task = prepared.task.cpu().eval()
+    task, cfg = student_of(prepared.task.cpu().eval(), cfg)  # a distilled run exports its student
     spec = export_spec(task)
     module = make_traceable(ExportModule(task, spec)).eval()
     inputs = example_inputs(prepared, spec)
@@ -293,7 +305,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path]
     except ExportError:
         raise
     except Exception as err:  # exporter failures come as many types: say which model and why
-        msg = (str(err).splitlines() or [""])[0][:300]
+        msg = (str(err).splitlines() or [""])[0].split("  [Caused by")[0][:300]
         hint = ""
         if "STFT" in msg or "stft" in msg:
             hint = (" (a waveform-input audio encoder computes its log-mel with torch.stft, which the ONNX exporter "
