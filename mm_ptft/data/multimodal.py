@@ -108,7 +108,8 @@ class PairedDataset(Dataset):
         return [len(r[TEXT]) for r in self.rows] if self.rows and TEXT in self.rows[0] else None
 
 
-def _media_path(base: str, value: Any) -> Optional[str]:
+def media_path(base: str, value: Any) -> Optional[str]:
+    """A manifest's media cell as a path: relative ones resolve against the manifest's folder; empty → None."""
     if value is None or not str(value).strip():
         return None
     return value if os.path.isabs(value) else os.path.join(base, value)
@@ -131,7 +132,7 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
     for r in range(len(ds)):
         row: dict[str, Any] = {"_row": r}
         for m, values in media_cols.items():
-            p = _media_path(base, values[r])
+            p = media_path(base, values[r])
             if p is None or not os.path.isfile(p):
                 if not skip_bad:
                     raise DataError(f"{path}: row {r}: {m} file {p or '(empty)'} not found "

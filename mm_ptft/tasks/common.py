@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mm_ptft.data.generated import generate
 
@@ -30,6 +30,3 @@ def save_tokenizer(spec: dict[str, Any], tokenizer: Any, output_dir: str) -> Non
         tokenizer.save_pretrained(str(path))
     spec["tokenizer"] = str(path.resolve())
 
-
-def existing(path: Optional[str]) -> Optional[str]:
-    return path if path else None

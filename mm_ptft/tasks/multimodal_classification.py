@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mm_ptft.config import ConfigError, RunConfig
-from mm_ptft.data.multimodal import MODALITIES, MediaConfig, MultimodalCollator, load_audio, load_image
+from mm_ptft.data.multimodal import MODALITIES, MediaConfig, MultimodalCollator, load_audio, load_image, media_path
 from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, require_columns
 from mm_ptft.data.text import tokenize
 from mm_ptft.encoders.base import Encoder
@@ -150,7 +150,7 @@ def _rows(ds: Any, path: str, d: MMClsData, labels: LabelMap, tokenizer: Any, ma
     cols = {m: getattr(d, f"{m}_column") for m in d.modalities}
     require_columns(ds, [*cols.values(), d.label_column], path)
     base = os.path.dirname(os.path.abspath(path))
-    out = []
+    out, raw_labels = [], []
     for k, r in enumerate(ds):
         row: dict[str, Any] = {ROW: r.get(ROW, k)}
         for m, col in cols.items():
@@ -159,9 +159,9 @@ def _rows(ds: Any, path: str, d: MMClsData, labels: LabelMap, tokenizer: Any, ma
                 row[m] = None
                 counters[f"missing_{m}"] = counters.get(f"missing_{m}", 0) + 1
             elif m == "text":
-                row[m] = tokenize(tokenizer, [v], max_len, path, False, counters)[0][0]
+                row[m] = v  # tokenised below, in one batch
             else:
-                p = v if os.path.isabs(v) else os.path.join(base, v)
+                p = media_path(base, v)
                 if not os.path.isfile(p):
                     if not d.skip_bad_samples:
                         raise DataError(f"{path}: row {row[ROW]}: {m} file {p} not found "
@@ -172,8 +172,15 @@ def _rows(ds: Any, path: str, d: MMClsData, labels: LabelMap, tokenizer: Any, ma
         else:
             if all(row[m] is None for m in cols):
                 raise DataError(f"{path}: row {row[ROW]}: every modality {sorted(cols)} is empty")
-            row[LABELS] = labels.encode([r[d.label_column]], path, [row[ROW]])[0]
             out.append(row)
+            raw_labels.append(r[d.label_column])
+    with_text = [row for row in out if row.get("text") is not None]
+    if with_text:
+        ids, _ = tokenize(tokenizer, [row["text"] for row in with_text], max_len, path, False, counters)
+        for row, i in zip(with_text, ids):
+            row["text"] = i
+    for row, y in zip(out, labels.encode(raw_labels, path, [row[ROW] for row in out])):
+        row[LABELS] = y
     return out
 
 
