@@ -110,23 +110,18 @@ class ConvSubsample(nn.Module):
         return x, lengths  # (B, D, N'), (B,)
 
 
-class TinyAudioEncoder(AudioEncoder):
-    """Log-mel front end (for waveforms) + strided conv subsampling + a small transformer."""
+class MelEncoder(AudioEncoder):
+    """Base for the built-in log-mel encoders: a log-mel front end for waveform input (skipped for
+    ``features`` input, which the data pipeline already normalised) and ``subsample`` stride-2 convs."""
 
-    def __init__(self, sample_rate: int, input_kind: str, n_mels: int, dim: int, depth: int, heads: int,
-                 subsample: int, dropout: float, max_frames: int) -> None:
+    def __init__(self, sample_rate: int, input_kind: str, n_mels: int, dim: int, subsample: int) -> None:
         super().__init__()
         if input_kind not in ("waveform", "features"):
             raise ValueError(f"input_kind must be 'waveform' or 'features', got {input_kind!r}")
-        self.sample_rate, self.input_kind, self.n_mels, self.out_dim = sample_rate, input_kind, n_mels, dim
+        self.sample_rate, self.input_kind, self.n_mels = sample_rate, input_kind, n_mels
         self.frontend = LogMel(sample_rate, n_mels) if input_kind == "waveform" else None
         self.n_sub = subsample
         self.stem = ConvSubsample(n_mels, dim, subsample)  # "stem": embedding depth for LLRD/freezing
-        self.pos_embed = nn.Parameter(torch.randn(1, max_frames, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self._ckpt = False
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         if self.frontend is not None:
@@ -142,9 +137,26 @@ class TinyAudioEncoder(AudioEncoder):
         n = self.frontend.out_lengths(lengths)
         return masked_normalize(self.frontend(x), n), n  # (B, F, N)
 
+    def subsampled(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features through the conv stem: (B, D, N') and frame lengths (B,)."""
+        return self.stem(*self.features(batch))
+
+
+class TinyAudioEncoder(MelEncoder):
+    """Log-mel front end (for waveforms) + strided conv subsampling + a small transformer."""
+
+    def __init__(self, sample_rate: int, input_kind: str, n_mels: int, dim: int, depth: int, heads: int,
+                 subsample: int, dropout: float, max_frames: int) -> None:
+        super().__init__(sample_rate, input_kind, n_mels, dim, subsample)
+        self.out_dim = dim
+        self.pos_embed = nn.Parameter(torch.randn(1, max_frames, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self._ckpt = False
+
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
-        feats, n = self.features(batch)  # (B, F, N), (B,)
-        x, n = self.stem(feats, n)  # (B, D, N'), (B,)
+        x, n = self.subsampled(batch)  # (B, D, N'), (B,)
         x = x.transpose(1, 2)  # (B, N', D)
         if x.shape[1] > self.pos_embed.shape[1]:
             raise ValueError(f"audio of {x.shape[1]} frames after subsampling exceeds max_frames="
@@ -170,6 +182,46 @@ def tiny(sample_rate: int = 16000, input_kind: str = "waveform", n_mels: int = 4
     """Built-in tiny encoder: log-mel → ``subsample`` stride-2 convs → ``depth`` transformer blocks."""
     return TinyAudioEncoder(sample_rate, input_kind, n_mels, dim, depth, heads, subsample, dropout, max_frames)
 
+
+
+class CRNNAudioEncoder(MelEncoder):
+    """Log-mel → stride-2 convs → bidirectional GRU/LSTM layers (DeepSpeech2-style): the built-in that
+    learns speech fastest from little data on a CPU (recurrence gives the local, ordered context that
+    a small transformer must first learn)."""
+
+    def __init__(self, sample_rate: int, input_kind: str, n_mels: int, dim: int, depth: int, subsample: int,
+                 dropout: float, cell: str) -> None:
+        super().__init__(sample_rate, input_kind, n_mels, dim, subsample)
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(cell)
+        if rnn is None:
+            raise ValueError(f"model.audio.cell must be 'gru' or 'lstm', got {cell!r}")
+        self.out_dim = 2 * dim
+        # one module per layer, named ``layers.i``, so LLRD and layer freezing see the depth
+        self.layers = nn.ModuleList(rnn(dim if i == 0 else 2 * dim, dim, batch_first=True, bidirectional=True)
+                                    for i in range(depth))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
+        x, n = self.subsampled(batch)  # (B, D, N'), (B,)
+        x = x.transpose(1, 2)  # (B, N', D)
+        size = x.shape[1]
+        for i, layer in enumerate(self.layers):
+            packed = nn.utils.rnn.pack_padded_sequence(x, n.clamp_min(1).cpu(), batch_first=True,
+                                                       enforce_sorted=False)  # padding never enters the state
+            x, _ = layer(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=size)  # (B, N', 2D)
+            if i < len(self.layers) - 1:
+                x = self.dropout(x)
+        mask = lengths_to_mask(n, size)  # (B, N')
+        return EncoderOutput(masked_mean(x, mask), x, mask)
+
+
+@AUDIO_ENCODERS.register("crnn")
+def crnn(sample_rate: int = 16000, input_kind: str = "waveform", n_mels: int = 80, dim: int = 160, depth: int = 2,
+         subsample: int = 2, dropout: float = 0.1, cell: str = "gru") -> CRNNAudioEncoder:
+    """Built-in conv + recurrent encoder: log-mel → ``subsample`` stride-2 convs (``dim`` channels) →
+    ``depth`` bidirectional ``cell`` layers of ``dim`` units per direction (output 2 x ``dim``)."""
+    return CRNNAudioEncoder(sample_rate, input_kind, n_mels, dim, depth, subsample, dropout, cell)
 
 # ---- Hugging Face speech models (wav2vec2 / HuBERT / WavLM / Whisper encoder) ---------------
 
@@ -316,29 +368,20 @@ def torchaudio_wav2vec2(arch: str = "wav2vec2_base", config: Optional[dict] = No
     return TorchaudioWav2Vec2(model, sample_rate, freeze_feature_encoder)
 
 
-class ConformerEncoder(AudioEncoder):
-    """``torchaudio.models.Conformer`` layers over log-mel features after 4x conv subsampling."""
+class ConformerEncoder(MelEncoder):
+    """``torchaudio.models.Conformer`` layers over log-mel features after conv subsampling."""
 
-    def __init__(self, sample_rate: int, n_mels: int, dim: int, depth: int, heads: int, ffn_dim: int,
-                 kernel_size: int, dropout: float) -> None:
-        super().__init__()
+    def __init__(self, sample_rate: int, input_kind: str, n_mels: int, dim: int, depth: int, heads: int,
+                 ffn_dim: int, kernel_size: int, subsample: int, dropout: float) -> None:
+        super().__init__(sample_rate, input_kind, n_mels, dim, subsample)
         import torchaudio
 
-        self.sample_rate, self.n_mels, self.out_dim = sample_rate, n_mels, dim
-        self.frontend = LogMel(sample_rate, n_mels)
-        self.stem = ConvSubsample(n_mels, dim, 2)
+        self.out_dim = dim
         conformer = torchaudio.models.Conformer(dim, heads, ffn_dim, depth, kernel_size, dropout)
         self.layers = conformer.conformer_layers  # named ``layers.i`` so LLRD / layer freezing see the depth
 
-    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return conv_out(self.frontend.out_lengths(lengths), 2)
-
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
-        wav = batch[AUDIO]  # (B, T)
-        lengths = batch_lengths(batch, wav)
-        n = self.frontend.out_lengths(lengths)
-        feats = masked_normalize(self.frontend(wav), n)  # (B, F, N)
-        x, n = self.stem(feats, n)  # (B, D, N'), (B,)
+        x, n = self.subsampled(batch)  # (B, D, N'), (B,)
         mask = lengths_to_mask(n.clamp_min(1), x.shape[-1])  # (B, N')
         x = x.permute(2, 0, 1)  # (N', B, D): torchaudio's ConformerLayer is time-first
         for layer in self.layers:
@@ -348,7 +391,9 @@ class ConformerEncoder(AudioEncoder):
 
 
 @AUDIO_ENCODERS.register("conformer")
-def conformer(sample_rate: int = 16000, n_mels: int = 80, dim: int = 144, depth: int = 4, heads: int = 4,
-              ffn_dim: int = 576, kernel_size: int = 31, dropout: float = 0.1) -> ConformerEncoder:
+def conformer(sample_rate: int = 16000, input_kind: str = "waveform", n_mels: int = 80, dim: int = 144,
+              depth: int = 4, heads: int = 4, ffn_dim: int = 576, kernel_size: int = 31, subsample: int = 2,
+              dropout: float = 0.1) -> ConformerEncoder:
     """A Conformer (torchaudio) over log-mel features: the usual from-scratch ASR encoder."""
-    return ConformerEncoder(sample_rate, n_mels, dim, depth, heads, ffn_dim, kernel_size, dropout)
+    return ConformerEncoder(sample_rate, input_kind, n_mels, dim, depth, heads, ffn_dim, kernel_size, subsample,
+                            dropout)

@@ -11,6 +11,7 @@ from mm_ptft.types import AUDIO, AUDIO_LENGTHS
 _W2V_CONV = [[16, 10, 5], [16, 3, 2], [16, 2, 2]]
 TINY_CONFIGS = {
     "tiny": {"dim": 32, "depth": 1, "heads": 2, "n_mels": 16},
+    "crnn": {"dim": 16, "depth": 1, "n_mels": 16},
     "conformer": {"dim": 32, "depth": 1, "heads": 2, "ffn_dim": 64, "kernel_size": 7, "n_mels": 16},
     "hf": {"config": {"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                       "intermediate_size": 64, "conv_dim": [16, 16, 16], "conv_kernel": [10, 3, 2],
@@ -74,22 +75,27 @@ def test_hf_families(family):
     _check_forward_backward(enc)
 
 
-def test_tiny_features_input():
-    enc = build_encoder(AUDIO_ENCODERS, {"name": "tiny", "input_kind": "features", "n_mels": 8, "dim": 16,
-                                         "depth": 1, "heads": 2}, "model.audio")
+@pytest.mark.parametrize("name", ["tiny", "crnn", "conformer"])
+def test_mel_encoders_take_features_input(name):
+    enc = build_encoder(AUDIO_ENCODERS, {"name": name, **TINY_CONFIGS[name], "input_kind": "features", "n_mels": 8},
+                        "model.audio")
     feats = torch.randn(2, 8, 40)  # (B, F, T)
     out = enc({AUDIO: feats, AUDIO_LENGTHS: torch.tensor([40, 21])})
     # two stride-2 convs (kernel 3, padding 1): 40 → 20 → 10, 21 → 11 → 6
     assert out.tokens.shape[1] == 10 and out.mask.sum(1).tolist() == [10, 6]
 
 
-def test_padding_does_not_change_real_frames():
-    """A row's output must not depend on how much padding its batch adds (mask is honoured)."""
-    enc = build_encoder(AUDIO_ENCODERS, {"name": "tiny", **TINY_CONFIGS["tiny"]}, "model.audio").eval()
+@pytest.mark.parametrize("name", ["tiny", "crnn"])
+def test_padding_does_not_change_real_frames(name):
+    """A row's output must not depend on how much padding its batch adds (mask is honoured; the
+    recurrent encoder packs sequences so the backward direction starts at the row's last real frame)."""
+    enc = build_encoder(AUDIO_ENCODERS, {"name": name, **TINY_CONFIGS[name]}, "model.audio").eval()
     wav = torch.randn(1, 4000)
     alone = enc({AUDIO: wav, AUDIO_LENGTHS: torch.tensor([4000])})
     padded = enc({AUDIO: torch.cat([wav, torch.zeros(1, 2000)], 1), AUDIO_LENGTHS: torch.tensor([4000])})
     assert torch.allclose(alone.pooled, padded.pooled, atol=1e-4)
+    n = int(alone.mask.sum())
+    assert torch.allclose(alone.tokens[0, :n], padded.tokens[0, :n], atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["hf", "torchaudio_wav2vec2"])
@@ -101,7 +107,7 @@ def test_freeze_feature_encoder(name):
     assert any(p.requires_grad for p in enc.parameters())
 
 
-@pytest.mark.parametrize("name", ["tiny", "hf"])
+@pytest.mark.parametrize("name", ["tiny", "crnn", "hf"])
 def test_save_and_reload(tmp_path, name):
     enc = build_encoder(AUDIO_ENCODERS, {"name": name, **TINY_CONFIGS[name]}, "model.audio").eval()
     enc.save_pretrained(tmp_path / "enc")
