@@ -38,7 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-voices", nargs="+", default=EVAL_VOICES, help="voices held out for eval")
     p.add_argument("--speeds", nargs="+", type=int, default=[130, 150, 170, 190], help="words per minute (-s)")
     p.add_argument("--pitch", nargs=2, type=int, default=[30, 70], help="pitch range (-p, 0-99)")
-    p.add_argument("--max-words", type=int, default=3)
+    p.add_argument("--words", nargs="+", default=WORDS, help="vocabulary the phrases are drawn from")
+    p.add_argument("--max-words", type=int, default=3, help="words per phrase: 1 to this")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> int:
             split = "eval" if voice in args.eval_voices else "train"
             (args.out_dir / split).mkdir(parents=True, exist_ok=True)
             for _ in range(args.phrases):
-                text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, args.max_words)))
+                text = " ".join(rng.choice(args.words) for _ in range(rng.randint(1, args.max_words)))
                 speak(text, voice, rng.choice(args.speeds), rng.randint(*args.pitch), raw)
                 rel = f"{split}/{len(rows[split]):05d}.wav"
                 resample_to(raw, args.out_dir / rel, args.sample_rate)

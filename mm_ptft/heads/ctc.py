@@ -45,6 +45,21 @@ class CharVocab:
         chars = sorted({c for t in texts for c in t.replace(" ", SPACE)} - {SPACE})
         return cls([BLANK, SPACE, *chars])
 
+    @classmethod
+    def from_tokenizer(cls, tok: Any, where: str = "model.tokenizer") -> "CharVocab":
+        """The characters of an HF CTC tokenizer (e.g. a ``Wav2Vec2CTCTokenizer`` directory): its pad
+        token is the blank, its word delimiter (``|`` by default) the space; other specials are dropped."""
+        if tok.pad_token is None:
+            raise ValueError(f"{where}: the tokenizer has no pad token to serve as the CTC blank")
+        delim = getattr(tok, "word_delimiter_token", None) or SPACE
+        special = set(tok.all_special_tokens) | {delim}
+        chars = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if t not in special]
+        multi = [t for t in chars if len(t) != 1]
+        if multi:
+            raise ValueError(f"{where}: the CTC head predicts characters, but the tokenizer has multi-character "
+                             f"tokens {multi[:5]}; use a character (CTC) tokenizer or leave it empty")
+        return cls([BLANK, SPACE, *chars])
+
     def encode(self, text: str) -> tuple[list[int], int]:
         """Ids of the characters of ``text`` and how many characters were not in the vocabulary."""
         ids = [self.index.get(c) for c in text.replace(" ", SPACE)]

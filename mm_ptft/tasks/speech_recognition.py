@@ -2,6 +2,7 @@
 (CSV/JSONL with an audio-path and a transcript column) through HF datasets, decoded with soundfile."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -13,7 +14,7 @@ from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, Augme
 from mm_ptft.data.tables import DataError, load_table, require_columns, resolve_eval
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
-from mm_ptft.heads.ctc import CharVocab, CTCTask, needed_frames, normalize_text
+from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared
 from mm_ptft.tasks.common import resolve_files
@@ -39,7 +40,8 @@ class SpeechData:
 @dataclass
 class SpeechModel:
     audio: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
-    vocab: list[str] = field(default_factory=list)  # empty: characters of the training transcripts
+    vocab: list[str] = field(default_factory=list)  # empty: from tokenizer, else the training transcripts' characters
+    tokenizer: str = ""  # an HF character/CTC tokenizer (hub id or local dir) whose characters form the vocabulary
     dropout: float = 0.1
     decoder: str = "greedy"  # greedy | beam (torchaudio ctc_decoder, lexicon-free) | lexicon (beam over known words)
     beam_size: int = 20
@@ -82,6 +84,19 @@ def _clips(ds: Any, manifest: str, cfg: SpeechRecognitionConfig, enc: AudioEncod
     return clips
 
 
+def _check_coverage(clips: list[Clip], vocab: CharVocab, manifest: str, max_unknown: float = 0.05) -> None:
+    """A fixed vocabulary (``model.vocab``/``model.tokenizer``) that misses many training-transcript
+    characters (e.g. upper-case letters vs. ``data.lowercase=true``) would train on gutted targets: stop
+    instead. (Eval transcripts keep their characters, so misses there count as errors in WER/CER.)"""
+    chars = [c for clip in clips for c in clip.text.replace(" ", SPACE)]
+    unknown = Counter(c for c in chars if c not in vocab.index)
+    if chars and sum(unknown.values()) > max_unknown * len(chars):
+        common = "".join(c for c, _ in unknown.most_common(10))
+        raise DataError(f"{manifest}: {sum(unknown.values())} of {len(chars)} transcript characters are not in the CTC "
+                        f"vocabulary (most common: {common!r}); make data.lowercase / data.strip_punctuation match "
+                        f"model.vocab or model.tokenizer")
+
+
 def _build_encoder(cfg: SpeechRecognitionConfig) -> AudioEncoder:
     enc = build_encoder(AUDIO_ENCODERS, cfg.model.audio, "model.audio")
     if cfg.model.freeze_feature_encoder:
@@ -102,6 +117,10 @@ class SpeechRecognition:
         d, m = cfg.data, cfg.model
         resolve_files(d, cfg.output_dir)
         train_ds = eval_ds = None
+        if not m.vocab and m.tokenizer:
+            from transformers import AutoTokenizer
+
+            m.vocab = CharVocab.from_tokenizer(AutoTokenizer.from_pretrained(m.tokenizer)).tokens
         learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
         if d.train_file and (train or learn):
             train_ds, eval_ds = resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file,
@@ -127,7 +146,9 @@ class SpeechRecognition:
         eval_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
         tr = ev = None
         if train_ds is not None and train:
-            tr = AudioDataset(_clips(train_ds, d.train_file, cfg, enc, train_pipe, vocab, counters), train_pipe)
+            clips = _clips(train_ds, d.train_file, cfg, enc, train_pipe, vocab, counters)
+            _check_coverage(clips, vocab, d.train_file)
+            tr = AudioDataset(clips, train_pipe)
         if eval_ds is not None:
             where = d.eval_file or f"{d.train_file} (eval split)"
             ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, enc, eval_pipe, vocab, counters),

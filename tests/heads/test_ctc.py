@@ -30,6 +30,39 @@ def test_vocab_from_texts_and_round_trip():
         CharVocab(["a", "b"])
 
 
+def _ctc_tokenizer(tmp_path, letters: str):
+    """A Wav2Vec2CTCTokenizer directory made with save_pretrained, as a hub checkpoint ships it."""
+    import json
+
+    from transformers import Wav2Vec2CTCTokenizer
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(letters)}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json")).save_pretrained(str(tmp_path / "tok"))
+    return str(tmp_path / "tok")
+
+
+def test_vocab_from_hf_ctc_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_ctc_tokenizer(tmp_path, "etaoin'"))
+    vocab = CharVocab.from_tokenizer(tok)
+    # pad → blank (id 0), "|" → word boundary, <s> </s> <unk> dropped, characters in the tokenizer's order
+    assert vocab.tokens == ["<blank>", "|", "e", "t", "a", "o", "i", "n", "'"]
+    assert vocab.encode("tea on") == ([3, 2, 4, 1, 5, 7], 0)
+
+
+def test_vocab_from_subword_tokenizer_is_refused():
+    class WordPiece:
+        pad_token, all_special_tokens = "[PAD]", ["[PAD]"]
+
+        def get_vocab(self):
+            return {"[PAD]": 0, "a": 1, "##ing": 2}
+
+    with pytest.raises(ValueError, match="multi-character tokens.*##ing"):
+        CharVocab.from_tokenizer(WordPiece())
+
+
 def test_normalize_text():
     assert normalize_text("  Hello, World!  It's   me.") == "hello world it's me"
     assert normalize_text("Hello, World", lowercase=False, strip_punctuation=False) == "Hello, World"
