@@ -41,12 +41,17 @@ def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None) -> Pa
     return found
 
 
-def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None):
+def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
+             with_data: bool = True):
     """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
-    Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode."""
+    Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
+    the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
+    another machine predicts without its training data."""
     path = Path(run_dir)
     cfg_path = path if path.is_file() else path / "config.yaml"
     cfg = load_config(cfg_path, overrides)
+    if not with_data:
+        drop_data_files(cfg)
     recipe = get_recipe(cfg.task)
     prepared = recipe.prepare(cfg, train=False)
     apply_finetune(prepared.task, cfg.finetune)
@@ -65,5 +70,13 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
 @torch.no_grad()
 def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None) -> list[dict[str, Any]]:
     """Run a trained model on raw inputs (texts, file paths…) as its recipe defines."""
-    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint)
+    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, with_data=False)
     return recipe.predict(cfg, prepared, list(inputs))
+
+
+def drop_data_files(cfg: RunConfig) -> None:
+    """Clear the data files (and generator) a config names, for building a trained model alone."""
+    data = getattr(cfg, "data", None)
+    for key, empty in (("train_file", ""), ("eval_file", ""), ("generate", None)):
+        if data is not None and hasattr(data, key):
+            setattr(data, key, empty)

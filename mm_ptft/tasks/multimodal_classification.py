@@ -232,8 +232,8 @@ class MultimodalClassification:
             if d.label_column not in tab.column_names:
                 tab = tab.add_column(d.label_column, [d.labels[0]] * len(tab))
             tok = getattr(prepared.task.towers["text"], "tokenizer", None) if "text" in prepared.task.towers else None
-            ds = MultimodalRows(_rows(tab, path, d, LabelMap(d.labels), tok, d.max_length, {}), d.modalities,
-                                prepared.eval_data.media if prepared.eval_data else MediaConfig(),
+            media = media_config(dict(prepared.task.towers), d)  # type: ignore[arg-type]  # from the encoders, as in training
+            ds = MultimodalRows(_rows(tab, path, d, LabelMap(d.labels), tok, d.max_length, {}), d.modalities, media,
                                 tok("")["input_ids"] if tok is not None else [], path)
             for i in range(len(ds)):
                 probs = prepared.task(prepared.collate([ds[i]]))["logits"].float().softmax(-1)[0]  # (C,)

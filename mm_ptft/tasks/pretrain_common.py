@@ -63,6 +63,8 @@ def load_tables(d: PretrainData, output_dir: str, seed: int, train: bool) -> tup
         return None, load_table(d.eval_file, "data.eval_file")
     if d.train_file:  # rebuilding a run without an eval file: the same seeded split
         return resolve_eval(load_table(d.train_file, "data.train_file"), "", d.eval_fraction, seed)
+    if not train:  # rebuilding a trained model alone (predict): labels and tokenizer are in the run
+        return None, None
     raise ConfigError("data.train_file is empty and data.generate is not set")
 
 

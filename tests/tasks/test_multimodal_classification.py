@@ -42,6 +42,7 @@ def test_recipe_beats_chance_and_predicts(shapes, tmp_path):
     """Four shapes: chance 0.25; three modalities that each carry the label must reach 0.7."""
     results = train(cfg(tmp_path, shapes, "train.epochs=4"))
     assert results["accuracy"] >= 0.7, results
+    # predict rebuilds the model from the run alone (no training data), media settings from the encoders
     rows = predict(tmp_path / "run", [shapes["eval_file"]])
     truth = [json.loads(ln)["label"] for ln in open(shapes["eval_file"])]
     assert len(rows) == len(truth)
