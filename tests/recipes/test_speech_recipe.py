@@ -16,8 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "speech_recognition"
 # fewer clips and epochs than tiny.yaml (which reaches WER ~0.015): still well past chance
-REDUCED = ["data.generate.n_train=320", "data.generate.n_eval=60", "train.epochs=10", "train.num_workers=0",
-           "train.report=false"]
+REDUCED = ["data.generate.n_train=320", "data.generate.n_eval=60", "train.max_steps=200", "train.eval_every=100",
+           "train.num_workers=0", "train.report=false"]
 # opt-in espeak-ng check: 6 training voices, 2 unseen eval voices (accent + voice variant), 22.05 kHz
 ESPEAK_TRAIN = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f2", "en-gb+m3"]
 ESPEAK_EVAL = ["en-gb-x-rp+f4", "en-us-nyc+m5"]
@@ -131,7 +131,7 @@ def test_prepare_counts_bad_resampled_and_stereo_files(tmp_path):
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_tiny_recipe_learns_espeak_speech_of_unseen_voices(tmp_path):
     """Real (synthesised) speech, open vocabulary greedy decoding, eval voices never heard in training:
-    the unchanged tiny.yaml pointed at the manifests must get most words right."""
+    tiny.yaml pointed at the manifests (half its step budget) must get most words right."""
     from mm_ptft.config import load_config
     from mm_ptft.run import train
 
@@ -141,7 +141,7 @@ def test_tiny_recipe_learns_espeak_speech_of_unseen_voices(tmp_path):
                     "--eval-voices", *ESPEAK_EVAL], check=True, capture_output=True)
     cfg = load_config(RECIPE / "tiny.yaml", [f"output_dir={tmp_path / 'run'}", f"data.train_file={corpus / 'train.csv'}",
                                              f"data.eval_file={corpus / 'eval.csv'}", "train.report=false",
-                                             "train.num_workers=0"])
+                                             "train.num_workers=0", "train.max_steps=1000"])  # half the budget
     results = train(cfg)
     assert results["wer"] < 0.4 and results["cer"] < 0.15, results
 
