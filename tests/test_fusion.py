@@ -6,6 +6,8 @@ import torch
 
 from mm_ptft.fusion import FUSIONS, build_fusion
 
+from mm_fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
+
 DIMS = {"text": 12, "image": 10, "audio": 8}
 SPECS = {
     "concat": {"name": "concat", "out_dim": 16, "hidden": 24},
@@ -14,14 +16,6 @@ SPECS = {
     "bottleneck": {"name": "bottleneck", "out_dim": 16, "heads": 2, "num_latents": 3},
 }
 SKIPS_MISSING = {"gated", "cross_attention", "bottleneck"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _inputs(b: int = 3) -> tuple[dict, dict]:

@@ -14,6 +14,8 @@ from mm_ptft.data.multimodal import (Columns, MediaConfig, MixtureCollator, Mixt
                                      build_paired, load_audio, load_image)
 from mm_ptft.data.tables import DataError, LabelMap, load_table
 
+from mm_fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
+
 @pytest.fixture(scope="module")
 def encoders_text():
     from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
@@ -21,14 +23,6 @@ def encoders_text():
     corpus = ["a small red circle", "a large blue square", "the triangle is green", "a yellow cross"] * 3
     return build_encoder(TEXT_ENCODERS, {"name": "tiny", "dim": 16, "depth": 1, "heads": 2, "vocab_size": 100},
                          "model.text", corpus=corpus)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SPEC = {"name": "shapes_captions", "n_train": 24, "n_eval": 8, "image_size": 32, "sample_rate": 8000, "seed": 3}

@@ -11,26 +11,18 @@ from pathlib import Path
 
 import jiwer
 import pytest
-import torch
+
+from mm_fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "speech_recognition"
-# fewer clips and epochs than tiny.yaml (which reaches WER ~0.015): still well past chance
+# fewer clips and steps than tiny.yaml (which reaches WER ~0.005): still well past chance
 REDUCED = ["data.generate.n_train=320", "data.generate.n_eval=60", "train.max_steps=200", "train.eval_every=100",
            "train.num_workers=0", "train.report=false"]
 # opt-in espeak-ng check: 6 training voices, 2 unseen eval voices (accent + voice variant), 22.05 kHz
 ESPEAK_TRAIN = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f2", "en-gb+m3"]
 ESPEAK_EVAL = ["en-gb-x-rp+f4", "en-us-nyc+m5"]
 ESPEAK_PHRASES = 150
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the model is tiny and the CPU shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

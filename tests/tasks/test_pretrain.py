@@ -8,31 +8,15 @@ from mm_ptft.components import load_components
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 
+from mm_fixtures import one_thread, tiny_encoders  # noqa: F401  (one_thread: autouse)
+
 load_components()
 CAPTIONS = ["a small red circle", "a large blue square", "the triangle is green and small", "a yellow cross"] * 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def encoders() -> dict:
-    from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
-    from mm_ptft.encoders.audio import AUDIO_ENCODERS
-    from mm_ptft.encoders.image import IMAGE_ENCODERS
-
-    torch.manual_seed(0)
-    return {"text": build_encoder(TEXT_ENCODERS, {"name": "tiny", "dim": 16, "depth": 1, "heads": 2, "vocab_size": 80},
-                                  "model.text", corpus=CAPTIONS),
-            "image": build_encoder(IMAGE_ENCODERS, {"name": "tiny_cnn", "widths": [8, 16], "img_size": 16},
-                                   "model.image"),
-            "audio": build_encoder(AUDIO_ENCODERS, {"name": "tiny", "sample_rate": 8000, "n_mels": 16, "dim": 16,
-                                                    "depth": 1, "heads": 2}, "model.audio")}
+    return tiny_encoders(16, 16, CAPTIONS, vocab_size=80)
 
 
 def _batch(encoders, keys, n=4) -> dict:
