@@ -183,7 +183,6 @@ def tiny(sample_rate: int = 16000, input_kind: str = "waveform", n_mels: int = 4
     return TinyAudioEncoder(sample_rate, input_kind, n_mels, dim, depth, heads, subsample, dropout, max_frames)
 
 
-
 class CRNNAudioEncoder(MelEncoder):
     """Log-mel → stride-2 convs → bidirectional GRU/LSTM layers (DeepSpeech2-style): the built-in that
     learns speech fastest from little data on a CPU (recurrence gives the local, ordered context that
@@ -204,9 +203,9 @@ class CRNNAudioEncoder(MelEncoder):
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         x, n = self.subsampled(batch)  # (B, D, N'), (B,)
         x = x.transpose(1, 2)  # (B, N', D)
-        size = x.shape[1]
+        size, packed_lengths = x.shape[1], n.clamp_min(1).cpu()  # one host copy for every layer
         for i, layer in enumerate(self.layers):
-            packed = nn.utils.rnn.pack_padded_sequence(x, n.clamp_min(1).cpu(), batch_first=True,
+            packed = nn.utils.rnn.pack_padded_sequence(x, packed_lengths, batch_first=True,
                                                        enforce_sorted=False)  # padding never enters the state
             x, _ = layer(packed)
             x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=size)  # (B, N', 2D)
@@ -222,6 +221,7 @@ def crnn(sample_rate: int = 16000, input_kind: str = "waveform", n_mels: int = 8
     """Built-in conv + recurrent encoder: log-mel → ``subsample`` stride-2 convs (``dim`` channels) →
     ``depth`` bidirectional ``cell`` layers of ``dim`` units per direction (output 2 x ``dim``)."""
     return CRNNAudioEncoder(sample_rate, input_kind, n_mels, dim, depth, subsample, dropout, cell)
+
 
 # ---- Hugging Face speech models (wav2vec2 / HuBERT / WavLM / Whisper encoder) ---------------
 

@@ -225,16 +225,16 @@ class MultimodalClassification:
     @torch.no_grad()
     def predict(cfg: MultimodalClassificationConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
         """Inputs are manifest files (same columns as training; the label column may be absent)."""
+        d, towers = cfg.data, prepared.task.towers
+        tok = getattr(towers["text"], "tokenizer", None) if "text" in towers else None
+        media = media_config(dict(towers), d)  # type: ignore[arg-type]  # from the encoders, as in training
+        labels, blank = LabelMap(d.labels), tok("")["input_ids"] if tok is not None else []
         rows_out = []
         for path in inputs:
             tab = load_table(path, "input")
-            d = cfg.data
             if d.label_column not in tab.column_names:
                 tab = tab.add_column(d.label_column, [d.labels[0]] * len(tab))
-            tok = getattr(prepared.task.towers["text"], "tokenizer", None) if "text" in prepared.task.towers else None
-            media = media_config(dict(prepared.task.towers), d)  # type: ignore[arg-type]  # from the encoders, as in training
-            ds = MultimodalRows(_rows(tab, path, d, LabelMap(d.labels), tok, d.max_length, {}), d.modalities, media,
-                                tok("")["input_ids"] if tok is not None else [], path)
+            ds = MultimodalRows(_rows(tab, path, d, labels, tok, d.max_length, {}), d.modalities, media, blank, path)
             for i in range(len(ds)):
                 probs = prepared.task(prepared.collate([ds[i]]))["logits"].float().softmax(-1)[0]  # (C,)
                 rows_out.append({"input": path, "row": ds.rows[i][ROW], "label": d.labels[int(probs.argmax())],
