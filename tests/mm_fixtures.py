@@ -32,3 +32,19 @@ def tiny_encoders(dim: int, img_size: int, corpus: Sequence[str], vocab_size: in
         "audio": build_encoder(AUDIO_ENCODERS, {"name": "tiny", "sample_rate": 8000, "n_mels": 16, "dim": dim,
                                                 "depth": 1, "heads": 2}, "model.audio"),
     }
+
+
+def ctc_tokenizer_dir(root, letters: str) -> str:
+    """A Wav2Vec2CTCTokenizer directory over ``letters`` (+ <pad> <s> </s> <unk> |) written with
+    save_pretrained under ``root``, as a wav2vec2 CTC checkpoint ships it."""
+    import json
+    from pathlib import Path
+
+    from transformers import Wav2Vec2CTCTokenizer
+
+    root = Path(root) / f"ctc_tokenizer_{letters.encode().hex()[:16]}"
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(letters)}}
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    Wav2Vec2CTCTokenizer(str(root / "vocab.json")).save_pretrained(str(root / "tok"))
+    return str(root / "tok")

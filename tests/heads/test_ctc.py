@@ -13,6 +13,8 @@ from mm_ptft.heads.ctc import (BeamDecoder, CharVocab, CTCMetrics, CTCTask, Tran
                                normalize_text)
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABELS
 
+from mm_fixtures import ctc_tokenizer_dir
+
 VOCAB = CharVocab(["<blank>", "|", "a", "b", "c"])
 
 
@@ -30,22 +32,10 @@ def test_vocab_from_texts_and_round_trip():
         CharVocab(["a", "b"])
 
 
-def _ctc_tokenizer(tmp_path, letters: str):
-    """A Wav2Vec2CTCTokenizer directory made with save_pretrained, as a hub checkpoint ships it."""
-    import json
-
-    from transformers import Wav2Vec2CTCTokenizer
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(letters)}}
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json")).save_pretrained(str(tmp_path / "tok"))
-    return str(tmp_path / "tok")
-
-
 def test_vocab_from_hf_ctc_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_ctc_tokenizer(tmp_path, "etaoin'"))
+    tok = AutoTokenizer.from_pretrained(ctc_tokenizer_dir(tmp_path, "etaoin'"))
     vocab = CharVocab.from_tokenizer(tok)
     # pad → blank (id 0), "|" → word boundary, <s> </s> <unk> dropped, characters in the tokenizer's order
     assert vocab.tokens == ["<blank>", "|", "e", "t", "a", "o", "i", "n", "'"]

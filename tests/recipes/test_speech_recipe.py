@@ -12,7 +12,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from mm_fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
+from mm_fixtures import ctc_tokenizer_dir, one_thread  # noqa: F401  (one_thread: autouse, one intra-op thread)
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "speech_recognition"
@@ -141,23 +141,14 @@ def test_tiny_recipe_learns_espeak_speech_of_unseen_voices(tmp_path):
 def test_vocab_from_an_hf_tokenizer_and_a_case_mismatch_is_named(tmp_path):
     """model.tokenizer: the CTC vocabulary comes from a Wav2Vec2CTCTokenizer directory; upper-case
     tokenizer letters against lower-cased transcripts would gut every target, so that stops early."""
-    import json
-
-    from transformers import Wav2Vec2CTCTokenizer
-
     from mm_ptft.config import load_config
     from mm_ptft.data.tables import DataError
     from mm_ptft.tasks.speech_recognition import SpeechRecognition
 
-    def tokenizer_dir(letters: str) -> str:
-        vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(letters)}}
-        (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-        Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json")).save_pretrained(str(tmp_path / letters[:3]))
-        return str(tmp_path / letters[:3])
-
     base = [f"output_dir={tmp_path / 'run'}", "data.generate.n_train=8", "data.generate.n_eval=4"]
     lower = "abcdefghijklmnopqrstuvwxyz"
-    prepared = SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={tokenizer_dir(lower)}"]))
+    lower_tok, upper_tok = ctc_tokenizer_dir(tmp_path, lower), ctc_tokenizer_dir(tmp_path, lower.upper())
+    prepared = SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={lower_tok}"]))
     assert prepared.task.vocab.tokens == ["<blank>", "|", *lower]
     with pytest.raises(DataError, match=r"characters are not in the CTC vocabulary.*data.lowercase"):
-        SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={tokenizer_dir(lower.upper())}"]))
+        SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={upper_tok}"]))
