@@ -21,6 +21,13 @@ def resolve_files(data: Any, output_dir: str) -> None:
         data.eval_file = data.eval_file or paths.get("eval_file", "")
 
 
+def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
+    """Whether ``prepare`` must read ``data.train_file``: to train on it, to ``learn`` labels or a
+    vocabulary from it, or because the eval set is its seeded split (no ``data.eval_file``) — so
+    ``mm-ptft eval`` of a run trained on such a split evaluates the same held-out rows."""
+    return bool(data.train_file) and (train or learn or not data.eval_file)
+
+
 def save_tokenizer(spec: dict[str, Any], tokenizer: Any, output_dir: str) -> None:
     """Save a tokenizer learned at run time and point the resolved config at it."""
     if spec.get("tokenizer") or spec.get("name_or_path"):

@@ -19,7 +19,7 @@ from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.detection import DetectionTask, build_detector, transform_kwargs
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import resolve_files
+from mm_ptft.tasks.common import needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 
@@ -95,7 +95,7 @@ class Detection:
         resolve_files(d, cfg.output_dir)
         counters: dict[str, int] = {}
         tr = ev = None
-        if d.train_file and (train or not d.labels):
+        if needs_train_file(d, train, learn=not d.labels):
             tr = _records(cfg, d.train_file, "data.train_file", d.image_root, counters)
         if d.eval_file:
             ev = _records(cfg, d.eval_file, "data.eval_file", d.eval_image_root, counters)

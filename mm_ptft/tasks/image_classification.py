@@ -21,7 +21,7 @@ from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.metrics import ClassificationMetrics
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import resolve_files
+from mm_ptft.tasks.common import needs_train_file, resolve_files
 from mm_ptft.types import IMAGE, LABELS
 
 
@@ -152,7 +152,7 @@ def _split(cfg: ImageClassificationConfig, train: bool) -> tuple[Optional[tuple]
     """(paths, raw labels) of the training and evaluation data."""
     d = cfg.data
     tr = ev = None
-    if d.train_file and (train or not d.labels):
+    if needs_train_file(d, train, learn=not d.labels):
         tr = image_table(d.train_file, "data.train_file", d.path_column, d.label_column)
     if d.eval_file:
         ev = image_table(d.eval_file, "data.eval_file", d.path_column, d.label_column)

@@ -17,7 +17,7 @@ from mm_ptft.encoders.base import Encoder
 import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 from mm_ptft.objectives import OBJECTIVES, Objective
-from mm_ptft.tasks.common import resolve_files, save_tokenizer
+from mm_ptft.tasks.common import needs_train_file, resolve_files, save_tokenizer
 
 
 @dataclass
@@ -57,12 +57,10 @@ def columns(d: PretrainData) -> Columns:
 def load_tables(d: PretrainData, output_dir: str, seed: int, train: bool) -> tuple[Any, Any]:
     """(train table or None, eval table or None), generating data first where configured."""
     resolve_files(d, output_dir)
-    if d.train_file and train:
+    if needs_train_file(d, train):
         return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, seed)
     if d.eval_file:
         return None, load_table(d.eval_file, "data.eval_file")
-    if d.train_file:  # rebuilding a run without an eval file: the same seeded split
-        return resolve_eval(load_table(d.train_file, "data.train_file"), "", d.eval_fraction, seed)
     if not train:  # rebuilding a trained model alone (predict): labels and tokenizer are in the run
         return None, None
     raise ConfigError("data.train_file is empty and data.generate is not set")

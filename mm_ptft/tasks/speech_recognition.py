@@ -17,7 +17,7 @@ from mm_ptft.encoders.base import build_encoder
 from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import resolve_files
+from mm_ptft.tasks.common import needs_train_file, resolve_files
 
 
 @dataclass
@@ -122,7 +122,7 @@ class SpeechRecognition:
 
             m.vocab = CharVocab.from_tokenizer(AutoTokenizer.from_pretrained(m.tokenizer)).tokens
         learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
-        if d.train_file and (train or learn):
+        if needs_train_file(d, train, learn):
             train_ds, eval_ds = resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file,
                                              d.eval_fraction, cfg.seed)
         elif d.eval_file:  # inference: only the eval manifest is needed

@@ -11,7 +11,7 @@ from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import resolve_files, save_tokenizer
+from mm_ptft.tasks.common import needs_train_file, resolve_files, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
@@ -64,7 +64,7 @@ class TextClassification:
         d = cfg.data
         resolve_files(d, cfg.output_dir)
         train_ds = eval_ds = None
-        if d.train_file and (train or not d.labels):
+        if needs_train_file(d, train, learn=not d.labels):
             train_ds = load_table(d.train_file, "data.train_file")
             require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
             train_ds, eval_ds = resolve_eval(train_ds, d.eval_file, d.eval_fraction, cfg.seed)
@@ -82,7 +82,7 @@ class TextClassification:
         task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing)
         max_len = min(d.max_length, encoder.max_length)
         counters: dict[str, int] = {}
-        tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds else None
+        tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds and train else None
         ev = _records(eval_ds, cfg, encoder.tokenizer, labels, d.eval_file or f"{d.train_file} (eval split)",
                       max_len, counters) if eval_ds is not None else None
         collate = TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of)

@@ -40,6 +40,16 @@ def test_tiny_recipe_beats_chance_and_predicts(tmp_path):
     assert evaluate(run)["accuracy"] == pytest.approx(best["accuracy"])
 
 
+def test_eval_of_a_run_trained_on_a_seeded_split_uses_the_same_held_out_rows(tmp_path, topics_data):
+    """No data.eval_file: training holds out a seeded eval_fraction of train_file; mm-ptft eval must
+    rebuild that split (not return no metrics because the labels are already known)."""
+    results = train(cfg(tmp_path, "data.generate=null", f"data.train_file={topics_data['train_file']}",
+                        "data.eval_fraction=0.2", "train.max_steps=8", "train.eval_every=8"))
+    again = evaluate(tmp_path / "run")
+    assert again and again["accuracy"] == pytest.approx(results["accuracy"])
+    assert again["loss"] == pytest.approx(results["loss"], rel=1e-5)
+
+
 def test_missing_column_is_named(tmp_path):
     f = write_csv(tmp_path / "t.csv", [("hello world", "a")] * 10, header=("sentence", "label"))
     with pytest.raises(DataError, match=r"missing column\(s\) \['text'\]"):
