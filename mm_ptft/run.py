@@ -63,6 +63,9 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
 def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None) -> dict[str, float]:
     """Evaluate a trained run on its (or an overridden ``data.eval_file``) eval split."""
     cfg, prepared, _ = load_run(run_dir, overrides, checkpoint)
+    if prepared.eval_data is None:
+        raise ValueError(f"{run_dir}: no evaluation data (the run's data.eval_file/data.train_file are empty or gone); "
+                         f"pass data.eval_file=PATH")
     trainer = Trainer(prepared.task, cfg, None, prepared.eval_data, prepared.collate, eval_lengths=prepared.eval_lengths)
     return trainer.evaluate()
 

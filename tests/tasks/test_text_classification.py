@@ -48,6 +48,8 @@ def test_eval_of_a_run_trained_on_a_seeded_split_uses_the_same_held_out_rows(tmp
     again = evaluate(tmp_path / "run")
     assert again and again["accuracy"] == pytest.approx(results["accuracy"])
     assert again["loss"] == pytest.approx(results["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="no evaluation data.*data.eval_file=PATH"):
+        evaluate(tmp_path / "run", ["data.train_file=''"])  # nothing to evaluate on: said, not an empty result
 
 
 def test_missing_column_is_named(tmp_path):
