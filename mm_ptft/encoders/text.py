@@ -46,11 +46,20 @@ def train_wordpiece(corpus: Iterable[str], vocab_size: int = 2000):
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def load_tokenizer(path: Optional[str], corpus: Optional[Iterable[str]], vocab_size: int, where: str):
+def pretrained_tokenizer(path: str, key: str) -> Any:
+    """``AutoTokenizer.from_pretrained(path)``; a missing directory or unknown hub id names ``key``."""
     from transformers import AutoTokenizer
 
-    if path:
+    try:
         return AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise ValueError(f"{key}={path!r}: no tokenizer found there (a directory written by save_pretrained, or a "
+                         f"hub id, which offline needs a local cache): {err}") from err
+
+
+def load_tokenizer(path: Optional[str], corpus: Optional[Iterable[str]], vocab_size: int, where: str):
+    if path:
+        return pretrained_tokenizer(path, f"{where}.tokenizer")
     if corpus is None:
         raise ValueError(f"{where}: no tokenizer: give {where}.tokenizer=<dir or hub id>, "
                          f"or {where}.name_or_path, or training texts to learn a vocabulary from")
@@ -87,7 +96,8 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, poolin
     from transformers import AutoConfig, AutoModel
 
     if name_or_path:
-        tok = load_tokenizer(tokenizer or name_or_path, None, vocab_size, "model.text")
+        key = "model.text.tokenizer" if tokenizer else "model.text.name_or_path"
+        tok = pretrained_tokenizer(tokenizer or name_or_path, key)
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     elif config:
         cfg = dict(config)

@@ -14,6 +14,7 @@ from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, Augme
 from mm_ptft.data.tables import DataError, load_table, require_columns, resolve_eval
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
+from mm_ptft.encoders.text import pretrained_tokenizer
 from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
 from mm_ptft.tasks import TASKS
 from mm_ptft.tasks.base import Prepared
@@ -118,9 +119,7 @@ class SpeechRecognition:
         resolve_files(d, cfg.output_dir)
         train_ds = eval_ds = None
         if not m.vocab and m.tokenizer:
-            from transformers import AutoTokenizer
-
-            m.vocab = CharVocab.from_tokenizer(AutoTokenizer.from_pretrained(m.tokenizer)).tokens
+            m.vocab = CharVocab.from_tokenizer(pretrained_tokenizer(m.tokenizer, "model.tokenizer")).tokens
         learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
         if needs_train_file(d, train, learn):
             train_ds, eval_ds = resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file,

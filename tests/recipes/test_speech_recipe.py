@@ -152,3 +152,5 @@ def test_vocab_from_an_hf_tokenizer_and_a_case_mismatch_is_named(tmp_path):
     assert prepared.task.vocab.tokens == ["<blank>", "|", *lower]
     with pytest.raises(DataError, match=r"characters are not in the CTC vocabulary.*data.lowercase"):
         SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={upper_tok}"]))
+    with pytest.raises(ValueError, match=r"model.tokenizer='.*nowhere': no tokenizer found there"):
+        SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={tmp_path / 'nowhere'}"]))
