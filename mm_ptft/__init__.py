@@ -1,2 +1,8 @@
 """mm_ptft: multimodal pretraining and fine-tuning."""
 __version__ = "0.1.0"
+
+from mm_ptft.env import guard_torchaudio as _guard_torchaudio
+
+# A torchaudio built for another torch must not take text and image work down (transformers imports it
+# when present); audio features then stop with a message naming the versions (see ``mm-ptft doctor``).
+_guard_torchaudio()

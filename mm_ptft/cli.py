@@ -1,4 +1,4 @@
-"""``mm-ptft`` command line: train, eval, predict, export, list, report."""
+"""``mm-ptft`` command line: train, eval, predict, export, list, report, quickstart, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +80,25 @@ def cmd_quickstart(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    from mm_ptft import env
+
+    print("versions:")
+    for line in env.version_lines():
+        print(f"  {line}")
+    print("devices:")
+    for line in env.device_lines():
+        print(f"  {line}")
+    print("compiled pieces:")
+    checks = env.compiled_checks()
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+        print(f"  {mark} {c.name}: {c.detail}")
+    failed = [c for c in checks if c.required and not c.ok]
+    print(f"{len(failed)} problem(s)" if failed else "all required pieces load and run")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm-ptft", description="Multimodal pretraining and fine-tuning")
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,17 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", help="auto | cpu | cuda")
     q.add_argument("--labels-per-class", type=int, default=4, help="labeled examples per class for fine-tuning")
     q.set_defaults(fn=cmd_quickstart)
+    d = sub.add_parser("doctor", help="versions, devices, and whether every compiled piece loads and runs")
+    d.set_defaults(fn=cmd_doctor)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ns = build_parser().parse_args(argv)
+    if ns.command == "doctor":  # must work when the rest cannot import
+        return ns.fn(ns)
     from mm_ptft.config import ConfigError
     from mm_ptft.data.tables import DataError
+    from mm_ptft.env import EnvironmentProblem
 
     try:
         return ns.fn(ns)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, EnvironmentProblem) as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
 

@@ -28,7 +28,7 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0: same as batch_size
     grad_accum_steps: int = 1
     grad_clip: float = 1.0  # 0 disables clipping
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler on CUDA)
+    precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | fp32 | bf16 | fp16 (GradScaler on CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: once per epoch
     log_every: int = 10
@@ -39,7 +39,7 @@ class TrainConfig:
     greater_is_better: bool = True
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-    num_workers: int = 0
+    num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
     compile: bool = False
     grad_checkpointing: bool = False

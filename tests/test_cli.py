@@ -1,9 +1,15 @@
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 from mm_ptft.cli import main
 
 from mm_paths import TEXT_TINY
+
+
+# The console script of the running interpreter's environment (works from a non-activated venv).
+CONSOLE = str(Path(sysconfig.get_path("scripts")) / "mm-ptft")
 
 
 def test_list_prints_every_registry(capsys):
@@ -21,7 +27,7 @@ def test_config_error_exits_2_naming_the_key(capsys):
 def test_console_script_and_recipe_script_run(tmp_path):
     """The README's `mm-ptft train` and the recipe's own train.py both run a tiny job."""
     args = [TEXT_TINY, f"output_dir={tmp_path / 'a'}", "train.max_steps=2", "train.report=false"]
-    subprocess.run(["mm-ptft", "train", *args], check=True, capture_output=True)
+    subprocess.run([CONSOLE, "train", *args], check=True, capture_output=True)
     assert (tmp_path / "a" / "final_metrics.json").exists()
     args[1] = f"output_dir={tmp_path / 'b'}"
     subprocess.run([sys.executable, "recipes/text_classification/train.py", *args], check=True, capture_output=True,

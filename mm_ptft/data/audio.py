@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mm_ptft.data.tables import DataError
+from mm_ptft.env import require_torchaudio
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABELS
 
 LABEL_LENGTHS, TRANSCRIPTS = "label_lengths", "transcripts"
@@ -98,7 +99,7 @@ def probe(path: str) -> tuple[int, int, int]:
 
 def load_waveform(path: str, sample_rate: int) -> torch.Tensor:
     """Decoded, mono-mixed (channel mean) waveform (T,) resampled to ``sample_rate`` with torchaudio."""
-    import torchaudio
+    torchaudio = require_torchaudio("audio resampling")
 
     data, rate = read_audio(path)
     wav = torch.from_numpy(data).mean(1)  # (T,)
@@ -118,7 +119,7 @@ def normalize_waveform(wav: torch.Tensor) -> torch.Tensor:
 def spec_augment(feats: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
     """SpecAugment with torchaudio's masking transforms: ``freq_masks`` masks of up to
     ``freq_mask_width`` mel bins and ``time_masks`` of up to ``time_mask_width`` frames. (F, N) → (F, N)"""
-    import torchaudio
+    torchaudio = require_torchaudio("SpecAugment")
 
     x = feats.unsqueeze(0)  # (1, F, N)
     if aug.freq_mask_width > 0:
@@ -138,7 +139,7 @@ class AudioPipeline:
 
     def __init__(self, sample_rate: int, input_kind: str, n_mels: int = 0, aug: Optional[AugmentConfig] = None,
                  train: bool = False) -> None:
-        import torchaudio
+        torchaudio = require_torchaudio("audio features")
 
         from mm_ptft.encoders.audio import LogMel
 
@@ -157,7 +158,7 @@ class AudioPipeline:
 
     def augment_waveform(self, wav: torch.Tensor) -> torch.Tensor:
         """Speed perturbation (resampling, as Kaldi's) and white noise at a random SNR. (T,) → (T',)"""
-        import torchaudio
+        torchaudio = require_torchaudio("audio augmentation")
 
         a = self.aug
         if a.speed_factors:

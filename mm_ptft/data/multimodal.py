@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from mm_ptft.data.tables import DataError, LabelMap, require_columns
 from mm_ptft.data.text import tokenize
+from mm_ptft.env import require_torchaudio
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, LABELS, TEXT, TEXT_MASK
 
 MODALITIES = ("audio", "image", "text")
@@ -55,7 +56,8 @@ def load_audio(path: str, media: MediaConfig) -> torch.Tensor:
     """An audio file → mono float waveform (T,) at ``media.sample_rate``, cropped to the max length;
     or normalised log-mel (F, N) when ``media.n_mels`` > 0."""
     import soundfile as sf
-    import torchaudio.functional as AF
+
+    AF = require_torchaudio("audio resampling").functional
 
     data, rate = sf.read(path, dtype="float32", always_2d=True)
     wav = torch.from_numpy(data).mean(1)  # (T,)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean
+from mm_ptft.env import require_torchaudio
 from mm_ptft.registry import Registry
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, EncoderOutput
 
@@ -60,7 +61,7 @@ class LogMel(nn.Module):
 
     def __init__(self, sample_rate: int, n_mels: int, win_ms: float = 25.0, hop_ms: float = 10.0) -> None:
         super().__init__()
-        import torchaudio
+        torchaudio = require_torchaudio("log-mel features")
 
         self.hop = int(sample_rate * hop_ms / 1000)
         n_fft = 2 ** math.ceil(math.log2(sample_rate * win_ms / 1000))
@@ -232,7 +233,7 @@ class WhisperLogMel(nn.Module):
 
     def __init__(self, sample_rate: int, n_mels: int, frames: int) -> None:
         super().__init__()
-        import torchaudio
+        torchaudio = require_torchaudio("Whisper log-mel features")
 
         self.hop, self.frames = 160, frames
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=400, hop_length=160, n_mels=n_mels,
@@ -357,7 +358,7 @@ def torchaudio_wav2vec2(arch: str = "wav2vec2_base", config: Optional[dict] = No
                         freeze_feature_encoder: bool = False, options: Optional[dict] = None) -> TorchaudioWav2Vec2:
     """A torchaudio wav2vec2-family model, randomly initialised: a named builder (``arch``, e.g.
     ``hubert_base``, with keyword ``options``) or ``config`` = all ``wav2vec2_model`` arguments."""
-    import torchaudio
+    torchaudio = require_torchaudio("the torchaudio_wav2vec2 encoder")
 
     if config:
         model = torchaudio.models.wav2vec2_model(**{"aux_num_out": None, **config})
@@ -374,7 +375,7 @@ class ConformerEncoder(MelEncoder):
     def __init__(self, sample_rate: int, input_kind: str, n_mels: int, dim: int, depth: int, heads: int,
                  ffn_dim: int, kernel_size: int, subsample: int, dropout: float) -> None:
         super().__init__(sample_rate, input_kind, n_mels, dim, subsample)
-        import torchaudio
+        torchaudio = require_torchaudio("the conformer encoder")
 
         self.out_dim = dim
         conformer = torchaudio.models.Conformer(dim, heads, ffn_dim, depth, kernel_size, dropout)

@@ -12,6 +12,7 @@ from torch import nn
 
 from mm_ptft.data.audio import LABEL_LENGTHS, TRANSCRIPTS
 from mm_ptft.encoders.base import Encoder
+from mm_ptft.env import require_torchaudio
 from mm_ptft.tasks.base import Task
 from mm_ptft.types import LABELS
 
@@ -87,6 +88,7 @@ class BeamDecoder:
     (``lexicon=None``), or restricted to the spellings of ``words`` (a lexicon decoder)."""
 
     def __init__(self, vocab: CharVocab, beam_size: int = 20, words: Sequence[str] = ()) -> None:
+        require_torchaudio("beam-search CTC decoding")
         from torchaudio.models.decoder import ctc_decoder
 
         self.vocab = vocab

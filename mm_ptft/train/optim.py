@@ -1,6 +1,7 @@
 """Optimizers, schedules, parameter groups (no-decay, layer-wise LR decay) and fine-tuning strategies."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -100,6 +101,9 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, total_steps: i
     names = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
     if cfg.name not in names:
         raise ConfigError(f"sched.name={cfg.name!r}; choose one of {sorted(names)}")
+    if 0 < total_steps <= cfg.warmup_steps:
+        warnings.warn(f"sched.warmup_steps={cfg.warmup_steps} >= the run's {total_steps} optimizer steps: the learning "
+                      f"rate never finishes warming up", stacklevel=2)
     return get_scheduler(names[cfg.name], opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(total_steps, 1))
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 
 from mm_ptft.config import ConfigError, RunConfig, to_yaml
 from mm_ptft.data.samplers import GroupedBatchSampler
+from mm_ptft.env import cpu_count, resolve_precision
 from mm_ptft.tasks.base import Task
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
@@ -77,9 +79,10 @@ class Trainer:
                  collate: Callable[[list[Any]], dict[str, Any]], train_lengths: Optional[Sequence[int]] = None,
                  eval_lengths: Optional[Sequence[int]] = None, counters: Optional[dict[str, int]] = None) -> None:
         self.cfg, self.tc, self.task = cfg, cfg.train, task
-        if self.tc.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {sorted(PRECISIONS)}")
+        if self.tc.precision not in (*PRECISIONS, "auto"):
+            raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
         self.dist, self.device = D.setup(self.tc.device)
+        self.precision = resolve_precision(self.tc.precision, self.device.type)
         self.run_dir = Path(cfg.output_dir)
         self.counters = dict(counters or {})
         if self.tc.deterministic:
@@ -93,7 +96,7 @@ class Trainer:
         self.collate = collate
         self.train_loader = self._loader(train_data, train_lengths, train=True) if train_data is not None else None
         self.eval_loader = self._loader(eval_data, eval_lengths, train=False) if eval_data is not None else None
-        self.amp_dtype = PRECISIONS[self.tc.precision]
+        self.amp_dtype = PRECISIONS[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16
                                            and self.device.type == "cuda")
         self.metric = self.tc.metric_for_best or task.main_metric
@@ -119,8 +122,16 @@ class Trainer:
         # A private generator: iterating a loader must not draw from the global RNG (dropout etc.),
         # or a resumed run, which starts a fresh iterator mid-epoch, would diverge.
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.dist.rank + (0 if train else 1))
-        return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.tc.num_workers,
+        return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self._workers(),
                                   pin_memory=self.device.type == "cuda", persistent_workers=False, generator=gen)
+
+    def _workers(self) -> int:
+        """``train.num_workers``, capped at the CPUs this process may use (more only adds contention)."""
+        cpus = cpu_count()
+        if self.tc.num_workers > cpus:
+            warnings.warn(f"train.num_workers={self.tc.num_workers} > the {cpus} CPUs this process may use: "
+                          f"using {cpus}", stacklevel=2)
+        return min(self.tc.num_workers, cpus)
 
     def _set_epoch(self, epoch: int) -> None:
         """Point the sampler and the loader's generator (worker seeds) at ``epoch``: same draws after a resume."""
@@ -273,6 +284,8 @@ class Trainer:
         if self.start_step == 0:
             seed_everything(self.cfg.seed + self.dist.rank)
         self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step)
+        log.info("device %s, precision %s%s", self.device, self.precision,
+                 " (train.precision=auto)" if self.tc.precision == "auto" else "")
         if self.counters and self.start_step == 0:
             self.logger.log(0, "data", self.counters)
         self.model.train()

@@ -1,0 +1,289 @@
+"""The software and hardware a process runs on: package versions, checks that the compiled pieces we use
+load, a guard that keeps a torchaudio which cannot load from taking text and image work down with it, and
+what ``train.precision: auto`` means on this machine. Ground layer: imports nothing of ours.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+import warnings
+from typing import Callable, NamedTuple, Optional
+
+# The set CI installs (requirements/tested.txt pins the same versions; a test keeps the two equal).
+TESTED = {"torch": "2.14.1", "torchvision": "0.29.1", "torchaudio": "2.11.1"}
+TESTED_PIP = "pip install " + " ".join(f"'{k}=={v}'" for k, v in TESTED.items())
+
+# Packages whose versions matter when a user reports a problem (distribution names).
+REPORTED = ("torch", "torchvision", "torchaudio", "transformers", "tokenizers", "timm", "open_clip_torch",
+            "datasets", "peft", "torchmetrics", "torchdata", "flashlight-text", "soundfile", "onnxruntime")
+
+
+class EnvironmentProblem(RuntimeError):
+    """An installed package cannot do what a run needs; the message names versions and the fix."""
+
+
+def version(dist: str) -> Optional[str]:
+    """Installed version of distribution ``dist``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _root_cause(err: BaseException) -> str:
+    """The most specific line of a loader error (``undefined symbol: …``, ``libX.so: cannot open …``)."""
+    seen = err
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen).strip().splitlines()[-1] if str(seen).strip() else type(seen).__name__
+    return text.split(": ", 1)[-1] if "undefined symbol" in text else text
+
+
+def _is_cpu_torch() -> bool:
+    import torch
+
+    return torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+
+
+def pairing_problem(dist: str, err: BaseException) -> str:
+    """One line: ``dist`` X cannot load with torch Y (why). Fix: the pip command."""
+    mine, torch_v = version(dist) or "?", version("torch") or "?"
+    fix = TESTED_PIP + "   (mm_ptft's tested set)"
+    if "+cu" in mine and "cuda" in _root_cause(err).lower() and _is_cpu_torch():
+        fix = (f"install the CPU build of {dist} that matches your CPU build of torch {torch_v}, from the same "
+               f"wheel index torch came from (pip install --force-reinstall --no-deps '{dist}==<version>' "
+               f"--index-url <that index>), or {TESTED_PIP}")
+    return f"{dist} {mine} cannot load with torch {torch_v} ({_root_cause(err)}). Fix: {fix}"
+
+
+# ---- torchaudio: loaded once, hidden when broken ----------------------------------------------
+
+_torchaudio_problem: Optional[str] = None
+
+
+def guard_torchaudio() -> Optional[str]:
+    """Import torchaudio once. If it is installed but cannot load (a binary built for another torch),
+    hide it — ``sys.modules["torchaudio"] = None`` makes ``importlib.util.find_spec`` answer None, so
+    transformers treats it as absent instead of crashing text and image work — and remember why.
+    Returns the problem line, or None when torchaudio loaded (or is simply not installed)."""
+    global _torchaudio_problem
+    if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is None:
+        return _torchaudio_problem
+    try:
+        importlib.import_module("torchaudio")
+    except Exception as err:  # OSError (undefined symbol), ImportError, RuntimeError from its loader
+        for name in [m for m in sys.modules if m == "torchaudio" or m.startswith("torchaudio.")]:
+            del sys.modules[name]
+        sys.modules["torchaudio"] = None  # type: ignore[assignment]
+        _torchaudio_problem = pairing_problem("torchaudio", err)
+    return _torchaudio_problem
+
+
+def require_torchaudio(feature: str):
+    """The torchaudio module for ``feature`` (e.g. "audio resampling"), or an EnvironmentProblem that
+    names the versions, the fix and ``mm-ptft doctor`` — never a raw loader trace."""
+    problem = guard_torchaudio()
+    if problem:
+        raise EnvironmentProblem(f"{feature} needs torchaudio, which cannot load here: {problem}. "
+                                 "`mm-ptft doctor` checks the whole set.")
+    try:
+        return importlib.import_module("torchaudio")
+    except ImportError:
+        raise EnvironmentProblem(f"{feature} needs torchaudio, which is not installed. Fix: {TESTED_PIP}") from None
+
+
+# ---- hardware and precision -------------------------------------------------------------------
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 / AMX on x86, the BF16 extension on Arm);
+    elsewhere torch emulates it, much slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_low_precision(device_type: str) -> bool:
+    """Whether bf16 runs natively on ``device_type``."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and cpu_native_bf16()
+
+
+# Measured: benchmarks/cpu_precision.py --emulate (MiniLM-sized BERT, 2 cores limited to AVX2) 3.1x the fp32
+# step time; MiniLM fine-tuning with the text recipe on a 2-core AVX2 CPU over 14x (issue 12).
+EMULATED_COST = "measured 3x to over 14x slower than fp32 per step on AVX2 CPUs"
+
+
+def resolve_precision(requested: str, device_type: str) -> str:
+    """``auto`` → bf16 where the hardware has it (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32.
+    An explicit bf16/fp16 on a CPU that only emulates it is honoured, with one warning saying the cost."""
+    if requested == "auto":
+        return "bf16" if native_low_precision(device_type) else "fp32"
+    if requested in ("bf16", "fp16") and device_type == "cpu" and not cpu_native_bf16():
+        warnings.warn(f"train.precision={requested} on a CPU without native bf16/fp16 "
+                      f"({cpu_capability()}): torch emulates it, {EMULATED_COST}. "
+                      "Use train.precision=auto or fp32.", stacklevel=2)
+    return requested
+
+
+def cpu_capability() -> str:
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older builds
+        return platform.machine()
+
+
+# ---- mm-ptft doctor -------------------------------------------------------------------------
+
+class Check(NamedTuple):
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def _run_check(name: str, fn: Callable[[], str], required: bool = True, dist: str = "") -> Check:
+    try:
+        return Check(name, True, fn(), required)
+    except EnvironmentProblem as err:
+        return Check(name, False, str(err), required)
+    except Exception as err:  # ImportError/OSError from a loader, or a wrong result
+        if dist and version(dist) is None:
+            return Check(name, False, f"not installed (pip install '{dist}')", required)
+        detail = pairing_problem(dist, err) if dist else f"{type(err).__name__}: {err}"
+        return Check(name, False, detail, required)
+
+
+def _torchvision_ops() -> str:
+    import torch
+    import torchvision
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
+    if keep.tolist() != [0, 2]:
+        raise RuntimeError(f"torchvision.ops.nms returned {keep.tolist()}, expected [0, 2]")
+    return "nms runs"
+
+
+def torchvision_pairing() -> Optional[str]:
+    """A line naming torch and torchvision when their minors are not a released pair (0.N ↔ 2.(N-15))."""
+    tv, t = version("torchvision"), version("torch")
+    if not tv or not t:
+        return None
+    tv_minor, t_minor = int(tv.split(".")[1]), int(t.split(".")[1])
+    if tv.startswith("0.") and t.startswith("2.") and tv_minor != t_minor + 15 and tv_minor < t_minor + 15:
+        return (f"torchvision {tv} was built for torch 2.{tv_minor - 15}, not torch {t}. "
+                f"Fix: pip install 'torchvision==0.{t_minor + 15}.*'")
+    return None
+
+
+def _torchaudio_runs() -> str:
+    import torch
+
+    problem = guard_torchaudio()
+    if problem:
+        raise EnvironmentProblem(problem)
+    ta = require_torchaudio("audio (resampling, log-mel, Conformer, wav2vec2)")
+    wav = torch.sin(torch.arange(1600) * 0.1)
+    out = ta.functional.resample(wav, 16000, 8000)
+    return f"extension loads; resample 16k->8k gives {out.numel()} samples"
+
+
+def _ctc_decoder() -> str:
+    import torch
+
+    if guard_torchaudio():
+        raise EnvironmentProblem("not checked: needs torchaudio, which cannot load (see above)")
+    require_torchaudio("beam-search CTC decoding")
+    from torchaudio.models.decoder import ctc_decoder
+
+    dec = ctc_decoder(lexicon=None, tokens=["-", "|", "a"], blank_token="-", sil_token="|", beam_size=2)
+    emissions = torch.tensor([[[0.0, -9.0, -9.0], [-9.0, -9.0, 0.0], [0.0, -9.0, -9.0]]])  # (B=1, T=3, V=3)
+    return f"beam decoder runs (tokens {dec(emissions)[0][0].tokens.tolist()})"
+
+
+def _onnxruntime() -> str:
+    import onnxruntime
+
+    return "providers " + ", ".join(onnxruntime.get_available_providers())
+
+
+def _soundfile() -> str:
+    import soundfile
+
+    return f"libsndfile {soundfile.__libsndfile_version__}"
+
+
+def _pycocotools() -> str:
+    import numpy as np
+    from pycocotools import mask
+
+    area = mask.area(mask.encode(np.ones((4, 4, 1), dtype=np.uint8, order="F")))
+    return f"mask API runs (area {int(area[0])})"
+
+
+def compiled_checks() -> list[Check]:
+    """Each compiled piece we use, loaded and run on a tiny input."""
+    checks = [_run_check("torchvision ops", _torchvision_ops, dist="torchvision"),
+              _run_check("torchaudio", _torchaudio_runs, dist="torchaudio"),
+              _run_check("flashlight-text CTC decoder", _ctc_decoder, dist="flashlight-text"),
+              _run_check("soundfile", _soundfile, dist="soundfile"),
+              _run_check("pycocotools", _pycocotools, dist="pycocotools"),
+              _run_check("onnxruntime (export extra)", _onnxruntime, required=False, dist="onnxruntime")]
+    pairing = torchvision_pairing()
+    if pairing:
+        checks.insert(0, Check("torchvision pairing", False, pairing))
+    return checks
+
+
+def device_lines() -> list[str]:
+    import torch
+
+    lines = [f"cpu: {platform.machine()}, {cpu_count()} usable cores, capability {cpu_capability()}, "
+             f"native bf16 {'yes' if cpu_native_bf16() else 'no (bf16/fp16 are emulated: auto picks fp32)'}"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}, "
+                         f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+    else:
+        lines.append("cuda: not available (train.device=auto runs on the CPU)")
+    return lines
+
+
+def version_lines() -> list[str]:
+    import torch
+
+    lines = [f"python {platform.python_version()} ({sys.executable})"]
+    for dist in REPORTED:
+        v = version(dist) or "not installed"
+        extra = f" (CUDA {torch.version.cuda or 'none: CPU build'})" if dist == "torch" else ""
+        tested = f"  [tested: {TESTED[dist]}]" if dist in TESTED and v.split("+")[0] != TESTED[dist] else ""
+        lines.append(f"{dist} {v}{extra}{tested}")
+    return lines
