@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.tasks import get_recipe
 
 RECIPES = {"image (image_classification, train augmentation)": "image_classification",

@@ -12,7 +12,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def pretrain(out: Path, epochs: int) -> tuple[Path, Any]:
     """Run the joint recipe; return its run directory and resolved config."""
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.run import train
 
     cfg = load_config(ROOT / "recipes/pretrain_joint/tiny.yaml",

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.export import ExportModule, export_run, export_spec, make_traceable, no_mha_fastpath, quantize_int8
 from mm_ptft.run import load_run, train
 

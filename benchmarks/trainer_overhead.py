@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.tasks.text_classification import TextClassification
 from mm_ptft.train.trainer import Trainer, seed_everything, to_device
 

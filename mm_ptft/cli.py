@@ -19,7 +19,7 @@ def _split(args: Sequence[str], key: str) -> tuple[Optional[str], list[str]]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.run import train
 
     results = train(load_config(ns.config, ns.overrides))

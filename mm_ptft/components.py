@@ -5,16 +5,11 @@ registered by adding its file; no central list to edit."""
 from __future__ import annotations
 
 import importlib
-import pkgutil
+
+from mm_ptft.registry import import_submodules
 
 PACKAGES = ["mm_ptft.encoders", "mm_ptft.heads", "mm_ptft.objectives", "mm_ptft.data", "mm_ptft.tasks"]
 MODULES = ["mm_ptft.fusion"]
-
-
-def import_submodules(package: str) -> None:
-    pkg = importlib.import_module(package)
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{package}.{info.name}")
 
 
 def load_components() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -109,10 +109,13 @@ def parse(schema: type[C], *sources: Any) -> C:
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
-                schema: type[C] | None = None) -> C:
+                schema: type[C] | Callable[[str], type[C]] | None = None) -> C:
     """Load a recipe YAML plus ``key=value`` overrides into the task's schema.
 
-    ``schema`` defaults to the config class of the task named by the ``task`` key."""
+    ``schema`` is the config class, or a function from the ``task`` key to it (``mm_ptft.tasks.load_config``
+    passes the recipe registry's; this module imports nothing of ours)."""
+    if schema is None:
+        raise ConfigError("load_config needs the task's schema; use mm_ptft.run.load_config to look it up by 'task'")
     yaml_cfg = OmegaConf.load(path) if path else OmegaConf.create({})
     cli = OmegaConf.create({})
     for item in overrides:
@@ -129,14 +132,12 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
             OmegaConf.update(yaml_cfg if isinstance(value, dict) else cli, key, value, merge=False)
         except OmegaConfBaseException as err:
             raise _explain(err) from None
-    if schema is None:
+    if not isinstance(schema, type):
         task = OmegaConf.select(cli, "task") or OmegaConf.select(yaml_cfg, "task")
         if not task:
             raise ConfigError("missing required config value 'task' (e.g. task: text_classification)")
-        from mm_ptft.tasks import get_recipe
-
         try:
-            schema = get_recipe(task).config_cls
+            schema = schema(task)
         except KeyError as err:
             raise ConfigError(f"task: {err.args[0]}") from None
     return parse(schema, yaml_cfg, cli)

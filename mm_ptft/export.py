@@ -3,9 +3,11 @@ optionally with dynamic int8 quantisation, plus a JSON file describing inputs an
 
     mm-ptft export RUN_DIR --format onnx|torchscript [--out PATH] [--quantize int8]
 
-The exported graph takes plain tensors (no batch dict) and returns logits; CTC models return
-per-frame log-probs and frame lengths. Text tokenisation, image decoding/resizing and audio decoding
-stay outside the graph: the JSON says how to do them (and the tokenizer is saved next to the model).
+The exported graph takes plain tensors (no batch dict) and returns what the task's ``export_spec`` names
+(logits; CTC models per-frame log-probs and frame lengths). Nothing here knows a task kind: the task gives
+its spec and ``export_forward``, each encoder its preprocessing, the recipe which task a run exports.
+Text tokenisation, image decoding/resizing and audio decoding stay outside the graph: the JSON says how to
+do them (and the tokenizer is saved next to the model).
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ import copy
 import json
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from mm_ptft.contracts import ExportSpec as Spec
+from mm_ptft.tasks.common import load_run
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
 FORMATS = ("onnx", "torchscript")
@@ -32,41 +35,21 @@ INPUTS: dict[str, tuple[str, dict[int, str]]] = {
     AUDIO: ("audio", {0: "batch"}),  # last axis (samples or feature frames) added below
     AUDIO_LENGTHS: ("audio_lengths", {0: "batch"}),
 }
-MODALITY_KEYS = {"text": [TEXT, TEXT_MASK], "image": [IMAGE], "audio": [AUDIO, AUDIO_LENGTHS]}
 
 
 class ExportError(ValueError):
     """A run that cannot be exported as asked; the message names the model part and the reason."""
 
 
-@dataclass
-class Spec:
-    """What the exported graph takes and returns, and how its task computes it."""
-
-    keys: list[str]  # batch keys, in input order
-    outputs: list[str]  # output names
-    kind: str  # classification | ctc | multimodal_classification
-
-
 class ExportModule(nn.Module):
-    """Plain tensors in, logits (or CTC log-probs + frame lengths) out: the task without the batch dict."""
+    """Plain tensors in, the task's ``export_forward`` outputs out: the task without the batch dict."""
 
     def __init__(self, task: nn.Module, spec: Spec) -> None:
         super().__init__()
-        self.task, self.keys, self.kind = task, list(spec.keys), spec.kind
+        self.task, self.keys = task, list(spec.keys)
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        batch = dict(zip(self.keys, tensors))
-        if self.kind == "classification":  # head over the live encoder (not an EMA copy or a loss)
-            return self.task.head(self.task.encoder(batch).pooled)  # (B, C)
-        if self.kind == "multimodal_classification":  # every modality present; flags sized from the inputs, so
-            for m, key in (("text", TEXT), ("image", IMAGE), ("audio", AUDIO)):  # the batch axis stays dynamic
-                if key in batch:
-                    batch[f"{m}_present"] = torch.ones_like(batch[key].flatten(1)[:, 0], dtype=torch.bool)  # (B,)
-        out = self.task(batch)
-        if self.kind == "ctc":
-            return out["log_probs"], out["frame_lengths"]  # (B, N, V), (B,)
-        return out["logits"]  # (B, C)
+        return self.task.export_forward(dict(zip(self.keys, tensors)))
 
 
 class TraceableMHA(nn.Module):
@@ -114,20 +97,13 @@ def make_traceable(model: nn.Module) -> nn.Module:
 
 
 def export_spec(task: nn.Module) -> Spec:
-    """Inputs and outputs for a task; an error naming the task where it has no export path."""
-    from mm_ptft.heads.classification import ClassificationTask
-    from mm_ptft.heads.ctc import CTCTask
-
-    if isinstance(task, ClassificationTask):
-        modality = task.encoder.modality
-        return Spec(list(MODALITY_KEYS[modality]), ["logits"], "classification")
-    if isinstance(task, CTCTask):
-        return Spec(list(MODALITY_KEYS["audio"]), ["log_probs", "frame_lengths"], "ctc")
-    towers = getattr(task, "towers", None)
-    if towers is not None and hasattr(task, "fusion"):
-        return Spec([k for m in sorted(towers) for k in MODALITY_KEYS[m]], ["logits"], "multimodal_classification")
-    raise ExportError(f"{type(task).__name__}: export supports classification (text/image/audio), CTC speech "
-                      f"recognition and multimodal classification tasks, not this one")
+    """The task's own inputs and outputs; an error naming the task where it has no export path."""
+    try:
+        return task.export_spec()
+    except (AttributeError, NotImplementedError):
+        raise ExportError(f"{type(task).__name__}: export supports classification (text/image/audio), CTC speech "
+                          f"recognition and multimodal classification tasks (any Task with export_spec and "
+                          f"export_forward), not this one") from None
 
 
 def example_inputs(prepared: Any, spec: Spec, n: int = 2) -> tuple[torch.Tensor, ...]:
@@ -172,12 +148,7 @@ def _dynamic_axes(spec: Spec, inputs: Sequence[torch.Tensor]) -> dict[str, dict[
         if key == AUDIO:
             dyn[x.dim() - 1] = "time"
         axes[name] = dyn
-    if spec.kind == "ctc":
-        axes["log_probs"] = {0: "batch", 1: "frames"}
-        axes["frame_lengths"] = {0: "batch"}
-    else:
-        axes["logits"] = {0: "batch"}
-    return axes
+    return {**axes, **spec.output_axes}
 
 
 def _describe(model: nn.Module, what: str) -> str:
@@ -220,50 +191,13 @@ def run_onnx(path: str | Path, inputs: Mapping[str, Any]) -> list[Any]:
     return sess.run(None, {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()})
 
 
-def preprocessing(cfg: Any, task: nn.Module, prepared: Any, out: Path) -> dict[str, Any]:
-    """What a server must do to raw inputs before the graph, per modality (tokenizer saved next to the model)."""
-    encs = task.encoders() if hasattr(task, "encoders") else {}
-    info: dict[str, Any] = {}
-    text = encs.get("text")
-    if text is not None:
-        tok_dir = out.with_name(out.stem + "_tokenizer")
-        text.tokenizer.save_pretrained(str(tok_dir))
-        info["text"] = {"tokenizer_dir": str(tok_dir.resolve()), "max_length": int(text.max_length),
-                        "pad_token_id": int(text.tokenizer.pad_token_id or 0), "add_special_tokens": True,
-                        "attention_mask": "1 for real tokens, 0 for padding"}
-    image = encs.get("image")
-    if image is not None:
-        pre = getattr(image, "preprocess", None)
-        info["image"] = {**(pre.to_dict() if pre is not None else {}), "layout": "NCHW float32 RGB",
-                         "steps": "decode RGB, resize to size / crop_pct (size where crop_pct >= 1), centre crop "
-                                  "to size, scale to [0, 1], subtract mean, divide by std"}
-        media = getattr(prepared.eval_data, "media", None)
-        if media is not None:  # multimodal rows: a plain resize to image_size, media mean/std
-            info["image"].update(size=[media.image_size, media.image_size], mean=media.image_mean,
-                                 std=media.image_std, steps="decode RGB, resize to size, scale to [0, 1], "
-                                                            "subtract mean, divide by std")
-    audio = encs.get("audio")
-    if audio is not None:
-        kind = getattr(audio, "input_kind", "waveform")
-        info["audio"] = {"sample_rate": int(audio.sample_rate), "input_kind": kind,
-                         "audio_lengths": "valid samples (waveform) or frames (features) per row, before padding"}
-        if kind == "features":
-            from mm_ptft.encoders.audio import LogMel
-
-            lm = LogMel(audio.sample_rate, audio.n_mels)
-            info["audio"].update(n_mels=int(audio.n_mels), hop_length=lm.hop, n_fft=lm.mel.n_fft,
-                                 win_length=lm.mel.win_length,
-                                 steps="mono, resample to sample_rate, torchaudio MelSpectrogram(center=True, "
-                                       "pad_mode=constant), log(x + 1e-6), per mel bin (x - mean) / (std + 1e-5) over time; "
-                                       "shape (B, n_mels, frames)")
-        else:
-            info["audio"]["steps"] = "mono, resample to sample_rate, (x - mean) / (std + 1e-7) per clip; shape (B, samples)"
-        media = getattr(prepared.eval_data, "media", None)
-        if media is not None:  # multimodal rows decode audio their own way
-            info["audio"]["max_seconds"] = media.max_audio_seconds
-            info["audio"]["steps"] = ("as mm_ptft.data.multimodal.load_audio: mono, resample to sample_rate, crop to "
-                                      "max_seconds; " + ("raw waveform (the encoder normalises); shape (B, samples)"
-                                                         if kind != "features" else "log-mel normalised per bin"))
+def preprocessing(task: nn.Module, prepared: Any, out: Path) -> dict[str, Any]:
+    """What a server must do to raw inputs before the graph: each encoder's own steps, with what the eval
+    dataset changes about them (e.g. multimodal rows decode media their own way)."""
+    info = {m: enc.export_preprocessing(out) for m, enc in task.encoders().items()}
+    overrides = getattr(prepared.eval_data, "export_preprocessing", None)
+    for m, extra in (overrides(info) if callable(overrides) else {}).items():
+        info.setdefault(m, {}).update(extra)
     return info
 
 
@@ -274,17 +208,14 @@ def default_out(run_dir: Path, fmt: str, quantize: Optional[str]) -> Path:
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path] = None,
                quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True) -> Path:
     """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it)."""
-    from mm_ptft.run import load_run
-
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only 'int8' (dynamic, nn.Linear weights) is supported")
     run_dir = Path(run_dir)
-    from mm_ptft.tasks.distillation import student_of
-
-    cfg, prepared, _ = load_run(run_dir, checkpoint=checkpoint)
-    task, cfg = student_of(prepared.task.cpu().eval(), cfg)  # a distilled run exports its student
+    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint)
+    prepared.task.cpu().eval()
+    task, cfg = recipe.exported(cfg, prepared)  # e.g. a distilled run exports its student
     spec = export_spec(task)
     module = make_traceable(ExportModule(task, spec)).eval()
     inputs = example_inputs(prepared, spec)
@@ -322,21 +253,14 @@ def describe(cfg: Any, task: nn.Module, prepared: Any, spec: Spec, inputs: Seque
              quantize: Optional[str], path: Path) -> dict[str, Any]:
     """The JSON written next to the model: inputs, outputs, preprocessing, label names / CTC vocabulary."""
     meta: dict[str, Any] = {
-        "model": path.name, "format": fmt, "quantize": quantize, "task": cfg.task, "kind": spec.kind,
+        "model": path.name, "format": fmt, "quantize": quantize, "task": cfg.task, "task_model": type(task).__name__,
         "inputs": [{"name": INPUTS[k][0], "batch_key": k, "dtype": str(x.dtype).replace("torch.", ""),
                     "shape": [(_dynamic_axes(spec, inputs)[INPUTS[k][0]].get(i, int(s))) for i, s in enumerate(x.shape)]}
                    for k, x in zip(spec.keys, inputs)],
         "outputs": spec.outputs,
-        "preprocessing": preprocessing(cfg, task, prepared, path),
+        "preprocessing": preprocessing(task, prepared, path),
+        **spec.meta,
     }
-    if spec.kind == "ctc":
-        meta["vocab"] = list(task.vocab.tokens)
-        meta["decoding"] = ("log_probs (B, frames, V) are log-softmax over vocab; id 0 is the CTC blank and '|' a "
-                            "space; greedy: argmax per frame over the first frame_lengths frames, merge repeats, "
-                            "drop blanks")
-    else:
-        meta["labels"] = list(cfg.data.labels)
-        meta["postprocessing"] = "softmax over logits (B, C); argmax is the label index"
     if fmt == "torchscript":
         meta["load"] = "torch.jit.load(path); model(*inputs in the order above)"
     else:

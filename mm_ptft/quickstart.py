@@ -38,7 +38,7 @@ def few_labels(manifest: str, per_class: int, seed: int) -> str:
 
 
 def pretrain(data: dict[str, str], out: Path, steps: int, device: str) -> dict[str, float]:
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.run import train
 
     overrides = [f"output_dir={out}", f"train.device={device}", f"data.train_file={data['train_file']}",
@@ -49,7 +49,7 @@ def pretrain(data: dict[str, str], out: Path, steps: int, device: str) -> dict[s
 
 def finetune(data: dict[str, str], few: str, modalities: list[str], encoders_dir: Optional[Path], out: Path,
              device: str) -> dict[str, float]:
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.run import train
 
     specs = [f"model.{m}=" + (f"{{name_or_path: {encoders_dir / m}}}" if encoders_dir else ENCODERS[m])

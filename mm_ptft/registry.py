@@ -5,7 +5,9 @@ the builder's signature, so a typo in a config names the key instead of failing 
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
@@ -74,3 +76,10 @@ class Registry(Generic[T]):
 def all_registries() -> dict[str, Registry[Any]]:
     """Every registry created so far (import ``mm_ptft.components`` first to fill them)."""
     return dict(_ALL)
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package``, so the registries its modules fill are complete."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{package}.{info.name}")

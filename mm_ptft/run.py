@@ -1,18 +1,38 @@
-"""The one-way path every entry point takes: config → recipe.prepare → Trainer → run directory."""
+"""The one-way path every entry point takes: config → recipe.prepare → fine-tuning → Trainer → run directory."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mm_ptft.config import RunConfig, load_config
-from mm_ptft.tasks import get_recipe
-from mm_ptft.train import checkpoint as ckpt
+from mm_ptft.config import RunConfig
+from mm_ptft.contracts import Callback, Prepared
+from mm_ptft.finetune import prepare_for_training, save_encoders
+from mm_ptft.tasks import get_recipe, load_config
+from mm_ptft.tasks.common import drop_data_files, load_run, pick_checkpoint
+from mm_ptft.train import distributed as D
 from mm_ptft.train.distributed import main_process_first
-from mm_ptft.train.optim import apply_finetune
 from mm_ptft.train.trainer import Trainer, seed_everything
+
+
+def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> Trainer:
+    """Apply the fine-tuning strategy and gradient checkpointing once, then hand the trainer the task,
+    its data, its parameter groups and callbacks."""
+    groups = prepare_for_training(prepared.task, cfg)
+    return Trainer.from_prepared(prepared, cfg, param_groups=groups, callbacks=callbacks)
+
+
+def fit(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Train what a recipe prepared; save each encoder as a reloadable directory; return the final evaluation."""
+    trainer = build_trainer(prepared, cfg, callbacks)
+    results = trainer.fit()
+    plain = trainer.plain_model()  # under FSDP every rank takes part in gathering the weights
+    if plain is not None:
+        save_encoders(plain, Path(cfg.output_dir) / "encoders")
+    D.barrier()
+    return results
 
 
 def train(cfg: RunConfig) -> dict[str, float]:
@@ -20,44 +40,19 @@ def train(cfg: RunConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     with main_process_first(cfg.train.device):  # under torchrun, rank 0 generates data before the others read it
         prepared = get_recipe(cfg.task).prepare(cfg)
-    trainer = Trainer(prepared.task, cfg, prepared.train_data, prepared.eval_data, prepared.collate,
-                      prepared.train_lengths, prepared.eval_lengths, prepared.counters)
-    return trainer.fit()
+    return fit(prepared, cfg)
 
 
-def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None) -> Path:
-    """``checkpoint`` if given, else the run's best checkpoint, else its latest good one."""
-    if checkpoint:
-        return Path(checkpoint)
-    root = Path(run_dir) / "checkpoints"
-    best = root / "best.json"
-    if best.exists():
-        path = root / json.loads(best.read_text())["path"]
-        if path.is_dir() and ckpt.verify(path) is None:
-            return path
-    found = ckpt.latest_good(root)
-    if found is None:
-        raise FileNotFoundError(f"no usable checkpoint under {root}")
-    return found
+def recipe_main(schema: type) -> Callable[[Sequence[str]], dict[str, float]]:
+    """A recipe script's ``main(argv)``: ``CONFIG [key.sub=value ...]`` loaded into ``schema``, trained;
+    prints and returns the final evaluation."""
 
+    def main(argv: Sequence[str]) -> dict[str, float]:
+        results = train(load_config(argv[0], list(argv[1:]), schema=schema))
+        print(json.dumps(results, indent=2))
+        return results
 
-def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
-             with_data: bool = True):
-    """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
-    Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
-    the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
-    another machine predicts without its training data."""
-    path = Path(run_dir)
-    cfg_path = path if path.is_file() else path / "config.yaml"
-    cfg = load_config(cfg_path, overrides)
-    if not with_data:
-        drop_data_files(cfg)
-    recipe = get_recipe(cfg.task)
-    prepared = recipe.prepare(cfg, train=False)
-    apply_finetune(prepared.task, cfg.finetune)
-    ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
-    prepared.task.eval()
-    return cfg, prepared, recipe
+    return main
 
 
 def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None) -> dict[str, float]:
@@ -66,8 +61,7 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
     if prepared.eval_data is None:
         raise ValueError(f"{run_dir}: no evaluation data (the run's data.eval_file/data.train_file are empty or gone); "
                          f"pass data.eval_file=PATH")
-    trainer = Trainer(prepared.task, cfg, None, prepared.eval_data, prepared.collate, eval_lengths=prepared.eval_lengths)
-    return trainer.evaluate()
+    return Trainer.from_prepared(prepared, cfg, train=False).evaluate()
 
 
 @torch.no_grad()
@@ -77,9 +71,5 @@ def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str
     return recipe.predict(cfg, prepared, list(inputs))
 
 
-def drop_data_files(cfg: RunConfig) -> None:
-    """Clear the data files (and generator) a config names, for building a trained model alone."""
-    data = getattr(cfg, "data", None)
-    for key, empty in (("train_file", ""), ("eval_file", ""), ("generate", None)):
-        if data is not None and hasattr(data, key):
-            setattr(data, key, empty)
+__all__ = ["build_trainer", "drop_data_files", "evaluate", "fit", "load_config", "load_run", "pick_checkpoint",
+           "predict", "recipe_main", "train"]

@@ -10,6 +10,9 @@ TEXT, TEXT_MASK = "text", "text_mask"
 IMAGE = "image"
 AUDIO, AUDIO_LENGTHS = "audio", "audio_lengths"
 LABELS, TARGETS = "labels", "targets"
+LABEL_LENGTHS, TRANSCRIPTS = "label_lengths", "transcripts"  # CTC targets
+#: modality → the batch keys its encoders read, in input order
+INPUT_KEYS = {"text": (TEXT, TEXT_MASK), "image": (IMAGE,), "audio": (AUDIO, AUDIO_LENGTHS)}
 
 
 class EncoderOutput(NamedTuple):

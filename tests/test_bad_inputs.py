@@ -13,7 +13,8 @@ import soundfile as sf
 from PIL import Image
 from torch import nn
 
-from mm_ptft.config import ConfigError, load_config
+from mm_ptft.config import ConfigError
+from mm_ptft.run import load_config
 from mm_ptft.data.audio import load_waveform, scan_clips
 from mm_ptft.data.coco import coco_records, read_coco
 from mm_ptft.data.image import scan_images

@@ -1,6 +1,7 @@
 import pytest
 
-from mm_ptft.config import ConfigError, load_config
+from mm_ptft.config import ConfigError
+from mm_ptft.run import load_config
 from mm_ptft.tasks.text_classification import TextClassificationConfig
 
 from mm_paths import TEXT_TINY

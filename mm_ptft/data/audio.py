@@ -19,9 +19,7 @@ from torch.utils.data import Dataset
 
 from mm_ptft.data.tables import DataError
 from mm_ptft.env import require_torchaudio
-from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABELS
-
-LABEL_LENGTHS, TRANSCRIPTS = "label_lengths", "transcripts"
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABEL_LENGTHS, LABELS, TRANSCRIPTS
 
 
 def count(counters: dict[str, int], key: str, n: int = 1) -> None:

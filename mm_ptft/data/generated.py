@@ -65,7 +65,7 @@ def text_topics(out_dir: str, n_train: int = 800, n_eval: int = 200, noise: floa
 
 def generate(spec: dict[str, Any], root: str | Path, where: str = "data.generate") -> dict[str, str]:
     """Run the generator named in ``spec`` into ``root/<name>-<hash of spec>`` (reused when present)."""
-    from mm_ptft.components import import_submodules
+    from mm_ptft.registry import import_submodules
 
     import_submodules("mm_ptft.data")  # generators live in several modules of this package
     spec = dict(spec)

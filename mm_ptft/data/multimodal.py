@@ -241,3 +241,13 @@ class MixtureCollator:
         for name, item in items:
             groups.setdefault(name, []).append(item)
         return {name: self.collate(groups[name]) for name in sorted(groups)}
+
+
+class JointCollator:
+    """Mixed (source, item) lists → ``{source: batch}``; plain items (evaluation) → one batch."""
+
+    def __init__(self, collate: MultimodalCollator) -> None:
+        self.flat, self.mixed = collate, MixtureCollator(collate)
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        return self.mixed(items) if isinstance(items[0], tuple) else self.flat(items)

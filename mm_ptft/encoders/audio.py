@@ -47,6 +47,19 @@ class AudioEncoder(Encoder):
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def export_preprocessing(self, out: Any) -> dict[str, Any]:
+        """Sample rate and input kind; for ``features`` encoders, the log-mel settings the graph expects."""
+        info: dict[str, Any] = {"sample_rate": int(self.sample_rate), "input_kind": self.input_kind,
+                                "audio_lengths": "valid samples (waveform) or frames (features) per row, before padding"}
+        if self.input_kind != "features":
+            info["steps"] = "mono, resample to sample_rate, (x - mean) / (std + 1e-7) per clip; shape (B, samples)"
+            return info
+        lm = LogMel(self.sample_rate, self.n_mels)
+        info.update(n_mels=int(self.n_mels), hop_length=lm.hop, n_fft=lm.mel.n_fft, win_length=lm.mel.win_length,
+                    steps="mono, resample to sample_rate, torchaudio MelSpectrogram(center=True, pad_mode=constant), "
+                          "log(x + 1e-6), per mel bin (x - mean) / (std + 1e-5) over time; shape (B, n_mels, frames)")
+        return info
+
 
 def _constant_buffers(module: nn.Module) -> None:
     """Re-register the fixed STFT window / mel filterbank buffers as non-persistent copies: they are

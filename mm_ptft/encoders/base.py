@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mm_ptft.registry import Registry
-from mm_ptft.types import EncoderOutput
+from mm_ptft.types import INPUT_KEYS, EncoderOutput
 
 ENCODER_FILE = "mm_ptft_encoder.json"
 #: builder options that only say where initial weights come from, and their "no weights" values
@@ -44,6 +44,18 @@ class Encoder(nn.Module):
         """Depth used by layer-wise LR decay and layer freezing."""
         ids = [layer_index(n) for n, _ in self.named_parameters()]
         return max([i for i in ids if i is not None], default=-1) + 1
+
+    def layer_of(self, param_name: str) -> Optional[int]:
+        """Block index of one of this encoder's parameters (-1 embeddings, None neither): LLRD and freezing."""
+        return layer_index(param_name)
+
+    def input_keys(self) -> list[str]:
+        """The batch keys this encoder reads, in the order an exported graph takes them."""
+        return list(INPUT_KEYS[self.modality])
+
+    def export_preprocessing(self, out: Path) -> dict[str, Any]:
+        """What a server must do to raw inputs before an exported graph (files it needs are written beside ``out``)."""
+        return {}
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")

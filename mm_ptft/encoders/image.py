@@ -56,6 +56,12 @@ class ImageEncoder(Encoder):
     preprocess: Preprocess
     token_dim: int = 0  # width of ``tokens`` (equals out_dim except where a projection follows them)
 
+    def export_preprocessing(self, out: Any) -> dict[str, Any]:
+        """This encoder's ``Preprocess`` (size, crop, mean/std) as the steps before the graph."""
+        return {**self.preprocess.to_dict(), "layout": "NCHW float32 RGB",
+                "steps": "decode RGB, resize to size / crop_pct (size where crop_pct >= 1), centre crop "
+                         "to size, scale to [0, 1], subtract mean, divide by std"}
+
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         return self.encode(batch[IMAGE])
 

@@ -66,7 +66,23 @@ def load_tokenizer(path: Optional[str], corpus: Optional[Iterable[str]], vocab_s
     return train_wordpiece(corpus, vocab_size)
 
 
-class HFTextEncoder(HFBacked, Encoder):
+class TextEncoder(Encoder):
+    """Base of text encoders: token ids in, with a ``tokenizer`` and a ``max_length``."""
+
+    modality = "text"
+    tokenizer: Any
+    max_length: int
+
+    def export_preprocessing(self, out: Path) -> dict[str, Any]:
+        """Tokenise with the tokenizer saved beside the exported model, pad, and give the attention mask."""
+        tok_dir = out.with_name(out.stem + "_tokenizer")
+        self.tokenizer.save_pretrained(str(tok_dir))
+        return {"tokenizer_dir": str(tok_dir.resolve()), "max_length": int(self.max_length),
+                "pad_token_id": int(self.tokenizer.pad_token_id or 0), "add_special_tokens": True,
+                "attention_mask": "1 for real tokens, 0 for padding"}
+
+
+class HFTextEncoder(HFBacked, TextEncoder):
     """Wraps a transformers ``AutoModel``; pools the [CLS] token or the masked mean."""
 
     modality = "text"
@@ -110,7 +126,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, poolin
     return HFTextEncoder(model, tok, pooling, max_length)
 
 
-class TinyTextTransformer(Encoder):
+class TinyTextTransformer(TextEncoder):
     """A small pre-norm transformer encoder for tests and CPU recipes."""
 
     modality = "text"
@@ -177,7 +193,7 @@ class OpenCLIPTokenizer:
         (Path(path) / "open_clip_tokenizer.txt").write_text(self.model_name)
 
 
-class OpenCLIPTextEncoder(Encoder):
+class OpenCLIPTextEncoder(TextEncoder):
     """The text tower of an open_clip model: its own tokenizer, causal transformer and projection.
 
     ``pooled`` is open_clip's ``encode_text`` (projected, not normalised); no per-token outputs."""

@@ -1,15 +1,15 @@
 """Classification over one encoder's pooled embedding."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_ptft.contracts import ExportSpec, Task
 from mm_ptft.encoders.base import Encoder
-from mm_ptft.metrics import ClassificationMetrics
-from mm_ptft.tasks.base import Task
+from mm_ptft.metrics.classification import ClassificationMetrics
 from mm_ptft.types import LABELS
 
 
@@ -43,11 +43,11 @@ class ClassificationTask(Task):
     main_metric = "accuracy"
 
     def __init__(self, encoder: Encoder, num_classes: int, dropout: float = 0.1,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, labels: Sequence[str] = ()) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = ClassificationHead(encoder.out_dim, num_classes, dropout)
-        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        self.num_classes, self.label_smoothing, self.labels = num_classes, label_smoothing, list(labels)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         logits = self.head(self.encoder(batch).pooled)  # (B, C)
@@ -55,3 +55,15 @@ class ClassificationTask(Task):
 
     def build_metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics(self.num_classes)
+
+    def export_spec(self) -> ExportSpec:
+        return classification_export_spec(self.encoder.input_keys(), self.labels)
+
+    def export_forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.encoder(batch).pooled)  # (B, C): the live encoder, not an EMA copy or a loss
+
+
+def classification_export_spec(keys: Sequence[str], labels: Sequence[str]) -> ExportSpec:
+    """Batch keys in, ``logits`` (B, C) out, with the class names a server needs."""
+    return ExportSpec(list(keys), ["logits"], {"logits": {0: "batch"}},
+                      {"labels": list(labels), "postprocessing": "softmax over logits (B, C); argmax is the label index"})

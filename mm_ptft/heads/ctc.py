@@ -1,5 +1,5 @@
 """CTC speech recognition: character vocabulary, text normalisation, the CTC task, greedy and
-beam-search decoding (torchaudio's flashlight ``ctc_decoder``), and WER/CER metrics."""
+beam-search decoding (torchaudio's flashlight ``ctc_decoder``); WER/CER live in ``metrics.ctc``."""
 from __future__ import annotations
 
 import re
@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm_ptft.data.audio import LABEL_LENGTHS, TRANSCRIPTS
+from mm_ptft.contracts import ExportSpec, Task
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.env import require_torchaudio
-from mm_ptft.tasks.base import Task
-from mm_ptft.types import LABELS
+from mm_ptft.metrics.ctc import CTCMetrics
+from mm_ptft.types import LABEL_LENGTHS, LABELS
 
 BLANK, SPACE = "<blank>", "|"  # token 0 is the CTC blank; "|" marks word boundaries (flashlight's convention)
 
@@ -131,29 +131,6 @@ class Transcriber:
         return [self.vocab.decode(ids) for ids in greedy_decode(log_probs, lengths)]
 
 
-class CTCMetrics:
-    """WER and CER (torchmetrics, synced across ranks) of decoded hypotheses against ``transcripts``."""
-
-    def __init__(self, transcriber: Transcriber) -> None:
-        from torchmetrics.text import CharErrorRate, WordErrorRate
-
-        self.transcriber = transcriber
-        self.wer, self.cer = WordErrorRate(), CharErrorRate()
-
-    def to(self, device: torch.device) -> "CTCMetrics":
-        self.wer, self.cer = self.wer.to(device), self.cer.to(device)
-        return self
-
-    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        hyps = self.transcriber(out["log_probs"], out["frame_lengths"])
-        refs = list(batch[TRANSCRIPTS])
-        self.wer.update(hyps, refs)
-        self.cer.update(hyps, refs)
-
-    def compute(self) -> dict[str, float]:
-        return {"wer": float(self.wer.compute()), "cer": float(self.cer.compute())}
-
-
 class CTCTask(Task):
     """Encoder frame tokens → dropout + linear → per-frame log-probs over the vocabulary; CTC loss."""
 
@@ -182,6 +159,18 @@ class CTCTask(Task):
 
     def build_metrics(self) -> CTCMetrics:
         return CTCMetrics(self.transcriber)
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(self.encoder.input_keys(), ["log_probs", "frame_lengths"],
+                          {"log_probs": {0: "batch", 1: "frames"}, "frame_lengths": {0: "batch"}},
+                          {"vocab": list(self.vocab.tokens),
+                           "decoding": "log_probs (B, frames, V) are log-softmax over vocab; id 0 is the CTC blank and "
+                                       "'|' a space; greedy: argmax per frame over the first frame_lengths frames, "
+                                       "merge repeats, drop blanks"})
+
+    def export_forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self(batch)
+        return out["log_probs"], out["frame_lengths"]  # (B, N, V), (B,)
 
     @torch.no_grad()
     def transcribe(self, batch: Mapping[str, Any]) -> list[str]:

@@ -13,9 +13,9 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from mm_ptft.contracts import Task
 from mm_ptft.encoders.image import ImageEncoder
 from mm_ptft.registry import Registry
-from mm_ptft.tasks.base import Task
 from mm_ptft.types import IMAGE, TARGETS
 
 NECKS: Registry[nn.Module] = Registry("detection_neck")
@@ -201,6 +201,6 @@ class DetectionTask(Task):
         return {"detections": self.detector(images)}
 
     def build_metrics(self) -> Any:
-        from mm_ptft.metrics_detection import DetectionMetrics
+        from mm_ptft.metrics.detection import DetectionMetrics
 
         return DetectionMetrics(self.category_ids, self.results_path)

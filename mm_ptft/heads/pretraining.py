@@ -15,14 +15,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mm_ptft.contracts import Task
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.objectives import MODALITY_KEYS, EncodedBatch, Objective
 from mm_ptft.objectives.contrastive import ContrastiveObjective
-from mm_ptft.tasks.base import Task
 from mm_ptft.types import TEXT, TEXT_MASK
 
 if TYPE_CHECKING:
-    from mm_ptft.metrics_retrieval import PretrainMetrics
+    from mm_ptft.metrics.retrieval import PretrainMetrics
 
 Batch = Mapping[str, Any]
 
@@ -134,7 +134,7 @@ class PretrainTask(Task):
         return F.normalize(emb.view(self.num_classes, -1, emb.shape[-1]).mean(1), dim=-1)  # (C, E)
 
     def build_metrics(self) -> "PretrainMetrics":
-        from mm_ptft.metrics_retrieval import PretrainMetrics  # torchmetrics: imported only to evaluate
+        from mm_ptft.metrics.retrieval import PretrainMetrics  # torchmetrics: imported only to evaluate
 
         pairs = self.retrieval.pairs if self.retrieval else []
         return PretrainMetrics(pairs, self.num_classes)

@@ -1,28 +1,22 @@
-"""Task recipes: each registers a config schema and a ``prepare(cfg)`` that builds model + data.
+"""Task recipes: each registers a config schema, a ``prepare(cfg)`` that builds model + data and a
+``predict`` for raw inputs.
 
 ``mm-ptft train CONFIG`` reads ``task:`` from the YAML and looks the recipe up here, so adding a
-task never edits the CLI or the trainer."""
+task never edits the CLI, the trainer or the config module (which imports nothing of ours)."""
 from __future__ import annotations
 
-from typing import Any, Protocol
+import os
+from typing import Any, Sequence
 
-from mm_ptft.config import RunConfig
-from mm_ptft.registry import Registry
-from mm_ptft.tasks.base import Prepared, Task
-
-
-class Recipe(Protocol):
-    config_cls: type[RunConfig]
-
-    def prepare(self, cfg: Any, train: bool = True) -> Prepared: ...
-
+from mm_ptft import config
+from mm_ptft.contracts import BaseRecipe, Prepared, Recipe, Task
+from mm_ptft.registry import Registry, import_submodules
 
 TASKS: Registry[Recipe] = Registry("task")
 
+
 def load_all() -> None:
     """Import every module of this package so that TASKS is complete (lazy, to avoid import cycles)."""
-    from mm_ptft.components import import_submodules
-
     import_submodules(__name__)
 
 
@@ -31,4 +25,9 @@ def get_recipe(name: str) -> Recipe:
     return TASKS.get(name)
 
 
-__all__ = ["TASKS", "Prepared", "Recipe", "Task", "get_recipe", "load_all"]
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (), schema: Any = None) -> Any:
+    """``config.load_config`` with the schema looked up from the ``task`` key in the recipe registry."""
+    return config.load_config(path, overrides, schema or (lambda task: get_recipe(task).config_cls))
+
+
+__all__ = ["TASKS", "BaseRecipe", "Prepared", "Recipe", "Task", "get_recipe", "load_all", "load_config"]

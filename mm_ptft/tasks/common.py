@@ -1,11 +1,22 @@
-"""Steps shared by recipes: where generated data goes, resolving data files, run-time artifacts."""
+"""Steps shared by recipes: where generated data goes, resolving data files, run-time artifacts,
+seeded eval splits, and rebuilding a trained run (for evaluation, prediction, export and teachers)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence, TypeVar
 
+import torch
+
+from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
+from mm_ptft.data.tables import DataError, LabelMap
+from mm_ptft.finetune import apply_finetune
+from mm_ptft.tasks import get_recipe, load_config
+from mm_ptft.train import checkpoint as ckpt
+
+T = TypeVar("T")
 
 
 def is_main_process() -> bool:
@@ -28,6 +39,30 @@ def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
     return bool(data.train_file) and (train or learn or not data.eval_file)
 
 
+def seeded_split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, eval indices) of a seeded permutation; eval gets ``fraction`` (at least one item)."""
+    if not 0 < fraction < 1:
+        raise DataError(f"data.eval_fraction must be in (0, 1), got {fraction}")
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, round(fraction * len(order)))
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def learn_labels(data: Any, table: Any) -> LabelMap:
+    """``data.labels``, or the sorted values of the training ``table``'s label column (written into ``data.labels``,
+    so the run's resolved config keeps them for evaluation and prediction)."""
+    if not data.labels:
+        if table is None:
+            raise ValueError("data.labels is empty and there is no data.train_file to learn them from")
+        data.labels = [str(x) for x in LabelMap.from_values(table[data.label_column]).names]
+    return LabelMap(data.labels)
+
+
+def eval_name(data: Any) -> str:
+    """How error messages name the eval data: its file, or the split of the training file."""
+    return data.eval_file or f"{data.train_file} (eval split)"
+
+
 def save_tokenizer(spec: dict[str, Any], tokenizer: Any, output_dir: str) -> None:
     """Save a tokenizer learned at run time and point the resolved config at it."""
     if spec.get("tokenizer") or spec.get("name_or_path"):
@@ -37,3 +72,44 @@ def save_tokenizer(spec: dict[str, Any], tokenizer: Any, output_dir: str) -> Non
         tokenizer.save_pretrained(str(path))
     spec["tokenizer"] = str(path.resolve())
 
+
+def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None) -> Path:
+    """``checkpoint`` if given, else the run's best checkpoint, else its latest good one."""
+    if checkpoint:
+        return Path(checkpoint)
+    root = Path(run_dir) / "checkpoints"
+    best = root / "best.json"
+    if best.exists():
+        path = root / json.loads(best.read_text())["path"]
+        if path.is_dir() and ckpt.verify(path) is None:
+            return path
+    found = ckpt.latest_good(root)
+    if found is None:
+        raise FileNotFoundError(f"no usable checkpoint under {root}")
+    return found
+
+
+def drop_data_files(cfg: Any) -> None:
+    """Clear the data files (and generator) a config names, for building a trained model alone."""
+    data = getattr(cfg, "data", None)
+    for key, empty in (("train_file", ""), ("eval_file", ""), ("generate", None)):
+        if data is not None and hasattr(data, key):
+            setattr(data, key, empty)
+
+
+def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
+             with_data: bool = True) -> tuple[Any, Prepared, Recipe]:
+    """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
+    Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
+    the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
+    another machine predicts without its training data."""
+    path = Path(run_dir)
+    cfg = load_config(path if path.is_file() else path / "config.yaml", overrides)
+    if not with_data:
+        drop_data_files(cfg)
+    recipe = get_recipe(cfg.task)
+    prepared = recipe.prepare(cfg, train=False)
+    apply_finetune(prepared.task, cfg.finetune)  # the same modules (e.g. LoRA adapters) as the checkpoint
+    ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
+    prepared.task.eval()
+    return cfg, prepared, recipe

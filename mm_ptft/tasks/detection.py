@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from mm_ptft.config import RunConfig
+from mm_ptft.contracts import BaseRecipe, Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the detection_shapes generator)
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
                                detection_transforms, read_coco)
@@ -18,8 +19,7 @@ from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.detection import DetectionTask, build_detector, transform_kwargs
 from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import needs_train_file, resolve_files
+from mm_ptft.tasks.common import needs_train_file, resolve_files, seeded_split
 from mm_ptft.types import IMAGE
 
 
@@ -76,16 +76,8 @@ def _records(cfg: DetectionConfig, path: str, key: str, image_root: str, counter
     return coco_records(coco, path, image_root, label_of, counters, d.skip_bad_samples, d.verify_images)
 
 
-def _split(records: list[CocoRecord], fraction: float, seed: int) -> tuple[list[CocoRecord], list[CocoRecord]]:
-    if not 0 < fraction < 1:
-        raise DataError(f"data.eval_fraction must be in (0, 1), got {fraction}")
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = max(1, round(fraction * len(records)))
-    return [records[i] for i in sorted(order[n_eval:])], [records[i] for i in sorted(order[:n_eval])]
-
-
 @TASKS.register("detection")
-class Detection:
+class Detection(BaseRecipe):
     config_cls = DetectionConfig
 
     @staticmethod
@@ -100,7 +92,8 @@ class Detection:
         if d.eval_file:
             ev = _records(cfg, d.eval_file, "data.eval_file", d.eval_image_root, counters)
         elif tr is not None:
-            tr, ev = _split(tr, d.eval_fraction, cfg.seed)
+            keep, held = seeded_split(tr, d.eval_fraction, cfg.seed)
+            tr, ev = [tr[i] for i in keep], [tr[i] for i in held]
         if not d.labels:
             raise ValueError("data.labels is empty and there is no data.train_file to read the categories from")
         encoder = build_encoder(IMAGE_ENCODERS, m.image, "model.image")

@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping
 
-import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
 from mm_ptft.config import ConfigError, RunConfig, parse
+from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.heads.distillation import DistillationTask
 from mm_ptft.tasks import TASKS, get_recipe
-from mm_ptft.tasks.base import Prepared, Task
-from mm_ptft.types import IMAGE, LABELS
+from mm_ptft.tasks.common import load_run
 
 #: teacher tasks whose outputs carry class ``logits`` over ``data.labels``
 SUPPORTED = ("text_classification", "image_classification", "multimodal_classification")
@@ -38,61 +37,6 @@ class DistillationConfig(RunConfig):
     task: str = "distillation"
     data: Dict[str, Any] = field(default_factory=dict)  # the teacher task's data keys to change (empty: the same data)
     model: DistillModel = field(default_factory=DistillModel)
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t / T) || softmax(s / T)) * T**2, averaged over the batch. (B, C), (B, C) → ()."""
-    T = float(temperature)
-    s = F.log_softmax(student_logits.float() / T, -1)  # (B, C)
-    t = F.log_softmax(teacher_logits.float() / T, -1)  # (B, C)
-    return F.kl_div(s, t, reduction="batchmean", log_target=True) * T * T
-
-
-class DistillationTask(Task):
-    """Student + frozen teacher (always in eval mode); returns ``{"loss", "kd_loss", "ce_loss", "logits"}``."""
-
-    main_metric = "accuracy"
-
-    def __init__(self, student: Task, teacher: Task, alpha: float = 0.5, temperature: float = 2.0) -> None:
-        super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"model.alpha={alpha}: must be in [0, 1]")
-        if temperature <= 0:
-            raise ConfigError(f"model.temperature={temperature}: must be > 0")
-        self.student, self.teacher = student, teacher.eval().requires_grad_(False)
-        self.alpha, self.temperature = alpha, temperature
-        self.main_metric, self.greater_is_better = student.main_metric, student.greater_is_better
-
-    def train(self, mode: bool = True) -> "DistillationTask":
-        super().train(mode)
-        self.teacher.eval()  # dropout off, batch-norm statistics fixed: the teacher is a constant
-        return self
-
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        mix = getattr(self.student, "mix", None)  # image MixUp/CutMix: mix once, so both models see the same images
-        if self.training and mix is not None and LABELS in batch:
-            images, soft = mix(batch[IMAGE], batch[LABELS])  # (B, 3, H, W), (B, C)
-            batch = {**batch, IMAGE: images, LABELS: soft}
-            self.student.mix = None
-            try:
-                out = dict(self.student(batch))
-            finally:
-                self.student.mix = mix
-        else:
-            out = dict(self.student(batch))
-        if LABELS not in batch:  # inference: the student alone
-            return out
-        with torch.no_grad():
-            teacher_logits = self.teacher({k: v for k, v in batch.items() if k != LABELS})["logits"]  # (B, C)
-        out["kd_loss"] = kd_loss(out["logits"], teacher_logits, self.temperature)
-        out["loss"] = self.alpha * out["kd_loss"] + (1 - self.alpha) * out["ce_loss"]
-        return out
-
-    def build_metrics(self) -> Any:
-        return self.student.build_metrics()
-
-    def encoders(self) -> dict[str, nn.Module]:
-        return self.student.encoders()  # the student's towers are what the run saves
 
 
 def student_config(cfg: DistillationConfig, teacher_cfg: Any) -> Any:
@@ -133,14 +77,12 @@ def _check_same_vocab(student: nn.Module, teacher: nn.Module) -> None:
 
 
 @TASKS.register("distillation")
-class Distillation:
+class Distillation(BaseRecipe):
     config_cls = DistillationConfig
 
     @staticmethod
     def prepare(cfg: DistillationConfig, train: bool = True) -> Prepared:
         """Load the teacher run (frozen), build the student from the teacher's recipe, pair them."""
-        from mm_ptft.run import load_run
-
         m = cfg.model
         if not m.teacher_run:
             raise ConfigError("model.teacher_run is empty: give a trained classification run directory")
@@ -161,7 +103,7 @@ class Distillation:
         task = DistillationTask(student.task, teacher_prep.task, m.alpha, m.temperature)
         task.student_config = scfg
         return Prepared(task, student.train_data, student.eval_data, student.collate, student.train_lengths,
-                        student.eval_lengths, student.counters)
+                        student.eval_lengths, student.counters, student.callbacks)
 
     @staticmethod
     def predict(cfg: DistillationConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
@@ -172,11 +114,11 @@ class Distillation:
         return get_recipe(scfg.task).predict(scfg, student, inputs)
 
 
-def student_of(task: nn.Module, cfg: Any) -> tuple[nn.Module, Any]:
-    """(student task, student config) of a distillation run; (task, cfg) for any other run."""
-    if isinstance(task, DistillationTask):
+    @staticmethod
+    def exported(cfg: DistillationConfig, prepared: Prepared) -> tuple[nn.Module, Any]:
+        """A distilled run exports its student, described by the student's config."""
+        task: DistillationTask = prepared.task  # type: ignore[assignment]
         return task.student, task.student_config
-    return task, cfg
 
 
-__all__ = ["DistillationConfig", "DistillationTask", "kd_loss", "student_config", "student_of"]
+__all__ = ["Distillation", "DistillationConfig", "student_config"]

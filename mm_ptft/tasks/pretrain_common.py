@@ -8,16 +8,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
-from mm_ptft.config import ConfigError
 import mm_ptft.data.generated_multimodal  # noqa: F401  (registers the shapes_captions generator)
-from mm_ptft.data.multimodal import Columns, MediaConfig, PairedDataset, build_paired
+import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
+import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
+from mm_ptft.config import ConfigError
+from mm_ptft.data.multimodal import Columns, MediaConfig, MultimodalCollator, PairedDataset, build_paired
 from mm_ptft.data.tables import LabelMap, load_table, resolve_eval
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder
-import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
-import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 from mm_ptft.objectives import OBJECTIVES, Objective
-from mm_ptft.tasks.common import needs_train_file, resolve_files, save_tokenizer
+from mm_ptft.tasks.common import eval_name, needs_train_file, resolve_files, save_tokenizer
 
 
 @dataclass
@@ -132,6 +132,39 @@ def paired_split(table: Any, path: str, modalities: Sequence[str], d: PretrainDa
     use_labels = labels if labels is not None and d.label_column in table.column_names else None
     return build_paired(table, path, modalities, columns(d), media, getattr(text, "tokenizer", None), max_len,
                         use_labels, d.skip_bad_samples, counters)
+
+
+def tables_and_encoders(cfg: Any, modalities: Sequence[str], train: bool) -> tuple[Any, Any, dict[str, Encoder]]:
+    """(train table, eval table, encoders of ``modalities``); a text encoder without a tokenizer learns one on
+    the training captions."""
+    d = cfg.data
+    train_ds, eval_ds = load_tables(d, cfg.output_dir, cfg.seed, train)
+    corpus = train_ds[d.text_column] if train_ds is not None and "text" in modalities else None
+    return train_ds, eval_ds, build_encoders(cfg.model, modalities, cfg.output_dir, corpus)
+
+
+def paired_splits(d: PretrainData, tables: tuple[Any, Any], modalities: Sequence[str],
+                  encoders: Mapping[str, Encoder], eval_labels: Optional[LabelMap],
+                  counters: dict[str, int]) -> tuple[Optional[PairedDataset], Optional[PairedDataset]]:
+    """Training and evaluation ``PairedDataset``s of ``modalities`` (labels on the eval split for zero-shot)."""
+    media = media_config(encoders, d)
+    train_ds, eval_ds = tables
+    tr = paired_split(train_ds, d.train_file, modalities, d, media, encoders, None, counters) if train_ds else None
+    ev = (paired_split(eval_ds, eval_name(d), modalities, d, media, encoders, eval_labels, counters)
+          if eval_ds is not None else None)
+    return tr, ev
+
+
+def collator(encoders: Mapping[str, Encoder]) -> MultimodalCollator:
+    """Pads token ids with the text encoder's pad id (0 without text)."""
+    return MultimodalCollator(encoders["text"].tokenizer.pad_token_id if "text" in encoders else 0)
+
+
+def zero_shot(d: PretrainData, tables: Sequence[Any],
+              encoders: Mapping[str, Encoder]) -> tuple[Optional[LabelMap], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    """Class names and their prompt token ids (C * T, L) for zero-shot evaluation; (None, None) without."""
+    labels = label_map(d, tables) if "text" in encoders else None
+    return labels, class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
 
 
 def build_objectives(specs: Mapping[str, Mapping[str, Any]], encoders: Mapping[str, Encoder],

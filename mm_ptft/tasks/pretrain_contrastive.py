@@ -6,14 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from mm_ptft.config import RunConfig
-from mm_ptft.data.multimodal import MultimodalCollator
+from mm_ptft.contracts import BaseRecipe, Prepared
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders,
-                                           class_prompts, label_map, load_tables, media_config, paired_split,
-                                           predict_embeddings)
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, collator, paired_splits, predict_embeddings,
+                                           tables_and_encoders, zero_shot)
 
 
 @dataclass
@@ -35,27 +33,21 @@ class PretrainContrastiveConfig(RunConfig):
 
 
 @TASKS.register("pretrain_contrastive")
-class PretrainContrastive:
+class PretrainContrastive(BaseRecipe):
     config_cls = PretrainContrastiveConfig
 
     @staticmethod
     def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
         """Encoders of ``data.modalities``, one contrastive objective over their pairs, paired data."""
         d, mods = cfg.data, list(cfg.data.modalities)
-        train_ds, eval_ds = load_tables(d, cfg.output_dir, cfg.seed, train)
-        corpus = train_ds[d.text_column] if train_ds is not None and "text" in mods else None
-        encoders = build_encoders(cfg.model, mods, cfg.output_dir, corpus)
+        train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
         spec = {"modalities": mods, **cfg.model.objective}
         objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
-        labels = label_map(d, [train_ds, eval_ds]) if "text" in encoders else None
-        prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+        labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
         task = PretrainTask(encoders, objectives, prompts=prompts, num_classes=len(labels) if labels else 0)
-        media, counters = media_config(encoders, d), {}
-        tr = paired_split(train_ds, d.train_file, mods, d, media, encoders, None, counters) if train_ds else None
-        ev = (paired_split(eval_ds, d.eval_file or f"{d.train_file} (eval split)", mods, d, media, encoders, labels,
-                           counters) if eval_ds is not None else None)
-        pad = encoders["text"].tokenizer.pad_token_id if "text" in encoders else 0
-        return Prepared(task, tr, ev, MultimodalCollator(pad), None, None, counters)
+        counters: dict[str, int] = {}
+        tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
+        return Prepared(task, tr, ev, collator(encoders), None, None, counters)
 
     @staticmethod
     def predict(cfg: PretrainContrastiveConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:

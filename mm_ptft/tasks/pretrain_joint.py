@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from mm_ptft.config import ConfigError, RunConfig
-from mm_ptft.data.multimodal import MixtureCollator, MixtureDataset, MultimodalCollator
+from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.data.multimodal import JointCollator, MixtureDataset
 from mm_ptft.data.tables import load_table
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives,
-                                           class_prompts, label_map, load_tables, media_config, paired_split,
-                                           predict_embeddings)
+from mm_ptft.tasks.common import eval_name
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives, collator,
+                                           load_tables, media_config, paired_split, predict_embeddings, zero_shot)
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PretrainJointConfig(RunConfig):
 
 
 @TASKS.register("pretrain_joint")
-class PretrainJoint:
+class PretrainJoint(BaseRecipe):
     config_cls = PretrainJointConfig
 
     @staticmethod
@@ -68,8 +68,7 @@ class PretrainJoint:
         texts = [t for n, tb in tables.items() if "text" in d.sources[n].modalities for t in tb[d.text_column]]
         encoders = build_encoders(cfg.model, mods, cfg.output_dir, texts or None)
         objectives, weights = build_objectives(cfg.model.objectives, encoders)
-        labels = label_map(d, [eval_ds]) if "text" in encoders else None
-        prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+        labels, prompts = zero_shot(d, [eval_ds], encoders)
         task = PretrainTask(encoders, objectives, weights, sources=list(files), prompts=prompts,
                             num_classes=len(labels) if labels else 0)
         media, counters = media_config(encoders, d), {}
@@ -79,23 +78,11 @@ class PretrainJoint:
         tr = MixtureDataset(parts, weights, d.epoch_size, cfg.seed) if parts else None
         if tr is not None:
             counters.update({f"epoch_samples_{n}": c for n, c in tr.counts().items()})
-        ev = (paired_split(eval_ds, d.eval_file or f"{d.train_file} (eval split)", d.eval_modalities, d, media,
-                           encoders, labels, counters) if eval_ds is not None else None)
-        pad = encoders["text"].tokenizer.pad_token_id if "text" in encoders else 0
-        collate = _JointCollate(MultimodalCollator(pad))
-        return Prepared(task, tr, ev, collate, None, None, counters)
+        ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters)
+              if eval_ds is not None else None)
+        return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters)
 
     @staticmethod
     def predict(cfg: PretrainJointConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
         """Embedding of each caption or media file, with zero-shot class scores for media."""
         return predict_embeddings(cfg, prepared, inputs)
-
-
-class _JointCollate:
-    """Mixed (source, item) lists → ``{source: batch}``; plain items (evaluation) → one batch."""
-
-    def __init__(self, collate: MultimodalCollator) -> None:
-        self.flat, self.mixed = collate, MixtureCollator(collate)
-
-    def __call__(self, items: list[Any]) -> dict[str, Any]:
-        return self.mixed(items) if isinstance(items[0], tuple) else self.flat(items)

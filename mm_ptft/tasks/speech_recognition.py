@@ -10,6 +10,7 @@ import torch
 
 import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech generator)
 from mm_ptft.config import RunConfig
+from mm_ptft.contracts import BaseRecipe, Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
 from mm_ptft.data.tables import DataError, load_table, require_columns, resolve_eval
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
@@ -17,8 +18,7 @@ from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
 from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
 from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import needs_train_file, resolve_files
+from mm_ptft.tasks.common import eval_name, needs_train_file, resolve_files
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _build_encoder(cfg: SpeechRecognitionConfig) -> AudioEncoder:
 
 
 @TASKS.register("speech_recognition")
-class SpeechRecognition:
+class SpeechRecognition(BaseRecipe):
     config_cls = SpeechRecognitionConfig
 
     @staticmethod
@@ -149,7 +149,7 @@ class SpeechRecognition:
             _check_coverage(clips, vocab, d.train_file)
             tr = AudioDataset(clips, train_pipe)
         if eval_ds is not None:
-            where = d.eval_file or f"{d.train_file} (eval split)"
+            where = eval_name(d)
             ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, enc, eval_pipe, vocab, counters),
                               eval_pipe)
             if not len(ev):

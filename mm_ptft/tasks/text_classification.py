@@ -5,13 +5,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from mm_ptft.config import RunConfig
+from mm_ptft.contracts import BaseRecipe, Prepared
 from mm_ptft.data.tables import ROW, LabelMap, load_table, require_columns, resolve_eval
 from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.base import Prepared
-from mm_ptft.tasks.common import needs_train_file, resolve_files, save_tokenizer
+from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
@@ -55,7 +55,7 @@ def _records(ds: Any, cfg: TextClassificationConfig, tokenizer: Any, labels: Lab
 
 
 @TASKS.register("text_classification")
-class TextClassification:
+class TextClassification(BaseRecipe):
     config_cls = TextClassificationConfig
 
     @staticmethod
@@ -70,21 +70,17 @@ class TextClassification:
             train_ds, eval_ds = resolve_eval(train_ds, d.eval_file, d.eval_fraction, cfg.seed)
         elif d.eval_file:  # inference: only the eval file is needed
             eval_ds = load_table(d.eval_file, "data.eval_file")
-        if not d.labels:
-            if train_ds is None:
-                raise ValueError("data.labels is empty and there is no data.train_file to learn them from")
-            d.labels = [str(x) for x in LabelMap.from_values(train_ds[d.label_column]).names]
-        labels = LabelMap(d.labels)
+        labels = learn_labels(d, train_ds)
         corpus = train_ds[d.text_column] if train_ds is not None else None
         encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
                                 corpus=[t for t in corpus if t] if corpus else None)
         save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
-        task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing)
+        task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
         max_len = min(d.max_length, encoder.max_length)
         counters: dict[str, int] = {}
         tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds and train else None
-        ev = _records(eval_ds, cfg, encoder.tokenizer, labels, d.eval_file or f"{d.train_file} (eval split)",
-                      max_len, counters) if eval_ds is not None else None
+        ev = _records(eval_ds, cfg, encoder.tokenizer, labels, eval_name(d), max_len, counters) \
+            if eval_ds is not None else None
         collate = TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of)
         return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
 

@@ -17,14 +17,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mm_ptft.config import ConfigError, RunConfig, to_yaml
-from mm_ptft.data.samplers import GroupedBatchSampler
+from mm_ptft.contracts import Callback, Prepared, Task
 from mm_ptft.env import cpu_count, resolve_precision
-from mm_ptft.tasks.base import Task
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
 from mm_ptft.train import parallel as P
 from mm_ptft.train.logging import RunLogger, log, setup_console
-from mm_ptft.train.optim import apply_finetune, build_optimizer, build_scheduler, param_groups
+from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, param_groups
+from mm_ptft.train.samplers import GroupedBatchSampler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -73,12 +73,17 @@ def _tuple_to_list(x: Any) -> Any:
 
 
 class Trainer:
-    """Fits ``task`` on ``train_data``, evaluating on ``eval_data``; writes the run directory."""
+    """Fits ``task`` on ``train_data``, evaluating on ``eval_data``; writes the run directory.
+
+    ``param_groups`` builds the optimizer's groups from the (wrapped) task; by default every trainable
+    parameter, without weight decay for biases and norms. ``callbacks`` are called at the hook points."""
 
     def __init__(self, task: Task, cfg: RunConfig, train_data: Optional[Dataset], eval_data: Optional[Dataset],
                  collate: Callable[[list[Any]], dict[str, Any]], train_lengths: Optional[Sequence[int]] = None,
-                 eval_lengths: Optional[Sequence[int]] = None, counters: Optional[dict[str, int]] = None) -> None:
+                 eval_lengths: Optional[Sequence[int]] = None, counters: Optional[dict[str, int]] = None, *,
+                 param_groups: Optional[ParamGroups] = None, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg, self.tc, self.task = cfg, cfg.train, task
+        self.param_groups, self.callbacks = param_groups, list(callbacks)
         if self.tc.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
         self.dist, self.device = D.setup(self.tc.device)
@@ -87,10 +92,6 @@ class Trainer:
         self.counters = dict(counters or {})
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        apply_finetune(task, cfg.finetune)
-        if self.tc.grad_checkpointing:
-            for enc in task.encoders().values():
-                enc.set_grad_checkpointing(True)
         task.to(self.device)
         self.model: nn.Module = self._wrap(task)
         self.collate = collate
@@ -101,6 +102,18 @@ class Trainer:
                                            and self.device.type == "cuda")
         self.metric = self.tc.metric_for_best or task.main_metric
         self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
+
+    @classmethod
+    def from_prepared(cls, prepared: Prepared, cfg: RunConfig, param_groups: Optional[ParamGroups] = None,
+                      callbacks: Sequence[Callback] = (), train: bool = True) -> "Trainer":
+        """A trainer for what a recipe prepared (its task, data, collate, lengths, counters and callbacks)."""
+        return cls(prepared.task, cfg, prepared.train_data if train else None, prepared.eval_data, prepared.collate,
+                   prepared.train_lengths, prepared.eval_lengths, prepared.counters, param_groups=param_groups,
+                   callbacks=[*prepared.callbacks, *callbacks])
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
 
     # ---- building -------------------------------------------------------------------------
     def _wrap(self, task: nn.Module) -> nn.Module:
@@ -197,6 +210,7 @@ class Trainer:
                 tmp.replace(root / "best.json")
             ckpt.prune(root, self.tc.keep_last, {best} if best else set())
         D.barrier()
+        self._call("on_save", path)
         return path
 
     def _load(self, path: Path) -> dict[str, Any]:
@@ -253,7 +267,7 @@ class Trainer:
         if per_epoch == 0:
             raise ConfigError(f"train.batch_size={self.tc.batch_size} leaves no batch from {len(self.train_loader.dataset)} samples")
         total = self.tc.max_steps if self.tc.max_steps > 0 else per_epoch * self.tc.epochs
-        groups = param_groups(self.task, self.cfg.optim, self.cfg.finetune)
+        groups = (self.param_groups or (lambda m: param_groups(m, self.cfg.optim)))(self.task)
         self.opt = build_optimizer(groups, self.cfg.optim, self.device)
         self.sched = build_scheduler(self.opt, self.cfg.sched, total)
         self.eval_every = self.tc.eval_every or per_epoch
@@ -289,6 +303,7 @@ class Trainer:
         if self.counters and self.start_step == 0:
             self.logger.log(0, "data", self.counters)
         self.model.train()
+        self._call("on_train_start")
         stop = False
         while self.step < total and not stop:
             self._set_epoch(self.epoch)
@@ -346,6 +361,7 @@ class Trainer:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.bad_steps = 0
+            self._call("on_step_end")
         else:
             self.bad_steps += 1
             self.bad_steps_total += 1
@@ -367,6 +383,7 @@ class Trainer:
         self.last_eval_step, self.last_results = self.step, results
         if results:
             self.logger.log(self.step, "eval", results)
+        self._call("on_evaluate", results)
         value = results.get(self.metric)
         if value is not None:
             better = self.best_value is None or (value > self.best_value if self.greater else value < self.best_value)
@@ -381,14 +398,19 @@ class Trainer:
             return True
         return False
 
-    def _finish(self, results: dict[str, float]) -> None:
+    def plain_model(self) -> Optional[nn.Module]:
+        """The trained task as one plain module on the main process, None elsewhere (under FSDP a collective:
+        every rank calls it; the shards are gathered into an unsharded CPU copy)."""
         plain = self._unwrapped()
-        if P.is_fsdp(self.model):  # gather the shards (every rank) into a plain copy (rank 0)
+        if P.is_fsdp(self.model):
             weights = P.full_model_state(plain)
-            plain = self._export(weights) if self._export is not None else plain
+            plain = self._export(weights) if self._export is not None else None
+        return plain if self.dist.is_main else None
+
+    def _finish(self, results: dict[str, float]) -> None:
         if self.dist.is_main:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
-            save_encoders(plain, self.run_dir / "encoders")
+        self._call("on_train_end", results)
         self.logger.close()
         if self.dist.is_main and self.tc.report:
             from mm_ptft.report import write_report
@@ -435,12 +457,3 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     if isinstance(first, Mapping):  # a mixed batch {source: sub-batch} (MixtureDataset): count all rows
         return sum(_batch_size(sub) for sub in batch.values())
     return len(first)
-
-
-def save_encoders(task: nn.Module, root: Path) -> None:
-    """Write each encoder as a reloadable directory (LoRA adapters merged into the weights)."""
-    from mm_ptft.train.optim import merged_copy
-
-    encoders = task.encoders() if isinstance(task, Task) else {}
-    for modality, enc in encoders.items():
-        merged_copy(enc).save_pretrained(root / modality)

@@ -2,13 +2,17 @@
 
     python recipes/text_classification/train.py recipes/text_classification/tiny.yaml [key.sub=value ...]
 
-This is the whole path `mm-ptft train` takes, written out so it can be copied and edited.
+This is the whole path `mm-ptft train` takes (``mm_ptft.run.train``), written out so it can be copied and
+edited; the other recipes' train.py call that shared path.
 """
 import json
 import sys
+from pathlib import Path
 
-from mm_ptft.config import load_config
+from mm_ptft.finetune import prepare_for_training, save_encoders
+from mm_ptft.tasks import load_config
 from mm_ptft.tasks.text_classification import TextClassification, TextClassificationConfig
+from mm_ptft.train.distributed import barrier, main_process_first
 from mm_ptft.train.trainer import Trainer, seed_everything
 
 
@@ -19,18 +23,28 @@ def main(argv: list[str]) -> dict:
 
     # 2. Data and model: CSV/JSON/parquet through HF datasets, labels learned from the training
     #    file, the encoder from `model.text` (hub id, local directory or random-init config).
-    prepared = TextClassification.prepare(cfg)
+    #    Under torchrun, rank 0 prepares (e.g. generates data) before the other ranks read it.
+    with main_process_first(cfg.train.device):
+        prepared = TextClassification.prepare(cfg)
     print(f"{len(prepared.train_data)} train / {len(prepared.eval_data)} eval samples, "
           f"labels {cfg.data.labels}, encoder {type(prepared.task.encoder).__name__}", file=sys.stderr)
 
-    # 3. Train: fine-tuning strategy, optimizer, schedule, AMP, checkpoints, evaluation, logging.
-    trainer = Trainer(prepared.task, cfg, prepared.train_data, prepared.eval_data, prepared.collate,
-                      train_lengths=prepared.train_lengths, eval_lengths=prepared.eval_lengths,
-                      counters=prepared.counters)
+    # 3. Fine-tuning strategy (full, linear_probe, freeze_layers, llrd, lora) and gradient checkpointing,
+    #    applied once; the trainer gets the parameter groups (and any callbacks) and knows no model.
+    param_groups = prepare_for_training(prepared.task, cfg)
+    trainer = Trainer.from_prepared(prepared, cfg, param_groups=param_groups)
+
+    # 4. Train: optimizer, schedule, AMP, checkpoints, evaluation, logging, resume.
     results = trainer.fit()
 
-    # 4. The run directory now holds config.yaml, metrics.jsonl, checkpoints/, final_metrics.json,
-    #    encoders/text/ (reloadable by path) and report.md.
+    # 5. Save the encoder as a reloadable directory (LoRA merged); under FSDP every rank helps gather it.
+    model = trainer.plain_model()
+    if model is not None:
+        save_encoders(model, Path(cfg.output_dir) / "encoders")
+    barrier()
+
+    # The run directory now holds config.yaml, metrics.jsonl, checkpoints/, final_metrics.json,
+    # encoders/text/ (reloadable by path) and report.md.
     print(json.dumps(results, indent=2))
     return results
 

@@ -9,8 +9,9 @@ import torch
 
 from mm_ptft.encoders.audio import AUDIO_ENCODERS
 from mm_ptft.encoders.base import build_encoder
-from mm_ptft.heads.ctc import (BeamDecoder, CharVocab, CTCMetrics, CTCTask, Transcriber, greedy_decode, needed_frames,
+from mm_ptft.heads.ctc import (BeamDecoder, CharVocab, CTCTask, Transcriber, greedy_decode, needed_frames,
                                normalize_text)
+from mm_ptft.metrics.ctc import CTCMetrics
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABELS
 
 from mm_fixtures import ctc_tokenizer_dir

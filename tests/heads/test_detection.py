@@ -8,7 +8,7 @@ import torch
 from mm_ptft.encoders import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS, ImageEncoder, Preprocess
 from mm_ptft.heads.detection import DETECTORS, DetectionTask, PyramidBackbone, build_detector, transform_kwargs
-from mm_ptft.metrics_detection import DetectionMetrics
+from mm_ptft.metrics.detection import DetectionMetrics
 from mm_ptft.types import EncoderOutput
 
 ENCODERS = {

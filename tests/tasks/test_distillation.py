@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_ptft.config import ConfigError, load_config
-from mm_ptft.run import load_run, train
-from mm_ptft.tasks.distillation import Distillation, kd_loss
+from mm_ptft.config import ConfigError
+from mm_ptft.heads.distillation import kd_loss
+from mm_ptft.run import load_config, load_run, train
+from mm_ptft.tasks.distillation import Distillation
 
 from mm_paths import ROOT, TEXT_TINY
 

@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from mm_ptft.config import ConfigError, load_config
+from mm_ptft.config import ConfigError
+from mm_ptft.run import load_config
 from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import predict, train

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import evaluate, predict, train
 from mm_ptft.tasks.text_classification import TextClassification

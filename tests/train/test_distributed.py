@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mm_ptft.data.samplers import GroupedBatchSampler
+from mm_ptft.train.samplers import GroupedBatchSampler
 
 from torchrun_util import STEPS, final_weights, train_losses, two_rank_runs  # noqa: F401 (a fixture)
 

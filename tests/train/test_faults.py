@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_ptft.config import RunConfig, TrainConfig
+from mm_ptft.contracts import Task
 from mm_ptft.data.text import Records
-from mm_ptft.tasks.base import Task
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train.trainer import NonFiniteError, Trainer
 from mm_ptft.types import LABELS

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from mm_ptft import env
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.run import train
 
 from mm_paths import TEXT_TINY

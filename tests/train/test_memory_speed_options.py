@@ -6,10 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mm_ptft.config import load_config
-from mm_ptft.run import train
+from mm_ptft.run import build_trainer, load_config, train
 from mm_ptft.tasks import get_recipe
-from mm_ptft.train.trainer import Trainer
 
 from mm_paths import TEXT_TINY
 
@@ -32,8 +30,7 @@ def run(data, out, *extra, check=None):
         train(cfg)
     else:
         prepared = get_recipe(cfg.task).prepare(cfg)
-        trainer = Trainer(prepared.task, cfg, prepared.train_data, prepared.eval_data, prepared.collate,
-                          prepared.train_lengths, prepared.eval_lengths)
+        trainer = build_trainer(prepared, cfg)  # the run path: fine-tuning and checkpointing applied once
         check(trainer)
         trainer.fit()
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]

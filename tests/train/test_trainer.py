@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.run import train
 from mm_ptft.train.trainer import Trainer
 

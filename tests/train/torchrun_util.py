@@ -8,7 +8,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from mm_ptft.config import load_config
+from mm_ptft.run import load_config
 from mm_ptft.run import train
 
 from mm_paths import ROOT, TEXT_TINY

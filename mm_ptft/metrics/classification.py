@@ -34,3 +34,21 @@ class ClassificationMetrics:
 
     def compute(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.metrics.compute().items()}
+
+
+class EmaMetrics:
+    """Classification metrics for the live weights and, under an ``ema_`` prefix, the EMA weights."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.live, self.ema = ClassificationMetrics(num_classes), ClassificationMetrics(num_classes)
+
+    def to(self, device: torch.device) -> "EmaMetrics":
+        self.live, self.ema = self.live.to(device), self.ema.to(device)
+        return self
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        self.live.update(out, batch)
+        self.ema.update({"logits": out["ema_logits"]}, batch)
+
+    def compute(self) -> dict[str, float]:
+        return {**self.live.compute(), **{f"ema_{k}": v for k, v in self.ema.compute().items()}}

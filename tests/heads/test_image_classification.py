@@ -1,5 +1,5 @@
 """ImageClassificationTask: MixUp/CutMix only in training, EMA updated once per optimizer step
-(checked against the EMA formula), EMA metrics, checkpoint reload, and LoRA on a ViT encoder."""
+(checked against the EMA formula) through its trainer callback, EMA metrics, checkpoint reload, and LoRA on a ViT encoder."""
 import pytest
 import torch
 
@@ -7,8 +7,8 @@ from mm_ptft.config import FinetuneConfig
 from mm_ptft.data.image import ImageAugment, batch_mix
 from mm_ptft.encoders import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
-from mm_ptft.tasks.image_classification import ImageClassificationTask
-from mm_ptft.train.optim import apply_finetune
+from mm_ptft.finetune import apply_finetune
+from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 
 CNN = {"name": "tiny_cnn", "widths": [8, 8, 16, 16], "img_size": 32}
 VIT = {"name": "tiny_vit", "img_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "heads": 2}
@@ -41,6 +41,7 @@ def test_mixing_applies_in_training_only():
 @pytest.mark.parametrize("optimizer", ["sgd", "fused_adamw"])
 def test_ema_follows_the_formula_once_per_optimizer_step(optimizer):
     task = make(ema_decay=0.9).train()
+    ema_callback = EmaCallback(task)  # the trainer calls it after every optimizer step
     params = list(task.parameters())
     opt = torch.optim.SGD(params, lr=0.5) if optimizer == "sgd" else torch.optim.AdamW(params, lr=0.1, fused=True)
     out = task(batch())  # creates the EMA from the initial weights
@@ -51,7 +52,8 @@ def test_ema_follows_the_formula_once_per_optimizer_step(optimizer):
     ema = w0
     for step in (1, 2):
         out["loss"].backward()
-        opt.step()  # the EMA folds the new weights in right after the step
+        opt.step()
+        ema_callback.on_step_end(None)  # the EMA folds the new weights in right after the step
         opt.zero_grad()
         w = task.head.proj.weight.detach().clone()
         d = task.ema.get_decay(step)  # timm's warmed-up decay: 0 at step 1, then rising towards 0.9

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mm_ptft.metrics_retrieval import PretrainMetrics, recall_at_k
+from mm_ptft.metrics.retrieval import PretrainMetrics, recall_at_k
 
 
 def _torchmetrics_recall(sim: torch.Tensor, k: int) -> float:

@@ -1,0 +1,130 @@
+"""The contracts every layer agrees on: a ``Task`` the trainer runs, what a recipe ``Prepared`` for it,
+the ``Recipe`` protocol, ``Metrics``, training ``Callback`` hooks and a task's ``ExportSpec``.
+
+Ground floor: this module imports nothing of ours, so encoders, heads, data, the trainer and the
+recipes can all depend on it without depending on each other."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Metrics(Protocol):
+    """Accumulates eval outputs; ``compute`` returns metric name → float (synced across ranks)."""
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+    def to(self, device: torch.device) -> "Metrics": ...
+
+
+@runtime_checkable
+class EncoderLike(Protocol):
+    """What fine-tuning strategies, saving and export need of an encoder (``encoders.base.Encoder``)."""
+
+    modality: str
+    out_dim: int
+
+    def lora_targets(self) -> list[str]: ...
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None: ...
+
+    def save_pretrained(self, path: Any) -> None: ...
+
+
+@dataclass
+class ExportSpec:
+    """What a task's exported graph takes and returns, and what a server needs to know about it."""
+
+    keys: list[str]  # batch keys, in input order
+    outputs: list[str]  # output names, in order
+    output_axes: dict[str, dict[int, str]]  # output name → dynamic axes
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. vocab + decoding, or postprocessing
+
+
+class Task(nn.Module):
+    """A trainable model. In training ``forward(batch)`` returns ``{"loss": total, "<part>_loss": …}``;
+    in eval mode it returns what ``build_metrics()`` consumes (and ``loss`` where labels exist)."""
+
+    main_metric: str = "loss"
+    greater_is_better: bool = True
+
+    def build_metrics(self) -> Metrics:
+        raise NotImplementedError
+
+    def encoders(self) -> dict[str, nn.Module]:
+        """Modality → encoder, for fine-tuning strategies and for saving encoder directories."""
+        return {m.modality: m for m in self.modules() if m is not self and isinstance(m, EncoderLike)}
+
+    def export_spec(self) -> ExportSpec:
+        """Inputs/outputs of ``export_forward``; tasks that export override both."""
+        raise NotImplementedError(f"{type(self).__name__} has no export path")
+
+    def export_forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        """Plain tensors in (``export_spec().keys``), the outputs named by ``export_spec().outputs`` out."""
+        raise NotImplementedError(f"{type(self).__name__} has no export path")
+
+
+class Callback:
+    """Training hooks; the trainer calls each with itself. Subclass and override what you need."""
+
+    def on_train_start(self, trainer: Any) -> None: ...
+
+    def on_step_end(self, trainer: Any) -> None:
+        """After an optimizer step that changed the weights."""
+
+    def on_evaluate(self, trainer: Any, results: dict[str, float]) -> None: ...
+
+    def on_save(self, trainer: Any, path: Optional[Any]) -> None: ...
+
+    def on_train_end(self, trainer: Any, results: dict[str, float]) -> None: ...
+
+
+@dataclass
+class Prepared:
+    """Everything a recipe hands the trainer."""
+
+    task: Task
+    train_data: Optional[Dataset]
+    eval_data: Optional[Dataset]
+    collate: Callable[[list[Any]], dict[str, Any]]
+    train_lengths: Optional[Sequence[int]] = None  # for length-grouped batching
+    eval_lengths: Optional[Sequence[int]] = None
+    counters: dict[str, int] = field(default_factory=dict)  # skipped/dropped/truncated samples
+    callbacks: list[Callback] = field(default_factory=list)  # the task's own hooks (e.g. EMA updates)
+
+
+class Recipe(Protocol):
+    """A registered recipe: its config schema, ``prepare`` (model + data), ``predict`` (raw inputs) and
+    ``exported`` (the task and config a run exports)."""
+
+    config_cls: type
+
+    def prepare(self, cfg: Any, train: bool = True) -> Prepared: ...
+
+    def predict(self, cfg: Any, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]: ...
+
+    def exported(self, cfg: Any, prepared: Prepared) -> tuple[Task, Any]: ...
+
+
+class BaseRecipe:
+    """Defaults for the optional parts of ``Recipe``: subclass it and write ``config_cls`` and ``prepare``."""
+
+    config_cls: type
+
+    @staticmethod
+    def predict(cfg: Any, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"{getattr(cfg, 'task', '?')}: this recipe has no predict")
+
+    @staticmethod
+    def exported(cfg: Any, prepared: Prepared) -> tuple[Task, Any]:
+        """The task (and its config) that ``mm-ptft export`` writes: the run's own."""
+        return prepared.task, cfg
+
+
+__all__ = ["BaseRecipe", "Callback", "EncoderLike", "ExportSpec", "Metrics", "Prepared", "Recipe", "Task"]

@@ -1,0 +1,81 @@
+"""Image classification: ``ClassificationTask`` plus MixUp/CutMix in training and optional EMA weights,
+evaluated alongside the live ones (``ema_*`` metrics) and updated by ``EmaCallback`` after each optimizer step."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mm_ptft.contracts import Callback
+from mm_ptft.encoders.base import Encoder
+from mm_ptft.heads.classification import ClassificationTask
+from mm_ptft.metrics.classification import ClassificationMetrics, EmaMetrics
+from mm_ptft.types import IMAGE, LABELS
+
+
+class ImageClassificationTask(ClassificationTask):
+    """``ClassificationTask`` plus batch-level MixUp/CutMix in training and optional EMA weights.
+
+    Mixing happens here rather than in the collator because the trainer uses one collate function
+    for training and evaluation; evaluation batches must keep their hard labels. The EMA copy is made
+    at the first training forward (after fine-tuning strategies such as LoRA changed the model) and
+    folded in by ``EmaCallback`` after every optimizer step."""
+
+    def __init__(self, encoder: Encoder, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0,
+                 mix: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = None,
+                 ema_decay: float = 0.0, labels: Sequence[str] = ()) -> None:
+        super().__init__(encoder, num_classes, dropout, label_smoothing, labels)
+        self.mix, self.ema_decay = mix, ema_decay
+        self.ema: Optional[nn.Module] = None
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # saved: EMA warm-up survives resume
+
+    def encoders(self) -> dict[str, nn.Module]:
+        return {self.encoder.modality: self.encoder}  # not the EMA copy
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if self.training and self.mix is not None and LABELS in batch:
+            images, soft = self.mix(batch[IMAGE], batch[LABELS])  # (B, 3, H, W), (B, C)
+            batch = {**batch, IMAGE: images, LABELS: soft}
+        if self.training and self.ema_decay > 0 and self.ema is None:
+            self._make_ema()
+        out = super().forward(batch)
+        if self.ema is not None and not self.training:
+            ema = self.ema.module
+            out["ema_logits"] = ema["head"](ema["encoder"](batch).pooled)  # (B, C)
+        return out
+
+    def _live(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"encoder": self.encoder, "head": self.head})
+
+    def _make_ema(self) -> None:
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(self._live(), decay=self.ema_decay or 0.999, use_warmup=True).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Fold the live weights into the EMA copy (one optimizer step's worth)."""
+        if self.ema is None:
+            self._make_ema()
+        self.ema_steps += 1
+        self.ema.update(self._live(), step=int(self.ema_steps))
+
+    def build_metrics(self) -> Any:
+        return EmaMetrics(self.num_classes) if self.ema is not None else ClassificationMetrics(self.num_classes)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Create the EMA copy first when the checkpoint holds one (resume, evaluation)."""
+        if self.ema is None and any(k.startswith("ema.") for k in state_dict):
+            self._make_ema()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class EmaCallback(Callback):
+    """Updates a task's EMA weights after every optimizer step (the trainer's ``on_step_end`` hook)."""
+
+    def __init__(self, task: ImageClassificationTask) -> None:
+        self.task = task
+
+    def on_step_end(self, trainer: Any) -> None:
+        self.task.update_ema()
