@@ -33,7 +33,7 @@ def main() -> None:
                % (teacher / "tokenizer").resolve())
     alone, kd = [], []
     for seed in range(args.seeds):
-        common = [f"seed={seed}", f"train.epochs={args.epochs}", *quiet]
+        common = [f"seed={seed}", f"train.epochs={args.epochs}", "train.overwrite_output_dir=true", *quiet]
         a = train(load_config(ROOT / "recipes/text_classification/tiny.yaml",
                               [f"output_dir={out / f'alone_{seed}'}", f"model.text={student}", "optim.lr=0.002",
                                "sched.warmup_steps=5", *common]))["accuracy"]

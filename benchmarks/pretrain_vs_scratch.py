@@ -32,7 +32,8 @@ def pretrain(out: Path, epochs: int) -> tuple[Path, Any]:
     from mm_ptft.run import train
 
     cfg = load_config(ROOT / "recipes/pretrain_joint/tiny.yaml",
-                      [f"output_dir={out / 'pretrain'}", f"train.epochs={epochs}", "train.report=false"])
+                      [f"output_dir={out / 'pretrain'}", f"train.epochs={epochs}", "train.report=false",
+                       "train.overwrite_output_dir=true"])
     results = train(cfg)
     print(f"pretraining: {json.dumps({k: round(v, 3) for k, v in results.items()})}", file=sys.stderr)
     return out / "pretrain", cfg

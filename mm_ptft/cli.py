@@ -145,10 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mm_ptft.config import ConfigError
     from mm_ptft.data.tables import DataError
     from mm_ptft.env import EnvironmentProblem
+    from mm_ptft.train.checkpoint import CheckpointError
 
     try:
         return ns.fn(ns)
-    except (ConfigError, DataError, EnvironmentProblem) as err:
+    except (ConfigError, DataError, EnvironmentProblem, CheckpointError) as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
 

@@ -35,6 +35,8 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints; 0: at every evaluation
     keep_last: int = 2  # checkpoints kept besides the best one
     resume: bool = False  # continue from the latest good checkpoint in output_dir
+    overwrite_output_dir: bool = False  # replace a previous run in output_dir (else it is refused)
+    on_config_change: str = "error"  # resume with a config that differs from the run's: error | new (apply it)
     metric_for_best: str = ""  # default: the task's main metric
     greater_is_better: bool = True
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off

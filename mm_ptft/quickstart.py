@@ -41,7 +41,7 @@ def pretrain(data: dict[str, str], out: Path, steps: int, device: str) -> dict[s
     from mm_ptft.run import load_config
     from mm_ptft.run import train
 
-    overrides = [f"output_dir={out}", f"train.device={device}", f"data.train_file={data['train_file']}",
+    overrides = [f"output_dir={out}", "train.overwrite_output_dir=true", f"train.device={device}", f"data.train_file={data['train_file']}",
                  f"data.eval_file={data['eval_file']}", f"train.max_steps={steps}", "train.eval_every=100",
                  *(f"model.{m}={s}" for m, s in ENCODERS.items())]
     return train(load_config(RECIPES / "pretrain_joint" / "tiny.yaml", overrides))
@@ -54,7 +54,7 @@ def finetune(data: dict[str, str], few: str, modalities: list[str], encoders_dir
 
     specs = [f"model.{m}=" + (f"{{name_or_path: {encoders_dir / m}}}" if encoders_dir else ENCODERS[m])
              for m in modalities]
-    overrides = [f"output_dir={out}", f"train.device={device}", f"data.train_file={few}", "data.generate=null",
+    overrides = [f"output_dir={out}", "train.overwrite_output_dir=true", f"train.device={device}", f"data.train_file={few}", "data.generate=null",
                  f"data.eval_file={data['eval_file']}", f"data.modalities=[{','.join(modalities)}]",
                  "train.epochs=15", "train.batch_size=16", "train.log_every=20", "train.keep_last=1",
                  "train.eval_every=100000",  # one evaluation, at the end

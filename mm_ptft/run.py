@@ -12,7 +12,9 @@ from mm_ptft.contracts import Callback, Prepared
 from mm_ptft.finetune import prepare_for_training, save_encoders
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.tasks.common import drop_data_files, load_run, pick_checkpoint
+from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
+from mm_ptft.train import rundir
 from mm_ptft.train.distributed import main_process_first
 from mm_ptft.train.trainer import Trainer, seed_everything
 
@@ -25,19 +27,49 @@ def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callba
 
 
 def fit(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
-    """Train what a recipe prepared; save each encoder as a reloadable directory; return the final evaluation."""
+    """Train what a recipe prepared; save each encoder as a reloadable directory, from the checkpoint that
+    eval and predict use (the best one); return the final evaluation."""
     trainer = build_trainer(prepared, cfg, callbacks)
     results = trainer.fit()
+    if trainer.already_finished is not None:  # a finished run resumed: nothing changes
+        return results
     plain = trainer.plain_model()  # under FSDP every rank takes part in gathering the weights
     if plain is not None:
-        save_encoders(plain, Path(cfg.output_dir) / "encoders")
+        save_best_encoders(plain, Path(cfg.output_dir))
     D.barrier()
     return results
 
 
+def save_best_encoders(model: torch.nn.Module, run_dir: Path) -> None:
+    """``encoders/`` from the checkpoint ``eval``/``predict`` pick (the best, else the latest), not from the
+    last weights; ``encoders/<modality>/source.json`` says which."""
+    try:
+        source = pick_checkpoint(run_dir)
+    except FileNotFoundError:
+        source = None
+    if source is not None:
+        ckpt.load(source, model)
+    save_encoders(model, run_dir / "encoders")
+    note = {"checkpoint": f"checkpoints/{source.name}" if source else None,
+            "why": "best checkpoint (as eval/predict use)" if source and (source.parent / "best.json").exists()
+            else "latest checkpoint" if source else "final weights (no checkpoint)"}
+    for enc_dir in (run_dir / "encoders").glob("*/"):
+        (enc_dir / "source.json").write_text(json.dumps(note, indent=1))
+
+
+def start(cfg: RunConfig) -> None:
+    """Seed, and claim ``output_dir`` before anything is written into it: another run there is refused
+    unless resumed (``train.resume``) or replaced (``train.overwrite_output_dir``)."""
+    seed_everything(cfg.seed)
+    rundir.claim(cfg, restarting=D.restart_count() > 0)
+    with main_process_first(cfg.train.device):
+        if D.is_main_process():
+            rundir.clear_for_overwrite(cfg)
+
+
 def train(cfg: RunConfig) -> dict[str, float]:
     """Build the recipe's task and data, train, and return the final evaluation."""
-    seed_everything(cfg.seed)
+    start(cfg)
     with main_process_first(cfg.train.device):  # under torchrun, rank 0 generates data before the others read it
         prepared = get_recipe(cfg.task).prepare(cfg)
     return fit(prepared, cfg)
@@ -71,5 +103,5 @@ def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str
     return recipe.predict(cfg, prepared, list(inputs))
 
 
-__all__ = ["build_trainer", "drop_data_files", "evaluate", "fit", "load_config", "load_run", "pick_checkpoint",
+__all__ = ["build_trainer", "drop_data_files", "evaluate", "fit", "start", "load_config", "load_run", "pick_checkpoint",
            "predict", "recipe_main", "train"]

@@ -104,7 +104,10 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
     the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
     another machine predicts without its training data."""
     path = Path(run_dir)
-    cfg = load_config(path if path.is_file() else path / "config.yaml", overrides)
+    # A run directory answers for itself wherever it now lies: its config's ``${output_dir}/…`` paths
+    # (tokenizer, generated data) resolve inside it, never in the place it was trained.
+    where = [] if path.is_file() else [f"output_dir={json.dumps(str(path.resolve()))}"]
+    cfg = load_config(path if path.is_file() else path / "config.yaml", [*where, *overrides])
     if not with_data:
         drop_data_files(cfg)
     recipe = get_recipe(cfg.task)

@@ -51,13 +51,32 @@ def step_dirs(ckpt_root: Path) -> list[Path]:
 def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor]], state: dict[str, Any],
          config_yaml: str) -> Path:
     """Write a checkpoint atomically and return its directory. ``model`` is a module or a full state
-    dict (FSDP runs gather one on rank 0)."""
-    from safetensors.torch import save_file, save_model
-
+    dict (FSDP runs gather one on rank 0). A write that fails (disk full, read-only, quota) removes its
+    temporary directory and raises a CheckpointError naming the directory and the checkpoints kept."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_{final.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, step, model, state, config_yaml)
+    except (OSError, RuntimeError) as err:  # torch.save on a full disk: RuntimeError "unexpected pos"
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = [p.name for p in step_dirs(ckpt_root)]
+        raise CheckpointError(f"could not write checkpoint {final.name} in {ckpt_root} ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); disk full or not writable? Kept: "
+                              f"{', '.join(kept) or 'no earlier checkpoint'}") from err
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(ckpt_root)
+    return final
+
+
+def _write(tmp: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor]], state: dict[str, Any],
+           config_yaml: str) -> None:
+    """The checkpoint's files, checksummed and fsynced, in ``tmp``."""
+    from safetensors.torch import save_file, save_model
+
     tmp.mkdir()
     if isinstance(model, nn.Module):
         save_model(model, str(tmp / WEIGHTS))
@@ -71,11 +90,6 @@ def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.
     for n in (*files, META):
         with open(tmp / n, "rb") as f:
             os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
-    return final
 
 
 def verify(path: Path) -> Optional[str]:

@@ -59,6 +59,11 @@ def _init_process_group(backend: str, info: DistInfo) -> None:
                             rank=info.rank, world_size=info.world, timeout=timeout)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def restart_count() -> int:
     """How often ``torchrun --max-restarts`` has restarted this worker group (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mm_ptft.config import ConfigError, RunConfig, to_yaml
+from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Callback, Prepared, Task
 from mm_ptft.env import cpu_count, resolve_precision
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
 from mm_ptft.train import parallel as P
+from mm_ptft.train import rundir
 from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, param_groups
 from mm_ptft.train.samplers import GroupedBatchSampler
@@ -202,7 +203,7 @@ class Trainer:
             optimizer = self.opt.state_dict() if self.dist.is_main else {}
         if self.dist.is_main:
             root = self.run_dir / "checkpoints"
-            path = ckpt.save(root, self.step, weights, self._state(optimizer, rngs), to_yaml(self.cfg))
+            path = ckpt.save(root, self.step, weights, self._state(optimizer, rngs), rundir.config_yaml(self.cfg))
             best = root / f"step_{self.best_step:08d}" if self.best_step >= 0 else None
             if best is not None:
                 tmp = root / "best.json.tmp"  # renamed into place: a crash never leaves half a file
@@ -270,12 +271,15 @@ class Trainer:
         groups = (self.param_groups or (lambda m: param_groups(m, self.cfg.optim)))(self.task)
         self.opt = build_optimizer(groups, self.cfg.optim, self.device)
         self.sched = build_scheduler(self.opt, self.cfg.sched, total)
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]  # this config's
         self.eval_every = self.tc.eval_every or per_epoch
         self.step = self.epoch = self.batches_done = self.bad_steps = self.bad_steps_total = 0
         self.best_value, self.best_step, self.stale_evals = None, -1, 0
         self.start_step, self.last_eval_step, self.last_results = 0, -1, {}
+        self.config_changes: list[tuple[str, Any, Any]] = []
         if self.dist.is_main:
             setup_console()  # resume messages are logged before the RunLogger exists
+            rundir.clean_stale(self.run_dir / "checkpoints")
         restarts = D.restart_count()
         if restarts:
             log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, self.run_dir)
@@ -284,17 +288,43 @@ class Trainer:
             if found is None:
                 log.info("train.resume=true but no usable checkpoint in %s: starting fresh", self.run_dir)
             else:
+                self.config_changes = rundir.check_resume(self.run_dir, self.cfg)
                 self._restore(self._load(found))
                 self.start_step = self.step
+                if self.config_changes:
+                    self._apply_hparams(fresh)
                 log.info("resumed from %s (step %d, epoch %d)", found, self.step, self.epoch)
         return total
+
+    def _apply_hparams(self, fresh: list[dict[str, Any]]) -> None:
+        """Resumed with ``train.on_config_change=new``: the new config's per-group hyperparameters (lr,
+        weight decay, betas…) replace the checkpoint's; the schedule keeps its position."""
+        for group, new in zip(self.opt.param_groups, fresh):
+            group.update({k: v for k, v in new.items() if k != "initial_lr"}, initial_lr=new["lr"])
+        self.sched.base_lrs = [g["initial_lr"] for g in self.opt.param_groups]
+        for group, base, fn in zip(self.opt.param_groups, self.sched.base_lrs, getattr(self.sched, "lr_lambdas", [])):
+            group["lr"] = base * fn(self.sched.last_epoch)
+        log.warning("resumed with a changed config (train.on_config_change=new): %s",
+                    "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in self.config_changes))
+
+    def _finished_results(self, total: int) -> Optional[dict[str, float]]:
+        """A resumed run that already reached ``total`` and wrote its final metrics: those, unchanged."""
+        final = self.run_dir / "final_metrics.json"
+        if self.start_step == 0 or self.start_step < total or not final.is_file():
+            return None
+        log.info("%s is finished (step %d of %d): nothing to train; final metrics unchanged", self.run_dir,
+                 self.start_step, total)
+        return json.loads(final.read_text())
 
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps`` / ``epochs``; return the final evaluation."""
         total = self._setup_fit()
+        self.already_finished = self._finished_results(total)
+        if self.already_finished is not None:
+            return self.already_finished
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            (self.run_dir / "config.yaml").write_text(rundir.config_yaml(self.cfg))
         if self.start_step == 0:
             seed_everything(self.cfg.seed + self.dist.rank)
         self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step)
@@ -302,6 +332,8 @@ class Trainer:
                  " (train.precision=auto)" if self.tc.precision == "auto" else "")
         if self.counters and self.start_step == 0:
             self.logger.log(0, "data", self.counters)
+        if self.config_changes:
+            self.logger.log(self.step, "config_change", {k: new for k, _, new in self.config_changes})
         self.model.train()
         self._call("on_train_start")
         stop = False
@@ -310,7 +342,9 @@ class Trainer:
             stop = self._run_epoch(total)
             if self.batches_done >= len(self.train_loader):
                 self.epoch, self.batches_done = self.epoch + 1, 0
-        results = self.last_results if self.last_eval_step == self.step else self._eval_and_save()
+        if self.last_eval_step != self.step:
+            self._eval_and_save()
+        results = self.last_results
         self._finish(results)
         return results
 

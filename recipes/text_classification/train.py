@@ -9,17 +9,20 @@ import json
 import sys
 from pathlib import Path
 
-from mm_ptft.finetune import prepare_for_training, save_encoders
+from mm_ptft.finetune import prepare_for_training
+from mm_ptft.run import save_best_encoders, start
 from mm_ptft.tasks import load_config
 from mm_ptft.tasks.text_classification import TextClassification, TextClassificationConfig
 from mm_ptft.train.distributed import barrier, main_process_first
-from mm_ptft.train.trainer import Trainer, seed_everything
+from mm_ptft.train.trainer import Trainer
 
 
 def main(argv: list[str]) -> dict:
     # 1. The config: the recipe YAML, then `key.sub=value` overrides; unknown keys are errors.
     cfg = load_config(argv[0], argv[1:], schema=TextClassificationConfig)
-    seed_everything(cfg.seed)
+    # Seed, and claim output_dir: another run there is refused unless resumed (train.resume=true)
+    # or replaced (train.overwrite_output_dir=true).
+    start(cfg)
 
     # 2. Data and model: CSV/JSON/parquet through HF datasets, labels learned from the training
     #    file, the encoder from `model.text` (hub id, local directory or random-init config).
@@ -37,11 +40,13 @@ def main(argv: list[str]) -> dict:
     # 4. Train: optimizer, schedule, AMP, checkpoints, evaluation, logging, resume.
     results = trainer.fit()
 
-    # 5. Save the encoder as a reloadable directory (LoRA merged); under FSDP every rank helps gather it.
-    model = trainer.plain_model()
-    if model is not None:
-        save_encoders(model, Path(cfg.output_dir) / "encoders")
-    barrier()
+    # 5. Save the encoder as a reloadable directory (LoRA merged) from the best checkpoint, the one eval
+    #    and predict use; under FSDP every rank helps gather it. A finished run resumed changes nothing.
+    if trainer.already_finished is None:
+        model = trainer.plain_model()
+        if model is not None:
+            save_best_encoders(model, Path(cfg.output_dir))
+        barrier()
 
     # The run directory now holds config.yaml, metrics.jsonl, checkpoints/, final_metrics.json,
     # encoders/text/ (reloadable by path) and report.md.

@@ -1,0 +1,142 @@
+"""A run directory as a contract: one run per ``output_dir`` (another run there is refused unless resumed
+or overwritten on purpose), resumed only with the configuration it was trained with (or with the changes
+named and applied), relocatable (paths inside it are written relative to it), and no temporary leftovers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from mm_ptft.config import ConfigError, RunConfig, to_dict
+
+log = logging.getLogger("mm_ptft")
+
+#: what a run writes at the top of its directory (an overwrite removes these and nothing else)
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final_metrics.json", "checkpoints", "encoders", "tensorboard",
+               "report.md", "plots", "tokenizer", "export", "detections_eval.json", "generated_data")
+#: any of these means the directory holds a run
+RUN_MARKERS = ("config.yaml", "checkpoints", "final_metrics.json")
+#: keys a resumed run may change without becoming another run (how long, where, how it reports)
+RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "train.on_config_change", "train.max_steps",
+               "train.epochs", "train.device", "train.num_workers", "train.log_every", "train.eval_every",
+               "train.save_every", "train.keep_last", "train.report", "train.eval_batch_size",
+               "train.early_stopping_patience", "train.max_bad_steps"}
+OUTPUT_DIR_REF = "${output_dir}"
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """The run markers present in ``run_dir`` (empty: no run there)."""
+    return [name for name in RUN_MARKERS if (run_dir / name).exists()]
+
+
+def claim(cfg: RunConfig, restarting: bool = False) -> None:
+    """Check ``output_dir`` before anything is written into it (every rank; read-only)."""
+    run_dir, tc = Path(cfg.output_dir), cfg.train
+    found = holds_run(run_dir)
+    if found and not (tc.resume or tc.overwrite_output_dir or restarting):
+        raise ConfigError(f"output_dir={str(run_dir)!r} already holds a run ({', '.join(found)}). Continue it with "
+                          f"train.resume=true, replace it with train.overwrite_output_dir=true, or choose another "
+                          f"output_dir")
+
+
+def clear_for_overwrite(cfg: RunConfig) -> None:
+    """With ``train.overwrite_output_dir=true`` and no resume: remove the previous run's entries (main
+    process only), so none of its checkpoints, metrics or tokenizer can leak into the new run."""
+    run_dir, tc = Path(cfg.output_dir), cfg.train
+    if not tc.overwrite_output_dir or tc.resume or not holds_run(run_dir):
+        return
+    removed = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+    for name in removed:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    log.warning("train.overwrite_output_dir=true: removed the previous run's %s from %s", ", ".join(removed), run_dir)
+
+
+# ---- relocatable configs --------------------------------------------------------------------------
+
+def _relative(value: str, root: Path) -> Optional[str]:
+    """``${output_dir}/rel`` when ``value`` is a path inside ``root``, else None."""
+    if not value or "\n" in value or value.startswith("${"):
+        return None
+    try:
+        rel = Path(os.path.abspath(value)).relative_to(os.path.abspath(root))
+    except ValueError:
+        return None
+    return OUTPUT_DIR_REF if str(rel) == "." else f"{OUTPUT_DIR_REF}/{rel.as_posix()}"
+
+
+def _relocate(node: Any, root: Path, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _relocate(v, root, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_relocate(v, root) for v in node]
+    if isinstance(node, str) and key != "output_dir":
+        return _relative(node, root) or node
+    return node
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML, every path inside the run directory written as ``${output_dir}/…``:
+    a copied or moved run (loaded with its new ``output_dir``) reads its own tokenizer and data."""
+    return OmegaConf.to_yaml(OmegaConf.create(_relocate(to_dict(cfg), Path(cfg.output_dir))))
+
+
+# ---- resume with another configuration -------------------------------------------------------------
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def saved_config(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's ``config.yaml`` with ``${output_dir}`` resolved to where the run is now."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = OmegaConf.load(path)
+    saved.output_dir = str(run_dir)
+    return OmegaConf.to_container(saved, resolve=True)  # type: ignore[return-value]
+
+
+def config_changes(run_dir: Path, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every key a resume would change, run-control keys aside."""
+    saved = saved_config(run_dir)
+    if saved is None:
+        return []
+    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    return [(k, old.get(k), v) for k, v in sorted(new.items())
+            if k not in RUN_CONTROL and k in old and old[k] != v]
+
+
+def check_resume(run_dir: Path, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """Refuse (naming the keys) a resume whose config differs from the run's, unless
+    ``train.on_config_change=new``; return the changes that will apply."""
+    changes = config_changes(run_dir, cfg)
+    policy = cfg.train.on_config_change
+    if policy not in ("error", "new"):
+        raise ConfigError(f"train.on_config_change={policy!r}; choose one of ['error', 'new']")
+    if changes and policy == "error":
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes[:10])
+        raise ConfigError(f"train.resume=true, but the config differs from the run's {run_dir / 'config.yaml'}: "
+                          f"{listed}. Resume as it was: mm-ptft train {run_dir / 'config.yaml'} train.resume=true; "
+                          f"apply the new values: train.on_config_change=new; or train into another output_dir")
+    return changes
+
+
+def clean_stale(ckpt_root: Path) -> None:
+    """Remove the half-written checkpoints (``.tmp_step_…``) and ``best.json.tmp`` a killed run left."""
+    if not ckpt_root.is_dir():
+        return
+    for path in ckpt_root.iterdir():
+        if path.name.startswith(".tmp_step_") or path.name == "best.json.tmp":
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted checkpoint write", path)
