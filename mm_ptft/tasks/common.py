@@ -11,7 +11,7 @@ import torch
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import DataError, LabelMap
+from mm_ptft.data.tables import DataError, LabelMap, load_table, resolve_eval
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.train import checkpoint as ckpt
@@ -37,6 +37,17 @@ def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
     vocabulary from it, or because the eval set is its seeded split (no ``data.eval_file``) — so
     ``mm-ptft eval`` of a run trained on such a split evaluates the same held-out rows."""
     return bool(data.train_file) and (train or learn or not data.eval_file)
+
+
+def load_splits(cfg: Any, train: bool, learn: bool = False) -> tuple[Any, Any]:
+    """(train table, eval table) of ``cfg.data`` (HF datasets; None where not needed or not given): generated
+    files resolved first; the training file read when ``needs_train_file`` says so, its eval split seeded by
+    ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction)."""
+    d = cfg.data
+    resolve_files(d, cfg.output_dir)
+    if needs_train_file(d, train, learn):
+        return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, cfg.seed)
+    return None, load_table(d.eval_file, "data.eval_file") if d.eval_file else None
 
 
 def seeded_split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[int], list[int]]:
