@@ -8,7 +8,7 @@ with the run and ``mm-ptft export`` exports the student alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 from omegaconf import OmegaConf
 from torch import nn
