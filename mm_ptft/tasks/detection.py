@@ -14,12 +14,12 @@ from mm_ptft.data import generated_images  # noqa: F401  (registers the detectio
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
                                detection_transforms, read_coco)
 from mm_ptft.data.image import load_image
-from mm_ptft.data.tables import DataError
+from mm_ptft.data.tables import DataError, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.detection import DetectionTask, build_detector, transform_kwargs
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import needs_train_file, resolve_files, seeded_split
+from mm_ptft.tasks.common import needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 

@@ -12,12 +12,12 @@ from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms, \
     image_table, scan_images
-from mm_ptft.data.tables import LabelMap
+from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files, seeded_split
+from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 
