@@ -47,7 +47,7 @@ def run_ours(args) -> tuple[float, float]:
         cfg, p = prepare(out, args)
         steps = len(p.train_data) // args.batch * args.epochs + args.epochs
         cfg.train.log_every = cfg.train.eval_every = steps  # one window, one evaluation at the end
-        results = Trainer(p.task, cfg, p.train_data, p.eval_data, p.collate, p.train_lengths, p.eval_lengths).fit()
+        results = Trainer.from_prepared(p, cfg).fit()
         logs = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl") if '"train"' in ln]
         return logs[-1]["samples_per_s"], results["accuracy"]
 

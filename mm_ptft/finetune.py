@@ -9,7 +9,6 @@ import copy
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from mm_ptft.config import ConfigError, FinetuneConfig, OptimConfig, RunConfig

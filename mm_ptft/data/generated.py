@@ -11,7 +11,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from mm_ptft.registry import Registry
 
@@ -44,23 +44,33 @@ def _sentence(rng: random.Random, topic: str, noise: float) -> str:
     return " ".join(out).capitalize() + "."
 
 
+def write_csv_splits(out_dir: str, header: Sequence[str], sizes: dict[str, int],
+                     make_row: Callable[[], Sequence[Any]]) -> dict[str, str]:
+    """``<split>.csv`` with ``header`` and ``sizes[split]`` rows from ``make_row()`` each; their paths as
+    ``{"<split>_file": path}``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for split, n in sizes.items():
+        path = os.path.join(out_dir, f"{split}.csv")
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(make_row() for _ in range(n))
+        paths[f"{split}_file"] = path
+    return paths
+
+
 @GENERATORS.register()
 def text_topics(out_dir: str, n_train: int = 800, n_eval: int = 200, noise: float = 0.15,
                 seed: int = 0) -> dict[str, str]:
     """Four-topic sentence classification (CSV with text,label)."""
     rng = random.Random(seed)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        path = os.path.join(out_dir, f"{split}.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label"])
-            for i in range(n):
-                topic = list(TOPICS)[rng.randrange(len(TOPICS))]
-                w.writerow([_sentence(rng, topic, noise), topic])
-        paths[f"{split}_file"] = path
-    return paths
+
+    def row() -> list[str]:
+        topic = list(TOPICS)[rng.randrange(len(TOPICS))]
+        return [_sentence(rng, topic, noise), topic]
+
+    return write_csv_splits(out_dir, ["text", "label"], {"train": n_train, "eval": n_eval}, row)
 
 
 def generate(spec: dict[str, Any], root: str | Path, where: str = "data.generate") -> dict[str, str]:

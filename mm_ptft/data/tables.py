@@ -41,12 +41,26 @@ def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
                         f"(set data.*_column to the right names)")
 
 
-def split_off(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
-    """Seeded train/eval split when no eval file is given."""
+def _check_fraction(fraction: float) -> None:
     if not 0 < fraction < 1:
         raise DataError(f"data.eval_fraction must be in (0, 1), got {fraction}")
+
+
+def split_off(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """Seeded train/eval split of an HF dataset when no eval file is given."""
+    _check_fraction(fraction)
     parts = ds.train_test_split(test_size=fraction, seed=seed)
     return parts["train"], parts["test"]
+
+
+def seeded_split(items: Sequence[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, eval indices) of a list split by a seeded permutation; eval gets ``fraction`` (at least 1)."""
+    import torch
+
+    _check_fraction(fraction)
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, round(fraction * len(order)))
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
 class LabelMap:

@@ -1,18 +1,29 @@
-"""Task recipes: each registers a config schema, a ``prepare(cfg)`` that builds model + data and a
-``predict`` for raw inputs.
+"""Task recipes: each module writes a config schema, ``prepare(cfg)`` (model + data) and ``predict`` (raw
+inputs), and registers them with one line, ``MyTask = recipe(MyTaskConfig, prepare, predict)``.
 
 ``mm-ptft train CONFIG`` reads ``task:`` from the YAML and looks the recipe up here, so adding a
 task never edits the CLI, the trainer or the config module (which imports nothing of ours)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from mm_ptft import config
 from mm_ptft.contracts import BaseRecipe, Prepared, Recipe, Task
 from mm_ptft.registry import Registry, import_submodules
 
 TASKS: Registry[Recipe] = Registry("task")
+
+
+def recipe(config: type, prepare: Callable[..., Prepared], predict: Optional[Callable[..., list]] = None,
+           exported: Optional[Callable[..., tuple]] = None) -> type[BaseRecipe]:
+    """Register a recipe under its config's ``task`` default and return it as a class (``MyTask.prepare(cfg)``)."""
+    name = config.task
+    parts = {"prepare": prepare, "predict": predict, "exported": exported}
+    body = {k: staticmethod(fn) for k, fn in parts.items() if fn is not None}
+    cls = type("".join(w.capitalize() for w in name.split("_")), (BaseRecipe,),
+               {"config_cls": config, "__module__": prepare.__module__, "__doc__": prepare.__doc__, **body})
+    return TASKS.register(name)(cls)
 
 
 def load_all() -> None:
@@ -30,4 +41,4 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (), s
     return config.load_config(path, overrides, schema or (lambda task: get_recipe(task).config_cls))
 
 
-__all__ = ["TASKS", "BaseRecipe", "Prepared", "Recipe", "Task", "get_recipe", "load_all", "load_config"]
+__all__ = ["TASKS", "BaseRecipe", "Prepared", "Recipe", "Task", "get_recipe", "load_all", "load_config", "recipe"]

@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, TypeVar
-
-import torch
+from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import DataError, LabelMap
+from mm_ptft.data.tables import LabelMap, load_table, resolve_eval
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.train import checkpoint as ckpt
-
-T = TypeVar("T")
-
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -39,13 +34,15 @@ def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
     return bool(data.train_file) and (train or learn or not data.eval_file)
 
 
-def seeded_split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, eval indices) of a seeded permutation; eval gets ``fraction`` (at least one item)."""
-    if not 0 < fraction < 1:
-        raise DataError(f"data.eval_fraction must be in (0, 1), got {fraction}")
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = max(1, round(fraction * len(order)))
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
+def load_splits(cfg: Any, train: bool, learn: bool = False) -> tuple[Any, Any]:
+    """(train table, eval table) of ``cfg.data`` (HF datasets; None where not needed or not given): generated
+    files resolved first; the training file read when ``needs_train_file`` says so, its eval split seeded by
+    ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction)."""
+    d = cfg.data
+    resolve_files(d, cfg.output_dir)
+    if needs_train_file(d, train, learn):
+        return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, cfg.seed)
+    return None, load_table(d.eval_file, "data.eval_file") if d.eval_file else None
 
 
 def learn_labels(data: Any, table: Any) -> LabelMap:

@@ -9,17 +9,17 @@ from typing import Any, Dict, Optional
 import torch
 
 from mm_ptft.config import RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the detection_shapes generator)
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
                                detection_transforms, read_coco)
 from mm_ptft.data.image import load_image
-from mm_ptft.data.tables import DataError
+from mm_ptft.data.tables import DataError, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.detection import DetectionTask, build_detector, transform_kwargs
-from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.common import needs_train_file, resolve_files, seeded_split
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks.common import needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 
@@ -76,49 +76,46 @@ def _records(cfg: DetectionConfig, path: str, key: str, image_root: str, counter
     return coco_records(coco, path, image_root, label_of, counters, d.skip_bad_samples, d.verify_images)
 
 
-@TASKS.register("detection")
-class Detection(BaseRecipe):
-    config_cls = DetectionConfig
+def prepare(cfg: DetectionConfig, train: bool = True) -> Prepared:
+    """Read COCO JSONs (cleaning boxes), build encoder → pyramid → detector, and the datasets."""
+    d, m = cfg.data, cfg.model
+    resolve_files(d, cfg.output_dir)
+    counters: dict[str, int] = {}
+    tr = ev = None
+    if needs_train_file(d, train, learn=not d.labels):
+        tr = _records(cfg, d.train_file, "data.train_file", d.image_root, counters)
+    if d.eval_file:
+        ev = _records(cfg, d.eval_file, "data.eval_file", d.eval_image_root, counters)
+    elif tr is not None:
+        keep, held = seeded_split(tr, d.eval_fraction, cfg.seed)
+        tr, ev = [tr[i] for i in keep], [tr[i] for i in held]
+    if not d.labels:
+        raise ValueError("data.labels is empty and there is no data.train_file to read the categories from")
+    encoder = build_encoder(IMAGE_ENCODERS, m.image, "model.image")
+    detector = build_detector(encoder, m.detector, len(d.labels),
+                              transform_kwargs(encoder, m.min_size, m.max_size, m.fixed_size), m.neck,
+                              m.neck_channels)
+    task = DetectionTask(detector, d.category_ids, os.path.join(cfg.output_dir, "detections_eval.json"))
+    train_ds = CocoDetection(tr, detection_transforms(d.augment), train=True) if train and tr else None
+    eval_ds = CocoDetection(ev, detection_transforms(None), train=False) if ev else None
+    return Prepared(task, train_ds, eval_ds, detection_collate, counters=counters)
 
-    @staticmethod
-    def prepare(cfg: DetectionConfig, train: bool = True) -> Prepared:
-        """Read COCO JSONs (cleaning boxes), build encoder → pyramid → detector, and the datasets."""
-        d, m = cfg.data, cfg.model
-        resolve_files(d, cfg.output_dir)
-        counters: dict[str, int] = {}
-        tr = ev = None
-        if needs_train_file(d, train, learn=not d.labels):
-            tr = _records(cfg, d.train_file, "data.train_file", d.image_root, counters)
-        if d.eval_file:
-            ev = _records(cfg, d.eval_file, "data.eval_file", d.eval_image_root, counters)
-        elif tr is not None:
-            keep, held = seeded_split(tr, d.eval_fraction, cfg.seed)
-            tr, ev = [tr[i] for i in keep], [tr[i] for i in held]
-        if not d.labels:
-            raise ValueError("data.labels is empty and there is no data.train_file to read the categories from")
-        encoder = build_encoder(IMAGE_ENCODERS, m.image, "model.image")
-        detector = build_detector(encoder, m.detector, len(d.labels),
-                                  transform_kwargs(encoder, m.min_size, m.max_size, m.fixed_size), m.neck,
-                                  m.neck_channels)
-        task = DetectionTask(detector, d.category_ids, os.path.join(cfg.output_dir, "detections_eval.json"))
-        train_ds = CocoDetection(tr, detection_transforms(d.augment), train=True) if train and tr else None
-        eval_ds = CocoDetection(ev, detection_transforms(None), train=False) if ev else None
-        return Prepared(task, train_ds, eval_ds, detection_collate, counters=counters)
 
-    @staticmethod
-    def predict(cfg: DetectionConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
-        """Boxes (xyxy pixels), class names and scores above ``model.score_threshold`` per image file."""
-        task, names = prepared.task, cfg.data.labels
-        device = next(task.parameters()).device
-        from torchvision.transforms.v2 import functional as F
+def predict(cfg: DetectionConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
+    """Boxes (xyxy pixels), class names and scores above ``model.score_threshold`` per image file."""
+    task, names = prepared.task, cfg.data.labels
+    device = next(task.parameters()).device
+    from torchvision.transforms.v2 import functional as F
 
-        images = [F.to_dtype(F.to_image(load_image(p)), torch.float32, scale=True).as_subclass(torch.Tensor).to(device)
-                  for p in paths]  # each (3, H, W) in [0, 1]
-        results = []
-        for p, det in zip(paths, task({IMAGE: images})["detections"]):
-            keep = det["scores"] >= cfg.model.score_threshold
-            results.append({"path": p, "detections": [
-                {"label": names[int(lab) - 1], "score": float(s), "box": [round(float(v), 2) for v in box]}
-                for box, lab, s in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep])]})
-        return results
+    images = [F.to_dtype(F.to_image(load_image(p)), torch.float32, scale=True).as_subclass(torch.Tensor).to(device)
+              for p in paths]  # each (3, H, W) in [0, 1]
+    results = []
+    for p, det in zip(paths, task({IMAGE: images})["detections"]):
+        keep = det["scores"] >= cfg.model.score_threshold
+        results.append({"path": p, "detections": [
+            {"label": names[int(lab) - 1], "score": float(s), "box": [round(float(v), 2) for v in box]}
+            for box, lab, s in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep])]})
+    return results
 
+
+Detection = recipe(DetectionConfig, prepare, predict)

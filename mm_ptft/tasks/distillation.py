@@ -8,15 +8,15 @@ with the run and ``mm-ptft export`` exports the student alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 from omegaconf import OmegaConf
 from torch import nn
 
 from mm_ptft.config import ConfigError, RunConfig, parse
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.heads.distillation import DistillationTask
-from mm_ptft.tasks import TASKS, get_recipe
+from mm_ptft.tasks import get_recipe, recipe
 from mm_ptft.tasks.common import load_run
 
 #: teacher tasks whose outputs carry class ``logits`` over ``data.labels``
@@ -76,49 +76,47 @@ def _check_same_vocab(student: nn.Module, teacher: nn.Module) -> None:
                           f"model.student.text.tokenizer unset (the teacher's is used) or give a compatible one")
 
 
-@TASKS.register("distillation")
-class Distillation(BaseRecipe):
-    config_cls = DistillationConfig
-
-    @staticmethod
-    def prepare(cfg: DistillationConfig, train: bool = True) -> Prepared:
-        """Load the teacher run (frozen), build the student from the teacher's recipe, pair them."""
-        m = cfg.model
-        if not m.teacher_run:
-            raise ConfigError("model.teacher_run is empty: give a trained classification run directory")
-        teacher_cfg, teacher_prep, _ = load_run(m.teacher_run, checkpoint=m.teacher_checkpoint or None)
-        if teacher_cfg.task not in SUPPORTED:
-            raise ConfigError(f"model.teacher_run={m.teacher_run} is a {teacher_cfg.task} run; distillation "
-                              f"supports teachers of {list(SUPPORTED)}")
-        scfg = student_config(cfg, teacher_cfg)
-        student = get_recipe(scfg.task).prepare(scfg, train=train)
-        pre_s = getattr(student.task.encoders().get("image"), "preprocess", None)
-        pre_t = getattr(teacher_prep.task.encoders().get("image"), "preprocess", None)
-        same = lambda a, b: (a.size, a.mean, a.std) == (b.size, b.mean, b.std)  # noqa: E731
-        if pre_s is not None and pre_t is not None and not same(pre_s, pre_t):
-            raise ConfigError(f"model.student.image: input {pre_s.size} mean {pre_s.mean} std {pre_s.std} differs from "
-                              f"the teacher's {pre_t.size} {pre_t.mean} {pre_t.std}: both see the same image tensor")
-        _check_same_vocab(student.task, teacher_prep.task)
-        cfg.data = OmegaConf.to_container(OmegaConf.structured(scfg.data))  # resolved: saved in config.yaml
-        task = DistillationTask(student.task, teacher_prep.task, m.alpha, m.temperature)
-        task.student_config = scfg
-        return Prepared(task, student.train_data, student.eval_data, student.collate, student.train_lengths,
-                        student.eval_lengths, student.counters, student.callbacks)
-
-    @staticmethod
-    def predict(cfg: DistillationConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
-        """The student's predictions, as its task's recipe makes them."""
-        task: DistillationTask = prepared.task  # type: ignore[assignment]
-        scfg = task.student_config
-        student = Prepared(task.student, prepared.train_data, prepared.eval_data, prepared.collate)
-        return get_recipe(scfg.task).predict(scfg, student, inputs)
+def prepare(cfg: DistillationConfig, train: bool = True) -> Prepared:
+    """Load the teacher run (frozen), build the student from the teacher's recipe, pair them."""
+    m = cfg.model
+    if not m.teacher_run:
+        raise ConfigError("model.teacher_run is empty: give a trained classification run directory")
+    teacher_cfg, teacher_prep, _ = load_run(m.teacher_run, checkpoint=m.teacher_checkpoint or None)
+    if teacher_cfg.task not in SUPPORTED:
+        raise ConfigError(f"model.teacher_run={m.teacher_run} is a {teacher_cfg.task} run; distillation "
+                          f"supports teachers of {list(SUPPORTED)}")
+    scfg = student_config(cfg, teacher_cfg)
+    student = get_recipe(scfg.task).prepare(scfg, train=train)
+    pre_s = getattr(student.task.encoders().get("image"), "preprocess", None)
+    pre_t = getattr(teacher_prep.task.encoders().get("image"), "preprocess", None)
+    same = lambda a, b: (a.size, a.mean, a.std) == (b.size, b.mean, b.std)  # noqa: E731
+    if pre_s is not None and pre_t is not None and not same(pre_s, pre_t):
+        raise ConfigError(f"model.student.image: input {pre_s.size} mean {pre_s.mean} std {pre_s.std} differs from "
+                          f"the teacher's {pre_t.size} {pre_t.mean} {pre_t.std}: both see the same image tensor")
+    _check_same_vocab(student.task, teacher_prep.task)
+    cfg.data = OmegaConf.to_container(OmegaConf.structured(scfg.data))  # resolved: saved in config.yaml
+    task = DistillationTask(student.task, teacher_prep.task, m.alpha, m.temperature)
+    task.student_config = scfg
+    return Prepared(task, student.train_data, student.eval_data, student.collate, student.train_lengths,
+                    student.eval_lengths, student.counters, student.callbacks)
 
 
-    @staticmethod
-    def exported(cfg: DistillationConfig, prepared: Prepared) -> tuple[nn.Module, Any]:
-        """A distilled run exports its student, described by the student's config."""
-        task: DistillationTask = prepared.task  # type: ignore[assignment]
-        return task.student, task.student_config
+def predict(cfg: DistillationConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+    """The student's predictions, as its task's recipe makes them."""
+    task: DistillationTask = prepared.task  # type: ignore[assignment]
+    scfg = task.student_config
+    student = Prepared(task.student, prepared.train_data, prepared.eval_data, prepared.collate)
+    return get_recipe(scfg.task).predict(scfg, student, inputs)
+
+
+
+def exported(cfg: DistillationConfig, prepared: Prepared) -> tuple[nn.Module, Any]:
+    """A distilled run exports its student, described by the student's config."""
+    task: DistillationTask = prepared.task  # type: ignore[assignment]
+    return task.student, task.student_config
+
+
+Distillation = recipe(DistillationConfig, prepare, predict, exported)
 
 
 __all__ = ["Distillation", "DistillationConfig", "student_config"]

@@ -8,16 +8,16 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from mm_ptft.config import RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms, \
     image_table, scan_images
-from mm_ptft.data.tables import LabelMap
+from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
-from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files, seeded_split
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 
@@ -78,39 +78,37 @@ def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg:
     return ImageDataset([table[0][i] for i in kept], y, transform, d.skip_bad_samples)
 
 
-@TASKS.register("image_classification")
-class ImageClassification(BaseRecipe):
-    config_cls = ImageClassificationConfig
+def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
+    """Scan image tables, learn labels, build the encoder (its preprocessing), the head and transforms."""
+    d = cfg.data
+    resolve_files(d, cfg.output_dir)
+    tr, ev = _split(cfg, train)
+    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
+    encoder = build_encoder(IMAGE_ENCODERS, cfg.model.image, "model.image")
+    m = cfg.model
+    task = ImageClassificationTask(encoder, len(labels), m.dropout, m.label_smoothing,
+                                   batch_mix(d.augment, len(labels)), m.ema_decay, d.labels)
+    counters: dict[str, int] = {}
+    train_tf = classification_transforms(encoder.preprocess, d.augment, train=True)
+    eval_tf = classification_transforms(encoder.preprocess, d.augment, train=False)
+    train_ds = _dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None
+    eval_ds = _dataset(ev, labels, eval_tf, cfg, eval_name(d), counters)
+    callbacks = [EmaCallback(task)] if m.ema_decay > 0 else []
+    return Prepared(task, train_ds, eval_ds, ImageCollator(), counters=counters, callbacks=callbacks)
 
-    @staticmethod
-    def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
-        """Scan image tables, learn labels, build the encoder (its preprocessing), the head and transforms."""
-        d = cfg.data
-        resolve_files(d, cfg.output_dir)
-        tr, ev = _split(cfg, train)
-        labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
-        encoder = build_encoder(IMAGE_ENCODERS, cfg.model.image, "model.image")
-        m = cfg.model
-        task = ImageClassificationTask(encoder, len(labels), m.dropout, m.label_smoothing,
-                                       batch_mix(d.augment, len(labels)), m.ema_decay, d.labels)
-        counters: dict[str, int] = {}
-        train_tf = classification_transforms(encoder.preprocess, d.augment, train=True)
-        eval_tf = classification_transforms(encoder.preprocess, d.augment, train=False)
-        train_ds = _dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None
-        eval_ds = _dataset(ev, labels, eval_tf, cfg, eval_name(d), counters)
-        callbacks = [EmaCallback(task)] if m.ema_decay > 0 else []
-        return Prepared(task, train_ds, eval_ds, ImageCollator(), counters=counters, callbacks=callbacks)
 
-    @staticmethod
-    def predict(cfg: ImageClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
-        """Label and per-class scores for each image file."""
-        from mm_ptft.data.image import load_image
+def predict(cfg: ImageClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
+    """Label and per-class scores for each image file."""
+    from mm_ptft.data.image import load_image
 
-        task = prepared.task
-        transform = classification_transforms(task.encoder.preprocess, cfg.data.augment, train=False)
-        device = next(task.parameters()).device
-        images = torch.stack([transform(load_image(p)) for p in paths]).to(device)  # (B, 3, H, W)
-        probs = torch.softmax(task({IMAGE: images})["logits"].float(), -1)  # (B, C)
-        names = cfg.data.labels
-        return [{"path": p, "label": names[int(q.argmax())], "scores": {n: float(s) for n, s in zip(names, q)}}
-                for p, q in zip(paths, probs)]
+    task = prepared.task
+    transform = classification_transforms(task.encoder.preprocess, cfg.data.augment, train=False)
+    device = next(task.parameters()).device
+    images = torch.stack([transform(load_image(p)) for p in paths]).to(device)  # (B, 3, H, W)
+    probs = torch.softmax(task({IMAGE: images})["logits"].float(), -1)  # (B, C)
+    names = cfg.data.labels
+    return [{"path": p, "label": names[int(q.argmax())], "scores": {n: float(s) for n, s in zip(names, q)}}
+            for p, q in zip(paths, probs)]
+
+
+ImageClassification = recipe(ImageClassificationConfig, prepare, predict)

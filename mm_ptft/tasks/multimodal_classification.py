@@ -12,13 +12,13 @@ from typing import Any, Dict, Optional
 import torch
 
 from mm_ptft.config import ConfigError, RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.data.multimodal import MODALITIES
 from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
 from mm_ptft.data.tables import ROW, LabelMap, load_table
 from mm_ptft.fusion import build_fusion
 from mm_ptft.heads.multimodal import MultimodalClassifier
-from mm_ptft.tasks import TASKS
+from mm_ptft.tasks import recipe
 from mm_ptft.tasks.common import eval_name, learn_labels
 from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tables, media_config
 
@@ -55,58 +55,56 @@ class MultimodalClassificationConfig(RunConfig):
     model: MMClsModel = field(default_factory=MMClsModel)
 
 
-@TASKS.register("multimodal_classification")
-class MultimodalClassification(BaseRecipe):
-    config_cls = MultimodalClassificationConfig
+def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared:
+    d = cfg.data
+    bad = sorted(set(d.modalities) - set(MODALITIES))
+    if bad or not d.modalities:
+        raise ConfigError(f"data.modalities={d.modalities}: choose a non-empty subset of {list(MODALITIES)}")
+    train_tab, eval_tab = load_tables(cfg, train or not d.labels)
+    labels = learn_labels(d, train_tab)
+    corpus = [t for t in train_tab[d.text_column] if t] if train_tab is not None and "text" in d.modalities else None
+    encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
+    media = media_config(encoders, d)  # type: ignore[arg-type]
+    fusion = build_fusion(cfg.model.fusion, {m: e.out_dim for m, e in encoders.items()})
+    task = MultimodalClassifier(encoders, fusion, len(labels), cfg.model.dropout, cfg.model.label_smoothing,
+                                cfg.model.modality_dropout, d.labels)
+    tok = getattr(encoders.get("text"), "tokenizer", None)
+    max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
+    blank = tok("")["input_ids"] if tok is not None else []
+    counters: dict[str, int] = {}
 
-    @staticmethod
-    def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared:
-        d = cfg.data
-        bad = sorted(set(d.modalities) - set(MODALITIES))
-        if bad or not d.modalities:
-            raise ConfigError(f"data.modalities={d.modalities}: choose a non-empty subset of {list(MODALITIES)}")
-        train_tab, eval_tab = load_tables(d, cfg.output_dir, cfg.seed, train or not d.labels)  # type: ignore[arg-type]
-        labels = learn_labels(d, train_tab)
-        corpus = [t for t in train_tab[d.text_column] if t] if train_tab is not None and "text" in d.modalities else None
-        encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
-        media = media_config(encoders, d)  # type: ignore[arg-type]
-        fusion = build_fusion(cfg.model.fusion, {m: e.out_dim for m, e in encoders.items()})
-        task = MultimodalClassifier(encoders, fusion, len(labels), cfg.model.dropout, cfg.model.label_smoothing,
-                                    cfg.model.modality_dropout, d.labels)
-        tok = getattr(encoders.get("text"), "tokenizer", None)
-        max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
-        blank = tok("")["input_ids"] if tok is not None else []
-        counters: dict[str, int] = {}
+    def split(tab: Any, path: str) -> Optional[MultimodalRows]:
+        if tab is None:
+            return None
+        return MultimodalRows(labeled_rows(tab, path, d, labels, tok, max_len, counters), d.modalities, media, blank,
+                              path)
 
-        def split(tab: Any, path: str) -> Optional[MultimodalRows]:
-            if tab is None:
-                return None
-            return MultimodalRows(labeled_rows(tab, path, d, labels, tok, max_len, counters), d.modalities, media, blank,
-                                  path)
+    tr = split(train_tab, d.train_file) if train else None
+    ev = split(eval_tab, eval_name(d))
+    lengths = (lambda ds: [len(r["text"]) if r.get("text") else 1 for r in ds.rows] if ds and "text" in d.modalities
+               else None)
+    collate = PresenceCollator(tok.pad_token_id if tok is not None else 0)
+    return Prepared(task, tr, ev, collate, lengths(tr), lengths(ev), counters)
 
-        tr = split(train_tab, d.train_file) if train else None
-        ev = split(eval_tab, eval_name(d))
-        lengths = (lambda ds: [len(r["text"]) if r.get("text") else 1 for r in ds.rows] if ds and "text" in d.modalities
-                   else None)
-        collate = PresenceCollator(tok.pad_token_id if tok is not None else 0)
-        return Prepared(task, tr, ev, collate, lengths(tr), lengths(ev), counters)
 
-    @staticmethod
-    @torch.no_grad()
-    def predict(cfg: MultimodalClassificationConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
-        """Inputs are manifest files (same columns as training; the label column may be absent)."""
-        d, towers = cfg.data, prepared.task.towers
-        tok = getattr(towers["text"], "tokenizer", None) if "text" in towers else None
-        media = media_config(dict(towers), d)  # type: ignore[arg-type]  # from the encoders, as in training
-        labels, blank = LabelMap(d.labels), tok("")["input_ids"] if tok is not None else []
-        rows_out = []
-        for path in inputs:
-            tab = load_table(path, "input")
-            if d.label_column not in tab.column_names:
-                tab = tab.add_column(d.label_column, [d.labels[0]] * len(tab))
-            ds = MultimodalRows(labeled_rows(tab, path, d, labels, tok, d.max_length, {}), d.modalities, media, blank, path)
-            for i in range(len(ds)):
-                probs = prepared.task(prepared.collate([ds[i]]))["logits"].float().softmax(-1)[0]  # (C,)
-                rows_out.append({"input": path, "row": ds.rows[i][ROW], "label": d.labels[int(probs.argmax())],
-                                 "scores": {n: float(p) for n, p in zip(d.labels, probs)}})
-        return rows_out
+@torch.no_grad()
+def predict(cfg: MultimodalClassificationConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
+    """Inputs are manifest files (same columns as training; the label column may be absent)."""
+    d, towers = cfg.data, prepared.task.towers
+    tok = getattr(towers["text"], "tokenizer", None) if "text" in towers else None
+    media = media_config(dict(towers), d)  # type: ignore[arg-type]  # from the encoders, as in training
+    labels, blank = LabelMap(d.labels), tok("")["input_ids"] if tok is not None else []
+    rows_out = []
+    for path in inputs:
+        tab = load_table(path, "input")
+        if d.label_column not in tab.column_names:
+            tab = tab.add_column(d.label_column, [d.labels[0]] * len(tab))
+        ds = MultimodalRows(labeled_rows(tab, path, d, labels, tok, d.max_length, {}), d.modalities, media, blank, path)
+        for i in range(len(ds)):
+            probs = prepared.task(prepared.collate([ds[i]]))["logits"].float().softmax(-1)[0]  # (C,)
+            rows_out.append({"input": path, "row": ds.rows[i][ROW], "label": d.labels[int(probs.argmax())],
+                             "scores": {n: float(p) for n, p in zip(d.labels, probs)}})
+    return rows_out
+
+
+MultimodalClassification = recipe(MultimodalClassificationConfig, prepare, predict)

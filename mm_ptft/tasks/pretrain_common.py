@@ -13,11 +13,11 @@ import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 from mm_ptft.config import ConfigError
 from mm_ptft.data.multimodal import Columns, MediaConfig, MultimodalCollator, PairedDataset, build_paired
-from mm_ptft.data.tables import LabelMap, load_table, resolve_eval
+from mm_ptft.data.tables import LabelMap
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.objectives import OBJECTIVES, Objective
-from mm_ptft.tasks.common import eval_name, needs_train_file, resolve_files, save_tokenizer
+from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 
 
 @dataclass
@@ -54,16 +54,12 @@ def columns(d: PretrainData) -> Columns:
     return Columns(d.text_column, d.image_column, d.audio_column, d.label_column)
 
 
-def load_tables(d: PretrainData, output_dir: str, seed: int, train: bool) -> tuple[Any, Any]:
-    """(train table or None, eval table or None), generating data first where configured."""
-    resolve_files(d, output_dir)
-    if needs_train_file(d, train):
-        return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, seed)
-    if d.eval_file:
-        return None, load_table(d.eval_file, "data.eval_file")
-    if not train:  # rebuilding a trained model alone (predict): labels and tokenizer are in the run
-        return None, None
-    raise ConfigError("data.train_file is empty and data.generate is not set")
+def load_tables(cfg: Any, train: bool) -> tuple[Any, Any]:
+    """(train table or None, eval table or None) of ``cfg.data``, generating data first where configured."""
+    tables = load_splits(cfg, train)
+    if train and tables == (None, None):
+        raise ConfigError("data.train_file is empty and data.generate is not set")
+    return tables  # without training: rebuilding a trained model alone (labels and tokenizer are in the run)
 
 
 def build_encoders(specs: EncoderSpecs, needed: Sequence[str], output_dir: str,
@@ -138,7 +134,7 @@ def tables_and_encoders(cfg: Any, modalities: Sequence[str], train: bool) -> tup
     """(train table, eval table, encoders of ``modalities``); a text encoder without a tokenizer learns one on
     the training captions."""
     d = cfg.data
-    train_ds, eval_ds = load_tables(d, cfg.output_dir, cfg.seed, train)
+    train_ds, eval_ds = load_tables(cfg, train)
     corpus = train_ds[d.text_column] if train_ds is not None and "text" in modalities else None
     return train_ds, eval_ds, build_encoders(cfg.model, modalities, cfg.output_dir, corpus)
 

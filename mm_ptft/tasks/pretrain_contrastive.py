@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from mm_ptft.config import RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
-from mm_ptft.tasks import TASKS
+from mm_ptft.tasks import recipe
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, collator, paired_splits, predict_embeddings,
                                            tables_and_encoders, zero_shot)
 
@@ -32,24 +32,22 @@ class PretrainContrastiveConfig(RunConfig):
     model: ContrastiveModel = field(default_factory=ContrastiveModel)
 
 
-@TASKS.register("pretrain_contrastive")
-class PretrainContrastive(BaseRecipe):
-    config_cls = PretrainContrastiveConfig
+def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
+    """Encoders of ``data.modalities``, one contrastive objective over their pairs, paired data."""
+    d, mods = cfg.data, list(cfg.data.modalities)
+    train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
+    spec = {"modalities": mods, **cfg.model.objective}
+    objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
+    labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
+    task = PretrainTask(encoders, objectives, prompts=prompts, num_classes=len(labels) if labels else 0)
+    counters: dict[str, int] = {}
+    tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
+    return Prepared(task, tr, ev, collator(encoders), None, None, counters)
 
-    @staticmethod
-    def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
-        """Encoders of ``data.modalities``, one contrastive objective over their pairs, paired data."""
-        d, mods = cfg.data, list(cfg.data.modalities)
-        train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
-        spec = {"modalities": mods, **cfg.model.objective}
-        objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
-        labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
-        task = PretrainTask(encoders, objectives, prompts=prompts, num_classes=len(labels) if labels else 0)
-        counters: dict[str, int] = {}
-        tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
-        return Prepared(task, tr, ev, collator(encoders), None, None, counters)
 
-    @staticmethod
-    def predict(cfg: PretrainContrastiveConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
-        """Embedding of each caption or media file, with zero-shot class scores for media."""
-        return predict_embeddings(cfg, prepared, inputs)
+def predict(cfg: PretrainContrastiveConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
+    """Embedding of each caption or media file, with zero-shot class scores for media."""
+    return predict_embeddings(cfg, prepared, inputs)
+
+
+PretrainContrastive = recipe(PretrainContrastiveConfig, prepare, predict)

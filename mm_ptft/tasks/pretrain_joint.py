@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from mm_ptft.config import ConfigError, RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.data.multimodal import JointCollator, MixtureDataset
 from mm_ptft.data.tables import load_table
 from mm_ptft.heads.pretraining import PretrainTask
-from mm_ptft.tasks import TASKS
+from mm_ptft.tasks import recipe
 from mm_ptft.tasks.common import eval_name
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives, collator,
                                            load_tables, media_config, paired_split, predict_embeddings, zero_shot)
@@ -49,40 +49,38 @@ class PretrainJointConfig(RunConfig):
     model: JointModel = field(default_factory=JointModel)
 
 
-@TASKS.register("pretrain_joint")
-class PretrainJoint(BaseRecipe):
-    config_cls = PretrainJointConfig
+def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
+    """Encoders of every modality the sources carry, the weighted objectives, the mixture."""
+    d = cfg.data
+    if not d.sources:
+        raise ConfigError("data.sources is empty: name at least one source, e.g. "
+                          "data.sources={pairs: {modalities: [image, text]}}")
+    first, eval_ds = load_tables(cfg, train)
+    files = {n: s.train_file or d.train_file for n, s in sorted(d.sources.items())}
+    tables = {n: load_table(f, f"data.sources.{n}.train_file") if f != d.train_file else first
+              for n, f in files.items()} if train else {}
+    mods = sorted({m for s in d.sources.values() for m in s.modalities} | set(d.eval_modalities))
+    texts = [t for n, tb in tables.items() if "text" in d.sources[n].modalities for t in tb[d.text_column]]
+    encoders = build_encoders(cfg.model, mods, cfg.output_dir, texts or None)
+    objectives, weights = build_objectives(cfg.model.objectives, encoders)
+    labels, prompts = zero_shot(d, [eval_ds], encoders)
+    task = PretrainTask(encoders, objectives, weights, sources=list(files), prompts=prompts,
+                        num_classes=len(labels) if labels else 0)
+    media, counters = media_config(encoders, d), {}
+    parts = {n: paired_split(tb, files[n], d.sources[n].modalities, d, media, encoders, None, counters)
+             for n, tb in tables.items()}
+    weights = {n: s.weight for n, s in d.sources.items()}
+    tr = MixtureDataset(parts, weights, d.epoch_size, cfg.seed) if parts else None
+    if tr is not None:
+        counters.update({f"epoch_samples_{n}": c for n, c in tr.counts().items()})
+    ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters)
+          if eval_ds is not None else None)
+    return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters)
 
-    @staticmethod
-    def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
-        """Encoders of every modality the sources carry, the weighted objectives, the mixture."""
-        d = cfg.data
-        if not d.sources:
-            raise ConfigError("data.sources is empty: name at least one source, e.g. "
-                              "data.sources={pairs: {modalities: [image, text]}}")
-        first, eval_ds = load_tables(d, cfg.output_dir, cfg.seed, train)
-        files = {n: s.train_file or d.train_file for n, s in sorted(d.sources.items())}
-        tables = {n: load_table(f, f"data.sources.{n}.train_file") if f != d.train_file else first
-                  for n, f in files.items()} if train else {}
-        mods = sorted({m for s in d.sources.values() for m in s.modalities} | set(d.eval_modalities))
-        texts = [t for n, tb in tables.items() if "text" in d.sources[n].modalities for t in tb[d.text_column]]
-        encoders = build_encoders(cfg.model, mods, cfg.output_dir, texts or None)
-        objectives, weights = build_objectives(cfg.model.objectives, encoders)
-        labels, prompts = zero_shot(d, [eval_ds], encoders)
-        task = PretrainTask(encoders, objectives, weights, sources=list(files), prompts=prompts,
-                            num_classes=len(labels) if labels else 0)
-        media, counters = media_config(encoders, d), {}
-        parts = {n: paired_split(tb, files[n], d.sources[n].modalities, d, media, encoders, None, counters)
-                 for n, tb in tables.items()}
-        weights = {n: s.weight for n, s in d.sources.items()}
-        tr = MixtureDataset(parts, weights, d.epoch_size, cfg.seed) if parts else None
-        if tr is not None:
-            counters.update({f"epoch_samples_{n}": c for n, c in tr.counts().items()})
-        ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters)
-              if eval_ds is not None else None)
-        return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters)
 
-    @staticmethod
-    def predict(cfg: PretrainJointConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
-        """Embedding of each caption or media file, with zero-shot class scores for media."""
-        return predict_embeddings(cfg, prepared, inputs)
+def predict(cfg: PretrainJointConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:
+    """Embedding of each caption or media file, with zero-shot class scores for media."""
+    return predict_embeddings(cfg, prepared, inputs)
+
+
+PretrainJoint = recipe(PretrainJointConfig, prepare, predict)

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from mm_ptft.config import RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
-from mm_ptft.tasks import TASKS
+from mm_ptft.tasks import recipe
 from mm_ptft.tasks.pretrain_common import EncoderSpecs, PretrainData, collator, paired_splits, tables_and_encoders
 
 
@@ -32,25 +32,22 @@ class PretrainMaskedConfig(RunConfig):
     model: MaskedModel = field(default_factory=MaskedModel)
 
 
-@TASKS.register("pretrain_masked")
-class PretrainMasked(BaseRecipe):
-    """Masked modelling has no predict: its encoders (``encoders/`` in the run) are what it makes."""
+def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
+    """Encoders of ``data.modalities`` and the one masked objective; eval reports its mean loss."""
+    objective_spec, mods = cfg.model.objective, list(cfg.data.modalities)
+    train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
+    objective = OBJECTIVES.build(objective_spec, "model.objective", encoders=encoders)
+    missing = sorted(set(objective.modalities) - set(mods))
+    if missing:
+        raise ValueError(f"model.objective={objective_spec['name']} reads {list(objective.modalities)} "
+                         f"but data.modalities={mods}; add {missing}")
+    task = PretrainTask(encoders, {objective_spec["name"]: objective})
+    counters: dict[str, int] = {}
+    tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
+    return Prepared(task, tr, ev, collator(encoders), tr.lengths() if tr is not None else None,
+                    ev.lengths() if ev else None,
+                    counters)
 
-    config_cls = PretrainMaskedConfig
 
-    @staticmethod
-    def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
-        """Encoders of ``data.modalities`` and the one masked objective; eval reports its mean loss."""
-        objective_spec, mods = cfg.model.objective, list(cfg.data.modalities)
-        train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
-        objective = OBJECTIVES.build(objective_spec, "model.objective", encoders=encoders)
-        missing = sorted(set(objective.modalities) - set(mods))
-        if missing:
-            raise ValueError(f"model.objective={objective_spec['name']} reads {list(objective.modalities)} "
-                             f"but data.modalities={mods}; add {missing}")
-        task = PretrainTask(encoders, {objective_spec["name"]: objective})
-        counters: dict[str, int] = {}
-        tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
-        return Prepared(task, tr, ev, collator(encoders), tr.lengths() if tr is not None else None,
-                        ev.lengths() if ev else None,
-                        counters)
+# Masked modelling has no predict: its encoders (``encoders/`` in the run) are what it makes.
+PretrainMasked = recipe(PretrainMaskedConfig, prepare)

@@ -10,15 +10,15 @@ import torch
 
 import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech generator)
 from mm_ptft.config import RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
+from mm_ptft.contracts import Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
-from mm_ptft.data.tables import DataError, load_table, require_columns, resolve_eval
+from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
 from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
-from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.common import eval_name, needs_train_file, resolve_files
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks.common import eval_name, load_splits
 
 
 @dataclass
@@ -108,65 +108,57 @@ def _build_encoder(cfg: SpeechRecognitionConfig) -> AudioEncoder:
     return enc
 
 
-@TASKS.register("speech_recognition")
-class SpeechRecognition(BaseRecipe):
-    config_cls = SpeechRecognitionConfig
+def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
+    """Load manifests, learn the character vocabulary, build the encoder and CTC head."""
+    d, m = cfg.data, cfg.model
+    if not m.vocab and m.tokenizer:
+        m.vocab = CharVocab.from_tokenizer(pretrained_tokenizer(m.tokenizer, "model.tokenizer")).tokens
+    learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
+    train_ds, eval_ds = load_splits(cfg, train, learn)
+    if not m.vocab:
+        if train_ds is None:
+            raise ValueError("model.vocab is empty and there is no data.train_file to learn it from")
+        require_columns(train_ds, [d.text_column], d.train_file)
+        texts = [normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]]
+        m.vocab = CharVocab.from_texts(texts).tokens  # saved with the run's resolved config
+    if m.decoder == "lexicon" and not m.lexicon:
+        if train_ds is None:
+            raise ValueError("model.decoder=lexicon: model.lexicon is empty and there is no data.train_file")
+        m.lexicon = sorted({w for t in train_ds[d.text_column] for w in normalize_text(t or "", d.lowercase,
+                                                                                      d.strip_punctuation).split()})
+    vocab = CharVocab(m.vocab)
+    enc = _build_encoder(cfg)
+    task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
+    counters: dict[str, int] = {}
+    train_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels, d.augment, train=True)
+    eval_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
+    tr = ev = None
+    if train_ds is not None and train:
+        clips = _clips(train_ds, d.train_file, cfg, enc, train_pipe, vocab, counters)
+        _check_coverage(clips, vocab, d.train_file)
+        tr = AudioDataset(clips, train_pipe)
+    if eval_ds is not None:
+        where = eval_name(d)
+        ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, enc, eval_pipe, vocab, counters),
+                          eval_pipe)
+        if not len(ev):
+            raise DataError(f"{where}: no usable clips left (counts: {counters})")
+    return Prepared(task, tr, ev, AudioCollator(), tr.lengths() if tr else None, ev.lengths() if ev else None,
+                    counters)
 
-    @staticmethod
-    def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
-        """Load manifests, learn the character vocabulary, build the encoder and CTC head."""
-        d, m = cfg.data, cfg.model
-        resolve_files(d, cfg.output_dir)
-        train_ds = eval_ds = None
-        if not m.vocab and m.tokenizer:
-            m.vocab = CharVocab.from_tokenizer(pretrained_tokenizer(m.tokenizer, "model.tokenizer")).tokens
-        learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
-        if needs_train_file(d, train, learn):
-            train_ds, eval_ds = resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file,
-                                             d.eval_fraction, cfg.seed)
-        elif d.eval_file:  # inference: only the eval manifest is needed
-            eval_ds = load_table(d.eval_file, "data.eval_file")
-        if not m.vocab:
-            if train_ds is None:
-                raise ValueError("model.vocab is empty and there is no data.train_file to learn it from")
-            require_columns(train_ds, [d.text_column], d.train_file)
-            texts = [normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]]
-            m.vocab = CharVocab.from_texts(texts).tokens  # saved with the run's resolved config
-        if m.decoder == "lexicon" and not m.lexicon:
-            if train_ds is None:
-                raise ValueError("model.decoder=lexicon: model.lexicon is empty and there is no data.train_file")
-            m.lexicon = sorted({w for t in train_ds[d.text_column] for w in normalize_text(t or "", d.lowercase,
-                                                                                          d.strip_punctuation).split()})
-        vocab = CharVocab(m.vocab)
-        enc = _build_encoder(cfg)
-        task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
-        counters: dict[str, int] = {}
-        train_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels, d.augment, train=True)
-        eval_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
-        tr = ev = None
-        if train_ds is not None and train:
-            clips = _clips(train_ds, d.train_file, cfg, enc, train_pipe, vocab, counters)
-            _check_coverage(clips, vocab, d.train_file)
-            tr = AudioDataset(clips, train_pipe)
-        if eval_ds is not None:
-            where = eval_name(d)
-            ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, enc, eval_pipe, vocab, counters),
-                              eval_pipe)
-            if not len(ev):
-                raise DataError(f"{where}: no usable clips left (counts: {counters})")
-        return Prepared(task, tr, ev, AudioCollator(), tr.lengths() if tr else None, ev.lengths() if ev else None,
-                        counters)
 
-    @staticmethod
-    def predict(cfg: SpeechRecognitionConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
-        """Transcribe audio files (any format soundfile reads, any rate, mono or multi-channel)."""
-        task: CTCTask = prepared.task
-        enc = task.encoder
-        pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
-        device = next(task.parameters()).device
-        out = []
-        for path in paths:
-            batch = prepared.collate([{"audio": pipe(path)}])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out.append({"file": path, "text": task.transcribe(batch)[0]})
-        return out
+def predict(cfg: SpeechRecognitionConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
+    """Transcribe audio files (any format soundfile reads, any rate, mono or multi-channel)."""
+    task: CTCTask = prepared.task
+    enc = task.encoder
+    pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
+    device = next(task.parameters()).device
+    out = []
+    for path in paths:
+        batch = prepared.collate([{"audio": pipe(path)}])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out.append({"file": path, "text": task.transcribe(batch)[0]})
+    return out
+
+
+SpeechRecognition = recipe(SpeechRecognitionConfig, prepare, predict)

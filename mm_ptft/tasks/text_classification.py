@@ -5,13 +5,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from mm_ptft.config import RunConfig
-from mm_ptft.contracts import BaseRecipe, Prepared
-from mm_ptft.data.tables import ROW, LabelMap, load_table, require_columns, resolve_eval
+from mm_ptft.contracts import Prepared
+from mm_ptft.data.tables import ROW, LabelMap, require_columns
 from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
-from mm_ptft.tasks import TASKS
-from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files, save_tokenizer
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks.common import eval_name, learn_labels, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
@@ -54,46 +54,39 @@ def _records(ds: Any, cfg: TextClassificationConfig, tokenizer: Any, labels: Lab
     return Records([{TEXT: i, LABELS: c} for i, c in zip(ids, y)])
 
 
-@TASKS.register("text_classification")
-class TextClassification(BaseRecipe):
-    config_cls = TextClassificationConfig
+def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
+    """Load data, learn labels (and a tokenizer if needed), build the encoder and head."""
+    d = cfg.data
+    train_ds, eval_ds = load_splits(cfg, train, learn=not d.labels)
+    if train_ds is not None:
+        require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
+    labels = learn_labels(d, train_ds)
+    corpus = train_ds[d.text_column] if train_ds is not None else None
+    encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
+                            corpus=[t for t in corpus if t] if corpus else None)
+    save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
+    task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
+    max_len = min(d.max_length, encoder.max_length)
+    counters: dict[str, int] = {}
+    tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds and train else None
+    ev = _records(eval_ds, cfg, encoder.tokenizer, labels, eval_name(d), max_len, counters) \
+        if eval_ds is not None else None
+    collate = TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of)
+    return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
 
-    @staticmethod
-    def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
-        """Load data, learn labels (and a tokenizer if needed), build the encoder and head."""
-        d = cfg.data
-        resolve_files(d, cfg.output_dir)
-        train_ds = eval_ds = None
-        if needs_train_file(d, train, learn=not d.labels):
-            train_ds = load_table(d.train_file, "data.train_file")
-            require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
-            train_ds, eval_ds = resolve_eval(train_ds, d.eval_file, d.eval_fraction, cfg.seed)
-        elif d.eval_file:  # inference: only the eval file is needed
-            eval_ds = load_table(d.eval_file, "data.eval_file")
-        labels = learn_labels(d, train_ds)
-        corpus = train_ds[d.text_column] if train_ds is not None else None
-        encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
-                                corpus=[t for t in corpus if t] if corpus else None)
-        save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
-        task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
-        max_len = min(d.max_length, encoder.max_length)
-        counters: dict[str, int] = {}
-        tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds and train else None
-        ev = _records(eval_ds, cfg, encoder.tokenizer, labels, eval_name(d), max_len, counters) \
-            if eval_ds is not None else None
-        collate = TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of)
-        return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
 
-    @staticmethod
-    def predict(cfg: TextClassificationConfig, prepared: Prepared, texts: list[str]) -> list[dict[str, Any]]:
-        """Label and per-class scores for each raw text."""
-        import torch
+def predict(cfg: TextClassificationConfig, prepared: Prepared, texts: list[str]) -> list[dict[str, Any]]:
+    """Label and per-class scores for each raw text."""
+    import torch
 
-        enc = prepared.task.encoder
-        counters: dict[str, int] = {}
-        ids, _ = tokenize(enc.tokenizer, texts, min(cfg.data.max_length, enc.max_length), "input", False, counters)
-        batch = prepared.collate([{TEXT: i} for i in ids])
-        probs = torch.softmax(prepared.task(batch)["logits"].float(), -1)  # (B, C)
-        names = cfg.data.labels
-        return [{"text": t, "label": names[int(p.argmax())], "scores": {n: float(s) for n, s in zip(names, p)}}
-                for t, p in zip(texts, probs)]
+    enc = prepared.task.encoder
+    counters: dict[str, int] = {}
+    ids, _ = tokenize(enc.tokenizer, texts, min(cfg.data.max_length, enc.max_length), "input", False, counters)
+    batch = prepared.collate([{TEXT: i} for i in ids])
+    probs = torch.softmax(prepared.task(batch)["logits"].float(), -1)  # (B, C)
+    names = cfg.data.labels
+    return [{"text": t, "label": names[int(p.argmax())], "scores": {n: float(s) for n, s in zip(names, p)}}
+            for t, p in zip(texts, probs)]
+
+
+TextClassification = recipe(TextClassificationConfig, prepare, predict)

@@ -391,11 +391,11 @@ class Trainer:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
         norm = P.norm_value(torch.nn.utils.clip_grad_norm_(params, clip))  # same on every rank (reduced grads)
-        if math.isfinite(norm) or self.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself
+        stepped = math.isfinite(norm) or self.scaler.is_enabled()  # fp16: the scaler skips overflow steps itself
+        if stepped:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.bad_steps = 0
-            self._call("on_step_end")
         else:
             self.bad_steps += 1
             self.bad_steps_total += 1
@@ -409,6 +409,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.step += 1
+        if stepped:
+            self._call("on_step_end")  # callbacks see the new step count
         return norm
 
     def _eval_and_save(self) -> bool:

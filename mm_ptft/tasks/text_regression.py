@@ -1,0 +1,93 @@
+"""Text regression: any text encoder + a linear head predicting one number per text (MSE; MSE/MAE/R²).
+
+Added as new files only (this module, ``heads/regression.py``, ``metrics/regression.py``, the
+``text_scores`` generator and ``recipes/text_regression/``): the registries find them by package walk."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+from mm_ptft.config import RunConfig
+from mm_ptft.contracts import Prepared
+from mm_ptft.data.tables import DataError, require_columns
+from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
+from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
+from mm_ptft.heads.regression import RegressionTask
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
+from mm_ptft.types import LABELS, TEXT
+
+
+@dataclass
+class TextRegData:
+    train_file: str = ""
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    text_column: str = "text"
+    target_column: str = "score"
+    eval_fraction: float = 0.1
+    max_length: int = 128
+    target_mean: Optional[float] = None  # None: learned from the training file (saved with the run)
+    target_std: Optional[float] = None
+    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+
+
+@dataclass
+class TextRegModel:
+    text: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
+    dropout: float = 0.1
+
+
+@dataclass
+class TextRegressionConfig(RunConfig):
+    task: str = "text_regression"
+    data: TextRegData = field(default_factory=TextRegData)
+    model: TextRegModel = field(default_factory=TextRegModel)
+
+
+def _targets(ds: Any, d: TextRegData, where: str) -> list[float]:
+    try:
+        return [float(v) for v in ds[d.target_column]]
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: column {d.target_column!r} must hold numbers ({err})") from None
+
+
+def _records(ds: Any, d: TextRegData, tokenizer: Any, where: str, max_len: int, counters: dict[str, int]) -> Records:
+    require_columns(ds, [d.text_column, d.target_column], where)
+    ids, kept = tokenize(tokenizer, ds[d.text_column], max_len, where, False, counters)
+    y = _targets(ds, d, where)
+    return Records([{TEXT: i, LABELS: y[r]} for i, r in zip(ids, kept)])
+
+
+def prepare(cfg: TextRegressionConfig, train: bool = True) -> Prepared:
+    """Load data, learn the target scale (and a tokenizer if needed), build the encoder and head."""
+    d = cfg.data
+    train_ds, eval_ds = load_splits(cfg, train, learn=d.target_mean is None)
+    if d.target_mean is None:
+        if train_ds is None:
+            raise ValueError("data.target_mean is empty and there is no data.train_file to learn the target scale from")
+        y = _targets(train_ds, d, d.train_file)
+        d.target_mean, d.target_std = statistics.fmean(y), statistics.pstdev(y) or 1.0
+    corpus = [t for t in train_ds[d.text_column] if t] if train_ds is not None else None
+    encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text", corpus=corpus)
+    save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
+    task = RegressionTask(encoder, cfg.model.dropout, d.target_mean, d.target_std)
+    max_len, counters = min(d.max_length, encoder.max_length), {}
+    tr = _records(train_ds, d, encoder.tokenizer, d.train_file, max_len, counters) if train_ds and train else None
+    ev = _records(eval_ds, d, encoder.tokenizer, eval_name(d), max_len, counters) if eval_ds is not None else None
+    return Prepared(task, tr, ev, TextCollator(encoder.tokenizer.pad_token_id), lengths_of(tr), lengths_of(ev),
+                    counters)
+
+
+@torch.no_grad()
+def predict(cfg: TextRegressionConfig, prepared: Prepared, texts: list[str]) -> list[dict[str, Any]]:
+    """The predicted number for each raw text."""
+    enc = prepared.task.encoder
+    ids, _ = tokenize(enc.tokenizer, texts, min(cfg.data.max_length, enc.max_length), "input", False, {})
+    preds = prepared.task(prepared.collate([{TEXT: i} for i in ids]))["predictions"]  # (B,)
+    return [{"text": t, "prediction": float(p)} for t, p in zip(texts, preds)]
+
+
+TextRegression = recipe(TextRegressionConfig, prepare, predict)
