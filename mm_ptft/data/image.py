@@ -149,9 +149,23 @@ def classification_transforms(pre: Any, aug: ImageAugment, train: bool) -> Calla
     return v2.Compose(ops)
 
 
+def grid_interp(interp: Any) -> Any:
+    """The resampling the auto-augment ops use on uint8 image tensors: ``interp`` when torchvision's
+    tensor affine/rotate (``grid_sample``) supports it (nearest, bilinear), else bilinear.
+
+    Encoders often ask for bicubic (timm ``resnet50.a1_in1k``, ViTs, open_clip): the resize and crop
+    keep it, only the small shear/rotate/translate warps of RandAugment, TrivialAugment and AugMix fall
+    back to bilinear, which torchvision would otherwise refuse ("Interpolation mode 'bicubic' is
+    unsupported with Tensor input")."""
+    from torchvision.transforms import InterpolationMode
+
+    return interp if interp in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
+
+
 def _auto_augment(aug: ImageAugment, interp: Any) -> Any:
     from torchvision.transforms import v2
 
+    interp = grid_interp(interp)
     policies = {"randaugment": lambda: v2.RandAugment(magnitude=aug.randaugment_magnitude, interpolation=interp),
                 "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=interp),
                 "augmix": lambda: v2.AugMix(interpolation=interp)}

@@ -40,8 +40,11 @@ class Preprocess:
     def make(size: int | Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
              std: Sequence[float] = IMAGENET_STD, interpolation: str = "bilinear",
              crop_pct: float = 0.875) -> "Preprocess":
-        """Normalise the many spellings libraries use (int or (H, W) or (C, H, W) sizes, lists)."""
-        hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)[-2:]
+        """Normalise the many spellings libraries use (int, [S], (H, W) or (C, H, W) sizes, lists)."""
+        if isinstance(size, (int, float)):
+            size = [size]
+        hw = tuple(int(s) for s in size)[-2:]
+        hw = hw * 2 if len(hw) == 1 else hw  # torchvision weights give [224]: a square
         return Preprocess(hw, tuple(float(m) for m in mean), tuple(float(s) for s in std),  # type: ignore[arg-type]
                           str(interpolation), float(crop_pct))
 
@@ -261,13 +264,16 @@ def torchvision_encoder(name_or_path: str, weights: Optional[str] = None, img_si
     import torchvision
 
     model = torchvision.models.get_model(name_or_path, weights=weights)
-    if weights:
-        t = torchvision.models.get_model_weights(name_or_path).verify(weights).transforms()
-        pre = Preprocess.make(t.crop_size, t.mean, t.std, t.interpolation.value,
-                              t.crop_size[0] / t.resize_size[0])
-    else:
-        pre = Preprocess.make(img_size)
+    pre = torchvision_preprocess(name_or_path, weights) if weights else Preprocess.make(img_size)
     return TorchvisionEncoder(model, pre, _drop_classifier(model), return_nodes)
+
+
+def torchvision_preprocess(name: str, weights: str) -> Preprocess:
+    """Crop size, mean/std, resampling and crop ratio of a torchvision weights enum (metadata only)."""
+    import torchvision
+
+    t = torchvision.models.get_model_weights(name).verify(weights).transforms()
+    return Preprocess.make(t.crop_size, t.mean, t.std, t.interpolation.value, t.crop_size[0] / t.resize_size[0])
 
 
 # ---------------------------------------------------------------------------------- Hugging Face
@@ -326,7 +332,12 @@ def _hf_preprocess(processor: Any, config: Any) -> Preprocess:
     size = crop or processor.size
     h, w = _size_field(size, "height"), _size_field(size, "width")
     edge = _size_field(size, "shortest_edge") or int(getattr(config, "image_size", 224))
-    return Preprocess.make((h, w) if h and w else edge, processor.image_mean, processor.image_std)
+    return Preprocess.make((h, w) if h and w else edge, processor.image_mean, processor.image_std,
+                           _PIL_RESAMPLE.get(int(getattr(processor, "resample", 2) or 2), "bilinear"))
+
+
+#: PIL resampling filters (what HF image processors store as ``resample``) → torchvision mode names
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 @IMAGE_ENCODERS.register("hf")
