@@ -26,6 +26,14 @@ class Task(nn.Module):
     main_metric: str = "loss"
     greater_is_better: bool = True
 
+    def train(self, mode: bool = True) -> "Task":
+        """``nn.Module.train``, except that frozen parts stay in eval mode (see ``keep_frozen_in_eval``).
+        Wrappers (DDP, FSDP2, ``torch.compile``) reach this through ``nn.Module.train`` of their child."""
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self)
+        return self
+
     def build_metrics(self) -> Metrics:
         raise NotImplementedError
 
@@ -34,6 +42,23 @@ class Task(nn.Module):
         from mm_ptft.encoders.base import Encoder
 
         return {m.modality: m for m in self.modules() if isinstance(m, Encoder)}
+
+
+def frozen_parts(module: nn.Module) -> list[nn.Module]:
+    """The outermost sub-modules (``module`` itself included) that hold parameters and train none."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        return [module]
+    return [part for child in module.children() for part in frozen_parts(child)]
+
+
+def keep_frozen_in_eval(module: nn.Module) -> None:
+    """Put every frozen part of ``module`` in eval mode: a linear-probed encoder, the layers
+    ``freeze_layers`` froze, the BatchNorms beside LoRA adapters, a distillation teacher. Their
+    BatchNorm running statistics (and counters) then stay as loaded and their dropout is off;
+    parameter-free modules among trainable ones (a head's dropout) keep training mode."""
+    for part in frozen_parts(module):
+        part.eval()
 
 
 @dataclass
