@@ -272,8 +272,10 @@ def default_out(run_dir: Path, fmt: str, quantize: Optional[str]) -> Path:
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path] = None,
-               quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True) -> Path:
-    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it)."""
+               quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True,
+               trust_remote_code: bool = False) -> Path:
+    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it).
+    ``trust_remote_code`` (``--trust-remote-code``) lets the run's encoders load their own code."""
     from mm_ptft.run import load_run
 
     if fmt not in FORMATS:
@@ -283,7 +285,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path]
     run_dir = Path(run_dir)
     from mm_ptft.tasks.distillation import student_of
 
-    cfg, prepared, _ = load_run(run_dir, checkpoint=checkpoint)
+    cfg, prepared, _ = load_run(run_dir, checkpoint=checkpoint, trust_remote_code=trust_remote_code)
     task, cfg = student_of(prepared.task.cpu().eval(), cfg)  # a distilled run exports its student
     spec = export_spec(task)
     module = make_traceable(ExportModule(task, spec)).eval()

@@ -1,6 +1,7 @@
 """The one-way path every entry point takes: config → recipe.prepare → Trainer → run directory."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -8,6 +9,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from mm_ptft.config import RunConfig, load_config
+from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.tasks import get_recipe
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train.distributed import main_process_first
@@ -42,27 +44,31 @@ def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None) -> Pa
 
 
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
-             with_data: bool = True):
+             with_data: bool = True, trust_remote_code: bool = False):
     """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
     Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
     the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
-    another machine predicts without its training data."""
+    another machine predicts without its training data. A run directory is data, not code: an encoder
+    whose config asks for ``trust_remote_code`` is refused unless the caller passes
+    ``trust_remote_code=True`` (the command line's ``--trust-remote-code``)."""
     path = Path(run_dir)
     cfg_path = path if path.is_file() else path / "config.yaml"
     cfg = load_config(cfg_path, overrides)
     if not with_data:
         drop_data_files(cfg)
     recipe = get_recipe(cfg.task)
-    prepared = recipe.prepare(cfg, train=False)
+    with contextlib.nullcontext() if trust_remote_code else untrusted_source(str(run_dir)):
+        prepared = recipe.prepare(cfg, train=False)
     apply_finetune(prepared.task, cfg.finetune)
     ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
     prepared.task.eval()
     return cfg, prepared, recipe
 
 
-def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None) -> dict[str, float]:
+def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
+             trust_remote_code: bool = False) -> dict[str, float]:
     """Evaluate a trained run on its (or an overridden ``data.eval_file``) eval split."""
-    cfg, prepared, _ = load_run(run_dir, overrides, checkpoint)
+    cfg, prepared, _ = load_run(run_dir, overrides, checkpoint, trust_remote_code=trust_remote_code)
     if prepared.eval_data is None:
         raise ValueError(f"{run_dir}: no evaluation data (the run's data.eval_file/data.train_file are empty or gone); "
                          f"pass data.eval_file=PATH")
@@ -71,9 +77,11 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None,
+            trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """Run a trained model on raw inputs (texts, file paths…) as its recipe defines."""
-    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, with_data=False)
+    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, with_data=False,
+                                     trust_remote_code=trust_remote_code)
     return recipe.predict(cfg, prepared, list(inputs))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked
+from mm_ptft.encoders.base import Encoder, HFBacked, remote_code
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -347,10 +347,11 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
     initialised from ``config`` (e.g. ``{model_type: vit, hidden_size: 64, image_size: 32, ...}``)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
+    trust = remote_code(trust_remote_code, "model.image", name_or_path)
     if name_or_path:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust)
         try:
-            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust)
         except (OSError, ValueError):
             processor = None
     elif config:
@@ -358,7 +359,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
         if "model_type" not in cfg:
             raise ValueError("model.image.config needs model_type (e.g. vit, convnext, resnet)")
         model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
-                                      trust_remote_code=trust_remote_code)
+                                      trust_remote_code=trust)
         processor = None
     else:
         raise ValueError("model.image (hf): give name_or_path (hub id or directory) or config (random init)")
