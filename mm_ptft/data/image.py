@@ -70,17 +70,20 @@ def image_problem(path: str, decode: bool = True) -> Optional[str]:
 def scan_images(paths: Sequence[str], where: str, skip_bad: bool, counters: dict[str, int],
                 decode: bool = True) -> list[int]:
     """Indices of usable images; a bad one raises a ``DataError`` naming it, or is counted and skipped."""
-    kept = []
-    for i, p in enumerate(paths):
-        problem = image_problem(p, decode)
-        if problem is None:
-            kept.append(i)
-            continue
-        if not skip_bad:
-            raise DataError(f"{where}: row {i}: {problem} image file {p} "
-                            f"(set data.skip_bad_samples=true to skip such rows)")
-        _add(counters, f"skipped_{problem}_images")
-    return kept
+    return [i for i, p in enumerate(paths) if check_image(i, p, where, skip_bad, counters, decode)]
+
+
+def check_image(row: int, path: str, where: str, skip_bad: bool, counters: dict[str, int], decode: bool = True) -> bool:
+    """True when ``path`` is a usable image; a missing, empty or (``decode``) undecodable one is a
+    ``DataError`` naming it and ``row`` of ``where``, or with ``skip_bad`` a counted ``skipped_<problem>_images``."""
+    problem = image_problem(path, decode)
+    if problem is None:
+        return True
+    if not skip_bad:
+        raise DataError(f"{where}: row {row}: {problem} image file {path} "
+                        f"(set data.skip_bad_samples=true to skip such rows)")
+    _add(counters, f"skipped_{problem}_images")
+    return False
 
 
 # ------------------------------------------------------------------------------------------- tables

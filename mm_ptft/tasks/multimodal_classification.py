@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mm_ptft.config import ConfigError, RunConfig
-from mm_ptft.data.multimodal import MODALITIES, MediaConfig, MultimodalCollator, load_audio, load_image, media_path
+from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, MODALITIES, MediaConfig, MultimodalCollator, load_audio,
+                                     load_image, media_path, usable_media)
 from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, require_columns
 from mm_ptft.data.text import tokenize
 from mm_ptft.encoders.base import Encoder
@@ -42,6 +43,7 @@ class MMClsData:
     labels: list[str] = field(default_factory=list)  # empty: learned from the training file
     max_length: int = 64
     max_audio_seconds: float = 10.0
+    min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     skip_bad_samples: bool = False
 
 
@@ -144,9 +146,10 @@ class PresenceCollator(MultimodalCollator):
         return batch
 
 
-def _rows(ds: Any, path: str, d: MMClsData, labels: LabelMap, tokenizer: Any, max_len: int,
+def _rows(ds: Any, path: str, d: MMClsData, labels: LabelMap, tokenizer: Any, max_len: int, media: MediaConfig,
           counters: dict[str, int]) -> list[dict[str, Any]]:
-    """One dict per usable row: token ids / absolute media paths (None where absent), label."""
+    """One dict per usable row: token ids / absolute media paths (None where absent), label. Media files
+    get the unimodal recipes' checks (``usable_media``): an error naming the row, or a counted skip."""
     cols = {m: getattr(d, f"{m}_column") for m in d.modalities}
     require_columns(ds, [*cols.values(), d.label_column], path)
     base = os.path.dirname(os.path.abspath(path))
@@ -162,11 +165,7 @@ def _rows(ds: Any, path: str, d: MMClsData, labels: LabelMap, tokenizer: Any, ma
                 row[m] = v  # tokenised below, in one batch
             else:
                 p = media_path(base, v)
-                if not os.path.isfile(p):
-                    if not d.skip_bad_samples:
-                        raise DataError(f"{path}: row {row[ROW]}: {m} file {p} not found "
-                                        f"(set data.skip_bad_samples=true to skip such rows)")
-                    counters[f"skipped_missing_{m}_file"] = counters.get(f"skipped_missing_{m}_file", 0) + 1
+                if not usable_media(m, row[ROW], p, path, media, d.skip_bad_samples, counters):
                     break
                 row[m] = p
         else:
@@ -212,7 +211,8 @@ class MultimodalClassification:
         def split(tab: Any, path: str) -> Optional[MultimodalRows]:
             if tab is None:
                 return None
-            return MultimodalRows(_rows(tab, path, d, labels, tok, max_len, counters), d.modalities, media, blank, path)
+            return MultimodalRows(_rows(tab, path, d, labels, tok, max_len, media, counters), d.modalities, media, blank,
+                                  path)
 
         tr = split(train_tab, d.train_file) if train else None
         ev = split(eval_tab, d.eval_file or f"{d.train_file} (eval split)")
@@ -234,7 +234,8 @@ class MultimodalClassification:
             tab = load_table(path, "input")
             if d.label_column not in tab.column_names:
                 tab = tab.add_column(d.label_column, [d.labels[0]] * len(tab))
-            ds = MultimodalRows(_rows(tab, path, d, labels, tok, d.max_length, {}), d.modalities, media, blank, path)
+            ds = MultimodalRows(_rows(tab, path, d, labels, tok, d.max_length, media, {}), d.modalities, media, blank,
+                                path)
             for i in range(len(ds)):
                 probs = prepared.task(prepared.collate([ds[i]]))["logits"].float().softmax(-1)[0]  # (C,)
                 rows_out.append({"input": path, "row": ds.rows[i][ROW], "label": d.labels[int(probs.argmax())],
