@@ -333,7 +333,16 @@ def _hf_preprocess(processor: Any, config: Any) -> Preprocess:
     h, w = _size_field(size, "height"), _size_field(size, "width")
     edge = _size_field(size, "shortest_edge") or int(getattr(config, "image_size", 224))
     return Preprocess.make((h, w) if h and w else edge, processor.image_mean, processor.image_std,
-                           _PIL_RESAMPLE.get(int(getattr(processor, "resample", 2) or 2), "bilinear"))
+                           _resample_name(getattr(processor, "resample", None)))
+
+
+def _resample_name(resample: Any) -> str:
+    """An HF processor's ``resample`` (a PIL filter number, or a torchvision mode in fast processors)
+    as a torchvision interpolation name; bilinear when it has none."""
+    if resample is None:
+        return "bilinear"
+    value = getattr(resample, "value", resample)
+    return value if isinstance(value, str) else _PIL_RESAMPLE.get(int(value), "bilinear")
 
 
 #: PIL resampling filters (what HF image processors store as ``resample``) → torchvision mode names

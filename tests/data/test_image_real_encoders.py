@@ -131,3 +131,13 @@ def test_the_encoder_takes_a_batch_from_the_recipes_augmentation(encoder):
     with torch.no_grad():
         pooled = enc.eval()({"image": images}).pooled  # (2, D)
     assert pooled.shape == (2, enc.out_dim) and torch.isfinite(pooled).all()
+
+
+@pytest.mark.parametrize("resample, name", [(None, "bilinear"), (0, "nearest"), (2, "bilinear"), (3, "bicubic"),
+                                            ("bicubic", "bicubic")])
+def test_hf_processor_resample_becomes_the_interpolation(resample, name):
+    from torchvision.transforms import InterpolationMode
+
+    from mm_ptft.encoders.image import _resample_name
+
+    assert _resample_name(InterpolationMode(resample) if isinstance(resample, str) else resample) == name
