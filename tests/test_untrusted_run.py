@@ -99,3 +99,23 @@ def test_only_loading_an_untrusted_source_refuses_remote_code():
         with pytest.raises(ConfigError, match="runs/x: model.image.trust_remote_code .*--trust-remote-code"):
             remote_code(True, "model.image", "some/dir")
     assert remote_code(True, "model.text", "some/dir")
+
+
+def test_an_encoder_directory_cannot_turn_remote_code_on(tmp_path):
+    """A recipe loading a received encoder directory by path: its stored ``trust_remote_code`` is ignored
+    (only the recipe's own spec can ask for it), so the planted code never runs."""
+    from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
+    from mm_ptft.encoders.base import ENCODER_FILE
+
+    enc = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": _bert_dir(tmp_path / "bert")}, "model.text")
+    enc.save_pretrained(tmp_path / "enc")
+    marker = tmp_path / "marker.txt"
+    _plant_remote_code(tmp_path / "enc", marker)
+    meta = json.loads((tmp_path / "enc" / ENCODER_FILE).read_text())
+    meta["kwargs"]["trust_remote_code"] = True
+    (tmp_path / "enc" / ENCODER_FILE).write_text(json.dumps(meta))
+    again = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path / "enc")}, "model.text")
+    assert "trust_remote_code" not in again.spec and not marker.exists()
+    with untrusted_source("runs/received"):  # inside a loaded run too: nothing asks for remote code, nothing runs
+        build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path / "enc")}, "model.text")
+    assert not marker.exists()

@@ -165,9 +165,11 @@ def build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: s
         # for another encoder) only fill options the saved builder takes and the directory leaves open.
         params = inspect.signature(registry.get(meta["name"])).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and k not in meta["kwargs"]
+        # A directory is data, not code: its stored options never turn remote code on, only this spec does.
+        saved = {k: v for k, v in meta["kwargs"].items() if k != "trust_remote_code"}
+        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and k not in saved
                 and k not in ("name", "name_or_path", "tokenizer")}
-        stored = {**meta["kwargs"], **fill}
+        stored = {**saved, **fill}
         if meta["format"] == "hf":
             enc = registry.build({"name": meta["name"], **stored, "name_or_path": path}, where, **runtime)
             enc.spec = {"name": meta["name"], **stored, "name_or_path": path}
