@@ -31,7 +31,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from mm_ptft.run import evaluate
 
     checkpoint, overrides = _split(ns.overrides, "checkpoint")
-    print(json.dumps(evaluate(ns.config, overrides, checkpoint), indent=2))
+    print(json.dumps(evaluate(ns.config, overrides, checkpoint, ns.trust_remote_code), indent=2))
     return 0
 
 
@@ -39,7 +39,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     from mm_ptft.run import predict
 
     inputs = list(ns.inputs) or [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
-    for row in predict(ns.run_dir, inputs, ns.checkpoint):
+    for row in predict(ns.run_dir, inputs, ns.checkpoint, ns.trust_remote_code):
         print(json.dumps(row))
     return 0
 
@@ -48,7 +48,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
     from mm_ptft.export import ExportError, export_run
 
     try:
-        path = export_run(ns.run_dir, ns.format, ns.out, ns.quantize, ns.checkpoint)
+        path = export_run(ns.run_dir, ns.format, ns.out, ns.quantize, ns.checkpoint,
+                          trust_remote_code=ns.trust_remote_code)
     except ExportError as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
@@ -99,6 +100,13 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _trust_flag(p: argparse.ArgumentParser) -> None:
+    """A run directory is data, not code: only this flag lets its encoders run their own code."""
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the run's HF encoders run code from their model directories (trust_remote_code "
+                        "in the run's config is refused without this flag)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mm-ptft", description="Multimodal pretraining and fine-tuning")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run: mm-ptft eval RUN_DIR|CONFIG [checkpoint=PATH] [key=value ...]")
     e.add_argument("config")
     e.add_argument("overrides", nargs="*")
+    _trust_flag(e)
     e.set_defaults(fn=cmd_eval)
     pr = sub.add_parser("predict", help="mm-ptft predict RUN_DIR INPUT... (texts, or audio/image paths)")
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="*", help="inputs; read one per line from stdin when none are given")
     pr.add_argument("--checkpoint", default=None)
+    _trust_flag(pr)
     pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript [--out PATH] [--quantize int8]")
     ex.add_argument("run_dir")
@@ -121,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt)")
     ex.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation (CPU serving)")
     ex.add_argument("--checkpoint", default=None)
+    _trust_flag(ex)
     ex.set_defaults(fn=cmd_export)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)

@@ -54,6 +54,14 @@ class Task(nn.Module):
     main_metric: str = "loss"
     greater_is_better: bool = True
 
+    def train(self, mode: bool = True) -> "Task":
+        """``nn.Module.train``, except that frozen parts stay in eval mode (see ``keep_frozen_in_eval``).
+        Wrappers (DDP, FSDP2, ``torch.compile``) reach this through ``nn.Module.train`` of their child."""
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self)
+        return self
+
     def build_metrics(self) -> Metrics:
         raise NotImplementedError
 
@@ -68,6 +76,23 @@ class Task(nn.Module):
     def export_forward(self, batch: dict[str, torch.Tensor]) -> Any:
         """Plain tensors in (``export_spec().keys``), the outputs named by ``export_spec().outputs`` out."""
         raise NotImplementedError(f"{type(self).__name__} has no export path")
+
+
+def frozen_parts(module: nn.Module) -> list[nn.Module]:
+    """The outermost sub-modules (``module`` itself included) that hold parameters and train none."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        return [module]
+    return [part for child in module.children() for part in frozen_parts(child)]
+
+
+def keep_frozen_in_eval(module: nn.Module) -> None:
+    """Put every frozen part of ``module`` in eval mode: a linear-probed encoder, the layers
+    ``freeze_layers`` froze, the BatchNorms beside LoRA adapters, a distillation teacher. Their
+    BatchNorm running statistics (and counters) then stay as loaded and their dropout is off;
+    parameter-free modules among trainable ones (a head's dropout) keep training mode."""
+    for part in frozen_parts(module):
+        part.eval()
 
 
 class Callback:

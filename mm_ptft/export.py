@@ -206,14 +206,16 @@ def default_out(run_dir: Path, fmt: str, quantize: Optional[str]) -> Path:
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path] = None,
-               quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True) -> Path:
-    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it)."""
+               quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True,
+               trust_remote_code: bool = False) -> Path:
+    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it).
+    ``trust_remote_code`` (``--trust-remote-code``) lets the run's encoders load their own code."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only 'int8' (dynamic, nn.Linear weights) is supported")
     run_dir = Path(run_dir)
-    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint)
+    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, trust_remote_code=trust_remote_code)
     prepared.task.cpu().eval()
     task, cfg = recipe.exported(cfg, prepared)  # e.g. a distilled run exports its student
     spec = export_spec(task)

@@ -87,9 +87,10 @@ def recipe_main(schema: type) -> Callable[[Sequence[str]], dict[str, float]]:
     return main
 
 
-def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None) -> dict[str, float]:
+def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
+             trust_remote_code: bool = False) -> dict[str, float]:
     """Evaluate a trained run on its (or an overridden ``data.eval_file``) eval split."""
-    cfg, prepared, _ = load_run(run_dir, overrides, checkpoint)
+    cfg, prepared, _ = load_run(run_dir, overrides, checkpoint, trust_remote_code=trust_remote_code)
     if prepared.eval_data is None:
         raise ValueError(f"{run_dir}: no evaluation data (the run's data.eval_file/data.train_file are empty or gone); "
                          f"pass data.eval_file=PATH")
@@ -97,9 +98,11 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
 
 
 @torch.no_grad()
-def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None,
+            trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """Run a trained model on raw inputs (texts, file paths…) as its recipe defines."""
-    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, with_data=False)
+    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, with_data=False,
+                                     trust_remote_code=trust_remote_code)
     return recipe.predict(cfg, prepared, list(inputs))
 
 

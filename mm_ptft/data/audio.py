@@ -202,29 +202,40 @@ def scan_clips(paths: Sequence[str], manifest: str, sample_rate: int, min_s: flo
     DataError naming the file and row (or are counted skips), out-of-range durations are counted drops."""
     kept = []
     for row, rel in enumerate(paths):
-        try:
-            if not rel:
-                raise DataError("empty audio path")
-            path = resolve_path(str(rel), manifest)
-            frames, rate, channels = probe(path)
-            if check_audio:
-                read_audio(path)
-        except DataError as err:
-            if not skip_bad:
-                raise DataError(f"{manifest}: row {row}: {err} "
-                                "(set data.skip_bad_samples=true to skip bad files)") from None
-            count(counters, "skipped_bad_audio")
-            continue
-        seconds = frames / rate
-        if seconds < min_s or (max_s > 0 and seconds > max_s):
-            count(counters, "dropped_too_short" if seconds < min_s else "dropped_too_long")
-            continue
-        if rate != sample_rate:
-            count(counters, "resampled")
-        if channels > 1:
-            count(counters, "downmixed_to_mono")
-        kept.append((row, path, round(frames * sample_rate / rate)))
+        found = check_clip(row, rel, manifest, sample_rate, min_s, max_s, skip_bad, check_audio, counters)
+        if found is not None:
+            kept.append((row, *found))
     return kept
+
+
+def check_clip(row: int, rel: Any, manifest: str, sample_rate: int, min_s: float, max_s: float, skip_bad: bool,
+               check_audio: bool, counters: dict[str, int]) -> Optional[tuple[str, int]]:
+    """(absolute path, samples at ``sample_rate``) of one manifest clip, or None for a counted skip or
+    drop. A missing, unreadable, empty (0 samples), truncated or NaN/Inf file (the last two found when
+    ``check_audio`` decodes it) is a DataError naming the file and ``row``, or with ``skip_bad`` a counted
+    ``skipped_bad_audio``; a clip shorter than ``min_s`` or longer than ``max_s`` (> 0) a counted drop."""
+    try:
+        if not rel:
+            raise DataError("empty audio path")
+        path = resolve_path(str(rel), manifest)
+        frames, rate, channels = probe(path)
+        if check_audio:
+            read_audio(path)
+    except DataError as err:
+        if not skip_bad:
+            raise DataError(f"{manifest}: row {row}: {err} "
+                            "(set data.skip_bad_samples=true to skip bad files)") from None
+        count(counters, "skipped_bad_audio")
+        return None
+    seconds = frames / rate
+    if seconds < min_s or (max_s > 0 and seconds > max_s):
+        count(counters, "dropped_too_short" if seconds < min_s else "dropped_too_long")
+        return None
+    if rate != sample_rate:
+        count(counters, "resampled")
+    if channels > 1:
+        count(counters, "downmixed_to_mono")
+    return path, round(frames * sample_rate / rate)
 
 
 class AudioDataset(Dataset):

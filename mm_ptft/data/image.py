@@ -70,17 +70,20 @@ def image_problem(path: str, decode: bool = True) -> Optional[str]:
 def scan_images(paths: Sequence[str], where: str, skip_bad: bool, counters: dict[str, int],
                 decode: bool = True) -> list[int]:
     """Indices of usable images; a bad one raises a ``DataError`` naming it, or is counted and skipped."""
-    kept = []
-    for i, p in enumerate(paths):
-        problem = image_problem(p, decode)
-        if problem is None:
-            kept.append(i)
-            continue
-        if not skip_bad:
-            raise DataError(f"{where}: row {i}: {problem} image file {p} "
-                            f"(set data.skip_bad_samples=true to skip such rows)")
-        _add(counters, f"skipped_{problem}_images")
-    return kept
+    return [i for i, p in enumerate(paths) if check_image(i, p, where, skip_bad, counters, decode)]
+
+
+def check_image(row: int, path: str, where: str, skip_bad: bool, counters: dict[str, int], decode: bool = True) -> bool:
+    """True when ``path`` is a usable image; a missing, empty or (``decode``) undecodable one is a
+    ``DataError`` naming it and ``row`` of ``where``, or with ``skip_bad`` a counted ``skipped_<problem>_images``."""
+    problem = image_problem(path, decode)
+    if problem is None:
+        return True
+    if not skip_bad:
+        raise DataError(f"{where}: row {row}: {problem} image file {path} "
+                        f"(set data.skip_bad_samples=true to skip such rows)")
+    _add(counters, f"skipped_{problem}_images")
+    return False
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -149,9 +152,23 @@ def classification_transforms(pre: Any, aug: ImageAugment, train: bool) -> Calla
     return v2.Compose(ops)
 
 
+def grid_interp(interp: Any) -> Any:
+    """The resampling the auto-augment ops use on uint8 image tensors: ``interp`` when torchvision's
+    tensor affine/rotate (``grid_sample``) supports it (nearest, bilinear), else bilinear.
+
+    Encoders often ask for bicubic (timm ``resnet50.a1_in1k``, ViTs, open_clip): the resize and crop
+    keep it, only the small shear/rotate/translate warps of RandAugment, TrivialAugment and AugMix fall
+    back to bilinear, which torchvision would otherwise refuse ("Interpolation mode 'bicubic' is
+    unsupported with Tensor input")."""
+    from torchvision.transforms import InterpolationMode
+
+    return interp if interp in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
+
+
 def _auto_augment(aug: ImageAugment, interp: Any) -> Any:
     from torchvision.transforms import v2
 
+    interp = grid_interp(interp)
     policies = {"randaugment": lambda: v2.RandAugment(magnitude=aug.randaugment_magnitude, interpolation=interp),
                 "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=interp),
                 "augmix": lambda: v2.AugMix(interpolation=interp)}

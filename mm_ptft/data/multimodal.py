@@ -20,12 +20,16 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from mm_ptft.data.audio import check_clip, load_waveform
+from mm_ptft.data.image import check_image
+from mm_ptft.data.image import load_image as decode_image
 from mm_ptft.data.tables import DataError, LabelMap, require_columns
 from mm_ptft.data.text import tokenize
-from mm_ptft.env import require_torchaudio
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, LABELS, TEXT, TEXT_MASK
 
 MODALITIES = ("audio", "image", "text")
+#: default shortest clip: one 25 ms analysis window (a log-mel frame, wav2vec2's receptive field)
+MIN_AUDIO_SECONDS = 0.025
 
 
 @dataclass
@@ -36,33 +40,27 @@ class MediaConfig:
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     sample_rate: int = 16000  # set from the audio encoder
-    max_audio_seconds: float = 10.0  # longer clips are cropped (and counted)
+    max_audio_seconds: float = 10.0  # longer clips are cropped
+    min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted (dropped_too_short)
     n_mels: int = 0  # > 0: the pipeline gives normalised log-mel (features-kind audio encoders)
 
 
 def load_image(path: str, media: MediaConfig) -> torch.Tensor:
-    """An image file → normalised float tensor (3, S, S)."""
-    from PIL import Image
+    """An image file (decoded as the image recipe does: ``data.image.load_image``) → normalised
+    float tensor (3, S, S)."""
     from torchvision.transforms.v2 import functional as TF
 
-    with Image.open(path) as im:
-        x = TF.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
+    x = TF.pil_to_tensor(decode_image(path))  # (3, H, W) uint8
     x = TF.resize(x, [media.image_size, media.image_size], antialias=True)
     x = TF.to_dtype(x, torch.float32, scale=True)  # (3, S, S) in [0, 1]
     return TF.normalize(x, media.image_mean, media.image_std)
 
 
 def load_audio(path: str, media: MediaConfig) -> torch.Tensor:
-    """An audio file → mono float waveform (T,) at ``media.sample_rate``, cropped to the max length;
-    or normalised log-mel (F, N) when ``media.n_mels`` > 0."""
-    import soundfile as sf
-
-    AF = require_torchaudio("audio resampling").functional
-
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
-    wav = torch.from_numpy(data).mean(1)  # (T,)
-    if rate != media.sample_rate:
-        wav = AF.resample(wav, rate, media.sample_rate)
+    """An audio file (decoded and checked as the speech recipe does: ``data.audio.load_waveform``) →
+    mono float waveform (T,) at ``media.sample_rate``, cropped to the max length; or normalised
+    log-mel (F, N) when ``media.n_mels`` > 0."""
+    wav = load_waveform(path, media.sample_rate)  # (T,)
     wav = wav[: int(media.max_audio_seconds * media.sample_rate)]
     if media.n_mels <= 0:
         return wav  # (T,)
@@ -110,6 +108,18 @@ class PairedDataset(Dataset):
         return [len(r[TEXT]) for r in self.rows] if self.rows and TEXT in self.rows[0] else None
 
 
+def usable_media(modality: str, row: int, path: Optional[str], where: str, media: MediaConfig, skip_bad: bool,
+                 counters: dict[str, int]) -> bool:
+    """The unimodal recipes' checks, counts and skip rules on one image/audio file of a manifest:
+    ``data.image.check_image`` (missing, empty, undecodable) or ``data.audio.check_clip`` (missing,
+    unreadable, empty, truncated, NaN/Inf; shorter than ``media.min_audio_seconds`` a counted drop).
+    True when usable; else a DataError naming the file and ``row``, or (``skip_bad``) a counted skip."""
+    if modality == "image":
+        return check_image(row, path or "", where, skip_bad, counters)
+    return check_clip(row, path or "", where, media.sample_rate, media.min_audio_seconds, 0.0, skip_bad, True,
+                      counters) is not None
+
+
 def media_path(base: str, value: Any) -> Optional[str]:
     """A manifest's media cell as a path: relative ones resolve against the manifest's folder; empty → None."""
     if value is None or not str(value).strip():
@@ -120,8 +130,8 @@ def media_path(base: str, value: Any) -> Optional[str]:
 def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, media: MediaConfig,
                  tokenizer: Any = None, max_length: int = 64, labels: Optional[LabelMap] = None,
                  skip_bad: bool = False, counters: Optional[dict[str, int]] = None) -> PairedDataset:
-    """Check columns and media files, tokenise captions, encode labels. Missing media are an error
-    naming the row, or a counted skip (``skipped_missing_<modality>``) with ``skip_bad``."""
+    """Check columns and media files, tokenise captions, encode labels. Bad media (``usable_media``) are
+    an error naming the row, or a counted skip with ``skip_bad``."""
     counters = counters if counters is not None else {}
     bad = sorted(set(modalities) - set(MODALITIES))
     if bad:
@@ -135,11 +145,7 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
         row: dict[str, Any] = {"_row": r}
         for m, values in media_cols.items():
             p = media_path(base, values[r])
-            if p is None or not os.path.isfile(p):
-                if not skip_bad:
-                    raise DataError(f"{path}: row {r}: {m} file {p or '(empty)'} not found "
-                                    f"(set data.skip_bad_samples=true to skip such rows)")
-                counters[f"skipped_missing_{m}"] = counters.get(f"skipped_missing_{m}", 0) + 1
+            if not usable_media(m, r, p, path, media, skip_bad, counters):
                 break
             row[IMAGE if m == "image" else AUDIO] = p
         else:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from mm_ptft.data.multimodal import MediaConfig, MultimodalCollator, load_audio, load_image, media_path
+from mm_ptft.data.multimodal import MediaConfig, MultimodalCollator, load_audio, load_image, media_path, usable_media
 from mm_ptft.data.tables import ROW, DataError, LabelMap, require_columns
 from mm_ptft.data.text import tokenize
 from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT
@@ -70,10 +70,11 @@ class PresenceCollator(MultimodalCollator):
         return batch
 
 
-def labeled_rows(ds: Any, path: str, d: Any, labels: LabelMap, tokenizer: Any, max_len: int,
+def labeled_rows(ds: Any, path: str, d: Any, labels: LabelMap, tokenizer: Any, max_len: int, media: MediaConfig,
                  counters: dict[str, int]) -> list[dict[str, Any]]:
     """One dict per usable row: token ids / absolute media paths (None where absent), label. ``d`` is the
-    recipe's data section (``modalities``, ``<modality>_column``, ``label_column``, ``skip_bad_samples``)."""
+    recipe's data section (``modalities``, ``<modality>_column``, ``label_column``, ``skip_bad_samples``).
+    Media files get the unimodal recipes' checks (``usable_media``): an error naming the row, or a counted skip."""
     cols = {m: getattr(d, f"{m}_column") for m in d.modalities}
     require_columns(ds, [*cols.values(), d.label_column], path)
     base = os.path.dirname(os.path.abspath(path))
@@ -89,11 +90,7 @@ def labeled_rows(ds: Any, path: str, d: Any, labels: LabelMap, tokenizer: Any, m
                 row[m] = v  # tokenised below, in one batch
             else:
                 p = media_path(base, v)
-                if not os.path.isfile(p):
-                    if not d.skip_bad_samples:
-                        raise DataError(f"{path}: row {row[ROW]}: {m} file {p} not found "
-                                        f"(set data.skip_bad_samples=true to skip such rows)")
-                    counters[f"skipped_missing_{m}_file"] = counters.get(f"skipped_missing_{m}_file", 0) + 1
+                if not usable_media(m, row[ROW], p, path, media, d.skip_bad_samples, counters):
                     break
                 row[m] = p
         else:

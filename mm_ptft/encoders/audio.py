@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean
+from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean, remote_code
 from mm_ptft.env import require_torchaudio
 from mm_ptft.registry import Registry
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, EncoderOutput
@@ -322,12 +322,13 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, sample
     initialised from ``config`` (e.g. ``{model_type: wav2vec2, hidden_size: 64, ...}``)."""
     from transformers import AutoConfig, AutoModel
 
+    trust = remote_code(trust_remote_code, "model.audio", name_or_path)
     if name_or_path:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust)
     elif config:
         cfg = dict(config)
         model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
-                                      trust_remote_code=trust_remote_code)
+                                      trust_remote_code=trust)
     else:
         raise ValueError("model.audio (hf): give name_or_path (hub id or directory) or config (random init)")
     return HFAudioEncoder(_encoder_only(model), sample_rate, freeze_feature_encoder)

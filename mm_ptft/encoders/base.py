@@ -6,16 +6,19 @@ rebuilds it from ``model.<modality>.name_or_path=<dir>``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
 
+from mm_ptft.config import ConfigError
 from mm_ptft.registry import Registry
 from mm_ptft.types import INPUT_KEYS, EncoderOutput
 
@@ -121,6 +124,31 @@ class HFBacked:
                 part.save_pretrained(str(path))
 
 
+#: what is being loaded while remote code is off whatever its config says ("" outside such a load)
+_UNTRUSTED: contextvars.ContextVar[str] = contextvars.ContextVar("mm_ptft_untrusted", default="")
+
+
+@contextlib.contextmanager
+def untrusted_source(source: str) -> Iterator[None]:
+    """While loading ``source`` (a run directory: data, not code), encoders refuse ``trust_remote_code``."""
+    token = _UNTRUSTED.set(source)
+    try:
+        yield
+    finally:
+        _UNTRUSTED.reset(token)
+
+
+def remote_code(requested: bool, where: str, name_or_path: Optional[str]) -> bool:
+    """The ``trust_remote_code`` an HF builder hands transformers: what its config asks for, except that
+    inside ``untrusted_source`` a request is refused (a ``ConfigError`` naming the command-line flag)."""
+    source = _UNTRUSTED.get()
+    if requested and source:
+        raise ConfigError(f"{source}: {where}.trust_remote_code is true (model {name_or_path or '<config>'}); a run "
+                          f"directory is data, not code, so its config cannot turn remote code on: pass "
+                          f"--trust-remote-code to this command if you trust the code in that model directory")
+    return bool(requested)
+
+
 def layer_index(param_name: str) -> Optional[int]:
     """Block index of a parameter (``encoder.layer.3.…`` → 3), -1 for embeddings, None otherwise."""
     m = _LAYER_RE.search(param_name)
@@ -149,9 +177,11 @@ def build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: s
         # for another encoder) only fill options the saved builder takes and the directory leaves open.
         params = inspect.signature(registry.get(meta["name"])).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and k not in meta["kwargs"]
+        # A directory is data, not code: its stored options never turn remote code on, only this spec does.
+        saved = {k: v for k, v in meta["kwargs"].items() if k != "trust_remote_code"}
+        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and k not in saved
                 and k not in ("name", "name_or_path", "tokenizer")}
-        stored = {**meta["kwargs"], **fill}
+        stored = {**saved, **fill}
         if meta["format"] == "hf":
             enc = registry.build({"name": meta["name"], **stored, "name_or_path": path}, where, **runtime)
             enc.spec = {"name": meta["name"], **stored, "name_or_path": path}

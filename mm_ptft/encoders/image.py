@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked
+from mm_ptft.encoders.base import Encoder, HFBacked, remote_code
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -40,8 +40,11 @@ class Preprocess:
     def make(size: int | Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
              std: Sequence[float] = IMAGENET_STD, interpolation: str = "bilinear",
              crop_pct: float = 0.875) -> "Preprocess":
-        """Normalise the many spellings libraries use (int or (H, W) or (C, H, W) sizes, lists)."""
-        hw = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)[-2:]
+        """Normalise the many spellings libraries use (int, [S], (H, W) or (C, H, W) sizes, lists)."""
+        if isinstance(size, (int, float)):
+            size = [size]
+        hw = tuple(int(s) for s in size)[-2:]
+        hw = hw * 2 if len(hw) == 1 else hw  # torchvision weights give [224]: a square
         return Preprocess(hw, tuple(float(m) for m in mean), tuple(float(s) for s in std),  # type: ignore[arg-type]
                           str(interpolation), float(crop_pct))
 
@@ -267,13 +270,16 @@ def torchvision_encoder(name_or_path: str, weights: Optional[str] = None, img_si
     import torchvision
 
     model = torchvision.models.get_model(name_or_path, weights=weights)
-    if weights:
-        t = torchvision.models.get_model_weights(name_or_path).verify(weights).transforms()
-        pre = Preprocess.make(t.crop_size, t.mean, t.std, t.interpolation.value,
-                              t.crop_size[0] / t.resize_size[0])
-    else:
-        pre = Preprocess.make(img_size)
+    pre = torchvision_preprocess(name_or_path, weights) if weights else Preprocess.make(img_size)
     return TorchvisionEncoder(model, pre, _drop_classifier(model), return_nodes)
+
+
+def torchvision_preprocess(name: str, weights: str) -> Preprocess:
+    """Crop size, mean/std, resampling and crop ratio of a torchvision weights enum (metadata only)."""
+    import torchvision
+
+    t = torchvision.models.get_model_weights(name).verify(weights).transforms()
+    return Preprocess.make(t.crop_size, t.mean, t.std, t.interpolation.value, t.crop_size[0] / t.resize_size[0])
 
 
 # ---------------------------------------------------------------------------------- Hugging Face
@@ -332,7 +338,21 @@ def _hf_preprocess(processor: Any, config: Any) -> Preprocess:
     size = crop or processor.size
     h, w = _size_field(size, "height"), _size_field(size, "width")
     edge = _size_field(size, "shortest_edge") or int(getattr(config, "image_size", 224))
-    return Preprocess.make((h, w) if h and w else edge, processor.image_mean, processor.image_std)
+    return Preprocess.make((h, w) if h and w else edge, processor.image_mean, processor.image_std,
+                           _resample_name(getattr(processor, "resample", None)))
+
+
+def _resample_name(resample: Any) -> str:
+    """An HF processor's ``resample`` (a PIL filter number, or a torchvision mode in fast processors)
+    as a torchvision interpolation name; bilinear when it has none."""
+    if resample is None:
+        return "bilinear"
+    value = getattr(resample, "value", resample)
+    return value if isinstance(value, str) else _PIL_RESAMPLE.get(int(value), "bilinear")
+
+
+#: PIL resampling filters (what HF image processors store as ``resample``) → torchvision mode names
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 @IMAGE_ENCODERS.register("hf")
@@ -342,10 +362,11 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
     initialised from ``config`` (e.g. ``{model_type: vit, hidden_size: 64, image_size: 32, ...}``)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
+    trust = remote_code(trust_remote_code, "model.image", name_or_path)
     if name_or_path:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust)
         try:
-            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust)
         except (OSError, ValueError):
             processor = None
     elif config:
@@ -353,7 +374,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
         if "model_type" not in cfg:
             raise ValueError("model.image.config needs model_type (e.g. vit, convnext, resnet)")
         model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
-                                      trust_remote_code=trust_remote_code)
+                                      trust_remote_code=trust)
         processor = None
     else:
         raise ValueError("model.image (hf): give name_or_path (hub id or directory) or config (random init)")

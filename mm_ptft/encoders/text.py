@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean
+from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean, remote_code
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, EncoderOutput
 
@@ -46,12 +46,13 @@ def train_wordpiece(corpus: Iterable[str], vocab_size: int = 2000):
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def pretrained_tokenizer(path: str, key: str) -> Any:
-    """``AutoTokenizer.from_pretrained(path)``; a missing directory or unknown hub id names ``key``."""
+def pretrained_tokenizer(path: str, key: str, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained(path)``; a missing directory or unknown hub id names ``key``.
+    Remote code is off unless asked for (never transformers' interactive prompt, which reads stdin)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"{key}={path!r}: no tokenizer found there (a directory written by save_pretrained, or a "
                          f"hub id, which offline needs a local cache): {err}") from err
@@ -111,16 +112,17 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, poolin
     randomly initialised from ``config`` (e.g. ``{model_type: bert, hidden_size: 64, ...}``)."""
     from transformers import AutoConfig, AutoModel
 
+    trust = remote_code(trust_remote_code, "model.text", name_or_path)
     if name_or_path:
         key = "model.text.tokenizer" if tokenizer else "model.text.name_or_path"
-        tok = pretrained_tokenizer(tokenizer or name_or_path, key)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tok = pretrained_tokenizer(tokenizer or name_or_path, key, trust)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust)
     elif config:
         cfg = dict(config)
         tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
         hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg, vocab_size=len(tok),
                                       pad_token_id=tok.pad_token_id)
-        model = AutoModel.from_config(hf_cfg, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_config(hf_cfg, trust_remote_code=trust)
     else:
         raise ValueError("model.text (hf): give name_or_path (hub id or directory) or config (random init)")
     return HFTextEncoder(model, tok, pooling, max_length)

@@ -2,6 +2,7 @@
 seeded eval splits, and rebuilding a trained run (for evaluation, prediction, export and teachers)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Optional, Sequence
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import LabelMap, load_table, resolve_eval
+from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.train import checkpoint as ckpt
@@ -95,11 +97,13 @@ def drop_data_files(cfg: Any) -> None:
 
 
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
-             with_data: bool = True) -> tuple[Any, Prepared, Recipe]:
+             with_data: bool = True, trust_remote_code: bool = False) -> tuple[Any, Prepared, Recipe]:
     """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
     Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
     the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
-    another machine predicts without its training data."""
+    another machine predicts without its training data. A run directory is data, not code: an encoder
+    whose config asks for ``trust_remote_code`` is refused unless the caller passes
+    ``trust_remote_code=True`` (the command line's ``--trust-remote-code``)."""
     path = Path(run_dir)
     # A run directory answers for itself wherever it now lies: its config's ``${output_dir}/…`` paths
     # (tokenizer, generated data) resolve inside it, never in the place it was trained.
@@ -108,7 +112,8 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
     if not with_data:
         drop_data_files(cfg)
     recipe = get_recipe(cfg.task)
-    prepared = recipe.prepare(cfg, train=False)
+    with contextlib.nullcontext() if trust_remote_code else untrusted_source(str(run_dir)):
+        prepared = recipe.prepare(cfg, train=False)
     apply_finetune(prepared.task, cfg.finetune)  # the same modules (e.g. LoRA adapters) as the checkpoint
     ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
     prepared.task.eval()

@@ -13,7 +13,7 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.multimodal import MODALITIES
+from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES
 from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
 from mm_ptft.data.tables import ROW, LabelMap, load_table
 from mm_ptft.fusion import build_fusion
@@ -37,6 +37,7 @@ class MMClsData:
     labels: list[str] = field(default_factory=list)  # empty: learned from the training file
     max_length: int = 64
     max_audio_seconds: float = 10.0
+    min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     skip_bad_samples: bool = False
 
 
@@ -76,7 +77,7 @@ def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared
     def split(tab: Any, path: str) -> Optional[MultimodalRows]:
         if tab is None:
             return None
-        return MultimodalRows(labeled_rows(tab, path, d, labels, tok, max_len, counters), d.modalities, media, blank,
+        return MultimodalRows(labeled_rows(tab, path, d, labels, tok, max_len, media, counters), d.modalities, media, blank,
                               path)
 
     tr = split(train_tab, d.train_file) if train else None
@@ -99,7 +100,8 @@ def predict(cfg: MultimodalClassificationConfig, prepared: Prepared, inputs: lis
         tab = load_table(path, "input")
         if d.label_column not in tab.column_names:
             tab = tab.add_column(d.label_column, [d.labels[0]] * len(tab))
-        ds = MultimodalRows(labeled_rows(tab, path, d, labels, tok, d.max_length, {}), d.modalities, media, blank, path)
+        ds = MultimodalRows(labeled_rows(tab, path, d, labels, tok, d.max_length, media, {}), d.modalities, media,
+                            blank, path)
         for i in range(len(ds)):
             probs = prepared.task(prepared.collate([ds[i]]))["logits"].float().softmax(-1)[0]  # (C,)
             rows_out.append({"input": path, "row": ds.rows[i][ROW], "label": d.labels[int(probs.argmax())],

@@ -12,7 +12,8 @@ import mm_ptft.data.generated_multimodal  # noqa: F401  (registers the shapes_ca
 import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 from mm_ptft.config import ConfigError
-from mm_ptft.data.multimodal import Columns, MediaConfig, MultimodalCollator, PairedDataset, build_paired
+from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
+                                     build_paired)
 from mm_ptft.data.tables import LabelMap
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder
@@ -38,6 +39,7 @@ class PretrainData:
     labels: list[str] = field(default_factory=list)  # empty: learned from the data
     max_length: int = 64
     max_audio_seconds: float = 10.0
+    min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     skip_bad_samples: bool = False
 
 
@@ -84,7 +86,7 @@ def build_encoders(specs: EncoderSpecs, needed: Sequence[str], output_dir: str,
 
 def media_config(encoders: Mapping[str, Encoder], d: PretrainData) -> MediaConfig:
     """Decoding settings taken from the encoders themselves (input size, normalisation, sample rate)."""
-    media = MediaConfig(max_audio_seconds=d.max_audio_seconds)
+    media = MediaConfig(max_audio_seconds=d.max_audio_seconds, min_audio_seconds=d.min_audio_seconds)
     pre = getattr(encoders.get("image"), "preprocess", None)
     if pre is not None:
         media.image_size, media.image_mean, media.image_std = pre.size[0], list(pre.mean), list(pre.std)

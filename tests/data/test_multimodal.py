@@ -91,13 +91,35 @@ def test_missing_media_is_an_error_naming_the_row_or_a_counted_skip(shapes, tmp_
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = load_table(str(path))
-    with pytest.raises(DataError, match=r"row 1: image file .*gone.png not found"):
+    with pytest.raises(DataError, match=r"row 1: missing image file .*gone.png"):
         build_paired(table, str(path), ["image"], Columns(), MediaConfig())
     counters: dict[str, int] = {}
     ds = build_paired(table, str(path), ["image"], Columns(), MediaConfig(), skip_bad=True, counters=counters)
-    assert len(ds) == 2 and counters == {"skipped_missing_image": 1}
+    assert len(ds) == 2 and counters == {"skipped_missing_images": 1}  # the image recipe's counter
     with pytest.raises(DataError, match="missing column"):
         build_paired(table, str(path), ["image"], Columns(image="img"), MediaConfig())
+
+
+@pytest.mark.parametrize("samples, problem", [(np.array([0.0, np.nan, 0.1] * 800), "audio contains NaN"),
+                                              (np.zeros(0), r"empty audio \(0 samples\)")])
+def test_bad_audio_in_a_paired_manifest_is_an_error_or_the_speech_recipes_counted_skip(shapes, tmp_path, samples,
+                                                                                        problem) -> None:
+    import soundfile as sf
+
+    rows = _rows(shapes["train_file"])[:3]
+    base = os.path.dirname(shapes["train_file"])
+    for r in rows:
+        r["audio"] = os.path.join(base, r["audio"])
+    rows[2]["audio"] = str(tmp_path / "bad.wav")
+    sf.write(rows[2]["audio"], samples.astype(np.float32), 8000, subtype="FLOAT")
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    media = MediaConfig(sample_rate=8000)
+    with pytest.raises(DataError, match=rf"m\.jsonl: row 2: .*bad\.wav: {problem}"):
+        build_paired(load_table(str(path)), str(path), ["audio"], Columns(), media)
+    counters: dict[str, int] = {}
+    ds = build_paired(load_table(str(path)), str(path), ["audio"], Columns(), media, skip_bad=True, counters=counters)
+    assert len(ds) == 2 and counters == {"skipped_bad_audio": 1}
 
 
 def test_loaders_normalise_and_resample(shapes) -> None:

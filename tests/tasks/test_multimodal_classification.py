@@ -1,11 +1,16 @@
 """Multimodal classification: learns the tiny set, handles per-sample missing modalities, names bad rows."""
 import json
 import os
+import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from mm_ptft.cli import main
 from mm_ptft.config import ConfigError
 from mm_ptft.run import load_config
 from mm_ptft.data.generated import generate
@@ -80,10 +85,10 @@ def test_every_modality_empty_is_an_error(shapes, tmp_path):
 def test_missing_file_error_or_counted_skip(shapes, tmp_path):
     f = with_blanks(shapes["train_file"], tmp_path / "d", {})
     os.remove(os.path.join(tmp_path / "d", json.loads(open(f).readline())["audio"]))
-    with pytest.raises(DataError, match=r"row 0: audio file .* not found"):
+    with pytest.raises(DataError, match=r"row 0: .*00000.wav: audio file not found"):
         MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": f}))
     p = MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": f}, "data.skip_bad_samples=true"))
-    assert p.counters["skipped_missing_audio_file"] == 1 and len(p.train_data) == 95
+    assert p.counters["skipped_bad_audio"] == 1 and len(p.train_data) == 95  # the speech recipe's counter
 
 
 def test_subset_of_modalities_and_bad_modality(shapes, tmp_path):
@@ -91,3 +96,52 @@ def test_subset_of_modalities_and_bad_modality(shapes, tmp_path):
     assert sorted(p.task.towers) == ["image", "text"] and "audio" not in p.collate([p.train_data[0]])
     with pytest.raises(ConfigError, match="data.modalities"):
         MultimodalClassification.prepare(cfg(tmp_path, shapes, "data.modalities=[video]"))
+
+
+# ---- media get the unimodal recipes' checks (data/image.py, data/audio.py): errors or counted skips
+def _media(manifest: str, row: int, column: str) -> str:
+    """Absolute path of the media file in ``row`` of a JSONL manifest."""
+    rel = [json.loads(ln) for ln in open(manifest)][row][column]
+    return os.path.join(os.path.dirname(manifest), rel)
+
+
+def _wav(path: str, samples: np.ndarray) -> None:
+    sf.write(path, samples.astype(np.float32), 8000, subtype="FLOAT")
+
+
+def test_nan_wav_in_the_eval_set_is_an_error_not_a_nan_loss(shapes, tmp_path, capsys):
+    eval_file = with_blanks(shapes["eval_file"], tmp_path / "d", {})
+    x = np.zeros(2400)
+    x[7] = np.nan
+    _wav(_media(eval_file, 2, "audio"), x)
+    args = [TINY, f"output_dir={tmp_path / 'run'}", f"data.train_file={shapes['train_file']}",
+            f"data.eval_file={eval_file}", "train.max_steps=1", "train.report=false"]
+    assert main(["train", *args]) == 2
+    assert re.search(r"eval\.jsonl: row 2: .*00002\.wav: audio contains NaN", capsys.readouterr().err)
+    p = MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "eval_file": eval_file}, "data.skip_bad_samples=true"))
+    assert p.counters == {"skipped_bad_audio": 1} and len(p.eval_data) == 47
+
+
+def test_corrupt_image_with_skip_bad_samples_is_a_counted_skip_not_a_crash(shapes, tmp_path):
+    train_file = with_blanks(shapes["train_file"], tmp_path / "d", {})
+    Path(_media(train_file, 3, "image")).write_bytes(b"not a png" * 20)
+    with pytest.raises(DataError, match=r"train\.jsonl: row 3: corrupt image file .*00003\.png"):
+        MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": train_file}))
+    train(cfg(tmp_path, {**shapes, "train_file": train_file}, "data.skip_bad_samples=true", "train.epochs=1"))
+    events = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["skipped_corrupt_images"] for e in events if e["kind"] == "data"] == [1]
+    assert (tmp_path / "run" / "final_metrics.json").exists()  # the epoch ran to its end
+
+
+def test_empty_clip_is_bad_audio_and_a_10ms_clip_a_counted_drop(shapes, tmp_path):
+    train_file = with_blanks(shapes["train_file"], tmp_path / "d", {})
+    _wav(_media(train_file, 4, "audio"), np.zeros(0))
+    _wav(_media(train_file, 9, "audio"), np.full(80, 0.1))  # 10 ms at 8 kHz
+    with pytest.raises(DataError, match=r"train\.jsonl: row 4: .*00004\.wav: empty audio \(0 samples\)"):
+        MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": train_file}))
+    p = MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": train_file}, "data.skip_bad_samples=true"))
+    assert p.counters == {"skipped_bad_audio": 1, "dropped_too_short": 1} and len(p.train_data) == 94
+    assert [r["__row__"] for r in p.train_data.rows][3:5] == [3, 5] and 9 not in [r["__row__"] for r in p.train_data.rows]
+    p = MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": train_file}, "data.skip_bad_samples=true",
+                                             "data.min_audio_seconds=0.0"))
+    assert p.counters == {"skipped_bad_audio": 1} and len(p.train_data) == 95  # a 10 ms clip is kept when asked
