@@ -157,9 +157,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mm_ptft.data.tables import DataError
     from mm_ptft.env import EnvironmentProblem
     from mm_ptft.train.checkpoint import CheckpointError
+    from mm_ptft.train.distributed import set_finished_cleanly
 
+    set_finished_cleanly(False)  # under torchrun, ranks leave the process group together only after clean work
     try:
-        return ns.fn(ns)
+        rc = ns.fn(ns)
+        set_finished_cleanly(rc == 0)
+        return rc
     except (ConfigError, DataError, EnvironmentProblem, CheckpointError) as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """torch.distributed setup for runs launched by ``torchrun`` (env vars RANK / WORLD_SIZE / LOCAL_RANK)."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ def setup(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         _init_process_group("nccl" if device.type == "cuda" else "gloo", info)
+        atexit.register(cleanup)
     return info, device
 
 
@@ -126,6 +128,21 @@ def broadcast_object(obj):
     return obj
 
 
+_finished_cleanly = False
+
+
+def set_finished_cleanly(value: bool) -> None:
+    """Whether this process's work ended without an error (then it waits for its peers at exit)."""
+    global _finished_cleanly
+    _finished_cleanly = value
+
+
 def cleanup() -> None:
+    """Leave the process group before the interpreter exits (registered at ``atexit`` when a group is
+    made): a gloo group left alive, or torn down while a peer still sends, can abort a rank ("terminate
+    called without an active exception") after the work is done. After clean work every rank waits for
+    the others first; after an error it leaves at once (a barrier could wait on a dead peer)."""
     if dist.is_available() and dist.is_initialized():
+        if _finished_cleanly:
+            dist.barrier()
         dist.destroy_process_group()

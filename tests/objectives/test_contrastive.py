@@ -139,6 +139,7 @@ def _worker(rank: int, world: int, port: int, per_rank: int, out_path: str) -> N
     results["mixed"] = _mixed_sources(rank)
     if rank == 0:
         torch.save(results, out_path)
+    dist.barrier()  # leave together: a gloo rank tearing down while its peer still sends can abort
     dist.destroy_process_group()
 
 
