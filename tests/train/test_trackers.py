@@ -55,6 +55,8 @@ def wandb_records(run_file: Path):
 
 
 def test_one_run_reports_the_same_rows_to_every_tracker(topics_data, offline, tmp_path):
+    pytest.importorskip("wandb")  # the dev extra installs both (mm_ptft[trackers])
+    pytest.importorskip("mlflow")
     out = tmp_path / "run"
     cfg = load_config(TEXT_TINY, [f"output_dir={out}", f"data.train_file={topics_data['train_file']}",
                                   f"data.eval_file={topics_data['eval_file']}", "train.batch_size=16",
@@ -124,6 +126,7 @@ def test_report_to_nothing_still_writes_metrics_jsonl(tmp_path):
 
 
 def test_a_failed_run_ends_its_tracker_runs_as_failed(tmp_path, offline):
+    pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     from mm_ptft.train.trainer import NonFiniteError
