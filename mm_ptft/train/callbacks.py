@@ -22,7 +22,8 @@ MODES = ("max", "min")
 class EarlyStopping(Callback):
     """Stop after ``patience`` evaluations in a row without improving ``metric`` by more than ``min_delta``.
     ``metric`` defaults to the trainer's (``train.metric_for_best``, else the task's main metric) and ``mode``
-    (``max``/``min``) to its direction. Logs an ``early_stop`` event to metrics.jsonl when it stops the run."""
+    (``max``/``min``) to its direction; another metric needs its ``mode``. Logs an ``early_stop`` event to
+    metrics.jsonl when it stops the run. Every rank sees the same (synced) results, so all stop together."""
 
     def __init__(self, patience: int = 3, metric: str = "", mode: str = "", min_delta: float = 0.0) -> None:
         if patience < 1:
@@ -36,20 +37,24 @@ class EarlyStopping(Callback):
     def _target(self, trainer: Any) -> tuple[str, bool]:
         """(metric, greater is better), falling back on the trainer's best-checkpoint metric."""
         metric = self.metric or trainer.metric
-        greater = self.mode == "max" if self.mode else (trainer.greater if metric == trainer.metric else True)
-        return metric, greater
+        return metric, self.mode == "max" if self.mode else trainer.greater
+
+    def on_train_start(self, trainer: Any) -> None:
+        if self.metric and self.metric != trainer.metric and not self.mode:
+            raise ConfigError(f"early_stopping: metric={self.metric!r} is not the run's best-checkpoint metric "
+                              f"({trainer.metric!r}); say whether it should grow or shrink with mode: max|min")
 
     def on_evaluate(self, trainer: Any, results: dict[str, float]) -> None:
         metric, greater = self._target(trainer)
         value = results.get(metric)
-        if value is None or not math.isfinite(value):
+        if value is None:
             if results and not self._warned:
                 self._warned = True
                 log.warning(f"early_stopping: metric {metric!r} is not among the eval results "
                                     f"({', '.join(sorted(results))}); it cannot stop this run")
             return
         gain = (value - self.best if greater else self.best - value) if self.best is not None else math.inf
-        if gain > self.min_delta:
+        if gain > self.min_delta:  # NaN never improves
             self.best, self.best_step, self.wait = value, trainer.step, 0
             return
         self.wait += 1

@@ -81,7 +81,8 @@ class Trainer:
     ``param_groups`` builds the optimizer's groups from the (wrapped) task; by default every trainable
     parameter, without weight decay for biases and norms. ``callbacks`` are called at the hook points, followed
     by those ``train.callbacks`` / ``train.early_stopping_patience`` ask for; a callback stops the run by setting
-    ``trainer.should_stop = True``. ``train.report_to`` names the trackers the run reports to."""
+    ``trainer.should_stop = True`` (on every rank alike: decide from synced values such as eval results).
+    ``train.report_to`` names the trackers the run reports to."""
 
     def __init__(self, task: Task, cfg: RunConfig, train_data: Optional[Dataset], eval_data: Optional[Dataset],
                  collate: Callable[[list[Any]], dict[str, Any]], train_lengths: Optional[Sequence[int]] = None,
@@ -90,7 +91,6 @@ class Trainer:
         self.cfg, self.tc, self.task = cfg, cfg.train, task
         self.param_groups = param_groups
         self.callbacks = [*callbacks, *C.from_config(cfg, task=task)]
-        self.trackers = T.from_config(cfg.train.report_to)  # checked on every rank, started on the main one
         self.should_stop = False
         if self.tc.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
@@ -339,6 +339,7 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps`` / ``epochs``; return the final evaluation."""
+        trackers = T.from_config(self.tc.report_to)  # checked on every rank (before any work), started on the main one
         total = self._setup_fit()
         self.already_finished = self._finished_results(total)
         if self.already_finished is not None:
@@ -348,8 +349,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(rundir.config_yaml(self.cfg))
         if self.start_step == 0:
             seed_everything(self.cfg.seed + self.dist.rank)
-        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step, self.trackers,
-                                to_dict(self.cfg))
+        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step, trackers, to_dict(self.cfg))
         try:
             results = self._train(total)
             self._finish(results)

@@ -140,7 +140,8 @@ def test_a_callback_stops_the_run_through_should_stop(tmp_path):
     ({"name": "nope"}, r"train\.callbacks\[0\]\.name='nope'.*early_stopping"),
     ({"name": "early_stopping", "patience": 2, "patiense": 3}, r"train\.callbacks\[0\].*patiense"),
     ({"name": "early_stopping", "mode": "up"}, r"mode='up'"),
+    ({"name": "early_stopping", "metric": "accuracy"}, r"metric='accuracy'.*mode: max\|min"),
 ])
 def test_bad_callback_config_names_the_key(tmp_path, spec, match):
     with pytest.raises(ConfigError, match=match):
-        Trainer(Linear(), frozen_cfg(tmp_path, callbacks=[spec]), data(), None, collate)
+        Trainer(Linear(), frozen_cfg(tmp_path, callbacks=[spec]), data(), None, collate).fit()

@@ -9,6 +9,8 @@ import pytest
 
 from mm_ptft.config import ConfigError, RunConfig, TrainConfig
 from mm_ptft.run import load_config, train
+from mm_ptft.train.logging import RunLogger
+from mm_ptft.train.trackers import Tracker
 from mm_ptft.train.trainer import Trainer
 
 from mm_paths import TEXT_TINY
@@ -142,7 +144,8 @@ def test_a_failed_run_ends_its_tracker_runs_as_failed(tmp_path, offline):
 
 def test_unknown_tracker_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.report_to\[1\]='neptune'.*mlflow.*wandb"):
-        Trainer(Linear(), toy_cfg(tmp_path, report_to=["jsonl", "neptune"]), data(), None, collate)
+        Trainer(Linear(), toy_cfg(tmp_path, report_to=["jsonl", "neptune"]), data(), None, collate).fit()
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused before anything ran
 
 
 def test_missing_tracker_library_names_the_key_and_the_extra(tmp_path, monkeypatch):
@@ -151,4 +154,38 @@ def test_missing_tracker_library_names_the_key_and_the_extra(tmp_path, monkeypat
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"train\.report_to\[0\]='wandb'.*mm_ptft\[trackers\]"):
-        Trainer(Linear(), toy_cfg(tmp_path, report_to=["wandb"]), data(), None, collate)
+        Trainer(Linear(), toy_cfg(tmp_path, report_to=["wandb"]), data(), None, collate).fit()
+
+
+def test_evaluating_a_run_needs_no_tracker_library(tmp_path, monkeypatch):
+    """A run trained with report_to: [wandb] is evaluated where wandb is not installed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    trainer = Trainer(Linear(), toy_cfg(tmp_path, report_to=["wandb"]), None, data(8), collate)
+    assert "loss" in trainer.evaluate()
+
+
+def test_only_the_main_process_reports(tmp_path):
+    class Spy(Tracker):
+        calls = []
+
+        def start(self, run_dir, config, start_step):
+            self.calls.append("start")
+
+        def log(self, record):
+            self.calls.append(record["kind"])
+
+        def finish(self, results):
+            self.calls.append("finish")
+
+    other_rank = RunLogger(tmp_path, False, 10, trackers=[Spy()], config={})
+    other_rank.log(1, "train", {"loss": 1.0})
+    other_rank.close({"accuracy": 1.0})
+    assert Spy.calls == []
+    main = RunLogger(tmp_path, True, 10, trackers=[Spy()], config={})
+    main.log(1, "train", {"loss": 1.0})
+    main.close({"accuracy": 1.0})
+    main.close({"accuracy": 1.0})  # closing twice finishes once
+    assert Spy.calls == ["start", "train", "finish"]
