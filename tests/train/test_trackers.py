@@ -189,3 +189,13 @@ def test_only_the_main_process_reports(tmp_path):
     main.close({"accuracy": 1.0})
     main.close({"accuracy": 1.0})  # closing twice finishes once
     assert Spy.calls == ["start", "train", "finish"]
+
+
+def test_mm_ptft_list_shows_callbacks_and_trackers():
+    from mm_ptft.components import load_components
+    from mm_ptft.registry import all_registries
+
+    load_components()
+    regs = all_registries()
+    assert "early_stopping" in regs["callback"]
+    assert set(regs["tracker"].names()) >= {"jsonl", "mlflow", "tensorboard", "wandb"}
