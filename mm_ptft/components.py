@@ -9,7 +9,8 @@ import importlib
 from mm_ptft.registry import import_submodules
 
 PACKAGES = ["mm_ptft.encoders", "mm_ptft.heads", "mm_ptft.objectives", "mm_ptft.data", "mm_ptft.tasks"]
-MODULES = ["mm_ptft.fusion", "mm_ptft.finetune", "mm_ptft.train.optim", "mm_ptft.train.parallel"]
+MODULES = ["mm_ptft.fusion", "mm_ptft.finetune", "mm_ptft.train.optim", "mm_ptft.train.parallel",
+           "mm_ptft.train.callbacks", "mm_ptft.train.trackers"]
 
 
 def load_components() -> None:

@@ -39,7 +39,10 @@ class TrainConfig:
     on_config_change: str = "error"  # resume with a config that differs from the run's: error | new (apply it)
     metric_for_best: str = ""  # default: the task's main metric
     greater_is_better: bool = True
-    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: off
+    early_stopping_patience: int = 0  # shorthand for callbacks: [{name: early_stopping, patience: N}]; 0: off
+    callbacks: list[dict[str, Any]] = field(default_factory=list)  # [{name: <callback registry key>, ...kwargs}]
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])  # + wandb, mlflow (extras);
+    # metrics.jsonl is written whatever this says: it is part of the run directory
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist

@@ -96,7 +96,9 @@ def keep_frozen_in_eval(module: nn.Module) -> None:
 
 
 class Callback:
-    """Training hooks; the trainer calls each with itself. Subclass and override what you need."""
+    """Training hooks; the trainer calls each with itself. Subclass and override what you need. Setting
+    ``trainer.should_stop = True`` ends the run after the current step; a callback that also has
+    ``state_dict()``/``load_state_dict(state)`` (plain values) keeps its state in checkpoints across a resume."""
 
     def on_train_start(self, trainer: Any) -> None: ...
 

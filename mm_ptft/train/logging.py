@@ -1,12 +1,13 @@
-"""Run logging: metrics.jsonl, TensorBoard events, and a progress bar (plain lines when not a tty)."""
+"""Run logging: events to the trackers (metrics.jsonl, TensorBoard, …) and a progress bar (plain lines when not a tty)."""
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+from mm_ptft.train.trackers import Tracker
 
 log = logging.getLogger("mm_ptft")
 
@@ -20,45 +21,36 @@ def setup_console(level: int = logging.INFO) -> None:
     log.setLevel(level)
 
 
-def _step_of(line: str) -> Optional[int]:
-    """The step of one metrics.jsonl line; None for a blank or half-written one (a run killed mid-write)."""
-    try:
-        return int(json.loads(line).get("step", 0))
-    except ValueError:
-        return None
-
-
 def _fmt(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
 
 
 class RunLogger:
-    """Writes one JSON object per event to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
-    Only the main rank writes; other ranks get a no-op logger."""
+    """Hands each event to the run's trackers (metrics.jsonl always; TensorBoard, W&B, MLflow as
+    ``train.report_to`` says) and shows it on the console: a progress bar on a tty, plain lines otherwise.
+    Only the main rank reports; other ranks get a no-op logger."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int = 0,
+                 trackers: Sequence[Tracker] = (), config: Optional[dict[str, Any]] = None) -> None:
         self.enabled, self.path = enabled, run_dir / "metrics.jsonl"
-        self.tb = self.bar = None
+        self.trackers: list[Tracker] = []
+        self.bar = None
         if not enabled:
             return
         setup_console()
-        self._drop_after(start_step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
+        for tracker in trackers:
+            try:
+                tracker.start(run_dir, config or {}, start_step)
+            except BaseException:
+                self.close(None)  # the ones already started
+                raise
+            self.trackers.append(tracker)  # started: finished by close()
         self.tty = sys.stderr.isatty()
         if self.tty:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.t0, self.total = time.time(), total_steps
-
-    def _drop_after(self, step: int) -> None:
-        """On resume, forget events logged after the checkpoint we restart from."""
-        if not self.path.exists():
-            return
-        keep = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -68,11 +60,8 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in values.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.tb.add_scalar(f"{kind}/{k}", v, step)
+        for tracker in self.trackers:
+            tracker.log(record)
         line = f"[{kind}] step {step}/{self.total} " + _fmt(values)
         if self.bar is not None:
             self.bar.set_postfix_str(_fmt({k: v for k, v in values.items() if "loss" in k})[:80])
@@ -81,8 +70,14 @@ class RunLogger:
         else:
             log.info(line)
 
-    def close(self) -> None:
+    def close(self, results: Optional[dict[str, float]] = None) -> None:
+        """Finish every tracker with the final metrics (None: the run failed). Idempotent."""
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+            self.bar = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            try:
+                tracker.finish(results)
+            except Exception as err:  # one tracker failing to close must not hide the others (or the run's error)
+                log.warning("closing %s failed: %s", type(tracker).__name__, err)

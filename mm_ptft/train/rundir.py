@@ -18,14 +18,15 @@ log = logging.getLogger("mm_ptft")
 
 #: what a run writes at the top of its directory (an overwrite removes these and nothing else)
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final_metrics.json", "checkpoints", "encoders", "tensorboard",
-               "report.md", "plots", "tokenizer", "export", "detections_eval.json", "generated_data")
+               "report.md", "plots", "tokenizer", "export", "detections_eval.json", "generated_data",
+               "wandb")
 #: any of these means the directory holds a run
 RUN_MARKERS = ("config.yaml", "checkpoints", "final_metrics.json")
 #: keys a resumed run may change without becoming another run (how long, where, how it reports)
 RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "train.on_config_change", "train.max_steps",
                "train.epochs", "train.device", "train.num_workers", "train.log_every", "train.eval_every",
                "train.save_every", "train.keep_last", "train.report", "train.eval_batch_size",
-               "train.early_stopping_patience", "train.max_bad_steps"}
+               "train.early_stopping_patience", "train.max_bad_steps", "train.report_to"}
 OUTPUT_DIR_REF = "${output_dir}"
 
 

@@ -16,13 +16,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.config import ConfigError, RunConfig, to_dict
 from mm_ptft.contracts import Callback, Prepared, Task
 from mm_ptft.env import cpu_count, resolve_precision
+from mm_ptft.train import callbacks as C
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
 from mm_ptft.train import parallel as P
 from mm_ptft.train import rundir
+from mm_ptft.train import trackers as T
 from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, param_groups
 from mm_ptft.train.samplers import GroupedBatchSampler
@@ -77,14 +79,19 @@ class Trainer:
     """Fits ``task`` on ``train_data``, evaluating on ``eval_data``; writes the run directory.
 
     ``param_groups`` builds the optimizer's groups from the (wrapped) task; by default every trainable
-    parameter, without weight decay for biases and norms. ``callbacks`` are called at the hook points."""
+    parameter, without weight decay for biases and norms. ``callbacks`` are called at the hook points, followed
+    by those ``train.callbacks`` / ``train.early_stopping_patience`` ask for; a callback stops the run by setting
+    ``trainer.should_stop = True`` (on every rank alike: decide from synced values such as eval results).
+    ``train.report_to`` names the trackers the run reports to."""
 
     def __init__(self, task: Task, cfg: RunConfig, train_data: Optional[Dataset], eval_data: Optional[Dataset],
                  collate: Callable[[list[Any]], dict[str, Any]], train_lengths: Optional[Sequence[int]] = None,
                  eval_lengths: Optional[Sequence[int]] = None, counters: Optional[dict[str, int]] = None, *,
                  param_groups: Optional[ParamGroups] = None, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg, self.tc, self.task = cfg, cfg.train, task
-        self.param_groups, self.callbacks = param_groups, list(callbacks)
+        self.param_groups = param_groups
+        self.callbacks = [*callbacks, *C.from_config(cfg, task=task)]
+        self.should_stop = False
         if self.tc.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
         self.dist, self.device = D.setup(self.tc.device)
@@ -164,9 +171,21 @@ class Trainer:
                 "loader": None if at_epoch_end else self.train_loader.state_dict(),
                 "optimizer": optimizer, "scheduler": self.sched.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
-                "best": {"metric": self.best_value, "step": self.best_step, "stale_evals": self.stale_evals},
+                "best": {"metric": self.best_value, "step": self.best_step}, "callbacks": self._callback_states(),
                 "batches_done": 0 if at_epoch_end else self.batches_done,
                 "counters": self.counters, "bad_steps_total": self.bad_steps_total}
+
+    def _stateful_callbacks(self) -> dict[str, Callback]:
+        """Callbacks with ``state_dict``/``load_state_dict``, keyed by class name (``Name.1`` for a second one)."""
+        keyed: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            if callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None)):
+                name = type(cb).__name__
+                keyed[name if name not in keyed else f"{name}.{sum(k.split('.')[0] == name for k in keyed)}"] = cb
+        return keyed
+
+    def _callback_states(self) -> dict[str, Any]:
+        return {key: cb.state_dict() for key, cb in self._stateful_callbacks().items()}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step, self.epoch = state["step"], state["epoch"]
@@ -184,7 +203,9 @@ class Trainer:
         else:  # more ranks than the run that wrote the checkpoint
             seed_everything(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
         self.best_value, self.best_step = state["best"]["metric"], state["best"]["step"]
-        self.stale_evals = state["best"]["stale_evals"]
+        for key, cb in self._stateful_callbacks().items():  # a callback added on resume starts fresh
+            if key in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][key])
         self.bad_steps_total = state["bad_steps_total"]
         self.batches_done = state["batches_done"]
         self._set_epoch(self.epoch)
@@ -274,7 +295,7 @@ class Trainer:
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]  # this config's
         self.eval_every = self.tc.eval_every or per_epoch
         self.step = self.epoch = self.batches_done = self.bad_steps = self.bad_steps_total = 0
-        self.best_value, self.best_step, self.stale_evals = None, -1, 0
+        self.best_value, self.best_step, self.should_stop = None, -1, False
         self.start_step, self.last_eval_step, self.last_results = 0, -1, {}
         self.config_changes: list[tuple[str, Any, Any]] = []
         if self.dist.is_main:
@@ -318,6 +339,7 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps`` / ``epochs``; return the final evaluation."""
+        trackers = T.from_config(self.tc.report_to)  # checked on every rank (before any work), started on the main one
         total = self._setup_fit()
         self.already_finished = self._finished_results(total)
         if self.already_finished is not None:
@@ -327,7 +349,17 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(rundir.config_yaml(self.cfg))
         if self.start_step == 0:
             seed_everything(self.cfg.seed + self.dist.rank)
-        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step)
+        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step, trackers, to_dict(self.cfg))
+        try:
+            results = self._train(total)
+            self._finish(results)
+        except BaseException:
+            self.logger.close(None)  # trackers mark the run failed (and W&B's service process ends)
+            raise
+        return results
+
+    def _train(self, total: int) -> dict[str, float]:
+        """The loop, from the logged start to the last evaluation."""
         log.info("device %s, precision %s%s", self.device, self.precision,
                  " (train.precision=auto)" if self.tc.precision == "auto" else "")
         if self.counters and self.start_step == 0:
@@ -336,20 +368,17 @@ class Trainer:
             self.logger.log(self.step, "config_change", {k: new for k, _, new in self.config_changes})
         self.model.train()
         self._call("on_train_start")
-        stop = False
-        while self.step < total and not stop:
+        while self.step < total and not self.should_stop:
             self._set_epoch(self.epoch)
-            stop = self._run_epoch(total)
+            self._run_epoch(total)
             if self.batches_done >= len(self.train_loader):
                 self.epoch, self.batches_done = self.epoch + 1, 0
         if self.last_eval_step != self.step:
             self._eval_and_save()
-        results = self.last_results
-        self._finish(results)
-        return results
+        return self.last_results
 
-    def _run_epoch(self, total: int) -> bool:
-        """One pass over the loader (or what is left of it after a resume). True: stop training."""
+    def _run_epoch(self, total: int) -> None:
+        """One pass over the loader (or what is left of it after a resume), or less when a callback stops the run."""
         accum, n_batches = self.tc.grad_accum_steps, len(self.train_loader)
         sums: dict[str, torch.Tensor] = {}
         t0, samples, steps = time.time(), 0, 0
@@ -377,13 +406,11 @@ class Trainer:
                                                      "samples_per_s": rate, "epoch": self.epoch})
                 sums, t0, samples, steps = {}, time.time(), 0, 0
             if self.step % self.eval_every == 0 or self.step >= total:
-                if self._eval_and_save():
-                    return True
+                self._eval_and_save()
             elif self.tc.save_every and self.step % self.tc.save_every == 0:
                 self.save_checkpoint()
-            if self.step >= total:
-                return True
-        return False
+            if self.step >= total or self.should_stop:
+                return
 
     def _optimizer_step(self) -> float:
         """Unscale, clip, and step unless the loss or gradient is NaN/Inf (then skip and count)."""
@@ -413,8 +440,8 @@ class Trainer:
             self._call("on_step_end")  # callbacks see the new step count
         return norm
 
-    def _eval_and_save(self) -> bool:
-        """Evaluate, track the best metric, checkpoint. True when early stopping says stop."""
+    def _eval_and_save(self) -> None:
+        """Evaluate, track the best metric, checkpoint (callbacks see the results first: early stopping)."""
         results = self.evaluate()
         self.last_eval_step, self.last_results = self.step, results
         if results:
@@ -424,15 +451,8 @@ class Trainer:
         if value is not None:
             better = self.best_value is None or (value > self.best_value if self.greater else value < self.best_value)
             if better:
-                self.best_value, self.best_step, self.stale_evals = value, self.step, 0
-            else:
-                self.stale_evals += 1
+                self.best_value, self.best_step = value, self.step
         self.save_checkpoint()
-        patience = self.tc.early_stopping_patience
-        if patience and self.stale_evals >= patience:
-            self.logger.log(self.step, "early_stop", {"best_step": self.best_step, f"best_{self.metric}": self.best_value})
-            return True
-        return False
 
     def plain_model(self) -> Optional[nn.Module]:
         """The trained task as one plain module on the main process, None elsewhere (under FSDP a collective:
@@ -447,7 +467,7 @@ class Trainer:
         if self.dist.is_main:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
         self._call("on_train_end", results)
-        self.logger.close()
+        self.logger.close(results)
         if self.dist.is_main and self.tc.report:
             from mm_ptft.report import write_report
 
