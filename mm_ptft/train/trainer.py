@@ -101,6 +101,7 @@ class Trainer:
         self.amp_dtype = PRECISIONS[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16
                                            and self.device.type == "cuda")
+        self.should_stop = False  # a callback sets it to end training cleanly (after this step's evaluation)
         self.metric = self.tc.metric_for_best or task.main_metric
         self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
 
@@ -381,7 +382,7 @@ class Trainer:
                     return True
             elif self.tc.save_every and self.step % self.tc.save_every == 0:
                 self.save_checkpoint()
-            if self.step >= total:
+            if self.step >= total or self.should_stop:
                 return True
         return False
 
@@ -432,7 +433,9 @@ class Trainer:
         if patience and self.stale_evals >= patience:
             self.logger.log(self.step, "early_stop", {"best_step": self.best_step, f"best_{self.metric}": self.best_value})
             return True
-        return False
+        if self.should_stop:
+            self.logger.log(self.step, "stop_requested", {"best_step": self.best_step})
+        return self.should_stop
 
     def plain_model(self) -> Optional[nn.Module]:
         """The trained task as one plain module on the main process, None elsewhere (under FSDP a collective:

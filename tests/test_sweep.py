@@ -1,0 +1,107 @@
+"""``mm-ptft sweep``: trials are normal run directories, the summary agrees with them, pruning stops a run
+cleanly, ``--jobs`` runs trials in processes, and space-file errors name the key."""
+import csv
+import json
+
+import pytest
+import yaml
+
+import mm_ptft
+from mm_ptft.cli import main
+from mm_ptft.config import ConfigError
+from mm_ptft.sweep import load_space, run_sweep
+
+from mm_paths import TEXT_TINY
+
+pytest.importorskip("optuna")  # the ``search`` extra (also in ``dev``)
+
+FAST = ["train.max_steps=6", "train.eval_every=3", "train.report=false", "sched.warmup_steps=0",
+        "data.generate.n_train=96", "data.generate.n_eval=32", "train.batch_size=16"]
+
+
+def space(tmp_path, text="optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def final(run_dir):
+    return json.loads((run_dir / "final_metrics.json").read_text())
+
+
+def test_three_trials_write_runs_table_plot_and_a_best_config_that_trains(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", TEXT_TINY, "--space", space(tmp_path), "--trials", "3", "--out", str(out), *FAST]) == 0
+    trials = sorted(out.glob("trial_*"))
+    assert [t.name for t in trials] == ["trial_000", "trial_001", "trial_002"]
+    finals = {t.name: final(t)["accuracy"] for t in trials}  # read from each run, not from the study
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["state"] for r in rows] == ["complete"] * 3
+    assert {r["run"]: float(r["value"]) for r in rows} == pytest.approx(finals)
+    lrs = [float(r["optim.lr"]) for r in rows]
+    assert all(1e-4 <= lr <= 3e-3 for lr in lrs) and len(set(lrs)) == 3
+    for t, lr in zip(trials, lrs):  # each trial ran with its own sampled value
+        assert yaml.safe_load((t / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(lr)
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["metric"] == "accuracy" and summary["greater_is_better"] is True
+    assert summary["best"]["value"] == max(finals.values())
+    assert finals[summary["best"]["run"]] == max(finals.values())
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG" and "| trial |" in (out / "sweep.md").read_text()
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["optim"]["lr"] == pytest.approx(summary["best"]["params"]["optim.lr"])
+    again = mm_ptft.train(str(out / "best.yaml"), output_dir=str(tmp_path / "final"))
+    assert again == final(tmp_path / "final") and "accuracy" in again
+
+
+def test_a_pruned_trial_stops_after_that_evaluation_with_a_complete_run_directory(tmp_path):
+    import optuna
+
+    out = tmp_path / "sweep"
+    always = optuna.pruners.ThresholdPruner(lower=2.0)  # every accuracy (signed, < 2) is pruned at its first report
+    summary = run_sweep(TEXT_TINY, space(tmp_path), 2, out=str(out), pruner=always,
+                        overrides=[*FAST, "train.eval_every=2"])
+    assert [r["state"] for r in summary["trials"]] == ["pruned", "pruned"] and summary["best"] is None
+    assert not (out / "best.yaml").exists() and (out / "sweep.png").is_file()
+    for t in sorted(out.glob("trial_*")):
+        events = [json.loads(line) for line in (t / "metrics.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in events if e["kind"] == "eval"] == [2]  # stopped at its first eval, of 6 steps
+        assert any(e["kind"] == "stop_requested" for e in events)
+        assert final(t)["accuracy"] == summary["trials"][int(t.name[-3:])]["value"]
+        assert (t / "checkpoints" / "best.json").is_file() and (t / "encoders" / "text").is_dir()
+
+
+def test_jobs_run_trials_in_processes_sharing_one_study(tmp_path):
+    out = tmp_path / "sweep"
+    summary = run_sweep(TEXT_TINY, space(tmp_path), 2, jobs=2, out=str(out), overrides=FAST)
+    assert sorted(r["run"] for r in summary["trials"]) == ["trial_000", "trial_001"]
+    assert all(r["state"] == "complete" for r in summary["trials"])
+    assert summary["best"]["value"] == max(final(t)["accuracy"] for t in out.glob("trial_*"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim.lr: {type: uniform, low: 0.1, high: 1}\n", r"optim.lr: needs type: float, int or categorical"),
+    ("optim.lr: {type: float, low: 1.0, high: 0.1}\n", r"optim.lr: needs numbers low < high"),
+    ("optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", r"optim.lr: log: true needs low > 0"),
+    ("train.batch_size: {type: int, low: 8, high: 32, choices: [8]}\n", r"train.batch_size: unknown field\(s\) \['choices'\]"),
+    ("model.text.pooling: {type: categorical, choices: []}\n", r"model.text.pooling: categorical needs a non-empty"),
+    ("optim.lrr: {type: float, low: 0.1, high: 1.0}\n", r"optim.lrr: the config has no key 'optim.lrr'"),
+    ("[1, 2]\n", r"expected a YAML mapping"),
+])
+def test_space_errors_name_the_key(tmp_path, text, message):
+    cfg = mm_ptft.load_config(TEXT_TINY)
+    with pytest.raises(ConfigError, match=message):
+        load_space(space(tmp_path, text), cfg)
+
+
+def test_a_space_over_a_component_option_is_accepted(tmp_path):
+    cfg = mm_ptft.load_config(TEXT_TINY)
+    got = load_space(space(tmp_path, "model.text.pooling: {type: categorical, choices: [cls, mean]}\n"
+                                     "train.batch_size: {type: int, low: 8, high: 32, step: 8}\n"), cfg)
+    assert got["model.text.pooling"]["choices"] == ["cls", "mean"] and got["train.batch_size"]["step"] == 8
+
+
+def test_sweep_refuses_a_used_out_directory(tmp_path):
+    (tmp_path / "sweep" / "trial_000").mkdir(parents=True)
+    assert main(["sweep", TEXT_TINY, "--space", space(tmp_path), "--trials", "1", "--out",
+                 str(tmp_path / "sweep")]) == 2
