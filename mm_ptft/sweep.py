@@ -155,7 +155,7 @@ def run_sweep(config: str, space_path: str, trials: int, jobs: int = 1, out: Opt
     try:
         import optuna
     except ModuleNotFoundError as err:
-        raise EnvironmentProblem(f"mm-ptft sweep needs optuna ({err}): pip install 'mm_ptft[search]'") from None
+        raise EnvironmentProblem(f"mm-ptft sweep needs optuna ({err}): pip install -e '.[search]'") from None
 
     from mm_ptft import api
 
