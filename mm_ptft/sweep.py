@@ -3,7 +3,8 @@
 Each trial is a normal run directory (``DIR/trial_000/``…) trained by the run path with one extra callback that
 reports every evaluation's metric to Optuna (``trial.report``) and, when the median pruner says so, asks the
 trainer to stop after that evaluation (``trainer.should_stop``): a pruned run still ends with its checkpoint,
-``final_metrics.json`` and report. TPE samples the space. The metric is ``train.metric_for_best`` (with
+``final_metrics.json`` and report; a run whose loss diverges (``NonFiniteError``) is a failed trial and the
+search goes on. TPE samples the space. The metric is ``train.metric_for_best`` (with
 ``train.greater_is_better``), else the task's main metric, as the trainer picks it; the study maximises it signed
 by that direction, and everything written here shows the metric itself. ``--jobs J`` runs J worker *processes*
 (not threads: a run seeds the global RNGs and sets process-wide torch state) that share one Optuna journal file.
@@ -27,14 +28,17 @@ import yaml
 from mm_ptft.config import ConfigError, to_yaml
 from mm_ptft.contracts import Callback
 from mm_ptft.env import EnvironmentProblem
+from mm_ptft.train.trainer import NonFiniteError
 
 TYPES = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"}, "categorical": {"choices"}}
 STUDY = "mm_ptft_sweep"
+#: errors that fail one trial (state ``fail`` in the table) and let the sweep go on; any other error stops it
+CATCH = (NonFiniteError,)
 
 
-def load_space(path: str | os.PathLike, cfg: Any = None) -> dict[str, dict[str, Any]]:
+def load_space(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Read and check ``{key.path: {type: float|int|categorical, low, high, log, step, choices}}``; every error
-    names the key (and ``cfg``, when given, must have it)."""
+    names the key."""
     raw = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"--space {path}: expected a YAML mapping {{key.path: {{type: float|int|categorical, ...}}}}")
@@ -59,19 +63,22 @@ def load_space(path: str | os.PathLike, cfg: Any = None) -> dict[str, dict[str, 
                 raise ConfigError(f"{where}: an int range needs integer low and high")
             if spec.get("log") and lo <= 0:
                 raise ConfigError(f"{where}: log: true needs low > 0")
-        if cfg is not None and _select(cfg, key) is _ABSENT:
-            raise ConfigError(f"{where}: the config has no key {key!r}")
+            if spec.get("log") and spec.get("step") is not None:
+                raise ConfigError(f"{where}: log and step cannot be combined")
         space[str(key)] = dict(spec)
     return space
 
 
-_ABSENT = object()
+def check_space(space: Mapping[str, Mapping[str, Any]], config: str, overrides: Sequence[str], path: str) -> None:
+    """Each key set to a value of its range must make a valid config (a missing key or a wrong type is named)."""
+    from mm_ptft import api
 
-
-def _select(cfg: Any, key: str) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.select(OmegaConf.structured(cfg), key, default=_ABSENT)
+    for key, s in space.items():
+        value = s["choices"][0] if s["type"] == "categorical" else s["low"]
+        try:
+            api.load_config(config, list(overrides), **{key: value})
+        except ConfigError as err:
+            raise ConfigError(f"--space {path}: {key}: {err}") from None
 
 
 def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -116,7 +123,12 @@ def _objective(config: str, overrides: Sequence[str], space: dict, out: Path):
         run_dir = out / f"trial_{trial.number:03d}"
         trial.set_user_attr("run_dir", run_dir.name)
         cb = ReportToTrial(trial)
-        results = api.train(config, [*overrides, f"output_dir={json.dumps(str(run_dir))}"], callbacks=[cb], **params)
+        try:
+            results = api.train(config, [*overrides, f"output_dir={json.dumps(str(run_dir))}"], callbacks=[cb],
+                                **params)
+        except NonFiniteError as err:  # e.g. a learning rate too high: a failed trial (CATCH), not a failed sweep
+            trial.set_user_attr("error", str(err).split(";")[0])
+            raise
         metric = trial.user_attrs["metric"]
         if metric not in results:
             raise ConfigError(f"{run_dir}: the final evaluation has no {metric!r} (has {sorted(results)}); "
@@ -146,7 +158,7 @@ def _worker(config: str, overrides: Sequence[str], space: dict, out: str, journa
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
     _study(storage, seed).optimize(_objective(config, overrides, space, Path(out)), n_trials=n_trials,
-                                   catch=(), gc_after_trial=True)
+                                   catch=CATCH, gc_after_trial=True)
 
 
 def run_sweep(config: str, space_path: str, trials: int, jobs: int = 1, out: Optional[str] = None,
@@ -160,7 +172,8 @@ def run_sweep(config: str, space_path: str, trials: int, jobs: int = 1, out: Opt
     from mm_ptft import api
 
     base = api.load_config(config, list(overrides))
-    space = load_space(space_path, base)
+    space = load_space(space_path)
+    check_space(space, config, overrides, space_path)
     if trials < 1 or jobs < 1:
         raise ConfigError(f"--trials ({trials}) and --jobs ({jobs}) must be at least 1")
     out_dir = Path(out or Path(base.output_dir).with_name(Path(base.output_dir).name + "_sweep"))
@@ -170,7 +183,7 @@ def run_sweep(config: str, space_path: str, trials: int, jobs: int = 1, out: Opt
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if jobs == 1:
         study = _study(None, base.seed, pruner, create=True)
-        study.optimize(_objective(config, list(overrides), space, out_dir), n_trials=trials, catch=())
+        study.optimize(_objective(config, list(overrides), space, out_dir), n_trials=trials, catch=CATCH)
     else:
         journal = str(out_dir / "optuna_journal.log")
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
@@ -247,7 +260,8 @@ def _plot(rows: list[dict[str, Any]], title: str, greater: bool, path: Path) -> 
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(title)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -85,20 +85,35 @@ def test_jobs_run_trials_in_processes_sharing_one_study(tmp_path):
     ("optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", r"optim.lr: log: true needs low > 0"),
     ("train.batch_size: {type: int, low: 8, high: 32, choices: [8]}\n", r"train.batch_size: unknown field\(s\) \['choices'\]"),
     ("model.text.pooling: {type: categorical, choices: []}\n", r"model.text.pooling: categorical needs a non-empty"),
-    ("optim.lrr: {type: float, low: 0.1, high: 1.0}\n", r"optim.lrr: the config has no key 'optim.lrr'"),
     ("[1, 2]\n", r"expected a YAML mapping"),
 ])
-def test_space_errors_name_the_key(tmp_path, text, message):
-    cfg = mm_ptft.load_config(TEXT_TINY)
+def test_space_format_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
-        load_space(space(tmp_path, text), cfg)
+        load_space(space(tmp_path, text))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim.lrr: {type: float, low: 0.1, high: 1.0}\n", r"space.yaml: optim.lrr: unknown config key 'optim.lrr'"),
+    ("train.batch_size: {type: categorical, choices: [big]}\n", r"space.yaml: train.batch_size: bad value"),
+])
+def test_a_space_key_the_config_cannot_take_is_named_before_any_trial(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(TEXT_TINY, space(tmp_path, text), 1, out=str(tmp_path / "sweep"), overrides=FAST)
+    assert not list((tmp_path / "sweep").glob("trial_*"))
 
 
 def test_a_space_over_a_component_option_is_accepted(tmp_path):
-    cfg = mm_ptft.load_config(TEXT_TINY)
     got = load_space(space(tmp_path, "model.text.pooling: {type: categorical, choices: [cls, mean]}\n"
-                                     "train.batch_size: {type: int, low: 8, high: 32, step: 8}\n"), cfg)
+                                     "train.batch_size: {type: int, low: 8, high: 32, step: 8}\n"))
     assert got["model.text.pooling"]["choices"] == ["cls", "mean"] and got["train.batch_size"]["step"] == 8
+
+
+def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "sweep"
+    summary = run_sweep(TEXT_TINY, space(tmp_path, "optim.lr: {type: categorical, choices: [1.0e+30]}\n"), 2,
+                        out=str(out), overrides=[*FAST, "train.max_bad_steps=1", "train.grad_clip=0"])
+    assert [r["state"] for r in summary["trials"]] == ["fail", "fail"] and summary["best"] is None
+    assert (out / "sweep.csv").is_file() and not (out / "best.yaml").exists()
 
 
 def test_sweep_refuses_a_used_out_directory(tmp_path):
