@@ -120,3 +120,59 @@ def test_sweep_refuses_a_used_out_directory(tmp_path):
     (tmp_path / "sweep" / "trial_000").mkdir(parents=True)
     assert main(["sweep", TEXT_TINY, "--space", space(tmp_path), "--trials", "1", "--out",
                  str(tmp_path / "sweep")]) == 2
+
+
+class _Trial:
+    """What ReportToTrial uses of an Optuna trial; prunes at the ``prune_at``-th report."""
+
+    def __init__(self, prune_at):
+        self.reports, self.attrs, self.prune_at = [], {}, prune_at
+
+    def set_user_attr(self, key, value):
+        self.attrs[key] = value
+
+    def report(self, value, step):
+        self.reports.append((value, step))
+
+    def should_prune(self):
+        return len(self.reports) >= self.prune_at
+
+
+def test_report_to_trial_signs_by_direction_and_stops_the_trainer_after_that_evaluation(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mm_ptft.config import RunConfig, TrainConfig
+    from mm_ptft.contracts import Task
+    from mm_ptft.data.text import Records
+    from mm_ptft.sweep import ReportToTrial
+    from mm_ptft.train.trainer import Trainer
+
+    class Toy(Task):
+        main_metric, greater_is_better = "loss", False
+
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, batch):
+            return {"loss": F.cross_entropy(self.linear(batch["x"]), batch["labels"])}
+
+        def build_metrics(self):
+            return type("M", (), {"update": lambda s, o, b: None, "compute": lambda s: {}, "to": lambda s, d: s})()
+
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))  # (N, 4)
+    rows = Records([{"x": x[i], "labels": int(x[i, 0] > 0)} for i in range(32)])
+    collate = lambda items: {"x": torch.stack([i["x"] for i in items]),  # noqa: E731
+                             "labels": torch.tensor([i["labels"] for i in items])}
+    cfg = RunConfig(task="toy", output_dir=str(tmp_path), train=TrainConfig(batch_size=8, max_steps=8, eval_every=2,
+                                                                            report=False, device="cpu"))
+    trial = _Trial(prune_at=2)
+    cb = ReportToTrial(trial)
+    trainer = Trainer(Toy(), cfg, rows, rows, collate, callbacks=[cb])
+    results = trainer.fit()
+    assert trial.attrs == {"metric": "loss", "greater_is_better": False}
+    assert [s for _, s in trial.reports] == [2, 4] and trainer.step == 4 and cb.pruned  # of 8 steps
+    assert trial.reports[-1][0] == -results["loss"]  # lower is better: reported negated, so the study maximises
+    assert json.loads((tmp_path / "final_metrics.json").read_text()) == results
