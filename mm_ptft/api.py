@@ -75,14 +75,15 @@ def load_encoder(path: str | os.PathLike, modality: Optional[str] = None, trust_
         else:
             hint = f"; its encoders/ holds {', '.join(saved)}: pass modality=" if saved else ""
             raise FileNotFoundError(f"{path}: no {ENCODER_FILE} (not an encoder directory){hint}")
-    meta = json.loads((path / ENCODER_FILE).read_text())
-    found = meta.get("modality")
-    if modality is not None and found not in (None, modality):
+    found = json.loads((path / ENCODER_FILE).read_text()).get("modality") or modality
+    if found is None:
+        raise ValueError(f"{path}/{ENCODER_FILE} does not say its modality: pass modality=")
+    if modality is not None and found != modality:
         raise ValueError(f"{path} holds a {found} encoder, not a {modality} one")
     spec: dict[str, Any] = {"name_or_path": str(path)}
     if trust_remote_code:
         spec["trust_remote_code"] = True
-    return _build_encoder(encoder_registry(found or modality or "text"), spec, f"{found or modality}_encoder")
+    return _build_encoder(encoder_registry(found), spec, f"{found}_encoder")
 
 
 def override_strings(overrides: Overrides = (), **values: Any) -> list[str]:
