@@ -1,8 +1,65 @@
-"""mm_ptft: multimodal pretraining and fine-tuning."""
+"""mm_ptft: multimodal pretraining and fine-tuning.
+
+The Python API (``mm_ptft.build_encoder``, ``load_encoder``, ``load_run``, ``load_config``, ``train``,
+``predict``, ``evaluate``, ``registries``, ``list_components``) lives in ``mm_ptft.api`` and is loaded on first
+use (PEP 562), so ``import mm_ptft`` stays light and the torchaudio guard below runs before anything imports
+transformers. ``mm_ptft.train`` is both the training package (``mm_ptft.train.trainer``…) and, called, the API's
+``train(config, overrides)``.
+"""
 __version__ = "0.1.0"
+
+import importlib as _importlib
+import sys as _sys
+import types as _types
+from typing import Any as _Any
 
 from mm_ptft.env import guard_torchaudio as _guard_torchaudio
 
 # A torchaudio built for another torch must not take text and image work down (transformers imports it
 # when present); audio features then stop with a message naming the versions (see ``mm-ptft doctor``).
 _guard_torchaudio()
+
+#: names served by ``mm_ptft.api`` (loading it fills every registry)
+_API = ("build_encoder", "evaluate", "list_components", "load_config", "load_encoder", "load_run", "predict",
+        "registries")
+__all__ = [*_API, "train"]
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _API:
+        from mm_ptft import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mm_ptft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _TrainPackage(_types.ModuleType):
+    """``mm_ptft.train``: the training package, callable as ``mm_ptft.api.train``."""
+
+    def __call__(self, *args: _Any, **kwargs: _Any) -> _Any:
+        from mm_ptft import api
+
+        return api.train(*args, **kwargs)
+
+
+class _Package(_types.ModuleType):
+    # ``train`` is a subpackage and an API function: the package is returned, made callable, whatever the
+    # import order (the import system sets the attribute when ``mm_ptft.train`` is first imported).
+    @property
+    def train(self) -> _types.ModuleType:
+        pkg = _sys.modules.get(__name__ + ".train") or _importlib.import_module(__name__ + ".train")
+        if not isinstance(pkg, _TrainPackage):
+            pkg.__class__ = _TrainPackage
+        return pkg
+
+    @train.setter
+    def train(self, module: _types.ModuleType) -> None:
+        if not isinstance(module, _TrainPackage):
+            module.__class__ = _TrainPackage
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -1,4 +1,4 @@
-"""``mm-ptft`` command line: train, eval, predict, export, list, report, quickstart, doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, list, report, sweep, quickstart, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +74,14 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    from mm_ptft.sweep import run_sweep
+
+    summary = run_sweep(ns.config, ns.space, ns.trials, ns.jobs, ns.out, ns.overrides)
+    print(json.dumps(summary["best"], indent=2))
+    return 0
+
+
 def cmd_quickstart(ns: argparse.Namespace) -> int:
     from mm_ptft.quickstart import run_quickstart
 
@@ -138,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_report)
+    sw = sub.add_parser("sweep", help="hyperparameter search (Optuna TPE + median pruning): mm-ptft sweep CONFIG "
+                                      "--space SPACE.yaml --trials N [--jobs J] [--out DIR] [key.sub=value ...]")
+    sw.add_argument("config")
+    sw.add_argument("overrides", nargs="*", help="overrides applied to every trial")
+    sw.add_argument("--space", required=True,
+                    help="YAML {key.path: {type: float|int|categorical, low, high, log, step, choices}}")
+    sw.add_argument("--trials", type=int, required=True)
+    sw.add_argument("--jobs", type=int, default=1, help="trials run at once, each in its own process")
+    sw.add_argument("--out", default=None, help="sweep directory (default: <output_dir>_sweep)")
+    sw.set_defaults(fn=cmd_sweep)
     q = sub.add_parser("quickstart", help="the main job on an embedded default (no download)")
     q.add_argument("--output-dir", default="runs/quickstart")
     q.add_argument("--steps", type=int, default=400, help="pretraining steps")
@@ -150,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra and (ns.command != "sweep" or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # sweep: key=value overrides may also follow the options
+        ns.overrides = [*ns.overrides, *extra]
     if ns.command == "doctor":  # must work when the rest cannot import
         return ns.fn(ns)
     from mm_ptft.config import ConfigError

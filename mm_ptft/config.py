@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -113,7 +113,7 @@ def parse(schema: type[C], *sources: Any) -> C:
         raise _explain(err) from None
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+def load_config(path: str | os.PathLike | Mapping[str, Any] | None, overrides: Sequence[str] = (),
                 schema: type[C] | Callable[[str], type[C]] | None = None) -> C:
     """Load a recipe YAML plus ``key=value`` overrides into the task's schema.
 
@@ -121,7 +121,9 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
     passes the recipe registry's; this module imports nothing of ours)."""
     if schema is None:
         raise ConfigError("load_config needs the task's schema; use mm_ptft.run.load_config to look it up by 'task'")
-    yaml_cfg = OmegaConf.load(path) if path else OmegaConf.create({})
+    # ``path`` may also be a config already in memory (a dict, e.g. a dataclass's ``to_dict``)
+    yaml_cfg = OmegaConf.create(dict(path)) if isinstance(path, Mapping) else \
+        OmegaConf.load(path) if path else OmegaConf.create({})
     cli = OmegaConf.create({})
     for item in overrides:
         if "=" not in item:

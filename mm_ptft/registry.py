@@ -18,10 +18,12 @@ _ALL: dict[str, "Registry[Any]"] = {}
 class Registry(Generic[T]):
     """Maps public names to builder functions of one kind of component."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, record_spec: bool = False) -> None:
+        """``record_spec``: ``build`` sets ``.spec`` (``{name, **kwargs}``, runtime arguments left out) on
+        what it builds, so the object knows how to rebuild itself (encoders save it beside their weights)."""
         if kind in _ALL:
             raise ValueError(f"a registry named {kind!r} exists already")
-        self.kind = kind
+        self.kind, self.record_spec = kind, record_spec
         self._builders: dict[str, Callable[..., T]] = {}
         _ALL[kind] = self
 
@@ -60,7 +62,8 @@ class Registry(Generic[T]):
         where = where or self.kind
         if "name" not in spec:
             raise KeyError(f"{where}: missing required key 'name' (one of: {', '.join(self.names())})")
-        fn = self.get(spec.pop("name"))
+        name = spec.pop("name")
+        fn = self.get(name)
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_any:
@@ -70,7 +73,10 @@ class Registry(Generic[T]):
                 raise KeyError(f"{where}: unknown key(s) {', '.join(where + '.' + k for k in unknown)}; "
                                f"accepted: {allowed}")
         runtime = {k: v for k, v in extra.items() if takes_any or k in params}
-        return fn(**spec, **runtime)
+        built = fn(**spec, **runtime)
+        if self.record_spec:
+            built.spec = {"name": name, **spec}
+        return built
 
 
 def all_registries() -> dict[str, Registry[Any]]:

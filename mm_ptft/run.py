@@ -67,12 +67,13 @@ def start(cfg: RunConfig) -> None:
             rundir.clear_for_overwrite(cfg)
 
 
-def train(cfg: RunConfig) -> dict[str, float]:
-    """Build the recipe's task and data, train, and return the final evaluation."""
+def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Build the recipe's task and data, train (with ``callbacks`` besides the recipe's own), and return the
+    final evaluation."""
     start(cfg)
     with main_process_first(cfg.train.device):  # under torchrun, rank 0 generates data before the others read it
         prepared = get_recipe(cfg.task).prepare(cfg)
-    return fit(prepared, cfg)
+    return fit(prepared, cfg, callbacks)
 
 
 def recipe_main(schema: type) -> Callable[[Sequence[str]], dict[str, float]]:

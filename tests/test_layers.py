@@ -14,11 +14,13 @@ PACKAGE = Path(ROOT) / "mm_ptft"
 
 #: top-level module or package of mm_ptft → its layer (lowest first)
 LAYERS = {
-    "ground": ["contracts", "types", "registry", "config", "env", "__init__"],
+    "ground": ["contracts", "types", "registry", "config", "env"],
     "components": ["encoders", "fusion", "objectives", "heads", "data", "metrics"],
     "engine": ["train", "finetune", "report"],
     "assembly": ["tasks"],
-    "entry": ["cli", "run", "quickstart", "export", "components"],
+    # ``__init__`` is entry-level through lazy attributes only: it imports ``env`` eagerly (the torchaudio
+    # guard runs first) and ``api`` inside ``__getattr__``/``train`` (see test_package_root_is_light)
+    "entry": ["cli", "run", "quickstart", "export", "components", "api", "sweep", "__init__"],
 }
 ORDER = list(LAYERS)
 #: components may import these sibling components (besides their own package and the ground floor)
@@ -62,7 +64,7 @@ def modules() -> list[tuple[str, Path]]:
 def allowed(top: str, target: str) -> bool:
     layer, other = layer_of(top), layer_of(target)
     if top == "__init__":
-        return target == "env"  # the package root runs the torchaudio guard before anything imports transformers
+        return target in ("env", "api")  # the guard first; the public API on first use
     if layer == "ground":
         return False  # the ground floor imports nothing of ours
     if other == "ground" or target == top:
@@ -84,6 +86,15 @@ def test_every_module_has_a_layer():
 def test_imports_point_down(top, path):
     bad = sorted(t for t in ours(path) if not allowed(top, t))
     assert not bad, f"{path.relative_to(PACKAGE)} ({layer_of(top)}) imports {bad}"
+
+
+def test_package_root_is_light():
+    """``import mm_ptft`` runs the torchaudio guard before anything imports transformers: at module level the
+    package root imports only ``env``; the API (``api``, which fills every registry) only inside functions."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    eager = {a.name for node in tree.body if isinstance(node, ast.Import) for a in node.names} | \
+        {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert {m for m in eager if m.startswith("mm_ptft")} == {"mm_ptft.env"}, eager
 
 
 def test_only_entry_points_import_entry_points():

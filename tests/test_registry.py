@@ -58,8 +58,21 @@ def test_runtime_extras_only_passed_when_accepted():
 
 
 def test_duplicate_registry_kind_raises():
-    with pytest.raises(ValueError):
-        Registry("text_encoder")  # created by mm_ptft.encoders.text
-    import mm_ptft.encoders.text  # noqa: F401
+    import mm_ptft.encoders.text  # noqa: F401  (creates text_encoder; was imported after the check, so alone it failed)
 
     assert "text_encoder" in all_registries()
+    with pytest.raises(ValueError):
+        Registry("text_encoder")
+
+
+def test_a_registry_that_records_specs_marks_what_it_builds():
+    reg = Registry(f"thing_{next(_ids)}", record_spec=True)
+
+    class Thing:
+        def __init__(self, width: int, corpus=None) -> None:
+            self.width, self.corpus = width, corpus
+
+    reg.register("thing")(Thing)
+    built = reg.build({"name": "thing", "width": 3}, corpus=["runtime, not spec"])
+    assert built.spec == {"name": "thing", "width": 3} and built.corpus == ["runtime, not spec"]
+    assert not hasattr(make().build("small"), "spec")  # off by default (tuples cannot carry it anyway)

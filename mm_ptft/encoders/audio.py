@@ -19,7 +19,7 @@ from mm_ptft.env import require_torchaudio
 from mm_ptft.registry import Registry
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, EncoderOutput
 
-AUDIO_ENCODERS: Registry[Encoder] = Registry("audio_encoder")
+AUDIO_ENCODERS: Registry[Encoder] = Registry("audio_encoder", record_spec=True)
 
 
 def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:

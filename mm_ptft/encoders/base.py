@@ -34,7 +34,7 @@ class Encoder(nn.Module):
 
     modality: str = ""
     out_dim: int = 0
-    #: set by the registry build helper: the spec that rebuilds this encoder
+    #: set by the encoder registries' ``build`` (and ``build_encoder``): the spec that rebuilds this encoder
     spec: dict[str, Any]
     #: True where ``save_pretrained`` writes a Hugging Face directory
     hf_format: bool = False
@@ -77,6 +77,10 @@ class Encoder(nn.Module):
         """Write an encoder directory that ``build_encoder`` reloads by path."""
         from safetensors.torch import save_model
 
+        if not isinstance(getattr(self, "spec", None), dict):
+            raise ValueError(f"{type(self).__name__} was not built from a registry, so it cannot say how to rebuild "
+                             f"itself: build it with mm_ptft.build_encoder(modality, name, **kwargs) or "
+                             f"<MODALITY>_ENCODERS.build({{'name': ..., ...}})")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         kwargs = {k: v for k, v in self.spec.items() if k not in ("name", "name_or_path", "corpus")}

@@ -21,7 +21,7 @@ from mm_ptft.encoders.base import Encoder, HFBacked, remote_code
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
-IMAGE_ENCODERS: Registry["ImageEncoder"] = Registry("image_encoder")
+IMAGE_ENCODERS: Registry["ImageEncoder"] = Registry("image_encoder", record_spec=True)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -15,7 +15,7 @@ from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean, remote_code
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, EncoderOutput
 
-TEXT_ENCODERS: Registry[Encoder] = Registry("text_encoder")
+TEXT_ENCODERS: Registry[Encoder] = Registry("text_encoder", record_spec=True)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

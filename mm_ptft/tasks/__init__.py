@@ -6,7 +6,7 @@ task never edits the CLI, the trainer or the config module (which imports nothin
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from mm_ptft import config
 from mm_ptft.contracts import BaseRecipe, Prepared, Recipe, Task
@@ -36,7 +36,8 @@ def get_recipe(name: str) -> Recipe:
     return TASKS.get(name)
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (), schema: Any = None) -> Any:
+def load_config(path: str | os.PathLike | Mapping[str, Any] | None, overrides: Sequence[str] = (),
+                schema: Any = None) -> Any:
     """``config.load_config`` with the schema looked up from the ``task`` key in the recipe registry."""
     return config.load_config(path, overrides, schema or (lambda task: get_recipe(task).config_cls))
 
