@@ -11,7 +11,7 @@ import os
 import random
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ def count(counters: dict[str, int], key: str, n: int = 1) -> None:
 class AugmentConfig:
     """Training-time augmentation; every part is off by default."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "speed_factors": ">0", "noise_prob": "[0, 1]", "freq_mask_width": ">=0", "freq_masks": ">=0",
+        "time_mask_width": ">=0", "time_masks": ">=0"
+    }  # checked by config.parse
     speed_factors: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one drawn per clip
     noise_prob: float = 0.0  # probability of adding white noise to a clip
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])  # SNR drawn uniformly in [lo, hi]

@@ -9,7 +9,7 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -24,6 +24,9 @@ from mm_ptft.types import IMAGE, TARGETS
 class DetectionAugment:
     """Box-aware training augmentation (evaluation uses the images as they are)."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "hflip": "[0, 1]", "zoom_out": "[0, 1]", "photometric": "[0, 1]", "resize": ">0"
+    }  # checked by config.parse
     hflip: float = 0.5  # probability of a horizontal flip
     iou_crop: bool = False  # SSD-style RandomIoUCrop (keeps crops that overlap objects)
     zoom_out: float = 0.0  # probability of RandomZoomOut (places the image on a larger canvas)

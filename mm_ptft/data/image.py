@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +25,10 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 class ImageAugment:
     """Training-time augmentation (evaluation always resizes and centre-crops)."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "scale": "(0, 1]", "hflip": "[0, 1]", "randaugment_magnitude": ">=0", "color_jitter": ">=0",
+        "random_erasing": "[0, 1]", "mixup_alpha": ">=0", "cutmix_alpha": ">=0"
+    }  # checked by config.parse
     random_resized_crop: bool = True
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
     hflip: float = 0.5  # probability

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
@@ -25,6 +25,7 @@ from mm_ptft.types import IMAGE
 
 @dataclass
 class DetectionData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
     train_file: str = ""  # COCO instances JSON
     eval_file: str = ""  # COCO instances JSON; empty: a seeded split of train_file's images
     image_root: str = ""  # folder that train_file's file_name entries are relative to; empty: the JSON's folder
@@ -40,6 +41,9 @@ class DetectionData:
 
 @dataclass
 class DetectionModel:
+    RANGES: ClassVar[dict[str, str]] = {
+        "neck_channels": ">0", "min_size": ">0", "max_size": ">0", "fixed_size": ">0", "score_threshold": "[0, 1]"
+    }  # checked by config.parse
     image: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny_cnn"})
     detector: Dict[str, Any] = field(default_factory=lambda: {"name": "faster_rcnn"})
     neck: Dict[str, Any] = field(default_factory=lambda: {"name": "auto"})  # auto | fpn | simple_pyramid

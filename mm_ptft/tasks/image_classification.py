@@ -3,7 +3,7 @@ MixUp/CutMix soft labels and optional EMA weights evaluated alongside the live o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 
@@ -23,6 +23,7 @@ from mm_ptft.types import IMAGE
 
 @dataclass
 class ImageClsData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
     train_file: str = ""  # CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     path_column: str = "path"
@@ -37,6 +38,9 @@ class ImageClsData:
 
 @dataclass
 class ImageClsModel:
+    RANGES: ClassVar[dict[str, str]] = {
+        "dropout": "[0, 1)", "label_smoothing": "[0, 1)", "ema_decay": "[0, 1)"
+    }  # checked by config.parse
     image: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny_cnn"})
     dropout: float = 0.0
     label_smoothing: float = 0.0

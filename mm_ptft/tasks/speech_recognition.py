@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
@@ -23,6 +23,9 @@ from mm_ptft.tasks.common import eval_name, load_splits
 
 @dataclass
 class SpeechData:
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_fraction": "(0, 1)", "min_duration": ">=0", "max_duration": ">=0"
+    }  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     audio_column: str = "audio"  # file paths, relative to the manifest
@@ -40,6 +43,7 @@ class SpeechData:
 
 @dataclass
 class SpeechModel:
+    RANGES: ClassVar[dict[str, str]] = {"dropout": "[0,1)", "beam_size": ">0"}  # checked by config.parse
     audio: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
     vocab: list[str] = field(default_factory=list)  # empty: from tokenizer, else the training transcripts' characters
     tokenizer: str = ""  # an HF character/CTC tokenizer (hub id or local dir) whose characters form the vocabulary

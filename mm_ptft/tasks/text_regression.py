@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
@@ -23,6 +23,7 @@ from mm_ptft.types import LABELS, TEXT
 
 @dataclass
 class TextRegData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "max_length": ">0"}  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     text_column: str = "text"
@@ -36,6 +37,7 @@ class TextRegData:
 
 @dataclass
 class TextRegModel:
+    RANGES: ClassVar[dict[str, str]] = {"dropout": "[0,1)"}  # checked by config.parse
     text: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
     dropout: float = 0.1
 
