@@ -201,14 +201,17 @@ def resolve_path(path: str, manifest: str) -> str:
 
 
 def scan_clips(paths: Sequence[str], manifest: str, sample_rate: int, min_s: float, max_s: float,
-               skip_bad: bool, check_audio: bool, counters: dict[str, int]) -> list[tuple[int, str, int]]:
-    """(row, absolute path, samples at ``sample_rate``) of usable clips: bad files raise a
-    DataError naming the file and row (or are counted skips), out-of-range durations are counted drops."""
+               skip_bad: bool, check_audio: bool, counters: dict[str, int],
+               rows: Optional[Sequence[int]] = None) -> list[tuple[int, str, int]]:
+    """(index into ``paths``, absolute path, samples at ``sample_rate``) of usable clips: bad files raise a
+    DataError naming the file and its row in the manifest (``rows[i]``, default ``i``) or are counted
+    skips; out-of-range durations are counted drops."""
     kept = []
-    for row, rel in enumerate(paths):
+    for i, rel in enumerate(paths):
+        row = rows[i] if rows is not None else i
         found = check_clip(row, rel, manifest, sample_rate, min_s, max_s, skip_bad, check_audio, counters)
         if found is not None:
-            kept.append((row, *found))
+            kept.append((i, *found))
     return kept
 
 

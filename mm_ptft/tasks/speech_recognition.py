@@ -12,7 +12,7 @@ import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech ge
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
-from mm_ptft.data.tables import DataError, require_columns
+from mm_ptft.data.tables import ROW, DataError, require_columns
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
@@ -68,14 +68,15 @@ def _clips(ds: Any, manifest: str, cfg: SpeechRecognitionConfig, enc: AudioEncod
     d = cfg.data
     require_columns(ds, [d.audio_column, d.text_column], manifest)
     texts = ds[d.text_column]
+    rows = ds[ROW] if ROW in ds.column_names else list(range(len(ds)))  # the manifest's own rows, for messages
     found = scan_clips(ds[d.audio_column], manifest, enc.sample_rate, d.min_duration, d.max_duration,
-                       d.skip_bad_samples, d.check_audio, counters)
+                       d.skip_bad_samples, d.check_audio, counters, rows)
     clips = []
-    for row, path, samples in found:
-        text = normalize_text(texts[row] or "", d.lowercase, d.strip_punctuation)
+    for i, path, samples in found:
+        text = normalize_text(texts[i] or "", d.lowercase, d.strip_punctuation)
         if not text:
             if not d.skip_bad_samples:
-                raise DataError(f"{manifest}: row {row}: empty transcript (set data.skip_bad_samples=true to skip)")
+                raise DataError(f"{manifest}: row {rows[i]}: empty transcript (set data.skip_bad_samples=true to skip)")
             count(counters, "skipped_empty_transcript")
             continue
         ids, unknown = vocab.encode(text)
