@@ -58,7 +58,10 @@ def learn_labels(data: Any, table: Any) -> LabelMap:
             raise DataError(f"{data.train_file}: column {data.label_column!r} holds {len(learned)} distinct label(s) "
                             f"{learned.names}: classification needs at least two (or list the classes in data.labels)")
         data.labels = [str(x) for x in learned.names]
-    return LabelMap(data.labels)
+    try:
+        return LabelMap(data.labels)
+    except DataError as err:  # e.g. data.labels: [a, " a"]
+        raise DataError(f"data.labels: {err}") from None
 
 
 def eval_name(data: Any) -> str:

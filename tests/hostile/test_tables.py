@@ -35,6 +35,12 @@ def test_single_class_is_fine_when_the_classes_are_listed(tmp_path):
     assert learn_labels(d, load_table(path)).names == ["a", "b"]
 
 
+def test_duplicate_listed_labels_name_the_key(tmp_path):
+    path = table(tmp_path, "text,label\nx,a\n")
+    with pytest.raises(DataError, match=r"data\.labels: duplicate labels"):
+        learn_labels(SimpleNamespace(labels=["a", " a"], label_column="label", train_file=path), load_table(path))
+
+
 def test_labels_differing_by_whitespace_are_one_class(tmp_path):
     m = labels_of(tmp_path, "text,label\nx,cat\ny, cat\nz,dog \nw,dog\n")
     assert m.names == ["cat", "dog"] and m.encode(["cat ", " dog"], "f") == [0, 1]
