@@ -122,3 +122,28 @@ def test_cli_exits_2_naming_the_key(tmp_path, capsys):
     code = main(["train", TINY["text_classification"], f"output_dir={tmp_path / 'run'}", "train.batch_size=0"])
     err = capsys.readouterr().err
     assert code == 2 and "mm-ptft: error:" in err and "'train.batch_size'" in err and "Traceback" not in err
+
+
+# Encoder specs are free-form mappings ({name, **kwargs}): their size options are checked when the encoder
+# is built (``encoders.base.check_sizes``), before any data is read: a ConfigError naming the key, exit 2.
+ENCODER_SIZES = [
+    ("audio", {"name": "tiny", "sample_rate": 0}, "model.audio.sample_rate"),
+    ("audio", {"name": "tiny", "n_mels": 0}, "model.audio.n_mels"),
+    ("audio", {"name": "tiny", "dim": -8}, "model.audio.dim"),
+    ("image", {"name": "tiny_cnn", "img_size": 0}, "model.image.img_size"),
+    ("image", {"name": "tiny_cnn", "widths": [16, 0]}, "model.image.widths"),
+    ("text", {"name": "tiny", "vocab_size": 0}, "model.text.vocab_size"),
+    ("text", {"name": "hf", "config": {"model_type": "bert", "hidden_size": 0}}, "model.text.config.hidden_size"),
+]
+
+
+@pytest.mark.parametrize("modality,spec,key", ENCODER_SIZES, ids=[k for _, _, k in ENCODER_SIZES])
+def test_encoder_size_option_out_of_range_is_a_config_error(modality, spec, key):
+    from mm_ptft.encoders import TEXT_ENCODERS
+    from mm_ptft.encoders.audio import AUDIO_ENCODERS
+    from mm_ptft.encoders.base import build_encoder
+    from mm_ptft.encoders.image import IMAGE_ENCODERS
+
+    registry = {"audio": AUDIO_ENCODERS, "image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}[modality]
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}'.*out of range"):
+        build_encoder(registry, spec, f"model.{modality}")
