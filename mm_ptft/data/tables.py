@@ -95,7 +95,7 @@ def _bad_json_line(path: str) -> str:
 def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the file has {ds.column_names} "
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {[c for c in ds.column_names if c != ROW]} "
                         f"(set data.*_column to the right names)")
 
 

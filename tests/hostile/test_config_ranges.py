@@ -147,3 +147,15 @@ def test_encoder_size_option_out_of_range_is_a_config_error(modality, spec, key)
     registry = {"audio": AUDIO_ENCODERS, "image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}[modality]
     with pytest.raises(ConfigError, match=rf"'{re.escape(key)}'.*out of range"):
         build_encoder(registry, spec, f"model.{modality}")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.text.bogus=1", r"model\.text: unknown key\(s\) model\.text\.bogus"),
+    ("model.text.name=nope", r"unknown text_encoder 'nope'"),
+], ids=["unknown-encoder-option", "unknown-encoder-name"])
+def test_unknown_encoder_name_or_option_exits_2(tmp_path, capsys, override, message):
+    from mm_ptft.cli import main
+
+    code = main(["train", TINY["text_classification"], f"output_dir={tmp_path / 'run'}", override])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err
