@@ -66,19 +66,23 @@ def wav_truncated(path: str) -> bool:
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Decode ``path`` with soundfile → (samples (T, C) float32, sample rate); DataError naming the
-    file when it is unreadable, empty, truncated or holds NaN/Inf samples."""
+    file when it is unreadable, empty, truncated (fewer samples than the header declares) or holds NaN/Inf
+    samples."""
     import soundfile as sf
 
     if not os.path.isfile(path):
         raise DataError(f"{path}: audio file not found")
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
+        declared = sf.info(path).frames
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError subclasses
         raise DataError(f"{path}: unreadable audio ({err})") from err
     if data.shape[0] == 0:
         raise DataError(f"{path}: empty audio (0 samples)")
     if path.lower().endswith(".wav") and wav_truncated(path):
         raise DataError(f"{path}: truncated WAV (the data chunk is shorter than its header says)")
+    if data.shape[0] < declared:  # e.g. a cut MP3: the decoder stops early without an error
+        raise DataError(f"{path}: truncated audio ({data.shape[0]} of the {declared} samples its header declares)")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: audio contains NaN or Inf samples")
     return data, int(rate)

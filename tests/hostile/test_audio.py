@@ -131,6 +131,15 @@ def _rate_zero() -> bytes:
     return bytes(b)
 
 
+def _cut(fmt: str, subtype: str) -> bytes:
+    """The first half of a compressed file (the MP3 decoder used to stop there silently)."""
+    import io
+
+    b = io.BytesIO()
+    sf.write(b, sine(SR, SR), SR, format=fmt, subtype=subtype)
+    return b.getvalue()[: len(b.getvalue()) // 2]
+
+
 BROKEN = {  # id: (file name, bytes (None: no file), message pattern)
     "zero-samples": ("x.wav", _wav_bytes(np.zeros(0, np.float32)), r"empty audio|unreadable audio"),
     "zero-byte": ("x.wav", b"", r"unreadable audio"),
@@ -143,6 +152,9 @@ BROKEN = {  # id: (file name, bytes (None: no file), message pattern)
     "text-named-mp3": ("x.mp3", b"hello, this is text\n" * 10, r"unreadable audio"),
     "text-named-ogg": ("x.ogg", b"OggS but not really\n" * 10, r"unreadable audio"),
     "missing": ("gone.wav", None, r"audio file not found"),
+    "truncated-flac": ("x.flac", _cut("FLAC", "PCM_16"), r"unreadable audio|truncated audio"),
+    "truncated-ogg": ("x.ogg", _cut("OGG", "VORBIS"), r"unreadable audio|truncated audio"),
+    "truncated-mp3": ("x.mp3", _cut("MP3", "MPEG_LAYER_III"), r"truncated audio"),
 }
 
 
