@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the detection_shapes generator)
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
@@ -65,6 +65,9 @@ def _categories(cfg: DetectionConfig, coco: Any, where: str) -> None:
     """Fill data.labels / data.category_ids from a COCO index (sorted by id) unless given."""
     d = cfg.data
     if d.labels and d.category_ids:
+        if len(d.labels) != len(d.category_ids) or len(set(d.category_ids)) != len(d.category_ids):
+            raise ConfigError(f"data.labels ({len(d.labels)}) and data.category_ids ({d.category_ids}) must pair up: "
+                              f"one distinct COCO id per label name")
         return
     cats = sorted(coco.cats.values(), key=lambda c: c["id"])
     if not cats:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -130,3 +131,13 @@ def test_category_id_0_is_an_ordinary_class_not_background(tmp_path):
     data["annotations"][0]["category_id"] = 0
     recs = records(tmp_path, data)
     assert recs[0].labels == [1] and recs[1].labels == [2]  # labels 1..K; 0 stays the detector's background
+
+
+@pytest.mark.parametrize("labels,ids", [(["cat", "dog"], [3]), (["cat", "dog"], [3, 3])], ids=["lengths", "duplicates"])
+def test_listed_labels_and_category_ids_must_pair_up(tmp_path, labels, ids):
+    from mm_ptft.config import ConfigError
+    from mm_ptft.tasks.detection import _categories
+
+    cfg = SimpleNamespace(data=SimpleNamespace(labels=labels, category_ids=ids))
+    with pytest.raises(ConfigError, match=r"data\.labels .* data\.category_ids"):
+        _categories(cfg, None, "train.json")
