@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -36,10 +36,6 @@ MIN_AUDIO_SECONDS = 0.025
 class MediaConfig:
     """How media are decoded: image side and normalisation, audio rate, length and features."""
 
-    RANGES: ClassVar[dict[str, str]] = {
-        "image_size": ">0", "image_std": ">0", "sample_rate": ">0", "max_audio_seconds": ">0",
-        "min_audio_seconds": ">=0", "n_mels": ">=0"
-    }  # checked by config.parse
     image_size: int = 32
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
