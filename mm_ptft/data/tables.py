@@ -10,9 +10,11 @@ import csv
 import json
 import math
 import os
+import re
 from typing import Any, Optional, Sequence
 
 ROW = "__row__"
+_WHOLE_FLOAT = re.compile(r"^(-?\d+)\.0+$")
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -136,7 +138,8 @@ class LabelMap:
         (``1.0`` from a column pandas read as floats is the class ``1``), case kept."""
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        return str(value).strip()
+        key = str(value).strip()
+        return _WHOLE_FLOAT.sub(r"\1", key)  # "1.0" (a label list saved from a float column) is "1" too
 
     @staticmethod
     def missing(value: Any) -> bool:

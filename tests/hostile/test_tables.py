@@ -62,7 +62,9 @@ def test_numeric_and_string_labels_are_the_same_class(tmp_path):
     m = labels_of(tmp_path, '{"text": "x", "label": 1}\n{"text": "y", "label": 2}\n{"text": "z", "label": 10}\n',
                   "train.jsonl")
     assert m.names == ["1", "2", "10"]  # numeric order
-    assert m.encode(["1", 2, 10.0, " 2"], "eval.jsonl") == [0, 1, 2, 1]
+    assert m.encode(["1", 2, 10.0, " 2", "2.0"], "eval.jsonl") == [0, 1, 2, 1, 1]
+    assert LabelMap(["1.0", "2.0"]).encode([1, 2.0, "2"], "eval.csv") == [0, 1, 1]  # labels saved from a float column
+    assert LabelMap(["007", "7"]).encode(["007", 7], "eval.csv") == [0, 1]  # codes with leading zeros stay apart
 
 
 def test_empty_label_cells_are_named_by_row(tmp_path):
