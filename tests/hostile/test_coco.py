@@ -141,3 +141,16 @@ def test_listed_labels_and_category_ids_must_pair_up(tmp_path, labels, ids):
     cfg = SimpleNamespace(data=SimpleNamespace(labels=labels, category_ids=ids))
     with pytest.raises(ConfigError, match=r"data\.labels .* data\.category_ids"):
         _categories(cfg, None, "train.json")
+
+
+def test_unverified_corrupt_image_is_named_or_counted(tmp_path):
+    """With data.verify_images=false the size check still opens the file: a corrupt one is named, not a raw
+    PIL error, and skip_bad counts it."""
+    records(tmp_path, base())  # writes the images and train.json
+    (tmp_path / "b.png").write_text("not an image")
+    coco = read_coco(str(tmp_path / "train.json"), "data.train_file")
+    with pytest.raises(DataError, match=r"train\.json: image id 2: corrupt .*b\.png"):
+        coco_records(coco, str(tmp_path / "train.json"), "", {3: 1, 7: 2}, {}, False, False)
+    counters: dict[str, int] = {}
+    recs = coco_records(coco, str(tmp_path / "train.json"), "", {3: 1, 7: 2}, counters, True, False)
+    assert [r.image_id for r in recs] == [1] and counters == {"skipped_corrupt_images": 1}
