@@ -5,9 +5,12 @@ into one-line messages that name the offending key.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -20,8 +23,58 @@ class ConfigError(ValueError):
     """A config problem; the message names the key."""
 
 
+# ---- value ranges ------------------------------------------------------------------------------
+# A config section declares the valid range of its numeric keys in one class attribute,
+#     RANGES: ClassVar[dict[str, str]] = {"batch_size": ">0", "dropout": "[0,1)", "eval_fraction": "(0,1)"}
+# (a comparison ``>0``/``>=0``/``>=-1``/``<=1`` or an interval with ``[``/``(`` ends; a list value has
+# each item checked). ``parse`` checks every section after the type check, so a bad value is a
+# ConfigError naming the key before anything is built, never a crash mid-training.
+_CMP = re.compile(r"^(>=|>|<=|<)\s*(-?[\d.]+(?:e-?\d+)?)$")
+_INTERVAL = re.compile(r"^([\[(])\s*(-?[\d.inf]+)\s*,\s*(-?[\d.inf]+)\s*([\])])$")
+
+
+def in_range(spec: str, value: Any) -> bool:
+    """Whether the number ``value`` satisfies the range ``spec`` (NaN never does)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    m = _CMP.match(spec)
+    if m:
+        op, bound = m.group(1), float(m.group(2))
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    m = _INTERVAL.match(spec)
+    if not m:
+        raise ValueError(f"bad range spec {spec!r}")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    return (value >= lo if m.group(1) == "[" else value > lo) and (value <= hi if m.group(4) == "]" else value < hi)
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check every key with a declared range (``RANGES``) in ``cfg`` and its nested sections."""
+    ranges = getattr(type(cfg), "RANGES", {})
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if dataclasses.is_dataclass(v):
+                    validate(v, f"{key}.{k}.")
+        spec = ranges.get(f.name)
+        if spec is None or value is None:
+            continue
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if not in_range(spec, item):
+                what = f"{item!r} in {value!r}" if isinstance(value, (list, tuple)) else repr(value)
+                raise ConfigError(f"bad value for config key '{key}': {what} is out of range (must be {spec})")
+
+
 @dataclass
 class TrainConfig:
+    RANGES: ClassVar[dict[str, str]] = {
+        "epochs": ">=0", "max_steps": ">=-1", "batch_size": ">0", "eval_batch_size": ">=0", "grad_accum_steps": ">0",
+        "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
+        "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0"}
     epochs: int = 1
     max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
     batch_size: int = 32
@@ -55,6 +108,8 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
+    RANGES: ClassVar[dict[str, str]] = {"lr": ">0", "weight_decay": ">=0", "betas": "[0,1)", "eps": ">=0",
+                                        "momentum": "[0,1]"}
     name: str = "adamw"  # adamw | adam | sgd
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -66,12 +121,15 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
+    RANGES: ClassVar[dict[str, str]] = {"warmup_steps": ">=0"}
     name: str = "linear"  # constant | linear | cosine (all with warmup)
     warmup_steps: int = 0
 
 
 @dataclass
 class FinetuneConfig:
+    RANGES: ClassVar[dict[str, str]] = {"freeze_layers": ">=0", "llrd_decay": "(0,1]", "lora_r": ">0",
+                                        "lora_alpha": ">0", "lora_dropout": "[0,1)"}
     strategy: str = "full"  # full | linear_probe | freeze_layers | llrd | lora
     freeze_layers: int = 0  # freeze_layers: embeddings + the first N encoder layers
     llrd_decay: float = 0.75  # llrd: lr * decay**(depth from the top)
@@ -108,9 +166,11 @@ def parse(schema: type[C], *sources: Any) -> C:
     """Merge YAML/dict/dotlist sources over the schema and return a typed, validated instance."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), *sources)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err) from None
+    validate(cfg)
+    return cfg  # type: ignore[return-value]
 
 
 def load_config(path: str | os.PathLike | Mapping[str, Any] | None, overrides: Sequence[str] = (),

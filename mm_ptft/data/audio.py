@@ -11,7 +11,7 @@ import os
 import random
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ def count(counters: dict[str, int], key: str, n: int = 1) -> None:
 class AugmentConfig:
     """Training-time augmentation; every part is off by default."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "speed_factors": ">0", "noise_prob": "[0, 1]", "freq_mask_width": ">=0", "freq_masks": ">=0",
+        "time_mask_width": ">=0", "time_masks": ">=0"
+    }  # checked by config.parse
     speed_factors: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one drawn per clip
     noise_prob: float = 0.0  # probability of adding white noise to a clip
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])  # SNR drawn uniformly in [lo, hi]
@@ -62,19 +66,23 @@ def wav_truncated(path: str) -> bool:
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Decode ``path`` with soundfile → (samples (T, C) float32, sample rate); DataError naming the
-    file when it is unreadable, empty, truncated or holds NaN/Inf samples."""
+    file when it is unreadable, empty, truncated (fewer samples than the header declares) or holds NaN/Inf
+    samples."""
     import soundfile as sf
 
     if not os.path.isfile(path):
         raise DataError(f"{path}: audio file not found")
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
+        declared = sf.info(path).frames
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError subclasses
         raise DataError(f"{path}: unreadable audio ({err})") from err
     if data.shape[0] == 0:
         raise DataError(f"{path}: empty audio (0 samples)")
     if path.lower().endswith(".wav") and wav_truncated(path):
         raise DataError(f"{path}: truncated WAV (the data chunk is shorter than its header says)")
+    if data.shape[0] < declared:  # e.g. a cut MP3: the decoder stops early without an error
+        raise DataError(f"{path}: truncated audio ({data.shape[0]} of the {declared} samples its header declares)")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: audio contains NaN or Inf samples")
     return data, int(rate)
@@ -197,14 +205,17 @@ def resolve_path(path: str, manifest: str) -> str:
 
 
 def scan_clips(paths: Sequence[str], manifest: str, sample_rate: int, min_s: float, max_s: float,
-               skip_bad: bool, check_audio: bool, counters: dict[str, int]) -> list[tuple[int, str, int]]:
-    """(row, absolute path, samples at ``sample_rate``) of usable clips: bad files raise a
-    DataError naming the file and row (or are counted skips), out-of-range durations are counted drops."""
+               skip_bad: bool, check_audio: bool, counters: dict[str, int],
+               rows: Optional[Sequence[int]] = None) -> list[tuple[int, str, int]]:
+    """(index into ``paths``, absolute path, samples at ``sample_rate``) of usable clips: bad files raise a
+    DataError naming the file and its row in the manifest (``rows[i]``, default ``i``) or are counted
+    skips; out-of-range durations are counted drops."""
     kept = []
-    for row, rel in enumerate(paths):
+    for i, rel in enumerate(paths):
+        row = rows[i] if rows is not None else i
         found = check_clip(row, rel, manifest, sample_rate, min_s, max_s, skip_bad, check_audio, counters)
         if found is not None:
-            kept.append((row, *found))
+            kept.append((i, *found))
     return kept
 
 

@@ -1,17 +1,26 @@
 """Image data: tables or class folders of image files (via HF ``datasets``), PIL decoding with
 bad-file handling, ``torchvision.transforms.v2`` pipelines built from config, and a collator.
 
-Bad files (missing, zero-byte, unreadable, truncated) are found when the data is scanned: a
-``DataError`` naming the file, or a counted skip with ``data.skip_bad_samples=true``."""
+Bad files (missing, zero-byte, unreadable, truncated, over PIL's decompression-bomb limit) are found
+when the data is scanned: a ``DataError`` naming the file, or a counted skip with
+``data.skip_bad_samples=true``.
+
+Decoded pixels are what an image viewer shows, as 8-bit RGB (``to_rgb``): the EXIF orientation is
+applied; transparency (RGBA, LA, PA, a palette or colour key) is composited over white, as
+transformers' ``convert_to_rgb`` does; 16-bit integer images (``I;16*``, and 32-bit ``I``, read as
+16-bit) are scaled to 8 bits by 255/65535; float images (``F``) are read as intensities in [0, 1];
+every other mode (1, L, P, CMYK, YCbCr, ...) is PIL's ``convert("RGB")``. The file's content decides
+its format, not its extension."""
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mm_ptft.data.tables import DataError, load_table, require_columns
@@ -25,6 +34,10 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 class ImageAugment:
     """Training-time augmentation (evaluation always resizes and centre-crops)."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "scale": "(0, 1]", "hflip": "[0, 1]", "randaugment_magnitude": ">=0", "color_jitter": ">=0",
+        "random_erasing": "[0, 1]", "mixup_alpha": ">=0", "cutmix_alpha": ">=0"
+    }  # checked by config.parse
     random_resized_crop: bool = True
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
     hflip: float = 0.5  # probability
@@ -41,14 +54,40 @@ def _add(counters: dict[str, int], key: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- decoding
+EXIF_ORIENTATION = 0x0112
+HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as a viewer shows it, in 8-bit RGB (the rules in this module's docstring)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in HIGH_DEPTH:
+        x = np.asarray(img, dtype=np.float64)  # (H, W)
+        x = np.clip(x, 0, HIGH_DEPTH[img.mode]) * (255 / HIGH_DEPTH[img.mode])
+        return Image.fromarray(np.round(x).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decoded_size(path: str) -> tuple[int, int]:
+    """(width, height) of ``path`` as ``load_image`` gives it (the EXIF orientation applied), from the header."""
+    with Image.open(path) as img:
+        w, h = img.size
+        return (h, w) if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+
+
 def load_image(path: str) -> Image.Image:
-    """Decode ``path`` fully into an RGB PIL image (grayscale/palette/RGBA/CMYK converted)."""
+    """Decode ``path`` fully into the 8-bit RGB PIL image a viewer shows (``to_rgb``)."""
     try:
         with Image.open(path) as img:
             img.load()  # decodes every pixel: truncated files fail here, not later in a worker
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: image too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
 
@@ -68,9 +107,11 @@ def image_problem(path: str, decode: bool = True) -> Optional[str]:
 
 
 def scan_images(paths: Sequence[str], where: str, skip_bad: bool, counters: dict[str, int],
-                decode: bool = True) -> list[int]:
-    """Indices of usable images; a bad one raises a ``DataError`` naming it, or is counted and skipped."""
-    return [i for i, p in enumerate(paths) if check_image(i, p, where, skip_bad, counters, decode)]
+                decode: bool = True, rows: Optional[Sequence[int]] = None) -> list[int]:
+    """Indices of usable images; a bad one raises a ``DataError`` naming it and its row in the file
+    (``rows[i]``, default ``i``), or is counted and skipped."""
+    return [i for i, p in enumerate(paths)
+            if check_image(rows[i] if rows is not None else i, p, where, skip_bad, counters, decode)]
 
 
 def check_image(row: int, path: str, where: str, skip_bad: bool, counters: dict[str, int], decode: bool = True) -> bool:

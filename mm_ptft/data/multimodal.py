@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from mm_ptft.data.audio import check_clip, load_waveform
 from mm_ptft.data.image import check_image
 from mm_ptft.data.image import load_image as decode_image
-from mm_ptft.data.tables import DataError, LabelMap, require_columns
+from mm_ptft.data.tables import ROW, DataError, LabelMap, require_columns
 from mm_ptft.data.text import tokenize
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, LABELS, TEXT, TEXT_MASK
 
@@ -99,7 +99,7 @@ class PairedDataset(Dataset):
             if AUDIO in row:
                 item[AUDIO] = load_audio(row[AUDIO], self.media)
         except Exception as err:  # PIL/soundfile raise many types; name the file and row
-            raise DataError(f"{self.where}: row {row['_row']}: could not decode "
+            raise DataError(f"{self.where}: row {row[ROW]}: could not decode "
                             f"{row.get(IMAGE) or row.get(AUDIO)} ({type(err).__name__}: {err})") from err
         return item
 
@@ -140,23 +140,25 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
     require_columns(ds, need, path)
     base = os.path.dirname(os.path.abspath(path))
     media_cols = {m: ds[getattr(cols, m)] for m in ("image", "audio") if m in modalities}
+    file_rows = ds[ROW] if ROW in ds.column_names else list(range(len(ds)))  # the file's own rows, for messages
     rows: list[dict[str, Any]] = []
     for r in range(len(ds)):
-        row: dict[str, Any] = {"_row": r}
+        row: dict[str, Any] = {"_row": r, ROW: file_rows[r]}
         for m, values in media_cols.items():
             p = media_path(base, values[r])
-            if not usable_media(m, r, p, path, media, skip_bad, counters):
+            if not usable_media(m, file_rows[r], p, path, media, skip_bad, counters):
                 break
             row[IMAGE if m == "image" else AUDIO] = p
         else:
             rows.append(row)
     if "text" in modalities:
         texts = ds[cols.text]
-        ids, kept = tokenize(tokenizer, [texts[r["_row"]] for r in rows], max_length, path, skip_bad, counters)
+        ids, kept = tokenize(tokenizer, [texts[r["_row"]] for r in rows], max_length, path, skip_bad, counters,
+                             [r[ROW] for r in rows])
         rows = [dict(rows[k], **{TEXT: i}) for k, i in zip(kept, ids)]
     if labels is not None:
         values = ds[cols.label]
-        ys = labels.encode([values[r["_row"]] for r in rows], path)
+        ys = labels.encode([values[r["_row"]] for r in rows], path, [r[ROW] for r in rows])
         rows = [dict(r, **{LABELS: y}) for r, y in zip(rows, ys)]
     return PairedDataset(rows, media, path)
 

@@ -1,10 +1,20 @@
-"""Local tabular files (CSV/TSV/JSON/JSONL/parquet) through HF ``datasets``, label maps, splits."""
+"""Local tabular files (CSV/TSV/JSON/JSONL/parquet) through HF ``datasets``, label maps, splits.
+
+Row numbers in messages are the file's own: 0-based records, a CSV/TSV header excluded (a quoted cell
+with newlines is one record), the line number minus one for JSONL. They survive shuffles and splits (the
+``ROW`` column). A CSV/TSV may start with a UTF-8 byte-order mark; duplicate column names, a file with no
+rows and a JSONL line that is not JSON are errors naming the file (and the line)."""
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
+import re
 from typing import Any, Optional, Sequence
 
 ROW = "__row__"
+_WHOLE_FLOAT = re.compile(r"^(-?\d+)\.0+$")
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -24,20 +34,70 @@ def load_table(path: str, key: str = "data.train_file"):
     if ext not in BUILDERS:
         raise DataError(f"{key}={path}: unsupported extension {ext!r}; use one of {sorted(BUILDERS)}")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if ext == ".tsv" else {}
+    if BUILDERS[ext] == "csv":
+        kwargs["encoding"] = "utf-8-sig"  # a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
+        _check_header(path, key, kwargs.get("delimiter", ","))
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(BUILDERS[ext], data_files=path, split="train", **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types
-        raise DataError(f"{key}={path}: could not be read ({type(err).__name__}: {err})") from err
+        if _no_records(path, kwargs.get("delimiter", ",")) if BUILDERS[ext] == "csv" else False:
+            raise DataError(f"{key}={path}: could not be read: the file has no rows") from None
+        where = _bad_json_line(path) if ext == ".jsonl" else ""
+        raise DataError(f"{key}={path}: could not be read{where} ({type(err).__name__}: {err})") from err
+    if len(ds) == 0:
+        raise DataError(f"{key}={path}: the file has no rows")
     # The file's own row numbers (0-based, header excluded) survive shuffles and splits, so errors
     # can point at the row a user can find.
     return ds.add_column(ROW, list(range(len(ds))))
 
 
+def _check_header(path: str, key: str, delimiter: str) -> None:
+    """Duplicate column names are an error (pandas would rename the second one silently)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f, delimiter=delimiter), [])
+    except (UnicodeDecodeError, csv.Error):
+        return  # the parser below reports it
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise DataError(f"{key}={path}: duplicate column name(s) {dupes} in the header")
+
+
+def _no_records(path: str, delimiter: str) -> bool:
+    """Whether a CSV/TSV holds no data record (empty, or a header alone)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            return sum(1 for rec in reader if rec) <= 1
+    except (UnicodeDecodeError, csv.Error):
+        return False
+
+
+def _bad_json_line(path: str) -> str:
+    """`` at row R (line L)`` for the first JSONL line that is not a JSON object, else ''."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = 0
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    ok = isinstance(json.loads(line), dict)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    return f" at row {row} (line {n})"
+                row += 1
+    except (OSError, UnicodeDecodeError):
+        pass
+    return ""
+
+
 def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the file has {ds.column_names} "
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {[c for c in ds.column_names if c != ROW]} "
                         f"(set data.*_column to the right names)")
 
 
@@ -74,11 +134,29 @@ class LabelMap:
 
     @staticmethod
     def _key(value: Any) -> str:
-        return str(value).strip()
+        """How a label cell is compared: surrounding whitespace ignored, a whole float as its integer
+        (``1.0`` from a column pandas read as floats is the class ``1``), case kept."""
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        key = str(value).strip()
+        return _WHOLE_FLOAT.sub(r"\1", key)  # "1.0" (a label list saved from a float column) is "1" too
+
+    @staticmethod
+    def missing(value: Any) -> bool:
+        """An empty label cell: None, NaN or blank."""
+        return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
     @classmethod
-    def from_values(cls, values: Sequence[Any]) -> "LabelMap":
-        uniq = {cls._key(v): v for v in values if v is not None}
+    def from_values(cls, values: Sequence[Any], where: str = "the training data") -> "LabelMap":
+        """The sorted label set of ``values`` (empty cells ignored; ``encode`` names them). Labels that
+        differ only in case are an error: list them in ``data.labels`` when they really are two classes."""
+        uniq = {cls._key(v): v for v in values if not cls.missing(v)}
+        folded: dict[str, str] = {}
+        for k in sorted(uniq):
+            other = folded.setdefault(k.casefold(), k)
+            if other != k:
+                raise DataError(f"{where}: labels {other!r} and {k!r} differ only in case; make them one label, or "
+                                f"list both in data.labels if they are two classes")
         try:  # numeric labels keep numeric order
             order = sorted(uniq, key=float)
         except ValueError:
@@ -86,13 +164,14 @@ class LabelMap:
         return cls(order)
 
     def encode(self, values: Sequence[Any], where: str, rows: Optional[Sequence[int]] = None) -> list[int]:
-        """Class indices; a value outside the label set is an error naming its file row."""
+        """Class indices; an empty cell or a value outside the label set is an error naming its file row."""
         out = []
         for k, v in enumerate(values):
-            i = self.index.get(self._key(v)) if v is not None else None
+            i = None if self.missing(v) else self.index.get(self._key(v))
             if i is None:
                 row = rows[k] if rows is not None else k
-                raise DataError(f"{where}: row {row}: label {v!r} is not in the label set {self.names}")
+                what = "empty label" if self.missing(v) else f"label {v!r} is not in the label set {self.names}"
+                raise DataError(f"{where}: row {row}: {what}")
             out.append(i)
         return out
 

@@ -167,9 +167,48 @@ def is_encoder_dir(path: Any) -> bool:
     return isinstance(path, str) and os.path.isfile(os.path.join(path, ENCODER_FILE))
 
 
+class SpecError(ConfigError, KeyError):
+    """An encoder spec the registry refuses (unknown name or option): a ConfigError (the CLI's exit 2), still
+    a KeyError for code that catches the registry's own error."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+#: encoder options (also inside a nested ``config``) that are sizes: 0 or less is a ConfigError naming the key
+POSITIVE_OPTIONS = frozenset({
+    "sample_rate", "img_size", "image_size", "patch_size", "n_mels", "dim", "depth", "heads", "embed_dim", "out_dim",
+    "widths", "vocab_size", "max_length", "max_frames", "subsample", "hidden_size", "num_hidden_layers",
+    "num_attention_heads", "intermediate_size", "max_position_embeddings"})
+
+
+def check_sizes(spec: Mapping[str, Any], where: str) -> None:
+    """Size options of an encoder spec (``POSITIVE_OPTIONS``) must be positive numbers (each, for a list)."""
+    for key, value in spec.items():
+        if isinstance(value, Mapping):
+            check_sizes(value, f"{where}.{key}")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool) and not v > 0]
+        if key in POSITIVE_OPTIONS and bad:
+            raise ConfigError(f"bad value for config key '{where}.{key}': {value!r} is out of range (must be >0)")
+
+
 def build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: str,
                   **runtime: Any) -> Encoder:
-    """Build an encoder from ``{name, **kwargs}`` or reload one from an encoder directory."""
+    """Build an encoder from ``{name, **kwargs}`` or reload one from an encoder directory (size options
+    checked first: ``check_sizes``). The registry's refusals (unknown name, unknown option) are ConfigErrors."""
+    check_sizes(spec, where)
+    try:
+        return _build_encoder(registry, spec, where, **runtime)
+    except KeyError as err:
+        msg = str(err.args[0]) if err.args else ""
+        if msg.startswith((where, "unknown ")):
+            raise SpecError(msg) from None
+        raise
+
+
+def _build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: str, **runtime: Any) -> Encoder:
     spec = dict(spec)
     path = spec.get("name_or_path")
     if is_encoder_dir(path):

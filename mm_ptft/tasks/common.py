@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import LabelMap, load_table, resolve_eval
+from mm_ptft.data.tables import DataError, LabelMap, load_table, resolve_eval
 from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
@@ -53,8 +53,15 @@ def learn_labels(data: Any, table: Any) -> LabelMap:
     if not data.labels:
         if table is None:
             raise ValueError("data.labels is empty and there is no data.train_file to learn them from")
-        data.labels = [str(x) for x in LabelMap.from_values(table[data.label_column]).names]
-    return LabelMap(data.labels)
+        learned = LabelMap.from_values(table[data.label_column], f"{data.train_file}: column {data.label_column!r}")
+        if len(learned) < 2:
+            raise DataError(f"{data.train_file}: column {data.label_column!r} holds {len(learned)} distinct label(s) "
+                            f"{learned.names}: classification needs at least two (or list the classes in data.labels)")
+        data.labels = [str(x) for x in learned.names]
+    try:
+        return LabelMap(data.labels)
+    except DataError as err:  # e.g. data.labels: [a, " a"]
+        raise DataError(f"data.labels: {err}") from None
 
 
 def eval_name(data: Any) -> str:

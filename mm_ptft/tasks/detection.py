@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the detection_shapes generator)
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
@@ -25,6 +25,7 @@ from mm_ptft.types import IMAGE
 
 @dataclass
 class DetectionData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
     train_file: str = ""  # COCO instances JSON
     eval_file: str = ""  # COCO instances JSON; empty: a seeded split of train_file's images
     image_root: str = ""  # folder that train_file's file_name entries are relative to; empty: the JSON's folder
@@ -40,6 +41,9 @@ class DetectionData:
 
 @dataclass
 class DetectionModel:
+    RANGES: ClassVar[dict[str, str]] = {
+        "neck_channels": ">0", "min_size": ">0", "max_size": ">0", "fixed_size": ">0", "score_threshold": "[0, 1]"
+    }  # checked by config.parse
     image: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny_cnn"})
     detector: Dict[str, Any] = field(default_factory=lambda: {"name": "faster_rcnn"})
     neck: Dict[str, Any] = field(default_factory=lambda: {"name": "auto"})  # auto | fpn | simple_pyramid
@@ -61,6 +65,9 @@ def _categories(cfg: DetectionConfig, coco: Any, where: str) -> None:
     """Fill data.labels / data.category_ids from a COCO index (sorted by id) unless given."""
     d = cfg.data
     if d.labels and d.category_ids:
+        if len(d.labels) != len(d.category_ids) or len(set(d.category_ids)) != len(d.category_ids):
+            raise ConfigError(f"data.labels ({len(d.labels)}) and data.category_ids ({d.category_ids}) must pair up: "
+                              f"one distinct COCO id per label name")
         return
     cats = sorted(coco.cats.values(), key=lambda c: c["id"])
     if not cats:

@@ -8,7 +8,7 @@ with the run and ``mm-ptft export`` exports the student alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, ClassVar, Dict
 
 from omegaconf import OmegaConf
 from torch import nn
@@ -25,6 +25,7 @@ SUPPORTED = ("text_classification", "image_classification", "multimodal_classifi
 
 @dataclass
 class DistillModel:
+    RANGES: ClassVar[dict[str, str]] = {"alpha": "[0,1]", "temperature": ">0"}  # checked by config.parse
     teacher_run: str = ""  # a trained run directory (its config.yaml + best checkpoint)
     teacher_checkpoint: str = ""  # empty: the teacher run's best checkpoint
     student: Dict[str, Any] = field(default_factory=dict)  # the teacher task's ``model`` section for the student

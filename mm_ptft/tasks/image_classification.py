@@ -3,7 +3,7 @@ MixUp/CutMix soft labels and optional EMA weights evaluated alongside the live o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 
@@ -23,6 +23,7 @@ from mm_ptft.types import IMAGE
 
 @dataclass
 class ImageClsData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
     train_file: str = ""  # CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     path_column: str = "path"
@@ -37,6 +38,9 @@ class ImageClsData:
 
 @dataclass
 class ImageClsModel:
+    RANGES: ClassVar[dict[str, str]] = {
+        "dropout": "[0, 1)", "label_smoothing": "[0, 1)", "ema_decay": "[0, 1)"
+    }  # checked by config.parse
     image: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny_cnn"})
     dropout: float = 0.0
     label_smoothing: float = 0.0
@@ -51,21 +55,26 @@ class ImageClassificationConfig(RunConfig):
 
 
 def _split(cfg: ImageClassificationConfig, train: bool) -> tuple[Optional[tuple], Optional[tuple]]:
-    """(paths, raw labels) of the training and evaluation data."""
+    """(paths, raw labels, file rows) of the training and evaluation data; the rows (0-based, header
+    excluded) survive the seeded split, so messages name the row in the user's file."""
     d = cfg.data
     tr = ev = None
     if needs_train_file(d, train, learn=not d.labels):
-        tr = image_table(d.train_file, "data.train_file", d.path_column, d.label_column)
+        tr = _with_rows(image_table(d.train_file, "data.train_file", d.path_column, d.label_column))
     if d.eval_file:
-        ev = image_table(d.eval_file, "data.eval_file", d.path_column, d.label_column)
+        ev = _with_rows(image_table(d.eval_file, "data.eval_file", d.path_column, d.label_column))
     elif tr is not None:
         keep, held = seeded_split(tr[0], d.eval_fraction, cfg.seed)
         tr, ev = _pick(tr, keep), _pick(tr, held)
     return tr, ev
 
 
-def _pick(table: tuple[list, list], idx: list[int]) -> tuple[list, list]:
-    return [table[0][i] for i in idx], [table[1][i] for i in idx]
+def _with_rows(table: tuple[list, list]) -> tuple[list, list, list]:
+    return table[0], table[1], list(range(len(table[0])))
+
+
+def _pick(table: tuple[list, list, list], idx: list[int]) -> tuple[list, list, list]:
+    return tuple([column[i] for i in idx] for column in table)  # type: ignore[return-value]
 
 
 def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg: ImageClassificationConfig,
@@ -73,9 +82,10 @@ def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg:
     if table is None:
         return None
     d = cfg.data
-    kept = scan_images(table[0], where, d.skip_bad_samples, counters, decode=d.verify_images)
-    y = labels.encode([table[1][i] for i in kept], where)
-    return ImageDataset([table[0][i] for i in kept], y, transform, d.skip_bad_samples)
+    paths, raw, rows = table
+    kept = scan_images(paths, where, d.skip_bad_samples, counters, decode=d.verify_images, rows=rows)
+    y = labels.encode([raw[i] for i in kept], where, [rows[i] for i in kept])
+    return ImageDataset([paths[i] for i in kept], y, transform, d.skip_bad_samples)
 
 
 def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:

@@ -7,7 +7,7 @@ bad input, not a missing modality: an error naming the row, or a counted skip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
@@ -25,6 +25,9 @@ from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tab
 
 @dataclass
 class MMClsData:
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0"
+    }  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     eval_fraction: float = 0.1
@@ -43,6 +46,9 @@ class MMClsData:
 
 @dataclass
 class MMClsModel(EncoderSpecs):
+    RANGES: ClassVar[dict[str, str]] = {
+        "dropout": "[0, 1)", "label_smoothing": "[0, 1)", "modality_dropout": "[0, 1)"
+    }  # checked by config.parse
     fusion: Dict[str, Any] = field(default_factory=lambda: {"name": "gated", "out_dim": 128})
     dropout: float = 0.1
     label_smoothing: float = 0.0

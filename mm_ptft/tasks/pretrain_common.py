@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -25,6 +25,9 @@ from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 class PretrainData:
     """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, optional label."""
 
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0"
+    }  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     eval_fraction: float = 0.1

@@ -9,7 +9,7 @@ Evaluation runs on ``data.eval_file`` (or a split of the first source) read for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, ClassVar, Dict
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
@@ -24,6 +24,7 @@ from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_enc
 
 @dataclass
 class SourceConfig:
+    RANGES: ClassVar[dict[str, str]] = {"weight": ">=0"}  # checked by config.parse
     train_file: str = ""  # empty: data.train_file (e.g. the generated manifest)
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     weight: float = 1.0  # share of each epoch's samples drawn from this source
@@ -31,6 +32,7 @@ class SourceConfig:
 
 @dataclass
 class JointData(PretrainData):
+    RANGES: ClassVar[dict[str, str]] = {**PretrainData.RANGES, "epoch_size": ">=0"}  # checked by config.parse
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     eval_modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     epoch_size: int = 0  # samples per epoch over all sources; 0: the sum of their sizes

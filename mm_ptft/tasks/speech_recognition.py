@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
@@ -12,7 +12,7 @@ import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech ge
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
-from mm_ptft.data.tables import DataError, require_columns
+from mm_ptft.data.tables import ROW, DataError, require_columns
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
@@ -23,6 +23,9 @@ from mm_ptft.tasks.common import eval_name, load_splits
 
 @dataclass
 class SpeechData:
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_fraction": "(0, 1)", "min_duration": ">=0", "max_duration": ">=0"
+    }  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     audio_column: str = "audio"  # file paths, relative to the manifest
@@ -40,6 +43,7 @@ class SpeechData:
 
 @dataclass
 class SpeechModel:
+    RANGES: ClassVar[dict[str, str]] = {"dropout": "[0,1)", "beam_size": ">0"}  # checked by config.parse
     audio: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
     vocab: list[str] = field(default_factory=list)  # empty: from tokenizer, else the training transcripts' characters
     tokenizer: str = ""  # an HF character/CTC tokenizer (hub id or local dir) whose characters form the vocabulary
@@ -64,14 +68,15 @@ def _clips(ds: Any, manifest: str, cfg: SpeechRecognitionConfig, enc: AudioEncod
     d = cfg.data
     require_columns(ds, [d.audio_column, d.text_column], manifest)
     texts = ds[d.text_column]
+    rows = ds[ROW] if ROW in ds.column_names else list(range(len(ds)))  # the manifest's own rows, for messages
     found = scan_clips(ds[d.audio_column], manifest, enc.sample_rate, d.min_duration, d.max_duration,
-                       d.skip_bad_samples, d.check_audio, counters)
+                       d.skip_bad_samples, d.check_audio, counters, rows)
     clips = []
-    for row, path, samples in found:
-        text = normalize_text(texts[row] or "", d.lowercase, d.strip_punctuation)
+    for i, path, samples in found:
+        text = normalize_text(texts[i] or "", d.lowercase, d.strip_punctuation)
         if not text:
             if not d.skip_bad_samples:
-                raise DataError(f"{manifest}: row {row}: empty transcript (set data.skip_bad_samples=true to skip)")
+                raise DataError(f"{manifest}: row {rows[i]}: empty transcript (set data.skip_bad_samples=true to skip)")
             count(counters, "skipped_empty_transcript")
             continue
         ids, unknown = vocab.encode(text)

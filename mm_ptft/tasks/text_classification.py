@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
@@ -17,6 +17,9 @@ from mm_ptft.types import LABELS, TEXT
 
 @dataclass
 class TextClsData:
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_fraction": "(0, 1)", "max_length": ">0", "pad_to_multiple_of": ">0"
+    }  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     text_column: str = "text"
@@ -31,6 +34,7 @@ class TextClsData:
 
 @dataclass
 class TextClsModel:
+    RANGES: ClassVar[dict[str, str]] = {"dropout": "[0,1)", "label_smoothing": "[0,1)"}  # checked by config.parse
     text: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
     dropout: float = 0.1
     label_smoothing: float = 0.0

@@ -4,15 +4,16 @@ Added as new files only (this module, ``heads/regression.py``, ``metrics/regress
 ``text_scores`` generator and ``recipes/text_regression/``): the registries find them by package walk."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.tables import DataError, require_columns
+from mm_ptft.data.tables import ROW, DataError, require_columns
 from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.regression import RegressionTask
@@ -23,6 +24,7 @@ from mm_ptft.types import LABELS, TEXT
 
 @dataclass
 class TextRegData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "max_length": ">0"}  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     text_column: str = "text"
@@ -36,6 +38,7 @@ class TextRegData:
 
 @dataclass
 class TextRegModel:
+    RANGES: ClassVar[dict[str, str]] = {"dropout": "[0,1)"}  # checked by config.parse
     text: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny"})
     dropout: float = 0.1
 
@@ -48,15 +51,25 @@ class TextRegressionConfig(RunConfig):
 
 
 def _targets(ds: Any, d: TextRegData, where: str) -> list[float]:
-    try:
-        return [float(v) for v in ds[d.target_column]]
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{where}: column {d.target_column!r} must hold numbers ({err})") from None
+    """The target column as finite floats; an empty, non-numeric, NaN or infinite cell is an error naming
+    its row in the file."""
+    rows = ds[ROW] if ROW in ds.column_names else range(len(ds))
+    out = []
+    for row, v in zip(rows, ds[d.target_column]):
+        try:
+            y = float(v)
+        except (TypeError, ValueError):
+            y = float("nan")
+        if not math.isfinite(y):
+            raise DataError(f"{where}: row {row}: column {d.target_column!r} must hold a finite number, got {v!r}")
+        out.append(y)
+    return out
 
 
 def _records(ds: Any, d: TextRegData, tokenizer: Any, where: str, max_len: int, counters: dict[str, int]) -> Records:
     require_columns(ds, [d.text_column, d.target_column], where)
-    ids, kept = tokenize(tokenizer, ds[d.text_column], max_len, where, False, counters)
+    rows = ds[ROW] if ROW in ds.column_names else None
+    ids, kept = tokenize(tokenizer, ds[d.text_column], max_len, where, False, counters, rows)
     y = _targets(ds, d, where)
     return Records([{TEXT: i, LABELS: y[r]} for i, r in zip(ids, kept)])
 

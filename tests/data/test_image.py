@@ -25,9 +25,10 @@ def test_image_shapes_generator_writes_decodable_pngs_with_relative_paths(tmp_pa
     assert load_image(files[0]).size == (24, 24)
 
 
-@pytest.mark.parametrize("mode,value,rgb", [("L", 100, (100, 100, 100)), ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+@pytest.mark.parametrize("mode,value,rgb", [("L", 100, (100, 100, 100)), ("RGBA", (10, 20, 30, 0), (255, 255, 255)),
                                             ("CMYK", (0, 0, 0, 0), (255, 255, 255)), ("I;16", 0, (0, 0, 0))])
 def test_load_image_converts_every_mode_to_rgb(tmp_path, mode, value, rgb):
+    """(A fully transparent pixel shows the white it is composited over, as in an image viewer.)"""
     path = str(tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png"))
     Image.new(mode, (5, 4), value).save(path)
     img = load_image(path)
