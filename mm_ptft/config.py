@@ -65,7 +65,7 @@ def validate(cfg: Any, prefix: str = "") -> None:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         for item in items:
             if not in_range(spec, item):
-                what = f"{item!r} in {value!r}" if isinstance(value, (list, tuple)) else repr(value)
+                what = f"{item!r} in {key}={value!r}" if isinstance(value, (list, tuple)) else f"{key}={value!r}"
                 raise ConfigError(f"bad value for config key '{key}': {what} is out of range (must be {spec})")
 
 
