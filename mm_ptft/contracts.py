@@ -77,6 +77,11 @@ class Task(nn.Module):
         """Plain tensors in (``export_spec().keys``), the outputs named by ``export_spec().outputs`` out."""
         raise NotImplementedError(f"{type(self).__name__} has no export path")
 
+    def export_hf(self) -> nn.Module:
+        """A transformers ``*For<Task>`` model (weights and labels set) computing what ``export_forward`` computes,
+        for ``mm-ptft export --format hf``; NotImplementedError with the reason where none fits."""
+        raise NotImplementedError(f"{type(self).__name__}: no transformers class computes this task")
+
 
 def frozen_parts(module: nn.Module) -> list[nn.Module]:
     """The outermost sub-modules (``module`` itself included) that hold parameters and train none."""
