@@ -61,12 +61,17 @@ def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, A
     if not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
         raise ExportError(f"--format hf: {type(model).__name__} predicts otherwise than the run "
                              f"(max |Δprob| {check['max_abs_diff_prob']:.2e} on {check['samples']} evaluation samples); "
-                             f"nothing written: export --format mm_ptft instead")
+                             f"nothing written{_hints(task)}: export --format mm_ptft instead")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     for enc in task.encoders().values():
         enc.hf_save_processing(out, max_length=max_length(cfg, enc))
     return {"class": type(model).__name__, "parity": check}
+
+
+def _hints(task: nn.Module) -> str:
+    hints = [h for h in (getattr(e, "hf_pooling_hint", "") for e in task.encoders().values()) if h]
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def max_length(cfg: Any, encoder: nn.Module) -> Optional[int]:

@@ -166,3 +166,62 @@ def test_import_mm_ptft_stays_light():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "False"
+
+
+def _hf_convnext_dir(root: Path) -> str:
+    """A random-init HF ConvNeXt saved with its image processor, as a hub copy is."""
+    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
+
+    ConvNextModel(ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])).save_pretrained(root)
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(root)
+    return str(root)
+
+
+IMAGE_SPECS = {  # ViT: [CLS] after the final layernorm (pooling auto = cls); ConvNeXt: its pooler (auto = pooler)
+    "vit_from_config": lambda tmp: {"name": "hf", "config": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
+                                                           "num_attention_heads": 2, "intermediate_size": 64,
+                                                           "image_size": 32, "patch_size": 8}},
+    "convnext_dir": lambda tmp: {"name": "hf", "name_or_path": _hf_convnext_dir(tmp / "convnext")},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGE_SPECS))
+def test_hf_image_loads_in_transformers_and_predicts_as_mm_ptft(kind, tmp_path):
+    """Image files → the saved AutoImageProcessor → AutoModelForImageClassification, against mm_ptft predict."""
+    import yaml
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    cfg = yaml.safe_load(Path(ROOT, "recipes", "image_classification", "tiny.yaml").read_text())
+    cfg["model"]["image"] = IMAGE_SPECS[kind](tmp_path)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    train(load_config(tmp_path / "recipe.yaml", [f"output_dir={run}", "data.generate.n_train=96",
+                                                 "data.generate.n_eval=16", "train.max_steps=12", *FAST]))
+    out = export_run(run, "hf", tmp_path / "hf")
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    proc = AutoImageProcessor.from_pretrained(out)
+    labels = load_config(run / "config.yaml").data.labels
+    assert [model.config.id2label[i] for i in range(len(labels))] == labels
+    ev = Path(load_config(run / "config.yaml").data.eval_file)
+    import csv
+
+    paths = [str(ev.parent / r["path"]) for r in csv.DictReader(ev.open())][:12]
+    rows = predict(run, paths)
+    with torch.no_grad():
+        probs = model(**proc([Image.open(p).convert("RGB") for p in paths], return_tensors="pt")).logits.softmax(-1)
+    ref = torch.tensor([[r["scores"][n] for n in labels] for r in rows])  # (B, C)
+    assert [labels[i] for i in probs.argmax(-1)] == [r["label"] for r in rows]
+    dp = float((probs - ref).abs().max())
+    print(f"{kind}: max |dprob| transformers (processor + model) vs predict: {dp:.3g}")
+    assert dp <= TOL, dp
+    assert "pipeline_tag: image-classification" in (out / "README.md").read_text()
+
+
+def test_hf_image_mean_pooling_is_refused():
+    from mm_ptft.encoders import build_encoder
+    from mm_ptft.encoders.image import IMAGE_ENCODERS
+
+    enc = build_encoder(IMAGE_ENCODERS, {**IMAGE_SPECS["vit_from_config"](None), "pooling": "mean"}, "model.image")
+    with pytest.raises(NotImplementedError, match="mean, which no transformers image classifier does.*pooling=cls"):
+        enc.hf_with_head("classification", torch.nn.Linear(32, 3), ["a", "b", "c"])
