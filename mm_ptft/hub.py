@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.export import INPUTS, ExportError, export_spec
+from mm_ptft.export import ExportError, export_spec
 
 MANIFEST = "mm_ptft.json"
 WEIGHTS = "model.safetensors"
@@ -29,19 +29,18 @@ PARITY_TOL = 1e-4  # max |Δ probability| between the transformers model and the
 
 # ---- --format hf ------------------------------------------------------------------------------------------
 
-def hf_inputs(spec_keys: Sequence[str], inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Batch tensors under the names transformers models take (``input_ids``, ``attention_mask``, ``pixel_values``)."""
-    return {INPUTS[k][0]: x for k, x in zip(spec_keys, inputs)}
-
-
 @torch.no_grad()
-def parity(task: nn.Module, model: nn.Module, keys: Sequence[str], inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """How far the transformers model's class probabilities are from the task's on the same inputs."""
-    ref = task.export_forward(dict(zip(keys, inputs))).float()  # (B, C)
-    got = model(**hf_inputs(keys, inputs)).logits.float()  # (B, C)
-    dp = float((got.softmax(-1) - ref.softmax(-1)).abs().max())
-    return {"samples": int(ref.shape[0]), "max_abs_diff_prob": dp,
-            "max_abs_diff_logits": float((got - ref).abs().max()),
+def parity(task: nn.Module, model: nn.Module, spec: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """How far the transformers model's probabilities (per class, or per frame and token for CTC) are from the
+    task's on the same batch."""
+    out = task.export_forward({k: batch[k] for k in spec.keys})
+    ref = (out[0] if isinstance(out, tuple) else out).float()  # (B, C) logits or (B, N, V) log-probs
+    ref = ref.exp() if spec.outputs[0] == "log_probs" else ref.softmax(-1)
+    hf_in: dict[str, Any] = {}
+    for enc in task.encoders().values():
+        hf_in.update(enc.hf_model_inputs(batch))
+    got = model(**hf_in).logits.float().softmax(-1)  # same shape as ref
+    return {"samples": int(ref.shape[0]), "max_abs_diff_prob": float((got - ref).abs().max()),
             "same_argmax": bool((got.argmax(-1) == ref.argmax(-1)).all())}
 
 
@@ -57,15 +56,14 @@ def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, A
         raise ExportError("--format hf: the run has no evaluation data to check the transformers model against "
                           "(export with the run's data present)")
     batch = prepared.collate([data[i] for i in range(min(len(data), 16))])  # padded rows of different lengths
-    check = parity(task, model, spec.keys, [batch[k] for k in spec.keys])
+    check = parity(task, model, spec, batch)
     if not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
         raise ExportError(f"--format hf: {type(model).__name__} predicts otherwise than the run "
-                             f"(max |Δprob| {check['max_abs_diff_prob']:.2e} on {check['samples']} evaluation samples); "
-                             f"nothing written{_hints(task)}: export --format mm_ptft instead")
+                          f"(max |Δprob| {check['max_abs_diff_prob']:.2e} on {check['samples']} evaluation samples); "
+                          f"nothing written{_hints(task)}: export --format mm_ptft instead")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    for enc in task.encoders().values():
-        enc.hf_save_processing(out, max_length=max_length(cfg, enc))
+    task.export_hf_files(out, max_length(cfg, task))
     return {"class": type(model).__name__, "parity": check}
 
 
@@ -74,10 +72,11 @@ def _hints(task: nn.Module) -> str:
     return f" ({'; '.join(hints)})" if hints else ""
 
 
-def max_length(cfg: Any, encoder: nn.Module) -> Optional[int]:
-    """The token limit the run's ``predict`` truncates to: ``data.max_length`` capped by the encoder's."""
-    limits = [x for x in (getattr(getattr(cfg, "data", None), "max_length", None),
-                          getattr(encoder, "max_length", None)) if x]
+def max_length(cfg: Any, task: nn.Module) -> Optional[int]:
+    """The token limit the run's ``predict`` truncates to: ``data.max_length`` capped by the text encoder's."""
+    limits = [getattr(getattr(cfg, "data", None), "max_length", None)]
+    limits += [getattr(e, "max_length", None) for e in task.encoders().values()]
+    limits = [x for x in limits if isinstance(x, int) and x > 0]
     return min(limits) if limits else None
 
 
@@ -266,16 +265,25 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     lines += ["", "## How to load", ""]
     if fmt == "hf":
         check = info["parity"]
-        lines += ["```python", "import torch",
-                  f"from transformers import AutoTokenizer, {auto or 'AutoModel'}", "",
-                  f"model = {auto or 'AutoModel'}.from_pretrained(PATH_OR_REPO).eval()"]
-        if auto == "AutoModelForSequenceClassification":
-            lines += ["tok = AutoTokenizer.from_pretrained(PATH_OR_REPO)",
-                      "batch = tok([\"some text\"], padding=True, truncation=True, return_tensors=\"pt\")",
-                      "probs = model(**batch).logits.softmax(-1)",
-                      "print(model.config.id2label[int(probs.argmax(-1)[0])])"]
+        pre = {"AutoModelForSequenceClassification": "AutoTokenizer"}.get(auto or "", "AutoProcessor")
+        lines += ["```python", f"from transformers import {pre}, {auto or 'AutoModel'}", "",
+                  f"model = {auto or 'AutoModel'}.from_pretrained(PATH_OR_REPO).eval()",
+                  f"pre = {pre}.from_pretrained(PATH_OR_REPO)"]
+        lines += {
+            "AutoModelForSequenceClassification": [
+                "batch = pre([\"some text\"], padding=True, truncation=True, return_tensors=\"pt\")",
+                "probs = model(**batch).logits.softmax(-1)",
+                "print(model.config.id2label[int(probs.argmax(-1)[0])])"],
+            "AutoModelForImageClassification": [
+                "probs = model(**pre([PIL.Image.open(\"x.png\").convert(\"RGB\")], return_tensors=\"pt\")).logits.softmax(-1)",
+                "print(model.config.id2label[int(probs.argmax(-1)[0])])"],
+            "AutoModelForCTC": [
+                "inputs = pre(waveform, sampling_rate=pre.feature_extractor.sampling_rate, return_tensors=\"pt\")",
+                "print(pre.batch_decode(model(**inputs).logits.argmax(-1)))   # greedy CTC"],
+        }.get(auto or "", [])
+        unit = "per-frame token" if auto == "AutoModelForCTC" else "class"
         lines += ["```", "",
-                  f"Checked at export: `{hf_class}` gives the run's class probabilities within "
+                  f"Checked at export: `{hf_class}` gives the run's {unit} probabilities within "
                   f"{check['max_abs_diff_prob']:.1e} (max |Δprob|, same argmax: {check['same_argmax']}) on "
                   f"{check['samples']} evaluation samples."]
     else:

@@ -224,4 +224,52 @@ def test_hf_image_mean_pooling_is_refused():
 
     enc = build_encoder(IMAGE_ENCODERS, {**IMAGE_SPECS["vit_from_config"](None), "pooling": "mean"}, "model.image")
     with pytest.raises(NotImplementedError, match="mean, which no transformers image classifier does.*pooling=cls"):
-        enc.hf_with_head("classification", torch.nn.Linear(32, 3), ["a", "b", "c"])
+        enc.hf_with_head("classification", torch.nn.Linear(32, 3), {"num_labels": 3})
+
+
+W2V2 = {"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "conv_dim": [16, 16, 16], "conv_kernel": [10, 3, 2], "conv_stride": [5, 2, 2],
+        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
+
+
+def test_hf_ctc_loads_in_transformers_and_transcribes_as_mm_ptft(tmp_path):
+    """Audio files → the saved Wav2Vec2Processor → Wav2Vec2ForCTC, against the run's per-frame probabilities and
+    mm_ptft predict's greedy transcripts."""
+    import csv
+
+    import soundfile as sf
+    import yaml
+    from transformers import AutoModelForCTC, AutoProcessor
+
+    from mm_ptft.data.audio import AudioPipeline
+
+    cfg = yaml.safe_load(Path(ROOT, "recipes", "speech_recognition", "tiny.yaml").read_text())
+    cfg["model"]["audio"] = {"name": "hf", "config": W2V2}
+    cfg["data"]["augment"] = {"speed_factors": [1.0]}  # SpecAugment is for features-input encoders
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    train(load_config(tmp_path / "recipe.yaml", [f"output_dir={run}", "data.generate.n_train=24",
+                                                 "data.generate.n_eval=6", "train.max_steps=6", *FAST]))
+    out = export_run(run, "hf", tmp_path / "hf")
+    model = AutoModelForCTC.from_pretrained(out).eval()
+    proc = AutoProcessor.from_pretrained(out)
+    assert type(model).__name__ == "Wav2Vec2ForCTC" and type(proc).__name__ == "Wav2Vec2Processor"
+    ev = Path(load_config(run / "config.yaml").data.eval_file)
+    paths = [str(ev.parent / r["audio"]) for r in csv.DictReader(ev.open())]
+    _, prepared, _ = load_run(run)
+    pipe = AudioPipeline(16000, "waveform", None)
+    dp = 0.0
+    for path in paths:
+        wav, rate = sf.read(path, dtype="float32")
+        inputs = proc(wav, sampling_rate=rate, return_tensors="pt")
+        with torch.no_grad():
+            probs = model(**inputs).logits.softmax(-1)[0]  # (N, V)
+            ref = prepared.task(prepared.collate([{"audio": pipe(path)}]))["log_probs"].exp()[0]  # (N, V)
+        assert probs.shape == ref.shape and torch.equal(probs.argmax(-1), ref.argmax(-1))
+        dp = max(dp, float((probs - ref).abs().max()))
+        got, want = proc.batch_decode(probs.argmax(-1)[None])[0], predict(run, [path])[0]["text"]
+        # the same characters; transformers keeps the double space of "| <blank> |", mm_ptft's decoder folds it
+        assert " ".join(got.split()) == want
+    print(f"ctc: max |dprob| per frame, transformers (processor + model) vs mm_ptft: {dp:.3g}")
+    assert dp <= TOL, dp
+    assert "pipeline_tag: automatic-speech-recognition" in (out / "README.md").read_text()

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -104,7 +104,7 @@ class Encoder(nn.Module):
     def save_hf(self, path: Path) -> None:  # pragma: no cover - overridden by HF encoders
         raise NotImplementedError
 
-    def hf_with_head(self, kind: str, head: nn.Linear, labels: Sequence[str]) -> nn.Module:
+    def hf_with_head(self, kind: str, head: nn.Linear, config: Mapping[str, Any]) -> nn.Module:
         """A transformers model that is this encoder plus ``head`` (``mm-ptft export --format hf``); encoders
         that are not Hugging Face models have none."""
         raise NotImplementedError(f"{type(self).__name__} (name: {getattr(self, 'spec', {}).get('name', '?')}) is not "
@@ -124,11 +124,16 @@ class HFBacked:
         """Why this encoder's pooled embedding is not what the transformers class feeds its head (None: it is)."""
         return None
 
-    def hf_with_head(self, kind: str, head: nn.Linear, labels: Sequence[str]) -> nn.Module:
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """This encoder's batch keys under the names the transformers model takes."""
+        raise NotImplementedError(f"{type(self).__name__}: no transformers input names")
+
+    def hf_with_head(self, kind: str, head: nn.Linear, config: Mapping[str, Any]) -> nn.Module:
         """The transformers ``hf_heads[kind]`` model for this architecture with this encoder's weights and ``head``
-        as its one linear layer over the pooled embedding, ``id2label``/``label2id`` set. NotImplementedError
-        naming the reason where no such class exists, its head is more than one linear layer, or it pools
-        otherwise than this encoder (the caller also compares outputs before writing anything)."""
+        as its one linear layer (over the pooled embedding or each frame), ``config`` (the task's: labels,
+        vocabulary size…) set on its config. NotImplementedError naming the reason where no such class exists,
+        its head is more than one linear layer, or it pools otherwise than this encoder (the caller also
+        compares outputs before writing anything)."""
         import transformers
 
         arch = type(self.model).__name__
@@ -138,15 +143,14 @@ class HFBacked:
         problem = self.hf_pooling_problem(kind)
         if problem:
             raise NotImplementedError(problem)
-        config = copy.deepcopy(self.model.config)
-        config.num_labels = head.out_features
-        config.id2label = {i: str(n) for i, n in enumerate(labels)} or {i: f"LABEL_{i}" for i in range(head.out_features)}
-        config.label2id = {n: i for i, n in config.id2label.items()}
+        hf_config = copy.deepcopy(self.model.config)
+        for key, value in config.items():
+            setattr(hf_config, key, value)
         try:
-            model = getattr(transformers, auto).from_config(config)
+            model = getattr(transformers, auto).from_config(hf_config)
         except ValueError as err:  # the auto class has no entry for this model_type
             raise NotImplementedError(f"{arch}: transformers' {auto} has no class for model_type "
-                                      f"{config.model_type!r}") from err
+                                      f"{hf_config.model_type!r}") from err
         base = getattr(model, model.base_model_prefix)
         linears = [(n, m) for n, m in model.named_children() if isinstance(m, nn.Linear)]
         others = [n for n, m in model.named_children() if m is not base and not isinstance(m, nn.Linear)

@@ -290,6 +290,9 @@ class HFImageEncoder(HFBacked, ImageEncoder):
     hf_pooling_hint = ("transformers' image classifiers pool as their architecture does (ViT: [CLS] after the final "
                        "layernorm, model.image.pooling=cls or auto; ConvNeXt/ResNet: their pooler, pooling=pooler or auto)")
 
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pixel_values": batch[IMAGE]}
+
     def hf_pooling_problem(self, kind: str) -> Optional[str]:
         if self.pooling == "mean":
             return (f"{type(self.model).__name__}: this run pools image tokens by their mean, which no transformers "

@@ -109,6 +109,9 @@ class HFTextEncoder(HFBacked, TextEncoder):
                   "pooler": lambda: out.pooler_output}[self.pooling]()  # (B, D)
         return EncoderOutput(pooled, tokens, mask.bool())
 
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"input_ids": batch[TEXT], "attention_mask": batch[TEXT_MASK]}
+
     def hf_pooling_problem(self, kind: str) -> Optional[str]:
         if self.pooling == "pooler":
             return None

@@ -64,7 +64,10 @@ class ClassificationTask(Task):
 
     def export_hf(self) -> nn.Module:
         """The encoder's transformers ``*For…Classification`` class with this head as its classifier."""
-        return self.encoder.hf_with_head("classification", self.head.proj, self.labels)
+        names = self.labels or [f"LABEL_{i}" for i in range(self.num_classes)]
+        return self.encoder.hf_with_head("classification", self.head.proj, {
+            "num_labels": self.num_classes, "id2label": dict(enumerate(map(str, names))),
+            "label2id": {str(n): i for i, n in enumerate(names)}})
 
 
 def classification_export_spec(keys: Sequence[str], labels: Sequence[str]) -> ExportSpec:
