@@ -168,6 +168,18 @@ def test_import_mm_ptft_stays_light():
     assert done.stdout.strip() == "False"
 
 
+def _recipe_run(tmp_path: Path, recipe: str, replace: dict, *overrides: str) -> Path:
+    """A recipe's tiny.yaml with whole sections replaced (``{"model": {"image": spec}}``), trained in tmp_path/run."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(ROOT, "recipes", recipe, "tiny.yaml").read_text())
+    for section, parts in replace.items():
+        cfg[section].update(parts)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
+    train(load_config(tmp_path / "recipe.yaml", [f"output_dir={tmp_path / 'run'}", *overrides, *FAST]))
+    return tmp_path / "run"
+
+
 def _hf_convnext_dir(root: Path) -> str:
     """A random-init HF ConvNeXt saved with its image processor, as a hub copy is."""
     from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel
@@ -188,16 +200,11 @@ IMAGE_SPECS = {  # ViT: [CLS] after the final layernorm (pooling auto = cls); Co
 @pytest.mark.parametrize("kind", sorted(IMAGE_SPECS))
 def test_hf_image_loads_in_transformers_and_predicts_as_mm_ptft(kind, tmp_path):
     """Image files → the saved AutoImageProcessor → AutoModelForImageClassification, against mm_ptft predict."""
-    import yaml
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    cfg = yaml.safe_load(Path(ROOT, "recipes", "image_classification", "tiny.yaml").read_text())
-    cfg["model"]["image"] = IMAGE_SPECS[kind](tmp_path)
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    train(load_config(tmp_path / "recipe.yaml", [f"output_dir={run}", "data.generate.n_train=96",
-                                                 "data.generate.n_eval=16", "train.max_steps=12", *FAST]))
+    run = _recipe_run(tmp_path, "image_classification", {"model": {"image": IMAGE_SPECS[kind](tmp_path)}},
+                      "data.generate.n_train=96", "data.generate.n_eval=16", "train.max_steps=12")
     out = export_run(run, "hf", tmp_path / "hf")
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     proc = AutoImageProcessor.from_pretrained(out)
@@ -238,18 +245,13 @@ def test_hf_ctc_loads_in_transformers_and_transcribes_as_mm_ptft(tmp_path):
     import csv
 
     import soundfile as sf
-    import yaml
     from transformers import AutoModelForCTC, AutoProcessor
 
     from mm_ptft.data.audio import AudioPipeline
 
-    cfg = yaml.safe_load(Path(ROOT, "recipes", "speech_recognition", "tiny.yaml").read_text())
-    cfg["model"]["audio"] = {"name": "hf", "config": W2V2}
-    cfg["data"]["augment"] = {"speed_factors": [1.0]}  # SpecAugment is for features-input encoders
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    train(load_config(tmp_path / "recipe.yaml", [f"output_dir={run}", "data.generate.n_train=24",
-                                                 "data.generate.n_eval=6", "train.max_steps=6", *FAST]))
+    run = _recipe_run(tmp_path, "speech_recognition", {  # SpecAugment is for features-input encoders
+        "model": {"audio": {"name": "hf", "config": W2V2}}, "data": {"augment": {"speed_factors": [1.0]}}},
+        "data.generate.n_train=24", "data.generate.n_eval=6", "train.max_steps=6")
     out = export_run(run, "hf", tmp_path / "hf")
     model = AutoModelForCTC.from_pretrained(out).eval()
     proc = AutoProcessor.from_pretrained(out)
