@@ -46,6 +46,9 @@ def parity(task: nn.Module, model: nn.Module, spec: Any, batch: dict[str, Any]) 
 
 def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, Any]:
     """The transformers directory: ``save_pretrained`` of ``task.export_hf()`` plus the tokenizer/processor."""
+    from mm_ptft.finetune import merged_copy
+
+    task = merged_copy(task)  # LoRA adapters folded into the weights transformers will hold
     try:
         model = task.export_hf()
     except NotImplementedError as err:

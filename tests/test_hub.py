@@ -77,6 +77,22 @@ def test_hf_text_loads_in_transformers_and_predicts_as_mm_ptft(pooler_run, tmp_p
     assert "## Intended use and limitations" in card and "pooling: pooler" in card  # the resolved config
 
 
+def test_hf_text_from_a_lora_run_has_the_adapters_merged(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = _text_run(tmp_path / "lora", "model.text.pooling=pooler", "finetune.strategy=lora", "train.max_steps=6")
+    assert any("lora_A" in k for k in load_run(run)[1].task.state_dict())  # the run trains adapters
+    out = export_run(run, "hf", tmp_path / "hf")
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert not any("lora" in k for k in model.state_dict())
+    batch = AutoTokenizer.from_pretrained(out)(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**batch).logits.softmax(-1)  # (B, C)
+    labels = load_config(run / "config.yaml").data.labels
+    ref = torch.tensor([[r["scores"][n] for n in labels] for r in predict(run, TEXTS)])  # (B, C)
+    assert float((probs - ref).abs().max()) <= TOL
+
+
 def test_hf_refuses_a_pooling_transformers_does_not_do(mean_run, tmp_path):
     with pytest.raises(ExportError, match=r"pools 'mean': train with model\.text\.pooling=pooler.*--format mm_ptft"):
         export_run(mean_run, "hf", tmp_path / "hf")
