@@ -11,6 +11,7 @@ reason. ``mm_ptft``: any task — weights, resolved config, tokenizer/vocabulary
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def write_mm_ptft(task: nn.Module, cfg: Any, run_dir: Path, out: Path) -> dict[s
     from mm_ptft.finetune import merged_copy
     from mm_ptft.tasks.common import drop_data_files
 
-    cfg = _copy_cfg(cfg)
+    cfg = copy.deepcopy(cfg)
     drop_data_files(cfg)  # the model alone: labels, vocabulary and tokenizer travel, data does not
     d = to_dict(cfg)
     d["model"] = _carry(d.get("model", {}), run_dir, out)
@@ -138,12 +139,6 @@ def write_mm_ptft(task: nn.Module, cfg: Any, run_dir: Path, out: Path) -> dict[s
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(d)))
     save_model(task, str(out / WEIGHTS))
     return {"config": "config.yaml", "weights": WEIGHTS, "encoders": sorted(task.encoders())}
-
-
-def _copy_cfg(cfg: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(cfg)
 
 
 @dataclass

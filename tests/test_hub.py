@@ -293,3 +293,15 @@ def test_hf_ctc_loads_in_transformers_and_transcribes_as_mm_ptft(tmp_path):
     print(f"ctc: max |dprob| per frame, transformers (processor + model) vs mm_ptft: {dp:.3g}")
     assert dp <= TOL, dp
     assert "pipeline_tag: automatic-speech-recognition" in (out / "README.md").read_text()
+
+
+def test_hf_refuses_when_the_outputs_differ(tmp_path):
+    """ViT trained on its pooler (dense + tanh over [CLS]): ViTForImageClassification classifies the [CLS] token
+    itself, so the built model predicts otherwise; the comparison before writing catches it."""
+    spec = {**IMAGE_SPECS["vit_from_config"](tmp_path), "pooling": "pooler"}
+    run = _recipe_run(tmp_path, "image_classification", {"model": {"image": spec}},
+                      "data.generate.n_train=32", "data.generate.n_eval=8", "train.max_steps=2")
+    with pytest.raises(ExportError, match=r"ViTForImageClassification predicts otherwise than the run \(max \|Δprob\| "
+                                          r".*nothing written.*model\.image\.pooling=cls"):
+        export_run(run, "hf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
