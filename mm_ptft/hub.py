@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,18 +99,19 @@ def _inside(value: Any, root: Path) -> Optional[Path]:
 
 
 def _carry(node: Any, run_dir: Path, out: Path) -> Any:
-    """Copy every file/directory of the run that the model config names into ``out``; point the config there."""
+    """Copy every local file/directory the model config names into ``out`` (a file of the run keeps its place in
+    it; another, e.g. a teacher run's tokenizer, goes under ``files/``); point the config at the copies."""
     if isinstance(node, dict):
         return {k: _carry(v, run_dir, out) for k, v in node.items()}
     if isinstance(node, list):
         return [_carry(v, run_dir, out) for v in node]
-    rel = _inside(node, run_dir)
-    if rel is None:
-        return node
-    src, dst = run_dir / rel, out / rel
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+    if not isinstance(node, str) or "\n" in node or not os.path.isabs(node) or not os.path.exists(node):
+        return node  # names (tiny, bert, a hub id) and relative strings are not files to carry
+    src = Path(node).resolve()
+    rel = _inside(node, run_dir) or Path("files") / src.name
+    if not (out / rel).exists():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, out / rel) if src.is_dir() else shutil.copy2(src, out / rel)
     return "${output_dir}/" + rel.as_posix()
 
 
@@ -127,13 +129,13 @@ def write_mm_ptft(task: nn.Module, cfg: Any, run_dir: Path, out: Path) -> dict[s
     cfg = copy.deepcopy(cfg)
     drop_data_files(cfg)  # the model alone: labels, vocabulary and tokenizer travel, data does not
     d = to_dict(cfg)
-    d["model"] = _carry(d.get("model", {}), run_dir, out)
     model_cfg = d.get("model") or {}
-    for modality, enc in task.encoders().items():
+    for modality, enc in task.encoders().items():  # first: a hub id or another run's encoder → encoders/<m>
         spec = model_cfg.get(modality)
-        if isinstance(spec, dict) and spec.get("name_or_path") and not str(spec["name_or_path"]).startswith("${"):
+        if isinstance(spec, dict) and spec.get("name_or_path") and not _inside(spec["name_or_path"], run_dir):
             merged_copy(enc).save_pretrained(out / "encoders" / modality)
             spec["name_or_path"] = f"${{output_dir}}/encoders/{modality}"
+    d["model"] = _carry(model_cfg, run_dir, out)
     d["output_dir"] = "."
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(d)))

@@ -305,3 +305,20 @@ def test_hf_refuses_when_the_outputs_differ(tmp_path):
                                           r".*nothing written.*model\.image\.pooling=cls"):
         export_run(run, "hf", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_mm_ptft_directory_of_a_distilled_run_holds_the_student_and_the_teachers_tokenizer(tmp_path):
+    """A distilled run exports its student (the teacher's recipe); the student reads the teacher run's tokenizer,
+    which the directory carries under files/, so it predicts with the teacher run gone."""
+    import runpy
+
+    teacher = _text_run(tmp_path / "teacher", "train.max_steps=2")
+    recipe = Path(ROOT, "recipes", "distillation")
+    runpy.run_path(str(recipe / "train.py"))["main"]([str(recipe / "tiny.yaml"), f"output_dir={tmp_path / 'kd'}",
+                                                      f"model.teacher_run={teacher}", "train.max_steps=2", *FAST])
+    out = export_run(tmp_path / "kd", "mm_ptft", tmp_path / "mm")
+    ref = predict(tmp_path / "kd", TEXTS)
+    shutil.rmtree(teacher)
+    model = mm_ptft.from_pretrained(out)
+    assert model.cfg.task == "text_classification" and (out / "files" / "tokenizer" / "tokenizer.json").is_file()
+    assert model.predict(TEXTS) == ref
