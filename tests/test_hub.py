@@ -322,3 +322,20 @@ def test_mm_ptft_directory_of_a_distilled_run_holds_the_student_and_the_teachers
     model = mm_ptft.from_pretrained(out)
     assert model.cfg.task == "text_classification" and (out / "files" / "tokenizer" / "tokenizer.json").is_file()
     assert model.predict(TEXTS) == ref
+
+
+@pytest.mark.parametrize("model_type, pooling, reason", [
+    ("roberta", "pooler", r"RobertaForSequenceClassification's head is \['classifier'\], not one linear layer"),
+    ("distilbert", "cls", r"DistilBertModel has no pooler"),
+])
+def test_hf_text_heads_transformers_builds_otherwise_are_refused(model_type, pooling, reason):
+    """RoBERTa's classifier is dense + tanh + projection over <s>; DistilBERT's a pre-classifier + ReLU: no match."""
+    from mm_ptft.encoders import build_encoder
+    from mm_ptft.encoders.text import TEXT_ENCODERS
+
+    size = {"roberta": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+            "distilbert": {"dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64}}[model_type]
+    enc = build_encoder(TEXT_ENCODERS, {"name": "hf", "pooling": pooling, "config": {"model_type": model_type, **size}},
+                        "model.text", corpus=["a tiny corpus", "of two texts"])
+    with pytest.raises(NotImplementedError, match=reason):
+        enc.hf_with_head("classification", torch.nn.Linear(32, 3), {"num_labels": 3})

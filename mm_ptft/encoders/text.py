@@ -115,6 +115,9 @@ class HFTextEncoder(HFBacked, TextEncoder):
     def hf_pooling_problem(self, kind: str) -> Optional[str]:
         if self.pooling == "pooler":
             return None
+        if getattr(self.model, "pooler", None) is None:
+            return (f"{type(self.model).__name__} has no pooler: its *ForSequenceClassification puts layers of its own "
+                    f"over the tokens, which no mm_ptft pooling matches; export --format mm_ptft")
         return (f"{type(self.model).__name__}: transformers' *ForSequenceClassification classifies the model's pooler "
                 f"output (BERT family: dense + tanh over [CLS]), while this run pools {self.pooling!r}: train with "
                 f"model.text.pooling=pooler to export --format hf, or export --format mm_ptft (any pooling)")
