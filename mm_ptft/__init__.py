@@ -20,8 +20,8 @@ from mm_ptft.env import guard_torchaudio as _guard_torchaudio
 _guard_torchaudio()
 
 #: names served by ``mm_ptft.api`` (loading it fills every registry)
-_API = ("build_encoder", "evaluate", "list_components", "load_config", "load_encoder", "load_run", "predict",
-        "registries")
+_API = ("build_encoder", "evaluate", "from_pretrained", "list_components", "load_config", "load_encoder", "load_run",
+        "predict", "registries")
 __all__ = [*_API, "train"]
 
 

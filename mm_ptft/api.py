@@ -116,5 +116,12 @@ def train(config_or_path: str | os.PathLike | RunConfig | Mapping[str, Any], ove
     return run.train(load_config(config_or_path, overrides, **values), callbacks)
 
 
-__all__ = ["build_encoder", "encoder_registry", "evaluate", "list_components", "load_config", "load_encoder",
-           "load_run", "override_strings", "predict", "registries", "train"]
+def from_pretrained(path: str, trust_remote_code: bool = False):  # -> mm_ptft.hub.Pretrained
+    """Load a directory written by ``mm-ptft export RUN --format mm_ptft``: ``.predict(raw inputs)``, ``.task``."""
+    from mm_ptft.hub import from_pretrained as load
+
+    return load(path, trust_remote_code=trust_remote_code)
+
+
+__all__ = ["build_encoder", "encoder_registry", "evaluate", "from_pretrained", "list_components", "load_config",
+           "load_encoder", "load_run", "override_strings", "predict", "registries", "train"]

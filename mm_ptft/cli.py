@@ -49,11 +49,15 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
     try:
         path = export_run(ns.run_dir, ns.format, ns.out, ns.quantize, ns.checkpoint,
-                          trust_remote_code=ns.trust_remote_code)
+                          trust_remote_code=ns.trust_remote_code, push_to_hub=ns.push_to_hub)
     except ExportError as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"model": str(path), "description": str(path.with_suffix(".json"))}))
+    if path.is_dir():  # --format hf | mm_ptft
+        print(json.dumps({"directory": str(path), "model_card": str(path / "README.md"),
+                          **({"pushed_to": ns.push_to_hub} if ns.push_to_hub else {})}))
+    else:
+        print(json.dumps({"model": str(path), "description": str(path.with_suffix(".json"))}))
     return 0
 
 
@@ -133,10 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", default=None)
     _trust_flag(pr)
     pr.set_defaults(fn=cmd_predict)
-    ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript [--out PATH] [--quantize int8]")
+    ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript|hf|mm_ptft [--out PATH] "
+                                       "[--quantize int8] [--push-to-hub REPO]")
     ex.add_argument("run_dir")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft"], default="onnx",
+                    help="hf: a directory transformers loads (AutoModelFor…); mm_ptft: one mm_ptft.from_pretrained loads")
+    ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt, "
+                                                "or the directory RUN_DIR/export/hf|mm_ptft)")
+    ex.add_argument("--push-to-hub", default=None, metavar="REPO",
+                    help="upload the hf/mm_ptft directory to this Hub model repo (huggingface_hub; needs a login)")
     ex.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation (CPU serving)")
     ex.add_argument("--checkpoint", default=None)
     _trust_flag(ex)

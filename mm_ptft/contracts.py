@@ -77,6 +77,17 @@ class Task(nn.Module):
         """Plain tensors in (``export_spec().keys``), the outputs named by ``export_spec().outputs`` out."""
         raise NotImplementedError(f"{type(self).__name__} has no export path")
 
+    def export_hf(self) -> nn.Module:
+        """A transformers ``*For<Task>`` model (weights and labels set) computing what ``export_forward`` computes,
+        for ``mm-ptft export --format hf``; NotImplementedError with the reason where none fits."""
+        raise NotImplementedError(f"{type(self).__name__}: no transformers class computes this task")
+
+    def export_hf_files(self, path: Any, max_length: Optional[int] = None) -> None:
+        """Save what the transformers model needs beside it (tokenizer, processor): each encoder's own, by default
+        (``max_length``: the token limit the run truncates to)."""
+        for enc in self.encoders().values():
+            enc.hf_save_processing(path, max_length)
+
 
 def frozen_parts(module: nn.Module) -> list[nn.Module]:
     """The outermost sub-modules (``module`` itself included) that hold parameters and train none."""

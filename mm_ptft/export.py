@@ -2,6 +2,7 @@
 optionally with dynamic int8 quantisation, plus a JSON file describing inputs and preprocessing.
 
     mm-ptft export RUN_DIR --format onnx|torchscript [--out PATH] [--quantize int8]
+    mm-ptft export RUN_DIR --format hf|mm_ptft [--out DIR] [--push-to-hub REPO]   (mm_ptft.hub)
 
 The exported graph takes plain tensors (no batch dict) and returns what the task's ``export_spec`` names
 (logits; CTC models per-frame log-probs and frame lengths). Nothing here knows a task kind: the task gives
@@ -26,6 +27,7 @@ from mm_ptft.tasks.common import load_run
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
 FORMATS = ("onnx", "torchscript")
+DIRECTORY_FORMATS = ("hf", "mm_ptft")  # transformers directory / mm_ptft.from_pretrained directory (mm_ptft.hub)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 #: batch key → exported input name, dynamic axes
 INPUTS: dict[str, tuple[str, dict[int, str]]] = {
@@ -207,11 +209,20 @@ def default_out(run_dir: Path, fmt: str, quantize: Optional[str]) -> Path:
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path] = None,
                quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True,
-               trust_remote_code: bool = False) -> Path:
-    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it).
+               trust_remote_code: bool = False, push_to_hub: Optional[str] = None) -> Path:
+    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it), or for
+    ``hf``/``mm_ptft`` the directory (uploaded to the Hub repo ``push_to_hub`` when given).
     ``trust_remote_code`` (``--trust-remote-code``) lets the run's encoders load their own code."""
+    if fmt in DIRECTORY_FORMATS:  # a directory for transformers or mm_ptft.from_pretrained: see mm_ptft.hub
+        if quantize:
+            raise ExportError(f"--quantize applies to onnx and torchscript, not --format {fmt}")
+        from mm_ptft.hub import export_pretrained
+
+        return export_pretrained(run_dir, fmt, out, checkpoint, trust_remote_code, push_to_hub)
+    if push_to_hub:
+        raise ExportError(f"--push-to-hub uploads a directory: use --format hf or mm_ptft, not {fmt}")
     if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
+        raise ExportError(f"--format {fmt!r}: choose one of {list(FORMATS + DIRECTORY_FORMATS)}")
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only 'int8' (dynamic, nn.Linear weights) is supported")
     run_dir = Path(run_dir)

@@ -285,6 +285,25 @@ class HFAudioEncoder(HFBacked, AudioEncoder):
         if freeze_feature_encoder:
             self.freeze_feature_encoder()
 
+    hf_heads = {"ctc": "AutoModelForCTC"}
+
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        wav = batch[AUDIO]  # (B, T), normalised per utterance
+        return {"input_values": wav, "attention_mask": lengths_to_mask(batch_lengths(batch, wav), wav.shape[-1]).long()}
+
+    def hf_pooling_problem(self, kind: str) -> Optional[str]:
+        if self.uses_features:
+            return (f"{type(self.model).__name__}: this run feeds the encoder mm_ptft's own log-mel front end; "
+                    f"transformers has no CTC class over it (export --format mm_ptft)")
+        return None
+
+    def hf_save_processing(self, path: Any, max_length: Optional[int] = None) -> None:
+        """A ``Wav2Vec2FeatureExtractor`` that normalises each waveform as the run's data pipeline does."""
+        from transformers import Wav2Vec2FeatureExtractor
+
+        Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=int(self.sample_rate), padding_value=0.0,
+                                 do_normalize=True, return_attention_mask=True).save_pretrained(str(path))
+
     def freeze_feature_encoder(self) -> None:
         """Stop gradients into the convolutional front end (the usual wav2vec2 fine-tuning recipe)."""
         if self.uses_features:  # Whisper: the two stem convolutions

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import inspect
 import json
 import os
@@ -107,12 +108,77 @@ class Encoder(nn.Module):
     def save_hf(self, path: Path) -> None:  # pragma: no cover - overridden by HF encoders
         raise NotImplementedError
 
+    def hf_with_head(self, kind: str, head: nn.Linear, config: Mapping[str, Any]) -> nn.Module:
+        """A transformers model that is this encoder plus ``head`` (``mm-ptft export --format hf``); encoders
+        that are not Hugging Face models have none."""
+        raise NotImplementedError(f"{type(self).__name__} (name: {getattr(self, 'spec', {}).get('name', '?')}) is not "
+                                  f"a Hugging Face model, so no transformers class loads it")
+
 
 class HFBacked:
-    """Mixin for encoders that wrap a transformers model in ``self.model``: gradient checkpointing
-    and ``save_pretrained`` of the model plus its tokenizer or processor, where it has one."""
+    """Mixin for encoders that wrap a transformers model in ``self.model``: gradient checkpointing,
+    ``save_pretrained`` of the model plus its tokenizer or processor, where it has one, and the
+    transformers ``*For<Task>`` model that equals this encoder plus a task's linear head."""
 
     hf_format = True
+    #: head kind ("classification", "ctc") → the transformers auto class that puts that head on this model
+    hf_heads: dict[str, str] = {}
+
+    def hf_pooling_problem(self, kind: str) -> Optional[str]:
+        """Why this encoder's pooled embedding is not what the transformers class feeds its head (None: it is)."""
+        return None
+
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """This encoder's batch keys under the names the transformers model takes."""
+        raise NotImplementedError(f"{type(self).__name__}: no transformers input names")
+
+    def hf_with_head(self, kind: str, head: nn.Linear, config: Mapping[str, Any]) -> nn.Module:
+        """The transformers ``hf_heads[kind]`` model for this architecture with this encoder's weights and ``head``
+        as its one linear layer (over the pooled embedding or each frame), ``config`` (the task's: labels,
+        vocabulary size…) set on its config. NotImplementedError naming the reason where no such class exists,
+        its head is more than one linear layer, or it pools otherwise than this encoder (the caller also
+        compares outputs before writing anything)."""
+        import transformers
+
+        arch = type(self.model).__name__
+        auto = self.hf_heads.get(kind)
+        if auto is None:
+            raise NotImplementedError(f"{type(self).__name__} ({arch}): transformers has no {kind} class for it here")
+        problem = self.hf_pooling_problem(kind)
+        if problem:
+            raise NotImplementedError(problem)
+        hf_config = copy.deepcopy(self.model.config)
+        for key, value in config.items():
+            setattr(hf_config, key, value)
+        try:
+            model = getattr(transformers, auto).from_config(hf_config)
+        except ValueError as err:  # the auto class has no entry for this model_type
+            raise NotImplementedError(f"{arch}: transformers' {auto} has no class for model_type "
+                                      f"{hf_config.model_type!r}") from err
+        base = getattr(model, model.base_model_prefix)
+        linears = [(n, m) for n, m in model.named_children() if isinstance(m, nn.Linear)]
+        others = [n for n, m in model.named_children() if m is not base and not isinstance(m, nn.Linear)
+                  and any(True for _ in m.parameters())]
+        if len(linears) != 1 or others or linears[0][1].weight.shape != head.weight.shape:
+            raise NotImplementedError(f"{type(model).__name__}'s head is {[n for n, _ in linears] + others}, not one linear "
+                                      f"layer {tuple(head.weight.shape)} over the pooled embedding as this task's")
+        missing, _ = base.load_state_dict(self.model.state_dict(), strict=False)
+        if missing:
+            raise NotImplementedError(f"{type(model).__name__}: the encoder's weights lack {sorted(missing)[:5]}")
+        linears[0][1].load_state_dict(head.state_dict())
+        return model.eval()
+
+    def hf_save_processing(self, path: Path, max_length: Optional[int] = None) -> None:
+        """Save the tokenizer (its ``model_max_length`` set to what the run truncates to) or processor."""
+        tok = getattr(self, "tokenizer", None)
+        if tok is not None and hasattr(tok, "save_pretrained"):
+            tok = copy.copy(tok)
+            if max_length:
+                tok.model_max_length = int(max_length)
+            tok.save_pretrained(str(path))
+        proc = getattr(self, "processor", None)
+        if proc is not None and hasattr(proc, "save_pretrained"):
+            proc.save_pretrained(str(path))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         if enabled:

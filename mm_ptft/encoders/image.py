@@ -286,6 +286,36 @@ def torchvision_preprocess(name: str, weights: str) -> Preprocess:
 class HFImageEncoder(HFBacked, ImageEncoder):
     """A transformers vision ``AutoModel`` (ViT, DeiT, DINOv2, ConvNeXt, ResNet...)."""
 
+    hf_heads = {"classification": "AutoModelForImageClassification"}
+    hf_pooling_hint = ("transformers' image classifiers pool as their architecture does (ViT: [CLS] after the final "
+                       "layernorm, model.image.pooling=cls or auto; ConvNeXt/ResNet: their pooler, pooling=pooler or auto)")
+
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pixel_values": batch[IMAGE]}
+
+    def hf_pooling_problem(self, kind: str) -> Optional[str]:
+        if self.pooling == "mean":
+            return (f"{type(self.model).__name__}: this run pools image tokens by their mean, which no transformers "
+                    f"image classifier does: {self.hf_pooling_hint}; or export --format mm_ptft")
+        return None
+
+    def hf_save_processing(self, path: Any, max_length: Optional[int] = None) -> None:
+        """The model's own image processor; without one (random init) a ``BitImageProcessor`` doing what the
+        run's evaluation transform does: resize to size / crop_pct, center-crop, rescale, normalise."""
+        if self.processor is not None:
+            self.processor.save_pretrained(str(path))
+            return
+        from transformers import BitImageProcessor
+
+        p = self.preprocess
+        h, w = p.size
+        resize = [int(s / p.crop_pct) for s in (h, w)] if p.crop_pct < 1 else [h, w]
+        pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
+        BitImageProcessor(do_resize=True, size={"height": resize[0], "width": resize[1]}, resample=pil,
+                          do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
+                          rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
+                          do_convert_rgb=True).save_pretrained(str(path))
+
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, processor: Any = None,
                  pooling: str = "auto") -> None:

@@ -84,14 +84,18 @@ class TextEncoder(Encoder):
 
 
 class HFTextEncoder(HFBacked, TextEncoder):
-    """Wraps a transformers ``AutoModel``; pools the [CLS] token or the masked mean."""
+    """Wraps a transformers ``AutoModel``; pools the [CLS] token, the masked mean, or the model's own pooler
+    (BERT: dense + tanh over [CLS], what ``BertForSequenceClassification`` classifies)."""
 
     modality = "text"
+    hf_heads = {"classification": "AutoModelForSequenceClassification"}
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: str = "cls", max_length: int = 512) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in ("cls", "mean", "pooler"):
+            raise ValueError(f"model.text.pooling must be cls, mean or pooler, got {pooling!r}")
+        if pooling == "pooler" and getattr(model, "pooler", None) is None:
+            raise ValueError(f"model.text.pooling=pooler: {type(model).__name__} has no pooler layer; use cls or mean")
         self.model, self.tokenizer, self.pooling = model, tokenizer, pooling
         limit = getattr(model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
@@ -99,9 +103,24 @@ class HFTextEncoder(HFBacked, TextEncoder):
 
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         mask = batch[TEXT_MASK]  # (B, L)
-        tokens = self.model(input_ids=batch[TEXT], attention_mask=mask).last_hidden_state  # (B, L, D)
-        pooled = tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)  # (B, D)
+        out = self.model(input_ids=batch[TEXT], attention_mask=mask)
+        tokens = out.last_hidden_state  # (B, L, D)
+        pooled = {"cls": lambda: tokens[:, 0], "mean": lambda: masked_mean(tokens, mask),
+                  "pooler": lambda: out.pooler_output}[self.pooling]()  # (B, D)
         return EncoderOutput(pooled, tokens, mask.bool())
+
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"input_ids": batch[TEXT], "attention_mask": batch[TEXT_MASK]}
+
+    def hf_pooling_problem(self, kind: str) -> Optional[str]:
+        if self.pooling == "pooler":
+            return None
+        if getattr(self.model, "pooler", None) is None:
+            return (f"{type(self.model).__name__} has no pooler: its *ForSequenceClassification puts layers of its own "
+                    f"over the tokens, which no mm_ptft pooling matches; export --format mm_ptft")
+        return (f"{type(self.model).__name__}: transformers' *ForSequenceClassification classifies the model's pooler "
+                f"output (BERT family: dense + tanh over [CLS]), while this run pools {self.pooling!r}: train with "
+                f"model.text.pooling=pooler to export --format hf, or export --format mm_ptft (any pooling)")
 
 
 @TEXT_ENCODERS.register("hf")

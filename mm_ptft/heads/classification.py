@@ -62,6 +62,13 @@ class ClassificationTask(Task):
     def export_forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.encoder(batch).pooled)  # (B, C): the live encoder, not an EMA copy or a loss
 
+    def export_hf(self) -> nn.Module:
+        """The encoder's transformers ``*For…Classification`` class with this head as its classifier."""
+        names = self.labels or [f"LABEL_{i}" for i in range(self.num_classes)]
+        return self.encoder.hf_with_head("classification", self.head.proj, {
+            "num_labels": self.num_classes, "id2label": dict(enumerate(map(str, names))),
+            "label2id": {str(n): i for i, n in enumerate(names)}})
+
 
 def classification_export_spec(keys: Sequence[str], labels: Sequence[str]) -> ExportSpec:
     """Batch keys in, ``logits`` (B, C) out, with the class names a server needs."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +171,27 @@ class CTCTask(Task):
     def export_forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self(batch)
         return out["log_probs"], out["frame_lengths"]  # (B, N, V), (B,)
+
+    def export_hf(self) -> nn.Module:
+        """The encoder's transformers ``*ForCTC`` class with this head as its ``lm_head`` (blank = pad id 0)."""
+        return self.encoder.hf_with_head("ctc", self.head, {"vocab_size": len(self.vocab), "pad_token_id": 0})
+
+    def export_hf_files(self, path: Any, max_length: Optional[int] = None) -> None:
+        """A ``Wav2Vec2Processor``: the encoder's feature extractor plus a ``Wav2Vec2CTCTokenizer`` over this
+        vocabulary (``<blank>`` its pad token, ``|`` its word delimiter), so ``processor.batch_decode`` of the
+        per-frame argmax gives the greedy transcript."""
+        import json
+        from pathlib import Path
+
+        from transformers import AutoFeatureExtractor, Wav2Vec2CTCTokenizer, Wav2Vec2Processor
+
+        super().export_hf_files(path, max_length)
+        vocab = Path(path) / "vocab.json"
+        vocab.write_text(json.dumps({t: i for i, t in enumerate(self.vocab.tokens)}, ensure_ascii=False))
+        tok = Wav2Vec2CTCTokenizer(str(vocab), pad_token=BLANK, word_delimiter_token=SPACE, unk_token=BLANK,
+                                   bos_token=None, eos_token=None, do_lower_case=False)
+        Wav2Vec2Processor(feature_extractor=AutoFeatureExtractor.from_pretrained(str(path)),
+                          tokenizer=tok).save_pretrained(str(path))
 
     @torch.no_grad()
     def transcribe(self, batch: Mapping[str, Any]) -> list[str]:
