@@ -276,6 +276,8 @@ class Trainer:
                 model(to_device(self.collate([self.eval_loader.dataset[0]]), self.device))  # output discarded
         model.train()
         results = metrics.compute()
+        # non-scalar results (a confusion matrix) a metrics object may give: written at the end of fit
+        self.last_artifacts = metrics.artifacts() if hasattr(metrics, "artifacts") else {}
         total = D.all_reduce_mean(loss_sum)
         if total[1] > 0:
             results["loss"] = float(total[0] / total[1])
@@ -466,6 +468,8 @@ class Trainer:
     def _finish(self, results: dict[str, float]) -> None:
         if self.dist.is_main:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
+            for stem, value in getattr(self, "last_artifacts", {}).items():
+                (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
         self._call("on_train_end", results)
         self.logger.close(results)
         if self.dist.is_main and self.tc.report:
