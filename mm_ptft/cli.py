@@ -1,4 +1,4 @@
-"""``mm-ptft`` command line: train, eval, predict, export, list, report, sweep, quickstart, doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, prune, list, report, sweep, quickstart, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,14 @@ def cmd_export(ns: argparse.Namespace) -> int:
                           **({"pushed_to": ns.push_to_hub} if ns.push_to_hub else {})}))
     else:
         print(json.dumps({"model": str(path), "description": str(path.with_suffix(".json"))}))
+    return 0
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    from mm_ptft.prune import prune_run
+
+    summary = prune_run(ns.run_dir, ns.amount, ns.structured, ns.out, ns.checkpoint, ns.trust_remote_code)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -150,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default=None)
     _trust_flag(ex)
     ex.set_defaults(fn=cmd_export)
+    pn = sub.add_parser("prune", help="mm-ptft prune RUN_DIR --amount A [--structured] [--out DIR]: magnitude-prune "
+                                      "the best checkpoint into a new run directory, re-evaluated")
+    pn.add_argument("run_dir")
+    pn.add_argument("--amount", type=float, required=True, help="fraction of weights (or rows, --structured) to zero")
+    pn.add_argument("--structured", action="store_true", help="L2 ln_structured over each layer's output rows")
+    pn.add_argument("--out", default=None, help="the pruned run directory (default RUN_DIR_pruned<percent>)")
+    pn.add_argument("--checkpoint", default=None)
+    _trust_flag(pn)
+    pn.set_defaults(fn=cmd_prune)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")
