@@ -1,4 +1,4 @@
-"""``mm-ptft`` command line: train, eval, predict, export, list, report, sweep, quickstart, doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, list, report, sweep, quickstart, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,24 @@ def cmd_export(ns: argparse.Namespace) -> int:
                           **({"pushed_to": ns.push_to_hub} if ns.push_to_hub else {})}))
     else:
         print(json.dumps({"model": str(path), "description": str(path.with_suffix(".json"))}))
+    return 0
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    from mm_ptft.prune import prune_run
+
+    summary = prune_run(ns.run_dir, ns.amount, ns.structured, ns.out, ns.checkpoint, ns.trust_remote_code)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_cv(ns: argparse.Namespace) -> int:
+    from mm_ptft.cv import run_cv
+
+    summary = run_cv(ns.config, ns.folds, ns.overrides, ns.out)
+    for name, m in summary["metrics"].items():
+        print(f"{name}: {m['mean']:.4f} ± {m['sd']:.4f}")
+    print(json.dumps({"summary": f"{summary['directory']}/cv_summary.json"}))
     return 0
 
 
@@ -150,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default=None)
     _trust_flag(ex)
     ex.set_defaults(fn=cmd_export)
+    pn = sub.add_parser("prune", help="mm-ptft prune RUN_DIR --amount A [--structured] [--out DIR]: magnitude-prune "
+                                      "the best checkpoint into a new run directory, re-evaluated")
+    pn.add_argument("run_dir")
+    pn.add_argument("--amount", type=float, required=True, help="fraction of weights (or rows, --structured) to zero")
+    pn.add_argument("--structured", action="store_true", help="L2 ln_structured over each layer's output rows")
+    pn.add_argument("--out", default=None, help="the pruned run directory (default RUN_DIR_pruned<percent>)")
+    pn.add_argument("--checkpoint", default=None)
+    _trust_flag(pn)
+    pn.set_defaults(fn=cmd_prune)
+    cv = sub.add_parser("cv", help="stratified K-fold cross-validation: mm-ptft cv CONFIG --folds K [--out DIR] "
+                                   "[key.sub=value ...]; mean ± sd of every metric")
+    cv.add_argument("config")
+    cv.add_argument("overrides", nargs="*", help="overrides applied to every fold")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--out", default=None, help="cross-validation directory (default: <output_dir>_cv)")
+    cv.set_defaults(fn=cmd_cv)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")
@@ -179,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
-    if extra and (ns.command != "sweep" or any(a.startswith("-") or "=" not in a for a in extra)):
+    if extra and (ns.command not in ("sweep", "cv") or any(a.startswith("-") or "=" not in a for a in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:  # sweep: key=value overrides may also follow the options
+    if extra:  # sweep, cv: key=value overrides may also follow the options
         ns.overrides = [*ns.overrides, *extra]
     if ns.command == "doctor":  # must work when the rest cannot import
         return ns.fn(ns)

@@ -109,7 +109,7 @@ class TrainConfig:
 @dataclass
 class OptimConfig:
     RANGES: ClassVar[dict[str, str]] = {"lr": ">0", "weight_decay": ">=0", "betas": "[0,1)", "eps": ">=0",
-                                        "momentum": "[0,1]"}
+                                        "momentum": "[0,1]", "l1": ">=0"}
     name: str = "adamw"  # adamw | adam | sgd
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -117,13 +117,19 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.9  # sgd only
     fused: Optional[bool] = None  # None: fused kernels where the device supports them
+    l1: float = 0.0  # L1 penalty l1 * sum|w| over trainable weights (not biases/norms), logged as l1_loss
 
 
 @dataclass
 class SchedConfig:
-    RANGES: ClassVar[dict[str, str]] = {"warmup_steps": ">=0"}
-    name: str = "linear"  # constant | linear | cosine (all with warmup)
+    RANGES: ClassVar[dict[str, str]] = {"warmup_steps": ">=0", "gamma": "(0,1]", "step_size": ">0", "power": ">0",
+                                        "lr_end": ">=0"}
+    name: str = "linear"  # constant | linear | cosine | exponential | step | polynomial (all with warmup)
     warmup_steps: int = 0
+    gamma: float = 0.1  # step: lr *= gamma every step_size steps; exponential: every step (e.g. 0.999)
+    step_size: int = 100  # step: optimizer steps between decays (counted after warmup)
+    power: float = 1.0  # polynomial: decay exponent (1 = linear to lr_end)
+    lr_end: float = 0.0  # polynomial: the lr at the last step (absolute, <= optim.lr)
 
 
 @dataclass

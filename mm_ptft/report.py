@@ -1,4 +1,4 @@
-"""``report.md`` for a run directory: final metrics and loss/metric curves as PNG."""
+"""``report.md`` for a run directory: final metrics, loss/metric curves and the confusion matrix as PNG."""
 from __future__ import annotations
 
 import json
@@ -47,6 +47,30 @@ def write_report(run_dir: str | Path) -> Path:
         fig.savefig(png, dpi=100)
         plt.close(fig)
         lines += [f"## {kind}", "", f"![{kind} curves]({png.name})", ""]
+    cm_path = run_dir / "confusion_matrix.json"
+    if cm_path.exists():
+        lines += _confusion_png(plt, run_dir, json.loads(cm_path.read_text()))
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
     return out
+
+
+def _confusion_png(plt, run_dir: Path, cm: dict) -> list[str]:
+    """``confusion_matrix.png`` (counts, rows = true class) and its report.md section."""
+    matrix, labels = cm["matrix"], [str(n) for n in cm["labels"]]
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(2 + 0.5 * n, 1.5 + 0.5 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i, row in enumerate(matrix):
+            for j, c in enumerate(row):
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=7)
+    ax.set_title("confusion matrix (final eval)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+    return ["## confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]

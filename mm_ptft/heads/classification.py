@@ -54,7 +54,7 @@ class ClassificationTask(Task):
         return classification_outputs(logits, batch, self.label_smoothing if self.training else 0.0)
 
     def build_metrics(self) -> ClassificationMetrics:
-        return ClassificationMetrics(self.num_classes)
+        return ClassificationMetrics(self.num_classes, self.labels)
 
     def export_spec(self) -> ExportSpec:
         return classification_export_spec(self.encoder.input_keys(), self.labels)

@@ -62,7 +62,8 @@ class ImageClassificationTask(ClassificationTask):
         self.ema.update(self._live(), step=int(self.ema_steps))
 
     def build_metrics(self) -> Any:
-        return EmaMetrics(self.num_classes) if self.ema is not None else ClassificationMetrics(self.num_classes)
+        return EmaMetrics(self.num_classes, self.labels) if self.ema is not None else \
+            ClassificationMetrics(self.num_classes, self.labels)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Create the EMA copy first when the checkpoint holds one (resume, evaluation)."""

@@ -52,7 +52,7 @@ class MultimodalClassifier(Task):
         return classification_outputs(logits, batch, self.label_smoothing if self.training else 0.0)
 
     def build_metrics(self) -> ClassificationMetrics:
-        return ClassificationMetrics(self.num_classes)
+        return ClassificationMetrics(self.num_classes, self.labels)
 
     def encoders(self) -> dict[str, nn.Module]:
         return dict(self.towers.items())

@@ -54,7 +54,7 @@ def sgd(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: tor
 def _hf_schedule(kind: str) -> Callable[..., Any]:
     """A warmup + ``kind`` decay builder over transformers' schedule functions."""
 
-    def build(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> Any:
+    def build(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cfg: Optional[SchedConfig] = None) -> Any:
         from transformers import get_scheduler
 
         return get_scheduler(kind, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
@@ -67,6 +67,55 @@ SCHEDULERS.register("linear")(_hf_schedule("linear"))
 SCHEDULERS.register("cosine")(_hf_schedule("cosine"))
 
 
+def _warmup_then(decay: Callable[..., Callable[[int], float]]) -> Callable[..., Any]:
+    """A LambdaLR builder: linear warmup from 0 over ``warmup_steps``, then the factor
+    ``decay(cfg, opt, warmup, total)(steps after warmup)`` on each group's lr (as transformers' schedules do)."""
+
+    def build(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cfg: Optional[SchedConfig] = None) -> Any:
+        cfg = cfg or SchedConfig()
+        factor = decay(cfg, opt, warmup_steps, total_steps)
+
+        def lr_lambda(step: int) -> float:
+            return step / max(1, warmup_steps) if step < warmup_steps else factor(step - warmup_steps)
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    return build
+
+
+@SCHEDULERS.register("exponential")
+@_warmup_then
+def _exponential(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total: int) -> Callable[[int], float]:
+    return lambda s: cfg.gamma ** s  # lr * gamma**(steps after warmup)
+
+
+@SCHEDULERS.register("step")
+@_warmup_then
+def _step(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total: int) -> Callable[[int], float]:
+    return lambda s: cfg.gamma ** (s // cfg.step_size)  # lr * gamma every step_size steps
+
+
+@SCHEDULERS.register("polynomial")
+@_warmup_then
+def _polynomial(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total: int) -> Callable[[int], float]:
+    """lr_end + (lr - lr_end) * (1 - s / decay_steps)**power, lr_end after the last step (transformers' formula)."""
+    lr = opt.defaults["lr"]
+    if cfg.lr_end > lr:
+        raise ConfigError(f"sched.lr_end={cfg.lr_end} must not exceed optim.lr={lr}")
+    end, span = cfg.lr_end / lr, max(1, total - warmup)
+    return lambda s: end + (1 - end) * (1 - min(s, span) / span) ** cfg.power
+
+
+def l1_params(task: nn.Module) -> list[torch.Tensor]:
+    """The weights ``optim.l1`` penalises: trainable, not biases or norm scales (those weight decay skips too)."""
+    return [p for n, p in task.named_parameters() if p.requires_grad and not _no_decay(n, p)]
+
+
+def l1_penalty(params: Iterable[torch.Tensor], l1: float) -> torch.Tensor:
+    """``l1 * sum |w|`` in float32."""
+    return l1 * sum(p.float().abs().sum() for p in params)
+
+
 def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     if cfg.name not in OPTIMIZERS:
         raise ConfigError(f"optim.name={cfg.name!r}; choose one of {OPTIMIZERS.names()}")
@@ -76,10 +125,11 @@ def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig, device: 
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int):
-    """Warmup then constant / linear / cosine decay (transformers' schedule functions)."""
+    """Warmup then constant / linear / cosine (transformers' schedule functions) or exponential / step /
+    polynomial decay (LambdaLR here); the builder gets the ``SchedConfig`` as ``cfg``."""
     if cfg.name not in SCHEDULERS:
         raise ConfigError(f"sched.name={cfg.name!r}; choose one of {SCHEDULERS.names()}")
     if 0 < total_steps <= cfg.warmup_steps:
         warnings.warn(f"sched.warmup_steps={cfg.warmup_steps} >= the run's {total_steps} optimizer steps: the learning "
                       f"rate never finishes warming up", stacklevel=2)
-    return SCHEDULERS.get(cfg.name)(opt, cfg.warmup_steps, max(total_steps, 1))
+    return SCHEDULERS.get(cfg.name)(opt, cfg.warmup_steps, max(total_steps, 1), cfg=cfg)

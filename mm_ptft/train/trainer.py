@@ -1,4 +1,5 @@
-"""The training loop. It runs any Task: it sums nothing itself, logs every ``*_loss`` it is given,
+"""The training loop. It runs any Task: it sums nothing itself (but the ``optim.l1`` weight penalty, added
+as ``l1_loss``), logs every ``*_loss`` it is given,
 and evaluates with the metrics object the task builds. Options are branches, not subclasses."""
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from mm_ptft.train import parallel as P
 from mm_ptft.train import rundir
 from mm_ptft.train import trackers as T
 from mm_ptft.train.logging import RunLogger, log, setup_console
-from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, param_groups
+from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, l1_params, l1_penalty, param_groups
 from mm_ptft.train.samplers import GroupedBatchSampler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -276,6 +277,8 @@ class Trainer:
                 model(to_device(self.collate([self.eval_loader.dataset[0]]), self.device))  # output discarded
         model.train()
         results = metrics.compute()
+        # non-scalar results (a confusion matrix) a metrics object may give: written at the end of fit
+        self.last_artifacts = metrics.artifacts() if hasattr(metrics, "artifacts") else {}
         total = D.all_reduce_mean(loss_sum)
         if total[1] > 0:
             results["loss"] = float(total[0] / total[1])
@@ -292,6 +295,10 @@ class Trainer:
         groups = (self.param_groups or (lambda m: param_groups(m, self.cfg.optim)))(self.task)
         self.opt = build_optimizer(groups, self.cfg.optim, self.device)
         self.sched = build_scheduler(self.opt, self.cfg.sched, total)
+        if self.cfg.optim.l1 > 0 and P.is_fsdp(self.model):
+            raise ConfigError("optim.l1 is not supported with train.distributed=fsdp (sharded weights)")
+        # optim.l1: the one loss term the trainer adds (it knows parameters, not what the task computes)
+        self.l1_params = l1_params(self.task) if self.cfg.optim.l1 > 0 else []
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]  # this config's
         self.eval_every = self.tc.eval_every or per_epoch
         self.step = self.epoch = self.batches_done = self.bad_steps = self.bad_steps_total = 0
@@ -390,6 +397,9 @@ class Trainer:
             with P.grad_sync(self.model, boundary):  # accumulating: no all-reduce until the last micro-batch
                 with self._autocast():
                     out = self.model(batch)
+                if self.l1_params:
+                    out = {**out, "l1_loss": l1_penalty(self.l1_params, self.cfg.optim.l1)}
+                    out["loss"] = out["loss"] + out["l1_loss"]
                 self.scaler.scale(out["loss"] / accum).backward()
             for k, v in out.items():
                 if k == "loss" or k.endswith("_loss"):
@@ -466,6 +476,8 @@ class Trainer:
     def _finish(self, results: dict[str, float]) -> None:
         if self.dist.is_main:
             (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
+            for stem, value in getattr(self, "last_artifacts", {}).items():
+                (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
         self._call("on_train_end", results)
         self.logger.close(results)
         if self.dist.is_main and self.tc.report:

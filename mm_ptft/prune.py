@@ -1,0 +1,98 @@
+"""``mm-ptft prune RUN``: magnitude pruning of a trained run (``torch.nn.utils.prune``) into a new run directory.
+
+The pruned copy is an ordinary run directory (config, tokenizer/vocabulary, one checkpoint, re-saved encoders,
+``final_metrics.json`` re-evaluated on the run's eval set) that ``eval``, ``predict`` and ``export`` accept;
+``pruning.json`` records the amount, the sparsity reached and the metrics before and after."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from mm_ptft.config import ConfigError
+from mm_ptft.finetune import save_encoders
+from mm_ptft.tasks.common import load_run, pick_checkpoint
+from mm_ptft.train import checkpoint as ckpt
+from mm_ptft.train import rundir
+from mm_ptft.train.trainer import Trainer
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: what the copy leaves behind: the source's checkpoints (one new one is written), loggers' files, exports
+NOT_COPIED = ("checkpoints", "tensorboard", "wandb", "export", "report.md", "final_metrics.json",
+              "confusion_matrix.json", "confusion_matrix.png", "pruning.json")
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, "weight")`` for every Linear / Conv layer (embeddings and norms are left alone)."""
+    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE) and isinstance(m.weight, nn.Parameter)]
+
+
+def sparsity(targets: list[tuple[nn.Module, str]]) -> float:
+    """The fraction of exact zeros over the targets' weights."""
+    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in targets)
+    total = sum(getattr(m, n).numel() for m, n in targets)
+    return zeros / max(total, 1)
+
+
+def apply_pruning(model: nn.Module, amount: float, structured: bool = False) -> list[tuple[nn.Module, str]]:
+    """Global unstructured L1 pruning of ``amount`` of all Linear/Conv weights, or (``structured``) L2
+    ``ln_structured`` of ``amount`` of each layer's output channels/rows; made permanent (``prune.remove``)."""
+    if not 0.0 <= amount < 1.0:
+        raise ConfigError(f"--amount={amount} must be in [0, 1)")
+    targets = prunable_weights(model)
+    if not targets:
+        raise ConfigError("the model has no Linear/Conv weights to prune")
+    if structured:
+        for m, n in targets:
+            tprune.ln_structured(m, n, amount=amount, n=2, dim=0)
+    else:
+        tprune.global_unstructured(targets, pruning_method=tprune.L1Unstructured, amount=amount)
+    for m, n in targets:
+        tprune.remove(m, n)
+    return targets
+
+
+def _evaluate(prepared: Any, cfg: Any) -> Optional[dict[str, float]]:
+    if prepared.eval_data is None:
+        return None
+    return Trainer.from_prepared(prepared, cfg, train=False).evaluate()
+
+
+def prune_run(run_dir: str | Path, amount: float, structured: bool = False, out: Optional[str | Path] = None,
+              checkpoint: Optional[str] = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Prune the run's best (or given) checkpoint into ``out`` (default ``RUN_pruned<percent>``); return the
+    summary written to ``out/pruning.json``."""
+    run_dir = Path(run_dir)
+    tag = f"{'structured' if structured else 'pruned'}{round(amount * 100)}"
+    out = Path(out) if out else run_dir.with_name(f"{run_dir.name}_{tag}")
+    if out.resolve() == run_dir.resolve():
+        raise ConfigError("--out must differ from the run directory (the source run is left as it is)")
+    if rundir.holds_run(out):
+        raise ConfigError(f"--out={str(out)!r} already holds a run; choose another directory")
+    source = pick_checkpoint(run_dir, checkpoint)
+    cfg, prepared, _ = load_run(run_dir, checkpoint=checkpoint, trust_remote_code=trust_remote_code)
+    before = _evaluate(prepared, cfg)
+    targets = apply_pruning(prepared.task, amount, structured)
+    after = _evaluate(prepared, cfg)
+
+    shutil.copytree(run_dir, out, ignore=lambda d, names: [n for n in names if Path(d) == run_dir and n in NOT_COPIED],
+                    dirs_exist_ok=True)
+    step = json.loads((source / ckpt.META).read_text())["step"]
+    saved = ckpt.save(out / "checkpoints", step, prepared.task, {}, (run_dir / "config.yaml").read_text())
+    if (out / "encoders").exists():  # the encoders eval/predict would not use, re-saved pruned
+        shutil.rmtree(out / "encoders")
+        save_encoders(prepared.task, out / "encoders")
+    summary = {"source": str(run_dir), "checkpoint": str(source), "pruned_checkpoint": f"checkpoints/{saved.name}",
+               "method": "ln_structured (L2, output channels/rows, per layer)" if structured
+               else "global_unstructured L1", "amount": amount, "sparsity": sparsity(targets),
+               "pruned_layers": len(targets), "pruned_weights": sum(getattr(m, n).numel() for m, n in targets),
+               "metrics_before": before, "metrics_after": after}
+    (out / "pruning.json").write_text(json.dumps(summary, indent=2))
+    if after is not None:
+        (out / "final_metrics.json").write_text(json.dumps(after, indent=2))
+    return summary
