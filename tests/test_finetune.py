@@ -85,3 +85,29 @@ def test_lora_trains_adapters_only_and_merges_exactly():
 def test_unknown_strategy_names_key():
     with pytest.raises(ValueError, match="finetune.strategy"):
         apply_finetune(bert_task(), FinetuneConfig(strategy="partial"))
+
+
+def resnet_task() -> ClassificationTask:
+    from mm_ptft.encoders.image import IMAGE_ENCODERS
+
+    torch.manual_seed(0)
+    spec = {"name": "timm", "name_or_path": "resnet10t", "pretrained": False}
+    return ClassificationTask(build_encoder(IMAGE_ENCODERS, spec, "model.image"), 3, dropout=0.0)
+
+
+def test_resnet_stages_are_layers_for_freezing_and_llrd():
+    """timm/torchvision ResNets name their stages layer1..layer4 and their blocks' convs conv1/bn1 like the stem:
+    freeze_layers=2 freezes the stem, layer1 and layer2 (every parameter of them) and nothing else; LLRD gives
+    layer1 < layer4 < head."""
+    task = resnet_task()
+    apply_finetune(task, FinetuneConfig(strategy="freeze_layers", freeze_layers=2))
+    frozen = {n for n, p in task.named_parameters() if not p.requires_grad}
+    stage = lambda n: n.split("model.", 1)[1].split(".")[0]  # noqa: E731  ("conv1", "layer3", "fc", ...)
+    expected = {n for n, _ in task.named_parameters() if n.startswith("encoder.")
+                and stage(n) in {"conv1", "bn1", "layer1", "layer2"}}
+    assert frozen == expected and any(".layer1.0.conv1." in n for n in frozen)
+    task = resnet_task()
+    groups = param_groups(task, OptimConfig(lr=1.0, weight_decay=0.0), FinetuneConfig(strategy="llrd", llrd_decay=0.5))
+    enc = task.encoder.model
+    lrs = [lr_of(groups, getattr(enc, f"layer{i}")[0].conv1.weight) for i in range(1, 5)]
+    assert lrs == [0.5 ** 4, 0.5 ** 3, 0.5 ** 2, 0.5 ** 1] and lr_of(groups, task.head.proj.weight) == 1.0

@@ -27,6 +27,7 @@ ENCODER_FILE = "mm_ptft_encoder.json"
 #: builder options that only say where initial weights come from, and their "no weights" values
 WEIGHT_SOURCE_KEYS = {"pretrained": None, "weights": None, "checkpoint_path": ""}
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h|stages|resblocks)\.(\d+)\.")
+_STAGE_RE = re.compile(r"(?:^|\.)layer(\d+)\.")  # ResNet-style 1-based stages (timm, torchvision): layer1 → 0
 _EMBED_RE = re.compile(r"embed|cls_token|pos_|position|patch|stem|conv1\.|bn1\.|feature_extractor|mask_emb")
 
 
@@ -220,10 +221,14 @@ def remote_code(requested: bool, where: str, name_or_path: Optional[str]) -> boo
 
 
 def layer_index(param_name: str) -> Optional[int]:
-    """Block index of a parameter (``encoder.layer.3.…`` → 3), -1 for embeddings, None otherwise."""
+    """Block index of a parameter (``encoder.layer.3.…`` → 3, ResNet ``layer2.0.…`` → 1), -1 for embeddings
+    (and a CNN's stem), None otherwise (heads, final norms)."""
     m = _LAYER_RE.search(param_name)
     if m:
         return int(m.group(1))
+    m = _STAGE_RE.search(param_name)
+    if m:  # checked before the embedding names: ``layer1.0.conv1`` is a block, not the stem's ``conv1``
+        return int(m.group(1)) - 1
     if _EMBED_RE.search(param_name):
         return -1
     return None
