@@ -50,9 +50,11 @@ def save_best_encoders(model: torch.nn.Module, run_dir: Path) -> None:
     if source is not None:
         ckpt.load(source, model)
     save_encoders(model, run_dir / "encoders")
+    best = run_dir / "checkpoints" / "best.json"
+    is_best = source is not None and best.is_file() and json.loads(best.read_text()).get("path") == source.name
     note = {"checkpoint": f"checkpoints/{source.name}" if source else None,
-            "why": "best checkpoint (as eval/predict use)" if source and (source.parent / "best.json").exists()
-            else "latest checkpoint" if source else "final weights (no checkpoint)"}
+            "why": "best checkpoint (as eval/predict use)" if is_best
+            else "latest good checkpoint" if source else "final weights (no checkpoint)"}
     for enc_dir in (run_dir / "encoders").glob("*/"):
         (enc_dir / "source.json").write_text(json.dumps(note, indent=1))
 
