@@ -226,7 +226,7 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
                out: Path) -> str:
     """README.md: metrics (``final_metrics.json``), data (and its card), labels, intended use and limits, how to
     load, the resolved config."""
-    from mm_ptft.train.rundir import _relative, config_yaml
+    from mm_ptft.train.rundir import config_yaml, run_relative
 
     metrics_path = run_dir / "final_metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
@@ -249,7 +249,7 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     else:
         lines += ["No `final_metrics.json` in the run: no evaluation recorded."]
     lines += ["", "## Data", ""]
-    named = {k: (_relative(v, run_dir) or v) if isinstance(v, str) else v for k, v in data.items() if v}
+    named = {k: (run_relative(v, run_dir) or v) if isinstance(v, str) else v for k, v in data.items() if v}
     lines += [f"- `data.{k}`: `{v}`" for k, v in named.items()] or ["- (the config names no data files)"]
     cards = data_cards(data, out)
     lines += [""] + ([f"Dataset card{'s' if len(cards) > 1 else ''} (licence, provenance, known biases), copied here: "

@@ -60,7 +60,7 @@ def clear_for_overwrite(cfg: RunConfig) -> None:
 
 # ---- relocatable configs --------------------------------------------------------------------------
 
-def _relative(value: str, root: Path) -> Optional[str]:
+def run_relative(value: str, root: Path) -> Optional[str]:
     """``${output_dir}/rel`` when ``value`` is a path inside ``root``, else None."""
     if not value or "\n" in value or value.startswith("${"):
         return None
@@ -77,7 +77,7 @@ def _relocate(node: Any, root: Path, key: str = "") -> Any:
     if isinstance(node, list):
         return [_relocate(v, root) for v in node]
     if isinstance(node, str) and key != "output_dir":
-        return _relative(node, root) or node
+        return run_relative(node, root) or node
     return node
 
 
