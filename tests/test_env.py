@@ -146,3 +146,18 @@ def test_doctor_and_train_with_a_broken_torchaudio(broken_env, tmp_path) -> None
                            cwd=ROOT)
     assert train.returncode == 0, train.stderr[-2000:]
     assert (tmp_path / "r" / "final_metrics.json").exists()
+
+
+def test_doctor_names_the_matching_torchvision_only_when_its_ops_fail(monkeypatch) -> None:
+    versions = {"torch": "2.15.0", "torchvision": "0.29.2"}
+    monkeypatch.setattr(env, "version", lambda dist: versions.get(dist, "1.0"))
+    vision = next(c for c in env.compiled_checks() if c.name == "torchvision ops")
+    assert vision.ok and "pip install" not in vision.detail  # older minor, measured working: no complaint
+
+    def broken() -> str:
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(env, "_torchvision_ops", broken)
+    vision = next(c for c in env.compiled_checks() if c.name == "torchvision ops")
+    assert not vision.ok and "torchvision::nms does not exist" in vision.detail
+    assert "pip install 'torchvision==0.30.*'" in vision.detail
