@@ -5,13 +5,15 @@ and with any text encoder that can apply a causal attention mask (``supports_cau
 tiny built-in; BERT-family models built with ``is_decoder: true``). Whether an encoder really hides
 later tokens is checked at build time by a probe (change the last token, see whether earlier outputs
 move), so a bidirectional encoder is a build error rather than a loss that quietly reads the answer.
-The LM head is tied to the encoder's input embeddings where it exposes them (GPT-2's ``lm_head``).
+The LM head is tied to the encoder's input embeddings where the model's own config ties them
+(``tie_word_embeddings``: GPT-2 yes, Llama no; the tiny encoder, whose embeddings have PyTorch's N(0, 1)
+init and would start with huge logits, no) unless ``tie_embeddings`` says otherwise.
 Evaluation also returns the summed token NLL and token count, from which the metrics report
 ``clm_perplexity`` = exp(total NLL / total tokens) over the whole eval split.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +76,8 @@ class CausalLMObjective(Objective):
 
     modalities = ("text",)
 
-    def __init__(self, text_encoder: Encoder, tie_embeddings: bool = True, where: str = "model.objectives.clm"
-                 ) -> None:
+    def __init__(self, text_encoder: Encoder, tie_embeddings: Optional[bool] = None,
+                 where: str = "model.objectives.clm") -> None:
         super().__init__()
         self.causal_mask = bool(getattr(text_encoder, "supports_causal_mask", False))
         problem = causal_problem(text_encoder, self.causal_mask)
@@ -83,6 +85,9 @@ class CausalLMObjective(Objective):
             raise ValueError(f"{where}: the text encoder ({type(text_encoder).__name__}) {problem}; use a decoder "
                              f"(hf with a gpt2/llama model), model.text.config.is_decoder=true for a BERT-family hf "
                              f"model, or the tiny encoder (causal mask built in)")
+        if tie_embeddings is None:  # as the model's own config says (HF), else untied
+            hf_config = getattr(getattr(text_encoder, "model", None), "config", None)
+            tie_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         emb = text_encoder.input_embeddings() if tie_embeddings else None  # type: ignore[operator]
         if tie_embeddings and (emb is None or emb.weight.shape[1] != text_encoder.out_dim):
             raise ValueError(f"{where}.tie_embeddings=true: the text encoder exposes no input embedding table of its "
@@ -90,7 +95,7 @@ class CausalLMObjective(Objective):
         vocab = emb.weight.shape[0] if emb is not None else len(text_encoder.tokenizer)  # type: ignore[attr-defined]
         self.head = nn.Linear(text_encoder.out_dim, vocab, bias=False)
         if emb is not None:
-            self.head.weight = emb.weight  # GPT-2's tied LM head
+            self.head.weight = emb.weight  # (V, D), GPT-2's tied LM head
 
     def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         ids, att = batch[TEXT], batch[TEXT_MASK]  # (B, L)
@@ -118,7 +123,7 @@ class CausalLMObjective(Objective):
 
 
 @OBJECTIVES.register()
-def clm(encoders: Mapping[str, Encoder], tie_embeddings: bool = True, init_from_pretrained_head: bool = False,
+def clm(encoders: Mapping[str, Encoder], tie_embeddings: Optional[bool] = None, init_from_pretrained_head: bool = False,
         where: str = "model.objectives.clm") -> CausalLMObjective:
     """Causal (next-token) language modelling on the text encoder; perplexity in eval."""
     require_encoders(encoders, ["text"], where)

@@ -94,12 +94,12 @@ def test_clm_matches_llama_for_causal_lm_with_its_untied_head(tmp_path: Path, to
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
                                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False))
     d = _hf_dir(tmp_path, hf, tok)
-    _parity(hf, d, tok, {"name": "clm", "tie_embeddings": False, "init_from_pretrained_head": True})
+    _parity(hf, d, tok, {"name": "clm", "init_from_pretrained_head": True})  # untied, as Llama's config says
     with pytest.raises(ValueError, match=r"model.objectives.lm.init_from_pretrained_head"):
         bare = tmp_path / "bare"
         hf.model.save_pretrained(str(bare))  # the decoder alone: no lm_head in the checkpoint
         text = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(bare), "tokenizer": d}, "model.text")
-        OBJECTIVES.build({"name": "clm", "tie_embeddings": False, "init_from_pretrained_head": True},
+        OBJECTIVES.build({"name": "clm", "init_from_pretrained_head": True},
                          "model.objectives.lm", encoders={"text": text})
 
 
@@ -135,3 +135,15 @@ def test_eval_perplexity_is_token_weighted_over_the_split(encoders) -> None:
     assert r["clm_tokens"] == count
     assert r["clm_perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert abs(r["clm_perplexity"] - math.exp(sum(means) / 2)) > 1e-3 * r["clm_perplexity"]
+
+
+def test_head_is_tied_as_the_model_config_says_unless_told(encoders, tmp_path: Path, tok) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    gpt2 = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": _hf_dir(tmp_path, hf, tok)}, "model.text")
+    assert OBJECTIVES.build({"name": "clm"}, "o", encoders={"text": gpt2}).head.weight is gpt2.model.wte.weight
+    tiny = encoders["text"]
+    assert OBJECTIVES.build({"name": "clm"}, "o", encoders={"text": tiny}).head.weight is not tiny.tok_embed.weight
+    tied = OBJECTIVES.build({"name": "clm", "tie_embeddings": True}, "o", encoders={"text": tiny})
+    assert tied.head.weight is tiny.tok_embed.weight
