@@ -149,3 +149,26 @@ def test_init_from_pretrained_head_needs_the_head_in_the_checkpoint(bert_dir, tm
         with pytest.raises(ValueError, match=rf"model.objectives.{name}.init_from_pretrained_head: .*{missing}"):
             OBJECTIVES.build({"name": name, "init_from_pretrained_head": True}, f"model.objectives.{name}",
                              encoders={"text": text})
+
+
+def test_sop_head_loads_albert_and_gives_its_sop_logits(tmp_path: Path) -> None:
+    """sop with init_from_pretrained_head on an AlbertForPreTraining checkpoint: our logits on our pairs equal
+    the model's own ``sop_logits`` (its loss needs MLM labels too, so the logits are compared)."""
+    from transformers import AlbertConfig, AlbertForPreTraining
+
+    tok = train_wordpiece(TEXTS, 100)
+    torch.manual_seed(0)
+    hf = AlbertForPreTraining(AlbertConfig(vocab_size=len(tok), embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=64, pad_token_id=tok.pad_token_id))
+    with torch.no_grad():
+        hf.sop_classifier.classifier.bias.add_(torch.tensor([0.3, -0.2]))
+    hf.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    text = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path), "pooling": "pooler"},
+                         "model.text").eval()
+    sop = OBJECTIVES.build({"name": "sop", "init_from_pretrained_head": True}, "o", encoders={"text": text}).eval()
+    pairs, labels, _ = sop.pair_batch(_batch(tok))
+    assert set(labels.tolist()) == {0, 1}
+    with torch.no_grad():
+        ref = hf.eval()(input_ids=pairs[TEXT], attention_mask=pairs[TEXT_MASK], token_type_ids=pairs[TEXT_SEGMENTS])
+        torch.testing.assert_close(sop.logits(text, pairs), ref.sop_logits, atol=1e-5, rtol=1e-5)

@@ -123,6 +123,17 @@ def test_joint_tiny_logs_each_objective_and_beats_chance(tmp_path: Path) -> None
                   tmp_path / "encoders" / "audio")
 
 
+def test_joint_tiny_takes_nsp_beside_clip_and_mlm(tmp_path: Path) -> None:
+    """nsp joins the joint run's objectives by config: it reads the text of every source that has text."""
+    r = run_recipe("pretrain_joint", tmp_path, "train.max_steps=6", "train.eval_every=6", "train.log_every=1",
+                   "model.objectives.nsp={name: nsp, weight: 0.5}")
+    train = [e for e in (json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines())
+             if e.get("kind") == "train"]
+    assert all("nsp_loss" in e for e in train) and len(train) == 6
+    assert {"nsp_loss", "mlm_loss", "nsp_rows_skipped", "audio_to_text_r1"} <= set(r), r
+    assert 0.3 < r["nsp_loss"] < 1.2 and r["nsp_rows_skipped"] == 0  # about log 2 this early
+
+
 @pytest.mark.parametrize("name", ["pretrain_contrastive", "pretrain_masked", "pretrain_joint"])
 def test_gpu_config_is_valid(name: str) -> None:
     from mm_ptft.run import load_config
