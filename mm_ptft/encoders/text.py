@@ -109,7 +109,10 @@ class HFTextEncoder(HFBacked, TextEncoder):
 
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         mask = batch[TEXT_MASK]  # (B, L)
-        segments = {"token_type_ids": batch[TEXT_SEGMENTS]} if TEXT_SEGMENTS in batch else {}
+        # segment ids of sentence pairs, only to models with a segment embedding for ids 0 and 1 (BERT, ALBERT;
+        # not RoBERTa's single type, nor GPT-2, which would look them up in its token embeddings)
+        two_types = getattr(self.model.config, "type_vocab_size", 0) >= 2
+        segments = {"token_type_ids": batch[TEXT_SEGMENTS]} if TEXT_SEGMENTS in batch and two_types else {}
         out = self.model(input_ids=batch[TEXT], attention_mask=mask, **segments)
         tokens = out.last_hidden_state  # (B, L, D)
         pooled = {"cls": lambda: tokens[:, 0], "mean": lambda: masked_mean(tokens, mask),

@@ -172,3 +172,20 @@ def test_sop_head_loads_albert_and_gives_its_sop_logits(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = hf.eval()(input_ids=pairs[TEXT], attention_mask=pairs[TEXT_MASK], token_type_ids=pairs[TEXT_SEGMENTS])
         torch.testing.assert_close(sop.logits(text, pairs), ref.sop_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type,extra", [("roberta", {"type_vocab_size": 1}), ("gpt2", {})])
+def test_pairs_run_on_encoders_without_two_segment_types(model_type: str, extra: dict) -> None:
+    """RoBERTa has one token type (segment id 1 would index past its table) and GPT-2 would embed segment ids
+    as tokens: the pairs reach them without segment ids, marked by [SEP] alone."""
+    sizes = ({"n_embd": 16, "n_layer": 1, "n_head": 2} if model_type == "gpt2" else
+             {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32})
+    text = build_encoder(TEXT_ENCODERS, {"name": "hf", "config": {"model_type": model_type, **sizes, **extra}},
+                         "model.text", corpus=TEXTS).eval()
+    sop = OBJECTIVES.build({"name": "sop"}, "o", encoders={"text": text}).eval()
+    batch = _batch(text.tokenizer)
+    pairs, _, _ = sop.pair_batch(batch)
+    with torch.no_grad():
+        with_segments = sop.logits(text, pairs)
+        without = sop.logits(text, {k: v for k, v in pairs.items() if k != TEXT_SEGMENTS})
+    torch.testing.assert_close(with_segments, without)
