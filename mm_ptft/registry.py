@@ -67,12 +67,14 @@ class Registry(Generic[T]):
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_any:
-            unknown = sorted(set(spec) - set(params))
+            unknown = sorted(k for k in spec if k not in params or k == "where")  # where: the config path itself
             if unknown:
-                allowed = ", ".join(k for k in params if k not in extra)
+                allowed = ", ".join(k for k in params if k not in extra and k != "where")
                 raise KeyError(f"{where}: unknown key(s) {', '.join(where + '.' + k for k in unknown)}; "
                                f"accepted: {allowed}")
         runtime = {k: v for k, v in extra.items() if takes_any or k in params}
+        if "where" in params:  # a builder that names its config path in its errors
+            runtime["where"] = where
         built = fn(**spec, **runtime)
         if self.record_spec:
             built.spec = {"name": name, **spec}

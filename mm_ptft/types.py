@@ -7,6 +7,7 @@ import torch
 
 # Batch keys (DESIGN.md § Contracts). A batch is a plain dict keyed by these names.
 TEXT, TEXT_MASK = "text", "text_mask"
+TEXT_SEGMENTS = "text_segments"  # optional (B, L) segment ids of a sentence pair (BERT's token_type_ids)
 IMAGE = "image"
 AUDIO, AUDIO_LENGTHS = "audio", "audio_lengths"
 LABELS, TARGETS = "labels", "targets"

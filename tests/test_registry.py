@@ -76,3 +76,15 @@ def test_a_registry_that_records_specs_marks_what_it_builds():
     built = reg.build({"name": "thing", "width": 3}, corpus=["runtime, not spec"])
     assert built.spec == {"name": "thing", "width": 3} and built.corpus == ["runtime, not spec"]
     assert not hasattr(make().build("small"), "spec")  # off by default (tuples cannot carry it anyway)
+
+
+def test_a_builder_with_a_where_parameter_gets_the_config_path_and_yaml_cannot_set_it():
+    reg = Registry(f"thing_{next(_ids)}")
+
+    @reg.register()
+    def named(width: int = 2, where: str = "default") -> tuple:
+        return (width, where)
+
+    assert reg.build({"name": "named", "width": 3}, "model.objectives.lm") == (3, "model.objectives.lm")
+    with pytest.raises(KeyError, match=r"unknown key\(s\) model.x.where; accepted: width'$"):
+        reg.build({"name": "named", "where": "elsewhere"}, "model.x")

@@ -13,7 +13,7 @@ from torch import nn
 
 from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean, remote_code
 from mm_ptft.registry import Registry
-from mm_ptft.types import TEXT, TEXT_MASK, EncoderOutput
+from mm_ptft.types import TEXT, TEXT_MASK, TEXT_SEGMENTS, EncoderOutput
 
 TEXT_ENCODERS: Registry[Encoder] = Registry("text_encoder", record_spec=True)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -73,6 +73,12 @@ class TextEncoder(Encoder):
     modality = "text"
     tokenizer: Any
     max_length: int
+    #: True where ``forward(batch, causal=True)`` applies a causal attention mask (next-token prediction)
+    supports_causal_mask: bool = False
+
+    def input_embeddings(self) -> Optional[nn.Embedding]:
+        """The token embedding table (an LM head can tie its weights to it); None where there is none."""
+        return None
 
     def export_preprocessing(self, out: Path) -> dict[str, Any]:
         """Tokenise with the tokenizer saved beside the exported model, pad, and give the attention mask."""
@@ -103,7 +109,11 @@ class HFTextEncoder(HFBacked, TextEncoder):
 
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         mask = batch[TEXT_MASK]  # (B, L)
-        out = self.model(input_ids=batch[TEXT], attention_mask=mask)
+        # segment ids of sentence pairs, only to models with a segment embedding for ids 0 and 1 (BERT, ALBERT;
+        # not RoBERTa's single type, nor GPT-2, which would look them up in its token embeddings)
+        two_types = getattr(self.model.config, "type_vocab_size", 0) >= 2
+        segments = {"token_type_ids": batch[TEXT_SEGMENTS]} if TEXT_SEGMENTS in batch and two_types else {}
+        out = self.model(input_ids=batch[TEXT], attention_mask=mask, **segments)
         tokens = out.last_hidden_state  # (B, L, D)
         pooled = {"cls": lambda: tokens[:, 0], "mean": lambda: masked_mean(tokens, mask),
                   "pooler": lambda: out.pooler_output}[self.pooling]()  # (B, D)
@@ -111,6 +121,9 @@ class HFTextEncoder(HFBacked, TextEncoder):
 
     def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return {"input_ids": batch[TEXT], "attention_mask": batch[TEXT_MASK]}
+
+    def input_embeddings(self) -> Optional[nn.Embedding]:
+        return self.model.get_input_embeddings()
 
     def hf_pooling_problem(self, kind: str) -> Optional[str]:
         if self.pooling == "pooler":
@@ -148,9 +161,11 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, poolin
 
 
 class TinyTextTransformer(TextEncoder):
-    """A small pre-norm transformer encoder for tests and CPU recipes."""
+    """A small pre-norm transformer encoder for tests and CPU recipes; ``forward(batch, causal=True)``
+    lets each token attend only to itself and earlier tokens (causal language modelling)."""
 
     modality = "text"
+    supports_causal_mask = True
 
     def __init__(self, tokenizer: Any, dim: int, depth: int, heads: int, max_length: int, pooling: str) -> None:
         super().__init__()
@@ -162,20 +177,25 @@ class TinyTextTransformer(TextEncoder):
         self.norm = nn.LayerNorm(dim)
         self._ckpt = False
 
-    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
+    def forward(self, batch: Mapping[str, Any], causal: bool = False) -> EncoderOutput:
         ids, mask = batch[TEXT], batch[TEXT_MASK].bool()  # (B, L)
         x = self.tok_embed(ids) + self.pos_embed[:, : ids.shape[1]]  # (B, L, D)
+        n = ids.shape[1]
+        future = torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1) if causal else None  # (L, L) True: hidden
         for blk in self.encoder.layers:
             if self._ckpt and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, None, ~mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, future, ~mask, use_reentrant=False)
             else:
-                x = blk(x, src_key_padding_mask=~mask)
+                x = blk(x, src_mask=future, src_key_padding_mask=~mask)
         x = self.norm(x)  # (B, L, D)
         pooled = x[:, 0] if self.pooling == "cls" else masked_mean(x, mask)  # (B, D)
         return EncoderOutput(pooled, x, mask)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self._ckpt = enabled
+
+    def input_embeddings(self) -> Optional[nn.Embedding]:
+        return self.tok_embed
 
 
 @TEXT_ENCODERS.register("tiny")

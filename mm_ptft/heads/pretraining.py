@@ -3,7 +3,8 @@
 A batch is either one source's batch (``{"text": …, "image": …}``) or a mixed batch
 ``{source: sub-batch}`` from ``MixtureDataset``. Each sub-batch goes to every objective whose
 modalities it carries; training returns each objective's ``*_loss`` parts and ``loss`` = their
-weighted sum. Evaluation adds normalised embeddings (for retrieval recall@K) and zero-shot logits
+weighted sum. Parts an objective reports that are not losses (``clm_nll_sum``, ``clm_tokens``) are
+summed over sub-batches into ``out["totals"]`` for the metrics (perplexity). Evaluation adds normalised embeddings (for retrieval recall@K) and zero-shot logits
 from class-name prompts (for ``zeroshot_accuracy``).
 """
 from __future__ import annotations
@@ -66,6 +67,7 @@ class PretrainTask(Task):
         subs = dict(batch) if is_mixed(batch) else {"": batch}
         feats = {src: EncodedBatch(self.towers, sb) for src, sb in subs.items()}
         sums: dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = {}  # parts that are not losses (token counts…): summed as they are
         rows: dict[str, int] = {}
         owner: dict[str, str] = {}
         joined = self._sync_presence(subs)
@@ -77,6 +79,9 @@ class PretrainTask(Task):
                     for key, value in obj(feats[src], subs[src]).items():
                         if owner.setdefault(key, name) != name:
                             raise ValueError(f"objectives {owner[key]!r} and {name!r} both report {key!r}")
+                        if not key.endswith("_loss"):
+                            totals[key] = totals.get(key, 0.0) + value
+                            continue
                         sums[key] = sums.get(key, 0.0) + value * n
                         rows[key] = rows.get(key, 0) + n
                 elif src in joined.get(name, {}):
@@ -86,6 +91,8 @@ class PretrainTask(Task):
                              f"{ {n: o.modalities for n, o in self.objectives.items()} }")
         out: dict[str, Any] = {k: sums[k] / rows[k] for k in sorted(sums)}
         out["loss"] = sum((self.weights[owner[k]] * v for k, v in out.items()), zero)
+        if totals:
+            out["totals"] = totals
         if not self.training:
             self._eval_outputs(subs, feats, out)
         return out

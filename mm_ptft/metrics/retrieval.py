@@ -6,6 +6,7 @@ other), so embeddings are accumulated and, under torchrun, gathered from every r
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -32,8 +33,20 @@ def _gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0).to(x.device)
 
 
+def token_perplexities(totals: Mapping[str, float]) -> dict[str, float]:
+    """The summed totals, and ``<p>_perplexity`` = exp(``<p>_nll_sum`` / ``<p>_tokens``) for each pair: the
+    token-weighted mean NLL over the whole split (not a mean of per-batch means)."""
+    out = {k: v for k, v in sorted(totals.items()) if not k.endswith("_nll_sum")}
+    for key in sorted(totals):
+        prefix = key[: -len("_tokens")]
+        if key.endswith("_tokens") and f"{prefix}_nll_sum" in totals and totals[key] > 0:
+            out[f"{prefix}_perplexity"] = math.exp(totals[f"{prefix}_nll_sum"] / totals[key])
+    return out
+
+
 class PretrainMetrics:
-    """Mean of each ``*_loss`` in eval outputs; with ``out['embeddings']`` (modality → (B, E),
+    """Mean of each ``*_loss`` in eval outputs; the sums of ``out['totals']`` with the perplexities they give
+    (``clm_perplexity``); with ``out['embeddings']`` (modality → (B, E),
     L2-normalised) retrieval recall@K for ``pairs`` in both directions (``image_to_text_r1``…)
     plus ``mean_r1``; with ``out['zeroshot_logits']`` (modality → (B, C)) and labels,
     ``zeroshot_<modality>_accuracy`` and their mean ``zeroshot_accuracy``."""
@@ -43,12 +56,13 @@ class PretrainMetrics:
         self.pairs, self.num_classes, self.ks = list(pairs), num_classes, list(ks)
         self.device = torch.device("cpu")
         self.losses: dict[str, torchmetrics.MeanMetric] = {}
+        self.totals: dict[str, torchmetrics.SumMetric] = {}
         self.zeroshot: dict[str, torchmetrics.Metric] = {}
         self.embeddings: dict[str, list[torch.Tensor]] = {}
 
     def to(self, device: torch.device) -> "PretrainMetrics":
         self.device = device
-        for m in [*self.losses.values(), *self.zeroshot.values()]:
+        for m in [*self.losses.values(), *self.totals.values(), *self.zeroshot.values()]:
             m.to(device)
         return self
 
@@ -59,6 +73,10 @@ class PretrainMetrics:
                 if key not in self.losses:
                     self.losses[key] = torchmetrics.MeanMetric().to(self.device)
                 self.losses[key].update(value.detach().float(), rows)
+        for key, value in out.get("totals", {}).items():
+            if key not in self.totals:
+                self.totals[key] = torchmetrics.SumMetric().to(self.device)
+            self.totals[key].update(value.detach().float())
         for m, emb in out.get("embeddings", {}).items():
             self.embeddings.setdefault(m, []).append(emb.detach().float())
         if LABELS in batch and self.num_classes:
@@ -71,6 +89,7 @@ class PretrainMetrics:
 
     def compute(self) -> dict[str, float]:
         results = {k: float(v.compute()) for k, v in sorted(self.losses.items())}
+        results.update(token_perplexities({k: float(v.compute()) for k, v in self.totals.items()}))
         emb = {m: _gather_rows(torch.cat(v)) for m, v in sorted(self.embeddings.items())}
         r1 = []
         for a, b in self.pairs:

@@ -65,6 +65,24 @@ class MLMHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.transform(x))  # (B, L, V)
 
+    def load_bert_head(self, found: Mapping[str, torch.Tensor], embeddings: Optional[nn.Embedding], eps: float,
+                       where: str) -> None:
+        """Weights of ``BertForPreTraining``'s ``cls.predictions`` (keys without that prefix); its decoder is tied
+        to the word embeddings, so without ``decoder.weight`` in the checkpoint it takes theirs (copied)."""
+        decoder_weight = found.get("decoder.weight", getattr(embeddings, "weight", None))
+        needed = ["transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight",
+                  "transform.LayerNorm.bias"]
+        missing = [k for k in needed if k not in found] + (["decoder.weight"] if decoder_weight is None else [])
+        if missing:
+            raise ValueError(f"{where}.init_from_pretrained_head: cls.predictions.{missing[0]} is not in the "
+                             f"checkpoint of model.text.name_or_path (a BertForPreTraining/BertForMaskedLM save)")
+        state = {"transform.0.weight": found["transform.dense.weight"], "transform.0.bias": found["transform.dense.bias"],
+                 "transform.2.weight": found["transform.LayerNorm.weight"],
+                 "transform.2.bias": found["transform.LayerNorm.bias"], "decoder.weight": decoder_weight.detach(),
+                 "decoder.bias": found.get("bias", found.get("decoder.bias", torch.zeros(decoder_weight.shape[0])))}
+        self.load_state_dict(state)
+        self.transform[2].eps = eps
+
 
 class _Masked(Objective):
     """Shared: a fixed-seed mask generator in eval mode (reset whenever training resumes)."""
@@ -312,10 +330,20 @@ class MaskedSpectrogramObjective(_Masked):
 # ---- registry ---------------------------------------------------------------------------------------
 
 @OBJECTIVES.register()
-def mlm(encoders: Mapping[str, Encoder], mask_prob: float = 0.15) -> MaskedLMObjective:
-    """BERT-style masked language modelling on the text encoder."""
-    require_encoders(encoders, ["text"], "objective mlm")
-    return MaskedLMObjective(encoders["text"], mask_prob)
+def mlm(encoders: Mapping[str, Encoder], mask_prob: float = 0.15, init_from_pretrained_head: bool = False,
+        where: str = "model.objectives.mlm") -> MaskedLMObjective:
+    """BERT-style masked language modelling on the text encoder; ``init_from_pretrained_head`` loads the
+    ``cls.predictions`` head saved with the encoder's checkpoint (``BertForPreTraining``)."""
+    from mm_ptft.objectives.hf_heads import pretrained_head_weights
+
+    require_encoders(encoders, ["text"], where)
+    obj = MaskedLMObjective(encoders["text"], mask_prob)
+    if init_from_pretrained_head:
+        text = encoders["text"]
+        eps = float(getattr(getattr(getattr(text, "model", None), "config", None), "layer_norm_eps", 1e-12))
+        obj.head.load_bert_head(pretrained_head_weights(text, "cls.predictions.", where),
+                                text.input_embeddings(), eps, where)  # type: ignore[attr-defined]
+    return obj
 
 
 @OBJECTIVES.register()

@@ -10,7 +10,9 @@ import torch
 
 import mm_ptft.data.generated_multimodal  # noqa: F401  (registers the shapes_captions generator)
 import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
+import mm_ptft.objectives.causal  # noqa: F401  (registers clm)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
+import mm_ptft.objectives.sentence  # noqa: F401  (registers nsp, sop)
 from mm_ptft.config import ConfigError
 from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
                                      build_paired)

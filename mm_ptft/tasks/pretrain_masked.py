@@ -10,7 +10,8 @@ from mm_ptft.contracts import Prepared
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.pretrain_common import EncoderSpecs, PretrainData, collator, paired_splits, tables_and_encoders
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, collator, paired_splits,
+                                           tables_and_encoders)
 
 
 @dataclass
@@ -21,8 +22,10 @@ class MaskedData(PretrainData):
 
 @dataclass
 class MaskedModel(EncoderSpecs):
-    # {name: mlm | mae | masked_spectrogram | conditioned_mlm, ...objective kwargs}
+    # {name: mlm | clm | nsp | sop | mae | masked_spectrogram | conditioned_mlm, ...objective kwargs}
     objective: Dict[str, Any] = field(default_factory=lambda: {"name": "mlm"})
+    # several weighted objectives instead (replaces `objective`): {mlm: {name: mlm}, sop: {name: sop, weight: 1}}
+    objectives: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -33,15 +36,21 @@ class PretrainMaskedConfig(RunConfig):
 
 
 def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
-    """Encoders of ``data.modalities`` and the one masked objective; eval reports its mean loss."""
-    objective_spec, mods = cfg.model.objective, list(cfg.data.modalities)
+    """Encoders of ``data.modalities`` and the objective (or weighted ``model.objectives``); eval reports the
+    mean losses (and perplexity for ``clm``)."""
+    spec, mods = cfg.model.objective, list(cfg.data.modalities)
     train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
-    objective = OBJECTIVES.build(objective_spec, "model.objective", encoders=encoders)
-    missing = sorted(set(objective.modalities) - set(mods))
-    if missing:
-        raise ValueError(f"model.objective={objective_spec['name']} reads {list(objective.modalities)} "
-                         f"but data.modalities={mods}; add {missing}")
-    task = PretrainTask(encoders, {objective_spec["name"]: objective})
+    if cfg.model.objectives:
+        objectives, weights = build_objectives(cfg.model.objectives, encoders)
+    else:
+        objectives = {spec["name"]: OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
+        weights = {}
+    for key, objective in objectives.items():
+        missing = sorted(set(objective.modalities) - set(mods))
+        if missing:
+            where = f"model.objectives.{key}" if cfg.model.objectives else f"model.objective={key}"
+            raise ValueError(f"{where} reads {list(objective.modalities)} but data.modalities={mods}; add {missing}")
+    task = PretrainTask(encoders, objectives, weights)
     counters: dict[str, int] = {}
     tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
     return Prepared(task, tr, ev, collator(encoders), tr.lengths() if tr is not None else None,

@@ -30,9 +30,9 @@ def _shared_data_and_one_thread(tmp_path_factory):
         os.environ["MM_PTFT_DATA"] = old_env
 
 
-def run_recipe(name: str, out: Path, *overrides: str) -> dict:
+def run_recipe(name: str, out: Path, *overrides: str, config: str = "tiny.yaml") -> dict:
     main = runpy.run_path(str(RECIPES / name / "train.py"))["main"]
-    return main([str(RECIPES / name / "tiny.yaml"), f"output_dir={out}", "train.report=false", *overrides])
+    return main([str(RECIPES / name / config), f"output_dir={out}", "train.report=false", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,27 @@ def test_masked_tiny_mlm_beats_uniform_guessing(tmp_path: Path) -> None:
     assert r["mlm_loss"] < 0.7 * math.log(vocab), (r, vocab)  # uniform guessing: log(V)
 
 
+def _evals(run: Path) -> list[dict]:
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [e for e in logged if e.get("kind") == "eval"]
+
+
+def test_masked_tiny_clm_perplexity_falls_well_below_uniform(tmp_path: Path) -> None:
+    r = run_recipe("pretrain_masked", tmp_path, config="tiny_clm.yaml")
+    vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(str(tmp_path / "encoders" / "text")))
+    assert r["clm_perplexity"] < 0.2 * vocab, (r, vocab)  # uniform guessing: perplexity = V
+    assert r["clm_perplexity"] == pytest.approx(math.exp(r["clm_loss"]), rel=0.05)  # batches differ in tokens
+    ppl = [e["clm_perplexity"] for e in _evals(tmp_path)]
+    assert len(ppl) >= 3 and ppl[-1] < ppl[0], ppl
+
+
+def test_masked_tiny_mlm_plus_sop_learns_both(tmp_path: Path) -> None:
+    r = run_recipe("pretrain_masked", tmp_path, config="tiny_mlm_sop.yaml")
+    vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(str(tmp_path / "encoders" / "text")))
+    assert r["mlm_loss"] < 0.5 * math.log(vocab), (r, vocab)
+    assert r["sop_loss"] < 0.5 * math.log(2) and r["sop_rows_skipped"] == 0, r  # chance: log 2
+
+
 def test_joint_tiny_logs_each_objective_and_beats_chance(tmp_path: Path) -> None:
     r = run_recipe("pretrain_joint", tmp_path, "train.max_steps=40", "train.eval_every=40")
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -100,6 +121,17 @@ def test_joint_tiny_logs_each_objective_and_beats_chance(tmp_path: Path) -> None
 
     _same_weights(build_encoder(AUDIO_ENCODERS, {"name_or_path": str(tmp_path / "encoders" / "audio")}, "model.audio"),
                   tmp_path / "encoders" / "audio")
+
+
+def test_joint_tiny_takes_nsp_beside_clip_and_mlm(tmp_path: Path) -> None:
+    """nsp joins the joint run's objectives by config: it reads the text of every source that has text."""
+    r = run_recipe("pretrain_joint", tmp_path, "train.max_steps=6", "train.eval_every=6", "train.log_every=1",
+                   "model.objectives.nsp={name: nsp, weight: 0.5}")
+    train = [e for e in (json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines())
+             if e.get("kind") == "train"]
+    assert all("nsp_loss" in e for e in train) and len(train) == 6
+    assert {"nsp_loss", "mlm_loss", "nsp_rows_skipped", "audio_to_text_r1"} <= set(r), r
+    assert 0.3 < r["nsp_loss"] < 1.2 and r["nsp_rows_skipped"] == 0  # about log 2 this early
 
 
 @pytest.mark.parametrize("name", ["pretrain_contrastive", "pretrain_masked", "pretrain_joint"])

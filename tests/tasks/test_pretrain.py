@@ -99,3 +99,20 @@ def test_config_errors_name_the_key(tmp_path) -> None:
         from mm_ptft.tasks.pretrain_common import build_objectives
 
         build_objectives({"clip": {"name": "clip", "temperature": 0.07}}, {})
+
+
+def test_text_objectives_combine_and_their_totals_stay_out_of_the_loss(encoders) -> None:
+    """mlm + clm + sop on one encoder: eval sums the non-loss parts over sub-batches into out['totals']
+    (token counts add up), while loss is the weighted sum of the *_loss parts only."""
+    text = {"text": encoders["text"]}
+    objectives = {k: OBJECTIVES.build({"name": k}, f"model.objectives.{k}", encoders=text) for k in ("mlm", "clm", "sop")}
+    task = PretrainTask(text, objectives, {"mlm": 1.0, "clm": 0.5, "sop": 2.0}, ["a", "b"]).eval()
+    a, b = _batch(encoders, {"text"}, 4), _batch(encoders, {"text"}, 2)
+    with torch.no_grad():
+        out = task({"a": a, "b": b})
+    assert {"mlm_loss", "clm_loss", "sop_loss", "loss", "totals"} == set(out)
+    assert out["loss"].item() == pytest.approx(
+        out["mlm_loss"].item() + 0.5 * out["clm_loss"].item() + 2.0 * out["sop_loss"].item(), rel=1e-6)
+    tokens = sum(int(x["text_mask"][:, 1:].sum()) for x in (a, b))  # every real token after the first is predicted
+    assert out["totals"]["clm_tokens"].item() == tokens and out["totals"]["sop_rows_skipped"].item() == 0
+    encoders["text"].train()
