@@ -76,3 +76,18 @@ def test_a_registry_that_records_specs_marks_what_it_builds():
     built = reg.build({"name": "thing", "width": 3}, corpus=["runtime, not spec"])
     assert built.spec == {"name": "thing", "width": 3} and built.corpus == ["runtime, not spec"]
     assert not hasattr(make().build("small"), "spec")  # off by default (tuples cannot carry it anyway)
+
+
+def test_fallback_resolves_a_family_and_error_lists_it():
+    reg = make()
+
+    @reg.fallback("shape.<n> (any positive n)")
+    def _shape(name: str):
+        n = name.removeprefix("shape.")
+        return (lambda: ("shape", int(n))) if name.startswith("shape.") and n.isdigit() else None
+
+    assert reg.build("shape.3") == ("shape", 3) and "shape.3" in reg and "shape.x" not in reg
+    assert reg.build("small") == ("small", 2, 1)  # registered entries first
+    assert reg.names() == ["big", "small"]
+    with pytest.raises(KeyError, match=r"known: big, small, shape\.<n> \(any positive n\)"):
+        reg.get("shape.x")
