@@ -101,7 +101,7 @@ class TextAugmenter:
     token masked (p = token_mask) or replaced by the unknown token (p = token_dropout), exclusively."""
 
     def __init__(self, cfg: TextAugment, tokenizer: Any, where: str = "data.augment") -> None:
-        self.cfg, self.special = cfg, frozenset(int(i) for i in tokenizer.all_special_ids)
+        self.cfg, self.special = cfg, np.asarray(sorted({int(i) for i in tokenizer.all_special_ids}), dtype=np.int64)
         self.mask_id, self.unk_id = tokenizer.mask_token_id, tokenizer.unk_token_id
         if cfg.token_mask and self.mask_id is None:
             raise ConfigError(f"{where}.token_mask={cfg.token_mask}: the tokenizer has no mask token (use token_dropout)")
@@ -110,21 +110,26 @@ class TextAugmenter:
         if cfg.token_mask + cfg.token_dropout >= 1:
             raise ConfigError(f"{where}: token_mask + token_dropout = {cfg.token_mask + cfg.token_dropout} must be < 1")
 
+    def _free(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of ordinary (non-special) tokens; a broadcast compare, faster than np.isin on short rows."""
+        return np.flatnonzero(~(ids[:, None] == self.special).any(1))  # (F,)
+
     def eligible(self, ids: Sequence[int]) -> bool:
         """Whether ``ids`` holds a token the augmentation may change (any non-special one)."""
-        return any(int(i) not in self.special for i in ids)
+        return len(self._free(np.asarray(ids, dtype=np.int64))) > 0
 
     def __call__(self, ids: Sequence[int], rng: np.random.Generator) -> list[int]:
         c, out = self.cfg, np.asarray(ids, dtype=np.int64)  # (L,)
-        free = np.flatnonzero(~np.isin(out, list(self.special)))  # positions of ordinary tokens
+        free = self._free(out)
         if c.random_deletion and len(free) > 1:
             drop = free[rng.random(len(free)) < c.random_deletion]
             if len(drop) == len(free):
                 drop = np.delete(drop, rng.integers(len(drop)))  # EDA: never delete every word
             out = np.delete(out, drop)
-            free = np.flatnonzero(~np.isin(out, list(self.special)))
+            free = self._free(out)
         for _ in range(c.random_swap if len(free) > 1 else 0):
-            a, b = rng.choice(free, 2, replace=False)
+            i, j = rng.integers(len(free)), rng.integers(len(free) - 1)
+            a, b = free[i], free[j + (j >= i)]  # two distinct ordinary positions, uniformly
             out[[a, b]] = out[[b, a]]
         if c.token_mask or c.token_dropout:
             u = rng.random(len(free))  # one draw per token: [0, mask) masked, [mask, mask + dropout) unknown
