@@ -83,7 +83,7 @@ def cmd_fewshot(ns: argparse.Namespace) -> int:
     from mm_ptft.fewshot import run_fewshot
 
     result = run_fewshot(ns.encoder_dir, ns.data, ns.shots, ns.method, ns.episodes, ns.seed, ns.column,
-                         ns.label_column, ns.trust_remote_code)
+                         ns.label_column, ns.trust_remote_code, ns.device)
     print(f"{ns.method} {ns.shots}-shot accuracy: {result['accuracy']:.4f} ± {result['accuracy_ci95']:.4f} "
           f"(95% CI over {ns.episodes} episodes, {result['classes']} classes)")
     print(json.dumps(result))
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--seed", type=int, default=0)
     fs.add_argument("--column", default=None, help="the input column (default: caption / image / audio by modality)")
     fs.add_argument("--label-column", default="label")
+    fs.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda | cuda:N")
     _trust_flag(fs)
     fs.set_defaults(fn=cmd_fewshot)
     ls = sub.add_parser("list", help="list every registry's entries")

@@ -81,9 +81,10 @@ def few_shot_accuracy(data: Embedded, shots: int, method: str = "prototype", epi
 
 @torch.no_grad()
 def embed_file(encoder: Any, path: str, column: Optional[str] = None, label_column: str = "label",
-               batch_size: int = 32) -> Embedded:
+               batch_size: int = 32, device: str = "cpu") -> Embedded:
     """Pooled embeddings of every row of ``path`` through the multimodal recipe's row reader (the encoder's
-    modality only): token ids / decoded media as in training, bad rows errors naming the row."""
+    modality only): token ids / decoded media as in training, bad rows errors naming the row. ``device``: where the
+    encoder runs (``auto``: CUDA when there is one)."""
     from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
     from mm_ptft.tasks.multimodal_classification import MMClsData
     from mm_ptft.tasks.pretrain_common import media_config
@@ -100,18 +101,23 @@ def embed_file(encoder: Any, path: str, column: Optional[str] = None, label_colu
     rows = labeled_rows(table, path, d, labels, tok, max_len, media, {})
     ds = MultimodalRows(rows, [m], media, tok("")["input_ids"] if tok is not None else [], path)
     collate = PresenceCollator(tok.pad_token_id if tok is not None else 0)
-    encoder.eval()
-    out = [encoder(collate([ds[i] for i in range(s, min(s + batch_size, len(ds)))])).pooled.float()  # (b, D)
-           for s in range(0, len(ds), batch_size)]
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    encoder.eval().to(dev)
+    out = []
+    for s in range(0, len(ds), batch_size):
+        batch = collate([ds[i] for i in range(s, min(s + batch_size, len(ds)))])
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out.append(encoder(batch).pooled.float().cpu())  # (b, D)
     return Embedded(torch.cat(out).numpy(), np.asarray([r["labels"] for r in rows]), [str(n) for n in labels.names])
 
 
 def run_fewshot(encoder_dir: str, data: str, shots: int, method: str = "prototype", episodes: int = 10,
                 seed: int = 0, column: Optional[str] = None, label_column: str = "label",
-                trust_remote_code: bool = False) -> dict[str, Any]:
+                trust_remote_code: bool = False, device: str = "auto") -> dict[str, Any]:
     """Load an encoder directory (or a run's single encoder), embed ``data`` and evaluate few-shot accuracy."""
     from mm_ptft.api import load_encoder
 
     encoder = load_encoder(encoder_dir, trust_remote_code=trust_remote_code)
-    result = few_shot_accuracy(embed_file(encoder, data, column, label_column), shots, method, episodes, seed)
+    embedded = embed_file(encoder, data, column, label_column, device=device)
+    result = few_shot_accuracy(embedded, shots, method, episodes, seed)
     return {"encoder": str(encoder_dir), "data": str(data), "modality": encoder.modality, **result}

@@ -90,3 +90,17 @@ def test_cli_on_an_encoder_directory_from_a_tiny_run(tmp_path, topics_data, caps
     rc = main(["fewshot", str(tmp_path / "run"), "--data", topics_data["eval_file"], "--shots", "2", "--episodes", "2",
                "--column", "text", "--method", "linear_probe"])  # a run directory with one encoder works too
     assert rc == 0 and json.loads(capsys.readouterr().out.splitlines()[1])["method"] == "linear_probe"
+
+
+def test_image_encoder_directory_embeds_its_table(tmp_path):
+    """Any modality: a saved tiny_cnn directory embeds a generated image table (paths relative to it)."""
+    from mm_ptft.data.generated import generate
+    from mm_ptft.encoders import build_encoder
+    from mm_ptft.encoders.image import IMAGE_ENCODERS
+    from mm_ptft.fewshot import run_fewshot
+
+    data = generate({"name": "image_shapes", "n_train": 24, "n_eval": 4, "size": 32, "seed": 0}, tmp_path / "data")
+    build_encoder(IMAGE_ENCODERS, {"name": "tiny_cnn", "widths": [8, 16], "img_size": 32}, "model.image") \
+        .save_pretrained(tmp_path / "enc")
+    res = run_fewshot(str(tmp_path / "enc"), data["train_file"], shots=2, episodes=3, column="path", device="cpu")
+    assert res["modality"] == "image" and res["rows"] == 24 and len(res["accuracies"]) == 3

@@ -159,8 +159,8 @@ def test_augmentation_touches_training_samples_only_and_is_logged(tmp_path, topi
 
 
 def test_augmented_run_resumes_exactly_across_an_epoch(tmp_path, topics_data, monkeypatch):
-    """30 steps straight == crash at step 28 (epoch 2, after the step-27 checkpoint) and resume: the noise is
-    drawn from (seed, epoch, index), so bitwise-identical weights; and it differs from the run without noise."""
+    """10 steps straight == crash at step 9 (epoch 1 of 7-batch epochs, after the step-8 checkpoint) and resume: the
+    noise is drawn from (seed, epoch, index), so bitwise-identical weights; and it differs from the run without noise."""
     import torch
     from safetensors.torch import load_file
 
@@ -168,8 +168,8 @@ def test_augmented_run_resumes_exactly_across_an_epoch(tmp_path, topics_data, mo
 
     def run(out, *extra):
         return train(cfg(tmp_path, f"output_dir={tmp_path / out}", f"data.train_file={topics_data['train_file']}",
-                         f"data.eval_file={topics_data['eval_file']}", "data.generate=null", "train.batch_size=16",
-                         "train.max_steps=30", "train.eval_every=15", "train.save_every=3", *extra))
+                         f"data.eval_file={topics_data['eval_file']}", "data.generate=null", "train.batch_size=64",
+                         "train.max_steps=10", "train.eval_every=10", "train.save_every=4", *extra))
 
     def weights(out):
         return load_file(str(sorted((tmp_path / out / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
@@ -180,7 +180,7 @@ def test_augmented_run_resumes_exactly_across_an_epoch(tmp_path, topics_data, mo
 
     def crashing(self):
         norm = real_step(self)
-        if self.step == 28:
+        if self.step == 9:
             raise KeyboardInterrupt
         return norm
 
