@@ -1,4 +1,5 @@
-"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, list, report, sweep, quickstart, doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, list, report, sweep, quickstart,
+doctor."""
 from __future__ import annotations
 
 import argparse

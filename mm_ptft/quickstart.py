@@ -42,8 +42,8 @@ def finetune(data: dict[str, str], per_class: int, modalities: list[str], encode
 
     specs = [f"model.{m}=" + (f"{{name_or_path: {encoders_dir / m}}}" if encoders_dir else ENCODERS[m])
              for m in modalities]
-    overrides = [f"output_dir={out}", "train.overwrite_output_dir=true", f"train.device={device}", f"data.train_file={data['train_file']}",
-                 f"data.labels_per_class={per_class}", "data.generate=null",
+    overrides = [f"output_dir={out}", "train.overwrite_output_dir=true", f"train.device={device}",
+                 f"data.train_file={data['train_file']}", f"data.labels_per_class={per_class}", "data.generate=null",
                  f"data.eval_file={data['eval_file']}", f"data.modalities=[{','.join(modalities)}]",
                  "train.epochs=15", "train.batch_size=16", "train.log_every=20", "train.keep_last=1",
                  "train.eval_every=100000",  # one evaluation, at the end

@@ -104,7 +104,8 @@ class TextAugmenter:
         self.cfg, self.special = cfg, np.asarray(sorted({int(i) for i in tokenizer.all_special_ids}), dtype=np.int64)
         self.mask_id, self.unk_id = tokenizer.mask_token_id, tokenizer.unk_token_id
         if cfg.token_mask and self.mask_id is None:
-            raise ConfigError(f"{where}.token_mask={cfg.token_mask}: the tokenizer has no mask token (use token_dropout)")
+            raise ConfigError(f"{where}.token_mask={cfg.token_mask}: the tokenizer has no mask token "
+                              f"(use token_dropout)")
         if cfg.token_dropout and self.unk_id is None:
             raise ConfigError(f"{where}.token_dropout={cfg.token_dropout}: the tokenizer has no unknown token")
         if cfg.token_mask + cfg.token_dropout >= 1:
@@ -154,7 +155,7 @@ class AugmentedText(Dataset):
     def sample(self, i: int, epoch: int) -> dict[str, Any]:
         """Item ``i`` as augmented in ``epoch``."""
         item = dict(self.base[i])
-        item[TEXT] = self.augmenter(item[TEXT], np.random.default_rng([self.seed, epoch, i]))
+        item[TEXT] = self.augmenter(item[TEXT], np.random.default_rng([self.seed % 2 ** 32, epoch, i]))
         return item
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -180,7 +180,8 @@ def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: s
     """Any timm architecture by name (``resnet50``, ``vit_base_patch16_224``, ``convnext_tiny``...);
     ``pretrained`` downloads timm weights, ``checkpoint_path`` loads a local file;
     preprocessing comes from the model's ``pretrained_cfg``. Rates: ``dropout`` is timm's ``drop_rate`` (on the
-    pooled features), ``attention_dropout`` its ``attn_drop_rate``, ``drop_path`` (or ``drop_path_rate``) stochastic depth."""
+    pooled features), ``attention_dropout`` its ``attn_drop_rate``, ``drop_path`` (or ``drop_path_rate``)
+    stochastic depth."""
     import timm
 
     kwargs = dict(model_kwargs or {})

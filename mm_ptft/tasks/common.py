@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import DataError, LabelMap, load_table, per_class_sample, resolve_eval
+from mm_ptft.data.tables import DataError, LabelMap, load_table, per_class_sample, require_columns, resolve_eval
 from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
@@ -79,8 +79,10 @@ def few_shot_rows(data: Any, values: Sequence[Any], seed: int, counters: dict[st
 
 def few_shot_table(data: Any, table: Any, seed: int, counters: dict[str, int], train: bool) -> Any:
     """The training ``table`` (an HF dataset) cut to ``data.labels_per_class`` rows per class when training."""
-    few = few_shot_rows(data, table[data.label_column], seed, counters) if table is not None and train else None
-    return table.select(few) if few is not None else table
+    if table is None or not train or not getattr(data, "labels_per_class", 0):
+        return table
+    require_columns(table, [data.label_column], data.train_file)
+    return table.select(few_shot_rows(data, table[data.label_column], seed, counters))
 
 
 def eval_name(data: Any) -> str:

@@ -54,7 +54,8 @@ def _built_in(cls: type, **common: Callable[[OptimConfig], Any]) -> Callable[...
     """A builder for one of our named optimizers: ``common`` maps an argument to the ``OptimConfig`` field it
     comes from; ``optim.kwargs`` adds the class's other arguments (e.g. ``amsgrad``, ``nesterov``)."""
 
-    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: torch.device) -> torch.optim.Optimizer:
+    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool,
+              device: torch.device) -> torch.optim.Optimizer:
         check_kwargs(cls, cfg.kwargs, taken=("lr", "weight_decay", "fused", *common))
         return cls(groups, lr=cfg.lr, **{k: get(cfg) for k, get in common.items()}, **cfg.kwargs,
                    fused=(fused and (cls is not torch.optim.SGD or device.type == "cuda")) or None)
@@ -74,7 +75,8 @@ def _torch_optimizer(name: str) -> Optional[Callable[..., torch.optim.Optimizer]
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
         return None
 
-    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: torch.device) -> torch.optim.Optimizer:
+    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool,
+              device: torch.device) -> torch.optim.Optimizer:
         check_kwargs(cls, cfg.kwargs, taken=("lr", "weight_decay"))
         return cls(groups, lr=cfg.lr, **cfg.kwargs)
 
@@ -90,8 +92,10 @@ def _timm_optimizer(name: str) -> Optional[Callable[..., torch.optim.Optimizer]]
     if opt not in list_optimizers():
         return None
 
-    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: torch.device) -> torch.optim.Optimizer:
-        check_kwargs(get_optimizer_class(opt, bind_defaults=False), cfg.kwargs, taken=("lr", "weight_decay", "momentum"))
+    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool,
+              device: torch.device) -> torch.optim.Optimizer:
+        check_kwargs(get_optimizer_class(opt, bind_defaults=False), cfg.kwargs,
+                     taken=("lr", "weight_decay", "momentum"))
         return create_optimizer_v2(groups, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                    **cfg.kwargs)
 
