@@ -43,7 +43,11 @@ def prototype_predict(support: np.ndarray, support_y: np.ndarray, query: np.ndar
 
 def linear_probe_predict(support: np.ndarray, support_y: np.ndarray, query: np.ndarray, n_classes: int) -> np.ndarray:
     """Class of each query row from a logistic regression fitted on the normalised support embeddings."""
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        raise ConfigError("--method linear_probe needs scikit-learn (pip install scikit-learn); "
+                          "--method prototype needs nothing more") from None
 
     clf = LogisticRegression(max_iter=2000).fit(normalise(support), support_y)
     return clf.predict(normalise(query))  # (Q,)
