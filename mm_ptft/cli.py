@@ -1,4 +1,5 @@
-"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, list, report, sweep, quickstart, doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, list, report, sweep, quickstart,
+doctor."""
 from __future__ import annotations
 
 import argparse
@@ -76,6 +77,17 @@ def cmd_cv(ns: argparse.Namespace) -> int:
     for name, m in summary["metrics"].items():
         print(f"{name}: {m['mean']:.4f} ± {m['sd']:.4f}")
     print(json.dumps({"summary": f"{summary['directory']}/cv_summary.json"}))
+    return 0
+
+
+def cmd_fewshot(ns: argparse.Namespace) -> int:
+    from mm_ptft.fewshot import run_fewshot
+
+    result = run_fewshot(ns.encoder_dir, ns.data, ns.shots, ns.method, ns.episodes, ns.seed, ns.column,
+                         ns.label_column, ns.trust_remote_code, ns.device)
+    print(f"{ns.method} {ns.shots}-shot accuracy: {result['accuracy']:.4f} ± {result['accuracy_ci95']:.4f} "
+          f"(95% CI over {ns.episodes} episodes, {result['classes']} classes)")
+    print(json.dumps(result))
     return 0
 
 
@@ -184,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--out", default=None, help="cross-validation directory (default: <output_dir>_cv)")
     cv.set_defaults(fn=cmd_cv)
+    fs = sub.add_parser("fewshot", help="few-shot evaluation of an encoder directory: mm-ptft fewshot ENCODER_DIR "
+                                        "--data FILE --shots K [--method prototype|linear_probe] [--episodes E]")
+    fs.add_argument("encoder_dir", help="an encoder directory (or a run directory with one saved encoder)")
+    fs.add_argument("--data", required=True, help="a labeled table (CSV/TSV/JSON/JSONL/parquet)")
+    fs.add_argument("--shots", type=int, required=True, help="support rows per class in each episode")
+    fs.add_argument("--method", choices=["prototype", "linear_probe"], default="prototype")
+    fs.add_argument("--episodes", type=int, default=10)
+    fs.add_argument("--seed", type=int, default=0)
+    fs.add_argument("--column", default=None, help="the input column (default: caption / image / audio by modality)")
+    fs.add_argument("--label-column", default="label")
+    fs.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda | cuda:N")
+    _trust_flag(fs)
+    fs.set_defaults(fn=cmd_fewshot)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, TypeVar
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -110,14 +110,17 @@ class TrainConfig:
 class OptimConfig:
     RANGES: ClassVar[dict[str, str]] = {"lr": ">0", "weight_decay": ">=0", "betas": "[0,1)", "eps": ">=0",
                                         "momentum": "[0,1]", "l1": ">=0"}
-    name: str = "adamw"  # adamw | adam | sgd
+    name: str = "adamw"  # adamw | adam | sgd | torch.<class> (torch.RAdam, ...) | timm's names (lamb, lion, ...)
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd (and timm's momentum optimizers) only
     fused: Optional[bool] = None  # None: fused kernels where the device supports them
     l1: float = 0.0  # L1 penalty l1 * sum|w| over trainable weights (not biases/norms), logged as l1_loss
+    # further arguments of the optimizer class (e.g. {amsgrad: true}; torch.*/timm optimizers take betas/eps here:
+    # optim.betas/eps apply to adamw/adam only); a key the class lacks is an error naming optim.kwargs.<key>
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

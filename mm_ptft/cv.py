@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mm_ptft.config import ConfigError
-from mm_ptft.data.tables import ROW, LabelMap, load_table
+from mm_ptft.data.tables import ROW, LabelMap, load_table, rows_by_label
 from mm_ptft.run import load_config, train
 
 
 def stratified_folds(labels: Sequence[Any], k: int, seed: int) -> list[list[int]]:
     """Row indices of ``k`` folds: each label's rows shuffled (seeded) and dealt round-robin, continuing where
     the previous label stopped, so fold sizes and per-class counts differ by at most one."""
-    by_label: dict[str, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_label.setdefault(LabelMap._key(y), []).append(i)
+    by_label = rows_by_label(labels)
     rng, folds, turn = random.Random(seed), [[] for _ in range(k)], 0
     for key in sorted(by_label):
         rows = by_label[key]

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Optional
 
@@ -25,18 +24,6 @@ SETUPS = {"multimodal (gated fusion)": ["audio", "image", "text"], "image only":
           "audio only": ["audio"], "text only": ["text"]}
 
 
-def few_labels(manifest: str, per_class: int, seed: int) -> str:
-    """A labeled subset with ``per_class`` rows per class, written beside the manifest (same media paths)."""
-    rows = [json.loads(ln) for ln in Path(manifest).read_text().splitlines()]
-    rng, picked = random.Random(seed), []
-    for label in sorted({r["label"] for r in rows}):
-        same = [r for r in rows if r["label"] == label]
-        picked += rng.sample(same, min(per_class, len(same)))
-    out = Path(manifest).with_name(f"few_{per_class}_per_class.jsonl")
-    out.write_text("".join(json.dumps(r) + "\n" for r in picked))
-    return str(out)
-
-
 def pretrain(data: dict[str, str], out: Path, steps: int, device: str) -> dict[str, float]:
     from mm_ptft.run import load_config
     from mm_ptft.run import train
@@ -47,14 +34,16 @@ def pretrain(data: dict[str, str], out: Path, steps: int, device: str) -> dict[s
     return train(load_config(RECIPES / "pretrain_joint" / "tiny.yaml", overrides))
 
 
-def finetune(data: dict[str, str], few: str, modalities: list[str], encoders_dir: Optional[Path], out: Path,
+def finetune(data: dict[str, str], per_class: int, modalities: list[str], encoders_dir: Optional[Path], out: Path,
              device: str) -> dict[str, float]:
+    """Fine-tune on ``per_class`` labeled rows per class (``data.labels_per_class``: seeded, stratified)."""
     from mm_ptft.run import load_config
     from mm_ptft.run import train
 
     specs = [f"model.{m}=" + (f"{{name_or_path: {encoders_dir / m}}}" if encoders_dir else ENCODERS[m])
              for m in modalities]
-    overrides = [f"output_dir={out}", "train.overwrite_output_dir=true", f"train.device={device}", f"data.train_file={few}", "data.generate=null",
+    overrides = [f"output_dir={out}", "train.overwrite_output_dir=true", f"train.device={device}",
+                 f"data.train_file={data['train_file']}", f"data.labels_per_class={per_class}", "data.generate=null",
                  f"data.eval_file={data['eval_file']}", f"data.modalities=[{','.join(modalities)}]",
                  "train.epochs=15", "train.batch_size=16", "train.log_every=20", "train.keep_last=1",
                  "train.eval_every=100000",  # one evaluation, at the end
@@ -69,14 +58,13 @@ def run_quickstart(output_dir: str = "runs/quickstart", steps: int = 400, device
 
     root = Path(output_dir)
     data = generate(GENERATE, root / "data")
-    few = few_labels(data["train_file"], per_class, seed=0)
     pre = pretrain(data, root / "pretrain", steps, device)
     results: dict[str, dict[str, float]] = {}
     for name, mods in SETUPS.items():
         slug = "_".join(mods)
         results[name] = {
-            "pretrained": finetune(data, few, mods, root / "pretrain" / "encoders", root / f"ft_{slug}_pretrained", device)["accuracy"],
-            "scratch": finetune(data, few, mods, None, root / f"ft_{slug}_scratch", device)["accuracy"]}
+            "pretrained": finetune(data, per_class, mods, root / "pretrain" / "encoders", root / f"ft_{slug}_pretrained", device)["accuracy"],
+            "scratch": finetune(data, per_class, mods, None, root / f"ft_{slug}_scratch", device)["accuracy"]}
     summary = {"pretraining": pre, "few_label_accuracy": results, "labels_per_class": per_class}
     (root / "results.json").write_text(json.dumps(summary, indent=2))
     table = results_table(results, per_class)

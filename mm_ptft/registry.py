@@ -25,6 +25,7 @@ class Registry(Generic[T]):
             raise ValueError(f"a registry named {kind!r} exists already")
         self.kind, self.record_spec = kind, record_spec
         self._builders: dict[str, Callable[..., T]] = {}
+        self._fallbacks: list[tuple[str, Callable[[str], Callable[..., T] | None]]] = []
         _ALL[kind] = self
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -39,17 +40,37 @@ class Registry(Generic[T]):
 
         return deco
 
+    def fallback(self, describe: str) -> Callable[[Callable[[str], Callable[..., T] | None]], Callable[[str], Any]]:
+        """Decorator: ``resolve(name)`` returns a builder for a name no entry has, or None; it opens the registry to
+        a whole family (e.g. any torch optimizer by class name). ``describe`` names that family in error messages."""
+
+        def deco(resolve: Callable[[str], Callable[..., T] | None]) -> Callable[[str], Any]:
+            self._fallbacks.append((describe, resolve))
+            return resolve
+
+        return deco
+
+    def _resolve(self, name: str) -> Callable[..., T] | None:
+        if name in self._builders:
+            return self._builders[name]
+        return next((fn for _, resolve in self._fallbacks if (fn := resolve(name)) is not None), None)
+
     def get(self, name: str) -> Callable[..., T]:
-        if name not in self._builders:
-            known = ", ".join(sorted(self._builders)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}")
-        return self._builders[name]
+        fn = self._resolve(name)
+        if fn is None:
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {self.choices()}")
+        return fn
 
     def names(self) -> list[str]:
+        """The registered entries (names that only a fallback resolves are not listed)."""
         return sorted(self._builders)
 
+    def choices(self) -> str:
+        """The registered names, then what each fallback accepts, for error messages."""
+        return ", ".join([*self.names(), *(d for d, _ in self._fallbacks)]) or "(none)"
+
     def __contains__(self, name: object) -> bool:
-        return name in self._builders
+        return isinstance(name, str) and self._resolve(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

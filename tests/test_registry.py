@@ -88,3 +88,18 @@ def test_a_builder_with_a_where_parameter_gets_the_config_path_and_yaml_cannot_s
     assert reg.build({"name": "named", "width": 3}, "model.objectives.lm") == (3, "model.objectives.lm")
     with pytest.raises(KeyError, match=r"unknown key\(s\) model.x.where; accepted: width'$"):
         reg.build({"name": "named", "where": "elsewhere"}, "model.x")
+
+
+def test_fallback_resolves_a_family_and_error_lists_it():
+    reg = make()
+
+    @reg.fallback("shape.<n> (any positive n)")
+    def _shape(name: str):
+        n = name.removeprefix("shape.")
+        return (lambda: ("shape", int(n))) if name.startswith("shape.") and n.isdigit() else None
+
+    assert reg.build("shape.3") == ("shape", 3) and "shape.3" in reg and "shape.x" not in reg
+    assert reg.build("small") == ("small", 2, 1)  # registered entries first
+    assert reg.names() == ["big", "small"]
+    with pytest.raises(KeyError, match=r"known: big, small, shape\.<n> \(any positive n\)"):
+        reg.get("shape.x")

@@ -179,6 +179,31 @@ class LabelMap:
         return len(self.names)
 
 
+def rows_by_label(values: Sequence[Any]) -> dict[str, list[int]]:
+    """Row indices per label, keyed as ``LabelMap`` compares labels, each list in row order."""
+    by_label: dict[str, list[int]] = {}
+    for i, v in enumerate(values):
+        by_label.setdefault(LabelMap._key(v), []).append(i)
+    return by_label
+
+
+def per_class_sample(values: Sequence[Any], k: int, seed: int, labels: LabelMap, where: str) -> list[int]:
+    """Sorted indices of ``k`` rows of each class of ``labels``, drawn with a ``seed``-ed RNG class by class in label
+    order (stratified few-shot selection). A class with fewer than ``k`` rows is an error naming it and its count
+    (a smaller class would silently unbalance the K-shot set); rows whose label is outside ``labels`` are not drawn."""
+    import random
+
+    rng, by_label, picked = random.Random(seed), rows_by_label(values), []
+    short = [(n, len(by_label.get(LabelMap._key(n), []))) for n in labels.names
+             if len(by_label.get(LabelMap._key(n), [])) < k]
+    if short:
+        listed = ", ".join(f"{n!r} has {c}" for n, c in short)
+        raise DataError(f"{where}: {k} rows per class requested, but class {listed} (lower the number or add rows)")
+    for name in labels.names:
+        picked += rng.sample(by_label[LabelMap._key(name)], k)
+    return sorted(picked)
+
+
 def resolve_eval(train_ds: Any, eval_path: Optional[str], fraction: float, seed: int):
     """(train, eval) from an eval file or a seeded split of the training file."""
     if eval_path:

@@ -1,11 +1,15 @@
-"""Text data: tokenisation with bad-row handling, and a dynamic-padding collator."""
+"""Text data: tokenisation with bad-row handling, a dynamic-padding collator, and token-level augmentation."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mm_ptft.config import ConfigError
+from mm_ptft.contracts import Callback
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import LABELS, TEXT, TEXT_MASK
 
@@ -72,3 +76,102 @@ class TextCollator:
 
 def lengths_of(records: Optional[Records]) -> Optional[list[int]]:
     return None if records is None else [len(r[TEXT]) for r in records.items]
+
+
+# ---- augmentation -----------------------------------------------------------------------------------------------
+@dataclass
+class TextAugment:
+    """Token-level noise for training samples (``data.augment``); every rate 0 (the default) is off. Special tokens
+    ([CLS], [SEP], padding, ...) are never changed, moved or deleted."""
+
+    RANGES: ClassVar[dict[str, str]] = {"token_dropout": "[0,1)", "token_mask": "[0,1)", "random_swap": ">=0",
+                                        "random_deletion": "[0,1)"}  # checked by config.parse
+    token_dropout: float = 0.0  # each token becomes the unknown token with this probability (word dropout)
+    token_mask: float = 0.0  # each token becomes the mask token with this probability (BERT-style noise)
+    random_swap: int = 0  # swap two random tokens this many times (EDA)
+    random_deletion: float = 0.0  # delete each token with this probability, keeping at least one (EDA)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.token_dropout or self.token_mask or self.random_swap or self.random_deletion)
+
+
+class TextAugmenter:
+    """Applies a ``TextAugment`` to one token-id list with a given generator: deletion, then swaps, then each surviving
+    token masked (p = token_mask) or replaced by the unknown token (p = token_dropout), exclusively."""
+
+    def __init__(self, cfg: TextAugment, tokenizer: Any, where: str = "data.augment") -> None:
+        self.cfg, self.special = cfg, np.asarray(sorted({int(i) for i in tokenizer.all_special_ids}), dtype=np.int64)
+        self.mask_id, self.unk_id = tokenizer.mask_token_id, tokenizer.unk_token_id
+        if cfg.token_mask and self.mask_id is None:
+            raise ConfigError(f"{where}.token_mask={cfg.token_mask}: the tokenizer has no mask token "
+                              f"(use token_dropout)")
+        if cfg.token_dropout and self.unk_id is None:
+            raise ConfigError(f"{where}.token_dropout={cfg.token_dropout}: the tokenizer has no unknown token")
+        if cfg.token_mask + cfg.token_dropout >= 1:
+            raise ConfigError(f"{where}: token_mask + token_dropout = {cfg.token_mask + cfg.token_dropout} must be < 1")
+
+    def _free(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of ordinary (non-special) tokens; a broadcast compare, faster than np.isin on short rows."""
+        return np.flatnonzero(~(ids[:, None] == self.special).any(1))  # (F,)
+
+    def eligible(self, ids: Sequence[int]) -> bool:
+        """Whether ``ids`` holds a token the augmentation may change (any non-special one)."""
+        return len(self._free(np.asarray(ids, dtype=np.int64))) > 0
+
+    def __call__(self, ids: Sequence[int], rng: np.random.Generator) -> list[int]:
+        c, out = self.cfg, np.asarray(ids, dtype=np.int64)  # (L,)
+        free = self._free(out)
+        if c.random_deletion and len(free) > 1:
+            drop = free[rng.random(len(free)) < c.random_deletion]
+            if len(drop) == len(free):
+                drop = np.delete(drop, rng.integers(len(drop)))  # EDA: never delete every word
+            out = np.delete(out, drop)
+            free = self._free(out)
+        for _ in range(c.random_swap if len(free) > 1 else 0):
+            i, j = rng.integers(len(free)), rng.integers(len(free) - 1)
+            a, b = free[i], free[j + (j >= i)]  # two distinct ordinary positions, uniformly
+            out[[a, b]] = out[[b, a]]
+        if c.token_mask or c.token_dropout:
+            u = rng.random(len(free))  # one draw per token: [0, mask) masked, [mask, mask + dropout) unknown
+            if c.token_mask:
+                out[free[u < c.token_mask]] = self.mask_id
+            if c.token_dropout:
+                out[free[(u >= c.token_mask) & (u < c.token_mask + c.token_dropout)]] = self.unk_id
+        return out.tolist()
+
+
+class AugmentedText(Dataset):
+    """Training ``Records`` with ``TextAugmenter`` applied on access, seeded by (seed, epoch, index): a resumed run
+    (which replays an epoch's remaining indices) sees exactly the tokens the uninterrupted run saw. The epoch is
+    read from ``epoch_source.epoch`` (the trainer's batch sampler, attached by ``FollowEpoch``), 0 before that."""
+
+    def __init__(self, base: Records, augmenter: TextAugmenter, seed: int) -> None:
+        self.base, self.augmenter, self.seed, self.epoch_source = base, augmenter, seed, None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def sample(self, i: int, epoch: int) -> dict[str, Any]:
+        """Item ``i`` as augmented in ``epoch``."""
+        item = dict(self.base[i])
+        item[TEXT] = self.augmenter(item[TEXT], np.random.default_rng([self.seed % 2 ** 32, epoch, i]))
+        return item
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.sample(i, int(getattr(self.epoch_source, "epoch", 0)))
+
+    def count(self) -> int:
+        """Samples the augmentation applies to each epoch (those with an ordinary token), for the data log."""
+        return sum(self.augmenter.eligible(it[TEXT]) for it in self.base.items)
+
+
+class FollowEpoch(Callback):
+    """Points an epoch-seeded training dataset at the trainer's batch sampler, whose ``epoch`` the trainer sets
+    before each epoch's (and a resume's) first batch; loader workers are started per epoch, so they copy it then."""
+
+    def __init__(self, dataset: AugmentedText) -> None:
+        self.dataset = dataset
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.dataset.epoch_source = trainer.train_loader.batch_sampler

@@ -293,7 +293,7 @@ def _build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: 
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         # A directory is data, not code: its stored options never turn remote code on, only this spec does.
         saved = {k: v for k, v in meta["kwargs"].items() if k != "trust_remote_code"}
-        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and k not in saved
+        fill = {k: v for k, v in spec.items() if (takes_any or k in params) and (k not in saved or k in RATE_KEYS)
                 and k not in ("name", "name_or_path", "tokenizer")}
         stored = {**saved, **fill}
         if meta["format"] == "hf":
@@ -312,6 +312,55 @@ def _build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: 
     enc = registry.build(spec, where, **runtime)
     enc.spec = spec
     return enc
+
+
+# ---- per-encoder regularisation rates ------------------------------------------------------------------------
+#: ``model.<modality>.{dropout, attention_dropout, drop_path}``: builders whose architecture has the rate take the key
+#: (an unknown key is the registry's error naming it); a saved encoder directory's rates yield to the recipe's.
+RATE_KEYS = ("dropout", "attention_dropout", "drop_path")
+#: our rate → the transformers config fields that carry it (every one a config has is set)
+HF_RATE_FIELDS = {"dropout": ("hidden_dropout_prob", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop"),
+                  "attention_dropout": ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"),
+                  "drop_path": ("drop_path_rate",)}
+#: our rate → timm's ``create_model`` argument (``dropout`` is timm's ``drop_rate``: dropout on the pooled features)
+TIMM_RATE_ARGS = {"dropout": "drop_rate", "attention_dropout": "attn_drop_rate", "drop_path": "drop_path_rate"}
+
+
+def set_hf_rates(config: Any, where: str, **rates: Optional[float]) -> Any:
+    """``config`` (a transformers config) with the given rates set; a rate it has no field for is a ConfigError."""
+    for key, value in rates.items():
+        if value is None:
+            continue
+        fields = [f for f in HF_RATE_FIELDS[key] if hasattr(config, f)]
+        if not fields:
+            raise ConfigError(f"{where}.{key}={value}: {type(config).__name__} has no such rate (none of "
+                              f"{', '.join(HF_RATE_FIELDS[key])}); remove {where}.{key}")
+        for f in fields:
+            setattr(config, f, value)
+    return config
+
+
+def hf_pretrained_rates(name_or_path: str, trust: bool, where: str, **rates: Optional[float]) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that apply the rates (its config with them set), or {} when none is."""
+    if all(v is None for v in rates.values()):
+        return {}
+    from transformers import AutoConfig
+
+    return {"config": set_hf_rates(AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust), where, **rates)}
+
+
+def timm_rates(**rates: Optional[float]) -> dict[str, float]:
+    """timm ``create_model`` arguments for the rates that are set."""
+    return {TIMM_RATE_ARGS[k]: v for k, v in rates.items() if v is not None}
+
+
+def timm_rate_error(err: TypeError, where: str, **rates: Optional[float]) -> Optional[ConfigError]:
+    """The ConfigError naming ``where.<rate>`` when timm refused a rate argument the architecture lacks, else None."""
+    for key, value in rates.items():
+        if value is not None and f"'{TIMM_RATE_ARGS[key]}'" in str(err):
+            return ConfigError(f"{where}.{key}={value}: this timm architecture has no {TIMM_RATE_ARGS[key]} ({err}); "
+                               f"remove {where}.{key}")
+    return None
 
 
 def masked_mean(tokens: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

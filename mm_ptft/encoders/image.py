@@ -17,7 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, remote_code
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, remote_code, set_hf_rates, timm_rate_error, \
+    timm_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -174,10 +175,13 @@ class TimmEncoder(ImageEncoder):
 def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: str = "",
                  features_only: bool = False, out_indices: Optional[list[int]] = None,
                  img_size: Optional[int] = None, drop_path_rate: float = 0.0,
-                 model_kwargs: Optional[dict[str, Any]] = None) -> TimmEncoder:
+                 model_kwargs: Optional[dict[str, Any]] = None, dropout: Optional[float] = None,
+                 attention_dropout: Optional[float] = None, drop_path: Optional[float] = None) -> TimmEncoder:
     """Any timm architecture by name (``resnet50``, ``vit_base_patch16_224``, ``convnext_tiny``...);
     ``pretrained`` downloads timm weights, ``checkpoint_path`` loads a local file;
-    preprocessing comes from the model's ``pretrained_cfg``."""
+    preprocessing comes from the model's ``pretrained_cfg``. Rates: ``dropout`` is timm's ``drop_rate`` (on the
+    pooled features), ``attention_dropout`` its ``attn_drop_rate``, ``drop_path`` (or ``drop_path_rate``)
+    stochastic depth."""
     import timm
 
     kwargs = dict(model_kwargs or {})
@@ -185,10 +189,15 @@ def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: s
         kwargs["img_size"] = img_size
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
+    rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
+    kwargs.update(timm_rates(**rates))
     if features_only:
         kwargs.update(features_only=True, **({"out_indices": tuple(out_indices)} if out_indices else {}))
-    model = timm.create_model(name_or_path, pretrained=pretrained, num_classes=0,
-                              checkpoint_path=checkpoint_path or "", **kwargs)
+    try:
+        model = timm.create_model(name_or_path, pretrained=pretrained, num_classes=0,
+                                  checkpoint_path=checkpoint_path or "", **kwargs)
+    except TypeError as err:
+        raise timm_rate_error(err, "model.image", **rates) or err from None
     data_cfg = timm.data.resolve_data_config({}, model=model)
     pre = Preprocess.make(img_size or data_cfg["input_size"], data_cfg["mean"], data_cfg["std"],
                           data_cfg.get("interpolation", "bicubic"), data_cfg.get("crop_pct", 0.875))
@@ -387,14 +396,18 @@ _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "bo
 
 @IMAGE_ENCODERS.register("hf")
 def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = None, pooling: str = "auto",
-       trust_remote_code: bool = False) -> HFImageEncoder:
+       trust_remote_code: bool = False, dropout: Optional[float] = None, attention_dropout: Optional[float] = None,
+       drop_path: Optional[float] = None) -> HFImageEncoder:
     """Any HF vision ``AutoModel`` from a hub id or local directory (``name_or_path``), or randomly
-    initialised from ``config`` (e.g. ``{model_type: vit, hidden_size: 64, image_size: 32, ...}``)."""
+    initialised from ``config`` (e.g. ``{model_type: vit, hidden_size: 64, image_size: 32, ...}``); the rates
+    set the config's dropout fields (``set_hf_rates``)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
     trust = remote_code(trust_remote_code, "model.image", name_or_path)
+    rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
     if name_or_path:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust,
+                                          **hf_pretrained_rates(name_or_path, trust, "model.image", **rates))
         try:
             processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust)
         except (OSError, ValueError):
@@ -403,8 +416,8 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
         cfg = dict(config)
         if "model_type" not in cfg:
             raise ValueError("model.image.config needs model_type (e.g. vit, convnext, resnet)")
-        model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
-                                      trust_remote_code=trust)
+        model = AutoModel.from_config(set_hf_rates(AutoConfig.for_model(cfg.pop("model_type"), **cfg), "model.image",
+                                                   **rates), trust_remote_code=trust)
         processor = None
     else:
         raise ValueError("model.image (hf): give name_or_path (hub id or directory) or config (random init)")
@@ -509,17 +522,21 @@ def tiny_cnn(widths: Sequence[int] = (16, 32, 64, 128), img_size: int = 64,
     return TinyCNN(list(widths), img_size, out_indices)
 
 
-def vit(img_size: int, patch_size: int, dim: int, depth: int, heads: int, global_pool: str) -> TimmEncoder:
-    """A randomly initialised ViT (timm's VisionTransformer class, no download)."""
+def vit(img_size: int, patch_size: int, dim: int, depth: int, heads: int, global_pool: str,
+        **rates: Optional[float]) -> TimmEncoder:
+    """A randomly initialised ViT (timm's VisionTransformer class, no download); ``rates`` as the timm builder's."""
     from timm.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth,
-                              num_heads=heads, mlp_ratio=4.0, num_classes=0, global_pool=global_pool)
+                              num_heads=heads, mlp_ratio=4.0, num_classes=0, global_pool=global_pool,
+                              **timm_rates(**rates))
     return TimmEncoder(model, Preprocess.make(img_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
 
 
 @IMAGE_ENCODERS.register("tiny_vit")
 def tiny_vit(img_size: int = 64, patch_size: int = 8, dim: int = 64, depth: int = 2, heads: int = 4,
-             global_pool: str = "token") -> TimmEncoder:
+             global_pool: str = "token", dropout: Optional[float] = None, attention_dropout: Optional[float] = None,
+             drop_path: Optional[float] = None) -> TimmEncoder:
     """Built-in tiny ViT (64-d, 2 blocks) for tests and CPU recipes."""
-    return vit(img_size, patch_size, dim, depth, heads, global_pool)
+    return vit(img_size, patch_size, dim, depth, heads, global_pool, dropout=dropout,
+               attention_dropout=attention_dropout, drop_path=drop_path)

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, masked_mean, remote_code
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, remote_code, set_hf_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, TEXT_SEGMENTS, EncoderOutput
 
@@ -139,22 +139,26 @@ class HFTextEncoder(HFBacked, TextEncoder):
 @TEXT_ENCODERS.register("hf")
 def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, pooling: str = "cls",
        tokenizer: Optional[str] = None, vocab_size: int = 2000, max_length: int = 512,
-       trust_remote_code: bool = False, corpus: Optional[Iterable[str]] = None) -> HFTextEncoder:
+       trust_remote_code: bool = False, corpus: Optional[Iterable[str]] = None, dropout: Optional[float] = None,
+       attention_dropout: Optional[float] = None, drop_path: Optional[float] = None) -> HFTextEncoder:
     """Any HF ``AutoModel``: pretrained from a hub id or local directory (``name_or_path``), or
-    randomly initialised from ``config`` (e.g. ``{model_type: bert, hidden_size: 64, ...}``)."""
+    randomly initialised from ``config`` (e.g. ``{model_type: bert, hidden_size: 64, ...}``); the rates
+    set the config's dropout fields (``set_hf_rates``)."""
     from transformers import AutoConfig, AutoModel
 
     trust = remote_code(trust_remote_code, "model.text", name_or_path)
+    rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
     if name_or_path:
         key = "model.text.tokenizer" if tokenizer else "model.text.name_or_path"
         tok = pretrained_tokenizer(tokenizer or name_or_path, key, trust)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust,
+                                          **hf_pretrained_rates(name_or_path, trust, "model.text", **rates))
     elif config:
         cfg = dict(config)
         tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
         hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg, vocab_size=len(tok),
                                       pad_token_id=tok.pad_token_id)
-        model = AutoModel.from_config(hf_cfg, trust_remote_code=trust)
+        model = AutoModel.from_config(set_hf_rates(hf_cfg, "model.text", **rates), trust_remote_code=trust)
     else:
         raise ValueError("model.text (hf): give name_or_path (hub id or directory) or config (random init)")
     return HFTextEncoder(model, tok, pooling, max_length)
@@ -167,12 +171,15 @@ class TinyTextTransformer(TextEncoder):
     modality = "text"
     supports_causal_mask = True
 
-    def __init__(self, tokenizer: Any, dim: int, depth: int, heads: int, max_length: int, pooling: str) -> None:
+    def __init__(self, tokenizer: Any, dim: int, depth: int, heads: int, max_length: int, pooling: str,
+                 dropout: float = 0.1, attention_dropout: Optional[float] = None) -> None:
         super().__init__()
         self.tokenizer, self.pooling, self.max_length, self.out_dim = tokenizer, pooling, max_length, dim
         self.tok_embed = nn.Embedding(len(tokenizer), dim, padding_idx=tokenizer.pad_token_id)
         self.pos_embed = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.1, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=dropout, batch_first=True, norm_first=True)
+        # torch uses one rate for the residual/FFN dropouts and the attention weights: the latter may differ
+        layer.self_attn.dropout = dropout if attention_dropout is None else attention_dropout
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self._ckpt = False
@@ -200,11 +207,12 @@ class TinyTextTransformer(TextEncoder):
 
 @TEXT_ENCODERS.register("tiny")
 def tiny(dim: int = 64, depth: int = 2, heads: int = 4, max_length: int = 128, pooling: str = "mean",
-         tokenizer: Optional[str] = None, vocab_size: int = 2000,
-         corpus: Optional[Iterable[str]] = None) -> TinyTextTransformer:
-    """Built-in tiny transformer; tokenizer from ``tokenizer`` or trained on ``corpus``."""
+         tokenizer: Optional[str] = None, vocab_size: int = 2000, corpus: Optional[Iterable[str]] = None,
+         dropout: float = 0.1, attention_dropout: Optional[float] = None) -> TinyTextTransformer:
+    """Built-in tiny transformer; tokenizer from ``tokenizer`` or trained on ``corpus``; ``attention_dropout``
+    defaults to ``dropout``."""
     tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
-    return TinyTextTransformer(tok, dim, depth, heads, max_length, pooling)
+    return TinyTextTransformer(tok, dim, depth, heads, max_length, pooling, dropout, attention_dropout)
 
 
 class OpenCLIPTokenizer:

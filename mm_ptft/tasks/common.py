@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import DataError, LabelMap, load_table, resolve_eval
+from mm_ptft.data.tables import DataError, LabelMap, load_table, per_class_sample, require_columns, resolve_eval
 from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
@@ -62,6 +62,27 @@ def learn_labels(data: Any, table: Any) -> LabelMap:
         return LabelMap(data.labels)
     except DataError as err:  # e.g. data.labels: [a, " a"]
         raise DataError(f"data.labels: {err}") from None
+
+
+def few_shot_rows(data: Any, values: Sequence[Any], seed: int, counters: dict[str, int]) -> Optional[list[int]]:
+    """The training rows ``data.labels_per_class`` keeps (None when it is 0: all of them): ``K`` rows per class of
+    ``data.labels``, seeded and stratified, drawn from the training split (the eval rows were set aside before).
+    Counted in the run's data log as ``few_shot_rows`` / ``few_shot_unused_rows``."""
+    k = getattr(data, "labels_per_class", 0)
+    if not k:
+        return None
+    picked = per_class_sample(values, k, seed, LabelMap(data.labels),
+                              f"data.labels_per_class={k}: the training rows of {data.train_file}")
+    counters["few_shot_rows"], counters["few_shot_unused_rows"] = len(picked), len(values) - len(picked)
+    return picked
+
+
+def few_shot_table(data: Any, table: Any, seed: int, counters: dict[str, int], train: bool) -> Any:
+    """The training ``table`` (an HF dataset) cut to ``data.labels_per_class`` rows per class when training."""
+    if table is None or not train or not getattr(data, "labels_per_class", 0):
+        return table
+    require_columns(table, [data.label_column], data.train_file)
+    return table.select(few_shot_rows(data, table[data.label_column], seed, counters))
 
 
 def eval_name(data: Any) -> str:

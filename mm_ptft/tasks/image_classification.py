@@ -17,19 +17,20 @@ from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
+from mm_ptft.tasks.common import eval_name, few_shot_rows, learn_labels, needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 
 @dataclass
 class ImageClsData:
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "labels_per_class": ">=0"}  # checked by config.parse
     train_file: str = ""  # CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     path_column: str = "path"
     label_column: str = "label"
     eval_fraction: float = 0.1
     labels: list[str] = field(default_factory=list)  # empty: learned from the training data
+    labels_per_class: int = 0  # > 0: few-shot, train on K seeded rows per class of the training split
     skip_bad_samples: bool = False
     verify_images: bool = True  # decode every image once at load time (finds corrupt/truncated files early)
     augment: ImageAugment = field(default_factory=ImageAugment)
@@ -99,6 +100,8 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
     task = ImageClassificationTask(encoder, len(labels), m.dropout, m.label_smoothing,
                                    batch_mix(d.augment, len(labels)), m.ema_decay, d.labels)
     counters: dict[str, int] = {}
+    few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
+    tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
     train_tf = classification_transforms(encoder.preprocess, d.augment, train=True)
     eval_tf = classification_transforms(encoder.preprocess, d.augment, train=False)
     train_ds = _dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None

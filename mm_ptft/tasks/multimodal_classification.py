@@ -19,15 +19,15 @@ from mm_ptft.data.tables import ROW, LabelMap, load_table
 from mm_ptft.fusion import build_fusion
 from mm_ptft.heads.multimodal import MultimodalClassifier
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels
+from mm_ptft.tasks.common import eval_name, few_shot_table, learn_labels
 from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tables, media_config
 
 
 @dataclass
 class MMClsData:
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0"
-    }  # checked by config.parse
+        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0",
+        "labels_per_class": ">=0"}  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     eval_fraction: float = 0.1
@@ -38,6 +38,7 @@ class MMClsData:
     audio_column: str = "audio"
     label_column: str = "label"
     labels: list[str] = field(default_factory=list)  # empty: learned from the training file
+    labels_per_class: int = 0  # > 0: few-shot, train on K seeded rows per class of the training split
     max_length: int = 64
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
@@ -69,6 +70,8 @@ def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared
         raise ConfigError(f"data.modalities={d.modalities}: choose a non-empty subset of {list(MODALITIES)}")
     train_tab, eval_tab = load_tables(cfg, train or not d.labels)
     labels = learn_labels(d, train_tab)
+    counters: dict[str, int] = {}
+    train_tab = few_shot_table(d, train_tab, cfg.seed, counters, train)  # a tokenizer learned below sees these only
     corpus = [t for t in train_tab[d.text_column] if t] if train_tab is not None and "text" in d.modalities else None
     encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
     media = media_config(encoders, d)  # type: ignore[arg-type]
@@ -78,7 +81,6 @@ def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared
     tok = getattr(encoders.get("text"), "tokenizer", None)
     max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
     blank = tok("")["input_ids"] if tok is not None else []
-    counters: dict[str, int] = {}
 
     def split(tab: Any, path: str) -> Optional[MultimodalRows]:
         if tab is None:

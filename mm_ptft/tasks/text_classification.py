@@ -7,18 +7,19 @@ from typing import Any, ClassVar, Dict, Optional
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import ROW, LabelMap, require_columns
-from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
+from mm_ptft.data.text import AugmentedText, FollowEpoch, Records, TextAugment, TextAugmenter, TextCollator, \
+    lengths_of, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels, load_splits, save_tokenizer
+from mm_ptft.tasks.common import eval_name, few_shot_table, learn_labels, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
 @dataclass
 class TextClsData:
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "pad_to_multiple_of": ">0"
+        "eval_fraction": "(0, 1)", "max_length": ">0", "pad_to_multiple_of": ">0", "labels_per_class": ">=0"
     }  # checked by config.parse
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
@@ -27,8 +28,10 @@ class TextClsData:
     eval_fraction: float = 0.1
     max_length: int = 128
     labels: list[str] = field(default_factory=list)  # empty: learned from the training file
+    labels_per_class: int = 0  # > 0: few-shot, train on K seeded rows per class of the training split
     skip_bad_samples: bool = False
     pad_to_multiple_of: int = 1
+    augment: TextAugment = field(default_factory=TextAugment)  # token noise on training samples (off by default)
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
 
 
@@ -65,18 +68,24 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
     if train_ds is not None:
         require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
     labels = learn_labels(d, train_ds)
+    counters: dict[str, int] = {}
+    train_ds = few_shot_table(d, train_ds, cfg.seed, counters, train)  # a tokenizer learned below sees these rows only
     corpus = train_ds[d.text_column] if train_ds is not None else None
     encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
                             corpus=[t for t in corpus if t] if corpus else None)
     save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
     task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
     max_len = min(d.max_length, encoder.max_length)
-    counters: dict[str, int] = {}
     tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds and train else None
     ev = _records(eval_ds, cfg, encoder.tokenizer, labels, eval_name(d), max_len, counters) \
         if eval_ds is not None else None
     collate = TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of)
-    return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
+    lengths, callbacks = lengths_of(tr), []
+    if tr is not None and d.augment.active:
+        tr = AugmentedText(tr, TextAugmenter(d.augment, encoder.tokenizer), cfg.seed)
+        counters["augmented_samples_per_epoch"] = tr.count()
+        callbacks.append(FollowEpoch(tr))
+    return Prepared(task, tr, ev, collate, lengths, lengths_of(ev), counters, callbacks)
 
 
 def predict(cfg: TextClassificationConfig, prepared: Prepared, texts: list[str]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 Fine-tuning strategies (freezing, LLRD, LoRA) live in ``mm_ptft.finetune``: this module knows no model."""
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Callable, Iterable, Optional
 
@@ -36,19 +37,69 @@ def param_groups(task: nn.Module, optim: OptimConfig,
             for (nd, s), ps in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
-@OPTIMIZERS.register()
-def adamw(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+def check_kwargs(cls: type, kwargs: dict[str, Any], taken: Iterable[str] = ()) -> None:
+    """``optim.kwargs`` must be keyword arguments of the optimizer class other than ``taken`` (those we set)."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [k for k in params if k not in ("self", "params", *taken)
+                and params[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key in taken:
+            raise ConfigError(f"optim.kwargs.{key}: set from optim.{key} and the parameter groups; remove it here")
+        if key not in accepted:
+            raise ConfigError(f"optim.kwargs.{key}: {cls.__module__}.{cls.__name__} has no argument {key!r}; "
+                              f"accepted: {', '.join(accepted)}")
 
 
-@OPTIMIZERS.register()
-def adam(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+def _built_in(cls: type, **common: Callable[[OptimConfig], Any]) -> Callable[..., torch.optim.Optimizer]:
+    """A builder for one of our named optimizers: ``common`` maps an argument to the ``OptimConfig`` field it
+    comes from; ``optim.kwargs`` adds the class's other arguments (e.g. ``amsgrad``, ``nesterov``)."""
+
+    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool,
+              device: torch.device) -> torch.optim.Optimizer:
+        check_kwargs(cls, cfg.kwargs, taken=("lr", "weight_decay", "fused", *common))
+        return cls(groups, lr=cfg.lr, **{k: get(cfg) for k, get in common.items()}, **cfg.kwargs,
+                   fused=(fused and (cls is not torch.optim.SGD or device.type == "cuda")) or None)
+
+    return build
 
 
-@OPTIMIZERS.register()
-def sgd(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=(fused and device.type == "cuda") or None)
+OPTIMIZERS.register("adamw")(_built_in(torch.optim.AdamW, betas=lambda c: tuple(c.betas), eps=lambda c: c.eps))
+OPTIMIZERS.register("adam")(_built_in(torch.optim.Adam, betas=lambda c: tuple(c.betas), eps=lambda c: c.eps))
+OPTIMIZERS.register("sgd")(_built_in(torch.optim.SGD, momentum=lambda c: c.momentum))
+
+
+@OPTIMIZERS.fallback("torch.<Optimizer class> (e.g. torch.RAdam, torch.Adafactor)")
+def _torch_optimizer(name: str) -> Optional[Callable[..., torch.optim.Optimizer]]:
+    """``torch.<Class>``: any ``torch.optim`` optimizer class, with ``optim.lr`` and ``optim.kwargs``."""
+    cls = getattr(torch.optim, name.removeprefix("torch."), None) if name.startswith("torch.") else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+        return None
+
+    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool,
+              device: torch.device) -> torch.optim.Optimizer:
+        check_kwargs(cls, cfg.kwargs, taken=("lr", "weight_decay"))
+        return cls(groups, lr=cfg.lr, **cfg.kwargs)
+
+    return build
+
+
+@OPTIMIZERS.fallback("timm.<name> or a bare name of timm.optim.list_optimizers() (e.g. lamb, lion, adafactor, lars)")
+def _timm_optimizer(name: str) -> Optional[Callable[..., torch.optim.Optimizer]]:
+    """A timm optimizer through ``timm.optim.create_optimizer_v2`` (our param groups passed through as they are)."""
+    from timm.optim import create_optimizer_v2, get_optimizer_class, list_optimizers
+
+    opt = name.removeprefix("timm.")
+    if opt not in list_optimizers():
+        return None
+
+    def build(groups: list[dict[str, Any]], cfg: OptimConfig, fused: bool,
+              device: torch.device) -> torch.optim.Optimizer:
+        check_kwargs(get_optimizer_class(opt, bind_defaults=False), cfg.kwargs,
+                     taken=("lr", "weight_decay", "momentum"))
+        return create_optimizer_v2(groups, opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                   **cfg.kwargs)
+
+    return build
 
 
 def _hf_schedule(kind: str) -> Callable[..., Any]:
@@ -118,7 +169,7 @@ def l1_penalty(params: Iterable[torch.Tensor], l1: float) -> torch.Tensor:
 
 def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     if cfg.name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={cfg.name!r}; choose one of {OPTIMIZERS.names()}")
+        raise ConfigError(f"optim.name={cfg.name!r}; choose one of: {OPTIMIZERS.choices()}")
     # Fused Adam(W) kernels exist for CPU and CUDA (2-3x faster optimizer steps on CPU here).
     fused = cfg.fused if cfg.fused is not None else device.type in ("cpu", "cuda")
     return OPTIMIZERS.get(cfg.name)(list(groups), cfg, fused, device)

@@ -133,3 +133,12 @@ def test_layers_are_visible_to_llrd_and_freezing(name):
     enc = build_encoder(AUDIO_ENCODERS, {"name": name, **TINY_CONFIGS[name]}, "model.audio")
     assert enc.num_layers == 1  # every tiny config has one block
     assert any(layer_index(n) == -1 for n, _ in enc.named_parameters())
+
+
+def test_hf_wav2vec2_rates_reach_its_config_and_modules():
+    enc = build_encoder(AUDIO_ENCODERS, {"name": "hf", **TINY_CONFIGS["hf"], "dropout": 0.3, "attention_dropout": 0.05},
+                        "model.audio")
+    cfg = enc.model.config
+    assert (cfg.hidden_dropout, cfg.attention_dropout) == (0.3, 0.05)
+    layer = enc.model.encoder.layers[0]
+    assert layer.dropout.p == 0.3 and layer.attention.dropout == 0.05

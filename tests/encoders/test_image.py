@@ -110,3 +110,39 @@ def test_open_clip_preprocess_and_embedding_width():
 def test_bad_kwarg_is_named():
     with pytest.raises(KeyError, match="model.image.widht"):
         build_encoder(IMAGE_ENCODERS, {"name": "tiny_cnn", "widht": 3}, "model.image")
+
+
+# ---- per-encoder dropout rates -------------------------------------------------------------------------------
+def test_timm_vit_rates_reach_its_modules():
+    """timm ViT: dropout → drop_rate (head_drop), attention_dropout → attn_drop in every block, drop_path → stochastic
+    depth rising linearly to the rate over the blocks (timm's rule, computed here by hand)."""
+    from timm.layers import DropPath
+    enc = build_encoder(IMAGE_ENCODERS, {**EXTRA_SPECS["timm_vit"], "dropout": 0.2, "attention_dropout": 0.1,
+                                         "drop_path": 0.3}, "model.image")
+    m = enc.model
+    assert m.head_drop.p == 0.2 and [b.attn.attn_drop.p for b in m.blocks] == [0.1] * len(m.blocks)
+    n = len(m.blocks)
+    expected = [0.3 * i / (n - 1) for i in range(n)]
+    got = [b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0 for b in m.blocks]
+    assert got == pytest.approx(expected)
+    tiny = build_encoder(IMAGE_ENCODERS, {**TINY_SPECS["tiny_vit"], "attention_dropout": 0.15}, "model.image")
+    assert [b.attn.attn_drop.p for b in tiny.model.blocks] == [0.15, 0.15]
+
+
+def test_timm_resnet_rates_and_the_one_it_lacks():
+    from mm_ptft.config import ConfigError
+    enc = build_encoder(IMAGE_ENCODERS, {**TINY_SPECS["timm"], "dropout": 0.4, "drop_path": 0.1}, "model.image")
+    assert enc.model.drop_rate == 0.4
+    with pytest.raises(ConfigError, match=r"model\.image\.attention_dropout=0\.1: this timm architecture has no "
+                                          r"attn_drop_rate"):
+        build_encoder(IMAGE_ENCODERS, {**TINY_SPECS["timm"], "attention_dropout": 0.1}, "model.image")
+    with pytest.raises(ConfigError, match=r"model\.image\.dropout"):  # tiny_cnn has no dropout at all
+        build_encoder(IMAGE_ENCODERS, {**TINY_SPECS["tiny_cnn"], "dropout": 0.1}, "model.image")
+
+
+def test_hf_vit_rates():
+    enc = build_encoder(IMAGE_ENCODERS, {"name": "hf", "config": HF_VIT, "dropout": 0.2, "attention_dropout": 0.1},
+                        "model.image")
+    ps = {n: m.p for n, m in enc.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert len(ps) == 3 and set(ps.values()) == {0.2}  # embeddings and each layer's hidden dropout
+    assert [layer.attention.attention_dropout for layer in enc.model.layers] == [0.1, 0.1]  # the attention probs' rate

@@ -97,3 +97,42 @@ def test_open_clip_text_matches_open_clip_encode_text():
     texts = ["a photo of a cat", "a small dog on a sofa"]
     ref = enc.model.encode_text(open_clip.get_tokenizer("ViT-S-32", context_length=24)(texts))
     torch.testing.assert_close(enc(batch_for(enc, texts)).pooled, ref)
+
+
+# ---- per-encoder dropout rates -------------------------------------------------------------------------------
+def dropout_ps(module: torch.nn.Module) -> dict[str, float]:
+    return {n: m.p for n, m in module.named_modules() if isinstance(m, torch.nn.Dropout)}
+
+
+def test_hf_bert_rates_reach_every_dropout_module(tmp_path):
+    """BERT: dropout → embeddings/attention-output/FFN dropouts, attention_dropout → the attention probabilities."""
+    enc = build_encoder(TEXT_ENCODERS, {**TINY_SPECS["hf"], "dropout": 0.25, "attention_dropout": 0.05},
+                        "model.text", corpus=CORPUS)
+    ps = dropout_ps(enc.model)
+    attn = {n: p for n, p in ps.items() if n.endswith("attention.self.dropout")}
+    assert len(attn) == 2 and set(attn.values()) == {0.05}
+    assert len(ps) == 7 and {p for n, p in ps.items() if n not in attn} == {0.25}
+    # a saved directory rebuilds with its rates; a recipe's rate wins over the saved one
+    enc.save_pretrained(tmp_path / "enc")
+    again = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path / "enc")}, "model.text")
+    assert dropout_ps(again.model) == ps
+    lower = build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path / "enc"), "dropout": 0.0},
+                          "model.text")
+    assert {p for n, p in dropout_ps(lower.model).items() if n not in attn} == {0.0}
+    assert {dropout_ps(lower.model)[n] for n in attn} == {0.05}
+
+
+def test_hf_rate_the_architecture_lacks_names_the_key():
+    from mm_ptft.config import ConfigError
+    with pytest.raises(ConfigError, match=r"model\.text\.drop_path=0\.1: BertConfig has no such rate"):
+        build_encoder(TEXT_ENCODERS, {**TINY_SPECS["hf"], "drop_path": 0.1}, "model.text", corpus=CORPUS)
+
+
+def test_tiny_text_rates():
+    enc = build_encoder(TEXT_ENCODERS, {**TINY_SPECS["tiny"], "dropout": 0.3, "attention_dropout": 0.0},
+                        "model.text", corpus=CORPUS)
+    for layer in enc.encoder.layers:
+        assert layer.dropout.p == layer.dropout1.p == layer.dropout2.p == 0.3 and layer.self_attn.dropout == 0.0
+    from mm_ptft.config import ConfigError
+    with pytest.raises(ConfigError, match=r"model\.text\.drop_path"):
+        build_encoder(TEXT_ENCODERS, {**TINY_SPECS["tiny"], "drop_path": 0.1}, "model.text", corpus=CORPUS)

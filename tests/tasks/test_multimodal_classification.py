@@ -145,3 +145,16 @@ def test_empty_clip_is_bad_audio_and_a_10ms_clip_a_counted_drop(shapes, tmp_path
     p = MultimodalClassification.prepare(cfg(tmp_path, {**shapes, "train_file": train_file}, "data.skip_bad_samples=true",
                                              "data.min_audio_seconds=0.0"))
     assert p.counters == {"skipped_bad_audio": 1} and len(p.train_data) == 95  # a 10 ms clip is kept when asked
+
+
+def test_labels_per_class_picks_k_training_rows_per_class(shapes, tmp_path):
+    """K=4 rows of each class from the training manifest (labels read back from the file by row), eval untouched."""
+    import collections
+
+    rows = [json.loads(ln) for ln in open(shapes["train_file"])]
+    full = MultimodalClassification.prepare(cfg(tmp_path, shapes, "data.modalities=[text]"))
+    c = cfg(tmp_path, shapes, "data.modalities=[text]", "data.labels_per_class=4")
+    few = MultimodalClassification.prepare(c)
+    assert collections.Counter(rows[r["__row__"]]["label"] for r in few.train_data.rows) == {n: 4 for n in c.data.labels}
+    assert [r["__row__"] for r in few.eval_data.rows] == [r["__row__"] for r in full.eval_data.rows]
+    assert few.counters["few_shot_rows"] == 16 and few.counters["few_shot_unused_rows"] == len(rows) - 16

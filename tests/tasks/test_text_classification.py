@@ -111,3 +111,86 @@ def test_other_file_formats(tmp_path, ext):
 def test_missing_file_named(tmp_path):
     with pytest.raises(DataError, match=r"data.train_file=.*nope.csv: file not found"):
         TextClassification.prepare(cfg(tmp_path, "data.train_file=/nope.csv"))
+
+
+def test_labels_per_class_keeps_k_rows_per_class_and_leaves_eval_alone(tmp_path, topics_data):
+    """K=5 of each of the four topics from the training split (checked against the CSV's own labels); the eval split
+    (a seeded split of the same file) is the same rows as without few-shot; the data log counts both."""
+    import collections
+
+    base = [f"data.train_file={topics_data['train_file']}", 'data.eval_file=""', "data.generate=null"]
+    full = TextClassification.prepare(cfg(tmp_path, *base))
+    base.append(f"model.text.tokenizer={tmp_path / 'run' / 'tokenizer'}")  # the same token ids in every run
+    few = TextClassification.prepare(cfg(tmp_path, *base, "data.labels_per_class=5"))
+    assert collections.Counter(r["labels"] for r in few.train_data.items) == {0: 5, 1: 5, 2: 5, 3: 5}
+    train_ids = [r["text"] for r in full.train_data.items]
+    assert all(r["text"] in train_ids for r in few.train_data.items)  # drawn from the training split only
+    assert [r["text"] for r in few.eval_data.items] == [r["text"] for r in full.eval_data.items]
+    assert few.counters["few_shot_rows"] == 20 and few.counters["few_shot_unused_rows"] == len(train_ids) - 20
+    again = TextClassification.prepare(cfg(tmp_path, *base, "data.labels_per_class=5"))
+    assert [r["text"] for r in again.train_data.items] == [r["text"] for r in few.train_data.items]  # seeded
+    other = TextClassification.prepare(cfg(tmp_path, *base, "data.labels_per_class=5", "seed=1"))
+    assert [r["text"] for r in other.train_data.items] != [r["text"] for r in few.train_data.items]
+
+
+def test_labels_per_class_beyond_a_class_size_names_the_class(tmp_path):
+    rows = [(f"cooking text {i}", "cooking") for i in range(6)] + [(f"space text {i}", "space") for i in range(2)]
+    f = write_csv(tmp_path / "t.csv", rows)
+    with pytest.raises(DataError, match=r"data.labels_per_class=3.*class 'space' has 2"):
+        TextClassification.prepare(cfg(tmp_path, f"data.train_file={f}", f"data.eval_file={f}", "data.generate=null",
+                                       "data.labels_per_class=3"))
+
+
+AUGMENT = "data.augment={token_mask: 0.15, token_dropout: 0.05, random_swap: 1, random_deletion: 0.1}"
+
+
+def test_augmentation_touches_training_samples_only_and_is_logged(tmp_path, topics_data):
+    base = [f"data.train_file={topics_data['train_file']}", f"data.eval_file={topics_data['eval_file']}",
+            "data.generate=null"]
+    plain = TextClassification.prepare(cfg(tmp_path, *base))
+    base.append(f"model.text.tokenizer={tmp_path / 'run' / 'tokenizer'}")  # the same token ids in both
+    aug = TextClassification.prepare(cfg(tmp_path, *base, AUGMENT))
+    assert aug.eval_data.items == plain.eval_data.items  # eval: the plain records
+    assert [aug.train_data.base[i] for i in range(len(plain.train_data))] == plain.train_data.items
+    changed = sum(aug.train_data[i]["text"] != plain.train_data[i]["text"] for i in range(len(plain.train_data)))
+    assert changed > 0.9 * len(plain.train_data)
+    assert aug.counters["augmented_samples_per_epoch"] == len(plain.train_data)
+    assert "augmented_samples_per_epoch" not in plain.counters
+
+
+def test_augmented_run_resumes_exactly_across_an_epoch(tmp_path, topics_data, monkeypatch):
+    """10 steps straight == crash at step 9 (epoch 1 of 7-batch epochs, after the step-8 checkpoint) and resume: the
+    noise is drawn from (seed, epoch, index), so bitwise-identical weights; and it differs from the run without noise."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mm_ptft.train.trainer import Trainer
+
+    def run(out, *extra):
+        return train(cfg(tmp_path, f"output_dir={tmp_path / out}", f"data.train_file={topics_data['train_file']}",
+                         f"data.eval_file={topics_data['eval_file']}", "data.generate=null", "train.batch_size=64",
+                         "train.max_steps=10", "train.eval_every=10", "train.save_every=4", *extra))
+
+    def weights(out):
+        return load_file(str(sorted((tmp_path / out / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+
+    run("straight", AUGMENT)
+    run("plain")
+    real_step = Trainer._optimizer_step
+
+    def crashing(self):
+        norm = real_step(self)
+        if self.step == 9:
+            raise KeyboardInterrupt
+        return norm
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", AUGMENT)
+    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
+    run("resumed", AUGMENT, "train.resume=true")
+    a, b, p = weights("straight"), weights("resumed"), weights("plain")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], p[k]) for k in a)
+    log = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["augmented_samples_per_epoch"] for r in log if r["kind"] == "data"] == [400]

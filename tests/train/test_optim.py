@@ -104,3 +104,83 @@ def test_l1_adds_l1_times_sum_abs_weights_and_shrinks_them(topics_data, tmp_path
     assert pen[0]["l1_loss"] == pytest.approx(l1 * cb1.sum_abs, rel=1e-5)
     assert pen[0]["loss"] - plain[0]["loss"] == pytest.approx(pen[0]["l1_loss"], rel=1e-4)
     assert cb1.final < cb0.final
+
+
+# ---- optimizers by name: torch's classes and timm's names through one registry fallback -------------------------
+def two_step(name: str, lr: float, wd: float, grads: list[list[float]], **kwargs) -> list[float]:
+    """Parameters w = [[1, -2]] (one decayed group) after one optimizer step per gradient in ``grads``."""
+    w = torch.nn.Parameter(torch.tensor([[1.0, -2.0]], dtype=torch.float64))
+    opt = build_optimizer([{"params": [w], "weight_decay": wd, "lr": lr}],
+                          OptimConfig(name=name, lr=lr, weight_decay=wd, kwargs=kwargs), torch.device("cpu"))
+    for g in grads:
+        w.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+    return w.detach().flatten().tolist()
+
+
+GRADS = [[0.3, 0.1], [-0.2, 0.25]]  # norm < 1, so LAMB's default max_grad_norm=1 clipping does not act
+
+
+def test_lamb_steps_as_its_update_rule():
+    """LAMB (You et al. 2019), by hand: Adam moments with bias correction, u = m̂/(√v̂+eps) + wd·w, then
+    w -= lr · (‖w‖/‖u‖) · u (the layer-wise trust ratio)."""
+    import math
+    b1, b2, eps, lr, wd = 0.9, 0.999, 1e-6, 0.1, 0.1
+    w, m, v = [1.0, -2.0], [0.0, 0.0], [0.0, 0.0]
+    for t, g in enumerate(GRADS, 1):
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        u = [(mi / (1 - b1 ** t)) / (math.sqrt(vi / (1 - b2 ** t)) + eps) + wd * wi for mi, vi, wi in zip(m, v, w)]
+        trust = math.hypot(*w) / math.hypot(*u)
+        w = [wi - lr * trust * ui for wi, ui in zip(w, u)]
+    assert two_step("lamb", lr, wd, GRADS) == pytest.approx(w, rel=1e-9)
+    assert two_step("timm.lamb", lr, wd, GRADS) == pytest.approx(w, rel=1e-9)
+
+
+def test_lion_steps_as_its_update_rule():
+    """Lion (Chen et al. 2023), by hand: w -= lr·(sign(β1·m + (1-β1)·g) + wd·w); then m = β2·m + (1-β2)·g."""
+    b1, b2, lr, wd = 0.9, 0.99, 0.01, 0.5
+    sign = lambda x: (x > 0) - (x < 0)  # noqa: E731
+    w, m = [1.0, -2.0], [0.0, 0.0]
+    for g in GRADS:
+        c = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        w = [wi * (1 - lr * wd) - lr * sign(ci) for wi, ci in zip(w, c)]
+        m = [b2 * mi + (1 - b2) * gi for mi, gi in zip(m, g)]
+    assert two_step("lion", lr, wd, GRADS) == pytest.approx(w, rel=1e-12)
+
+
+def test_torch_optimizer_by_class_name_matches_torch_itself():
+    """``torch.RAdam`` with kwargs is torch.optim.RAdam built directly with the same arguments."""
+    w = torch.nn.Parameter(torch.tensor([[1.0, -2.0]], dtype=torch.float64))
+    ref = torch.optim.RAdam([w], lr=0.05, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True)
+    for g in GRADS * 3:
+        w.grad = torch.tensor([g], dtype=torch.float64)
+        ref.step()
+    got = two_step("torch.RAdam", 0.05, 0.1, GRADS * 3, betas=[0.8, 0.9], decoupled_weight_decay=True)
+    assert got == pytest.approx(w.detach().flatten().tolist(), rel=1e-12)
+    opt = build_optimizer([{"params": [w]}], OptimConfig(name="torch.Adafactor"), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.Adafactor)
+
+
+def test_param_groups_keep_their_lr_and_weight_decay():
+    """Per-group lr (LLRD) and no-decay groups reach a fallback optimizer unchanged."""
+    a, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    groups = [{"params": [a], "lr": 0.5, "weight_decay": 0.1}, {"params": [b], "lr": 0.05, "weight_decay": 0.0}]
+    for name in ("lion", "torch.NAdam"):
+        opt = build_optimizer([dict(g) for g in groups], OptimConfig(name=name, lr=1.0), torch.device("cpu"))
+        assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.5, 0.1), (0.05, 0.0)]
+
+
+def test_optimizer_kwargs_and_names_are_checked():
+    from mm_ptft.config import ConfigError
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ConfigError, match=r"optim\.kwargs\.betaz.*Lamb has no argument"):
+        build_optimizer([{"params": [p]}], OptimConfig(name="lamb", kwargs={"betaz": [0.9, 0.9]}), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"optim\.kwargs\.amsgrd.*AdamW"):
+        build_optimizer([{"params": [p]}], OptimConfig(name="adamw", kwargs={"amsgrd": True}), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"optim\.kwargs\.lr: set from optim\.lr"):
+        build_optimizer([{"params": [p]}], OptimConfig(name="torch.RAdam", kwargs={"lr": 1.0}), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"optim.name='torch.Nope'.*adamw.*torch\.<Optimizer class>.*lamb"):
+        build_optimizer([{"params": [p]}], OptimConfig(name="torch.Nope"), torch.device("cpu"))
+    opt = build_optimizer([{"params": [p]}], OptimConfig(name="adamw", kwargs={"amsgrad": True}), torch.device("cpu"))
+    assert opt.param_groups[0]["amsgrad"] is True

@@ -1,0 +1,39 @@
+"""Tables: the stratified few-shot selection shared by every classification recipe and the quickstart."""
+from collections import Counter
+
+import pytest
+
+from mm_ptft.data.tables import DataError, LabelMap, per_class_sample, rows_by_label
+
+VALUES = [lab for i in range(10) for lab in ("a", "b", " c")] + ["zzz", None]  # 10 rows per class, 2 outside
+
+
+def test_k_rows_of_every_class_seeded():
+    labels = LabelMap(["a", "b", "c"])
+    picked = per_class_sample(VALUES, 3, seed=0, labels=labels, where="t")
+    assert Counter(VALUES[i].strip() for i in picked) == {"a": 3, "b": 3, "c": 3}  # " c" is the class c
+    assert picked == sorted(set(picked))
+    assert per_class_sample(VALUES, 3, seed=0, labels=labels, where="t") == picked
+    draws = {tuple(per_class_sample(VALUES, 3, seed=s, labels=labels, where="t")) for s in range(5)}
+    assert len(draws) > 1  # the seed picks the rows
+
+
+def test_each_class_is_drawn_uniformly():
+    """Over many seeds every row of a class is drawn about K/n of the time (n=10, K=3: 0.3)."""
+    labels, hits = LabelMap(["a", "b", "c"]), Counter()
+    for s in range(2000):
+        hits.update(per_class_sample(VALUES, 3, seed=s, labels=labels, where="t"))
+    freq = [hits[i] / 2000 for i in range(30)]
+    assert min(freq) > 0.3 - 0.045 and max(freq) < 0.3 + 0.045  # ~4.4 binomial sd of 0.0102
+    assert hits[30] == hits[31] == 0  # labels outside the label set are never drawn
+
+
+def test_a_short_class_is_an_error_naming_it_and_its_count():
+    with pytest.raises(DataError, match=r"11 rows per class requested, but class 'a' has 10, 'b' has 10, 'c' has 10"):
+        per_class_sample(VALUES, 11, seed=0, labels=LabelMap(["a", "b", "c"]), where="t")
+    with pytest.raises(DataError, match=r"class 'd' has 0"):
+        per_class_sample(VALUES, 2, seed=0, labels=LabelMap(["a", "b", "c", "d"]), where="t")
+
+
+def test_rows_by_label_keys_as_the_label_map_compares():
+    assert rows_by_label([1.0, "1", " 2", 2]) == {"1": [0, 1], "2": [2, 3]}
