@@ -19,6 +19,7 @@ from mm_ptft.config import ConfigError, RunConfig, parse, to_dict
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.multimodal import MixtureCollator, MixtureDataset
 from mm_ptft.data.multitask import RoundRobinDataset, TaskDataset, sampling_probs
+from mm_ptft.data.tables import DataError
 from mm_ptft.encoders.base import Encoder, shared_encoders
 from mm_ptft.heads.multitask import MultiTask
 from mm_ptft.tasks import get_recipe, recipe
@@ -102,8 +103,13 @@ def _corpus(cfg: MultiTaskConfig, subs: dict[str, Any], train: bool) -> list[str
 
 def _prepare_task(name: str, rec: Recipe, sub: Any, encoders: dict[str, Encoder], train: bool) -> Prepared:
     """The recipe's own ``prepare`` with the shared encoders handed to it."""
-    with shared_encoders(encoders):
-        prepared = rec.prepare(sub, train)
+    try:
+        with shared_encoders(encoders):
+            prepared = rec.prepare(sub, train)
+    except ValueError as err:  # the recipe's message names its key (data.train_file): say which task's
+        if type(err) not in (ValueError, ConfigError, DataError):
+            raise
+        raise type(err)(f"tasks.{name} ({sub.task}): {err}") from err
     own = sorted(m for m, enc in prepared.task.encoders().items() if encoders.get(m) is not enc)
     if own:
         raise ConfigError(f"tasks.{name} ({sub.task}) builds its own {own} encoder(s), which cannot be shared")
