@@ -1,7 +1,10 @@
 """Metrics of several tasks in one evaluation: each task's own metrics under ``<task>/<metric>``, its mean eval
-loss as ``<task>/loss``, and ``loss``: the tasks' eval losses combined with the training loss weights."""
+loss as ``<task>/loss`` (where its eval outputs have one), and ``loss``: those losses combined with the training
+loss weights."""
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -35,8 +38,12 @@ class MultiTaskMetrics:
         total = 0.0
         for name in sorted(self.metrics):  # every task with eval data (each rank computes all: a collective)
             results.update({f"{name}/{k}": v for k, v in self.metrics[name].compute().items()})
-            results[f"{name}/loss"] = float(self.losses[name].compute())
-            total += self.weights[name] * results[f"{name}/loss"]
+            with warnings.catch_warnings():  # a task without an eval loss (detection): MeanMetric of nothing is nan
+                warnings.filterwarnings("ignore", message=".*compute.*called before the.*update")
+                loss = float(self.losses[name].compute())
+            if not math.isnan(loss):
+                results[f"{name}/loss"] = loss
+                total += self.weights[name] * loss
         results["loss"] = total
         return results
 

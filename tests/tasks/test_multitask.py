@@ -109,3 +109,51 @@ def test_bad_config_names_the_key(tmp_path, override, message):
 def test_no_tasks_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="tasks is empty"):
         Multitask.prepare(load_config({"task": "multitask", "output_dir": str(tmp_path)}))
+
+
+AUDIO = {"audio": {"name": "crnn", "sample_rate": 16000, "input_kind": "features", "n_mels": 40, "dim": 32, "depth": 1,
+                   "subsample": 2}}
+SPEECH = {"recipe": "speech_recognition", "data": {"generate": {
+    "name": "tone_speech", "n_train": 8, "n_eval": 4, "sample_rate": 16000, "max_words": 1}}}
+IMAGE = {"image": {"name": "tiny_cnn", "widths": [16, 32, 48, 64], "img_size": 64, "out_indices": [0, 1, 2]}}
+BOXES = {"recipe": "detection", "data": {"generate": {"name": "detection_shapes", "n_train": 8, "n_eval": 4, "size": 64}},
+         "model": {"detector": {"name": "faster_rcnn", "anchor_scale": 4.0, "representation_size": 32},
+                   "neck_channels": 16, "min_size": [64], "max_size": 64}}
+
+
+def _shapes(modality: str, **generate) -> dict:
+    """An audio-only or image-only shape classifier (the multimodal classification recipe on one modality)."""
+    return {"recipe": "multimodal_classification", "model": {"fusion": {"name": "concat", "out_dim": 16}},
+            "data": {"modalities": [modality], "generate": {"name": "shapes_captions", "n_train": 8, "n_eval": 4,
+                                                            **generate}}}
+
+
+@pytest.mark.parametrize("modality, encoders, other, expected", [
+    ("audio", AUDIO, ("speech", SPEECH), {"speech/wer", "speech/cer", "speech/loss"}),  # CTC
+    ("image", IMAGE, ("boxes", BOXES), {"boxes/map", "boxes/map_50"}),  # detection: no eval loss
+], ids=["ctc", "detection"])
+def test_other_heads_share_one_encoder_with_a_classifier(tmp_path, modality, encoders, other, expected):
+    """CTC speech recognition beside an audio-only shape classifier, detection beside an image-only one: one
+    encoder serves both recipes' data pipelines; a round-robin batch of each task trains the shared encoder,
+    and one evaluation gives both tasks' metrics."""
+    from mm_ptft.train.trainer import Trainer
+
+    shape = _shapes(modality, **({"seconds": 0.3} if modality == "audio" else {"image_size": 64}))
+    c = load_config({"task": "multitask", "output_dir": str(tmp_path / "run"), "seed": 0,
+                     "train": {"batch_size": 4, "report": False, "precision": "fp32", "device": "cpu"},
+                     "data": {"sampling": "round_robin"}, "model": encoders,
+                     "tasks": {"shape": shape, other[0]: other[1]}})
+    prepared = Multitask.prepare(c)
+    task = prepared.task
+    assert list(task.encoders()) == [modality]
+    batches = list(Trainer.from_prepared(prepared, c).train_loader)[:2]
+    first, second = sorted(["shape", other[0]])
+    assert [list(b) for b in batches] == [[first], [second]]  # round-robin: one task per batch, in turn
+    task.train()
+    enc = task.encoders()[modality]
+    for batch in batches:
+        task.zero_grad()
+        task(batch)["loss"].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters()), list(batch)
+    results = Trainer.from_prepared(prepared, c, train=False).evaluate()
+    assert expected | {"shape/accuracy", "shape/loss", "loss"} <= set(results)
