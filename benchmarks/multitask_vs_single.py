@@ -7,6 +7,8 @@ each on its own generated data), with ``--train`` training rows each. For every 
 
 - single: each task alone through its own recipe (``text_classification`` / ``text_regression``), ``--steps``
   batches of ``--batch-size`` on a fresh tiny text encoder;
+- single 2x steps: the same, ``2 x --steps`` batches (as many updates as the shared encoder gets below: is a
+  gain from the other task's data, or only from more steps?);
 - multitask round_robin: one shared encoder, ``2 x --steps`` steps of one task's batch in turn, so each task
   again sees exactly ``--steps`` batches of ``--batch-size``;
 - multitask temperature (T=2): ``2 x --steps`` steps of mixed batches of ``--batch-size`` (each sample's task
@@ -50,12 +52,12 @@ def common(cfg: Any, out: Path, seed: int, steps: int, batch: int) -> dict[str, 
             "sched": to_dict(cfg.sched)}
 
 
-def single(cfg: Any, name: str, out: Path, seed: int, args: argparse.Namespace) -> float:
+def single(cfg: Any, name: str, out: Path, seed: int, args: argparse.Namespace, steps: int) -> float:
     """Task ``name`` alone through its own recipe, with the multitask run's encoder spec and hyperparameters."""
     from mm_ptft.run import load_config, train
 
     entry = cfg.tasks[name]
-    raw = {"task": entry.recipe, **common(cfg, out, seed, args.steps, args.batch_size), "data": dict(entry.data),
+    raw = {"task": entry.recipe, **common(cfg, out, seed, steps, args.batch_size), "data": dict(entry.data),
            "model": {**entry.model, "text": dict(cfg.model.text)}}
     return train(load_config(raw))[METRICS[name]]
 
@@ -88,11 +90,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
         torch.set_num_threads(args.threads)
     out, t0 = Path(args.out), time.time()
     res: dict[str, dict[str, list[float]]] = {k: {n: [] for n in METRICS} for k in
-                                              ("single", "multitask round_robin", "multitask temperature")}
+                                              ("single", "single 2x steps", "multitask round_robin",
+                                               "multitask temperature")}
     for seed in args.seeds:
         cfg = base_config(args)
         for name in METRICS:
-            res["single"][name].append(single(cfg, name, out / f"single_{name}_{seed}", seed, args))
+            for kind, steps in (("single", args.steps), ("single 2x steps", 2 * args.steps)):
+                res[kind][name].append(single(cfg, name, out / f"{kind.replace(' ', '_')}_{name}_{seed}", seed, args,
+                                              steps))
         for sampling in ("round_robin", "temperature"):
             for name, v in multi(base_config(args), sampling, out / f"multi_{sampling}_{seed}", seed, args).items():
                 res[f"multitask {sampling}"][name].append(v)

@@ -141,7 +141,8 @@ def prepare(cfg: MultiTaskConfig, train: bool = True) -> Prepared:
         entry.data = to_dict(sub.data)
         entry.model = {k: v for k, v in to_dict(sub.model).items() if k not in MODALITIES}
     evals = {n: p.eval_data for n, p in prepared.items() if p.eval_data is not None}
-    _check_metric(cfg, sorted(evals))
+    if train:
+        _check_metric(cfg, sorted(evals))
     task = MultiTask({n: p.task for n, p in prepared.items()}, {n: e.weight for n, e in cfg.tasks.items()}, list(evals))
     counters = {f"{n}/{k}": v for n, p in prepared.items() for k, v in p.counters.items()}
     tr = _train_data(cfg, {n: p.train_data for n, p in prepared.items()}, counters) if train else None
@@ -164,4 +165,16 @@ def _train_data(cfg: MultiTaskConfig, parts: dict[str, Any], counters: dict[str,
     return mix
 
 
-Multitask = recipe(MultiTaskConfig, prepare)
+def predict(cfg: MultiTaskConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+    """Every task's own prediction (its recipe's ``predict``) of each input: ``{task: prediction}`` per input.
+    The inputs must suit every task (e.g. texts for text tasks)."""
+    rows: list[dict[str, Any]] = [{} for _ in inputs]
+    for name, entry in sorted(cfg.tasks.items()):
+        rec, sub = _sub_config(cfg, name, entry)
+        own = Prepared(prepared.task.tasks[name], None, None, prepared.collate.collate_of(name))
+        for row, pred in zip(rows, rec.predict(sub, own, inputs)):
+            row[name] = pred
+    return rows
+
+
+Multitask = recipe(MultiTaskConfig, prepare, predict)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from mm_ptft.config import ConfigError
-from mm_ptft.run import evaluate, load_config, train
+from mm_ptft.run import evaluate, load_config, predict, train
 from mm_ptft.tasks.multitask import Multitask
 
 from mm_paths import ROOT
@@ -56,6 +56,17 @@ def test_eval_of_the_run_reproduces_its_metrics_from_the_saved_config(run):
     again = evaluate(out)  # the best checkpoint, rebuilt through each task's own recipe
     assert again["topic/accuracy"] == pytest.approx(best["topic/accuracy"])
     assert again["warmth/r2"] > 0.3
+
+
+def test_predict_gives_every_tasks_prediction_without_the_training_data(run, tmp_path):
+    out, _ = run
+    moved = tmp_path / "moved"  # a run copied elsewhere, its generated data left behind
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("generated_data"))
+    rows = predict(moved, ["A hot scorching sweltering day.", "A freezing icy frosty day."])
+    assert all(set(r) == {"topic", "warmth"} for r in rows)
+    assert rows[0]["topic"]["label"] in ["cooking", "finance", "space", "sports"]
+    assert sum(rows[0]["topic"]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert rows[1]["warmth"]["prediction"] < rows[0]["warmth"]["prediction"]
 
 
 def test_the_tasks_share_one_encoder(tmp_path):
