@@ -168,3 +168,23 @@ def test_other_heads_share_one_encoder_with_a_classifier(tmp_path, modality, enc
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters()), list(batch)
     results = Trainer.from_prepared(prepared, c, train=False).evaluate()
     assert expected | {"shape/accuracy", "shape/loss", "loss"} <= set(results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", ["round_robin", "temperature"])
+def test_two_processes_train_and_evaluate_every_task(tmp_path, sampling):
+    """torchrun, 2 CPU processes (gloo): round-robin batches split over the ranks, mixed batches whose ranks hold
+    different tasks (unused heads on a rank); one synced evaluation of both tasks."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mm_ptft.cli",
+           "train", str(RECIPE / "tiny.yaml"), f"output_dir={out}", f"data.sampling={sampling}", "train.max_steps=4",
+           "train.eval_every=4", "train.device=cpu", "train.batch_size=8", *SMALL]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert {"topic/accuracy", "warmth/r2", "loss"} <= set(final)
