@@ -15,6 +15,10 @@ each on its own generated data), with ``--train`` training rows each. For every 
   drawn by p_i ∝ n_i^(1/2): with both tasks the same size, 1/2 each, so each task again sees ``--steps`` x
   ``--batch-size`` samples, spread over all steps instead of alternating).
 
+With ``--train-warmth`` the sizes differ and so do the samplings (``--samplings``; proportional gives the
+small task n_i / Σn of the samples, temperature more, round-robin half), while single-task runs keep
+``--steps`` batches per task.
+
 Prints accuracy / R² on each task's eval split (mean ± sd over ``--seeds``) as a markdown table.
 """
 from __future__ import annotations
@@ -37,10 +41,10 @@ METRICS = {"topic": "accuracy", "warmth": "r2"}
 def base_config(args: argparse.Namespace) -> Any:
     from mm_ptft.run import load_config
 
-    n_eval = args.eval
+    n_eval, n_warmth = args.eval, args.train_warmth or args.train
     return load_config(str(ROOT / "recipes/multitask/tiny.yaml"), [
         f"tasks.topic.data.generate.n_train={args.train}", f"tasks.topic.data.generate.n_eval={n_eval}",
-        f"tasks.warmth.data.generate.n_train={args.train}", f"tasks.warmth.data.generate.n_eval={n_eval}"])
+        f"tasks.warmth.data.generate.n_train={n_warmth}", f"tasks.warmth.data.generate.n_eval={n_eval}"])
 
 
 def common(cfg: Any, out: Path, seed: int, steps: int, batch: int) -> dict[str, Any]:
@@ -80,6 +84,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/bench_multitask")
     ap.add_argument("--train", type=int, default=200, help="training rows per task")
+    ap.add_argument("--train-warmth", type=int, default=0, help="the warmth task's rows if not --train (sizes "
+                    "that differ: the samplings then differ too)")
+    ap.add_argument("--samplings", nargs="+", default=["round_robin", "temperature"],
+                    choices=["proportional", "temperature", "round_robin"])
     ap.add_argument("--eval", type=int, default=200, help="eval rows per task")
     ap.add_argument("--steps", type=int, default=40, help="batches per task")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -89,19 +97,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, t0 = Path(args.out), time.time()
-    res: dict[str, dict[str, list[float]]] = {k: {n: [] for n in METRICS} for k in
-                                              ("single", "single 2x steps", "multitask round_robin",
-                                               "multitask temperature")}
+    kinds = ["single", "single 2x steps", *(f"multitask {s}" for s in args.samplings)]
+    res: dict[str, dict[str, list[float]]] = {k: {n: [] for n in METRICS} for k in kinds}
     for seed in args.seeds:
         cfg = base_config(args)
         for name in METRICS:
             for kind, steps in (("single", args.steps), ("single 2x steps", 2 * args.steps)):
                 res[kind][name].append(single(cfg, name, out / f"{kind.replace(' ', '_')}_{name}_{seed}", seed, args,
                                               steps))
-        for sampling in ("round_robin", "temperature"):
+        for sampling in args.samplings:
             for name, v in multi(base_config(args), sampling, out / f"multi_{sampling}_{seed}", seed, args).items():
                 res[f"multitask {sampling}"][name].append(v)
-    print(f"\n{args.train} training rows per task, {args.steps} batches of {args.batch_size} per task, "
+    print(f"\n{args.train} / {args.train_warmth or args.train} training rows (topic / warmth), {args.steps} batches "
+          f"of {args.batch_size} per task alone, {2 * args.steps} multitask steps, "
           f"seeds {args.seeds}, {time.time() - t0:.0f} s\n")
     print("| training | topic accuracy (chance 0.25) | warmth R² (mean predictor 0) |\n|---|---|---|")
     for kind, by_task in res.items():
