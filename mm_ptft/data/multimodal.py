@@ -238,17 +238,24 @@ class MixtureDataset(Dataset):
         return out
 
 
-class MixtureCollator:
-    """Groups a mixed list of (source, item) by source: ``{source: collate(items)}`` in sorted order."""
+Collate = Callable[[list[Any]], dict[str, Any]]
 
-    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+
+class MixtureCollator:
+    """Groups a mixed list of (source, item) by source: ``{source: collate(items)}`` in sorted order.
+    ``collate`` is one function for every source, or source → its own (sources of different recipes)."""
+
+    def __init__(self, collate: Collate | Mapping[str, Collate]) -> None:
         self.collate = collate
 
-    def __call__(self, items: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-        groups: dict[str, list[dict[str, Any]]] = {}
+    def __call__(self, items: list[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
+        groups: dict[str, list[Any]] = {}
         for name, item in items:
             groups.setdefault(name, []).append(item)
-        return {name: self.collate(groups[name]) for name in sorted(groups)}
+        return {name: self.collate_of(name)(groups[name]) for name in sorted(groups)}
+
+    def collate_of(self, source: str) -> Collate:
+        return self.collate[source] if isinstance(self.collate, Mapping) else self.collate
 
 
 class JointCollator:

@@ -209,6 +209,20 @@ def untrusted_source(source: str) -> Iterator[None]:
         _UNTRUSTED.reset(token)
 
 
+_SHARED: contextvars.ContextVar[Mapping[str, "Encoder"]] = contextvars.ContextVar("shared_encoders", default={})
+
+
+@contextlib.contextmanager
+def shared_encoders(encoders: Mapping[str, "Encoder"]) -> Iterator[None]:
+    """Inside this block ``build_encoder`` hands out these already-built encoders (modality → encoder) instead of
+    building one: how the multitask recipe runs each single-task recipe's own ``prepare`` on shared encoders."""
+    token = _SHARED.set(dict(encoders))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def remote_code(requested: bool, where: str, name_or_path: Optional[str]) -> bool:
     """The ``trust_remote_code`` an HF builder hands transformers: what its config asks for, except that
     inside ``untrusted_source`` a request is refused (a ``ConfigError`` naming the command-line flag)."""
@@ -268,7 +282,11 @@ def check_sizes(spec: Mapping[str, Any], where: str) -> None:
 def build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: str,
                   **runtime: Any) -> Encoder:
     """Build an encoder from ``{name, **kwargs}`` or reload one from an encoder directory (size options
-    checked first: ``check_sizes``). The registry's refusals (unknown name, unknown option) are ConfigErrors."""
+    checked first: ``check_sizes``). The registry's refusals (unknown name, unknown option) are ConfigErrors.
+    Inside ``shared_encoders`` the shared encoder of the registry's modality is returned as it is."""
+    shared = _SHARED.get().get(registry.kind.split("_")[0])
+    if shared is not None:
+        return shared
     check_sizes(spec, where)
     try:
         return _build_encoder(registry, spec, where, **runtime)

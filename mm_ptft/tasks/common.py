@@ -117,11 +117,15 @@ def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None) -> Pa
 
 
 def drop_data_files(cfg: Any) -> None:
-    """Clear the data files (and generator) a config names, for building a trained model alone."""
-    data = getattr(cfg, "data", None)
-    for key, empty in (("train_file", ""), ("eval_file", ""), ("generate", None)):
-        if data is not None and hasattr(data, key):
-            setattr(data, key, empty)
+    """Clear the data files (and generator) a config names, for building a trained model alone: its own, and
+    each task's of a multitask config (``tasks.<name>.data``, a mapping)."""
+    tasks = getattr(cfg, "tasks", None) or {}
+    for data in (getattr(cfg, "data", None), *(getattr(t, "data", None) for t in tasks.values())):
+        for key, empty in (("train_file", ""), ("eval_file", ""), ("generate", None)):
+            if isinstance(data, dict) and key in data:
+                data[key] = empty
+            elif data is not None and hasattr(data, key):
+                setattr(data, key, empty)
 
 
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,

@@ -131,6 +131,10 @@ def load(path: Path, model: nn.Module) -> dict[str, Any]:
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
     except Exception as err:
         raise CheckpointError(f"{path}: weights do not fit this model ({err})") from err
+    # A module reachable under two names (the encoder a multitask model's tasks share) is saved once; BatchNorm
+    # fills the second name's absent num_batches_tracked from itself, so safetensors calls it "unexpected":
+    # a name the model has is loaded (through its twin), never unexpected.
+    unexpected = [n for n in unexpected if n not in model.state_dict()]
     if missing or unexpected:
         raise CheckpointError(f"{path}: checkpoint is from another model: missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")

@@ -141,6 +141,8 @@ class Trainer:
         bs = self.tc.batch_size if train else (self.tc.eval_batch_size or self.tc.batch_size)
         sampler = GroupedBatchSampler(len(data), bs, lengths if self.tc.group_by_length else None, shuffle=train,
                                       seed=self.cfg.seed, rank=self.dist.rank, world=self.dist.world, even=train)
+        if train and hasattr(data, "batch_sampler"):  # data that orders its own batches (multitask round-robin)
+            sampler = data.batch_sampler(sampler)
         # A private generator: iterating a loader must not draw from the global RNG (dropout etc.),
         # or a resumed run, which starts a fresh iterator mid-epoch, would diverge.
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.dist.rank + (0 if train else 1))
