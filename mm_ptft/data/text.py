@@ -72,3 +72,34 @@ class TextCollator:
 
 def lengths_of(records: Optional[Records]) -> Optional[list[int]]:
     return None if records is None else [len(r[TEXT]) for r in records.items]
+
+
+class TextRow:
+    """A streamed record → ``{text: ids, labels: class}`` (``data.stream`` map function): tokenised with the
+    same checks as ``tokenize`` (an empty text is an error naming the row, or a counted skip), the label
+    encoded by ``labels`` (a missing or unknown one is an error naming the row)."""
+
+    def __init__(self, tokenizer: Any, text_column: str, max_length: int, skip_bad: bool,
+                 label_column: str = "", labels: Any = None) -> None:
+        self.tokenizer, self.text_column, self.max_length, self.skip_bad = tokenizer, text_column, max_length, skip_bad
+        self.label_column, self.labels = label_column, labels
+
+    def __call__(self, shard: Any, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
+        need = [c for c in (self.text_column, self.label_column if self.labels is not None else "") if c]
+        missing = [c for c in need if c not in record]
+        if missing:
+            raise DataError(f"{shard.name}: row {row}: missing column(s) {missing}; the record has {sorted(record)} "
+                            f"(set data.*_column to the right names)")
+        ids, kept = tokenize(self.tokenizer, [record[self.text_column]], self.max_length, shard.name, self.skip_bad,
+                             counters, [row])
+        if not kept:
+            return None
+        item: dict[str, Any] = {TEXT: ids[0]}
+        if self.labels is not None:
+            item[LABELS] = self.labels.encode([record[self.label_column]], shard.name, [row])[0]
+        return item
+
+
+def text_length(item: dict[str, Any]) -> int:
+    """Token count of a sample (length bucketing)."""
+    return len(item[TEXT])
