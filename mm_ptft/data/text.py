@@ -38,6 +38,8 @@ def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, 
             counters["skipped_empty_text"] = counters.get("skipped_empty_text", 0) + 1
             continue
         kept.append(row)
+    if not kept:  # a tokenizer may reject an empty list
+        return [], kept
     enc = tokenizer([str(texts[r]) for r in kept], add_special_tokens=True, truncation=False, verbose=False)
     sep = tokenizer.sep_token_id
     ids = []

@@ -1,0 +1,89 @@
+"""Text classification with ``data.streaming: true`` over several shards: trains, evaluates on a seeded hash
+split or an eval file, resumes mid-pass to the same weights, counts skipped rows, names bad columns/labels."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mm_ptft.contracts import Callback
+from mm_ptft.data.tables import DataError
+from mm_ptft.run import evaluate, load_config, train
+
+from mm_paths import TEXT_TINY
+
+NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",
+              "model.text.config.attention_probs_dropout_prob=0.0"]
+
+
+@pytest.fixture(scope="module")
+def shards(topics_data, tmp_path_factory):
+    """The topics training file as three uneven shards of three formats, plus a row with an empty text."""
+    root = tmp_path_factory.mktemp("shards")
+    df = pd.read_csv(topics_data["train_file"])
+    df.iloc[:300].to_csv(root / "a.csv", index=False)
+    df.iloc[300:470].to_json(root / "b.jsonl", orient="records", lines=True)
+    tail = pd.concat([df.iloc[470:], pd.DataFrame({"text": [""], "label": ["space"]})])
+    tail.to_parquet(root / "c.parquet")
+    return {"pattern": str(root / "*"), "eval_file": topics_data["eval_file"], "rows": len(df) + 1}
+
+
+def cfg(tmp_path, shards, *extra, name="run"):
+    return load_config(TEXT_TINY, [f"output_dir={tmp_path / name}", "train.report=false", "data.generate=null",
+                                   f"data.train_file={shards['pattern']}", "data.streaming=true",
+                                   "data.skip_bad_samples=true", "data.shuffle_block=64", *extra])
+
+
+def events(run, kind):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if f'"{kind}"' in ln]
+
+
+def test_streamed_shards_train_evaluate_and_count_skips(tmp_path, shards):
+    results = train(cfg(tmp_path, shards, f"data.eval_file={shards['eval_file']}", "train.max_steps=60",
+                        "train.num_workers=2", "train.log_every=5"))
+    assert results["accuracy"] >= 0.6, results  # four topics: chance is 0.25
+    run = tmp_path / "run"
+    data = [e for e in events(run, "data") if "skipped_empty_text" in e]
+    assert data and data[-1]["skipped_empty_text"] >= 1  # the empty row, counted when a worker read it
+    assert evaluate(run)["accuracy"] == pytest.approx(json.loads((run / "final_metrics.json").read_text())["accuracy"])
+
+
+def test_without_eval_file_a_seeded_hash_split_is_held_out(tmp_path, shards):
+    results = train(cfg(tmp_path, shards, "data.eval_fraction=0.2", "train.max_steps=8", "train.eval_every=8"))
+    assert "accuracy" in results
+    assert evaluate(tmp_path / "run")["loss"] == pytest.approx(results["loss"], rel=1e-5)  # the same rows
+
+
+class Crash(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_save(self, trainer, path):
+        if trainer.step == self.at:
+            raise KeyboardInterrupt("simulated crash after the checkpoint")
+
+
+def test_resume_mid_pass_gives_the_same_weights_as_a_straight_run(tmp_path, shards):
+    common = ["train.max_steps=12", "train.save_every=5", "train.eval_every=100", "train.num_workers=2",
+              "train.batch_size=16", "train.keep_last=5", f"data.eval_file={shards['eval_file']}"]
+    train(cfg(tmp_path, shards, *common, name="straight"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path, shards, *common, name="resumed"), callbacks=[Crash(5)])
+    train(cfg(tmp_path, shards, *common, "train.resume=true", name="resumed"))
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000012" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_00000012" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_streaming_needs_max_steps(tmp_path, shards):
+    with pytest.raises(ValueError, match="train.max_steps"):
+        train(cfg(tmp_path, shards))
+
+
+def test_bad_column_and_label_are_named(tmp_path, shards, topics_data):
+    with pytest.raises(DataError, match=r"missing column.*\['sentence'\]"):
+        train(cfg(tmp_path, shards, "data.text_column=sentence", "train.max_steps=2", "data.labels=[cooking,space,"
+                  "sports,finance]"))
+    with pytest.raises(DataError, match=r"row \d+: label 'finance' is not in the label set"):
+        train(cfg(tmp_path, shards, "train.max_steps=40", "data.labels=[cooking,space,sports]", name="labels"))
