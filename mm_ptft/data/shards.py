@@ -207,12 +207,12 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
     yield list(set(chunk))
 
 
-def head_values(shards: Sequence[Shard], column: str, n: int) -> list[Any]:
-    """The first ``n`` values of ``column`` across the shards (e.g. a corpus to learn a tokenizer from)."""
-    out: list[Any] = []
+def head_records(shards: Sequence[Shard], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` records across the shards (e.g. a corpus to learn a tokenizer from)."""
+    out: list[dict[str, Any]] = []
     for shard in shards:
         for _, record in read_records(shard):
             if len(out) >= n:
                 return out
-            out.append(record.get(column))
+            out.append(record)
     return out

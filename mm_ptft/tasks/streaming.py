@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from mm_ptft.data.shards import Shard, column_values, expand_sources, head_values
+from mm_ptft.data.shards import Shard, column_values, expand_sources, head_records
 from mm_ptft.data.stream import MapFn, ShardStream, hash_split
 from mm_ptft.data.tables import DataError, LabelMap
 from mm_ptft.tasks.common import resolve_files
@@ -26,8 +26,9 @@ def shards_of(cfg: Any, train: bool) -> tuple[list[Shard], list[Shard]]:
 
 
 def streams(cfg: Any, shards: tuple[list[Shard], list[Shard]], fn: MapFn, train: bool,
-            length: Optional[Callable[[Any], int]] = None) -> tuple[Optional[ShardStream], Optional[ShardStream]]:
-    """(training stream or None, eval stream or None) of ``fn`` over the shards."""
+            length: Optional[Callable[[Any], int]] = None,
+            eval_fn: Optional[MapFn] = None) -> tuple[Optional[ShardStream], Optional[ShardStream]]:
+    """(training stream or None, eval stream or None) of ``fn`` (``eval_fn`` for eval, when given) over the shards."""
     d, tc = cfg.data, cfg.train
     tr_shards, ev_shards = shards
     in_eval = None if d.eval_file else hash_split(cfg.seed, d.eval_fraction)
@@ -36,7 +37,7 @@ def streams(cfg: Any, shards: tuple[list[Shard], list[Shard]], fn: MapFn, train:
         tr = ShardStream(tr_shards, fn, seed=cfg.seed, shuffle=True, block=d.shuffle_block, passes=0,
                          batch_size=tc.batch_size if tc.group_by_length else 0, length=length,
                          select=(lambda s, r: not in_eval(s, r)) if in_eval else None, where=d.train_file)
-    ev = ShardStream(ev_shards, fn, shuffle=False, block=d.shuffle_block, passes=1, select=in_eval,
+    ev = ShardStream(ev_shards, eval_fn or fn, shuffle=False, block=d.shuffle_block, passes=1, select=in_eval,
                      where=d.eval_file or f"{d.train_file} (eval split)") if ev_shards else None
     return tr, ev
 
@@ -55,6 +56,8 @@ def stream_labels(data: Any, shards: Sequence[Shard]) -> LabelMap:
     return LabelMap(data.labels)
 
 
-def stream_corpus(data: Any, shards: Sequence[Shard], column: str) -> Optional[list[str]]:
-    """The first texts of the training shards, for a text encoder that learns its tokenizer."""
-    return [str(t) for t in head_values(shards, column, TOKENIZER_CORPUS) if t] if shards else None
+def stream_corpus(shards: Sequence[Shard], text: Callable[[dict[str, Any]], Any]) -> Optional[list[str]]:
+    """The first texts (``text(record)``) of the training shards, for a text encoder that learns its tokenizer."""
+    if not shards:
+        return None
+    return [str(t) for t in map(text, head_records(shards, TOKENIZER_CORPUS)) if t]

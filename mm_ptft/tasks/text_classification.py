@@ -90,7 +90,7 @@ def _prepare_stream(cfg: TextClassificationConfig, train: bool) -> Prepared:
     d = cfg.data
     shards = S.shards_of(cfg, train)
     labels = S.stream_labels(d, shards[0])
-    corpus = S.stream_corpus(d, shards[0], d.text_column) if train else None
+    corpus = S.stream_corpus(shards[0], lambda r: r.get(d.text_column)) if train else None
     encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text", corpus=corpus)
     save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
     task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
