@@ -192,6 +192,9 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
         for batch in pf.iter_batches(batch_size=65536, columns=[column]):
             yield batch.column(0).unique().to_pylist()
         return
+    if shard.kind == "csv":
+        yield from _csv_column(shard, column, key)
+        return
     rows = (record for _, record in read_records(shard))
     first = next(rows, None)
     if first is not None and column not in first:
@@ -205,6 +208,25 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
             yield list(set(chunk))
             chunk = []
     yield list(set(chunk))
+
+
+def _csv_column(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
+    """One column of a CSV/TSV, block by block (pyarrow parses the others but keeps none of them)."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    delimiter = "\t" if shard.path.lower().endswith(".tsv") else ","
+    with open(shard.path, encoding="utf-8-sig", newline="") as f:
+        names = next(csv.reader(f, delimiter=delimiter), [])
+    if column not in names:
+        raise DataError(f"{key}={shard.path}: missing column {column!r}; the file has {names}")
+    reader = pacsv.open_csv(
+        shard.path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 22),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types={column: pa.string()}, include_columns=[column],
+                                             strings_can_be_null=True))
+    for batch in reader:
+        yield batch.column(0).unique().to_pylist()
 
 
 def head_records(shards: Sequence[Shard], n: int) -> list[dict[str, Any]]:
