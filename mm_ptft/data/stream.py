@@ -177,6 +177,46 @@ class ShardStream(IterableDataset):
         return {**sample, COUNTS: counts}
 
 
+class MixtureStream(IterableDataset):
+    """Several streams mixed by weight: each sample is ``(source, sample)`` from a source drawn with probability
+    ∝ its weight (draw k of a reader seeded by (seed, reader, k), so the draws survive a resume). Each source
+    stream splits its own shards across the readers; the state is every source's state and the draw count."""
+
+    def __init__(self, sources: dict[str, ShardStream], weights: dict[str, float], seed: int = 0) -> None:
+        names = sorted(sources)
+        if any(weights.get(n, 0) < 0 for n in names) or sum(weights.get(n, 0) for n in names) <= 0:
+            raise DataError(f"data.sources weights {dict(weights)}: need non-negative weights for {names} "
+                            f"with a positive sum")
+        self.sources, self.seed = {n: sources[n] for n in names}, seed
+        total = sum(weights.get(n, 0) for n in names)
+        self.probs = torch.tensor([weights.get(n, 0) / total for n in names], dtype=torch.float64)
+        self.draws, self._resume = 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "sources": {n: s.state_dict() for n, s in self.sources.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = state
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        names = list(self.sources)
+        if self._resume is not None:
+            for n, st in self._resume["sources"].items():
+                if n in self.sources and st:
+                    self.sources[n].load_state_dict(st)
+            self.draws, self._resume = self._resume["draws"], None
+        else:
+            self.draws = 0
+        iters = {n: iter(s) for n, s in self.sources.items()}
+        reader = self.sources[names[0]]._reader()[0]
+        while True:
+            g = torch.Generator().manual_seed(zlib.crc32(repr((self.seed, reader, self.draws)).encode()))
+            name = names[int(torch.multinomial(self.probs, 1, generator=g))]
+            sample = next(iters[name])
+            self.draws += 1
+            yield name, sample
+
+
 class CountingCollate:
     """Wraps a collate function: per-sample skip counts (``COUNTS``) are summed into the batch's ``COUNTS``."""
 
@@ -186,6 +226,7 @@ class CountingCollate:
     def __call__(self, items: list[Any]) -> Any:
         counts: dict[str, int] = {}
         for it in items:
+            it = it[1] if isinstance(it, tuple) else it  # a mixture's (source, sample)
             for k, v in (it.pop(COUNTS, None) or {}).items() if isinstance(it, dict) else ():
                 counts[k] = counts.get(k, 0) + v
         batch = self.collate(items)

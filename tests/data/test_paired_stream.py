@@ -1,6 +1,7 @@
 """Streamed paired samples from WebDataset tar shards: decoded like the manifest path, a bad sample is an
 error naming the shard and key or a counted skip; the tiny pretraining recipe runs from generated shards."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -89,3 +90,17 @@ def test_tiny_contrastive_recipe_trains_from_webdataset_shards(tmp_path):
                        "train.batch_size=16"])
     results = train(cfg)
     assert {"mean_r1", "zeroshot_accuracy", "loss"} <= set(results) and np.isfinite(results["loss"])
+
+
+def test_masked_and_joint_recipes_train_from_shards(tmp_path):
+    shards = ["data.generate.name=shapes_captions_shards", "data.generate.n_train=120", "data.generate.n_eval=40",
+              "data.streaming=true", "train.max_steps=4", "train.eval_every=4", "train.report=false",
+              "train.batch_size=16"]
+    masked = train(load_config(f"{ROOT}/recipes/pretrain_masked/tiny.yaml", [f"output_dir={tmp_path / 'm'}", *shards]))
+    assert np.isfinite(masked["loss"])
+    joint = train(load_config(f"{ROOT}/recipes/pretrain_joint/tiny.yaml",
+                              [f"output_dir={tmp_path / 'j'}", *shards, "data.labels=[circle,cross,square,triangle]"]))
+    assert {"clip_image_text_loss", "mlm_loss", "zeroshot_accuracy"} <= set(joint), joint
+    logged = [json.loads(ln) for ln in (tmp_path / "j" / "metrics.jsonl").read_text().splitlines()]
+    train_keys = set().union(*(r for r in logged if r["kind"] == "train"))
+    assert {"clip_audio_text_loss", "mlm_loss"} <= train_keys  # every source was drawn

@@ -165,3 +165,32 @@ def test_hash_split_is_seeded_and_near_the_fraction():
     moved = Shard("/elsewhere/a.csv", "csv")  # the split follows the file name, not where it lies
     assert [in_eval(moved, r) for r in range(500)] == [in_eval(shard, r) for r in range(500)]
     assert [hash_split(1, 0.1)(shard, r) for r in range(500)] != [in_eval(shard, r) for r in range(500)]
+
+
+def test_mixture_draws_by_weight_and_resumes_exactly(tmp_path):
+    from mm_ptft.data.stream import MixtureStream
+
+    a, b = write_shards(tmp_path, [30, 20])
+
+    def mixture():
+        return MixtureStream({"a": ShardStream([a], ids, seed=1, block=4), "b": ShardStream([b], ids, seed=2, block=4)},
+                             {"a": 3.0, "b": 1.0}, seed=7)
+
+    def loader(state=None):
+        dl = StatefulDataLoader(mixture(), batch_size=4, num_workers=2, collate_fn=list)
+        if state:
+            dl.load_state_dict(state)
+        return iter(dl), dl
+
+    it, _ = loader()
+    reference = [next(it) for _ in range(100)]
+    names = [n for batch in reference for n, _ in batch]
+    share = names.count("a") / len(names)  # 400 draws of p=0.75: sd 0.022
+    assert 0.75 - 0.09 < share < 0.75 + 0.09
+    assert all(x.startswith("0-") if n == "a" else x.startswith("1-") for batch in reference for n, x in batch)
+    it, dl = loader()
+    head = [next(it) for _ in range(37)]
+    state = dl.state_dict()
+    del it
+    it, _ = loader(state)
+    assert head + [next(it) for _ in range(63)] == reference
