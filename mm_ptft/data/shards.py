@@ -58,7 +58,8 @@ def expand_sources(spec: Union[str, Sequence[str]], key: str = "data.train_file"
 
 def _local_shards(pattern: str, key: str) -> list[Shard]:
     if os.path.isdir(pattern):
-        if os.path.isfile(os.path.join(pattern, "dataset_info.json")):  # datasets' save_to_disk directory
+        if any(os.path.isfile(os.path.join(pattern, f)) for f in ("dataset_info.json", "dataset_dict.json")):
+            # datasets' save_to_disk directory (a Dataset, or a DatasetDict whose "train" split is read)
             return _hf_shards(pattern, key)
         paths = sorted(p for p in glob.glob(os.path.join(pattern, "*")) if _kind(p))
     else:
@@ -81,7 +82,8 @@ def _kind(path: str) -> str:
 
 def _hf_shards(spec: str, key: str) -> list[Shard]:
     """``name[:split]`` on the hub (streamed) or a local ``save_to_disk`` directory → one Shard per data shard."""
-    name, _, split = spec.partition(":") if not os.path.isdir(spec) else (spec, "", "")
+    head, _, tail = spec.rpartition(":")
+    name, split = (spec, "") if os.path.isdir(spec) or not head else (head, tail)
     ds = _hf_stream(Shard(name, "hf", 0, 1, split or "train"), key)
     return [Shard(name, "hf", i, ds.num_shards, split or "train") for i in range(ds.num_shards)]
 
