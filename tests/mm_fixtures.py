@@ -2,6 +2,9 @@
 import from ``conftest``). Import a fixture by name into a module to use it there."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from typing import Sequence
 
 import pytest
@@ -48,3 +51,18 @@ def ctc_tokenizer_dir(root, letters: str) -> str:
     (root / "vocab.json").write_text(json.dumps(vocab))
     Wav2Vec2CTCTokenizer(str(root / "vocab.json")).save_pretrained(str(root / "tok"))
     return str(root / "tok")
+
+
+def kill_after_checkpoint(cmd, env, ckpt_root, step, timeout=180.0, cwd=None):
+    """Start ``cmd``; SIGKILL it as soon as the checkpoint of ``step`` exists. Returns the exit code."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target, deadline = ckpt_root / f"step_{step:08d}", time.time() + timeout
+    try:
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode

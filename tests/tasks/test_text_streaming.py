@@ -1,17 +1,20 @@
 """Text classification with ``data.streaming: true`` over several shards: trains, evaluates on a seeded hash
 split or an eval file, resumes mid-pass to the same weights, counts skipped rows, names bad columns/labels."""
 import json
+import os
+import signal
+import sys
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mm_ptft.contracts import Callback
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import evaluate, load_config, train
 
-from mm_paths import TEXT_TINY
+from mm_fixtures import kill_after_checkpoint
+from mm_paths import ROOT, TEXT_TINY
 
 NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",
               "model.text.config.attention_probs_dropout_prob=0.0"]
@@ -55,24 +58,20 @@ def test_without_eval_file_a_seeded_hash_split_is_held_out(tmp_path, shards):
     assert evaluate(tmp_path / "run")["loss"] == pytest.approx(results["loss"], rel=1e-5)  # the same rows
 
 
-class Crash(Callback):
-    def __init__(self, at):
-        self.at = at
-
-    def on_save(self, trainer, path):
-        if trainer.step == self.at:
-            raise KeyboardInterrupt("simulated crash after the checkpoint")
-
-
-def test_resume_mid_pass_gives_the_same_weights_as_a_straight_run(tmp_path, shards):
+def test_sigkill_mid_pass_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, shards):
     common = ["train.max_steps=12", "train.save_every=5", "train.eval_every=100", "train.num_workers=2",
               "train.batch_size=16", "train.keep_last=5", f"data.eval_file={shards['eval_file']}"]
     train(cfg(tmp_path, shards, *common, name="straight"))
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path, shards, *common, name="resumed"), callbacks=[Crash(5)])
-    train(cfg(tmp_path, shards, *common, "train.resume=true", name="resumed"))
+    out = tmp_path / "killed"
+    args = [f"output_dir={out}", "train.report=false", "data.generate=null", f"data.train_file={shards['pattern']}",
+            "data.streaming=true", "data.skip_bad_samples=true", "data.shuffle_block=64", *common]
+    cmd = [sys.executable, "-m", "mm_ptft.cli", "train", TEXT_TINY, *args]
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    assert kill_after_checkpoint(cmd, env, out / "checkpoints", 5, cwd=ROOT) == -signal.SIGKILL
+    assert not (out / "final_metrics.json").exists()
+    train(cfg(tmp_path, shards, *common, "train.resume=true", name="killed"))
     a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000012" / "model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_00000012" / "model.safetensors"))
+    b = load_file(str(out / "checkpoints" / "step_00000012" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
