@@ -36,7 +36,8 @@ from mm_ptft.types import COUNTS
 
 log = logging.getLogger(__name__)
 
-#: (shard, row, record, counters) → sample, or None to skip it (counted in ``counters``)
+#: (shard, row, record, counters) → sample, or None to skip it (counted in ``counters``); a map function
+#: with ``set_pass(pass_no)`` is told each pass it starts
 MapFn = Callable[[Shard, int, dict[str, Any], dict[str, int]], Optional[Any]]
 
 
@@ -153,6 +154,8 @@ class ShardStream(IterableDataset):
         st = self._state = self._start(reader, readers)
         bucketing = bool(self.batch_size and self.length)
         while self.passes == 0 or st["pass"] < self.passes:
+            if hasattr(self.fn, "set_pass"):  # e.g. per-sample augmentation seeds that change every pass
+                self.fn.set_pass(st["pass"])
             pieces = self._pieces(st["pass"], reader, readers)
             raw = self._raw(pieces, st["piece"], st["row"])
             yielded = st["block"] > 0 or st["pos"] > 0
