@@ -178,10 +178,15 @@ def column_values(shards: Sequence[Shard], column: str, key: str = "data.train_f
     """The distinct values of one column over all shards (a label set), reading that column alone where the
     format allows (pyarrow for CSV/parquet), so memory stays bounded by the number of distinct values."""
     values: set[Any] = set()
-    for shard in shards:
-        for batch in _column_batches(shard, column, key):
-            values.update(batch)
+    for batch in column_batches(shards, column, key):
+        values.update(batch)
     return values
+
+
+def column_batches(shards: Sequence[Shard], column: str, key: str = "data.train_file") -> Iterator[list[Any]]:
+    """One column over all shards, in bounded lists (e.g. for a running mean)."""
+    for shard in shards:
+        yield from _column_batches(shard, column, key)
 
 
 def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
@@ -192,7 +197,7 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
         if column not in pf.schema_arrow.names:
             raise DataError(f"{key}={shard.path}: missing column {column!r}; the file has {pf.schema_arrow.names}")
         for batch in pf.iter_batches(batch_size=65536, columns=[column]):
-            yield batch.column(0).unique().to_pylist()
+            yield batch.column(0).to_pylist()
         return
     if shard.kind == "csv":
         yield from _csv_column(shard, column, key)
@@ -207,9 +212,9 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
     for record in rows:
         chunk.append(record.get(column))
         if len(chunk) >= 65536:
-            yield list(set(chunk))
+            yield chunk
             chunk = []
-    yield list(set(chunk))
+    yield chunk
 
 
 def _csv_column(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
@@ -228,7 +233,7 @@ def _csv_column(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
         convert_options=pacsv.ConvertOptions(column_types={column: pa.string()}, include_columns=[column],
                                              strings_can_be_null=True))
     for batch in reader:
-        yield batch.column(0).unique().to_pylist()
+        yield batch.column(0).to_pylist()
 
 
 def head_records(shards: Sequence[Shard], n: int) -> list[dict[str, Any]]:

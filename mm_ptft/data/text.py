@@ -1,7 +1,7 @@
 """Text data: tokenisation with bad-row handling, and a dynamic-padding collator."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -77,17 +77,17 @@ def lengths_of(records: Optional[Records]) -> Optional[list[int]]:
 
 
 class TextRow:
-    """A streamed record → ``{text: ids, labels: class}`` (``data.stream`` map function): tokenised with the
-    same checks as ``tokenize`` (an empty text is an error naming the row, or a counted skip), the label
-    encoded by ``labels`` (a missing or unknown one is an error naming the row)."""
+    """A streamed record → ``{text: ids, labels: target}`` (``data.stream`` map function): tokenised with the
+    same checks as ``tokenize`` (an empty text is an error naming the row, or a counted skip); the target
+    column read by ``target(value, where, row)`` (e.g. ``LabelMap.encode_one``; it raises naming the row)."""
 
     def __init__(self, tokenizer: Any, text_column: str, max_length: int, skip_bad: bool,
-                 label_column: str = "", labels: Any = None) -> None:
+                 target_column: str = "", target: Optional[Callable[[Any, str, int], Any]] = None) -> None:
         self.tokenizer, self.text_column, self.max_length, self.skip_bad = tokenizer, text_column, max_length, skip_bad
-        self.label_column, self.labels = label_column, labels
+        self.target_column, self.target = target_column, target
 
     def __call__(self, shard: Any, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
-        need = [c for c in (self.text_column, self.label_column if self.labels is not None else "") if c]
+        need = [c for c in (self.text_column, self.target_column if self.target is not None else "") if c]
         missing = [c for c in need if c not in record]
         if missing:
             raise DataError(f"{shard.name}: row {row}: missing column(s) {missing}; the record has {sorted(record)} "
@@ -97,8 +97,8 @@ class TextRow:
         if not kept:
             return None
         item: dict[str, Any] = {TEXT: ids[0]}
-        if self.labels is not None:
-            item[LABELS] = self.labels.encode([record[self.label_column]], shard.name, [row])[0]
+        if self.target is not None:
+            item[LABELS] = self.target(record[self.target_column], shard.name, row)
         return item
 
 

@@ -95,7 +95,7 @@ def _prepare_stream(cfg: TextClassificationConfig, train: bool) -> Prepared:
     save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
     task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
     fn = TextRow(encoder.tokenizer, d.text_column, min(d.max_length, encoder.max_length), d.skip_bad_samples,
-                 d.label_column, labels)
+                 d.label_column, labels.encode_one)
     tr, ev = S.streams(cfg, shards, fn, train, length=text_length)
     collate = CountingCollate(TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of))
     return Prepared(task, tr, ev, collate, None, None, {})

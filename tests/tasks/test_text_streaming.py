@@ -86,3 +86,27 @@ def test_bad_column_and_label_are_named(tmp_path, shards, topics_data):
                   "sports,finance]"))
     with pytest.raises(DataError, match=r"row \d+: label 'finance' is not in the label set"):
         train(cfg(tmp_path, shards, "train.max_steps=40", "data.labels=[cooking,space,sports]", name="labels"))
+
+
+def test_text_regression_streams_and_learns_the_target_scale_in_one_pass(tmp_path):
+    import statistics
+
+    from mm_ptft.data.generated import generate
+    from mm_ptft.tasks.text_regression import _scale
+    from mm_ptft.data.shards import expand_sources
+    import mm_ptft.data.generated_regression  # noqa: F401  (registers text_scores)
+
+    files = generate({"name": "text_scores", "n_train": 600, "n_eval": 150, "seed": 0}, str(tmp_path / "data"))
+    df = pd.read_csv(files["train_file"])
+    df.iloc[:250].to_csv(tmp_path / "a.csv", index=False)
+    df.iloc[250:].to_parquet(tmp_path / "b.parquet")
+    mean, sd = _scale(expand_sources(str(tmp_path / "[ab].*")), "score")
+    assert mean == pytest.approx(statistics.fmean(df.score)) and sd == pytest.approx(statistics.pstdev(df.score))
+    results = train(load_config(f"{ROOT}/recipes/text_regression/tiny.yaml", [
+        f"output_dir={tmp_path / 'run'}", "train.report=false", "data.generate=null",
+        f"data.train_file={tmp_path / '[ab].*'}", f"data.eval_file={files['eval_file']}", "data.streaming=true",
+        "train.max_steps=120", "train.num_workers=2"]))
+    assert results["r2"] >= 0.5, results  # the training-mean predictor scores 0
+    (tmp_path / "bad.csv").write_text("text,score\nfine,1.0\nbroken,abc\n")
+    with pytest.raises(DataError, match=r"bad.csv: row 1: column 'score' must hold a finite number"):
+        _scale(expand_sources(str(tmp_path / "bad.csv")), "score")
