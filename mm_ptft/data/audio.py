@@ -187,7 +187,10 @@ class AudioPipeline:
         return wav
 
     def __call__(self, path: str) -> torch.Tensor:
-        wav = load_waveform(path, self.sample_rate)  # (T,)
+        return self.process(load_waveform(path, self.sample_rate))
+
+    def process(self, wav: torch.Tensor) -> torch.Tensor:
+        """A decoded mono waveform (T,) at ``sample_rate`` → the model input (train: augmented)."""
         if self.train:
             wav = self.augment_waveform(wav)
         if self.logmel is None:

@@ -3,23 +3,21 @@
 layout) or a table row (image path relative to the shard's folder + label) → ``{image, labels}``.
 
 The image is decoded as the in-memory path decodes it (``data.image.load_image``: EXIF orientation, modes,
-bit depths) and transformed with the recipe's transforms. Random augmentation draws from a generator seeded by
-(seed, pass, shard, row) inside ``torch.random.fork_rng``, so a sample gets the same augmentation whichever worker
-reads it and a resumed run continues exactly; the process's own random stream is left untouched."""
+bit depths) and transformed with the recipe's transforms. Random augmentation is seeded per sample
+(``data.stream.sample_seed`` of seed, pass, shard, row), so a resumed run continues exactly."""
 from __future__ import annotations
 
 import io
 import json
 import os
-import zlib
 from typing import Any, Callable, Optional
 
-import torch
 
 from mm_ptft.data.image import load_image
 from mm_ptft.data.multimodal import media_path
 from mm_ptft.data.paired_stream import EXTS, is_tar_sample
 from mm_ptft.data.shards import Shard
+from mm_ptft.data.stream import sample_seed
 from mm_ptft.data.tables import DataError, LabelMap
 from mm_ptft.types import IMAGE, LABELS
 
@@ -71,7 +69,5 @@ class ImageRow:
                 raise
             counters["skipped_bad_image"] = counters.get("skipped_bad_image", 0) + 1
             return None
-        with torch.random.fork_rng(devices=[]):
-            key = f"{self.seed}:{self.pass_no}:{os.path.basename(shard.path)}:{shard.index}:{row}"
-            torch.manual_seed(zlib.crc32(key.encode()))
+        with sample_seed(self.seed, self.pass_no, os.path.basename(shard.path), shard.index, row):
             return {IMAGE: self.transform(img), LABELS: y}  # (3, H, W)

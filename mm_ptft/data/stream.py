@@ -20,8 +20,10 @@ sample (``types.COUNTS``), gathered per batch by ``CountingCollate``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import zlib
 from dataclasses import dataclass
 from itertools import islice
@@ -66,6 +68,22 @@ def hash_split(seed: int, fraction: float) -> Callable[[Shard, int], bool]:
         return zlib.crc32(key) / 2 ** 32 < fraction
 
     return in_eval
+
+
+@contextlib.contextmanager
+def sample_seed(*key: Any) -> Iterator[None]:
+    """Seed torch's and Python's random streams from ``key`` (e.g. seed, pass, shard, row) for one sample's
+    augmentation, restoring both afterwards: a sample gets the same draws whichever worker reads it, so a
+    resumed stream continues exactly, and the process's own streams (dropout, ...) are left untouched."""
+    value = zlib.crc32(repr(key).encode())
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(value)
+        random.seed(value)
+        try:
+            yield
+        finally:
+            random.setstate(state)
 
 
 def _rank_world() -> tuple[int, int]:
