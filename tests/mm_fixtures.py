@@ -66,3 +66,20 @@ def kill_after_checkpoint(cmd, env, ckpt_root, step, timeout=180.0, cwd=None):
         if proc.poll() is None:
             proc.kill()
     return proc.returncode
+
+
+def resume_from_copy(straight, resumed, step: int) -> None:
+    """Start run ``resumed`` from ``straight``'s checkpoint at ``step`` alone (with its config)."""
+    import shutil
+
+    name = f"step_{step:08d}"
+    shutil.copytree(straight / "checkpoints" / name, resumed / "checkpoints" / name)
+    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
+
+
+def same_weights(a, b, step: int) -> bool:
+    """Whether runs ``a`` and ``b`` hold bitwise-identical weights at ``step``."""
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(r / "checkpoints" / f"step_{step:08d}" / "model.safetensors")) for r in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

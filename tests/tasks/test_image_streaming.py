@@ -4,17 +4,15 @@ straight one, a corrupt image is an error naming the sample or a counted skip.""
 import csv
 import json
 import os
-import shutil
 
 import pytest
-import torch
 import webdataset as wds
-from safetensors.torch import load_file
 
 from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import load_config, train
 
+from mm_fixtures import resume_from_copy, same_weights
 from mm_paths import ROOT
 
 TINY = os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml")
@@ -72,10 +70,6 @@ def test_resume_with_random_augmentation_matches_a_straight_run(tmp_path, shapes
               "model.ema_decay=0.0"]  # labels learned from the table's label column
     train(cfg(tmp_path, *common, name="straight"))
     # the resumed run starts from the straight run's mid-pass step-4 checkpoint alone (workers restart there)
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_00000004",
-                    tmp_path / "resumed" / "checkpoints" / "step_00000004")
-    shutil.copy(tmp_path / "straight" / "config.yaml", tmp_path / "resumed" / "config.yaml")
+    resume_from_copy(tmp_path / "straight", tmp_path / "resumed", 4)
     train(cfg(tmp_path, *common, "train.resume=true", name="resumed"))
-    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000008" / "model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_00000008" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed", 8)

@@ -3,19 +3,17 @@ from manifest shards; augmentation (speed, SpecAugment) seeded per sample so a m
 straight run; bad audio named or counted; tar shards need a given vocabulary."""
 import csv
 import os
-import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import webdataset as wds
-from safetensors.torch import load_file
 
 from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import load_config, train
 
+from mm_fixtures import resume_from_copy, same_weights
 from mm_paths import ROOT
 
 TINY = os.path.join(ROOT, "recipes", "speech_recognition", "tiny.yaml")
@@ -75,10 +73,6 @@ def test_manifest_stream_learns_the_vocabulary_and_resumes_exactly_with_augmenta
 
     expected = CharVocab.from_texts([normalize_text(r["text"], True, True) for r in speech["rows"]]).tokens
     assert list(load_config(str(tmp_path / "straight" / "config.yaml")).model.vocab) == expected
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_00000003",
-                    tmp_path / "resumed" / "checkpoints" / "step_00000003")
-    shutil.copy(tmp_path / "straight" / "config.yaml", tmp_path / "resumed" / "config.yaml")
+    resume_from_copy(tmp_path / "straight", tmp_path / "resumed", 3)
     train(cfg(tmp_path, *common, "train.resume=true", name="resumed"))
-    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000006" / "model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_00000006" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed", 6)
