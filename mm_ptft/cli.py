@@ -91,6 +91,18 @@ def cmd_fewshot(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(ns: argparse.Namespace) -> int:
+    from mm_ptft.check_data import check_data, problems
+
+    report = check_data(ns.config, ns.overrides)
+    print("usable samples: " + ", ".join(f"{split} {n}" for split, n in report["samples"].items()))
+    print("counts: " + (", ".join(f"{k}={v}" for k, v in sorted(report["counts"].items())) or "no problems"))
+    bad = problems(report)
+    if bad:
+        print(f"{bad} bad sample(s) (training skips them with data.skip_bad_samples=true, or stops at the first)")
+    return 1 if bad else 0
+
+
 def cmd_list(ns: argparse.Namespace) -> int:
     from mm_ptft.components import load_components
     from mm_ptft.registry import all_registries
@@ -209,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda | cuda:N")
     _trust_flag(fs)
     fs.set_defaults(fn=cmd_fewshot)
+    ck = sub.add_parser("check-data", help="read every sample of a config once (tokenise, decode, check) and "
+                                           "count the bad ones: mm-ptft check-data CONFIG [key.sub=value ...]")
+    ck.add_argument("config")
+    ck.add_argument("overrides", nargs="*")
+    ck.set_defaults(fn=cmd_check_data)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")

@@ -12,6 +12,8 @@ IMAGE = "image"
 AUDIO, AUDIO_LENGTHS = "audio", "audio_lengths"
 LABELS, TARGETS = "labels", "targets"
 LABEL_LENGTHS, TRANSCRIPTS = "label_lengths", "transcripts"  # CTC targets
+#: skip counts a streamed batch carries from the loader workers ({counter: n}); the trainer takes them off
+COUNTS = "_data_counts"
 #: modality → the batch keys its encoders read, in input order
 INPUT_KEYS = {"text": (TEXT, TEXT_MASK), "image": (IMAGE,), "audio": (AUDIO, AUDIO_LENGTHS)}
 

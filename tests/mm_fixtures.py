@@ -2,6 +2,9 @@
 import from ``conftest``). Import a fixture by name into a module to use it there."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from typing import Sequence
 
 import pytest
@@ -48,3 +51,35 @@ def ctc_tokenizer_dir(root, letters: str) -> str:
     (root / "vocab.json").write_text(json.dumps(vocab))
     Wav2Vec2CTCTokenizer(str(root / "vocab.json")).save_pretrained(str(root / "tok"))
     return str(root / "tok")
+
+
+def kill_after_checkpoint(cmd, env, ckpt_root, step, timeout=180.0, cwd=None):
+    """Start ``cmd``; SIGKILL it as soon as the checkpoint of ``step`` exists. Returns the exit code."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target, deadline = ckpt_root / f"step_{step:08d}", time.time() + timeout
+    try:
+        while not target.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode
+
+
+def resume_from_copy(straight, resumed, step: int) -> None:
+    """Start run ``resumed`` from ``straight``'s checkpoint at ``step`` alone (with its config)."""
+    import shutil
+
+    name = f"step_{step:08d}"
+    shutil.copytree(straight / "checkpoints" / name, resumed / "checkpoints" / name)
+    shutil.copy(straight / "config.yaml", resumed / "config.yaml")
+
+
+def same_weights(a, b, step: int) -> bool:
+    """Whether runs ``a`` and ``b`` hold bitwise-identical weights at ``step``."""
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(r / "checkpoints" / f"step_{step:08d}" / "model.safetensors")) for r in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

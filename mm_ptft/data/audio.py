@@ -68,23 +68,31 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Decode ``path`` with soundfile → (samples (T, C) float32, sample rate); DataError naming the
     file when it is unreadable, empty, truncated (fewer samples than the header declares) or holds NaN/Inf
     samples."""
-    import soundfile as sf
-
     if not os.path.isfile(path):
         raise DataError(f"{path}: audio file not found")
-    try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)  # (T, C)
-        declared = sf.info(path).frames
-    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError subclasses
-        raise DataError(f"{path}: unreadable audio ({err})") from err
-    if data.shape[0] == 0:
-        raise DataError(f"{path}: empty audio (0 samples)")
     if path.lower().endswith(".wav") and wav_truncated(path):
         raise DataError(f"{path}: truncated WAV (the data chunk is shorter than its header says)")
+    return decode_audio(path, path)
+
+
+def decode_audio(source: Any, name: str) -> tuple[np.ndarray, int]:
+    """``read_audio``'s decoding and checks on a path or file object (e.g. a WebDataset sample's bytes in a
+    ``BytesIO``); ``name`` is how errors call it."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)  # (T, C)
+        if hasattr(source, "seek"):
+            source.seek(0)
+        declared = sf.info(source).frames
+    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError subclasses
+        raise DataError(f"{name}: unreadable audio ({err})") from err
+    if data.shape[0] == 0:
+        raise DataError(f"{name}: empty audio (0 samples)")
     if data.shape[0] < declared:  # e.g. a cut MP3: the decoder stops early without an error
-        raise DataError(f"{path}: truncated audio ({data.shape[0]} of the {declared} samples its header declares)")
+        raise DataError(f"{name}: truncated audio ({data.shape[0]} of the {declared} samples its header declares)")
     if not np.isfinite(data).all():
-        raise DataError(f"{path}: audio contains NaN or Inf samples")
+        raise DataError(f"{name}: audio contains NaN or Inf samples")
     return data, int(rate)
 
 
@@ -103,11 +111,12 @@ def probe(path: str) -> tuple[int, int, int]:
     return int(info.frames), int(info.samplerate), int(info.channels)
 
 
-def load_waveform(path: str, sample_rate: int) -> torch.Tensor:
-    """Decoded, mono-mixed (channel mean) waveform (T,) resampled to ``sample_rate`` with torchaudio."""
+def load_waveform(path: Any, sample_rate: int) -> torch.Tensor:
+    """Decoded, mono-mixed (channel mean) waveform (T,) resampled to ``sample_rate`` with torchaudio; ``path``
+    may also be a ``(file object, name)`` pair (``decode_audio``)."""
     torchaudio = require_torchaudio("audio resampling")
 
-    data, rate = read_audio(path)
+    data, rate = decode_audio(*path) if isinstance(path, tuple) else read_audio(path)
     wav = torch.from_numpy(data).mean(1)  # (T,)
     if rate != sample_rate:
         wav = torchaudio.functional.resample(wav, rate, sample_rate)  # (T * sample_rate / rate,)
@@ -178,7 +187,10 @@ class AudioPipeline:
         return wav
 
     def __call__(self, path: str) -> torch.Tensor:
-        wav = load_waveform(path, self.sample_rate)  # (T,)
+        return self.process(load_waveform(path, self.sample_rate))
+
+    def process(self, wav: torch.Tensor) -> torch.Tensor:
+        """A decoded mono waveform (T,) at ``sample_rate`` → the model input (train: augmented)."""
         if self.train:
             wav = self.augment_waveform(wav)
         if self.logmel is None:

@@ -94,3 +94,31 @@ def shapes_captions(out_dir: str, n_train: int = 600, n_eval: int = 200, image_s
     rng = random.Random(seed)
     return {f"{split}_file": _write_split(out_dir, split, n, rng, image_size, sample_rate, seconds)
             for split, n in (("train", n_train), ("eval", n_eval))}
+
+
+@GENERATORS.register()
+def shapes_captions_shards(out_dir: str, shards: int = 4, n_train: int = 600, n_eval: int = 200,
+                           image_size: int = 32, sample_rate: int = 8000, seconds: float = 0.5,
+                           seed: int = 0) -> dict[str, str]:
+    """``shapes_captions`` packed as WebDataset tar shards (``{key}.png/.wav/.txt/.cls``, the open_clip /
+    img2dataset layout): ``train-{000000..N-1}.tar`` and ``eval-000000.tar`` (brace ranges)."""
+    import webdataset as wds
+
+    manifests = shapes_captions(out_dir, n_train, n_eval, image_size, sample_rate, seconds, seed)
+    out: dict[str, str] = {}
+    for split, n_shards in (("train", shards), ("eval", 1)):
+        with open(manifests[f"{split}_file"]) as f:
+            rows = [json.loads(line) for line in f]
+        per = -(-len(rows) // n_shards)
+        for k in range(n_shards):
+            with wds.TarWriter(os.path.join(out_dir, f"{split}-{k:06d}.tar")) as sink:
+                for i, row in enumerate(rows[k * per: (k + 1) * per], k * per):
+                    sample = {"__key__": f"{split}{i:06d}", "txt": row["caption"], "cls": row["label"]}
+                    for ext, col in (("png", "image"), ("wav", "audio")):
+                        with open(os.path.join(out_dir, row[col]), "rb") as media:
+                            sample[ext] = media.read()
+                    sink.write(sample)
+        last = f"{n_shards - 1:06d}"
+        out[f"{split}_file"] = os.path.join(out_dir, f"{split}-{{000000..{last}}}.tar" if n_shards > 1
+                                            else f"{split}-000000.tar")
+    return out

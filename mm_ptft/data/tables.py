@@ -175,6 +175,10 @@ class LabelMap:
             out.append(i)
         return out
 
+    def encode_one(self, value: Any, where: str, row: int) -> int:
+        """``encode`` of one cell (a streamed record's label)."""
+        return self.encode([value], where, [row])[0]
+
     def __len__(self) -> int:
         return len(self.names)
 

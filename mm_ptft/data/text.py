@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, 
             counters["skipped_empty_text"] = counters.get("skipped_empty_text", 0) + 1
             continue
         kept.append(row)
+    if not kept:  # a tokenizer may reject an empty list
+        return [], kept
     enc = tokenizer([str(texts[r]) for r in kept], add_special_tokens=True, truncation=False, verbose=False)
     sep = tokenizer.sep_token_id
     ids = []
@@ -175,3 +177,34 @@ class FollowEpoch(Callback):
 
     def on_train_start(self, trainer: Any) -> None:
         self.dataset.epoch_source = trainer.train_loader.batch_sampler
+
+
+class TextRow:
+    """A streamed record → ``{text: ids, labels: target}`` (``data.stream`` map function): tokenised with the
+    same checks as ``tokenize`` (an empty text is an error naming the row, or a counted skip); the target
+    column read by ``target(value, where, row)`` (e.g. ``LabelMap.encode_one``; it raises naming the row)."""
+
+    def __init__(self, tokenizer: Any, text_column: str, max_length: int, skip_bad: bool,
+                 target_column: str = "", target: Optional[Callable[[Any, str, int], Any]] = None) -> None:
+        self.tokenizer, self.text_column, self.max_length, self.skip_bad = tokenizer, text_column, max_length, skip_bad
+        self.target_column, self.target = target_column, target
+
+    def __call__(self, shard: Any, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
+        need = [c for c in (self.text_column, self.target_column if self.target is not None else "") if c]
+        missing = [c for c in need if c not in record]
+        if missing:
+            raise DataError(f"{shard.name}: row {row}: missing column(s) {missing}; the record has {sorted(record)} "
+                            f"(set data.*_column to the right names)")
+        ids, kept = tokenize(self.tokenizer, [record[self.text_column]], self.max_length, shard.name, self.skip_bad,
+                             counters, [row])
+        if not kept:
+            return None
+        item: dict[str, Any] = {TEXT: ids[0]}
+        if self.target is not None:
+            item[LABELS] = self.target(record[self.target_column], shard.name, row)
+        return item
+
+
+def text_length(item: dict[str, Any]) -> int:
+    """Token count of a sample (length bucketing)."""
+    return len(item[TEXT])

@@ -12,19 +12,25 @@ from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms, \
     image_table, scan_images
-from mm_ptft.data.tables import LabelMap, seeded_split
+from mm_ptft.data.image_stream import ImageRow
+from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.tables import DataError, LabelMap, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, few_shot_rows, learn_labels, needs_train_file, resolve_files
 from mm_ptft.types import IMAGE
 
 
 @dataclass
 class ImageClsData:
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "labels_per_class": ">=0"}  # checked by config.parse
-    train_file: str = ""  # CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "shuffle_block": ">0",
+                                        "labels_per_class": ">=0"}  # checked by config.parse
+    # CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root; with streaming
+    # also WebDataset tars ({key}.jpg + {key}.cls) or table shards: a glob, brace range, directory, hf:<dataset>
+    train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     path_column: str = "path"
     label_column: str = "label"
@@ -35,6 +41,8 @@ class ImageClsData:
     verify_images: bool = True  # decode every image once at load time (finds corrupt/truncated files early)
     augment: ImageAugment = field(default_factory=ImageAugment)
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
 
 
 @dataclass
@@ -92,22 +100,52 @@ def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg:
 def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
     """Scan image tables, learn labels, build the encoder (its preprocessing), the head and transforms."""
     d = cfg.data
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     resolve_files(d, cfg.output_dir)
     tr, ev = _split(cfg, train)
     labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
+    counters: dict[str, int] = {}
+    few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
+    tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
+
+    def datasets(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:
+        return (_dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None,
+                _dataset(ev, labels, eval_tf, cfg, eval_name(d), counters))
+
+    return _build(cfg, labels, datasets, counters)
+
+
+def _prepare_stream(cfg: ImageClassificationConfig, train: bool) -> Prepared:
+    """``data.streaming``: images decoded, checked and transformed per sample in the loader workers."""
+    d = cfg.data
+    S.unsupported(labels_per_class=d.labels_per_class > 0)
+    shards = S.shards_of(cfg, train)
+    if not d.labels and any(s.kind == "tar" for s in shards[0]):
+        raise DataError("data.labels is empty: list the classes (learning them from WebDataset shards would read "
+                        "every shard before the first step)")
+    labels = S.stream_labels(d, shards[0])
+
+    def streams(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:
+        row = lambda tf: ImageRow(tf, d.path_column, d.label_column, labels, d.skip_bad_samples, cfg.seed)  # noqa
+        return S.streams(cfg, shards, row(train_tf), train, eval_fn=row(eval_tf))
+
+    return _build(cfg, labels, streams, {})
+
+
+def _build(cfg: ImageClassificationConfig, labels: LabelMap, datasets: Callable, counters: dict[str, int]) -> Prepared:
+    """The encoder (its preprocessing), head, transforms, and the (train, eval) data that
+    ``datasets(train transform, eval transform)`` makes with them (map-style or streams)."""
+    d = cfg.data
     encoder = build_encoder(IMAGE_ENCODERS, cfg.model.image, "model.image")
     m = cfg.model
     task = ImageClassificationTask(encoder, len(labels), m.dropout, m.label_smoothing,
                                    batch_mix(d.augment, len(labels)), m.ema_decay, d.labels)
-    counters: dict[str, int] = {}
-    few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
-    tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
     train_tf = classification_transforms(encoder.preprocess, d.augment, train=True)
     eval_tf = classification_transforms(encoder.preprocess, d.augment, train=False)
-    train_ds = _dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None
-    eval_ds = _dataset(ev, labels, eval_tf, cfg, eval_name(d), counters)
+    train_ds, eval_ds = datasets(train_tf, eval_tf)
     callbacks = [EmaCallback(task)] if m.ema_decay > 0 else []
-    return Prepared(task, train_ds, eval_ds, ImageCollator(), counters=counters, callbacks=callbacks)
+    return Prepared(task, train_ds, eval_ds, CountingCollate(ImageCollator()), counters=counters, callbacks=callbacks)
 
 
 def predict(cfg: ImageClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:

@@ -28,9 +28,10 @@ class PretrainData:
     """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, optional label."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0"
+        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0",
+        "shuffle_block": ">0"
     }  # checked by config.parse
-    train_file: str = ""
+    train_file: str = ""  # a manifest; with streaming also WebDataset tars / shards: a glob, brace range, hf:<name>
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     eval_fraction: float = 0.1
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
@@ -46,6 +47,8 @@ class PretrainData:
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     skip_bad_samples: bool = False
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
 
 
 @dataclass
@@ -168,6 +171,55 @@ def zero_shot(d: PretrainData, tables: Sequence[Any],
     """Class names and their prompt token ids (C * T, L) for zero-shot evaluation; (None, None) without."""
     labels = label_map(d, tables) if "text" in encoders else None
     return labels, class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+
+
+def _record_fn(d: PretrainData, modalities: Sequence[str], encoders: Mapping[str, Encoder],
+               labels: Optional[LabelMap] = None) -> Any:
+    """The map function of a paired stream: ``modalities`` of a record, decoded for ``encoders``."""
+    from mm_ptft.data.paired_stream import PairedRecord
+
+    text = encoders.get("text")
+    max_len = min(d.max_length, getattr(text, "max_length", d.max_length))
+    return PairedRecord(modalities, columns(d), media_config(encoders, d), getattr(text, "tokenizer", None), max_len,
+                        labels, d.skip_bad_samples)
+
+
+def _bucket_length(modalities: Sequence[str]) -> Any:
+    """Length bucketing (``train.group_by_length``) for text-only streams (a bucketed block is decoded at once)."""
+    from mm_ptft.data.text import text_length
+
+    return text_length if list(modalities) == ["text"] else None
+
+
+def streamed(cfg: Any, modalities: Sequence[str], train: bool,
+             encoder_modalities: Optional[Sequence[str]] = None) -> tuple[dict[str, Encoder], Optional[LabelMap],
+                                                                        tuple[Any, Any]]:
+    """``data.streaming``: (encoders of ``encoder_modalities`` (default: ``modalities``), zero-shot labels from
+    ``data.labels`` or None, (train stream, eval stream) of ``modalities``) — samples decoded and checked per
+    record in the loader workers (``PairedRecord``)."""
+    from mm_ptft.data.paired_stream import PairedRecord
+    from mm_ptft.tasks import streaming as S
+
+    d = cfg.data
+    shards = S.shards_of(cfg, train)
+    needed = list(encoder_modalities or modalities)
+    reader = PairedRecord(modalities, columns(d), MediaConfig())
+    corpus = S.stream_corpus(shards[0], reader.text_of) if train and "text" in needed else None
+    encoders = build_encoders(cfg.model, needed, cfg.output_dir, corpus)
+    labels = LabelMap(d.labels) if d.labels and d.label_column and d.prompt_templates and "text" in encoders else None
+    return encoders, labels, S.streams(cfg, shards, _record_fn(d, modalities, encoders), train,
+                                       _bucket_length(modalities), _record_fn(d, modalities, encoders, labels))
+
+
+def source_stream(cfg: Any, train_file: str, modalities: Sequence[str], encoders: Mapping[str, Encoder],
+                  key: str) -> Any:
+    """The training stream of one source of a mixture (``train_file``'s shards; the same hash eval split)."""
+    from mm_ptft.data.shards import expand_sources
+    from mm_ptft.tasks import streaming as S
+
+    shards = expand_sources(train_file, key)
+    return S.streams(cfg, (shards, []), _record_fn(cfg.data, modalities, encoders), True,
+                     _bucket_length(modalities))[0]
 
 
 def build_objectives(specs: Mapping[str, Mapping[str, Any]], encoders: Mapping[str, Encoder],

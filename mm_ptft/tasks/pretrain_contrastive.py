@@ -10,8 +10,9 @@ from mm_ptft.contracts import Prepared
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, collator, paired_splits, predict_embeddings,
-                                           tables_and_encoders, zero_shot)
+from mm_ptft.data.stream import CountingCollate
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, class_prompts, collator, paired_splits,
+                                           predict_embeddings, streamed, tables_and_encoders, zero_shot)
 
 
 @dataclass
@@ -35,14 +36,18 @@ class PretrainContrastiveConfig(RunConfig):
 def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
     """Encoders of ``data.modalities``, one contrastive objective over their pairs, paired data."""
     d, mods = cfg.data, list(cfg.data.modalities)
-    train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
+    counters: dict[str, int] = {}
+    if d.streaming:
+        encoders, labels, (tr, ev) = streamed(cfg, mods, train)
+        prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+    else:
+        train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
+        labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
+        tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
     spec = {"modalities": mods, **cfg.model.objective}
     objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
-    labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
     task = PretrainTask(encoders, objectives, prompts=prompts, num_classes=len(labels) if labels else 0)
-    counters: dict[str, int] = {}
-    tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
-    return Prepared(task, tr, ev, collator(encoders), None, None, counters)
+    return Prepared(task, tr, ev, CountingCollate(collator(encoders)), None, None, counters)
 
 
 def predict(cfg: PretrainContrastiveConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:

@@ -14,12 +14,14 @@ from typing import Any, ClassVar, Dict
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.multimodal import JointCollator, MixtureDataset
+from mm_ptft.data.stream import CountingCollate, MixtureStream
 from mm_ptft.data.tables import load_table
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks.common import eval_name
-from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives, collator,
-                                           load_tables, media_config, paired_split, predict_embeddings, zero_shot)
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives, class_prompts,
+                                           collator, load_tables, media_config, paired_split, predict_embeddings,
+                                           source_stream, streamed, zero_shot)
 
 
 @dataclass
@@ -57,6 +59,8 @@ def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
     if not d.sources:
         raise ConfigError("data.sources is empty: name at least one source, e.g. "
                           "data.sources={pairs: {modalities: [image, text]}}")
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     first, eval_ds = load_tables(cfg, train)
     files = {n: s.train_file or d.train_file for n, s in sorted(d.sources.items())}
     tables = {n: load_table(f, f"data.sources.{n}.train_file") if f != d.train_file else first
@@ -78,6 +82,23 @@ def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
     ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters)
           if eval_ds is not None else None)
     return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters)
+
+
+def _prepare_stream(cfg: PretrainJointConfig, train: bool) -> Prepared:
+    """``data.streaming``: one stream per source (its own shards, or ``data.train_file``'s), mixed by weight."""
+    d = cfg.data
+    mods = sorted({m for s in d.sources.values() for m in s.modalities} | set(d.eval_modalities))
+    encoders, labels, (_, ev) = streamed(cfg, d.eval_modalities, train, mods)
+    objectives, weights = build_objectives(cfg.model.objectives, encoders)
+    prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+    task = PretrainTask(encoders, objectives, weights, sources=sorted(d.sources), prompts=prompts,
+                        num_classes=len(labels) if labels else 0)
+    tr = None
+    if train:
+        parts = {n: source_stream(cfg, src.train_file or d.train_file, src.modalities, encoders,
+                                  f"data.sources.{n}.train_file") for n, src in sorted(d.sources.items())}
+        tr = MixtureStream(parts, {n: s.weight for n, s in d.sources.items()}, cfg.seed)
+    return Prepared(task, tr, ev, CountingCollate(JointCollator(collator(encoders))))
 
 
 def predict(cfg: PretrainJointConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:

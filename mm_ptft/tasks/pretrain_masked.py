@@ -7,11 +7,12 @@ from typing import Any, Dict
 
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
+from mm_ptft.data.stream import CountingCollate
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, collator, paired_splits,
-                                           tables_and_encoders)
+                                           streamed, tables_and_encoders)
 
 
 @dataclass
@@ -38,8 +39,20 @@ class PretrainMaskedConfig(RunConfig):
 def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
     """Encoders of ``data.modalities`` and the objective (or weighted ``model.objectives``); eval reports the
     mean losses (and perplexity for ``clm``)."""
-    spec, mods = cfg.model.objective, list(cfg.data.modalities)
+    mods = list(cfg.data.modalities)
+    if cfg.data.streaming:
+        encoders, _, (tr, ev) = streamed(cfg, mods, train)
+        return Prepared(_task(cfg, mods, encoders), tr, ev, CountingCollate(collator(encoders)))
     train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
+    counters: dict[str, int] = {}
+    tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
+    return Prepared(_task(cfg, mods, encoders), tr, ev, collator(encoders), tr.lengths() if tr is not None else None,
+                    ev.lengths() if ev else None, counters)
+
+
+def _task(cfg: PretrainMaskedConfig, mods: list[str], encoders: Dict[str, Any]) -> PretrainTask:
+    """The objective (or weighted ``model.objectives``) over ``encoders``, each checked against ``mods``."""
+    spec = cfg.model.objective
     if cfg.model.objectives:
         objectives, weights = build_objectives(cfg.model.objectives, encoders)
     else:
@@ -50,12 +63,7 @@ def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
         if missing:
             where = f"model.objectives.{key}" if cfg.model.objectives else f"model.objective={key}"
             raise ValueError(f"{where} reads {list(objective.modalities)} but data.modalities={mods}; add {missing}")
-    task = PretrainTask(encoders, objectives, weights)
-    counters: dict[str, int] = {}
-    tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
-    return Prepared(task, tr, ev, collator(encoders), tr.lengths() if tr is not None else None,
-                    ev.lengths() if ev else None,
-                    counters)
+    return PretrainTask(encoders, objectives, weights)
 
 
 # Masked modelling has no predict: its encoders (``encoders/`` in the run) are what it makes.

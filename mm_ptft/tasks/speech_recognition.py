@@ -12,20 +12,26 @@ import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech ge
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
+from mm_ptft.data.audio_stream import ClipRow
+from mm_ptft.data.shards import column_batches
+from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.tables import ROW, DataError, require_columns
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
 from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, load_splits
 
 
 @dataclass
 class SpeechData:
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "min_duration": ">=0", "max_duration": ">=0"
+        "eval_fraction": "(0, 1)", "min_duration": ">=0", "max_duration": ">=0", "shuffle_block": ">0"
     }  # checked by config.parse
+    # a manifest; with streaming also WebDataset tars ({key}.flac|wav + {key}.txt) or manifest shards: a glob,
+    # brace range, directory or hf:<dataset>
     train_file: str = ""
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     audio_column: str = "audio"  # file paths, relative to the manifest
@@ -39,6 +45,8 @@ class SpeechData:
     skip_bad_samples: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
 
 
 @dataclass
@@ -118,6 +126,8 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
     d, m = cfg.data, cfg.model
     if not m.vocab and m.tokenizer:
         m.vocab = CharVocab.from_tokenizer(pretrained_tokenizer(m.tokenizer, "model.tokenizer")).tokens
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
     train_ds, eval_ds = load_splits(cfg, train, learn)
     if not m.vocab:
@@ -150,6 +160,33 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
             raise DataError(f"{where}: no usable clips left (counts: {counters})")
     return Prepared(task, tr, ev, AudioCollator(), tr.lengths() if tr else None, ev.lengths() if ev else None,
                     counters)
+
+
+def _prepare_stream(cfg: SpeechRecognitionConfig, train: bool) -> Prepared:
+    """``data.streaming``: clips decoded, checked and featurised per sample in the loader workers; the vocabulary
+    from one pass over a manifest's transcript column (tar shards need ``model.vocab`` or ``model.tokenizer``)."""
+    d, m = cfg.data, cfg.model
+    shards = S.shards_of(cfg, train)
+    normalize = lambda t: normalize_text(t, d.lowercase, d.strip_punctuation)  # noqa: E731
+    if not m.vocab or (m.decoder == "lexicon" and not m.lexicon):
+        if not shards[0] or any(s.kind == "tar" for s in shards[0]):
+            raise DataError("model.vocab (or model.tokenizer) and, for decoder=lexicon, model.lexicon must be set "
+                            "to stream from WebDataset shards (learning them would read every shard first)")
+        texts = [normalize(t or "") for batch in column_batches(shards[0], d.text_column) for t in batch]
+        m.vocab = m.vocab or CharVocab.from_texts(texts).tokens
+        if m.decoder == "lexicon" and not m.lexicon:
+            m.lexicon = sorted({w for t in texts for w in t.split()})
+    vocab, enc = CharVocab(m.vocab), _build_encoder(cfg)
+    task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
+    frames = lambda n: int(enc.frame_lengths(torch.tensor([n]))[0])  # noqa: E731
+
+    def clip_row(train_pipe: bool) -> ClipRow:
+        pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels, d.augment if train_pipe else None,
+                             train=train_pipe)
+        return ClipRow(pipe, vocab, normalize, frames, needed_frames, d, cfg.seed)
+
+    tr, ev = S.streams(cfg, shards, clip_row(True), train, eval_fn=clip_row(False))
+    return Prepared(task, tr, ev, CountingCollate(AudioCollator()))
 
 
 def predict(cfg: SpeechRecognitionConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:

@@ -7,11 +7,13 @@ from typing import Any, ClassVar, Dict, Optional
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import ROW, LabelMap, require_columns
+from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.text import AugmentedText, FollowEpoch, Records, TextAugment, TextAugmenter, TextCollator, \
-    lengths_of, tokenize
+    TextRow, lengths_of, text_length, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, few_shot_table, learn_labels, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
@@ -19,9 +21,10 @@ from mm_ptft.types import LABELS, TEXT
 @dataclass
 class TextClsData:
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "pad_to_multiple_of": ">0", "labels_per_class": ">=0"
+        "eval_fraction": "(0, 1)", "max_length": ">0", "pad_to_multiple_of": ">0", "labels_per_class": ">=0",
+        "shuffle_block": ">0"
     }  # checked by config.parse
-    train_file: str = ""
+    train_file: str = ""  # a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     text_column: str = "text"
     label_column: str = "label"
@@ -33,6 +36,8 @@ class TextClsData:
     pad_to_multiple_of: int = 1
     augment: TextAugment = field(default_factory=TextAugment)  # token noise on training samples (off by default)
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled (and length-bucketed) together
 
 
 @dataclass
@@ -64,6 +69,8 @@ def _records(ds: Any, cfg: TextClassificationConfig, tokenizer: Any, labels: Lab
 def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
     """Load data, learn labels (and a tokenizer if needed), build the encoder and head."""
     d = cfg.data
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     train_ds, eval_ds = load_splits(cfg, train, learn=not d.labels)
     if train_ds is not None:
         require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
@@ -86,6 +93,23 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
         counters["augmented_samples_per_epoch"] = tr.count()
         callbacks.append(FollowEpoch(tr))
     return Prepared(task, tr, ev, collate, lengths, lengths_of(ev), counters, callbacks)
+
+
+def _prepare_stream(cfg: TextClassificationConfig, train: bool) -> Prepared:
+    """``data.streaming``: labels from the label column alone, texts tokenised per sample in the loader workers."""
+    d = cfg.data
+    S.unsupported(labels_per_class=d.labels_per_class > 0, augment=d.augment.active)
+    shards = S.shards_of(cfg, train)
+    labels = S.stream_labels(d, shards[0])
+    corpus = S.stream_corpus(shards[0], lambda r: r.get(d.text_column)) if train else None
+    encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text", corpus=corpus)
+    save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
+    task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
+    fn = TextRow(encoder.tokenizer, d.text_column, min(d.max_length, encoder.max_length), d.skip_bad_samples,
+                 d.label_column, labels.encode_one)
+    tr, ev = S.streams(cfg, shards, fn, train, length=text_length)
+    collate = CountingCollate(TextCollator(encoder.tokenizer.pad_token_id, d.pad_to_multiple_of))
+    return Prepared(task, tr, ev, collate, None, None, {})
 
 
 def predict(cfg: TextClassificationConfig, prepared: Prepared, texts: list[str]) -> list[dict[str, Any]]:

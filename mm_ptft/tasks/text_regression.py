@@ -7,25 +7,31 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, Optional
 
+import numpy as np
 import torch
 
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import ROW, DataError, require_columns
-from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
+from mm_ptft.data.shards import column_batches
+from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.text import Records, TextCollator, TextRow, lengths_of, text_length, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.regression import RegressionTask
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
 @dataclass
 class TextRegData:
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "max_length": ">0"}  # checked by config.parse
-    train_file: str = ""
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_fraction": "(0,1)", "max_length": ">0", "shuffle_block": ">0"
+    }  # checked by config.parse
+    train_file: str = ""  # a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     text_column: str = "text"
     target_column: str = "score"
@@ -34,6 +40,8 @@ class TextRegData:
     target_mean: Optional[float] = None  # None: learned from the training file (saved with the run)
     target_std: Optional[float] = None
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled (and length-bucketed) together
 
 
 @dataclass
@@ -50,20 +58,26 @@ class TextRegressionConfig(RunConfig):
     model: TextRegModel = field(default_factory=TextRegModel)
 
 
-def _targets(ds: Any, d: TextRegData, where: str) -> list[float]:
-    """The target column as finite floats; an empty, non-numeric, NaN or infinite cell is an error naming
-    its row in the file."""
-    rows = ds[ROW] if ROW in ds.column_names else range(len(ds))
-    out = []
-    for row, v in zip(rows, ds[d.target_column]):
+def _finite(column: str) -> Callable[[Any, str, int], float]:
+    """A target cell → float; an empty, non-numeric, NaN or infinite cell is an error naming its row."""
+
+    def parse(v: Any, where: str, row: int) -> float:
         try:
             y = float(v)
         except (TypeError, ValueError):
             y = float("nan")
         if not math.isfinite(y):
-            raise DataError(f"{where}: row {row}: column {d.target_column!r} must hold a finite number, got {v!r}")
-        out.append(y)
-    return out
+            raise DataError(f"{where}: row {row}: column {column!r} must hold a finite number, got {v!r}")
+        return y
+
+    return parse
+
+
+def _targets(ds: Any, d: TextRegData, where: str) -> list[float]:
+    """The target column as finite floats (``_finite``), rows named as in the file."""
+    rows = ds[ROW] if ROW in ds.column_names else range(len(ds))
+    parse = _finite(d.target_column)
+    return [parse(v, where, row) for row, v in zip(rows, ds[d.target_column])]
 
 
 def _records(ds: Any, d: TextRegData, tokenizer: Any, where: str, max_len: int, counters: dict[str, int]) -> Records:
@@ -77,6 +91,8 @@ def _records(ds: Any, d: TextRegData, tokenizer: Any, where: str, max_len: int, 
 def prepare(cfg: TextRegressionConfig, train: bool = True) -> Prepared:
     """Load data, learn the target scale (and a tokenizer if needed), build the encoder and head."""
     d = cfg.data
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     train_ds, eval_ds = load_splits(cfg, train, learn=d.target_mean is None)
     if d.target_mean is None:
         if train_ds is None:
@@ -92,6 +108,41 @@ def prepare(cfg: TextRegressionConfig, train: bool = True) -> Prepared:
     ev = _records(eval_ds, d, encoder.tokenizer, eval_name(d), max_len, counters) if eval_ds is not None else None
     return Prepared(task, tr, ev, TextCollator(encoder.tokenizer.pad_token_id), lengths_of(tr), lengths_of(ev),
                     counters)
+
+
+def _scale(shards: list[Any], column: str) -> tuple[float, float]:
+    """(mean, population sd or 1) of a target column over shards, in one bounded pass (shifted sums)."""
+    parse, n, s1, s2, shift = _finite(column), 0, 0.0, 0.0, None
+    for shard in shards:
+        row = 0
+        for batch in column_batches([shard], column):
+            y = np.array([parse(v, shard.name, row + k) for k, v in enumerate(batch)], dtype=np.float64)
+            row += len(batch)
+            if len(y):
+                shift = y[0] if shift is None else shift
+                n, s1, s2 = n + len(y), s1 + float((y - shift).sum()), s2 + float(((y - shift) ** 2).sum())
+    if n == 0:
+        raise DataError(f"{shards[0].name if shards else 'data.train_file'}: no rows to learn the target scale from")
+    mean = shift + s1 / n
+    return float(mean), math.sqrt(max(s2 / n - (s1 / n) ** 2, 0.0)) or 1.0
+
+
+def _prepare_stream(cfg: TextRegressionConfig, train: bool) -> Prepared:
+    """``data.streaming``: the target scale from one pass over the target column, texts tokenised per sample."""
+    d = cfg.data
+    shards = S.shards_of(cfg, train)
+    if d.target_mean is None:
+        if not shards[0]:
+            raise ValueError("data.target_mean is empty and there is no data.train_file to learn the target scale from")
+        d.target_mean, d.target_std = _scale(shards[0], d.target_column)
+    encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
+                            corpus=S.stream_corpus(shards[0], lambda r: r.get(d.text_column)) if train else None)
+    save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
+    task = RegressionTask(encoder, cfg.model.dropout, d.target_mean, d.target_std)
+    fn = TextRow(encoder.tokenizer, d.text_column, min(d.max_length, encoder.max_length), False, d.target_column,
+                 _finite(d.target_column))
+    tr, ev = S.streams(cfg, shards, fn, train, length=text_length)
+    return Prepared(task, tr, ev, CountingCollate(TextCollator(encoder.tokenizer.pad_token_id)))
 
 
 @torch.no_grad()

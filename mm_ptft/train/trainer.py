@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from mm_ptft.config import ConfigError, RunConfig, to_dict
 from mm_ptft.contracts import Callback, Prepared, Task
@@ -29,6 +29,7 @@ from mm_ptft.train import trackers as T
 from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, l1_params, l1_penalty, param_groups
 from mm_ptft.train.samplers import GroupedBatchSampler
+from mm_ptft.types import COUNTS
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,15 +140,22 @@ class Trainer:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         bs = self.tc.batch_size if train else (self.tc.eval_batch_size or self.tc.batch_size)
+        # A private generator: iterating a loader must not draw from the global RNG (dropout etc.),
+        # or a resumed run, which starts a fresh iterator mid-epoch, would diverge.
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.dist.rank + (0 if train else 1))
+        common = dict(collate_fn=self.collate, num_workers=self._workers(), pin_memory=self.device.type == "cuda",
+                      persistent_workers=False, generator=gen)
+        if isinstance(data, IterableDataset):  # a stream splits, shuffles and buckets itself (data.stream)
+            return StatefulDataLoader(data, batch_size=bs, **common)
         sampler = GroupedBatchSampler(len(data), bs, lengths if self.tc.group_by_length else None, shuffle=train,
                                       seed=self.cfg.seed, rank=self.dist.rank, world=self.dist.world, even=train)
         if train and hasattr(data, "batch_sampler"):  # data that orders its own batches (multitask round-robin)
             sampler = data.batch_sampler(sampler)
-        # A private generator: iterating a loader must not draw from the global RNG (dropout etc.),
-        # or a resumed run, which starts a fresh iterator mid-epoch, would diverge.
-        gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.dist.rank + (0 if train else 1))
-        return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self._workers(),
-                                  pin_memory=self.device.type == "cuda", persistent_workers=False, generator=gen)
+        return StatefulDataLoader(data, batch_sampler=sampler, **common)
+
+    def _epoch_batches(self) -> Optional[int]:
+        """Batches in one epoch of the training loader; None for a stream (it runs to ``train.max_steps``)."""
+        return None if isinstance(self.train_loader.dataset, IterableDataset) else len(self.train_loader)
 
     def _workers(self) -> int:
         """``train.num_workers``, capped at the CPUs this process may use (more only adds contention)."""
@@ -159,7 +167,8 @@ class Trainer:
 
     def _set_epoch(self, epoch: int) -> None:
         """Point the sampler and the loader's generator (worker seeds) at ``epoch``: same draws after a resume."""
-        self.train_loader.batch_sampler.set_epoch(epoch)
+        if self._epoch_batches() is not None:
+            self.train_loader.batch_sampler.set_epoch(epoch)
         self.train_loader.generator.manual_seed(self.cfg.seed + 7919 * self.dist.rank + 2 * (epoch + 1))
 
     def _autocast(self):
@@ -169,7 +178,8 @@ class Trainer:
 
     # ---- state ----------------------------------------------------------------------------
     def _state(self, optimizer: dict[str, Any], rngs: list[Any]) -> dict[str, Any]:
-        at_epoch_end = self.batches_done >= len(self.train_loader)
+        n = self._epoch_batches()
+        at_epoch_end = n is not None and self.batches_done >= n
         return {"step": self.step, "epoch": self.epoch + int(at_epoch_end),
                 "loader": None if at_epoch_end else self.train_loader.state_dict(),
                 "optimizer": optimizer, "scheduler": self.sched.state_dict(),
@@ -265,8 +275,11 @@ class Trainer:
         model.eval()
         metrics = self.task.build_metrics().to(self.device)
         loss_sum = torch.zeros(2, device=self.device, dtype=torch.float64)
-        fillers = D.all_reduce_max(len(self.eval_loader)) - len(self.eval_loader) if P.is_fsdp(self.model) else 0
+        first, n_batches, eval_counts = None, 0, {}
         for batch in self.eval_loader:
+            for k, v in (batch.pop(COUNTS, None) or {}).items() if isinstance(batch, dict) else ():
+                eval_counts[k] = eval_counts.get(k, 0) + v
+            first, n_batches = first or batch, n_batches + 1
             batch = to_device(batch, self.device)
             with self._autocast():
                 out = model(batch)
@@ -274,13 +287,16 @@ class Trainer:
             if "loss" in out:
                 n = len(next(iter(batch.values())))
                 loss_sum += torch.stack([out["loss"].detach().double() * n, torch.tensor(n, device=self.device)])
+        fillers = D.all_reduce_max(n_batches) - n_batches if P.is_fsdp(self.model) else 0
         for _ in range(fillers):
             with self._autocast():
-                model(to_device(self.collate([self.eval_loader.dataset[0]]), self.device))  # output discarded
+                model(to_device(first, self.device))  # output discarded
         model.train()
         results = metrics.compute()
         # non-scalar results (a confusion matrix) a metrics object may give: written at the end of fit
         self.last_artifacts = metrics.artifacts() if hasattr(metrics, "artifacts") else {}
+        if eval_counts and hasattr(self, "logger"):  # a streamed eval split's skips (the same at every evaluation)
+            self.logger.log(getattr(self, "step", 0), "data", {f"eval_{k}": v for k, v in eval_counts.items()})
         total = D.all_reduce_mean(loss_sum)
         if total[1] > 0:
             results["loss"] = float(total[0] / total[1])
@@ -290,9 +306,16 @@ class Trainer:
     def _setup_fit(self) -> int:
         if self.train_loader is None:
             raise ConfigError("no training data: set data.train_file")
-        per_epoch = math.ceil(len(self.train_loader) / self.tc.grad_accum_steps)
-        if per_epoch == 0:
-            raise ConfigError(f"train.batch_size={self.tc.batch_size} leaves no batch from {len(self.train_loader.dataset)} samples")
+        if self._epoch_batches() is None:
+            if self.tc.max_steps <= 0:
+                raise ConfigError("train.max_steps is not set, but the training data is a stream (no length): set "
+                                  "train.max_steps to the number of optimizer steps to train")
+            per_epoch = self.tc.max_steps  # evaluate and checkpoint at the end unless eval_every/save_every say more
+        else:
+            per_epoch = math.ceil(len(self.train_loader) / self.tc.grad_accum_steps)
+            if per_epoch == 0:
+                raise ConfigError(f"train.batch_size={self.tc.batch_size} leaves no batch from "
+                                  f"{len(self.train_loader.dataset)} samples")
         total = self.tc.max_steps if self.tc.max_steps > 0 else per_epoch * self.tc.epochs
         groups = (self.param_groups or (lambda m: param_groups(m, self.cfg.optim)))(self.task)
         self.opt = build_optimizer(groups, self.cfg.optim, self.device)
@@ -306,6 +329,7 @@ class Trainer:
         self.step = self.epoch = self.batches_done = self.bad_steps = self.bad_steps_total = 0
         self.best_value, self.best_step, self.should_stop = None, -1, False
         self.start_step, self.last_eval_step, self.last_results = 0, -1, {}
+        self.counts_changed = False
         self.config_changes: list[tuple[str, Any, Any]] = []
         if self.dist.is_main:
             setup_console()  # resume messages are logged before the RunLogger exists
@@ -380,7 +404,7 @@ class Trainer:
         while self.step < total and not self.should_stop:
             self._set_epoch(self.epoch)
             self._run_epoch(total)
-            if self.batches_done >= len(self.train_loader):
+            if self.batches_done >= (self._epoch_batches() or math.inf):
                 self.epoch, self.batches_done = self.epoch + 1, 0
         if self.last_eval_step != self.step:
             self._eval_and_save()
@@ -388,11 +412,12 @@ class Trainer:
 
     def _run_epoch(self, total: int) -> None:
         """One pass over the loader (or what is left of it after a resume), or less when a callback stops the run."""
-        accum, n_batches = self.tc.grad_accum_steps, len(self.train_loader)
+        accum, n_batches = self.tc.grad_accum_steps, self._epoch_batches()
         sums: dict[str, torch.Tensor] = {}
         t0, samples, steps = time.time(), 0, 0
         for batch in self.train_loader:
             self.batches_done += 1
+            self._take_counts(batch)
             batch = to_device(batch, self.device)
             samples += _batch_size(batch)
             boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
@@ -416,6 +441,9 @@ class Trainer:
                 vals = {k: v / steps for k, v in _mean_over_ranks(sums).items()}
                 self.logger.log(self.step, "train", {**vals, "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
                                                      "samples_per_s": rate, "epoch": self.epoch})
+                if self.counts_changed:  # skips counted by streaming loader workers since the last log
+                    self.logger.log(self.step, "data", self.counters)
+                    self.counts_changed = False
                 sums, t0, samples, steps = {}, time.time(), 0, 0
             if self.step % self.eval_every == 0 or self.step >= total:
                 self._eval_and_save()
@@ -423,6 +451,13 @@ class Trainer:
                 self.save_checkpoint()
             if self.step >= total or self.should_stop:
                 return
+
+    def _take_counts(self, batch: Any) -> None:
+        """Move a streamed batch's skip counts (``COUNTS``) into the run's counters."""
+        counts = batch.pop(COUNTS, None) if isinstance(batch, dict) else None
+        for k, v in (counts or {}).items():
+            self.counters[k] = self.counters.get(k, 0) + v
+            self.counts_changed = True
 
     def _optimizer_step(self) -> float:
         """Unscale, clip, and step unless the loss or gradient is NaN/Inf (then skip and count)."""

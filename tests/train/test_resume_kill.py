@@ -6,9 +6,7 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from safetensors.torch import load_file
 from mm_ptft.run import load_config
 from mm_ptft.run import train
 
+from mm_fixtures import kill_after_checkpoint
 from mm_paths import ROOT, TEXT_TINY
 
 STEPS, SAVE_EVERY, PER_EPOCH = 9, 2, 7  # 400 training rows / batch 64 → 7 batches per epoch
@@ -52,27 +51,12 @@ def straight(topics_data, tmp_path_factory):
     return out
 
 
-def kill_after_checkpoint(cmd, env, ckpt_root, step, timeout=180.0):
-    """Start ``cmd``; SIGKILL it as soon as the checkpoint of ``step`` exists. Returns the exit code."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target, deadline = ckpt_root / f"step_{step:08d}", time.time() + timeout
-    try:
-        while not target.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode
-
-
 def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(topics_data, straight, tmp_path):
     step = random.Random(os.getpid()).choice(range(SAVE_EVERY, PER_EPOCH, SAVE_EVERY))  # mid-epoch: 2, 4 or 6
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "mm_ptft.cli", "train", TEXT_TINY, *overrides(topics_data, out)]
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    assert kill_after_checkpoint(cmd, env, out / "checkpoints", step) == -signal.SIGKILL
+    assert kill_after_checkpoint(cmd, env, out / "checkpoints", step, cwd=ROOT) == -signal.SIGKILL
     assert not (out / "final_metrics.json").exists(), "the run finished before it could be killed"
 
     train(load_config(TEXT_TINY, overrides(topics_data, out, "train.resume=true")))

@@ -1,0 +1,46 @@
+"""``mm-ptft check-data CONFIG``: read every training and eval sample of a config once, as training would
+(tokenise, decode, check), before a long run. Bad samples are counted, not fatal (the check runs with
+``data.skip_bad_samples=true``), and the counts are what the run's data log would show."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+from torch.utils.data import IterableDataset
+
+from mm_ptft.data.stream import ShardStream
+from mm_ptft.tasks import get_recipe, load_config
+from mm_ptft.types import COUNTS
+
+
+def _read_all(data: Any, counters: dict[str, int]) -> int:
+    """Samples read from a map-style dataset or one pass of a stream; skip counts added to ``counters``."""
+    if isinstance(data, ShardStream):
+        data = copy.copy(data)
+        data.passes, data._pending = 1, {}
+    n = 0
+    items = iter(data) if isinstance(data, IterableDataset) else (data[i] for i in range(len(data)))
+    for item in items:
+        for k, v in (item.pop(COUNTS, None) or {}).items() if isinstance(item, dict) else ():
+            counters[k] = counters.get(k, 0) + v
+        n += 1
+    if isinstance(data, ShardStream):  # skips after the last usable sample
+        for k, v in data._pending.items():
+            counters[k] = counters.get(k, 0) + v
+    return n
+
+
+def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """{"samples": {split: usable samples}, "counts": {problem: n}}: every training and eval sample read once;
+    the counts are over both splits (what preparing counted, plus what reading the streams counted)."""
+    cfg = load_config(config, [*overrides, "data.skip_bad_samples=true"])
+    prepared = get_recipe(cfg.task).prepare(cfg, train=True)
+    counts: dict[str, int] = dict(prepared.counters)
+    samples = {split: _read_all(data, counts) for split, data in (("train", prepared.train_data),
+                                                                    ("eval", prepared.eval_data)) if data is not None}
+    return {"samples": samples, "counts": counts}
+
+
+def problems(report: dict[str, Any]) -> Optional[int]:
+    """Total bad samples counted, or None when there were none."""
+    return sum(v for k, v in report["counts"].items() if k.startswith(("skipped", "dropped"))) or None

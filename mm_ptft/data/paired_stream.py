@@ -1,0 +1,99 @@
+"""Streamed paired samples (``data.stream`` map function): a WebDataset sample or a manifest row → the
+item ``PairedDataset`` gives (``text`` ids, ``image`` (3, S, S), ``audio`` (T,) or (F, N), ``labels``).
+
+A WebDataset sample follows the open_clip / img2dataset layout: ``{key}.txt`` (caption), one image
+(``jpg``/``jpeg``/``png``/``webp``/``bmp``), one audio clip (``flac``/``wav``/``mp3``/``ogg``/``opus``) and an
+optional label (``{key}.cls``, or ``label_column`` in ``{key}.json``). A manifest row has the caption
+column and media paths relative to the shard's folder. Media are decoded and checked when the sample is
+read (undecodable, empty, NaN/Inf audio: an error naming the shard and sample, or a counted skip with
+``skip_bad``; clips shorter than ``media.min_audio_seconds`` are dropped and counted)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any, Optional, Sequence
+
+from mm_ptft.data.multimodal import Columns, MediaConfig, load_audio, load_image, media_path
+from mm_ptft.data.shards import Shard
+from mm_ptft.data.tables import DataError, LabelMap
+from mm_ptft.data.text import tokenize
+from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT
+
+EXTS = {"image": ("jpg", "jpeg", "png", "webp", "bmp"), "audio": ("flac", "wav", "mp3", "ogg", "opus")}
+
+
+def is_tar_sample(record: dict[str, Any]) -> bool:
+    return "__key__" in record
+
+
+class PairedRecord:
+    """Map function of a paired stream: the requested ``modalities`` of one record, checked as the manifest
+    path checks them."""
+
+    def __init__(self, modalities: Sequence[str], cols: Columns, media: MediaConfig, tokenizer: Any = None,
+                 max_length: int = 64, labels: Optional[LabelMap] = None, skip_bad: bool = False) -> None:
+        self.modalities, self.cols, self.media, self.tokenizer = list(modalities), cols, media, tokenizer
+        self.max_length, self.labels, self.skip_bad = max_length, labels, skip_bad
+
+    def text_of(self, record: dict[str, Any]) -> Any:
+        value = record.get("txt") if is_tar_sample(record) else record.get(self.cols.text)
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+
+    def label_of(self, record: dict[str, Any]) -> Any:
+        if not is_tar_sample(record):
+            return record.get(self.cols.label)
+        if "cls" in record:
+            return record["cls"].decode("utf-8").strip()
+        meta = json.loads(record["json"]) if "json" in record else {}
+        return meta.get(self.cols.label)
+
+    def _media(self, shard: Shard, row: int, record: dict[str, Any], modality: str) -> Any:
+        """The decoded media of ``modality``; DataError naming the shard and sample when missing or bad."""
+        load = load_image if modality == "image" else load_audio
+        if is_tar_sample(record):
+            name = f"{shard.name}: sample {record['__key__']!r}"
+            ext = next((e for e in EXTS[modality] if e in record), None)
+            if ext is None:
+                raise DataError(f"{name}: no {modality} ({'/'.join(EXTS[modality])}); it has {sorted(record)}")
+            source: Any = io.BytesIO(record[ext])
+            if modality == "audio":
+                source = (source, f"{name}.{ext}")
+        else:
+            name = f"{shard.name}: row {row}"
+            if getattr(self.cols, modality) not in record:
+                raise DataError(f"{name}: missing column {getattr(self.cols, modality)!r}; it has {sorted(record)}")
+            source = media_path(os.path.dirname(os.path.abspath(shard.path)), record[getattr(self.cols, modality)])
+            if source is None:
+                raise DataError(f"{name}: empty {modality} cell")
+        try:
+            return load(source, self.media)
+        except DataError as err:  # a file object's message starts with its repr: keep the reason only
+            reason = str(err).split(": ", 1)[-1] if is_tar_sample(record) else str(err)
+            raise DataError(f"{name}: {reason}") from err
+
+    def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
+        item: dict[str, Any] = {}
+        for m in ("image", "audio"):
+            if m not in self.modalities:
+                continue
+            try:
+                item[IMAGE if m == "image" else AUDIO] = self._media(shard, row, record, m)
+            except DataError:
+                if not self.skip_bad:
+                    raise
+                counters[f"skipped_bad_{m}"] = counters.get(f"skipped_bad_{m}", 0) + 1
+                return None
+        if AUDIO in item and self.media.n_mels <= 0 and \
+                item[AUDIO].shape[-1] < self.media.min_audio_seconds * self.media.sample_rate:
+            counters["dropped_too_short"] = counters.get("dropped_too_short", 0) + 1
+            return None
+        if "text" in self.modalities:
+            ids, kept = tokenize(self.tokenizer, [self.text_of(record)], self.max_length, shard.name,
+                                 self.skip_bad, counters, [row])
+            if not kept:
+                return None
+            item[TEXT] = ids[0]
+        if self.labels is not None:
+            item[LABELS] = self.labels.encode([self.label_of(record)], shard.name, [row])[0]
+        return item
