@@ -20,7 +20,8 @@ LAYERS = {
     "assembly": ["tasks"],
     # ``__init__`` is entry-level through lazy attributes only: it imports ``env`` eagerly (the torchaudio
     # guard runs first) and ``api`` inside ``__getattr__``/``train`` (see test_package_root_is_light)
-    "entry": ["cli", "run", "quickstart", "export", "hub", "components", "api", "sweep", "prune", "cv", "__init__"],
+    "entry": ["cli", "run", "quickstart", "export", "hub", "components", "api", "sweep", "prune", "cv", "continual",
+              "__init__"],
 }
 ORDER = list(LAYERS)
 #: components may import these sibling components (besides their own package and the ground floor)

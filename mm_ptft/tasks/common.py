@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import DataError, LabelMap, load_table, resolve_eval
+from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, require_columns, resolve_eval
 from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
@@ -104,13 +104,15 @@ def drop_data_files(cfg: Any) -> None:
 
 
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
-             with_data: bool = True, trust_remote_code: bool = False) -> tuple[Any, Prepared, Recipe]:
+             with_data: bool = True, trust_remote_code: bool = False,
+             train_data: bool = False) -> tuple[Any, Prepared, Recipe]:
     """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
     Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
     the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
     another machine predicts without its training data. A run directory is data, not code: an encoder
     whose config asks for ``trust_remote_code`` is refused unless the caller passes
-    ``trust_remote_code=True`` (the command line's ``--trust-remote-code``)."""
+    ``trust_remote_code=True`` (the command line's ``--trust-remote-code``). ``train_data=True`` also builds
+    the training set (fine-tuning a pruned copy, the Fisher of an earlier run)."""
     path = Path(run_dir)
     # A run directory answers for itself wherever it now lies: its config's ``${output_dir}/…`` paths
     # (tokenizer, generated data) resolve inside it, never in the place it was trained.
@@ -120,8 +122,62 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
         drop_data_files(cfg)
     recipe = get_recipe(cfg.task)
     with contextlib.nullcontext() if trust_remote_code else untrusted_source(str(run_dir)):
-        prepared = recipe.prepare(cfg, train=False)
+        prepared = recipe.prepare(cfg, train=train_data)
     apply_finetune(prepared.task, cfg.finetune)  # the same modules (e.g. LoRA adapters) as the checkpoint
     ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
     prepared.task.eval()
     return cfg, prepared, recipe
+
+
+# ---- rehearsal (continual fine-tuning) -------------------------------------------------------------
+
+def _earlier_rows(cfg: Any, keys: Sequence[str]) -> tuple[Any, list[str]]:
+    """(the earlier training table named by ``data.rehearsal.source``, its columns for ``keys``): a run
+    directory gives its training rows (its seeded eval split left out), a file its rows under this run's names."""
+    source = Path(cfg.data.rehearsal.source)
+    if not source.is_dir():
+        return load_table(str(source), "data.rehearsal.source"), [getattr(cfg.data, k) for k in keys]
+    if not (source / "config.yaml").is_file():
+        raise DataError(f"data.rehearsal.source={str(source)!r}: a directory without config.yaml is not a run")
+    earlier = load_config(source / "config.yaml", [f"output_dir={json.dumps(str(source.resolve()))}"])
+    missing = [k for k in keys if not hasattr(earlier.data, f"{k}")]
+    if missing:
+        raise DataError(f"data.rehearsal.source={str(source)!r}: that run ({earlier.task}) has no data.{missing[0]}; "
+                        f"rehearsal needs an earlier run of a recipe with the same columns")
+    table, _ = load_splits(earlier, train=True)
+    return table, [getattr(earlier.data, k) for k in keys]
+
+
+def _check_labels(picked: Any, table: Any, cfg: Any, label: str) -> None:
+    """Rehearsed labels must fit this run: same type as its own, and inside ``data.labels`` when that is set."""
+    where = f"data.rehearsal.source={cfg.data.rehearsal.source!r}"
+    theirs, ours = picked.features[label], table.features[label]
+    if theirs != ours:
+        raise DataError(f"{where}: its labels are {theirs.dtype}, this run's are {ours.dtype}: the label sets clash "
+                        f"(write both tasks' labels the same way, e.g. as class names)")
+    outside = sorted({str(v) for v in picked[label]} - {str(v) for v in cfg.data.labels})
+    if cfg.data.labels and outside:
+        raise DataError(f"{where}: labels {outside[:5]} of the earlier task are not in data.labels; rehearsal is "
+                        f"class-incremental: list the union of both tasks' labels, or leave data.labels empty")
+
+
+def add_rehearsal(cfg: Any, table: Any, keys: Sequence[str], counters: dict[str, int]) -> Any:
+    """``table`` plus a seeded sample (``fraction`` of the earlier rows, at most ``max_samples``) of the earlier
+    task's training rows named by ``data.rehearsal`` (the columns ``cfg.data.<keys>`` name; the last holds the
+    labels); counted as ``rehearsal_samples``. Unchanged without ``data.rehearsal``."""
+    import datasets
+
+    spec = getattr(cfg.data, "rehearsal", None)
+    if spec is None:
+        return table
+    earlier, columns = _earlier_rows(cfg, keys)
+    require_columns(earlier, columns, f"data.rehearsal.source={spec.source}")
+    n = round(spec.fraction * len(earlier))
+    n = min(n, spec.max_samples) if spec.max_samples else n
+    ours = [getattr(cfg.data, k) for k in keys]
+    picked = earlier.shuffle(seed=spec.seed).select(range(n)).select_columns([*columns, ROW])
+    picked = picked.rename_columns({c: o for c, o in zip(columns, ours) if c != o})
+    _check_labels(picked, table, cfg, ours[-1])
+    counters["rehearsal_samples"] = n
+    table = table.select_columns([*ours, ROW])
+    return datasets.concatenate_datasets([table, picked.cast(table.features)])

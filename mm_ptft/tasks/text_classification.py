@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import ROW, LabelMap, require_columns
 from mm_ptft.data.text import Records, TextCollator, lengths_of, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels, load_splits, save_tokenizer
+from mm_ptft.tasks.common import add_rehearsal, eval_name, learn_labels, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
@@ -30,6 +30,7 @@ class TextClsData:
     skip_bad_samples: bool = False
     pad_to_multiple_of: int = 1
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
 
 @dataclass
@@ -62,8 +63,10 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
     """Load data, learn labels (and a tokenizer if needed), build the encoder and head."""
     d = cfg.data
     train_ds, eval_ds = load_splits(cfg, train, learn=not d.labels)
+    counters: dict[str, int] = {}
     if train_ds is not None:
         require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
+        train_ds = add_rehearsal(cfg, train_ds, ["text_column", "label_column"], counters) if train else train_ds
     labels = learn_labels(d, train_ds)
     corpus = train_ds[d.text_column] if train_ds is not None else None
     encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
@@ -71,7 +74,6 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
     save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
     task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
     max_len = min(d.max_length, encoder.max_length)
-    counters: dict[str, int] = {}
     tr = _records(train_ds, cfg, encoder.tokenizer, labels, d.train_file, max_len, counters) if train_ds and train else None
     ev = _records(eval_ds, cfg, encoder.tokenizer, labels, eval_name(d), max_len, counters) \
         if eval_ds is not None else None
