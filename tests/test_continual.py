@@ -55,7 +55,7 @@ def task_b(files, run_a: Path, out: Path, *more: str):
 
 
 def train_rows(metrics: Path) -> list[dict]:
-    return [r for r in map(json.loads, metrics.read_text().splitlines()) if r.get("kind", r.get("event")) == "train"]
+    return [r for r in map(json.loads, metrics.read_text().splitlines()) if r.get("kind") == "train"]
 
 
 def test_previous_run_gives_its_best_encoder_weights_and_a_nonnegative_fisher(run_a):
