@@ -117,3 +117,22 @@ def test_rehearsal_refuses_labels_outside_data_labels_and_clashing_label_types(f
     cfg = task_b(files, run_a, tmp_path / "c", f"data.rehearsal={{source: {ints}, fraction: 1.0}}")
     with pytest.raises(DataError, match="clash"):
         get_recipe(cfg.task).prepare(cfg)
+
+
+def test_image_rehearsal_from_an_earlier_run_directory(tmp_path):
+    """Image classification: the earlier run's generated training images (circle/square) join this run's
+    (triangle/cross); only the earlier run's config.yaml and data are read."""
+    from mm_ptft.train.rundir import config_yaml
+
+    tiny = Path(TEXT_TINY).parents[1] / "image_classification" / "tiny.yaml"
+    gen = "data.generate={name: image_shapes, n_train: 40, n_eval: 8, size: 16, classes: [%s]}"
+    a = load_config(tiny, [f"output_dir={tmp_path / 'a'}", gen % "circle, square"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.yaml").write_text(config_yaml(a))
+    b = load_config(tiny, [f"output_dir={tmp_path / 'b'}", gen % "triangle, cross",
+                           f"data.rehearsal={{source: {tmp_path / 'a'}, fraction: 0.25}}"])
+    prepared = get_recipe(b.task).prepare(b)
+    assert prepared.counters["rehearsal_samples"] == 10  # a quarter of the earlier run's 40 training images
+    assert b.data.labels == ["circle", "cross", "square", "triangle"]
+    names = [b.data.labels[int(y)] for y in prepared.train_data.labels]
+    assert len(names) == 50 and sum(n in ("circle", "square") for n in names) == 10

@@ -131,53 +131,61 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
 
 # ---- rehearsal (continual fine-tuning) -------------------------------------------------------------
 
-def _earlier_rows(cfg: Any, keys: Sequence[str]) -> tuple[Any, list[str]]:
-    """(the earlier training table named by ``data.rehearsal.source``, its columns for ``keys``): a run
-    directory gives its training rows (its seeded eval split left out), a file its rows under this run's names."""
+def earlier_config(cfg: Any, keys: Sequence[str]) -> Optional[Any]:
+    """The resolved config of the earlier run ``data.rehearsal.source`` names (paths inside it resolved there),
+    or None when the source is a data file. Its data section must have the ``keys`` (``text_column`` …)."""
     source = Path(cfg.data.rehearsal.source)
     if not source.is_dir():
-        return load_table(str(source), "data.rehearsal.source"), [getattr(cfg.data, k) for k in keys]
+        return None
     if not (source / "config.yaml").is_file():
         raise DataError(f"data.rehearsal.source={str(source)!r}: a directory without config.yaml is not a run")
     earlier = load_config(source / "config.yaml", [f"output_dir={json.dumps(str(source.resolve()))}"])
-    missing = [k for k in keys if not hasattr(earlier.data, f"{k}")]
+    missing = [k for k in keys if not hasattr(earlier.data, k)]
     if missing:
         raise DataError(f"data.rehearsal.source={str(source)!r}: that run ({earlier.task}) has no data.{missing[0]}; "
                         f"rehearsal needs an earlier run of a recipe with the same columns")
-    table, _ = load_splits(earlier, train=True)
-    return table, [getattr(earlier.data, k) for k in keys]
+    return earlier
 
 
-def _check_labels(picked: Any, table: Any, cfg: Any, label: str) -> None:
-    """Rehearsed labels must fit this run: same type as its own, and inside ``data.labels`` when that is set."""
+def rehearsal_picks(spec: Any, n: int) -> list[int]:
+    """Seeded indices of ``spec.fraction`` of ``n`` earlier rows, at most ``spec.max_samples`` (0: no cap)."""
+    import torch
+
+    k = round(spec.fraction * n)
+    k = min(k, spec.max_samples) if spec.max_samples else k
+    return torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[:k].tolist()
+
+
+def check_rehearsed_labels(cfg: Any, theirs: Sequence[Any], ours: Sequence[Any]) -> None:
+    """Rehearsed labels must fit this run: the same type as its own, and inside ``data.labels`` when that is set."""
     where = f"data.rehearsal.source={cfg.data.rehearsal.source!r}"
-    theirs, ours = picked.features[label], table.features[label]
-    if theirs != ours:
-        raise DataError(f"{where}: its labels are {theirs.dtype}, this run's are {ours.dtype}: the label sets clash "
-                        f"(write both tasks' labels the same way, e.g. as class names)")
-    outside = sorted({str(v) for v in picked[label]} - {str(v) for v in cfg.data.labels})
+    kinds = sorted({type(v).__name__ for v in theirs}), sorted({type(v).__name__ for v in ours})
+    if theirs and ours and kinds[0] != kinds[1]:
+        raise DataError(f"{where}: its labels are {'/'.join(kinds[0])}, this run's are {'/'.join(kinds[1])}: the label "
+                        f"sets clash (write both tasks' labels the same way, e.g. as class names)")
+    outside = sorted({str(v) for v in theirs} - {str(v) for v in cfg.data.labels})
     if cfg.data.labels and outside:
         raise DataError(f"{where}: labels {outside[:5]} of the earlier task are not in data.labels; rehearsal is "
                         f"class-incremental: list the union of both tasks' labels, or leave data.labels empty")
 
 
 def add_rehearsal(cfg: Any, table: Any, keys: Sequence[str], counters: dict[str, int]) -> Any:
-    """``table`` plus a seeded sample (``fraction`` of the earlier rows, at most ``max_samples``) of the earlier
-    task's training rows named by ``data.rehearsal`` (the columns ``cfg.data.<keys>`` name; the last holds the
-    labels); counted as ``rehearsal_samples``. Unchanged without ``data.rehearsal``."""
+    """``table`` (an HF dataset) plus a seeded sample of the earlier task's training rows named by
+    ``data.rehearsal`` (a run: its training split under its own column names; a file: this run's names), in the
+    columns ``cfg.data.<keys>`` name (the last holds the labels); counted as ``rehearsal_samples``."""
     import datasets
 
     spec = getattr(cfg.data, "rehearsal", None)
     if spec is None:
         return table
-    earlier, columns = _earlier_rows(cfg, keys)
-    require_columns(earlier, columns, f"data.rehearsal.source={spec.source}")
-    n = round(spec.fraction * len(earlier))
-    n = min(n, spec.max_samples) if spec.max_samples else n
+    earlier = earlier_config(cfg, keys)
+    rows = load_splits(earlier, train=True)[0] if earlier else load_table(spec.source, "data.rehearsal.source")
+    columns = [getattr((earlier or cfg).data, k) for k in keys]
+    require_columns(rows, columns, f"data.rehearsal.source={spec.source}")
     ours = [getattr(cfg.data, k) for k in keys]
-    picked = earlier.shuffle(seed=spec.seed).select(range(n)).select_columns([*columns, ROW])
+    picked = rows.select(rehearsal_picks(spec, len(rows))).select_columns([*columns, ROW])
     picked = picked.rename_columns({c: o for c, o in zip(columns, ours) if c != o})
-    _check_labels(picked, table, cfg, ours[-1])
-    counters["rehearsal_samples"] = n
+    check_rehearsed_labels(cfg, picked[ours[-1]], table[ours[-1]])
+    counters["rehearsal_samples"] = len(picked)
     table = table.select_columns([*ours, ROW])
     return datasets.concatenate_datasets([table, picked.cast(table.features)])

@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms, \
@@ -17,7 +17,8 @@ from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
+from mm_ptft.tasks.common import check_rehearsed_labels, earlier_config, eval_name, learn_labels, needs_train_file, \
+    rehearsal_picks, resolve_files
 from mm_ptft.types import IMAGE
 
 
@@ -34,6 +35,7 @@ class ImageClsData:
     verify_images: bool = True  # decode every image once at load time (finds corrupt/truncated files early)
     augment: ImageAugment = field(default_factory=ImageAugment)
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
 
 @dataclass
@@ -77,6 +79,22 @@ def _pick(table: tuple[list, list, list], idx: list[int]) -> tuple[list, list, l
     return tuple([column[i] for i in idx] for column in table)  # type: ignore[return-value]
 
 
+def _rehearsed(cfg: ImageClassificationConfig, tr: tuple, counters: dict[str, int]) -> tuple:
+    """``tr`` plus a seeded sample of the earlier task's training images named by ``data.rehearsal`` (a run: its
+    training split; a table or class folder: all of it), counted as ``rehearsal_samples``."""
+    d = cfg.data
+    earlier = earlier_config(cfg, ["path_column", "label_column"])
+    if earlier is not None:
+        resolve_files(earlier.data, earlier.output_dir)
+        rows = _split(earlier, True)[0]
+    else:
+        rows = _with_rows(image_table(d.rehearsal.source, "data.rehearsal.source", d.path_column, d.label_column))
+    picked = _pick(rows, rehearsal_picks(d.rehearsal, len(rows[0])))
+    check_rehearsed_labels(cfg, picked[1], tr[1])
+    counters["rehearsal_samples"] = len(picked[0])
+    return tuple(ours + theirs for ours, theirs in zip(tr, picked))
+
+
 def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg: ImageClassificationConfig,
              where: str, counters: dict[str, int]) -> Optional[ImageDataset]:
     if table is None:
@@ -93,12 +111,14 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
     d = cfg.data
     resolve_files(d, cfg.output_dir)
     tr, ev = _split(cfg, train)
+    counters: dict[str, int] = {}
+    if train and tr is not None and d.rehearsal is not None:
+        tr = _rehearsed(cfg, tr, counters)
     labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
     encoder = build_encoder(IMAGE_ENCODERS, cfg.model.image, "model.image")
     m = cfg.model
     task = ImageClassificationTask(encoder, len(labels), m.dropout, m.label_smoothing,
                                    batch_mix(d.augment, len(labels)), m.ema_decay, d.labels)
-    counters: dict[str, int] = {}
     train_tf = classification_transforms(encoder.preprocess, d.augment, train=True)
     eval_tf = classification_transforms(encoder.preprocess, d.augment, train=False)
     train_ds = _dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None
