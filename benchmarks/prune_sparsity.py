@@ -1,9 +1,9 @@
 """Accuracy and CPU latency vs sparsity of a pruned tiny text run, with and without fine-tuning after pruning.
 
     nice -n 10 python benchmarks/prune_sparsity.py [--amounts 0 0.3 0.5 0.7 0.9] [--finetune-steps 30]
-                                                   [--out runs/prune_bench]
+                                                   [--out runs/prune_bench] [--run TRAINED_RUN]
 
-Trains the tiny text recipe (2-layer BERT, 4 epochs) once, then ``mm-ptft prune`` (``prune_run``) at each amount,
+Trains the tiny text recipe (2-layer BERT, 4 epochs) once (or takes ``--run``), then ``mm-ptft prune`` (``prune_run``) at each amount,
 unstructured (global L1) and structured (L2 rows per layer), without and with ``--finetune-steps`` of fine-tuning
 with the masks kept. Accuracy: the pruned run's eval accuracy. Latency: median forward time of one eval batch
 (32 rows) on CPU, one thread, over 30 repeats, of the exported (masks folded) model: zeros in dense weights make
@@ -45,9 +45,10 @@ def main() -> None:
     ap.add_argument("--amounts", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
     ap.add_argument("--finetune-steps", type=int, default=30)
     ap.add_argument("--out", default="runs/prune_bench")
+    ap.add_argument("--run", default=None, help="an already trained text classification run (default: train one)")
     args = ap.parse_args()
     out = Path(args.out)
-    base = out / "trained"
+    base = Path(args.run) if args.run else out / "trained"
     if not (base / "final_metrics.json").is_file():  # trained to the end (else trained again)
         train(load_config(ROOT / "recipes/text_classification/tiny.yaml",
                           [f"output_dir={base}", "train.report=false", "train.report_to=[]", "train.log_every=1000",

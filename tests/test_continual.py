@@ -136,3 +136,12 @@ def test_image_rehearsal_from_an_earlier_run_directory(tmp_path):
     assert b.data.labels == ["circle", "cross", "square", "triangle"]
     names = [b.data.labels[int(y)] for y in prepared.train_data.labels]
     assert len(names) == 50 and sum(n in ("circle", "square") for n in names) == 10
+
+
+def test_rehearsal_config_errors_name_the_key():
+    from mm_ptft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.rehearsal.source"):
+        load_config(TEXT_TINY, ["data.rehearsal={fraction: 0.5}"])
+    with pytest.raises(ConfigError, match="data.rehearsal.fraction"):
+        load_config(TEXT_TINY, ["data.rehearsal={source: x.csv, fraction: 0.0}"])
