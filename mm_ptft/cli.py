@@ -65,7 +65,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_prune(ns: argparse.Namespace) -> int:
     from mm_ptft.prune import prune_run
 
-    summary = prune_run(ns.run_dir, ns.amount, ns.structured, ns.out, ns.checkpoint, ns.trust_remote_code)
+    summary = prune_run(ns.run_dir, ns.amount, ns.structured, ns.out, ns.checkpoint, ns.trust_remote_code,
+                        ns.finetune_steps)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -192,13 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default=None)
     _trust_flag(ex)
     ex.set_defaults(fn=cmd_export)
-    pn = sub.add_parser("prune", help="mm-ptft prune RUN_DIR --amount A [--structured] [--out DIR]: magnitude-prune "
-                                      "the best checkpoint into a new run directory, re-evaluated")
+    pn = sub.add_parser("prune", help="mm-ptft prune RUN_DIR --amount A [--structured] [--finetune-steps N] [--out DIR]: "
+                                      "magnitude-prune the best checkpoint into a new run directory, optionally "
+                                      "fine-tune it with the masks kept, re-evaluate")
     pn.add_argument("run_dir")
     pn.add_argument("--amount", type=float, required=True, help="fraction of weights (or rows, --structured) to zero")
     pn.add_argument("--structured", action="store_true", help="L2 ln_structured over each layer's output rows")
     pn.add_argument("--out", default=None, help="the pruned run directory (default RUN_DIR_pruned<percent>)")
     pn.add_argument("--checkpoint", default=None)
+    pn.add_argument("--finetune-steps", type=int, default=0,
+                    help="fine-tune the pruned model N optimizer steps on the run's training data, masks kept")
     _trust_flag(pn)
     pn.set_defaults(fn=cmd_prune)
     cv = sub.add_parser("cv", help="stratified K-fold cross-validation: mm-ptft cv CONFIG --folds K [--out DIR] "

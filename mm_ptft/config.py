@@ -146,6 +146,20 @@ class FinetuneConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=list)  # empty: attention projections, found by name
+    # continual fine-tuning: {name: l2_sp | ewc, weight: λ, fisher_from: RUN_DIR (ewc), fisher_samples: 256}
+    regularize: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class RehearsalConfig:
+    """``data.rehearsal``: a seeded sample of an earlier task's training rows mixed into this run's training set
+    (class-incremental: the label set is the union; ``source``, not ``from``, which Python reserves)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"fraction": "(0,1]", "max_samples": ">=0"}
+    source: str = MISSING  # an earlier run directory (its training rows, eval split excluded) or a data file
+    fraction: float = 0.2  # of the earlier training rows
+    max_samples: int = 0  # cap on the rows mixed in; 0: no cap
+    seed: int = 0
 
 
 @dataclass

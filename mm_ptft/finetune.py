@@ -1,5 +1,6 @@
-"""Fine-tuning strategies (full, linear probe, layer freezing, layer-wise LR decay, LoRA), gradient
-checkpointing, their parameter groups, and saving the adapted encoders as reloadable directories.
+"""Fine-tuning strategies (full, linear probe, layer freezing, layer-wise LR decay, LoRA), regularisation toward
+the starting weights (``finetune.regularize``: L2-SP, EWC), gradient checkpointing, their parameter groups, and
+saving the adapted encoders as reloadable directories.
 
 The run path applies these once to a prepared task and hands the trainer the parameter groups; the
 trainer never looks inside the model. Encoders are reached through the ``Task.encoders()`` contract."""
@@ -7,13 +8,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from torch import nn
 
 from mm_ptft.config import ConfigError, FinetuneConfig, OptimConfig, RunConfig
 from mm_ptft.registry import Registry
 from mm_ptft.train.optim import ParamGroups, param_groups as decay_groups
+from mm_ptft.train.regularize import LoadPrevious, attach as attach_regularizer
 
 STRATEGIES: Registry[None] = Registry("finetune_strategy")
 
@@ -99,10 +101,12 @@ def param_groups(task: nn.Module, optim: OptimConfig, ft: FinetuneConfig) -> lis
     return decay_groups(task, optim, scale)
 
 
-def prepare_for_training(task: nn.Module, cfg: RunConfig) -> ParamGroups:
-    """Apply ``cfg.finetune`` and gradient checkpointing once; return the trainer's param-group builder
-    (called on the task after distributed wrapping, which may replace parameters)."""
+def prepare_for_training(task: nn.Module, cfg: RunConfig, load_previous: Optional[LoadPrevious] = None) -> ParamGroups:
+    """Apply ``cfg.finetune`` (strategy, then ``finetune.regularize`` toward the weights it starts from, an
+    earlier run's read by ``load_previous``) and gradient checkpointing once; return the trainer's param-group
+    builder (called on the task after distributed wrapping, which may replace parameters)."""
     apply_finetune(task, cfg.finetune)
+    attach_regularizer(task, cfg.finetune.regularize, load_previous, cfg.train.distributed)
     if cfg.train.grad_checkpointing:
         set_grad_checkpointing(task)
     return lambda model: param_groups(model, cfg.optim, cfg.finetune)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from mm_ptft.config import RunConfig
+from mm_ptft.continual import previous_run
 from mm_ptft.contracts import Callback, Prepared
 from mm_ptft.finetune import prepare_for_training, save_encoders
 from mm_ptft.tasks import get_recipe, load_config
@@ -20,9 +21,9 @@ from mm_ptft.train.trainer import Trainer, seed_everything
 
 
 def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> Trainer:
-    """Apply the fine-tuning strategy and gradient checkpointing once, then hand the trainer the task,
-    its data, its parameter groups and callbacks."""
-    groups = prepare_for_training(prepared.task, cfg)
+    """Apply the fine-tuning strategy (and ``finetune.regularize``, which may read an earlier run) and gradient
+    checkpointing once, then hand the trainer the task, its data, its parameter groups and callbacks."""
+    groups = prepare_for_training(prepared.task, cfg, load_previous=previous_run)
     return Trainer.from_prepared(prepared, cfg, param_groups=groups, callbacks=callbacks)
 
 

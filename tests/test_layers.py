@@ -21,7 +21,7 @@ LAYERS = {
     # ``__init__`` is entry-level through lazy attributes only: it imports ``env`` eagerly (the torchaudio
     # guard runs first) and ``api`` inside ``__getattr__``/``train`` (see test_package_root_is_light)
     "entry": ["cli", "run", "quickstart", "export", "hub", "components", "api", "sweep", "prune", "cv", "fewshot",
-              "check_data", "__init__"],
+              "check_data", "continual", "__init__"],
 }
 ORDER = list(LAYERS)
 #: components may import these sibling components (besides their own package and the ground floor)

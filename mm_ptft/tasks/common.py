@@ -10,7 +10,8 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
-from mm_ptft.data.tables import DataError, LabelMap, load_table, per_class_sample, require_columns, resolve_eval
+from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, per_class_sample, require_columns, \
+    resolve_eval
 from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
@@ -129,13 +130,15 @@ def drop_data_files(cfg: Any) -> None:
 
 
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Optional[str] = None,
-             with_data: bool = True, trust_remote_code: bool = False) -> tuple[Any, Prepared, Recipe]:
+             with_data: bool = True, trust_remote_code: bool = False,
+             train_data: bool = False) -> tuple[Any, Prepared, Recipe]:
     """Rebuild a trained run from its resolved ``config.yaml`` and load its weights.
     Returns (cfg, prepared, recipe) with ``prepared.task`` in eval mode. ``with_data=False`` builds
     the model alone (labels, vocabulary and tokenizer are in the run), so a run directory copied to
     another machine predicts without its training data. A run directory is data, not code: an encoder
     whose config asks for ``trust_remote_code`` is refused unless the caller passes
-    ``trust_remote_code=True`` (the command line's ``--trust-remote-code``)."""
+    ``trust_remote_code=True`` (the command line's ``--trust-remote-code``). ``train_data=True`` also builds
+    the training set (fine-tuning a pruned copy, the Fisher of an earlier run)."""
     path = Path(run_dir)
     # A run directory answers for itself wherever it now lies: its config's ``${output_dir}/…`` paths
     # (tokenizer, generated data) resolve inside it, never in the place it was trained.
@@ -145,8 +148,70 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
         drop_data_files(cfg)
     recipe = get_recipe(cfg.task)
     with contextlib.nullcontext() if trust_remote_code else untrusted_source(str(run_dir)):
-        prepared = recipe.prepare(cfg, train=False)
+        prepared = recipe.prepare(cfg, train=train_data)
     apply_finetune(prepared.task, cfg.finetune)  # the same modules (e.g. LoRA adapters) as the checkpoint
     ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
     prepared.task.eval()
     return cfg, prepared, recipe
+
+
+# ---- rehearsal (continual fine-tuning) -------------------------------------------------------------
+
+def earlier_config(cfg: Any, keys: Sequence[str]) -> Optional[Any]:
+    """The resolved config of the earlier run ``data.rehearsal.source`` names (paths inside it resolved there),
+    or None when the source is a data file. Its data section must have the ``keys`` (``text_column`` …)."""
+    source = Path(cfg.data.rehearsal.source)
+    if not source.is_dir():
+        return None
+    if not (source / "config.yaml").is_file():
+        raise DataError(f"data.rehearsal.source={str(source)!r}: a directory without config.yaml is not a run")
+    earlier = load_config(source / "config.yaml", [f"output_dir={json.dumps(str(source.resolve()))}"])
+    missing = [k for k in keys if not hasattr(earlier.data, k)]
+    if missing:
+        raise DataError(f"data.rehearsal.source={str(source)!r}: that run ({earlier.task}) has no data.{missing[0]}; "
+                        f"rehearsal needs an earlier run of a recipe with the same columns")
+    return earlier
+
+
+def rehearsal_picks(spec: Any, n: int) -> list[int]:
+    """Seeded indices of ``spec.fraction`` of ``n`` earlier rows, at most ``spec.max_samples`` (0: no cap)."""
+    import torch
+
+    k = round(spec.fraction * n)
+    k = min(k, spec.max_samples) if spec.max_samples else k
+    return torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[:k].tolist()
+
+
+def check_rehearsed_labels(cfg: Any, theirs: Sequence[Any], ours: Sequence[Any]) -> None:
+    """Rehearsed labels must fit this run: the same type as its own, and inside ``data.labels`` when that is set."""
+    where = f"data.rehearsal.source={cfg.data.rehearsal.source!r}"
+    kinds = sorted({type(v).__name__ for v in theirs}), sorted({type(v).__name__ for v in ours})
+    if theirs and ours and kinds[0] != kinds[1]:
+        raise DataError(f"{where}: its labels are {'/'.join(kinds[0])}, this run's are {'/'.join(kinds[1])}: the label "
+                        f"sets clash (write both tasks' labels the same way, e.g. as class names)")
+    outside = sorted({str(v) for v in theirs} - {str(v) for v in cfg.data.labels})
+    if cfg.data.labels and outside:
+        raise DataError(f"{where}: labels {outside[:5]} of the earlier task are not in data.labels; rehearsal is "
+                        f"class-incremental: list the union of both tasks' labels, or leave data.labels empty")
+
+
+def add_rehearsal(cfg: Any, table: Any, keys: Sequence[str], counters: dict[str, int]) -> Any:
+    """``table`` (an HF dataset) plus a seeded sample of the earlier task's training rows named by
+    ``data.rehearsal`` (a run: its training split under its own column names; a file: this run's names), in the
+    columns ``cfg.data.<keys>`` name (the last holds the labels); counted as ``rehearsal_samples``."""
+    import datasets
+
+    spec = getattr(cfg.data, "rehearsal", None)
+    if spec is None:
+        return table
+    earlier = earlier_config(cfg, keys)
+    rows = load_splits(earlier, train=True)[0] if earlier else load_table(spec.source, "data.rehearsal.source")
+    columns = [getattr((earlier or cfg).data, k) for k in keys]
+    require_columns(rows, columns, f"data.rehearsal.source={spec.source}")
+    ours = [getattr(cfg.data, k) for k in keys]
+    picked = rows.select(rehearsal_picks(spec, len(rows))).select_columns([*columns, ROW])
+    picked = picked.rename_columns({c: o for c, o in zip(columns, ours) if c != o})
+    check_rehearsed_labels(cfg, picked[ours[-1]], table[ours[-1]])
+    counters["rehearsal_samples"] = len(picked)
+    table = table.select_columns([*ours, ROW])
+    return datasets.concatenate_datasets([table, picked.cast(table.features)])

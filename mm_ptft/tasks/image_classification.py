@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms, \
@@ -20,7 +20,8 @@ from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import eval_name, few_shot_rows, learn_labels, needs_train_file, resolve_files
+from mm_ptft.tasks.common import check_rehearsed_labels, earlier_config, eval_name, few_shot_rows, learn_labels, \
+    needs_train_file, rehearsal_picks, resolve_files
 from mm_ptft.types import IMAGE
 
 
@@ -43,6 +44,7 @@ class ImageClsData:
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
     streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
     shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
+    rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
 
 @dataclass
@@ -86,6 +88,22 @@ def _pick(table: tuple[list, list, list], idx: list[int]) -> tuple[list, list, l
     return tuple([column[i] for i in idx] for column in table)  # type: ignore[return-value]
 
 
+def _rehearsed(cfg: ImageClassificationConfig, tr: tuple, counters: dict[str, int]) -> tuple:
+    """``tr`` plus a seeded sample of the earlier task's training images named by ``data.rehearsal`` (a run: its
+    training split; a table or class folder: all of it), counted as ``rehearsal_samples``."""
+    d = cfg.data
+    earlier = earlier_config(cfg, ["path_column", "label_column"])
+    if earlier is not None:
+        resolve_files(earlier.data, earlier.output_dir)
+        rows = _split(earlier, True)[0]
+    else:
+        rows = _with_rows(image_table(d.rehearsal.source, "data.rehearsal.source", d.path_column, d.label_column))
+    picked = _pick(rows, rehearsal_picks(d.rehearsal, len(rows[0])))
+    check_rehearsed_labels(cfg, picked[1], tr[1])
+    counters["rehearsal_samples"] = len(picked[0])
+    return tuple(ours + theirs for ours, theirs in zip(tr, picked))
+
+
 def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg: ImageClassificationConfig,
              where: str, counters: dict[str, int]) -> Optional[ImageDataset]:
     if table is None:
@@ -104,10 +122,12 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
         return _prepare_stream(cfg, train)
     resolve_files(d, cfg.output_dir)
     tr, ev = _split(cfg, train)
-    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
     counters: dict[str, int] = {}
     few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
     tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
+    if train and tr is not None and d.rehearsal is not None:
+        tr = _rehearsed(cfg, tr, counters)  # earlier rows join after the K-shot pick: the label set is the union
+    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
 
     def datasets(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:
         return (_dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None,
@@ -119,7 +139,7 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
 def _prepare_stream(cfg: ImageClassificationConfig, train: bool) -> Prepared:
     """``data.streaming``: images decoded, checked and transformed per sample in the loader workers."""
     d = cfg.data
-    S.unsupported(labels_per_class=d.labels_per_class > 0)
+    S.unsupported(labels_per_class=d.labels_per_class > 0, rehearsal=d.rehearsal is not None)
     shards = S.shards_of(cfg, train)
     if not d.labels and any(s.kind == "tar" for s in shards[0]):
         raise DataError("data.labels is empty: list the classes (learning them from WebDataset shards would read "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import ROW, LabelMap, require_columns
 from mm_ptft.data.stream import CountingCollate
@@ -14,7 +14,7 @@ from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import eval_name, few_shot_table, learn_labels, load_splits, save_tokenizer
+from mm_ptft.tasks.common import add_rehearsal, eval_name, few_shot_table, learn_labels, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
@@ -38,6 +38,7 @@ class TextClsData:
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
     streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
     shuffle_block: int = 1000  # streaming: records shuffled (and length-bucketed) together
+    rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
 
 @dataclass
@@ -72,11 +73,12 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
     if d.streaming:
         return _prepare_stream(cfg, train)
     train_ds, eval_ds = load_splits(cfg, train, learn=not d.labels)
+    counters: dict[str, int] = {}
     if train_ds is not None:
         require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
-    labels = learn_labels(d, train_ds)
-    counters: dict[str, int] = {}
-    train_ds = few_shot_table(d, train_ds, cfg.seed, counters, train)  # a tokenizer learned below sees these rows only
+        train_ds = few_shot_table(d, train_ds, cfg.seed, counters, train)  # a tokenizer learned below sees these only
+        train_ds = add_rehearsal(cfg, train_ds, ["text_column", "label_column"], counters) if train else train_ds
+    labels = learn_labels(d, train_ds)  # with rehearsal: the union of both tasks' labels
     corpus = train_ds[d.text_column] if train_ds is not None else None
     encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
                             corpus=[t for t in corpus if t] if corpus else None)
@@ -98,7 +100,7 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
 def _prepare_stream(cfg: TextClassificationConfig, train: bool) -> Prepared:
     """``data.streaming``: labels from the label column alone, texts tokenised per sample in the loader workers."""
     d = cfg.data
-    S.unsupported(labels_per_class=d.labels_per_class > 0, augment=d.augment.active)
+    S.unsupported(labels_per_class=d.labels_per_class > 0, augment=d.augment.active, rehearsal=d.rehearsal is not None)
     shards = S.shards_of(cfg, train)
     labels = S.stream_labels(d, shards[0])
     corpus = S.stream_corpus(shards[0], lambda r: r.get(d.text_column)) if train else None
