@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
+import torch
+
 from mm_ptft.data.multimodal import Columns, MediaConfig, load_audio, load_image, media_path
 from mm_ptft.data.shards import Shard
 from mm_ptft.data.tables import DataError, LabelMap
@@ -96,4 +98,42 @@ class PairedRecord:
             item[TEXT] = ids[0]
         if self.labels is not None:
             item[LABELS] = self.labels.encode([self.label_of(record)], shard.name, [row])[0]
+        return item
+
+
+class LabeledRecord(PairedRecord):
+    """Map function of a streamed multimodal-classification split: like ``PairedRecord``, but a modality may be
+    absent (an empty cell, or no such file in a tar sample): it gets a placeholder and ``<modality>_present``
+    False (counted ``missing_<modality>``), as ``data.multimodal_rows`` does; the label is required."""
+
+    def __init__(self, modalities: Sequence[str], cols: Columns, media: MediaConfig, tokenizer: Any,
+                 max_length: int, labels: LabelMap, blank_text: list[int], skip_bad: bool = False) -> None:
+        super().__init__(modalities, cols, media, tokenizer, max_length, labels, skip_bad)
+        self.blank_text = blank_text
+
+    def _absent(self, record: dict[str, Any], modality: str) -> bool:
+        if is_tar_sample(record):
+            return not any(e in record for e in (EXTS[modality] if modality != "text" else ("txt",)))
+        value = record.get(getattr(self.cols, modality))
+        return value is None or not str(value).strip()
+
+    def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
+        absent = {m for m in self.modalities if self._absent(record, m)}
+        if len(absent) == len(self.modalities):
+            raise DataError(f"{shard.name}: row {row}: every modality {sorted(self.modalities)} is empty")
+        for m in sorted(absent):
+            counters[f"missing_{m}"] = counters.get(f"missing_{m}", 0) + 1
+        present = [m for m in self.modalities if m not in absent]
+        item = PairedRecord(present, self.cols, self.media, self.tokenizer, self.max_length, self.labels,
+                            self.skip_bad)(shard, row, record, counters)
+        if item is None:
+            return None
+        placeholders = {"text": (TEXT, self.blank_text), "image": (IMAGE, torch.zeros(3, self.media.image_size,
+                                                                                        self.media.image_size)),
+                        "audio": (AUDIO, torch.zeros(self.media.sample_rate // 10))}
+        for m in self.modalities:
+            item[f"{m}_present"] = m not in absent
+            if m in absent:
+                key, value = placeholders[m]
+                item[key] = value
         return item

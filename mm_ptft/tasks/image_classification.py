@@ -123,11 +123,11 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
     resolve_files(d, cfg.output_dir)
     tr, ev = _split(cfg, train)
     counters: dict[str, int] = {}
+    if train and tr is not None and d.rehearsal is not None:
+        tr = _rehearsed(cfg, tr, counters)  # the label set is the union of both tasks'
+    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
     few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
     tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
-    if train and tr is not None and d.rehearsal is not None:
-        tr = _rehearsed(cfg, tr, counters)  # earlier rows join after the K-shot pick: the label set is the union
-    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
 
     def datasets(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:
         return (_dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None,

@@ -13,12 +13,15 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES
+from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES, Columns, MediaConfig
+from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
+from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
-from mm_ptft.data.tables import ROW, LabelMap, load_table
+from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table
 from mm_ptft.fusion import build_fusion
 from mm_ptft.heads.multimodal import MultimodalClassifier
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, few_shot_table, learn_labels
 from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tables, media_config
 
@@ -27,8 +30,8 @@ from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tab
 class MMClsData:
     RANGES: ClassVar[dict[str, str]] = {
         "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0",
-        "labels_per_class": ">=0"}  # checked by config.parse
-    train_file: str = ""
+        "labels_per_class": ">=0", "shuffle_block": ">0"}  # checked by config.parse
+    train_file: str = ""  # a manifest; with streaming also WebDataset tars / manifest shards: a glob, brace range
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     eval_fraction: float = 0.1
     generate: Optional[Dict[str, Any]] = None
@@ -43,6 +46,8 @@ class MMClsData:
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     skip_bad_samples: bool = False
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
 
 
 @dataclass
@@ -68,6 +73,8 @@ def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared
     bad = sorted(set(d.modalities) - set(MODALITIES))
     if bad or not d.modalities:
         raise ConfigError(f"data.modalities={d.modalities}: choose a non-empty subset of {list(MODALITIES)}")
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     train_tab, eval_tab = load_tables(cfg, train or not d.labels)
     labels = learn_labels(d, train_tab)
     counters: dict[str, int] = {}
@@ -75,9 +82,7 @@ def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared
     corpus = [t for t in train_tab[d.text_column] if t] if train_tab is not None and "text" in d.modalities else None
     encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
     media = media_config(encoders, d)  # type: ignore[arg-type]
-    fusion = build_fusion(cfg.model.fusion, {m: e.out_dim for m, e in encoders.items()})
-    task = MultimodalClassifier(encoders, fusion, len(labels), cfg.model.dropout, cfg.model.label_smoothing,
-                                cfg.model.modality_dropout, d.labels)
+    task = _task(cfg, encoders, labels)
     tok = getattr(encoders.get("text"), "tokenizer", None)
     max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
     blank = tok("")["input_ids"] if tok is not None else []
@@ -94,6 +99,34 @@ def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared
                else None)
     collate = PresenceCollator(tok.pad_token_id if tok is not None else 0)
     return Prepared(task, tr, ev, collate, lengths(tr), lengths(ev), counters)
+
+
+def _task(cfg: MultimodalClassificationConfig, encoders: dict[str, Any], labels: LabelMap) -> MultimodalClassifier:
+    fusion = build_fusion(cfg.model.fusion, {m: e.out_dim for m, e in encoders.items()})
+    return MultimodalClassifier(encoders, fusion, len(labels), cfg.model.dropout, cfg.model.label_smoothing,
+                                cfg.model.modality_dropout, cfg.data.labels)
+
+
+def _prepare_stream(cfg: MultimodalClassificationConfig, train: bool) -> Prepared:
+    """``data.streaming``: each record decoded and checked in the loader workers (``LabeledRecord``)."""
+    d = cfg.data
+    S.unsupported(labels_per_class=d.labels_per_class > 0)
+    shards = S.shards_of(cfg, train)
+    if not d.labels and any(s.kind == "tar" for s in shards[0]):
+        raise DataError("data.labels is empty: list the classes (learning them from WebDataset shards would read "
+                        "every shard before the first step)")
+    labels = S.stream_labels(d, shards[0])
+    cols = Columns(d.text_column, d.image_column, d.audio_column, d.label_column)
+    reader = PairedRecord(d.modalities, cols, MediaConfig())
+    corpus = S.stream_corpus(shards[0], reader.text_of) if train and "text" in d.modalities else None
+    encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
+    tok = getattr(encoders.get("text"), "tokenizer", None)
+    max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
+    fn = LabeledRecord(d.modalities, cols, media_config(encoders, d), tok, max_len, labels,  # type: ignore[arg-type]
+                       tok("")["input_ids"] if tok is not None else [], d.skip_bad_samples)
+    tr, ev = S.streams(cfg, shards, fn, train)
+    collate = CountingCollate(PresenceCollator(tok.pad_token_id if tok is not None else 0))
+    return Prepared(_task(cfg, encoders, labels), tr, ev, collate)
 
 
 @torch.no_grad()

@@ -110,6 +110,9 @@ def _prepare_task(name: str, rec: Recipe, sub: Any, encoders: dict[str, Encoder]
         if type(err) not in (ValueError, ConfigError, DataError):
             raise
         raise type(err)(f"tasks.{name} ({sub.task}): {err}") from err
+    if getattr(sub.data, "streaming", False):
+        raise ConfigError(f"tasks.{name}.data.streaming: multitask mixes its tasks by index and needs in-memory "
+                          f"data; set it to false")
     own = sorted(m for m, enc in prepared.task.encoders().items() if encoders.get(m) is not enc)
     if own:
         raise ConfigError(f"tasks.{name} ({sub.task}) builds its own {own} encoder(s), which cannot be shared")

@@ -76,9 +76,9 @@ def prepare(cfg: TextClassificationConfig, train: bool = True) -> Prepared:
     counters: dict[str, int] = {}
     if train_ds is not None:
         require_columns(train_ds, [d.text_column, d.label_column], d.train_file)
-        train_ds = few_shot_table(d, train_ds, cfg.seed, counters, train)  # a tokenizer learned below sees these only
         train_ds = add_rehearsal(cfg, train_ds, ["text_column", "label_column"], counters) if train else train_ds
     labels = learn_labels(d, train_ds)  # with rehearsal: the union of both tasks' labels
+    train_ds = few_shot_table(d, train_ds, cfg.seed, counters, train)  # a tokenizer learned below sees these only
     corpus = train_ds[d.text_column] if train_ds is not None else None
     encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text",
                             corpus=[t for t in corpus if t] if corpus else None)
