@@ -84,7 +84,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | fp32 | bf16 | fp16 (GradScaler on CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: once per epoch
-    log_every: int = 10
+    log_every: int = 10  # steps per train log (its losses, rate and times cover the steps since the last); NaN/Inf checks
     save_every: int = 0  # steps between checkpoints; 0: at every evaluation
     keep_last: int = 2  # checkpoints kept besides the best one
     resume: bool = False  # continue from the latest good checkpoint in output_dir
