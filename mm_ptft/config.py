@@ -74,7 +74,8 @@ class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
         "epochs": ">=0", "max_steps": ">=-1", "batch_size": ">0", "eval_batch_size": ">=0", "grad_accum_steps": ">0",
         "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
-        "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0"}
+        "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0",
+        "prefetch_factor": ">0"}
     epochs: int = 1
     max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
     batch_size: int = 32
@@ -98,6 +99,9 @@ class TrainConfig:
     # metrics.jsonl is written whatever this says: it is part of the run directory
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
+    persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
+    # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
+    prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
     compile: bool = False
     grad_checkpointing: bool = False

@@ -158,8 +158,11 @@ class Trainer:
         # A private generator: iterating a loader must not draw from the global RNG (dropout etc.),
         # or a resumed run, which starts a fresh iterator mid-epoch, would diverge.
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.dist.rank + (0 if train else 1))
-        return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=self._workers(),
-                                  pin_memory=self.device.type == "cuda", persistent_workers=False, generator=gen)
+        workers = self._workers()
+        return StatefulDataLoader(data, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
+                                  pin_memory=self.device.type == "cuda", generator=gen,
+                                  persistent_workers=self.tc.persistent_workers and workers > 0,
+                                  prefetch_factor=self.tc.prefetch_factor if workers > 0 else None)
 
     def _workers(self) -> int:
         """``train.num_workers``, capped at the CPUs this process may use (more only adds contention)."""
