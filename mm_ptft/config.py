@@ -97,7 +97,7 @@ class TrainConfig:
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # [{name: <callback registry key>, ...kwargs}]
     report_to: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])  # + wandb, mlflow (extras);
     # metrics.jsonl is written whatever this says: it is part of the run directory
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops (checked at log/eval/save steps)
     num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
     persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)

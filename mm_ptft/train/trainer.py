@@ -113,9 +113,10 @@ class Trainer:
         self.metric = self.tc.metric_for_best or task.main_metric
         self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
         self.faults, self.window = S.FaultCounter(self.device), None
-        # on_step_end is told only of steps that changed the weights: only then must the host know each step
-        self._host_steps = any(getattr(type(cb), "on_step_end", None) is not Callback.on_step_end
-                               for cb in self.callbacks)
+        # The host must know each step's NaN/Inf verdict when on_step_end callbacks are told only of steps that
+        # changed the weights, and under FSDP (its DTensor parameters do not take found_inf).
+        self._host_steps = P.is_fsdp(self.model) or any(
+            getattr(type(cb), "on_step_end", None) is not Callback.on_step_end for cb in self.callbacks)
 
     @property
     def bad_steps_total(self) -> int:
@@ -471,7 +472,7 @@ class Trainer:
             stepped: Optional[bool] = True
         else:
             found_inf = S.nonfinite(norm)
-            on_device = not self._host_steps and not P.is_fsdp(self.model) and S.skips_on_device(self.opt)
+            on_device = not self._host_steps and S.skips_on_device(self.opt)
             stepped = S.step_unless(self.opt, found_inf, on_device)
             self.faults.add(found_inf)
         self.opt.zero_grad(set_to_none=True)
