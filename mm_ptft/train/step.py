@@ -14,6 +14,7 @@ would leave its momentum buffer uninitialised), are decided on the host (one syn
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -41,7 +42,8 @@ def skips_on_device(opt: torch.optim.Optimizer) -> bool:
     have their state already (a skipped first step would leave a freshly made state uninitialised)."""
     if not getattr(opt, "_step_supports_amp_scaling", False):
         return False
-    return all(p in opt.state for g in opt.param_groups for p in g["params"] if p.grad is not None)
+    stepped = _STEPPED.get(opt, set())  # stepped once already: whatever state they need exists (maybe none)
+    return all(p in opt.state or id(p) in stepped for p in params_of(opt) if p.grad is not None)
 
 
 def step_unless(opt: torch.optim.Optimizer, found_inf: torch.Tensor, on_device: bool) -> Optional[bool]:
@@ -58,7 +60,12 @@ def step_unless(opt: torch.optim.Optimizer, found_inf: torch.Tensor, on_device: 
     stepped = not bool(found_inf)  # host sync: this optimizer cannot take the flag
     if stepped:
         opt.step()
+        _STEPPED.setdefault(opt, set()).update(id(p) for p in params_of(opt) if p.grad is not None)
     return stepped
+
+
+#: per optimizer, the parameters (ids) it has taken a real step for
+_STEPPED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, set[int]]" = weakref.WeakKeyDictionary()
 
 
 class FaultCounter:

@@ -73,6 +73,18 @@ def test_non_fused_optimizers_and_new_state_are_decided_on_the_host():
     assert torch.allclose(model.weight, before[0] - 0.1)  # plain SGD's first step: w - lr * g
 
 
+def test_a_stateless_optimizer_skips_on_the_device_after_its_first_step():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)  # no momentum: it keeps no state
+    set_grads(model, 1.0)
+    assert not S.skips_on_device(opt)
+    assert S.step_unless(opt, torch.tensor(0.0), on_device=False) is True
+    assert not opt.state and S.skips_on_device(opt)
+    before = [p.detach().clone() for p in model.parameters()]
+    S.step_unless(opt, torch.tensor(1.0), on_device=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
 def test_grad_norm_clips_like_the_formula():
     model = nn.Linear(3, 1, bias=False)
     model.weight.grad = torch.tensor([[3.0, 4.0, 0.0]])  # norm 5
