@@ -116,7 +116,8 @@ class Trainer:
         # The host must know each step's NaN/Inf verdict when on_step_end callbacks are told only of steps that
         # changed the weights, and under FSDP (its DTensor parameters do not take found_inf).
         self._host_steps = P.is_fsdp(self.model) or any(
-            getattr(type(cb), "on_step_end", None) is not Callback.on_step_end for cb in self.callbacks)
+            getattr(type(cb), "on_step_end", None) is not Callback.on_step_end and not getattr(cb, "every_step", False)
+            for cb in self.callbacks)
 
     @property
     def bad_steps_total(self) -> int:
@@ -478,8 +479,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.step += 1
-        if stepped:
-            self._call("on_step_end")  # callbacks see the new step count
+        for cb in self.callbacks:  # they see the new step count; stepped None: decided on the device (see __init__)
+            if stepped is not False or getattr(cb, "every_step", False):
+                cb.on_step_end(self)
         return norm
 
     def _check_faults(self) -> None:
