@@ -74,7 +74,8 @@ class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
         "epochs": ">=0", "max_steps": ">=-1", "batch_size": ">0", "eval_batch_size": ">=0", "grad_accum_steps": ">0",
         "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
-        "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0"}
+        "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0",
+        "prefetch_factor": ">0"}
     epochs: int = 1
     max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
     batch_size: int = 32
@@ -84,7 +85,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the hardware has it, else fp32) | fp32 | bf16 | fp16 (GradScaler on CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_every: int = 0  # steps between evaluations; 0: once per epoch
-    log_every: int = 10
+    log_every: int = 10  # steps per train log (its losses, rate and times cover the steps since the last); NaN/Inf checks
     save_every: int = 0  # steps between checkpoints; 0: at every evaluation
     keep_last: int = 2  # checkpoints kept besides the best one
     resume: bool = False  # continue from the latest good checkpoint in output_dir
@@ -96,8 +97,11 @@ class TrainConfig:
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # [{name: <callback registry key>, ...kwargs}]
     report_to: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])  # + wandb, mlflow (extras);
     # metrics.jsonl is written whatever this says: it is part of the run directory
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops (checked at log/eval/save steps)
     num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
+    persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
+    # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
+    prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
     compile: bool = False
     grad_checkpointing: bool = False

@@ -109,12 +109,18 @@ def keep_frozen_in_eval(module: nn.Module) -> None:
 class Callback:
     """Training hooks; the trainer calls each with itself. Subclass and override what you need. Setting
     ``trainer.should_stop = True`` ends the run after the current step; a callback that also has
-    ``state_dict()``/``load_state_dict(state)`` (plain values) keeps its state in checkpoints across a resume."""
+    ``state_dict()``/``load_state_dict(state)`` (plain values) keeps its state in checkpoints across a resume.
+
+    ``every_step = True``: ``on_step_end`` follows every optimizer step, a skipped NaN/Inf one too (a step timer).
+    Otherwise it follows only steps that changed the weights, so the trainer must learn each step's verdict on the
+    host: one device sync per step while such a callback overrides ``on_step_end``."""
+
+    every_step: bool = False
 
     def on_train_start(self, trainer: Any) -> None: ...
 
     def on_step_end(self, trainer: Any) -> None:
-        """After an optimizer step that changed the weights."""
+        """After an optimizer step that changed the weights (``every_step``: after every optimizer step)."""
 
     def on_evaluate(self, trainer: Any, results: dict[str, float]) -> None: ...
 

@@ -99,12 +99,6 @@ def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
-def norm_value(norm: torch.Tensor) -> float:
-    """A total gradient norm as a float (FSDP returns a DTensor reduced across ranks)."""
-    full = getattr(norm, "full_tensor", None)
-    return float(full() if callable(full) else norm)
-
-
 def _full_options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

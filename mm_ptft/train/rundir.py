@@ -24,7 +24,8 @@ RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final_metrics.json", "checkpoint
 RUN_MARKERS = ("config.yaml", "checkpoints", "final_metrics.json")
 #: keys a resumed run may change without becoming another run (how long, where, how it reports)
 RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "train.on_config_change", "train.max_steps",
-               "train.epochs", "train.device", "train.num_workers", "train.log_every", "train.eval_every",
+               "train.epochs", "train.device", "train.num_workers", "train.persistent_workers",
+               "train.prefetch_factor", "train.log_every", "train.eval_every",
                "train.save_every", "train.keep_last", "train.report", "train.eval_batch_size",
                "train.early_stopping_patience", "train.max_bad_steps", "train.report_to"}
 OUTPUT_DIR_REF = "${output_dir}"

@@ -10,7 +10,7 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
 from mm_ptft.train import parallel as P
 from mm_ptft.train import rundir
+from mm_ptft.train import step as S
 from mm_ptft.train import trackers as T
 from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, l1_params, l1_penalty, param_groups
@@ -112,6 +113,21 @@ class Trainer:
                                            and self.device.type == "cuda")
         self.metric = self.tc.metric_for_best or task.main_metric
         self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
+        self.faults, self.window = S.FaultCounter(self.device), None
+        # The host must know each step's NaN/Inf verdict when on_step_end callbacks are told only of steps that
+        # changed the weights, and under FSDP (its DTensor parameters do not take found_inf).
+        self._host_steps = P.is_fsdp(self.model) or any(
+            getattr(type(cb), "on_step_end", None) is not Callback.on_step_end and not getattr(cb, "every_step", False)
+            for cb in self.callbacks)
+
+    @property
+    def bad_steps_total(self) -> int:
+        """Non-finite steps skipped so far (counted on the device: reading it syncs)."""
+        return self.faults.read_total()
+
+    @bad_steps_total.setter
+    def bad_steps_total(self, value: int) -> None:
+        self.faults = S.FaultCounter(self.device, value)
 
     @classmethod
     def from_prepared(cls, prepared: Prepared, cfg: RunConfig, param_groups: Optional[ParamGroups] = None,
@@ -143,8 +159,10 @@ class Trainer:
         # A private generator: iterating a loader must not draw from the global RNG (dropout etc.),
         # or a resumed run, which starts a fresh iterator mid-epoch, would diverge.
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.dist.rank + (0 if train else 1))
-        common = dict(collate_fn=self.collate, num_workers=self._workers(), pin_memory=self.device.type == "cuda",
-                      persistent_workers=False, generator=gen)
+        workers = self._workers()
+        common = dict(collate_fn=self.collate, num_workers=workers, pin_memory=self.device.type == "cuda",
+                      generator=gen, persistent_workers=self.tc.persistent_workers and workers > 0,
+                      prefetch_factor=self.tc.prefetch_factor if workers > 0 else None)
         if isinstance(data, IterableDataset):  # a stream splits, shuffles and buckets itself (data.stream)
             return StatefulDataLoader(data, batch_size=bs, **common)
         sampler = GroupedBatchSampler(len(data), bs, lengths if self.tc.group_by_length else None, shuffle=train,
@@ -227,6 +245,10 @@ class Trainer:
 
     def save_checkpoint(self) -> Optional[Path]:
         """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first)."""
+        with self._timed("save_s"):
+            return self._save_checkpoint()
+
+    def _save_checkpoint(self) -> Optional[Path]:
         path = None
         rngs = _gather_rng_states()
         if P.is_fsdp(self.model):
@@ -383,6 +405,7 @@ class Trainer:
         if self.start_step == 0:
             seed_everything(self.cfg.seed + self.dist.rank)
         self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step, trackers, to_dict(self.cfg))
+        self.window = S.Window()  # the first train log covers the time from here
         try:
             results = self._train(total)
             self._finish(results)
@@ -411,15 +434,14 @@ class Trainer:
         return self.last_results
 
     def _run_epoch(self, total: int) -> None:
-        """One pass over the loader (or what is left of it after a resume), or less when a callback stops the run."""
-        accum, n_batches = self.tc.grad_accum_steps, self._epoch_batches()
-        sums: dict[str, torch.Tensor] = {}
-        t0, samples, steps = time.time(), 0, 0
+        """One pass over the loader (or what is left of it after a resume), or less when a callback stops the run.
+        Nothing here waits for the device but the log, evaluation and checkpoint steps."""
+        accum, n_batches, win = self.tc.grad_accum_steps, self._epoch_batches(), self.window
         for batch in self.train_loader:
             self.batches_done += 1
             self._take_counts(batch)
             batch = to_device(batch, self.device)
-            samples += _batch_size(batch)
+            win.samples += _batch_size(batch)
             boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
             with P.grad_sync(self.model, boundary):  # accumulating: no all-reduce until the last micro-batch
                 with self._autocast():
@@ -428,26 +450,20 @@ class Trainer:
                     out = {**out, "l1_loss": l1_penalty(self.l1_params, self.cfg.optim.l1)}
                     out["loss"] = out["loss"] + out["l1_loss"]
                 self.scaler.scale(out["loss"] / accum).backward()
-            for k, v in out.items():
-                if k == "loss" or k.endswith("_loss"):
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            win.add_losses(out, accum)
             if not boundary:
                 continue
-            grad_norm = self._optimizer_step()
-            steps += 1
+            self.grad_norm = self._optimizer_step()
+            win.steps += 1
             self.logger.advance()
             if self.step % self.tc.log_every == 0 or self.step >= total:
-                rate = samples * self.dist.world / max(time.time() - t0, 1e-9)
-                vals = {k: v / steps for k, v in _mean_over_ranks(sums).items()}
-                self.logger.log(self.step, "train", {**vals, "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
-                                                     "samples_per_s": rate, "epoch": self.epoch})
-                if self.counts_changed:  # skips counted by streaming loader workers since the last log
-                    self.logger.log(self.step, "data", self.counters)
-                    self.counts_changed = False
-                sums, t0, samples, steps = {}, time.time(), 0, 0
+                self._check_faults()
+                self._log_train()
+                win = self.window
             if self.step % self.eval_every == 0 or self.step >= total:
                 self._eval_and_save()
             elif self.tc.save_every and self.step % self.tc.save_every == 0:
+                self._check_faults()
                 self.save_checkpoint()
             if self.step >= total or self.should_stop:
                 return
@@ -459,41 +475,74 @@ class Trainer:
             self.counters[k] = self.counters.get(k, 0) + v
             self.counts_changed = True
 
-    def _optimizer_step(self) -> float:
-        """Unscale, clip, and step unless the loss or gradient is NaN/Inf (then skip and count)."""
+    def _log_train(self) -> None:
+        """Log the window's mean losses, the last gradient norm, lr and throughput; open the next window."""
+        win = self.window
+        vals = {k: v / win.steps for k, v in _mean_over_ranks(win.sums).items()}
+        vals.update(lr=self.sched.get_last_lr()[0], grad_norm=float(self.grad_norm))  # read before the clock stops
+        now = time.perf_counter()
+        self.logger.log(self.step, "train", {**vals, **win.timings(self.dist.world, now), "epoch": self.epoch})
+        if self.counts_changed:  # skips counted by streaming loader workers since the last log
+            self.logger.log(self.step, "data", self.counters)
+            self.counts_changed = False
+        self.window = S.Window(start=now)
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        """Add the time the block takes to the current window's ``part`` (``eval_s`` / ``save_s``)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.window is not None:
+                setattr(self.window, part, getattr(self.window, part) + time.perf_counter() - t0)
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Unscale, clip, and step unless the loss or gradient is NaN/Inf (then skip and count), without a host
+        sync where the optimizer can skip on the device (``step.skips_on_device``). Returns the gradient norm
+        (a device tensor)."""
         self.scaler.unscale_(self.opt)
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        clip = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
-        norm = P.norm_value(torch.nn.utils.clip_grad_norm_(params, clip))  # same on every rank (reduced grads)
-        stepped = math.isfinite(norm) or self.scaler.is_enabled()  # fp16: the scaler skips overflow steps itself
-        if stepped:
+        norm = S.grad_norm(S.params_of(self.opt), self.tc.grad_clip)  # same on every rank (reduced grads)
+        if self.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself (fused: on the device)
             self.scaler.step(self.opt)
             self.scaler.update()
-            self.bad_steps = 0
+            stepped: Optional[bool] = True
         else:
-            self.bad_steps += 1
-            self.bad_steps_total += 1
-            self.logger.log(self.step, "fault", {"nonfinite_steps_skipped": self.bad_steps_total})
-            if self.bad_steps >= self.tc.max_bad_steps:
-                self.opt.zero_grad(set_to_none=True)
-                path = self.save_checkpoint()  # the skipped steps changed no weights: this is the last good state
-                raise NonFiniteError(f"{self.bad_steps} consecutive steps had a NaN/Inf loss or gradient "
-                                     f"(train.max_bad_steps={self.tc.max_bad_steps}); the last good state "
-                                     f"is saved in {path or self.run_dir / 'checkpoints'}")
+            found_inf = S.nonfinite(norm)
+            on_device = not self._host_steps and S.skips_on_device(self.opt)
+            stepped = S.step_unless(self.opt, found_inf, on_device)
+            self.faults.add(found_inf)
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.step += 1
-        if stepped:
-            self._call("on_step_end")  # callbacks see the new step count
+        for cb in self.callbacks:  # they see the new step count; stepped None: decided on the device (see __init__)
+            if stepped is not False or getattr(cb, "every_step", False):
+                cb.on_step_end(self)
         return norm
+
+    def _check_faults(self) -> None:
+        """At log, evaluation and checkpoint steps (one sync): log the non-finite steps skipped since the last
+        check; stop when a run of ``train.max_bad_steps`` consecutive ones happened, saving the last good state
+        (skipped steps changed no weights)."""
+        since, worst, total = self.faults.read()
+        if since:
+            self.logger.log(self.step, "fault", {"nonfinite_steps_skipped": since, "nonfinite_steps_total": total})
+        if worst >= self.tc.max_bad_steps:
+            self.opt.zero_grad(set_to_none=True)
+            path = self.save_checkpoint()
+            raise NonFiniteError(f"{worst} consecutive steps had a NaN/Inf loss or gradient "
+                                 f"(train.max_bad_steps={self.tc.max_bad_steps}); the last good state "
+                                 f"is saved in {path or self.run_dir / 'checkpoints'}")
 
     def _eval_and_save(self) -> None:
         """Evaluate, track the best metric, checkpoint (callbacks see the results first: early stopping)."""
-        results = self.evaluate()
-        self.last_eval_step, self.last_results = self.step, results
-        if results:
-            self.logger.log(self.step, "eval", results)
-        self._call("on_evaluate", results)
+        self._check_faults()
+        with self._timed("eval_s"):
+            results = self.evaluate()
+            self.last_eval_step, self.last_results = self.step, results
+            if results:
+                self.logger.log(self.step, "eval", results)
+            self._call("on_evaluate", results)
         value = results.get(self.metric)
         if value is not None:
             better = self.best_value is None or (value > self.best_value if self.greater else value < self.best_value)

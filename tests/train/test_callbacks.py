@@ -1,5 +1,6 @@
 """Trainer callbacks: each hook is called at its point in the loop with the trainer (and its arguments);
-``on_step_end`` only after optimizer steps that changed the weights (not after skipped non-finite ones),
+``on_step_end`` only after optimizer steps that changed the weights (not after skipped non-finite ones) unless the
+callback asks for every step,
 and the trainer uses the parameter groups it is handed. Callbacks from ``train.callbacks`` (registry entries),
 early stopping among them, and a callback stopping the run through ``trainer.should_stop``."""
 import json
@@ -81,6 +82,18 @@ def test_hooks_fire_in_order_and_skip_nonfinite_steps(tmp_path):
     Trainer(Linear(nan_calls={3}), cfg, data(), data(8), collate, callbacks=[rec]).fit()
     assert rec.events == [("start", 0), ("step", 1), ("step", 2), ("evaluate", 2), ("save", True),
                           ("step", 4), ("evaluate", 4), ("save", True), ("end", 4)]  # step 3 was skipped (NaN)
+
+
+def test_an_every_step_callback_also_sees_skipped_steps(tmp_path):
+    class EveryStep(Recorder):
+        every_step = True
+
+    rec, cfg = EveryStep(), RunConfig(task="toy", output_dir=str(tmp_path),
+                                      train=TrainConfig(batch_size=8, max_steps=4, report=False, device="cpu"))
+    trainer = Trainer(Linear(nan_calls={1, 3}), cfg, data(), None, collate, callbacks=[rec])
+    trainer.fit()
+    assert [s for kind, s in rec.events if kind == "step"] == [1, 2, 3, 4]  # steps 1 and 3 skipped (NaN)
+    assert trainer.bad_steps_total == 2
 
 
 def test_trainer_uses_the_param_groups_it_is_handed(tmp_path):

@@ -74,7 +74,7 @@ def data(n=64):
 
 
 def make_trainer(tmp_path, task, **train_kw):
-    tc = TrainConfig(batch_size=8, max_steps=6, log_every=1, report=False, device="cpu", **train_kw)
+    tc = TrainConfig(**{"batch_size": 8, "max_steps": 6, "log_every": 1, "report": False, "device": "cpu", **train_kw})
     cfg = RunConfig(task="faulty", output_dir=str(tmp_path), train=tc)
     return Trainer(task, cfg, data(), None, collate)
 
@@ -85,30 +85,54 @@ def events(tmp_path, kind):
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
-    task = FaultyTask(nan_calls={2}, inf_grad_calls={3})
-    trainer = make_trainer(tmp_path, task)
+    """Counted on the device, reported at log steps: the fault event gives the steps skipped since the last log."""
+    task = FaultyTask(nan_calls={2}, inf_grad_calls={3, 5})
+    trainer = make_trainer(tmp_path, task, log_every=4, max_steps=8)
     trainer.fit()
     # calls 2 (NaN loss) and 3 (Inf gradient) changed nothing: call 4 sees the weights call 2 saw
-    assert torch.equal(task.seen[2], task.seen[4])
+    assert torch.equal(task.seen[2], task.seen[4]) and torch.equal(task.seen[5], task.seen[6])
     assert not torch.equal(task.seen[1], task.seen[2]) and not torch.equal(task.seen[4], task.seen[5])
     faults = events(tmp_path, "fault")
-    assert [f["nonfinite_steps_skipped"] for f in faults] == [1, 2]
-    for state in trainer.opt.state.values():  # AdamW took 4 real steps and its moments stayed finite
-        assert int(state["step"]) == 4
+    assert [(f["step"], f["nonfinite_steps_skipped"], f["nonfinite_steps_total"]) for f in faults] == [(4, 2, 2), (8, 1, 3)]
+    for state in trainer.opt.state.values():  # AdamW took 5 real steps and its moments stayed finite
+        assert int(state["step"]) == 5
         assert torch.isfinite(state["exp_avg"]).all() and torch.isfinite(state["exp_avg_sq"]).all()
     assert all(torch.isfinite(p).all() for p in task.parameters())
 
 
-def test_too_many_bad_steps_stop_with_a_checkpoint_of_the_last_good_state(tmp_path):
+def test_a_bad_first_step_creates_no_optimizer_state(tmp_path):
+    task = FaultyTask(nan_calls={1})
+    trainer = make_trainer(tmp_path, task, max_steps=2)
+    trainer.fit()
+    assert torch.equal(task.seen[1], task.seen[2])
+    assert all(int(state["step"]) == 1 for state in trainer.opt.state.values())
+    assert [f["nonfinite_steps_skipped"] for f in events(tmp_path, "fault")] == [1]
+
+
+@pytest.mark.parametrize("log_every", [1, 2])
+def test_too_many_bad_steps_stop_with_a_checkpoint_of_the_last_good_state(tmp_path, log_every):
+    """max_bad_steps is checked at log steps: with log_every=2 the run of 4 bad steps (3..6) is seen at step 6."""
     task = FaultyTask(nan_calls={3, 4, 5, 6})
-    trainer = make_trainer(tmp_path, task, max_bad_steps=3)
-    with pytest.raises(NonFiniteError, match=r"3 consecutive steps.*train.max_bad_steps=3.*saved in .*step_"):
+    trainer = make_trainer(tmp_path, task, max_bad_steps=3, log_every=log_every)
+    bad = {1: 3, 2: 4}[log_every]  # consecutive bad steps when the check sees them
+    with pytest.raises(NonFiniteError, match=rf"{bad} consecutive steps.*train.max_bad_steps=3.*saved in .*step_"):
         trainer.fit()
     newest = ckpt.latest_good(tmp_path / "checkpoints")
     assert newest is not None
     saved = ckpt.read_weights(newest)["linear.weight"]
     assert torch.equal(saved, task.seen[3])  # the weights after the 2 good steps
-    assert ckpt.read_state(newest)["bad_steps_total"] == 3
+    assert ckpt.read_state(newest)["bad_steps_total"] == bad
+    assert events(tmp_path, "fault")[-1]["nonfinite_steps_total"] == bad
+
+
+def test_a_run_of_bad_steps_between_logs_still_stops_the_run(tmp_path):
+    """4 bad steps in a row (2..5) then good ones: the check at step 8 sees the run of 4 although it ended."""
+    task = FaultyTask(nan_calls={2, 3, 4, 5})
+    trainer = make_trainer(tmp_path, task, max_bad_steps=4, log_every=8, max_steps=8)
+    with pytest.raises(NonFiniteError, match=r"4 consecutive steps"):
+        trainer.fit()
+    saved = ckpt.read_weights(ckpt.latest_good(tmp_path / "checkpoints"))["linear.weight"]
+    assert torch.equal(saved, task.linear.weight.detach()) and torch.isfinite(saved).all()
 
 
 def save_three(root):

@@ -30,24 +30,28 @@ class Crash(Exception):
     pass
 
 
-def test_resume_mid_epoch_gives_identical_weights(topics_data, tmp_path, monkeypatch):
-    """N steps straight == N/2 steps, crash, resume to N (CPU): bitwise-identical weights."""
-    steps = ["train.max_steps=12", "train.eval_every=5", "train.save_every=3"]
-    train(cfg_for(topics_data, tmp_path / "straight", *steps))
-
+def crash_then_resume(data, out, steps, crash_at, monkeypatch):
+    """Train with ``steps`` into ``out``, crash right after optimizer step ``crash_at``, resume to the end."""
     real_step = Trainer._optimizer_step
 
     def crashing(self):
         norm = real_step(self)
-        if self.step == 7:  # after the checkpoint at step 6, mid-epoch (25 batches per epoch)
+        if self.step == crash_at:
             raise Crash()
         return norm
 
     monkeypatch.setattr(Trainer, "_optimizer_step", crashing)
     with pytest.raises(Crash):
-        train(cfg_for(topics_data, tmp_path / "resumed", *steps))
+        train(cfg_for(data, out, *steps))
     monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
-    train(cfg_for(topics_data, tmp_path / "resumed", *steps, "train.resume=true"))
+    train(cfg_for(data, out, *steps, "train.resume=true"))
+
+
+def test_resume_mid_epoch_gives_identical_weights(topics_data, tmp_path, monkeypatch):
+    """N steps straight == N/2 steps, crash, resume to N (CPU): bitwise-identical weights."""
+    steps = ["train.max_steps=12", "train.eval_every=5", "train.save_every=3"]
+    train(cfg_for(topics_data, tmp_path / "straight", *steps))
+    crash_then_resume(topics_data, tmp_path / "resumed", steps, 7, monkeypatch)  # after step 6's checkpoint, mid-epoch
 
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
@@ -95,3 +99,29 @@ def test_early_stopping(topics_data, tmp_path):
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
     assert any(r["kind"] == "early_stop" for r in records)
+
+
+@pytest.mark.parametrize("workers, persistent, prefetch", [(2, True, 4), (0, None, None)])
+def test_loader_workers_persist_and_prefetch(topics_data, tmp_path, workers, persistent, prefetch):
+    """train.persistent_workers / train.prefetch_factor reach the loader where there are workers (torch refuses
+    them without)."""
+    from mm_ptft.tasks.text_classification import TextClassification
+
+    cfg = cfg_for(topics_data, tmp_path, f"train.num_workers={workers}", "train.prefetch_factor=4")
+    prepared = TextClassification.prepare(cfg)
+    loader = Trainer.from_prepared(prepared, cfg).train_loader
+    assert loader.num_workers == workers
+    assert loader.persistent_workers is bool(persistent) and loader.prefetch_factor == prefetch
+
+
+@pytest.mark.slow
+def test_resume_with_persistent_workers_gives_identical_weights(topics_data, tmp_path, monkeypatch):
+    """Workers kept across the epoch boundary (7 batches of 64 per epoch) in the straight run; the resumed run
+    starts fresh ones mid-epoch 1: the same weights (and the same as without workers)."""
+    steps = ["train.batch_size=64", "train.max_steps=12", "train.save_every=9", "train.eval_every=100",
+             "train.num_workers=2", "train.persistent_workers=true"]
+    train(cfg_for(topics_data, tmp_path / "straight", *steps))
+    train(cfg_for(topics_data, tmp_path / "no_workers", *steps, "train.num_workers=0"))
+    crash_then_resume(topics_data, tmp_path / "resumed", steps, 10, monkeypatch)  # after step 9's checkpoint
+    a, b, c = (final_weights(tmp_path / d) for d in ("straight", "resumed", "no_workers"))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)

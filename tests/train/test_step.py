@@ -1,0 +1,245 @@
+"""The host-sync-free step: a NaN/Inf step skipped on the device leaves weights and optimizer state exactly as a
+reference that never took it; non-finite steps counted on the device; between log steps a run reads nothing from
+a tensor; and a train log covers the wall time since the previous one, evaluation and checkpoints included."""
+import copy
+import json
+import time
+import traceback
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_ptft.config import RunConfig, TrainConfig
+from mm_ptft.contracts import Callback, Task
+from mm_ptft.data.text import Records
+from mm_ptft.train import step as S
+from mm_ptft.train.trainer import Trainer
+from mm_ptft.types import LABELS
+
+
+def set_grads(model, value):
+    for p in model.parameters():
+        p.grad = torch.full_like(p, value) if value is not None else torch.randn_like(p)
+
+
+def state_of(opt):
+    return [{k: v.clone() for k, v in opt.state[p].items()} for p in S.params_of(opt)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1, fused=True),
+    lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.1, fused=True),
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1, fused=True),
+])
+def test_a_bad_step_skipped_on_the_device_changes_nothing(make):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = make(model.parameters())
+    set_grads(model, None)
+    assert not S.skips_on_device(opt)  # no state yet: a skipped first step would leave it uninitialised
+    opt.step()
+    ref_model = copy.deepcopy(model)
+    ref_opt = make(ref_model.parameters())
+    ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # (load_state_dict would share its tensors)
+    before, state = [p.detach().clone() for p in model.parameters()], state_of(opt)
+
+    set_grads(model, float("nan"))
+    assert S.skips_on_device(opt)
+    assert S.step_unless(opt, S.nonfinite(S.grad_norm(S.params_of(opt), 1.0)), on_device=True) is None
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))  # weight decay did not apply either
+    for got, want in zip(state_of(opt), state):  # moments, momentum buffers and step counts as they were
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+    torch.manual_seed(1)
+    set_grads(model, None)
+    torch.manual_seed(1)
+    set_grads(ref_model, None)
+    S.step_unless(opt, S.nonfinite(S.grad_norm(S.params_of(opt), 0.0)), on_device=True)  # a good one steps
+    ref_opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+
+
+def test_non_fused_optimizers_and_new_state_are_decided_on_the_host():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=False)
+    set_grads(model, 1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert not S.skips_on_device(opt)
+    assert S.step_unless(opt, torch.tensor(1.0), on_device=False) is False
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before)) and not opt.state
+    assert S.step_unless(opt, torch.tensor(0.0), on_device=False) is True
+    assert torch.allclose(model.weight, before[0] - 0.1)  # plain SGD's first step: w - lr * g
+
+
+def test_a_stateless_optimizer_skips_on_the_device_after_its_first_step():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)  # no momentum: it keeps no state
+    set_grads(model, 1.0)
+    assert not S.skips_on_device(opt)
+    assert S.step_unless(opt, torch.tensor(0.0), on_device=False) is True
+    assert not opt.state and S.skips_on_device(opt)
+    before = [p.detach().clone() for p in model.parameters()]
+    S.step_unless(opt, torch.tensor(1.0), on_device=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_grad_norm_clips_like_the_formula():
+    model = nn.Linear(3, 1, bias=False)
+    model.weight.grad = torch.tensor([[3.0, 4.0, 0.0]])  # norm 5
+    norm = S.grad_norm(S.params_of(torch.optim.SGD(model.parameters(), lr=1.0)), 1.0)
+    assert float(norm) == pytest.approx(5.0)
+    assert torch.allclose(model.weight.grad, torch.tensor([[0.6, 0.8, 0.0]]), atol=1e-5)  # scaled by 1/5
+    model.weight.grad = torch.tensor([[3.0, 4.0, 0.0]])
+    assert float(S.grad_norm([model.weight], 0.0)) == pytest.approx(5.0)
+    assert torch.equal(model.weight.grad, torch.tensor([[3.0, 4.0, 0.0]]))  # 0: no clipping
+
+
+def test_fault_counter_windows():
+    counter = S.FaultCounter(torch.device("cpu"), total=5)
+    for bad in [0, 1, 1, 0, 1, 1, 1]:
+        counter.add(torch.tensor(float(bad)))
+    assert counter.read() == (5, 3, 10)  # 5 bad, longest run 3 (still going), 5 + 5 in all
+    for bad in [1, 0]:
+        counter.add(torch.tensor(float(bad)))
+    assert counter.read() == (1, 4, 11)  # the run open at the last read went on to 4
+    assert counter.read() == (0, 0, 11)
+
+
+# ---- in the trainer ---------------------------------------------------------------------------------
+class Counting(Task):
+    """A linear model whose i-th training call has loss ``i`` (plus 0 * the model's output, for a gradient)."""
+
+    main_metric, greater_is_better = "loss", False
+
+    def __init__(self, clock=None):
+        super().__init__()
+        self.linear, self.calls, self.clock = nn.Linear(4, 2), 0, clock
+
+    def forward(self, batch):
+        loss = F.cross_entropy(self.linear(batch["x"]), batch[LABELS])
+        if self.training:
+            self.calls += 1
+            if self.clock is not None:
+                self.clock.advance(1.0)  # each training step takes 1 s of the fake clock
+            loss = loss * 0 + self.calls
+        return {"loss": loss}
+
+
+def data(n):
+    x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))  # (N, 4)
+    return Records([{"x": x[i], LABELS: int(x[i, 0] > 0)} for i in range(n)])
+
+
+def collate(items):
+    return {"x": torch.stack([it["x"] for it in items]), LABELS: torch.tensor([it[LABELS] for it in items])}
+
+
+def trainer_for(tmp_path, task, callbacks=(), **train):
+    tc = TrainConfig(**{"batch_size": 8, "report": False, "device": "cpu", "precision": "fp32", **train})
+    return Trainer(task, RunConfig(task="toy", output_dir=str(tmp_path), train=tc), data(16), None, collate,
+                   callbacks=callbacks)
+
+
+def train_logs(tmp_path):
+    recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r["kind"] == "train"]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+class SlowSave(Callback):
+    def __init__(self, clock):
+        self.clock = clock
+
+    def on_save(self, trainer, path):
+        self.clock.advance(10.0)
+
+
+def test_a_train_log_covers_the_time_since_the_previous_one(tmp_path, monkeypatch):
+    """2 batches per epoch, a checkpoint (10 s) at every epoch end, logs at steps 3 and 6: each window holds
+    3 steps (1 s each) and one checkpoint, across epoch boundaries; losses are the mean over its steps."""
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    trainer_for(tmp_path, Counting(clock), [SlowSave(clock)], max_steps=6, log_every=3).fit()
+    logs = train_logs(tmp_path)
+    assert [r["step"] for r in logs] == [3, 6]
+    for r, losses in zip(logs, [(1, 2, 3), (4, 5, 6)]):
+        assert r["loss"] == pytest.approx(sum(losses) / 3)
+        assert r["train_time_s"] == pytest.approx(3.0) and r["save_time_s"] == pytest.approx(10.0)
+        assert r["eval_time_s"] == pytest.approx(0.0)
+        assert r["samples_per_s"] == pytest.approx(3 * 8 / 13.0)  # 24 samples in 13 s of wall time
+
+
+def test_a_real_sleep_in_a_save_is_inside_the_window(tmp_path):
+    class Sleep(Callback):
+        def on_save(self, trainer, path):
+            time.sleep(0.3)
+
+    t0 = time.perf_counter()
+    trainer_for(tmp_path, Counting(), [Sleep()], max_steps=4, log_every=4).fit()
+    (log,) = train_logs(tmp_path)
+    wall = 4 * 8 / log["samples_per_s"]
+    assert log["save_time_s"] >= 0.3 and wall >= log["save_time_s"] + log["train_time_s"] - 1e-6
+    assert wall >= 0.3 and wall <= time.perf_counter() - t0
+
+
+SYNCS = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+
+def _in_data_loading() -> bool:
+    """Whether the read comes from the data loader (its CPU-side sampler and worker seeds at each epoch start:
+    host tensors by design, never the device's)."""
+    return any("/torch/utils/data/" in f.filename or "/torchdata/" in f.filename for f in traceback.extract_stack())
+
+
+def test_no_tensor_is_read_between_log_steps(tmp_path, monkeypatch):
+    """Count every read of a tensor's value on the host (the calls that would wait for a GPU) and where the loop
+    was: only the first step (it creates the optimizer state) and the log/eval/save steps may read."""
+    class StepTimer(Callback):
+        every_step = True  # called after every step: the trainer need not know which ones were skipped
+
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, trainer):
+            self.steps.append(trainer.step)
+
+    task, timer = Counting(), StepTimer()
+    trainer = trainer_for(tmp_path, task, [timer], max_steps=9, log_every=4, save_every=0, eval_every=100)
+    reads, allowed = [], [0]
+    for name in SYNCS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **kw):
+            if not _in_data_loading():
+                reads.append((_name, task.calls, allowed[0] > 0))
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for method in ("_log_train", "_check_faults", "_eval_and_save", "save_checkpoint"):
+        real = getattr(trainer, method)
+
+        def marked(*a, _real=real, **kw):
+            allowed[0] += 1
+            try:
+                return _real(*a, **kw)
+            finally:
+                allowed[0] -= 1
+
+        monkeypatch.setattr(trainer, method, marked)
+    trainer.fit()
+    assert trainer.step == 9 and timer.steps == list(range(1, 10))
+    stray = [(name, call) for name, call, ok in reads if not ok and call > 1]
+    assert stray == [], stray
+    assert any(ok for _, _, ok in reads)  # the log steps did read (the counting works)
