@@ -297,11 +297,15 @@ class Trainer:
         model.eval()
         metrics = self.task.build_metrics().to(self.device)
         loss_sum = torch.zeros(2, device=self.device, dtype=torch.float64)
-        first, n_batches, eval_counts = None, 0, {}
-        for batch in self.eval_loader:
+        first, eval_counts = None, {}
+        for batch in self._eval_batches():
+            if batch is None:  # FSDP: this rank is out of batches while another still runs forwards
+                with self._autocast():
+                    model(to_device(self._filler(first), self.device))  # output discarded
+                continue
             for k, v in (batch.pop(COUNTS, None) or {}).items() if isinstance(batch, dict) else ():
                 eval_counts[k] = eval_counts.get(k, 0) + v
-            first, n_batches = first or batch, n_batches + 1
+            first = first or batch
             batch = to_device(batch, self.device)
             with self._autocast():
                 out = model(batch)
@@ -309,10 +313,6 @@ class Trainer:
             if "loss" in out:
                 n = len(next(iter(batch.values())))
                 loss_sum += torch.stack([out["loss"].detach().double() * n, torch.tensor(n, device=self.device)])
-        fillers = D.all_reduce_max(n_batches) - n_batches if P.is_fsdp(self.model) else 0
-        for _ in range(fillers):
-            with self._autocast():
-                model(to_device(first, self.device))  # output discarded
         model.train()
         results = metrics.compute()
         # non-scalar results (a confusion matrix) a metrics object may give: written at the end of fit
@@ -323,6 +323,35 @@ class Trainer:
         if total[1] > 0:
             results["loss"] = float(total[0] / total[1])
         return results
+
+    def _eval_batches(self) -> Iterator[Optional[Any]]:
+        """The eval batches. Under FSDP (its forward is a collective) a rank with fewer batches then gets None (a
+        filler forward) until every rank is done: counted up front for a map-style split, agreed batch by batch
+        for a stream (whose length no rank knows)."""
+        if not P.is_fsdp(self.model):
+            yield from self.eval_loader
+            return
+        if not isinstance(self.eval_loader.dataset, IterableDataset):
+            n = len(self.eval_loader)
+            extra = D.all_reduce_max(n) - n  # before any forward: every rank calls it at the same point
+            yield from self.eval_loader
+            yield from [None] * extra
+            return
+        batches = iter(self.eval_loader)
+        while True:
+            batch = next(batches, None)
+            if not D.all_reduce_max(int(batch is not None)):
+                return
+            yield batch
+
+    def _filler(self, seen: Optional[Any]) -> Any:
+        """A batch for a filler forward: one this rank has seen, else the split's first sample."""
+        if seen is not None:
+            return seen
+        if isinstance(self.eval_loader.dataset, IterableDataset):
+            raise ConfigError("the eval stream gave this rank no batch: use fewer ranks or train.num_workers, or more "
+                              "eval data")
+        return self.collate([self.eval_loader.dataset[0]])
 
     # ---- the loop -------------------------------------------------------------------------
     def _setup_fit(self) -> int:

@@ -110,3 +110,20 @@ def test_text_regression_streams_and_learns_the_target_scale_in_one_pass(tmp_pat
     (tmp_path / "bad.csv").write_text("text,score\nfine,1.0\nbroken,abc\n")
     with pytest.raises(DataError, match=r"bad.csv: row 1: column 'score' must hold a finite number"):
         _scale(expand_sources(str(tmp_path / "bad.csv")), "score")
+
+
+def test_two_fsdp_ranks_stream_train_and_evaluate_in_lockstep(tmp_path, shards):
+    """2 gloo ranks under FSDP2 (whose forward is a collective) over a streamed, hash-split eval set: the ranks
+    hold different numbers of eval batches, and the one that runs out does filler forwards until both are done."""
+    import subprocess
+
+    out = tmp_path / "fsdp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "train", "dist_worker.py"), TEXT_TINY, f"output_dir={out}", "train.report=false",
+           "data.generate=null", f"data.train_file={shards['pattern']}", "data.streaming=true",
+           "data.skip_bad_samples=true", "data.eval_fraction=0.2", "train.max_steps=3", "train.batch_size=8",
+           "train.eval_batch_size=7", "train.distributed=fsdp", "train.device=cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy" in json.loads((out / "final_metrics.json").read_text())
