@@ -1,6 +1,6 @@
 """Run every comparison under one set of rules and write ``benchmarks/RESULTS.md`` and ``benchmarks/results.json``.
 
-    python -m benchmarks.run_all [--quick] [--only NAME ...] [--seeds 5] [--threads 1]
+    python -m benchmarks.run_all [--quick] [--only NAME ...] [--seeds 5] [--threads 1] [--out DIR]
 
 Rules (``benchmarks/common.py``): throughput from step-end stamps taken outside each training loop over the
 same window (w, N] on both sides, start-up and final evaluation reported apart; every figure as mean ± sd
@@ -50,7 +50,9 @@ def main(argv: Optional[Sequence[str]] = None, out_dir: Path = HERE) -> dict[str
     ap.add_argument("--seeds", type=int, default=None, help="seeds per comparison (default 5; quick: 2)")
     ap.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    ap.add_argument("--out", type=Path, default=out_dir, help="where RESULTS.md and results.json go (default: benchmarks/)")
     args = ap.parse_args(argv)
+    out_dir = args.out
     seeds = args.seeds or (QUICK_SEEDS if args.quick else 5)
     if seeds < 2:
         raise SystemExit(f"--seeds={seeds}: a mean ± sd needs at least 2 seeds")

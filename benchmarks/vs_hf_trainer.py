@@ -35,7 +35,7 @@ from mm_ptft.tasks.text_classification import TextClassification  # noqa: E402
 from mm_ptft.train.trainer import Trainer, seed_everything  # noqa: E402
 
 SIZES = {"quick": {"n_train": 640, "n_eval": 200, "epochs": 1, "warmup": 5, "hidden": 128, "layers": 2},
-         "full": {"n_train": 4000, "n_eval": 1000, "epochs": 1, "warmup": 10, "hidden": 256, "layers": 4}}
+         "full": {"n_train": 2000, "n_eval": 1000, "epochs": 1, "warmup": 10, "hidden": 256, "layers": 4}}
 
 
 def prepare(out: str, args: Any, seed: int):
