@@ -214,7 +214,8 @@ def render(sec: Mapping[str, Any]) -> str:
              f"Rule: {sec['rule']}", ""]
     if sec["rows"]:
         lines += ["| " + " | ".join(sec["columns"]) + " |", "|" + "---|" * len(sec["columns"])]
-        lines += ["| " + " | ".join(r) + " |" for r in sec["rows"]]
+        width = len(sec["columns"])
+        lines += ["| " + " | ".join([*r, *[""] * (width - len(r))]) + " |" for r in sec["rows"]]
         lines.append("")
     lines += [*(f"- {n}" for n in sec["notes"]), *([""] if sec["notes"] else []), hardware_line(sec["hardware"]), ""]
     return "\n".join(lines)

@@ -48,7 +48,7 @@ def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, 
             f"gain = paired difference pretrained − scratch, mean ± sd over seeds")
     return section("Pretrained vs scratch (the quickstart, over seeds)", rule,
                    ["setup (4 labels per class)", "pretrained", "scratch", "gain (paired)"], rows, seeds=seeds,
-                   quick=quick, notes=[f"device {device}; `mm-ptft quickstart` is seed 0 of this comparison"
+                   quick=quick, notes=[f"device {device}; `mm-ptft quickstart` runs seed 0 of this comparison"
                                        + ("" if quick else " at the same sizes")], raw=acc)
 
 
