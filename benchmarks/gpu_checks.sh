@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared pass over the CUDA paths on a lent GPU machine (see README § Benchmarks):
-# open_clip comparison + ViT-B/16 CLIP MFU in bf16, trainer overhead (small and BERT-base steps), HF Trainer
-# comparison, fp16 AMP.
+# open_clip comparison + ViT-B/16 CLIP MFU in bf16 and trainer overhead through the benchmark harness
+# (same rules as the CPU figures; RESULTS.md/results.json of the GPU sections go to $OUT), then fp16 AMP.
 # Wheels missing there travel in .whl/ (python 3.12); output goes to $OUT/gpu_checks.log.
 set -u
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -12,8 +12,5 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 LOG=${OUT:-/tmp}/gpu_checks.log
 run() { local t=$1; shift; echo "### $*" | tee -a "$LOG"; timeout "$t" "$@" 2>&1 | grep -vE "INFO|WARNING|Writing" | tee -a "$LOG" | tail -8; }
 nvidia-smi -L | tee -a "$LOG"
-run 110 python3 benchmarks/vs_open_clip.py --model ViT-B-16 --batch 128 --steps 10 --precision bf16 --workers 4
-run 60 python3 benchmarks/trainer_overhead.py --steps 60 --repeats 2  # small steps: host overhead shows
-run 120 python3 benchmarks/trainer_overhead.py --steps 40 --repeats 2 --batch 128 --hidden 768 --layers 12  # BERT-base
-run 75 python3 benchmarks/vs_hf_trainer.py --epochs 1 --hidden 512 --layers 6 --batch 64 --precision bf16
+run 420 python3 -m benchmarks.run_all --only vs_open_clip trainer_overhead --seeds 2 --threads 0 --device cuda --out "${OUT:-/tmp}"
 run 30 python3 -m mm_ptft.cli train recipes/text_classification/tiny.yaml output_dir=/tmp/fp16 train.precision=fp16 train.device=cuda

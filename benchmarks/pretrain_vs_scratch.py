@@ -1,130 +1,59 @@
-"""Does cross-modal pretraining help few-label fine-tuning? Pretrained vs from-scratch, per modality.
+"""Does cross-modal pretraining help few-label fine-tuning? The quickstart's comparison over seeds.
 
-    python benchmarks/pretrain_vs_scratch.py --out runs/bench_pretrain_vs_scratch
+    python benchmarks/pretrain_vs_scratch.py [--quick] [--seeds 5] [--device cpu|cuda] [--threads 1]
 
-1. Pretrain with the joint recipe (``recipes/pretrain_joint/tiny.yaml``: image-text + audio-text
-   CLIP and caption MLM) on the generated paired shapes; labels are never used.
-2. For each modality, fine-tune a shape classifier (4 classes) on ``--labels-per-class`` labelled
-   training samples: once from the pretrained encoder directory (``name_or_path=RUN/encoders/<m>``,
-   the handoff every fine-tuning recipe uses) and once from random init with the same architecture.
-3. Print accuracy on the 200-sample eval split (mean ± sd over ``--seeds``) as a markdown table.
+Per seed, ``mm_ptft.quickstart.pretrained_vs_scratch`` pretrains jointly (image-text and audio-text CLIP plus
+masked text) on the generated shapes, then fine-tunes each setup (multimodal over gated fusion, and each
+modality alone) on 4 labels per class from the pretrained encoders and from scratch. Both arms of a seed
+share the labelled rows, the fine-tuning seed, the architecture and the tokenizer (the pretraining run's),
+so the paired difference pretrained − scratch is the pretrained weights' effect. Table: accuracy on the
+200 eval samples, mean ± sd over seeds, and the paired difference's mean ± sd.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import random
-import statistics
 import sys
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import fmt, fmt_paired, script_main, section  # noqa: E402
+from mm_ptft.quickstart import SETUPS, pretrained_vs_scratch  # noqa: E402
+
+STEPS = {"quick": 60, "full": 400}  # pretraining steps; 400 is the quickstart's default
 
 
-def pretrain(out: Path, epochs: int) -> tuple[Path, Any]:
-    """Run the joint recipe; return its run directory and resolved config."""
-    from mm_ptft.run import load_config
-    from mm_ptft.run import train
-
-    cfg = load_config(ROOT / "recipes/pretrain_joint/tiny.yaml",
-                      [f"output_dir={out / 'pretrain'}", f"train.epochs={epochs}", "train.report=false",
-                       "train.overwrite_output_dir=true"])
-    results = train(cfg)
-    print(f"pretraining: {json.dumps({k: round(v, 3) for k, v in results.items()})}", file=sys.stderr)
-    return out / "pretrain", cfg
+def measure(steps: int, seeds: int, device: str) -> list[dict[str, Any]]:
+    runs = []
+    for seed in range(seeds):
+        with tempfile.TemporaryDirectory() as out:
+            runs.append(pretrained_vs_scratch(Path(out), steps, device, per_class=4, seed=seed))
+    return runs
 
 
-def few_label_rows(manifest: str, per_class: int, seed: int) -> list[int]:
-    """Row indices of ``per_class`` samples of each shape."""
-    rows = [json.loads(line)["label"] for line in open(manifest)]
-    rng = random.Random(seed)
-    picked = []
-    for label in sorted(set(rows)):
-        idx = [i for i, r in enumerate(rows) if r == label]
-        picked += rng.sample(idx, per_class)
-    return sorted(picked)
+def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, Any]:
+    steps = STEPS["quick" if quick else "full"]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    runs = measure(steps, seeds, device)
+    acc = {setup: {arm: [r["few_label_accuracy"][setup][arm] for r in runs] for arm in ("pretrained", "scratch")}
+           for setup in SETUPS}
+    rows = [[setup, fmt(a["pretrained"]), fmt(a["scratch"]), fmt_paired(a["pretrained"], a["scratch"])]
+            for setup, a in acc.items()]
+    rule = (f"accuracy on the 200 generated eval samples after fine-tuning on 4 labels per class (chance 0.25); "
+            f"per seed: labelled rows, pretraining ({steps} steps) and fine-tuning seeded alike for both arms; "
+            f"scratch = same architecture and the pretraining run's tokenizer, random weights; "
+            f"gain = paired difference pretrained − scratch, mean ± sd over seeds")
+    return section("Pretrained vs scratch (the quickstart, over seeds)", rule,
+                   ["setup (4 labels per class)", "pretrained", "scratch", "gain (paired)"], rows, seeds=seeds,
+                   quick=quick, notes=[f"device {device}; `mm-ptft quickstart` runs seed 0 of this comparison"
+                                       + ("" if quick else " at the same sizes")], raw=acc)
 
 
-def finetune(modality: str, spec: dict[str, Any], train_rows: list[int], cfg: Any, out: Path, seed: int,
-             epochs: int, lr: float) -> float:
-    """Fine-tune a shape classifier on ``train_rows`` of the training manifest; eval accuracy."""
-    from mm_ptft.config import RunConfig, parse
-    from mm_ptft.data.multimodal import MultimodalCollator
-    from mm_ptft.data.tables import LabelMap, load_table
-    from mm_ptft.heads.classification import ClassificationTask
-    from mm_ptft.tasks.pretrain_common import build_encoders, media_config, paired_split
-    from mm_ptft.train.trainer import Trainer, seed_everything
-
-    seed_everything(seed)
-    d = cfg.data
-    table, eval_table = load_table(d.train_file), load_table(d.eval_file)
-    labels = LabelMap.from_values(table["label"])
-    specs = type(cfg.model)(**{modality: spec})
-    encoders = build_encoders(specs, [modality], str(out), None)
-    media, counters = media_config(encoders, d), {}
-    tr = paired_split(table.select(train_rows), d.train_file, [modality], d, media, encoders, labels, counters)
-    ev = paired_split(eval_table, d.eval_file, [modality], d, media, encoders, labels, counters)
-    run_cfg = parse(RunConfig, {"task": "bench", "output_dir": str(out), "seed": seed,
-                                "train": {"epochs": epochs, "batch_size": 16, "log_every": 1000, "report": False,
-                                          "group_by_length": False, "keep_last": 0},
-                                "optim": {"lr": lr, "weight_decay": 0.01}, "sched": {"name": "cosine"}})
-    task = ClassificationTask(encoders[modality], len(labels), dropout=0.1)
-    pad = encoders["text"].tokenizer.pad_token_id if modality == "text" else 0
-    return Trainer(task, run_cfg, tr, ev, MultimodalCollator(pad)).fit()["accuracy"]
-
-
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/bench_pretrain_vs_scratch")
-    ap.add_argument("--labels-per-class", type=int, default=4)
-    ap.add_argument("--pretrain-epochs", type=int, default=8)
-    ap.add_argument("--finetune-epochs", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--modalities", nargs="+", default=["image", "audio", "text"])
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default; "
-                    "1 is fastest for these tiny models on a busy CPU)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    t0 = time.time()
-    run, cfg = pretrain(out, args.pretrain_epochs)
-    t_pre = time.time() - t0
-    rows = []
-    for m in args.modalities:
-        scratch_spec = dict(getattr(cfg.model, m))  # the architecture the pretraining run used
-        pretrained_spec = {"name_or_path": str(run / "encoders" / m)}
-        acc: dict[str, list[float]] = {"scratch": [], "pretrained": []}
-        for seed in args.seeds:
-            picked = few_label_rows(cfg.data.train_file, args.labels_per_class, seed)
-            for init, spec in (("scratch", scratch_spec), ("pretrained", pretrained_spec)):
-                acc[init].append(finetune(m, spec, picked, cfg, out / f"ft_{m}_{init}_{seed}", seed,
-                                          args.finetune_epochs, args.lr))
-        rows.append({"modality": m, "labels": 4 * args.labels_per_class, **{k: v for k, v in acc.items()}})
-    print_table(rows, args, t_pre, time.time() - t0)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    return rows
-
-
-def _fmt(xs: list[float]) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
-
-
-def print_table(rows: list[dict[str, Any]], args: Any, t_pre: float, t_all: float) -> None:
-    print(f"\nFew-label shape classification (4 classes, chance 0.25), accuracy on 200 eval samples, "
-          f"mean ± sd over seeds {args.seeds}; pretraining {t_pre:.0f} s, total {t_all:.0f} s\n")
-    print("| modality | labelled samples | from scratch | pretrained (joint CLIP + MLM) | gain |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        gain = statistics.mean(r["pretrained"]) - statistics.mean(r["scratch"])
-        print(f"| {r['modality']} | {r['labels']} | {_fmt(r['scratch'])} | {_fmt(r['pretrained'])} | {gain:+.3f} |")
+def main() -> None:
+    script_main(compare, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -1,116 +1,102 @@
-"""Trainer overhead: the same model, data and steps through mm_ptft's Trainer and a minimal
-hand-written PyTorch loop, in one run. Prints samples/s of both and their ratio (goal >= 0.97).
+"""Trainer overhead: the same model, data and steps through mm_ptft's Trainer and a minimal hand-written
+PyTorch loop, in one process, seeds interleaved. Goal: Trainer >= 0.97x the hand loop's samples/s.
 
-Both are timed over the same steady-state window, steps N+1..2N of a 2N-step run (after warm-up,
-before the trainer's final evaluation and checkpoint). The trainer's logged rate covers the wall time
-since its previous log, so it includes the checkpoint it writes at each epoch end inside the window
-(the hand loop writes none); ``train_time_s`` leaves checkpoints and evaluations out, and both ratios
-are printed: "wall" (what a user gets) and "train-only" (the per-step overhead).
+Both sides are timed by ``benchmarks.common.StepClock`` over the same window, steps (w, N] of an N-step
+run; the trainer's own periodic work inside the window (its per-epoch checkpoint) counts against it.
 
-    python benchmarks/trainer_overhead.py [--steps 60] [--device cpu|cuda] [--repeats 3]
-        [--batch 32] [--hidden 256] [--layers 4]
+    python benchmarks/trainer_overhead.py [--quick] [--seeds 5] [--device cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from mm_ptft.run import load_config
-from mm_ptft.tasks.text_classification import TextClassification
-from mm_ptft.train.trainer import Trainer, seed_everything, to_device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIZE = {"batch": 32, "hidden": 256, "layers": 4}  # set from the command line
+from benchmarks.common import ClockCallback, StepClock, paired_rows, script_main, section, throughput_rows, window_rule  # noqa: E402
+from mm_ptft.run import load_config  # noqa: E402
+from mm_ptft.tasks.text_classification import TextClassification  # noqa: E402
+from mm_ptft.train.trainer import Trainer, seed_everything, to_device  # noqa: E402
+
+MODEL = ["model.text.config.hidden_size=256", "model.text.config.num_hidden_layers=4",
+         "model.text.config.num_attention_heads=4", "model.text.config.intermediate_size=1024"]
+BATCH = 32
 
 
-def model_overrides() -> list[str]:
-    h = SIZE["hidden"]
-    return [f"model.text.config.hidden_size={h}", f"model.text.config.num_hidden_layers={SIZE['layers']}",
-            f"model.text.config.num_attention_heads={max(1, h // 64)}", f"model.text.config.intermediate_size={4 * h}"]
-
-
-def build(out: str, steps: int, device: str):
+def build(out: str, steps: int, device: str, seed: int):
     cfg = load_config("recipes/text_classification/tiny.yaml",
-                      [f"output_dir={out}", f"train.max_steps={steps}", f"train.batch_size={SIZE['batch']}",
-                       f"train.device={device}", "train.group_by_length=false", "train.report=false",
-                       "train.log_every=1000", *model_overrides()])
-    seed_everything(0)
+                      [f"output_dir={out}", f"train.max_steps={steps}", f"train.batch_size={BATCH}", f"train.device={device}",
+                       "train.group_by_length=false", "train.report=false", "train.log_every=1000", f"seed={seed}", *MODEL])
+    seed_everything(seed)
     return cfg, TextClassification.prepare(cfg)
 
 
-def run_trainer(steps: int, device: str) -> tuple[float, float]:
-    """samples/s over steps N+1..2N as the trainer logs it: over the wall time, and over its train time."""
+def run_trainer(clock: StepClock, seed: int) -> None:
+    clock.begin()
     with tempfile.TemporaryDirectory() as out:
-        cfg, p = build(out, 2 * steps, device)
-        cfg.train.log_every = steps
-        Trainer(p.task, cfg, p.train_data, None, p.collate).fit()
-        last = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl") if '"train"' in ln][-1]
-        samples = last["samples_per_s"] * (last["train_time_s"] + last["eval_time_s"] + last["save_time_s"])
-        return last["samples_per_s"], samples / last["train_time_s"]
+        cfg, p = build(out, clock.steps, clock.device, seed)
+        clock.count_forward(p.task)
+        Trainer(p.task, cfg, p.train_data, None, p.collate, callbacks=[ClockCallback(clock)]).fit()
+        clock.end()
 
 
-def run_hand_loop(steps: int, device: str) -> float:
+def run_hand_loop(clock: StepClock, seed: int) -> None:
     """What a user would write by hand: DataLoader, AdamW, linear warmup schedule, clipping."""
+    clock.begin()
     with tempfile.TemporaryDirectory() as out:
-        cfg, p = build(out, steps, device)
+        cfg, p = build(out, clock.steps, clock.device, seed)
+        device, n = torch.device(clock.device), clock.steps
         model = p.task.to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                 fused=True)  # the fastest a hand loop gets; the trainer uses fused kernels too
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / (2 * steps)))
-        loader = torch.utils.data.DataLoader(p.train_data, batch_size=SIZE["batch"], shuffle=True, collate_fn=p.collate,
-                                             pin_memory=device.startswith("cuda"))
-        t0, done = time.perf_counter(), 0
-        while done < 2 * steps:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / n))
+        loader = torch.utils.data.DataLoader(p.train_data, batch_size=BATCH, shuffle=True, collate_fn=p.collate)
+        while len(clock.times) < n:
             for batch in loader:
-                loss = model(to_device(batch, torch.device(device)))["loss"]
-                loss.backward()
+                model(to_device(batch, device))["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-                done += 1
-                if done == steps:  # start the clock after the first N steps, like the trainer's window
-                    _sync(device)
-                    t0 = time.perf_counter()
-                if done == 2 * steps:
+                clock.stamp(len(batch["labels"]))
+                if len(clock.times) == n:
                     break
-        _sync(device)
-        return steps * SIZE["batch"] / (time.perf_counter() - t0)
+        clock.end()
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+ARMS = {"hand-written loop": run_hand_loop, "mm_ptft Trainer": run_trainer}
+
+
+def measure(steps: int, warmup: int, seeds: int, device: str) -> dict[str, list[dict[str, float]]]:
+    """Each arm once per seed, arms alternating order per seed so drift in machine load hits both alike."""
+    for run in ARMS.values():  # warm-up runs (imports, allocator, kernels), not recorded
+        run(StepClock(1, 3, device), 0)
+    timings: dict[str, list[dict[str, float]]] = {name: [] for name in ARMS}
+    for seed in range(seeds):
+        for name in (list(ARMS) if seed % 2 == 0 else list(ARMS)[::-1]):
+            clock = StepClock(warmup, steps, device)
+            ARMS[name](clock, seed)
+            timings[name].append(clock.timing())
+    return timings
+
+
+def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, Any]:
+    steps, warmup = (20, 5) if quick else (60, 10)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t = measure(steps, warmup, seeds, device)
+    ours, hand = t["mm_ptft Trainer"], t["hand-written loop"]
+    rows = throughput_rows(t) + paired_rows(ours, hand, "Trainer vs hand loop", ("samples_per_s",))
+    return section("Trainer vs a hand-written loop", window_rule(warmup, steps),
+                   ["arm", "samples/s", "start-up s", "after s", "wall s"], rows, seeds=seeds, quick=quick,
+                   notes=[f"device {device}; BERT h256 L4, batch {BATCH}, fp32; goal: ratio ≥ 0.97"], raw=t)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for key, default in SIZE.items():
-        ap.add_argument(f"--{key}", type=int, default=default)
-    args = ap.parse_args()
-    SIZE.update({k: getattr(args, k) for k in SIZE})
-    run_hand_loop(5, args.device), run_trainer(5, args.device)  # warm-up (allocator, kernels, caches)
-    hand, wall, train_only = [], [], []
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-        hand.append(run_hand_loop(args.steps, args.device))
-        w, t = run_trainer(args.steps, args.device)
-        wall.append(w), train_only.append(t)
-    h = statistics.median(hand)
-    runs = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
-    print(f"device={args.device} steps={args.steps} batch={SIZE['batch']} hidden={SIZE['hidden']} "
-          f"layers={SIZE['layers']} repeats={args.repeats}")
-    print(f"hand-written loop          : {h:8.1f} samples/s  (runs: {runs(hand)})")
-    for name, xs in (("wall, checkpoint included", wall), ("train time only", train_only)):
-        print(f"mm_ptft Trainer ({name}): {statistics.median(xs):8.1f} samples/s  (runs: {runs(xs)})")
-    print(f"throughput ratio (Trainer / hand loop): wall {statistics.median(wall) / h:.3f}, "
-          f"train-only {statistics.median(train_only) / h:.3f}")
+    script_main(compare, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Text-classification fine-tuning: mm_ptft vs Hugging Face ``Trainer`` on the same model, data and
-hyperparameters, in one run. Prints samples/s and accuracy of mm_ptft, HF defaults, and HF with
-``train_sampling_strategy="group_by_length"`` (its best single-device setting), and the ratios.
+"""Text-classification fine-tuning: mm_ptft vs Hugging Face ``Trainer`` on the same model, data, steps and
+hyperparameters, in one process, seeds interleaved: mm_ptft defaults, HF defaults, and HF with
+``train_sampling_strategy="group_by_length"`` (its best single-device setting).
 
-    python benchmarks/vs_hf_trainer.py [--epochs 2] [--device cpu|cuda] [--hidden 256 --layers 4]
+Both trainers run exactly N optimizer steps and are timed by ``benchmarks.common.StepClock`` from outside
+(an mm_ptft ``Callback`` / an HF ``TrainerCallback`` at each step end) over the same window (w, N];
+start-up, the final evaluation and the whole run's wall time are reported separately, accuracy on the
+same eval sentences as mean ± sd over seeds.
+
+    python benchmarks/vs_hf_trainer.py [--quick] [--seeds 5] [--device cpu|cuda] [--threads 1]
 
 Data: generated topic sentences of 4-32 words (data_cards/text_topics.md): randomly drawn batches
 spend over half their tokens on padding, as on real text of varied length.
@@ -10,25 +15,38 @@ spend over half their tokens on padding, as on real text of varied length.
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import sys
 import tempfile
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments
+from transformers import Trainer as HFTrainer
 
-from mm_ptft.run import load_config
-from mm_ptft.tasks.text_classification import TextClassification
-from mm_ptft.train.trainer import Trainer, seed_everything
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (ClockCallback, StepClock, fmt, paired_rows, script_main, section,  # noqa: E402
+                               throughput_rows, window_rule)
+from mm_ptft.run import load_config  # noqa: E402
+from mm_ptft.tasks.text_classification import TextClassification  # noqa: E402
+from mm_ptft.train.trainer import Trainer, seed_everything  # noqa: E402
+
+SIZES = {"quick": {"n_train": 640, "n_eval": 200, "epochs": 1, "warmup": 5, "hidden": 128, "layers": 2},
+         "full": {"n_train": 2000, "n_eval": 1000, "epochs": 1, "warmup": 10, "hidden": 256, "layers": 4}}
 
 
-def prepare(out: str, args):
+def prepare(out: str, args: Any, seed: int):
     cfg = load_config("recipes/text_classification/tiny.yaml", [
-        f"output_dir={out}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", f"train.device={args.device}",
+        f"output_dir={out}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", f"train.device={args.device}",
         f"optim.lr={args.lr}", "sched.warmup_steps=0", "train.report=false", "train.log_every=100000",
-        f"train.precision={args.precision}", "data.generate.n_train=4000", "data.generate.n_eval=1000",
+        f"train.eval_every={args.steps}", f"train.precision={args.precision}", f"seed={seed}",
+        f"data.generate.n_train={args.n_train}", f"data.generate.n_eval={args.n_eval}",
         f"model.text.config.hidden_size={args.hidden}", f"model.text.config.num_hidden_layers={args.layers}",
         f"model.text.config.num_attention_heads={args.hidden // 64}", f"model.text.config.intermediate_size={4 * args.hidden}"])
-    seed_everything(0)
+    seed_everything(seed)
     return cfg, TextClassification.prepare(cfg)
 
 
@@ -40,16 +58,15 @@ def padding_fraction(prepared, batch: int) -> float:
     return float(1 - chunks.sum() / (chunks.max(1).values * batch).sum())
 
 
-def run_ours(args) -> tuple[float, float]:
-    """Training samples/s over all steps (as the trainer logs it; the final evaluation and
-    checkpoint come after the window, as HF's evaluate() comes after its train_runtime), accuracy."""
+def run_ours(args: Any, clock: StepClock, seed: int, strategy: str = "") -> float:
+    """mm_ptft with its defaults (length-grouped batches); returns the final evaluation's accuracy."""
+    clock.begin()
     with tempfile.TemporaryDirectory() as out:
-        cfg, p = prepare(out, args)
-        steps = len(p.train_data) // args.batch * args.epochs + args.epochs
-        cfg.train.log_every = cfg.train.eval_every = steps  # one window, one evaluation at the end
-        results = Trainer.from_prepared(p, cfg).fit()
-        logs = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl") if '"train"' in ln]
-        return logs[-1]["samples_per_s"], results["accuracy"]
+        cfg, p = prepare(out, args, seed)
+        clock.count_forward(p.task)
+        results = Trainer.from_prepared(p, cfg, callbacks=[ClockCallback(clock)]).fit()
+        clock.end()
+        return results["accuracy"]
 
 
 class HFWrapped(nn.Module):
@@ -64,49 +81,87 @@ class HFWrapped(nn.Module):
         return {"loss": out["loss"], "logits": out["logits"]} if labels is not None else {"logits": out["logits"]}
 
 
-def run_hf(args, strategy: str) -> tuple[float, float]:
-    from transformers import DataCollatorWithPadding, TrainingArguments
-    from transformers import Trainer as HFTrainer
+class HFClock(TrainerCallback):
+    """HF side: stamp the clock at every ``on_step_end``."""
 
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.stamp()
+
+
+def run_hf(args: Any, clock: StepClock, seed: int, strategy: str) -> float:
+    clock.begin()
     with tempfile.TemporaryDirectory() as out:
-        cfg, p = prepare(out, args)
+        cfg, p = prepare(out, args, seed)
         tok = p.task.encoder.tokenizer
         train = [{"input_ids": r["text"], "labels": r["labels"]} for r in p.train_data.items]
         evals = [{"input_ids": r["text"], "labels": r["labels"]} for r in p.eval_data.items]
         targs = TrainingArguments(
-            output_dir=out, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch,
+            output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch,
             per_device_eval_batch_size=args.batch, learning_rate=args.lr, weight_decay=0.01, lr_scheduler_type="linear",
             max_grad_norm=1.0, logging_steps=100000, save_strategy="no", eval_strategy="no", report_to=[],
             train_sampling_strategy=strategy, use_cpu=args.device == "cpu", bf16=args.precision == "bf16",
-            fp16=args.precision == "fp16", seed=0, disable_tqdm=True)
-        trainer = HFTrainer(model=HFWrapped(p.task), args=targs, train_dataset=train, eval_dataset=evals,
-                            data_collator=DataCollatorWithPadding(tok),
+            fp16=args.precision == "fp16", seed=seed, disable_tqdm=True)
+        model = HFWrapped(p.task)
+        clock.count_forward(model)
+        trainer = HFTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals,
+                            data_collator=DataCollatorWithPadding(tok), callbacks=[HFClock(clock)],
                             compute_metrics=lambda ep: {"accuracy": float((ep.predictions.argmax(-1) == ep.label_ids).mean())})
-        metrics = trainer.train().metrics
-        return metrics["train_samples_per_second"], trainer.evaluate()["eval_accuracy"]
+        trainer.train()
+        acc = trainer.evaluate()["eval_accuracy"]
+        clock.end()
+        return acc
+
+
+ARMS = {"mm_ptft (defaults)": (run_ours, ""), "HF Trainer (defaults)": (run_hf, "random"),
+        "HF Trainer (group_by_length)": (run_hf, "group_by_length")}
+
+
+def measure(args: Any, seeds: int) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
+    """Every arm once per seed, the arm order rotated per seed (machine-load drift spreads over all arms)."""
+    timings: dict[str, list[dict[str, float]]] = {name: [] for name in ARMS}
+    accuracy: dict[str, list[float]] = {name: [] for name in ARMS}
+    names = list(ARMS)
+    for seed in range(seeds):
+        for name in names[seed % 3:] + names[: seed % 3]:
+            run, strategy = ARMS[name]
+            clock = StepClock(args.warmup, args.steps, args.device)
+            accuracy[name].append(run(args, clock, seed, strategy))
+            timings[name].append(clock.timing())
+    return timings, accuracy
+
+
+def settings(quick: bool, device: str = "") -> argparse.Namespace:
+    s = SIZES["quick" if quick else "full"]
+    args = argparse.Namespace(batch=32, lr=5e-4, precision="fp32",
+                              device=device or ("cuda" if torch.cuda.is_available() else "cpu"), **s)
+    args.steps = args.epochs * math.ceil(args.n_train / args.batch)
+    return args
+
+
+def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, Any]:
+    args = settings(quick, device)
+    with tempfile.TemporaryDirectory() as out:
+        pad = padding_fraction(prepare(out, args, 0)[1], args.batch)
+    t, acc = measure(args, seeds)
+    ours = t["mm_ptft (defaults)"]
+    rows = [[*r, fmt(acc[name])] for r, name in zip(throughput_rows(t), t)]
+    for name in ("HF Trainer (defaults)", "HF Trainer (group_by_length)"):
+        rows += [[*r, ""] for r in paired_rows(ours, t[name], f"mm_ptft vs {name}")]
+    notes = [f"device {args.device}, {args.precision}; BERT h{args.hidden} L{args.layers}, batch {args.batch}, "
+             f"{args.n_train} training sentences, {args.steps} steps ({args.epochs} epoch), lr {args.lr}; "
+             f"random batches are {pad:.0%} padding",
+             f"wall s = the whole run (data and model built, training, final evaluation on {args.n_eval} sentences); "
+             "CPU target: mm_ptft ≥ 1.05× HF group_by_length on the whole run"]
+    return section("Text fine-tuning vs Hugging Face Trainer", window_rule(args.warmup, args.steps),
+                   ["arm", "samples/s", "start-up s", "after s", "wall s", "accuracy"], rows, seeds=seeds,
+                   quick=quick, notes=notes, raw={"timings": t, "accuracy": acc})
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as out:
-        print(f"padding in random batches of {args.batch}: {padding_fraction(prepare(out, args)[1], args.batch):.0%}")
-    rows = {"mm_ptft (defaults)": run_ours(args), "HF Trainer (defaults)": run_hf(args, "random"),
-            "HF Trainer (group_by_length)": run_hf(args, "group_by_length")}
-    print(f"device={args.device} precision={args.precision} model=bert h{args.hidden} L{args.layers} "
-          f"batch={args.batch} epochs={args.epochs} (training samples/s; accuracy on 1000 eval sentences)")
-    for name, (sps, acc) in rows.items():
-        print(f"{name:30s} {sps:9.1f} samples/s   accuracy {acc:.3f}")
-    ours = rows["mm_ptft (defaults)"][0]
-    print(f"speed ratio vs HF defaults:        {ours / rows['HF Trainer (defaults)'][0]:.2f}x")
-    print(f"speed ratio vs HF group_by_length: {ours / rows['HF Trainer (group_by_length)'][0]:.2f}x")
+    script_main(compare, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -1,24 +1,32 @@
 """Contrastive image-text pretraining: mm_ptft vs open_clip's own training loop
-(``open_clip_train.train.train_one_epoch``) on the same towers, batch and precision, in one run.
-Prints samples/s and peak GPU memory of both, their ratios, and the model FLOPs utilisation.
+(``open_clip_train.train.train_one_epoch``) on the same towers, batch and precision, in one process, seeds
+interleaved. Reports samples/s and peak GPU memory of both, their ratios, and the model FLOPs utilisation.
+GPU only: on a CPU ``compare`` returns a "skipped: needs CUDA" section (never a CPU number in its place).
 
-    python benchmarks/vs_open_clip.py --model ViT-B-16 --batch 128 --steps 20 --precision bf16   # GPU
-    python benchmarks/vs_open_clip.py --model ViT-S-32 --batch 16 --steps 4 --image-size 64       # CPU smoke
+    python benchmarks/vs_open_clip.py [--quick] [--seeds 5]        # ViT-B/16, batch 128, bf16, on CUDA
 
 Both sides train CLIP's symmetric InfoNCE with a learnable temperature, AdamW and clipping at 1.0;
-mm_ptft adds its (tiny) per-modality projection heads on top of open_clip's projected towers.
-MFU = model FLOPs per step (counted with torch.utils.flop_counter) / step time / peak dense bf16 rate.
+mm_ptft adds its (tiny) per-modality projection heads on top of open_clip's projected towers. Both are
+timed by ``benchmarks.common.StepClock`` over the same window (w, N] (open_clip's side: a stamp after each
+``optimizer.step``). MFU = model FLOPs per step (torch.utils.flop_counter) / step time / peak dense bf16 rate.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
-import time
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (ClockCallback, StepClock, fmt, paired_rows, script_main, section,  # noqa: E402
+                               throughput_rows, window_rule)
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core FLOP/s, datasheet
 
@@ -53,34 +61,30 @@ def build_ours(model: str, size: int):
     return PretrainTask(towers, {"clip": clip}), towers["text"].tokenizer
 
 
-def run_ours(args, data: Dataset) -> tuple[float, float, int]:
+def run_ours(args: Any, data: Dataset, clock: StepClock) -> None:
     from mm_ptft.config import RunConfig
     from mm_ptft.data.multimodal import MultimodalCollator
     from mm_ptft.train.trainer import Trainer
 
+    clock.begin()
     task, _ = build_ours(args.model, args.image_size)
-    n_params = sum(p.numel() for p in task.parameters())
+    clock.count_forward(task)
     with tempfile.TemporaryDirectory() as out:
         cfg = RunConfig(task="pretrain_contrastive", output_dir=out)
-        cfg.train.max_steps, cfg.train.batch_size, cfg.train.log_every = 2 * args.steps, args.batch, args.steps
+        cfg.train.max_steps, cfg.train.batch_size, cfg.train.log_every = args.steps, args.batch, args.steps
         cfg.train.precision, cfg.train.device, cfg.train.report = args.precision, args.device, False
         cfg.train.group_by_length, cfg.train.num_workers, cfg.train.keep_last = False, args.workers, 0
         cfg.optim.lr, cfg.sched.name = 5e-4, "constant"
-        trainer = Trainer(task, cfg, data, None, MultimodalCollator(0))
-        torch.cuda.reset_peak_memory_stats() if args.device == "cuda" else None
-        trainer.fit()
-        import json
-
-        logs = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl") if '"train"' in ln]
-        rate = logs[-1]["samples_per_s"]  # steps S+1..2S: after warm-up, before the final save
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan")
-    return rate, peak, n_params
+        torch.cuda.reset_peak_memory_stats()
+        Trainer(task, cfg, data, None, MultimodalCollator(0), callbacks=[ClockCallback(clock)]).fit()
+        clock.end()
 
 
-def run_open_clip(args, data: Synthetic) -> tuple[float, float]:
+def run_open_clip(args: Any, data: Synthetic, clock: StepClock) -> None:
     import open_clip
     from open_clip_train.train import train_one_epoch
 
+    clock.begin()
     torch.manual_seed(0)
     model = open_clip.create_model(args.model, force_image_size=args.image_size, output_dict=True).to(args.device)
     ctx = model.context_length
@@ -91,29 +95,27 @@ def run_open_clip(args, data: Synthetic) -> tuple[float, float]:
             texts[i, : len(it["text"])] = torch.tensor(it["text"][:ctx])
         return torch.stack([it["image"] for it in items]), texts
 
-    subset = torch.utils.data.Subset(data, range(args.steps * args.batch))  # one epoch = exactly `steps` batches
-    loader = DataLoader(subset, batch_size=args.batch, shuffle=True, drop_last=True, collate_fn=collate,
-                        num_workers=args.workers, pin_memory=args.device == "cuda")
+    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, collate_fn=collate,
+                        num_workers=args.workers, pin_memory=True)  # len(data) = steps * batch: one epoch = N steps
     loader.num_batches, loader.num_samples = args.steps, args.steps * args.batch
     info = SimpleNamespace(dataloader=loader, set_epoch=lambda epoch: None)  # open_clip_train.data.DataInfo's shape
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, fused=args.device == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, fused=True)
+    step = opt.step
+
+    def stamped_step(*a: Any, **kw: Any) -> Any:  # the clock from outside their loop: after each optimizer step
+        out = step(*a, **kw)
+        clock.stamp(args.batch)  # drop_last: every batch is full
+        return out
+
+    opt.step = stamped_step
     precision = {"bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}[args.precision]
     scaler = torch.amp.GradScaler() if precision == "amp" else None
     oargs = SimpleNamespace(device=args.device, precision=precision, distill=False, accum_freq=1, skip_scheduler=True,
                             grad_clip_norm=1.0, horovod=False, world_size=1, rank=0, local_rank=0,
                             log_every_n_steps=10**9, batch_size=args.batch, wandb=False, save_logs=False)
-    loss = open_clip.ClipLoss()
-    train_one_epoch(model, {"train": info}, loss, 0, opt, scaler, None, None, oargs)  # warm-up epoch
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    train_one_epoch(model, {"train": info}, loss, 1, opt, scaler, None, None, oargs)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    rate = args.steps * args.batch / (time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan")
-    return rate, peak
+    torch.cuda.reset_peak_memory_stats()
+    train_one_epoch(model, {"train": info}, open_clip.ClipLoss(), 0, opt, scaler, None, None, oargs)
+    clock.end()
 
 
 def step_flops(args) -> float:
@@ -133,32 +135,43 @@ def step_flops(args) -> float:
     return float(fc.get_total_flops())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="ViT-B-16")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--precision", default="bf16")
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
+SIZES = {"quick": {"steps": 15, "warmup": 5}, "full": {"steps": 40, "warmup": 10}}
+ARMS = {"open_clip train_one_epoch": run_open_clip, "mm_ptft Trainer": run_ours}
+
+
+def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, Any]:
+    title = "CLIP pretraining vs open_clip (ViT-B/16, batch 128, bf16)"
+    if not (device or "cuda").startswith("cuda") or not torch.cuda.is_available():
+        return section(title, "GPU only", [], [], seeds=0, quick=quick, status="skipped: needs CUDA",
+                       notes=["no CUDA device here: no figure recorded (run `python -m benchmarks.run_all --only "
+                              "vs_open_clip` on a GPU machine)"])
     import open_clip
 
+    args = argparse.Namespace(model="ViT-B-16", batch=128, image_size=224, precision="bf16", workers=4, device="cuda",
+                              **SIZES["quick" if quick else "full"])
     tok = open_clip.get_tokenizer(args.model)
     data = Synthetic(args.steps * args.batch, args.image_size, tok.sot_token_id, tok.eot_token_id)
-    theirs, theirs_mem = run_open_clip(args, data)
-    ours, ours_mem, n_params = run_ours(args, data)
-    flops = step_flops(args)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), math.nan)
-    print(f"device={name} model={args.model} image={args.image_size} batch={args.batch} steps={args.steps} "
-          f"precision={args.precision} params={n_params / 1e6:.1f}M step_flops={flops / 1e12:.2f}T")
-    print(f"open_clip train_one_epoch : {theirs:9.1f} samples/s  peak {theirs_mem:6.2f} GiB  "
-          f"MFU {flops * theirs / args.batch / peak:.1%}")
-    print(f"mm_ptft Trainer           : {ours:9.1f} samples/s  peak {ours_mem:6.2f} GiB  "
-          f"MFU {flops * ours / args.batch / peak:.1%}")
-    print(f"speed ratio (mm_ptft / open_clip): {ours / theirs:.3f}   memory ratio: {ours_mem / theirs_mem:.3f}")
+    t: dict[str, list[dict[str, float]]] = {name: [] for name in ARMS}
+    for seed in range(seeds):
+        for name in (list(ARMS) if seed % 2 == 0 else list(ARMS)[::-1]):
+            clock = StepClock(args.warmup, args.steps, args.device)
+            ARMS[name](args, data, clock)
+            t[name].append({**clock.timing(), "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+    flops, gpu = step_flops(args), torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), math.nan)
+    mfu = {name: [flops * r["samples_per_s"] / args.batch / peak for r in runs] for name, runs in t.items()}
+    rows = [[*r, fmt([x["peak_gib"] for x in t[name]], 2), fmt(mfu[name])] for r, name in zip(throughput_rows(t), t)]
+    rows += [[*r, "", ""] for r in paired_rows(t["mm_ptft Trainer"], t["open_clip train_one_epoch"], "mm_ptft vs open_clip",
+                                               ("samples_per_s", "peak_gib"))]
+    return section(title, window_rule(args.warmup, args.steps),
+                   ["arm", "samples/s", "start-up s", "after s", "wall s", "peak GiB", "MFU"], rows, seeds=seeds,
+                   quick=quick, raw=t, notes=[f"{gpu}; {flops / 1e12:.2f} TFLOP per step (flop counter), peak "
+                                              f"{peak / 1e12:.0f} TFLOP/s dense bf16; synthetic batches built on the CPU "
+                                              f"by {args.workers} workers; goal: ≥ 1.05× open_clip at ≤ its memory, ≥ 45% MFU"])
+
+
+def main() -> None:
+    script_main(compare, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ def test_quickstart_short_run_writes_table_and_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| multimodal (gated fusion) |" in report and (tmp_path / "pretrained_vs_scratch.png").stat().st_size > 0
     assert (tmp_path / "pretrain" / "encoders" / "image" / "mm_ptft_encoder.json").exists()
+    # both arms share the pretraining run's vocabulary (scratch did learn its own from the few labelled captions)
+    vocab = lambda path: json.loads(path.read_text())["model"]["vocab"]  # noqa: E731
+    pretrained = vocab(tmp_path / "pretrain" / "tokenizer" / "tokenizer.json")
+    for run in ("ft_text_scratch", "ft_audio_image_text_scratch", "ft_text_pretrained"):
+        assert vocab(tmp_path / run / "encoders" / "text" / "tokenizer.json") == pretrained, run
 
 
 @pytest.mark.slow
