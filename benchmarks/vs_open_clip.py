@@ -77,6 +77,18 @@ def run_ours(args, data: Dataset) -> tuple[float, float, int]:
     return rate, peak, n_params
 
 
+def open_clip_train_setup(model: torch.nn.Module, args) -> tuple[torch.optim.Optimizer, object, SimpleNamespace]:
+    """(AdamW, GradScaler or None, the ``args`` namespace ``open_clip_train.train.train_one_epoch`` reads) for
+    ``args.device``/``precision``/``batch``: clipping at 1.0, no scheduler, no logging."""
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, fused=args.device == "cuda")
+    precision = {"bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}[args.precision]
+    scaler = torch.amp.GradScaler() if precision == "amp" else None
+    oargs = SimpleNamespace(device=args.device, precision=precision, distill=False, accum_freq=1, skip_scheduler=True,
+                            grad_clip_norm=1.0, horovod=False, world_size=1, rank=0, local_rank=0,
+                            log_every_n_steps=10**9, batch_size=args.batch, wandb=False, save_logs=False)
+    return opt, scaler, oargs
+
+
 def run_open_clip(args, data: Synthetic) -> tuple[float, float]:
     import open_clip
     from open_clip_train.train import train_one_epoch
@@ -96,12 +108,7 @@ def run_open_clip(args, data: Synthetic) -> tuple[float, float]:
                         num_workers=args.workers, pin_memory=args.device == "cuda")
     loader.num_batches, loader.num_samples = args.steps, args.steps * args.batch
     info = SimpleNamespace(dataloader=loader, set_epoch=lambda epoch: None)  # open_clip_train.data.DataInfo's shape
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, fused=args.device == "cuda")
-    precision = {"bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}[args.precision]
-    scaler = torch.amp.GradScaler() if precision == "amp" else None
-    oargs = SimpleNamespace(device=args.device, precision=precision, distill=False, accum_freq=1, skip_scheduler=True,
-                            grad_clip_norm=1.0, horovod=False, world_size=1, rank=0, local_rank=0,
-                            log_every_n_steps=10**9, batch_size=args.batch, wandb=False, save_logs=False)
+    opt, scaler, oargs = open_clip_train_setup(model, args)
     loss = open_clip.ClipLoss()
     train_one_epoch(model, {"train": info}, loss, 0, opt, scaler, None, None, oargs)  # warm-up epoch
     if args.device == "cuda":
