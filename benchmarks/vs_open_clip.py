@@ -80,6 +80,18 @@ def run_ours(args: Any, data: Dataset, clock: StepClock) -> None:
         clock.end()
 
 
+def open_clip_train_setup(model: torch.nn.Module, args) -> tuple[torch.optim.Optimizer, object, SimpleNamespace]:
+    """(AdamW, GradScaler or None, the ``args`` namespace ``open_clip_train.train.train_one_epoch`` reads) for
+    ``args.device``/``precision``/``batch``: clipping at 1.0, no scheduler, no logging."""
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, fused=args.device == "cuda")
+    precision = {"bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}[args.precision]
+    scaler = torch.amp.GradScaler() if precision == "amp" else None
+    oargs = SimpleNamespace(device=args.device, precision=precision, distill=False, accum_freq=1, skip_scheduler=True,
+                            grad_clip_norm=1.0, horovod=False, world_size=1, rank=0, local_rank=0,
+                            log_every_n_steps=10**9, batch_size=args.batch, wandb=False, save_logs=False)
+    return opt, scaler, oargs
+
+
 def run_open_clip(args: Any, data: Synthetic, clock: StepClock) -> None:
     import open_clip
     from open_clip_train.train import train_one_epoch
@@ -99,7 +111,7 @@ def run_open_clip(args: Any, data: Synthetic, clock: StepClock) -> None:
                         num_workers=args.workers, pin_memory=True)  # len(data) = steps * batch: one epoch = N steps
     loader.num_batches, loader.num_samples = args.steps, args.steps * args.batch
     info = SimpleNamespace(dataloader=loader, set_epoch=lambda epoch: None)  # open_clip_train.data.DataInfo's shape
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01, fused=True)
+    opt, scaler, oargs = open_clip_train_setup(model, args)
     step = opt.step
 
     def stamped_step(*a: Any, **kw: Any) -> Any:  # the clock from outside their loop: after each optimizer step
@@ -108,11 +120,6 @@ def run_open_clip(args: Any, data: Synthetic, clock: StepClock) -> None:
         return out
 
     opt.step = stamped_step
-    precision = {"bf16": "amp_bf16", "fp16": "amp", "fp32": "fp32"}[args.precision]
-    scaler = torch.amp.GradScaler() if precision == "amp" else None
-    oargs = SimpleNamespace(device=args.device, precision=precision, distill=False, accum_freq=1, skip_scheduler=True,
-                            grad_clip_norm=1.0, horovod=False, world_size=1, rank=0, local_rank=0,
-                            log_every_n_steps=10**9, batch_size=args.batch, wandb=False, save_logs=False)
     torch.cuda.reset_peak_memory_stats()
     train_one_epoch(model, {"train": info}, open_clip.ClipLoss(), 0, opt, scaler, None, None, oargs)
     clock.end()
