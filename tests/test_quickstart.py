@@ -1,4 +1,6 @@
 """The README's main job: pretrain, few-label fine-tuning, table and report."""
+import json
+
 import pytest
 
 from mm_ptft.quickstart import SETUPS, run_quickstart
