@@ -387,3 +387,18 @@ def masked_mean(tokens: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
         return tokens.mean(1)
     w = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a discarded half of a model (e.g. the other tower of an open_clip CLIP) back to the
+    OS: glibc's allocator keeps freed heap pages, and forked loader workers would inherit them. A no-op where
+    ``malloc_trim`` does not exist (non-glibc systems)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)

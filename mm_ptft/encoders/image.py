@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, remote_code, set_hf_rates, timm_rate_error, \
-    timm_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, release_freed_memory, remote_code, \
+    set_hf_rates, timm_rate_error, timm_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -472,6 +472,8 @@ def open_clip_encoder(name_or_path: str = "ViT-B-32", pretrained: Optional[str] 
     clip = open_clip.create_model(name_or_path, pretrained=pretrained, force_image_size=image_size,
                                   cache_dir=cache_dir, **dict(model_cfg or {}))
     visual = clip.visual
+    del clip  # the text tower goes: its freed memory back to the OS, not to forked loader workers
+    release_freed_memory()
     cfg = getattr(visual, "preprocess_cfg", {}) or {}
     pre = Preprocess.make(cfg.get("size", image_size or 224), cfg.get("mean", IMAGENET_MEAN),
                           cfg.get("std", IMAGENET_STD), cfg.get("interpolation", "bicubic"), 1.0)

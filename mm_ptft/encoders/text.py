@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, remote_code, set_hf_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, release_freed_memory, remote_code, \
+    set_hf_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, TEXT_SEGMENTS, EncoderOutput
 
@@ -276,4 +277,5 @@ def open_clip_text(name_or_path: str = "ViT-B-32", pretrained: Optional[str] = N
     for attr in ("visual",):  # keep only the text side
         if hasattr(model, attr):
             setattr(model, attr, nn.Identity())
+    release_freed_memory()  # the visual tower's memory back to the OS, not to forked loader workers
     return OpenCLIPTextEncoder(model, OpenCLIPTokenizer(name_or_path, getattr(model, "context_length", None)))
