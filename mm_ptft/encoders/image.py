@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, release_freed_memory, remote_code, \
-    set_hf_rates, timm_rate_error, timm_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, open_clip_model, release_freed_memory, \
+    remote_code, set_hf_rates, timm_rate_error, timm_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -467,12 +467,9 @@ def open_clip_encoder(name_or_path: str = "ViT-B-32", pretrained: Optional[str] 
     """Visual tower of an open_clip model: a config name (``ViT-B-32``) or ``hf-hub:``/``local-dir:`` id;
     ``pretrained`` is a tag or a local checkpoint file; ``model_cfg`` overrides the config
     (``embed_dim``, ``vision_cfg``, ``text_cfg``) for custom or tiny models."""
-    import open_clip
-
-    clip = open_clip.create_model(name_or_path, pretrained=pretrained, force_image_size=image_size,
-                                  cache_dir=cache_dir, **dict(model_cfg or {}))
+    clip = open_clip_model(name_or_path, pretrained, model_cfg, image_size, cache_dir)
     visual = clip.visual
-    del clip  # the text tower goes: its freed memory back to the OS, not to forked loader workers
+    del clip  # unshared, the text tower goes: its freed memory back to the OS, not to forked loader workers
     release_freed_memory()
     cfg = getattr(visual, "preprocess_cfg", {}) or {}
     pre = Preprocess.make(cfg.get("size", image_size or 224), cfg.get("mean", IMAGENET_MEAN),

@@ -5,14 +5,15 @@ a WordPiece vocabulary is trained on the run's training texts (``corpus``) and s
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, release_freed_memory, remote_code, \
-    set_hf_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, open_clip_model, \
+    release_freed_memory, remote_code, set_hf_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, TEXT_SEGMENTS, EncoderOutput
 
@@ -271,11 +272,11 @@ def open_clip_text(name_or_path: str = "ViT-B-32", pretrained: Optional[str] = N
                    model_cfg: Optional[dict] = None) -> OpenCLIPTextEncoder:
     """Text tower of open_clip model ``name_or_path``; ``pretrained`` is a tag or a local checkpoint file;
     ``model_cfg`` overrides the config (``embed_dim``, ``text_cfg``, ...) for custom or tiny models."""
-    import open_clip
-
-    model = open_clip.create_model(name_or_path, pretrained=pretrained, **dict(model_cfg or {}))
-    for attr in ("visual",):  # keep only the text side
-        if hasattr(model, attr):
-            setattr(model, attr, nn.Identity())
-    release_freed_memory()  # the visual tower's memory back to the OS, not to forked loader workers
+    shared = open_clip_model(name_or_path, pretrained, model_cfg)
+    model = copy.copy(shared)  # the text side only; a CLIP shared with the image encoder keeps its visual tower
+    model._modules = dict(shared._modules)
+    if hasattr(model, "visual"):
+        model.visual = nn.Identity()
+    del shared
+    release_freed_memory()  # unshared, the visual tower's memory back to the OS, not to forked loader workers
     return OpenCLIPTextEncoder(model, OpenCLIPTokenizer(name_or_path, getattr(model, "context_length", None)))

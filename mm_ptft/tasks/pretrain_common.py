@@ -18,7 +18,7 @@ from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, Mu
                                      build_paired)
 from mm_ptft.data.tables import LabelMap
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
-from mm_ptft.encoders.base import Encoder
+from mm_ptft.encoders.base import Encoder, one_clip_per_model
 from mm_ptft.objectives import OBJECTIVES, Objective
 from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 
@@ -80,16 +80,23 @@ def build_encoders(specs: EncoderSpecs, needed: Sequence[str], output_dir: str,
 
     registries = {"text": TEXT_ENCODERS, "image": IMAGE_ENCODERS, "audio": AUDIO_ENCODERS}
     out: dict[str, Encoder] = {}
-    for m in sorted(set(needed)):
-        spec = getattr(specs, m)
-        if spec is None:
-            raise ConfigError(f"model.{m} is not set, but the objectives/data need a {m} encoder "
-                              f"(e.g. model.{m}={{name: tiny}})")
-        runtime = {"corpus": [t for t in corpus if t]} if m == "text" and corpus else {}
-        out[m] = build_encoder(registries[m], spec, f"model.{m}", **runtime)
-        if m == "text":
-            save_tokenizer(spec, out[m].tokenizer, output_dir)
+    with one_clip_per_model():  # open_clip image + text towers of one model: one CLIP created, not two
+        for m in sorted(set(needed)):
+            _build_one(specs, m, out, output_dir, corpus, registries)
     return out
+
+
+def _build_one(specs: EncoderSpecs, m: str, out: dict[str, Encoder], output_dir: str,
+               corpus: Optional[Sequence[str]], registries: Mapping[str, Any]) -> None:
+    """Build the ``m`` encoder into ``out`` (a text encoder learns its tokenizer on ``corpus`` if it has none)."""
+    spec = getattr(specs, m)
+    if spec is None:
+        raise ConfigError(f"model.{m} is not set, but the objectives/data need a {m} encoder "
+                          f"(e.g. model.{m}={{name: tiny}})")
+    runtime = {"corpus": [t for t in corpus if t]} if m == "text" and corpus else {}
+    out[m] = build_encoder(registries[m], spec, f"model.{m}", **runtime)
+    if m == "text":
+        save_tokenizer(spec, out[m].tokenizer, output_dir)
 
 
 def media_config(encoders: Mapping[str, Encoder], d: PretrainData) -> MediaConfig:
