@@ -10,14 +10,13 @@ pyarrow, tars by ``webdataset``'s tar iterators, HF sources by ``datasets``: not
 """
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
-from mm_ptft.data.tables import BUILDERS, DataError
+from mm_ptft.data.tables import BUILDERS, DataError, csv_header
 
 #: shard kinds by extension; ``hf`` for a Hugging Face source
 KINDS = {**{ext: kind for ext, kind in BUILDERS.items() if ext != ".json"}, ".json": "json", ".tar": "tar"}
@@ -111,23 +110,28 @@ def read_records(shard: Shard, start: int = 0) -> Iterator[tuple[int, dict[str, 
 
 
 def _csv(shard: Shard) -> Iterator[dict[str, Any]]:
+    for batch in _csv_blocks(shard, None, ""):  # cells as strings: one block's inferred types
+        yield from batch.to_pylist()  # could differ from the next one's
+
+
+def _csv_blocks(shard: Shard, column: Optional[str], key: str) -> Iterator[Any]:
+    """pyarrow record batches of a CSV/TSV, every cell a string; only ``column`` when given (pyarrow parses the
+    others but keeps none of them). Header checks as ``tables.csv_header``."""
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
     delimiter = "\t" if shard.path.lower().endswith(".tsv") else ","
-    with open(shard.path, encoding="utf-8-sig", newline="") as f:  # names without a byte-order mark
-        names = next(csv.reader(f, delimiter=delimiter), [])
-    if not names:
+    names = csv_header(shard.path, key, delimiter, lenient=False)
+    if not names:  # an empty file: no records
         return
-    dupes = sorted({c for c in names if names.count(c) > 1})
-    if dupes:
-        raise DataError(f"{shard.path}: duplicate column name(s) {dupes} in the header")
-    reader = pacsv.open_csv(
-        shard.path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 20),
+    if column is not None and column not in names:
+        raise DataError(f"{key}={shard.path}: missing column {column!r}; the file has {names}")
+    keep = [column] if column is not None else names
+    yield from pacsv.open_csv(
+        shard.path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 22),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True))
-    for batch in reader:  # cells as strings (one block's inferred types could differ from the next one's)
-        yield from batch.to_pylist()
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in keep}, include_columns=keep,
+                                             strings_can_be_null=True))
 
 
 def _jsonl(shard: Shard) -> Iterator[dict[str, Any]]:
@@ -200,7 +204,7 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
             yield batch.column(0).to_pylist()
         return
     if shard.kind == "csv":
-        yield from _csv_column(shard, column, key)
+        yield from (batch.column(0).to_pylist() for batch in _csv_blocks(shard, column, key))
         return
     rows = (record for _, record in read_records(shard))
     first = next(rows, None)
@@ -215,25 +219,6 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
             yield chunk
             chunk = []
     yield chunk
-
-
-def _csv_column(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
-    """One column of a CSV/TSV, block by block (pyarrow parses the others but keeps none of them)."""
-    import pyarrow as pa
-    from pyarrow import csv as pacsv
-
-    delimiter = "\t" if shard.path.lower().endswith(".tsv") else ","
-    with open(shard.path, encoding="utf-8-sig", newline="") as f:
-        names = next(csv.reader(f, delimiter=delimiter), [])
-    if column not in names:
-        raise DataError(f"{key}={shard.path}: missing column {column!r}; the file has {names}")
-    reader = pacsv.open_csv(
-        shard.path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 22),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types={column: pa.string()}, include_columns=[column],
-                                             strings_can_be_null=True))
-    for batch in reader:
-        yield batch.column(0).to_pylist()
 
 
 def head_records(shards: Sequence[Shard], n: int) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ def load_table(path: str, key: str = "data.train_file"):
     kwargs: dict[str, Any] = {"delimiter": "\t"} if ext == ".tsv" else {}
     if BUILDERS[ext] == "csv":
         kwargs["encoding"] = "utf-8-sig"  # a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
-        _check_header(path, key, kwargs.get("delimiter", ","))
+        csv_header(path, key, kwargs.get("delimiter", ","))
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(BUILDERS[ext], data_files=path, split="train", **kwargs)
@@ -52,16 +52,21 @@ def load_table(path: str, key: str = "data.train_file"):
     return ds.add_column(ROW, list(range(len(ds))))
 
 
-def _check_header(path: str, key: str, delimiter: str) -> None:
-    """Duplicate column names are an error (pandas would rename the second one silently)."""
+def csv_header(path: str, key: str, delimiter: str, lenient: bool = True) -> list[str]:
+    """A CSV/TSV's column names (a byte-order mark dropped); duplicate names are an error naming ``key`` (if any)
+    and the file (pandas would rename the second one silently). A header that cannot be decoded gives [] when
+    ``lenient`` (a parser reads the file next and reports it), else an error."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             header = next(csv.reader(f, delimiter=delimiter), [])
-    except (UnicodeDecodeError, csv.Error):
-        return  # the parser below reports it
+    except (UnicodeDecodeError, csv.Error) as err:
+        if lenient:
+            return []
+        raise DataError(f"{key + '=' if key else ''}{path}: not readable as UTF-8 text ({err})") from None
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
-        raise DataError(f"{key}={path}: duplicate column name(s) {dupes} in the header")
+        raise DataError(f"{key + '=' if key else ''}{path}: duplicate column name(s) {dupes} in the header")
+    return header
 
 
 def _no_records(path: str, delimiter: str) -> bool:
