@@ -10,7 +10,7 @@ from torch.utils.data import IterableDataset
 
 from mm_ptft.data.stream import ShardStream
 from mm_ptft.tasks import get_recipe, load_config
-from mm_ptft.types import COUNTS
+from mm_ptft.types import take_counts
 
 
 def _read_all(data: Any, counters: dict[str, int]) -> int:
@@ -21,8 +21,7 @@ def _read_all(data: Any, counters: dict[str, int]) -> int:
     n = 0
     items = iter(data) if isinstance(data, IterableDataset) else (data[i] for i in range(len(data)))
     for item in items:
-        for k, v in (item.pop(COUNTS, None) or {}).items() if isinstance(item, dict) else ():
-            counters[k] = counters.get(k, 0) + v
+        take_counts(item, counters)
         n += 1
     if isinstance(data, ShardStream):  # skips after the last usable sample
         for k, v in data._pending.items():

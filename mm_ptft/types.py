@@ -1,7 +1,7 @@
 """Shared data contracts: batch keys and encoder outputs."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -24,3 +24,11 @@ class EncoderOutput(NamedTuple):
     pooled: torch.Tensor  # (B, D)
     tokens: Optional[torch.Tensor] = None  # (B, N, D)
     mask: Optional[torch.Tensor] = None  # (B, N) True where a token is real
+
+
+def take_counts(item: Any, into: dict[str, int]) -> bool:
+    """Move the skip counts a streamed sample or batch carries (``COUNTS``) into ``into``; whether it had any."""
+    counts = item.pop(COUNTS, None) if isinstance(item, dict) else None
+    for k, v in (counts or {}).items():
+        into[k] = into.get(k, 0) + v
+    return bool(counts)

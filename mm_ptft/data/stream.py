@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mm_ptft.data.shards import Shard, read_records
 from mm_ptft.data.tables import DataError
-from mm_ptft.types import COUNTS
+from mm_ptft.types import COUNTS, take_counts
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +247,7 @@ class CountingCollate:
     def __call__(self, items: list[Any]) -> Any:
         counts: dict[str, int] = {}
         for it in items:
-            it = it[1] if isinstance(it, tuple) else it  # a mixture's (source, sample)
-            for k, v in (it.pop(COUNTS, None) or {}).items() if isinstance(it, dict) else ():
-                counts[k] = counts.get(k, 0) + v
+            take_counts(it[1] if isinstance(it, tuple) else it, counts)  # a mixture's item is (source, sample)
         batch = self.collate(items)
         if counts and isinstance(batch, dict):
             batch[COUNTS] = counts

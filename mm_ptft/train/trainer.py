@@ -30,7 +30,7 @@ from mm_ptft.train import trackers as T
 from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import ParamGroups, build_optimizer, build_scheduler, l1_params, l1_penalty, param_groups
 from mm_ptft.train.samplers import GroupedBatchSampler
-from mm_ptft.types import COUNTS
+from mm_ptft.types import take_counts
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -303,8 +303,7 @@ class Trainer:
                 with self._autocast():
                     model(to_device(self._filler(first), self.device))  # output discarded
                 continue
-            for k, v in (batch.pop(COUNTS, None) or {}).items() if isinstance(batch, dict) else ():
-                eval_counts[k] = eval_counts.get(k, 0) + v
+            take_counts(batch, eval_counts)
             first = first or batch
             batch = to_device(batch, self.device)
             with self._autocast():
@@ -499,9 +498,7 @@ class Trainer:
 
     def _take_counts(self, batch: Any) -> None:
         """Move a streamed batch's skip counts (``COUNTS``) into the run's counters."""
-        counts = batch.pop(COUNTS, None) if isinstance(batch, dict) else None
-        for k, v in (counts or {}).items():
-            self.counters[k] = self.counters.get(k, 0) + v
+        if take_counts(batch, self.counters):
             self.counts_changed = True
 
     def _log_train(self) -> None:
