@@ -7,15 +7,13 @@ counted drops; an empty transcript is an error or a counted skip. Augmentation (
 seeded per sample (``data.stream.sample_seed``), so a resumed run continues exactly."""
 from __future__ import annotations
 
-import io
 import os
 from typing import Any, Callable, Optional
 
 import torch
 
 from mm_ptft.data.audio import AudioPipeline, count, load_waveform
-from mm_ptft.data.multimodal import media_path
-from mm_ptft.data.paired_stream import EXTS, is_tar_sample
+from mm_ptft.data.paired_stream import decode_media, is_tar_sample, media_source
 from mm_ptft.data.shards import Shard
 from mm_ptft.data.stream import sample_seed
 from mm_ptft.data.tables import DataError
@@ -41,18 +39,9 @@ class ClipRow:
         return self.normalize(value or "")
 
     def _waveform(self, shard: Shard, row: int, record: dict[str, Any]) -> torch.Tensor:
-        if is_tar_sample(record):
-            name = f"{shard.name}: sample {record['__key__']!r}"
-            ext = next((e for e in EXTS["audio"] if e in record), None)
-            if ext is None:
-                raise DataError(f"{name}: no audio ({'/'.join(EXTS['audio'])}); it has {sorted(record)}")
-            return load_waveform((io.BytesIO(record[ext]), f"{name}.{ext}"), self.pipe.sample_rate)
-        if self.d.audio_column not in record:
-            raise DataError(f"{shard.name}: row {row}: missing column {self.d.audio_column!r}; it has {sorted(record)}")
-        path = media_path(os.path.dirname(os.path.abspath(shard.path)), record[self.d.audio_column])
-        if path is None:
-            raise DataError(f"{shard.name}: row {row}: empty {self.d.audio_column!r} cell")
-        return load_waveform(path, self.pipe.sample_rate)
+        source, name = media_source(shard, row, record, "audio", self.d.audio_column)
+        rate = self.pipe.sample_rate
+        return decode_media(lambda s: load_waveform(s if isinstance(s, str) else (s, name), rate), source, name)
 
     def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
         d = self.d
@@ -64,9 +53,9 @@ class ClipRow:
             return None
         try:
             wav = self._waveform(shard, row, record)  # (T,)
-        except DataError as err:
+        except DataError:
             if not d.skip_bad_samples:
-                raise DataError(f"{shard.name}: row {row}: {err}") from err
+                raise
             count(counters, "skipped_bad_audio")
             return None
         seconds = wav.shape[-1] / self.pipe.sample_rate

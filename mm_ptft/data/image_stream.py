@@ -7,26 +7,16 @@ bit depths) and transformed with the recipe's transforms. Random augmentation is
 (``data.stream.sample_seed`` of seed, pass, shard, row), so a resumed run continues exactly."""
 from __future__ import annotations
 
-import io
-import json
 import os
 from typing import Any, Callable, Optional
 
 
 from mm_ptft.data.image import load_image
-from mm_ptft.data.multimodal import media_path
-from mm_ptft.data.paired_stream import EXTS, is_tar_sample
+from mm_ptft.data.paired_stream import decode_media, is_tar_sample, media_source, tar_label
 from mm_ptft.data.shards import Shard
 from mm_ptft.data.stream import sample_seed
 from mm_ptft.data.tables import DataError, LabelMap
 from mm_ptft.types import IMAGE, LABELS
-
-
-def tar_label(record: dict[str, Any], label_column: str) -> Any:
-    """A WebDataset sample's label: ``{key}.cls``, else ``label_column`` of ``{key}.json``."""
-    if "cls" in record:
-        return record["cls"].decode("utf-8").strip()
-    return json.loads(record["json"]).get(label_column) if "json" in record else None
 
 
 class ImageRow:
@@ -43,21 +33,7 @@ class ImageRow:
         self.pass_no = pass_no
 
     def _decode(self, shard: Shard, row: int, record: dict[str, Any]) -> Any:
-        if is_tar_sample(record):
-            name = f"{shard.name}: sample {record['__key__']!r}"
-            ext = next((e for e in EXTS["image"] if e in record), None)
-            if ext is None:
-                raise DataError(f"{name}: no image ({'/'.join(EXTS['image'])}); it has {sorted(record)}")
-            try:
-                return load_image(io.BytesIO(record[ext]))
-            except DataError as err:  # drop the file object's repr, keep the reason
-                raise DataError(f"{name}: {str(err).split(': ', 1)[-1]}") from err
-        if self.path_column not in record:
-            raise DataError(f"{shard.name}: row {row}: missing column {self.path_column!r}; it has {sorted(record)}")
-        path = media_path(os.path.dirname(os.path.abspath(shard.path)), record[self.path_column])
-        if path is None:
-            raise DataError(f"{shard.name}: row {row}: empty {self.path_column!r} cell")
-        return load_image(path)
+        return decode_media(load_image, *media_source(shard, row, record, "image", self.path_column))
 
     def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
         raw = tar_label(record, self.label_column) if is_tar_sample(record) else record.get(self.label_column)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -29,6 +29,43 @@ def is_tar_sample(record: dict[str, Any]) -> bool:
     return "__key__" in record
 
 
+def tar_label(record: dict[str, Any], label_column: str) -> Any:
+    """A WebDataset sample's label: ``{key}.cls``, else ``label_column`` of ``{key}.json``."""
+    if "cls" in record:
+        return record["cls"].decode("utf-8").strip()
+    return json.loads(record["json"]).get(label_column) if "json" in record else None
+
+
+def media_source(shard: Shard, row: int, record: dict[str, Any], modality: str, column: str) -> tuple[Any, str]:
+    """Where a record's ``modality`` is — a tar sample's member (a ``BytesIO``) or a table cell's path (relative to
+    the shard's folder) — and how errors name the sample; DataError when it is missing or empty."""
+    if is_tar_sample(record):
+        name = f"{shard.name}: sample {record['__key__']!r}"
+        ext = next((e for e in EXTS[modality] if e in record), None)
+        if ext is None:
+            raise DataError(f"{name}: no {modality} ({'/'.join(EXTS[modality])}); it has {sorted(record)}")
+        return io.BytesIO(record[ext]), name
+    name = f"{shard.name}: row {row}"
+    if column not in record:
+        raise DataError(f"{name}: missing column {column!r}; it has {sorted(record)}")
+    path = media_path(os.path.dirname(os.path.abspath(shard.path)), record[column])
+    if path is None:
+        raise DataError(f"{name}: empty {column!r} cell")
+    return path, name
+
+
+def decode_media(load: Callable[[Any], Any], source: Any, name: str) -> Any:
+    """``load(source)``; a DataError is raised again naming the sample (``name``); a file object's message starts
+    with its repr, so only its reason is kept."""
+    try:
+        return load(source)
+    except DataError as err:
+        text = str(err)
+        if text.startswith(name):
+            raise
+        raise DataError(f"{name}: {text if isinstance(source, str) else text.split(': ', 1)[-1]}") from err
+
+
 class PairedRecord:
     """Map function of a paired stream: the requested ``modalities`` of one record, checked as the manifest
     path checks them."""
@@ -43,36 +80,14 @@ class PairedRecord:
         return value.decode("utf-8") if isinstance(value, bytes) else value
 
     def label_of(self, record: dict[str, Any]) -> Any:
-        if not is_tar_sample(record):
-            return record.get(self.cols.label)
-        if "cls" in record:
-            return record["cls"].decode("utf-8").strip()
-        meta = json.loads(record["json"]) if "json" in record else {}
-        return meta.get(self.cols.label)
+        return tar_label(record, self.cols.label) if is_tar_sample(record) else record.get(self.cols.label)
 
     def _media(self, shard: Shard, row: int, record: dict[str, Any], modality: str) -> Any:
         """The decoded media of ``modality``; DataError naming the shard and sample when missing or bad."""
-        load = load_image if modality == "image" else load_audio
-        if is_tar_sample(record):
-            name = f"{shard.name}: sample {record['__key__']!r}"
-            ext = next((e for e in EXTS[modality] if e in record), None)
-            if ext is None:
-                raise DataError(f"{name}: no {modality} ({'/'.join(EXTS[modality])}); it has {sorted(record)}")
-            source: Any = io.BytesIO(record[ext])
-            if modality == "audio":
-                source = (source, f"{name}.{ext}")
-        else:
-            name = f"{shard.name}: row {row}"
-            if getattr(self.cols, modality) not in record:
-                raise DataError(f"{name}: missing column {getattr(self.cols, modality)!r}; it has {sorted(record)}")
-            source = media_path(os.path.dirname(os.path.abspath(shard.path)), record[getattr(self.cols, modality)])
-            if source is None:
-                raise DataError(f"{name}: empty {modality} cell")
-        try:
-            return load(source, self.media)
-        except DataError as err:  # a file object's message starts with its repr: keep the reason only
-            reason = str(err).split(": ", 1)[-1] if is_tar_sample(record) else str(err)
-            raise DataError(f"{name}: {reason}") from err
+        source, name = media_source(shard, row, record, modality, getattr(self.cols, modality))
+        if modality == "image":
+            return decode_media(lambda s: load_image(s, self.media), source, name)
+        return decode_media(lambda s: load_audio(s if isinstance(s, str) else (s, name), self.media), source, name)
 
     def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
         item: dict[str, Any] = {}
