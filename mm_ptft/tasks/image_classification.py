@@ -14,7 +14,7 @@ from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_
     image_table, scan_images
 from mm_ptft.data.image_stream import ImageRow
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.tables import DataError, LabelMap, seeded_split
+from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
@@ -141,9 +141,6 @@ def _prepare_stream(cfg: ImageClassificationConfig, train: bool) -> Prepared:
     d = cfg.data
     S.unsupported(labels_per_class=d.labels_per_class > 0, rehearsal=d.rehearsal is not None)
     shards = S.shards_of(cfg, train)
-    if not d.labels and any(s.kind == "tar" for s in shards[0]):
-        raise DataError("data.labels is empty: list the classes (learning them from WebDataset shards would read "
-                        "every shard before the first step)")
     labels = S.stream_labels(d, shards[0])
 
     def streams(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:

@@ -17,7 +17,7 @@ from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES, Columns, Medi
 from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
-from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table
+from mm_ptft.data.tables import ROW, LabelMap, load_table
 from mm_ptft.fusion import build_fusion
 from mm_ptft.heads.multimodal import MultimodalClassifier
 from mm_ptft.tasks import recipe
@@ -112,9 +112,6 @@ def _prepare_stream(cfg: MultimodalClassificationConfig, train: bool) -> Prepare
     d = cfg.data
     S.unsupported(labels_per_class=d.labels_per_class > 0)
     shards = S.shards_of(cfg, train)
-    if not d.labels and any(s.kind == "tar" for s in shards[0]):
-        raise DataError("data.labels is empty: list the classes (learning them from WebDataset shards would read "
-                        "every shard before the first step)")
     labels = S.stream_labels(d, shards[0])
     cols = Columns(d.text_column, d.image_column, d.audio_column, d.label_column)
     reader = PairedRecord(d.modalities, cols, MediaConfig())

@@ -10,7 +10,7 @@ from mm_ptft.config import ConfigError
 from mm_ptft.data.shards import Shard, column_values, expand_sources, head_records
 from mm_ptft.data.stream import MapFn, ShardStream, hash_split
 from mm_ptft.data.tables import DataError, LabelMap
-from mm_ptft.tasks.common import resolve_files
+from mm_ptft.tasks.common import learn_labels, resolve_files
 
 #: how many leading texts a text encoder without a tokenizer learns its vocabulary from, when streaming
 TOKENIZER_CORPUS = 20000
@@ -52,17 +52,13 @@ def streams(cfg: Any, shards: tuple[list[Shard], list[Shard]], fn: MapFn, train:
 
 
 def stream_labels(data: Any, shards: Sequence[Shard]) -> LabelMap:
-    """``data.labels``, or the label column's distinct values over the training shards (one column read)."""
-    if not data.labels:
-        if not shards:
-            raise DataError("data.labels is empty and there is no data.train_file to learn them from")
-        learned = LabelMap.from_values(sorted(column_values(shards, data.label_column), key=str),
-                                       f"{data.train_file}: column {data.label_column!r}")
-        if len(learned) < 2:
-            raise DataError(f"{data.train_file}: column {data.label_column!r} holds {len(learned)} distinct label(s): "
-                            f"classification needs at least two (or list the classes in data.labels)")
-        data.labels = [str(x) for x in learned.names]
-    return LabelMap(data.labels)
+    """``data.labels``, or (``common.learn_labels``) the label column's distinct values over the training shards,
+    reading that column alone. WebDataset shards need ``data.labels``: learning them would read every shard."""
+    if not data.labels and any(s.kind == "tar" for s in shards):
+        raise DataError("data.labels is empty: list the classes (learning them from WebDataset shards would read "
+                        "every shard before the first step)")
+    column = {data.label_column: column_values(shards, data.label_column)} if shards and not data.labels else None
+    return learn_labels(data, column)
 
 
 def stream_corpus(shards: Sequence[Shard], text: Callable[[dict[str, Any]], Any]) -> Optional[list[str]]:
