@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Iterable, Optional
 
 import torch
 
@@ -111,6 +111,20 @@ def _check_coverage(clips: list[Clip], vocab: CharVocab, manifest: str, max_unkn
                         f"model.vocab or model.tokenizer")
 
 
+def _learn_targets(m: SpeechModel, texts: Iterable[str]) -> None:
+    """``model.vocab`` (the characters) if empty and, for decoder=lexicon, ``model.lexicon`` (the words) if empty,
+    from normalised training transcripts in one pass; both are saved with the run's resolved config."""
+    lexicon = m.decoder == "lexicon" and not m.lexicon
+    chars: set[str] = set()
+    words: set[str] = set()
+    for t in texts:
+        chars.update(t)
+        if lexicon:
+            words.update(t.split())
+    m.vocab = m.vocab or CharVocab.from_texts(chars).tokens
+    m.lexicon = sorted(words) if lexicon else m.lexicon
+
+
 def _build_encoder(cfg: SpeechRecognitionConfig) -> AudioEncoder:
     enc = build_encoder(AUDIO_ENCODERS, cfg.model.audio, "model.audio")
     if cfg.model.freeze_feature_encoder:
@@ -130,17 +144,12 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
         return _prepare_stream(cfg, train)
     learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
     train_ds, eval_ds = load_splits(cfg, train, learn)
-    if not m.vocab:
+    if learn:
         if train_ds is None:
-            raise ValueError("model.vocab is empty and there is no data.train_file to learn it from")
+            raise ValueError("model.vocab is empty and there is no data.train_file to learn it from" if not m.vocab
+                             else "model.decoder=lexicon: model.lexicon is empty and there is no data.train_file")
         require_columns(train_ds, [d.text_column], d.train_file)
-        texts = [normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]]
-        m.vocab = CharVocab.from_texts(texts).tokens  # saved with the run's resolved config
-    if m.decoder == "lexicon" and not m.lexicon:
-        if train_ds is None:
-            raise ValueError("model.decoder=lexicon: model.lexicon is empty and there is no data.train_file")
-        m.lexicon = sorted({w for t in train_ds[d.text_column] for w in normalize_text(t or "", d.lowercase,
-                                                                                      d.strip_punctuation).split()})
+        _learn_targets(m, (normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]))
     vocab = CharVocab(m.vocab)
     enc = _build_encoder(cfg)
     task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
@@ -172,10 +181,7 @@ def _prepare_stream(cfg: SpeechRecognitionConfig, train: bool) -> Prepared:
         if not shards[0] or any(s.kind == "tar" for s in shards[0]):
             raise DataError("model.vocab (or model.tokenizer) and, for decoder=lexicon, model.lexicon must be set "
                             "to stream from WebDataset shards (learning them would read every shard first)")
-        texts = [normalize(t or "") for batch in column_batches(shards[0], d.text_column) for t in batch]
-        m.vocab = m.vocab or CharVocab.from_texts(texts).tokens
-        if m.decoder == "lexicon" and not m.lexicon:
-            m.lexicon = sorted({w for t in texts for w in t.split()})
+        _learn_targets(m, (normalize(t or "") for batch in column_batches(shards[0], d.text_column) for t in batch))
     vocab, enc = CharVocab(m.vocab), _build_encoder(cfg)
     task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
     frames = lambda n: int(enc.frame_lengths(torch.tensor([n]))[0])  # noqa: E731

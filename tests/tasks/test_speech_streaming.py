@@ -76,3 +76,17 @@ def test_manifest_stream_learns_the_vocabulary_and_resumes_exactly_with_augmenta
     resume_from_copy(tmp_path / "straight", tmp_path / "resumed", 3)
     train(cfg(tmp_path, *common, "train.resume=true", name="resumed"))
     assert same_weights(tmp_path / "straight", tmp_path / "resumed", 6)
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_vocabulary_and_lexicon_are_learned_from_the_training_transcripts(tmp_path, speech, streaming):
+    from mm_ptft.heads.ctc import normalize_text
+    from mm_ptft.tasks import get_recipe
+
+    cfg = load_config(TINY, [f"output_dir={tmp_path / 'run'}", *SMALL, f"data.streaming={streaming}",
+                             f"data.train_file={speech['manifest']}", f"data.eval_file={speech['eval_file']}",
+                             "model.decoder=lexicon", "train.max_steps=2"])
+    get_recipe(cfg.task).prepare(cfg)
+    texts = [normalize_text(r["text"], True, True) for r in speech["rows"]]
+    assert cfg.model.lexicon == sorted({w for t in texts for w in t.split()})
+    assert set(cfg.model.vocab[2:]) == {c for t in texts for c in t if c != " "}
