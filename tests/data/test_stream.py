@@ -79,24 +79,29 @@ def test_state_resumes_with_the_very_next_sample(tmp_path):
         assert head + [next(it) for _ in range(60 - cut)] == reference, cut
 
 
+def loader_batches(dataset, n, batch_size, state=None):
+    """The first ``n`` batches of a 2-worker ``StatefulDataLoader`` over ``dataset`` (resumed from ``state``), and
+    the loader's state after them."""
+    dl = StatefulDataLoader(dataset, batch_size=batch_size, num_workers=2, collate_fn=list)
+    if state:
+        dl.load_state_dict(state)
+    it = iter(dl)
+    batches = [next(it) for _ in range(n)]
+    return batches, dl.state_dict()
+
+
+def assert_resumes_exactly(make, batch_size, total, cut):
+    """Batches 0..total of a fresh loader over ``make()`` equal ``cut`` batches + a new loader resumed from there."""
+    reference, _ = loader_batches(make(), total, batch_size)
+    head, state = loader_batches(make(), cut, batch_size)
+    tail, _ = loader_batches(make(), total - cut, batch_size, state)
+    assert head + tail == reference
+    return reference
+
+
 def test_stateful_dataloader_with_two_workers_resumes_exactly(tmp_path):
     shards = write_shards(tmp_path, [13, 6, 8])
-
-    def loader(state=None):
-        dl = StatefulDataLoader(ShardStream(shards, ids, seed=4, block=4), batch_size=3, num_workers=2,
-                                collate_fn=list)
-        if state:
-            dl.load_state_dict(state)
-        return iter(dl), dl
-
-    it, _ = loader()
-    reference = [next(it) for _ in range(20)]
-    it, dl = loader()
-    head = [next(it) for _ in range(7)]
-    state = dl.state_dict()
-    del it
-    it, _ = loader(state)
-    assert head + [next(it) for _ in range(13)] == reference
+    assert_resumes_exactly(lambda: ShardStream(shards, ids, seed=4, block=4), 3, 20, 7)
 
 
 def test_two_gloo_ranks_times_two_workers_see_each_sample_once_and_resume_exactly(tmp_path):
@@ -176,21 +181,8 @@ def test_mixture_draws_by_weight_and_resumes_exactly(tmp_path):
         return MixtureStream({"a": ShardStream([a], ids, seed=1, block=4), "b": ShardStream([b], ids, seed=2, block=4)},
                              {"a": 3.0, "b": 1.0}, seed=7)
 
-    def loader(state=None):
-        dl = StatefulDataLoader(mixture(), batch_size=4, num_workers=2, collate_fn=list)
-        if state:
-            dl.load_state_dict(state)
-        return iter(dl), dl
-
-    it, _ = loader()
-    reference = [next(it) for _ in range(100)]
+    reference = assert_resumes_exactly(mixture, 4, 100, 37)
     names = [n for batch in reference for n, _ in batch]
     share = names.count("a") / len(names)  # 400 draws of p=0.75: sd 0.022
     assert 0.75 - 0.09 < share < 0.75 + 0.09
     assert all(x.startswith("0-") if n == "a" else x.startswith("1-") for batch in reference for n, x in batch)
-    it, dl = loader()
-    head = [next(it) for _ in range(37)]
-    state = dl.state_dict()
-    del it
-    it, _ = loader(state)
-    assert head + [next(it) for _ in range(63)] == reference
