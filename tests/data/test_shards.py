@@ -66,3 +66,9 @@ def test_hf_save_to_disk_directories(tmp_path):
     assert sorted(rec["text"] for s in shards for _, rec in read_records(s)) == sorted(f"t{i}" for i in range(10))
     test = expand_sources(f"hf:{tmp_path / 'dd'}:test")
     assert sorted(rec["text"] for s in test for _, rec in read_records(s)) == ["t0", "t1", "t2"]
+
+
+def test_a_csv_shard_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "latin.csv").write_bytes("text,label\ncaf\xe9,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv: not readable as UTF-8 text"):
+        rows(expand_sources(str(tmp_path / "latin.csv"))[0])
