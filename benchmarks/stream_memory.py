@@ -40,10 +40,10 @@ json.dump({"first_step_s": FirstStep.first, "total_s": time.time() - t0, "rss_mb
 
 def write_rows(path: str, n: int, seed: int = 0) -> None:
     """A topics-style CSV of ``n`` rows (the text_topics generator's sentences, written in bulk)."""
-    from mm_ptft.data.generated import TOPICS, _sentence
+    from mm_ptft.data.generated import TOPICS, topic_sentence
 
     rng = random.Random(seed)
-    pool = [(_sentence(rng, t, 0.15).replace('"', ""), t) for t in TOPICS for _ in range(2000)]
+    pool = [(topic_sentence(rng, t, 0.15).replace('"', ""), t) for t in TOPICS for _ in range(2000)]
     with open(path, "w") as f:
         f.write("text,label\n")
         for i in range(n):

@@ -27,7 +27,8 @@ FILLER = ("the a of and to in is was it for on with as at by this that from or b
           "good day week people time year today very some many more most also").split()
 
 
-def _sentence(rng: random.Random, topic: str, noise: float) -> str:
+def topic_sentence(rng: random.Random, topic: str, noise: float) -> str:
+    """A sentence about ``topic``: 4-32 words from its vocabulary and filler, a ``noise`` share from others."""
     words = TOPICS[topic].split()
     n = rng.choice([4, 6, 8, 12, 20, 32])  # varied lengths: padding matters, grouping helps
     out = []
@@ -68,7 +69,7 @@ def text_topics(out_dir: str, n_train: int = 800, n_eval: int = 200, noise: floa
 
     def row() -> list[str]:
         topic = list(TOPICS)[rng.randrange(len(TOPICS))]
-        return [_sentence(rng, topic, noise), topic]
+        return [topic_sentence(rng, topic, noise), topic]
 
     return write_csv_splits(out_dir, ["text", "label"], {"train": n_train, "eval": n_eval}, row)
 
