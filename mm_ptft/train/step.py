@@ -122,9 +122,16 @@ class Window:
                 "eval_time_s": self.eval_s, "save_time_s": self.save_s}
 
 
+def scaler_found_inf(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """After ``scaler.step(opt)`` and before ``scaler.update()``: 1.0 where the scaler skipped the step (an inf/NaN
+    in the unscaled gradients on any device), as a 0-d float32 device tensor."""
+    flags = list(scaler._found_inf_per_device(opt).values())  # what GradScaler.update reads, one per device
+    return torch.stack([f.to(flags[0].device) for f in flags]).amax().clamp(max=1.0)
+
+
 def params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
 
 
-__all__ = ["FaultCounter", "Window", "grad_norm", "nonfinite", "params_of", "skips_on_device",
-                          "step_unless"]
+__all__ = ["FaultCounter", "Window", "grad_norm", "nonfinite", "params_of", "scaler_found_inf",
+           "skips_on_device", "step_unless"]

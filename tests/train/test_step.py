@@ -14,9 +14,12 @@ from torch import nn
 from mm_ptft.config import RunConfig, TrainConfig
 from mm_ptft.contracts import Callback, Task
 from mm_ptft.data.text import Records
+from mm_ptft.encoders import build_encoder
+from mm_ptft.encoders.image import IMAGE_ENCODERS
+from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.train import step as S
 from mm_ptft.train.trainer import Trainer
-from mm_ptft.types import LABELS
+from mm_ptft.types import IMAGE, LABELS
 
 
 def set_grads(model, value):
@@ -203,27 +206,17 @@ def _in_data_loading() -> bool:
     return any("/torch/utils/data/" in f.filename or "/torchdata/" in f.filename for f in traceback.extract_stack())
 
 
-def test_no_tensor_is_read_between_log_steps(tmp_path, monkeypatch):
-    """Count every read of a tensor's value on the host (the calls that would wait for a GPU) and where the loop
-    was: only the first step (it creates the optimizer state) and the log/eval/save steps may read."""
-    class StepTimer(Callback):
-        every_step = True  # called after every step: the trainer need not know which ones were skipped
-
-        def __init__(self):
-            self.steps = []
-
-        def on_step_end(self, trainer):
-            self.steps.append(trainer.step)
-
-    task, timer = Counting(), StepTimer()
-    trainer = trainer_for(tmp_path, task, [timer], max_steps=9, log_every=4, save_every=0, eval_every=100)
+def stray_reads(monkeypatch, trainer) -> list[tuple[str, int]]:
+    """Fit ``trainer`` counting every read of a tensor's value on the host (the calls that would wait for a GPU)
+    and the step the loop was at: the reads outside the first step (it creates the optimizer state) and the
+    log/eval/save steps, as (name, step)."""
     reads, allowed = [], [0]
     for name in SYNCS:
         real = getattr(torch.Tensor, name)
 
         def counted(self, *a, _real=real, _name=name, **kw):
             if not _in_data_loading():
-                reads.append((_name, task.calls, allowed[0] > 0))
+                reads.append((_name, getattr(trainer, "step", 0), allowed[0] > 0))
             return _real(self, *a, **kw)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
@@ -239,7 +232,49 @@ def test_no_tensor_is_read_between_log_steps(tmp_path, monkeypatch):
 
         monkeypatch.setattr(trainer, method, marked)
     trainer.fit()
-    assert trainer.step == 9 and timer.steps == list(range(1, 10))
-    stray = [(name, call) for name, call, ok in reads if not ok and call > 1]
-    assert stray == [], stray
     assert any(ok for _, _, ok in reads)  # the log steps did read (the counting works)
+    return [(name, step) for name, step, ok in reads if not ok and step >= 1]
+
+
+def test_no_tensor_is_read_between_log_steps(tmp_path, monkeypatch):
+    class StepTimer(Callback):
+        every_step = True  # called after every step: the trainer need not know which ones were skipped
+
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, trainer):
+            self.steps.append(trainer.step)
+
+    task, timer = Counting(), StepTimer()
+    trainer = trainer_for(tmp_path, task, [timer], max_steps=9, log_every=4, save_every=0, eval_every=100)
+    assert stray_reads(monkeypatch, trainer) == []
+    assert trainer.step == 9 and timer.steps == list(range(1, 10))
+
+
+def test_ema_weights_cost_no_host_read_and_skip_the_nan_step(tmp_path, monkeypatch):
+    """The image classifier's EMA callback gates its update on the device: a run with EMA on and a NaN loss at
+    step 6 reads nothing between log steps, skips step 6 (weights and EMA) and counts 8 EMA steps of 9."""
+    class NanAt6(ImageClassificationTask):
+        calls = 0
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            if self.training:
+                self.calls += 1
+                out["loss"] = out["loss"] * (float("nan") if self.calls == 6 else 1.0)
+            return out
+
+    torch.manual_seed(0)
+    task = NanAt6(build_encoder(IMAGE_ENCODERS, {"name": "tiny_cnn", "widths": [4, 4, 8, 8], "img_size": 16},
+                                "model.image"), 2, ema_decay=0.9)
+    images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # (N, 3, H, W)
+    items = Records([{IMAGE: images[i], LABELS: i % 2} for i in range(16)])
+    tc = TrainConfig(batch_size=8, report=False, device="cpu", precision="fp32", max_steps=9, log_every=4,
+                     save_every=0, eval_every=100)
+    trainer = Trainer(task, RunConfig(task="toy", output_dir=str(tmp_path), train=tc), items, None,
+                      lambda its: {IMAGE: torch.stack([it[IMAGE] for it in its]),
+                                   LABELS: torch.tensor([it[LABELS] for it in its])}, callbacks=[EmaCallback(task)])
+    assert not trainer._host_steps
+    assert stray_reads(monkeypatch, trainer) == []
+    assert trainer.step == 9 and trainer.bad_steps_total == 1 and int(task.ema_steps) == 8
