@@ -7,7 +7,9 @@ tensor, the NaN/Inf skip is decided on the device, and non-finite steps are coun
 
 The skip on the device uses the fused optimizers' ``found_inf`` input (as ``torch.amp.GradScaler`` does for
 optimizers with ``_step_supports_amp_scaling``): the kernel leaves the weights, the moments and the step count as
-they were when the flag is set. Fused AdamW/Adam are the default on CPU and CUDA (``optim.fused``). Other
+they were when the flag is set. Fused AdamW/Adam are the default on CPU and CUDA (``optim.fused``). Under FSDP2
+the same holds: the fused kernels take DTensor parameters and state with a plain 0-d ``found_inf`` (the gradient
+norm is reduced over ranks first, so every rank skips alike; checked on 2 gloo ranks, torch 2.14). Other
 optimizers, and steps that would create optimizer state (the first step of a parameter: a fused SGD skipping it
 would leave its momentum buffer uninitialised), are decided on the host (one sync for that step).
 """

@@ -116,9 +116,8 @@ class Trainer:
         self.faults, self.window = S.FaultCounter(self.device), None
         self.found_inf = torch.zeros((), device=self.device)  # the last step's NaN/Inf flag (1.0: skipped)
         # The host must know each step's NaN/Inf verdict when on_step_end callbacks are told only of steps that
-        # changed the weights (every_step callbacks read the verdict from found_inf on the device instead), and
-        # under FSDP (its DTensor parameters do not take found_inf).
-        self._host_steps = P.is_fsdp(self.model) or any(
+        # changed the weights (every_step callbacks read the verdict from found_inf on the device instead).
+        self._host_steps = any(
             getattr(type(cb), "on_step_end", None) is not Callback.on_step_end and not getattr(cb, "every_step", False)
             for cb in self.callbacks)
 

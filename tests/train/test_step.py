@@ -3,8 +3,10 @@ reference that never took it; non-finite steps counted on the device; between lo
 a tensor; and a train log covers the wall time since the previous one, evaluation and checkpoints included."""
 import copy
 import json
+import os
+import subprocess
+import sys
 import time
-import traceback
 
 import pytest
 import torch
@@ -20,6 +22,9 @@ from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationT
 from mm_ptft.train import step as S
 from mm_ptft.train.trainer import Trainer
 from mm_ptft.types import IMAGE, LABELS
+
+from mm_paths import ROOT
+from sync_util import stray_reads
 
 
 def set_grads(model, value):
@@ -197,45 +202,6 @@ def test_a_real_sleep_in_a_save_is_inside_the_window(tmp_path):
     assert wall >= 0.3 and wall <= time.perf_counter() - t0
 
 
-SYNCS = ("item", "__float__", "__int__", "__bool__", "tolist")
-
-
-def _in_data_loading() -> bool:
-    """Whether the read comes from the data loader (its CPU-side sampler and worker seeds at each epoch start:
-    host tensors by design, never the device's)."""
-    return any("/torch/utils/data/" in f.filename or "/torchdata/" in f.filename for f in traceback.extract_stack())
-
-
-def stray_reads(monkeypatch, trainer) -> list[tuple[str, int]]:
-    """Fit ``trainer`` counting every read of a tensor's value on the host (the calls that would wait for a GPU)
-    and the step the loop was at: the reads outside the first step (it creates the optimizer state) and the
-    log/eval/save steps, as (name, step)."""
-    reads, allowed = [], [0]
-    for name in SYNCS:
-        real = getattr(torch.Tensor, name)
-
-        def counted(self, *a, _real=real, _name=name, **kw):
-            if not _in_data_loading():
-                reads.append((_name, getattr(trainer, "step", 0), allowed[0] > 0))
-            return _real(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    for method in ("_log_train", "_check_faults", "_eval_and_save", "save_checkpoint"):
-        real = getattr(trainer, method)
-
-        def marked(*a, _real=real, **kw):
-            allowed[0] += 1
-            try:
-                return _real(*a, **kw)
-            finally:
-                allowed[0] -= 1
-
-        monkeypatch.setattr(trainer, method, marked)
-    trainer.fit()
-    assert any(ok for _, _, ok in reads)  # the log steps did read (the counting works)
-    return [(name, step) for name, step, ok in reads if not ok and step >= 1]
-
-
 def test_no_tensor_is_read_between_log_steps(tmp_path, monkeypatch):
     class StepTimer(Callback):
         every_step = True  # called after every step: the trainer need not know which ones were skipped
@@ -278,3 +244,18 @@ def test_ema_weights_cost_no_host_read_and_skip_the_nan_step(tmp_path, monkeypat
     assert not trainer._host_steps
     assert stray_reads(monkeypatch, trainer) == []
     assert trainer.step == 9 and trainer.bad_steps_total == 1 and int(task.ema_steps) == 8
+
+
+@pytest.mark.slow  # a 2-process torchrun launch: ~18 s on 2 shared CPUs
+def test_fsdp_skips_a_nan_step_on_the_device_on_both_ranks(tmp_path):
+    """FSDP2 on 2 gloo ranks: fused AdamW takes the device flag with DTensor parameters, so a NaN loss at step 3
+    leaves every rank's parameter shards and optimizer state exactly as they were (and no other step does),
+    with no host read between log steps."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "train", "fsdp_skip_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got == {"stray": [], "host_steps": False, "bad": 1, "unchanged_after": [3], "steps": 5}, rank
