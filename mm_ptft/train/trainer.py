@@ -115,6 +115,7 @@ class Trainer:
         self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
         self.faults, self.window = S.FaultCounter(self.device), None
         self.found_inf = torch.zeros((), device=self.device)  # the last step's NaN/Inf flag (1.0: skipped)
+        self._undo = S.Undo() if self.tc.undo_skips else None  # non-fused optimizers: skip by rolling back
         # The host must know each step's NaN/Inf verdict when on_step_end callbacks are told only of steps that
         # changed the weights (every_step callbacks read the verdict from found_inf on the device instead).
         self._host_steps = any(
@@ -538,7 +539,8 @@ class Trainer:
         else:
             self.found_inf = S.nonfinite(norm)
             on_device = not self._host_steps and S.skips_on_device(self.opt)
-            stepped = S.step_unless(self.opt, self.found_inf, on_device)
+            undo = None if self._host_steps else self._undo
+            stepped = S.step_unless(self.opt, self.found_inf, on_device, undo)
             self.faults.add(self.found_inf)
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()

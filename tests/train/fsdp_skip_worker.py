@@ -9,34 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from mm_ptft.config import RunConfig, TrainConfig
-from mm_ptft.contracts import Callback, Task
+from mm_ptft.contracts import Callback
 from mm_ptft.data.text import Records
 from mm_ptft.train import step as S
 from mm_ptft.types import LABELS
 
-from sync_util import stray_reads
-
-NAN_AT = 3
-
-
-class NanAt3(Task):
-    main_metric, greater_is_better = "loss", False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(4, 8), nn.Linear(8, 2)])  # each sharded (FSDP blocks)
-        self.calls = 0
-
-    def forward(self, batch):
-        loss = F.cross_entropy(self.layers[1](self.layers[0](batch["x"]).relu()), batch[LABELS])
-        if self.training:
-            self.calls += 1
-            loss = loss * (float("nan") if self.calls == NAN_AT else 1.0)
-        return {"loss": loss}
+from sync_util import NanLossAt, stray_reads
 
 
 class Snapshots(Callback):
@@ -62,7 +42,7 @@ def main(out: Path) -> None:
     tc = TrainConfig(batch_size=4, report=False, device="cpu", precision="fp32", distributed="fsdp", max_steps=5,
                      log_every=5, eval_every=100, save_every=0, group_by_length=False)
     snaps = Snapshots()
-    trainer = Trainer(NanAt3(), RunConfig(task="toy", output_dir=str(out / "run"), train=tc), data, None,
+    trainer = Trainer(NanLossAt(3), RunConfig(task="toy", output_dir=str(out / "run"), train=tc), data, None,
                       lambda its: {"x": torch.stack([i["x"] for i in its]), LABELS: torch.tensor([i[LABELS] for i in its])},
                       callbacks=[snaps])
     with pytest.MonkeyPatch.context() as mp:

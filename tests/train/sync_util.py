@@ -1,8 +1,32 @@
-"""Counting the host reads of tensor values (each would wait for a GPU) a training run makes between its log
-steps: for the sync-free step tests in one process and under torchrun (``fsdp_skip_worker.py``)."""
+"""For the sync-free step tests, in one process and under torchrun (``fsdp_skip_worker.py``): counting the host
+reads of tensor values (each would wait for a GPU) a training run makes between its log steps, and a toy task
+whose loss turns NaN at one step."""
 import traceback
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_ptft.contracts import Task
+from mm_ptft.types import LABELS
+
+
+class NanLossAt(Task):
+    """Two linear layers (each an FSDP block) on ``x``; the ``at``-th training call's loss is NaN."""
+
+    main_metric, greater_is_better = "loss", False
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 8), nn.Linear(8, 2)])
+        self.at, self.calls = at, 0
+
+    def forward(self, batch):
+        loss = F.cross_entropy(self.layers[1](self.layers[0](batch["x"]).relu()), batch[LABELS])  # ()
+        if self.training:
+            self.calls += 1
+            loss = loss * (float("nan") if self.calls == self.at else 1.0)
+        return {"loss": loss}
 
 SYNCS = ("item", "__float__", "__int__", "__bool__", "tolist")
 

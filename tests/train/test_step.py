@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import timm.optim
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +25,7 @@ from mm_ptft.train.trainer import Trainer
 from mm_ptft.types import IMAGE, LABELS
 
 from mm_paths import ROOT
-from sync_util import stray_reads
+from sync_util import NanLossAt, stray_reads
 
 
 def set_grads(model, value):
@@ -36,37 +37,62 @@ def state_of(opt):
     return [{k: v.clone() for k, v in opt.state[p].items()} for p in S.params_of(opt)]
 
 
-@pytest.mark.parametrize("make", [
+FUSED = [
     lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1, fused=True),
     lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.1, fused=True),
     lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1, fused=True),
-])
-def test_a_bad_step_skipped_on_the_device_changes_nothing(make):
+]
+UNDONE = [  # no found_inf input: stepped, then rolled back on the device (S.Undo)
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1, fused=False),
+    lambda ps: torch.optim.RAdam(ps, lr=0.1, weight_decay=0.1),
+    lambda ps: timm.optim.Lion(ps, lr=0.1, weight_decay=0.1),
+]
+
+
+@pytest.mark.parametrize("make,undo", [(m, False) for m in FUSED] + [(m, True) for m in UNDONE])
+def test_a_bad_step_skipped_on_the_device_changes_nothing(make, undo):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
-    opt = make(model.parameters())
+    opt, rollback = make(model.parameters()), S.Undo() if undo else None
     set_grads(model, None)
-    assert not S.skips_on_device(opt)  # no state yet: a skipped first step would leave it uninitialised
-    opt.step()
+    assert not S.skips_on_device(opt) and not S.Undo.ready(opt)  # no state yet: a skipped first step would
+    assert S.step_unless(opt, torch.tensor(0.0), on_device=False) is True  # leave it uninitialised
     ref_model = copy.deepcopy(model)
     ref_opt = make(ref_model.parameters())
     ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # (load_state_dict would share its tensors)
     before, state = [p.detach().clone() for p in model.parameters()], state_of(opt)
 
     set_grads(model, float("nan"))
-    assert S.skips_on_device(opt)
-    assert S.step_unless(opt, S.nonfinite(S.grad_norm(S.params_of(opt), 1.0)), on_device=True) is None
+    assert S.skips_on_device(opt) != undo and S.Undo.ready(opt)  # (the flag goes first where both could)
+    found_inf = S.nonfinite(S.grad_norm(S.params_of(opt), 1.0))
+    assert S.step_unless(opt, found_inf, on_device=not undo, undo=rollback) is None
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))  # weight decay did not apply either
     for got, want in zip(state_of(opt), state):  # moments, momentum buffers and step counts as they were
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
-    torch.manual_seed(1)
-    set_grads(model, None)
-    torch.manual_seed(1)
-    set_grads(ref_model, None)
-    S.step_unless(opt, S.nonfinite(S.grad_norm(S.params_of(opt), 0.0)), on_device=True)  # a good one steps
-    ref_opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+    for _ in range(2):  # good steps step, as the reference that never saw the bad one does
+        torch.manual_seed(1)
+        set_grads(model, None)
+        torch.manual_seed(1)
+        set_grads(ref_model, None)
+        S.step_unless(opt, S.nonfinite(S.grad_norm(S.params_of(opt), 0.0)), on_device=not undo, undo=rollback)
+        ref_opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters()))
+    assert not torch.equal(model.weight, before[0])
+
+
+@pytest.mark.parametrize("case", ["group counter", "state elsewhere", "plain state"])
+def test_state_a_rollback_cannot_reach_keeps_the_host_decision(case):
+    """timm's Lamb counts steps in its param group; an optimizer keeping state off its parameters' device (torch's
+    CPU ``step`` counters beside CUDA parameters; here a meta tensor) or in plain numbers: decided on the host."""
+    model = nn.Linear(2, 2)
+    opt = timm.optim.Lamb(model.parameters(), lr=0.1) if case == "group counter" else \
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=False)
+    if case != "group counter":
+        opt.state[model.weight]["extra"] = torch.zeros(1, device="meta") if case == "state elsewhere" else 0
+    set_grads(model, 1.0)
+    assert S.step_unless(opt, torch.tensor(0.0), on_device=False) is True
+    assert not S.Undo.ready(opt) and S.step_unless(opt, torch.tensor(1.0), False, S.Undo()) is False
 
 
 def test_non_fused_optimizers_and_new_state_are_decided_on_the_host():
@@ -244,6 +270,40 @@ def test_ema_weights_cost_no_host_read_and_skip_the_nan_step(tmp_path, monkeypat
     assert not trainer._host_steps
     assert stray_reads(monkeypatch, trainer) == []
     assert trainer.step == 9 and trainer.bad_steps_total == 1 and int(task.ema_steps) == 8
+
+
+def test_an_optimizer_growing_its_state_in_a_rolled_back_step_is_an_error():
+    class Growing(torch.optim.SGD):
+        def step(self, closure=None):
+            super().step(closure)
+            for p in S.params_of(self):
+                self.state[p][f"extra{len(self.state[p])}"] = torch.zeros(1)
+
+    model = nn.Linear(2, 2)
+    opt = Growing(model.parameters(), lr=0.1, momentum=0.9)
+    set_grads(model, 1.0)
+    S.step_unless(opt, torch.tensor(0.0), on_device=False)
+    assert S.Undo.ready(opt)
+    with pytest.raises(RuntimeError, match="train.undo_skips=false"):
+        S.step_unless(opt, torch.tensor(1.0), False, S.Undo())
+
+
+def test_undo_skips_a_nan_step_of_plain_sgd_without_host_reads(tmp_path, monkeypatch):
+    """train.undo_skips with SGD (no fused kernel on CPU): a NaN loss at step 4 is rolled back on the device, with
+    no host read between log steps, and the run ends with the weights of the host-decided run, bit for bit."""
+    weights = {}
+    for undo in (False, True):
+        torch.manual_seed(0)
+        task = NanLossAt(4)
+        trainer = trainer_for(tmp_path / str(undo), task, max_steps=7, log_every=7, save_every=0, eval_every=100,
+                              undo_skips=undo)
+        trainer.cfg.optim.name, trainer.cfg.optim.momentum = "sgd", 0.9
+        stray = stray_reads(monkeypatch, trainer)
+        monkeypatch.undo()
+        assert (stray == []) == undo, stray  # the host-decided run reads each step's verdict
+        assert isinstance(trainer.opt, torch.optim.SGD) and trainer.bad_steps_total == 1
+        weights[undo] = [p.detach().clone() for p in task.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(weights[False], weights[True]))
 
 
 @pytest.mark.slow  # a 2-process torchrun launch: ~18 s on 2 shared CPUs
