@@ -95,7 +95,8 @@ def ema_lerp_(ema: nn.Module, live: nn.Module, weight: torch.Tensor) -> None:
     pairs = list(zip(ema.state_dict().values(), live.state_dict().values()))
     floats = [(e, m) for e, m in pairs if e.is_floating_point()]
     if floats:
-        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], [weight.to(e.dtype) for e, _ in floats])
+        by_dtype = {e.dtype: weight.to(e.dtype) for e, _ in floats}  # (), one per dtype
+        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], [by_dtype[e.dtype] for e, _ in floats])
     for e, m in pairs:
         if not e.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
             e.copy_(torch.where(weight > 0, m, e))

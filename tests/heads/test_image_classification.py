@@ -26,8 +26,8 @@ def make(spec=CNN, **kw) -> ImageClassificationTask:
     return ImageClassificationTask(build_encoder(IMAGE_ENCODERS, spec, "model.image"), 3, **kw)
 
 
-def batch():
-    return {"image": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 1])}
+def batch(device="cpu"):
+    return {"image": torch.randn(4, 3, 32, 32).to(device), "labels": torch.tensor([0, 1, 2, 1]).to(device)}
 
 
 def test_mixing_applies_in_training_only():
@@ -76,18 +76,19 @@ def test_ema_follows_the_formula_once_per_optimizer_step(optimizer):
     assert set(task.encoders()) == {"image"} and task.encoders()["image"] is task.encoder
 
 
-def test_a_skipped_nan_step_leaves_the_ema_as_a_reference_that_never_saw_it():
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_a_skipped_nan_step_leaves_the_ema_as_a_reference_that_never_saw_it(device):
     """4 optimizer steps, the 3rd with a NaN loss (skipped by the fused optimizer on the device): the EMA equals
     the formula over the 3 good steps, and bit for bit timm's ModelEmaV3 updated on the host after good steps only
     (what the host-gated callback did), BatchNorm counters included."""
-    task = make(ema_decay=0.9).train()
+    task = make(ema_decay=0.9).train().to(device)
     opt = torch.optim.AdamW(list(task.parameters()), lr=0.1, fused=True)
     callback = EmaCallback(task)
-    task(batch())  # creates the EMA from the initial weights
+    task(batch(device))  # creates the EMA from the initial weights
     ref = ModelEmaV3(copy.deepcopy(task.ema.module), decay=0.9, use_warmup=True, stochastic_rounding=False)
     hand, good = task.ema.module["head"].proj.weight.detach().clone(), 0
     for step in (1, 2, 3, 4):
-        loss = task(batch())["loss"] * (float("nan") if step == 3 else 1.0)
+        loss = task(batch(device))["loss"] * (float("nan") if step == 3 else 1.0)
         loss.backward()
         found_inf = S.nonfinite(S.grad_norm(S.params_of(opt), 1.0))
         S.step_unless(opt, found_inf, S.skips_on_device(opt))

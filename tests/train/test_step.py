@@ -49,10 +49,14 @@ UNDONE = [  # no found_inf input: stepped, then rolled back on the device (S.Und
 ]
 
 
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]  # the same paths on a GPU where there is one
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("make,undo", [(m, False) for m in FUSED] + [(m, True) for m in UNDONE])
-def test_a_bad_step_skipped_on_the_device_changes_nothing(make, undo):
+def test_a_bad_step_skipped_on_the_device_changes_nothing(make, undo, device):
     torch.manual_seed(0)
-    model = nn.Linear(4, 3)
+    model = nn.Linear(4, 3).to(device)
     opt, rollback = make(model.parameters()), S.Undo() if undo else None
     set_grads(model, None)
     assert not S.skips_on_device(opt) and not S.Undo.ready(opt)  # no state yet: a skipped first step would
@@ -117,6 +121,22 @@ def test_a_stateless_optimizer_skips_on_the_device_after_its_first_step():
     before = [p.detach().clone() for p in model.parameters()]
     S.step_unless(opt, torch.tensor(1.0), on_device=True)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_the_fp16_scaler_flag_says_whether_it_skipped(bad):
+    """``scaler_found_inf`` is the GradScaler's own verdict (it halves its scale exactly when it skipped)."""
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(model(torch.randn(4, 3)).sum() * (float("inf") if bad else 1.0)).backward()
+    before = model.weight.detach().clone()
+    scaler.unscale_(opt)
+    scaler.step(opt)
+    flag = S.scaler_found_inf(scaler, opt)
+    scaler.update()
+    assert float(flag) == float(bad) and (scaler.get_scale() == 512.0) == bad
+    assert torch.equal(model.weight, before) == bad
 
 
 def test_grad_norm_clips_like_the_formula():
@@ -244,7 +264,8 @@ def test_no_tensor_is_read_between_log_steps(tmp_path, monkeypatch):
     assert trainer.step == 9 and timer.steps == list(range(1, 10))
 
 
-def test_ema_weights_cost_no_host_read_and_skip_the_nan_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_ema_weights_cost_no_host_read_and_skip_the_nan_step(tmp_path, monkeypatch, device):
     """The image classifier's EMA callback gates its update on the device: a run with EMA on and a NaN loss at
     step 6 reads nothing between log steps, skips step 6 (weights and EMA) and counts 8 EMA steps of 9."""
     class NanAt6(ImageClassificationTask):
@@ -262,7 +283,7 @@ def test_ema_weights_cost_no_host_read_and_skip_the_nan_step(tmp_path, monkeypat
                                 "model.image"), 2, ema_decay=0.9)
     images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # (N, 3, H, W)
     items = Records([{IMAGE: images[i], LABELS: i % 2} for i in range(16)])
-    tc = TrainConfig(batch_size=8, report=False, device="cpu", precision="fp32", max_steps=9, log_every=4,
+    tc = TrainConfig(batch_size=8, report=False, device=device, precision="fp32", max_steps=9, log_every=4,
                      save_every=0, eval_every=100)
     trainer = Trainer(task, RunConfig(task="toy", output_dir=str(tmp_path), train=tc), items, None,
                       lambda its: {IMAGE: torch.stack([it[IMAGE] for it in its]),
@@ -288,7 +309,8 @@ def test_an_optimizer_growing_its_state_in_a_rolled_back_step_is_an_error():
         S.step_unless(opt, torch.tensor(1.0), False, S.Undo())
 
 
-def test_undo_skips_a_nan_step_of_plain_sgd_without_host_reads(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_undo_skips_a_nan_step_of_plain_sgd_without_host_reads(tmp_path, monkeypatch, device):
     """train.undo_skips with SGD (no fused kernel on CPU): a NaN loss at step 4 is rolled back on the device, with
     no host read between log steps, and the run ends with the weights of the host-decided run, bit for bit."""
     weights = {}
@@ -296,8 +318,8 @@ def test_undo_skips_a_nan_step_of_plain_sgd_without_host_reads(tmp_path, monkeyp
         torch.manual_seed(0)
         task = NanLossAt(4)
         trainer = trainer_for(tmp_path / str(undo), task, max_steps=7, log_every=7, save_every=0, eval_every=100,
-                              undo_skips=undo)
-        trainer.cfg.optim.name, trainer.cfg.optim.momentum = "sgd", 0.9
+                              undo_skips=undo, device=device)
+        trainer.cfg.optim.name, trainer.cfg.optim.momentum, trainer.cfg.optim.fused = "sgd", 0.9, False
         stray = stray_reads(monkeypatch, trainer)
         monkeypatch.undo()
         assert (stray == []) == undo, stray  # the host-decided run reads each step's verdict
