@@ -98,6 +98,9 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])  # + wandb, mlflow (extras);
     # metrics.jsonl is written whatever this says: it is part of the run directory
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops (checked at log/eval/save steps)
+    undo_skips: bool = False  # optimizers without a fused found_inf skip (non-fused SGD, RAdam, Lion...): skip a
+    # NaN/Inf step on the device by restoring a pre-step copy of params + state (a copy per step, their memory
+    # once) instead of a host sync per step (benchmarks/step_skip.py measures both)
     num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
     persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)

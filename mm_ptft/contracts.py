@@ -111,7 +111,8 @@ class Callback:
     ``trainer.should_stop = True`` ends the run after the current step; a callback that also has
     ``state_dict()``/``load_state_dict(state)`` (plain values) keeps its state in checkpoints across a resume.
 
-    ``every_step = True``: ``on_step_end`` follows every optimizer step, a skipped NaN/Inf one too (a step timer).
+    ``every_step = True``: ``on_step_end`` follows every optimizer step, a skipped NaN/Inf one too (a step timer;
+    ``trainer.found_inf``, a 0-d device tensor, is 1.0 after a skipped step: gate device work on it, never read it).
     Otherwise it follows only steps that changed the weights, so the trainer must learn each step's verdict on the
     host: one device sync per step while such a callback overrides ``on_step_end``."""
 

@@ -51,15 +51,21 @@ class ImageClassificationTask(ClassificationTask):
     def _make_ema(self) -> None:
         from timm.utils import ModelEmaV3
 
-        self.ema = ModelEmaV3(self._live(), decay=self.ema_decay or 0.999, use_warmup=True).requires_grad_(False)
+        # round to nearest (no stochastic rounding of bf16 copies): the device-gated update below is timm's lerp
+        self.ema = ModelEmaV3(self._live(), decay=self.ema_decay or 0.999, use_warmup=True,
+                              stochastic_rounding=False).requires_grad_(False)
 
     @torch.no_grad()
-    def update_ema(self) -> None:
-        """Fold the live weights into the EMA copy (one optimizer step's worth)."""
+    def update_ema(self, found_inf: Optional[torch.Tensor] = None) -> None:
+        """Fold the live weights into the EMA copy: one optimizer step's worth, as timm's ``ModelEmaV3.update``
+        with its warmed-up decay, or nothing where ``found_inf`` (the step's 0-d NaN/Inf flag, 1.0: the optimizer
+        skipped the step) is set. Decided on the device: no host sync."""
         if self.ema is None:
             self._make_ema()
-        self.ema_steps += 1
-        self.ema.update(self._live(), step=int(self.ema_steps))
+        took = torch.ones((), device=self.ema_steps.device) if found_inf is None else 1 - found_inf  # (), 0 or 1
+        self.ema_steps += took.to(self.ema_steps.dtype)
+        weight = (1 - ema_decay(self.ema, self.ema_steps)) * took.double()  # (), 0 on a skipped step
+        ema_lerp_(self.ema.module, self._live(), weight)
 
     def build_metrics(self) -> Any:
         return EmaMetrics(self.num_classes, self.labels) if self.ema is not None else \
@@ -72,11 +78,39 @@ class ImageClassificationTask(ClassificationTask):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def ema_decay(ema: Any, steps: torch.Tensor) -> torch.Tensor:
+    """timm's ``ModelEmaV3.get_decay(steps)`` computed on the device from the step-count buffer: a float64 0-d
+    tensor (the same double arithmetic as timm's Python floats), no host sync."""
+    t = (steps - ema.update_after_step - 1).clamp(min=0).double()  # ()
+    if ema.use_warmup:
+        d = (1 - (1 + t / ema.warmup_gamma) ** -ema.warmup_power).clamp(max=ema.decay).clamp(min=ema.min_decay)
+    else:
+        d = torch.full_like(t, ema.decay)
+    return torch.where(t > 0, d, torch.zeros_like(d))
+
+
+def ema_lerp_(ema: nn.Module, live: nn.Module, weight: torch.Tensor) -> None:
+    """``ema += weight * (live - ema)`` for every floating tensor of the state dicts (timm's ``_foreach_lerp_``,
+    with the weight a 0-d device tensor), integer buffers copied where ``weight > 0``."""
+    pairs = list(zip(ema.state_dict().values(), live.state_dict().values()))
+    floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+    if floats:
+        by_dtype = {e.dtype: weight.to(e.dtype) for e, _ in floats}  # (), one per dtype
+        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], [by_dtype[e.dtype] for e, _ in floats])
+    for e, m in pairs:
+        if not e.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
+            e.copy_(torch.where(weight > 0, m, e))
+
+
 class EmaCallback(Callback):
-    """Updates a task's EMA weights after every optimizer step (the trainer's ``on_step_end`` hook)."""
+    """Updates a task's EMA weights after every optimizer step (the trainer's ``on_step_end`` hook), gated on the
+    device by the step's NaN/Inf flag (``trainer.found_inf``): a skipped step leaves the EMA as it was, and the
+    trainer need not learn each step's verdict on the host."""
+
+    every_step = True
 
     def __init__(self, task: ImageClassificationTask) -> None:
         self.task = task
 
     def on_step_end(self, trainer: Any) -> None:
-        self.task.update_ema()
+        self.task.update_ema(trainer.found_inf)

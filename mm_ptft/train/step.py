@@ -7,9 +7,13 @@ tensor, the NaN/Inf skip is decided on the device, and non-finite steps are coun
 
 The skip on the device uses the fused optimizers' ``found_inf`` input (as ``torch.amp.GradScaler`` does for
 optimizers with ``_step_supports_amp_scaling``): the kernel leaves the weights, the moments and the step count as
-they were when the flag is set. Fused AdamW/Adam are the default on CPU and CUDA (``optim.fused``). Other
+they were when the flag is set. Fused AdamW/Adam are the default on CPU and CUDA (``optim.fused``). Under FSDP2
+the same holds: the fused kernels take DTensor parameters and state with a plain 0-d ``found_inf`` (the gradient
+norm is reduced over ranks first, so every rank skips alike; checked on 2 gloo ranks, torch 2.14). Other
 optimizers, and steps that would create optimizer state (the first step of a parameter: a fused SGD skipping it
-would leave its momentum buffer uninitialised), are decided on the host (one sync for that step).
+would leave its momentum buffer uninitialised), are decided on the host (one sync for that step); with
+``train.undo_skips`` other optimizers whose whole state lives in tensors beside their parameters are instead
+stepped and rolled back on the device (``Undo``: a copy per step; it pays only where a sync costs more).
 """
 from __future__ import annotations
 
@@ -40,16 +44,22 @@ def nonfinite(norm: torch.Tensor) -> torch.Tensor:
 def skips_on_device(opt: torch.optim.Optimizer) -> bool:
     """Whether ``opt`` can skip this step on a device flag: a fused optimizer whose parameters with a gradient all
     have their state already (a skipped first step would leave a freshly made state uninitialised)."""
-    if not getattr(opt, "_step_supports_amp_scaling", False):
-        return False
-    stepped = _STEPPED.get(opt, set())  # stepped once already: whatever state they need exists (maybe none)
+    return getattr(opt, "_step_supports_amp_scaling", False) and _has_state(opt)
+
+
+def _has_state(opt: torch.optim.Optimizer) -> bool:
+    """Whether every parameter of ``opt`` with a gradient has its optimizer state, or has stepped once already
+    (whatever state it needs exists, maybe none)."""
+    stepped = _STEPPED.get(opt, set())
     return all(p in opt.state or id(p) in stepped for p in params_of(opt) if p.grad is not None)
 
 
-def step_unless(opt: torch.optim.Optimizer, found_inf: torch.Tensor, on_device: bool) -> Optional[bool]:
+def step_unless(opt: torch.optim.Optimizer, found_inf: torch.Tensor, on_device: bool,
+                undo: Optional["Undo"] = None) -> Optional[bool]:
     """Step ``opt`` unless ``found_inf`` (0-d float, 1.0: skip). ``on_device`` (see ``skips_on_device``): the
-    fused kernel skips without a sync and this returns None; otherwise the host decides and this says whether
-    the optimizer stepped."""
+    fused kernel skips without a sync and this returns None; else with ``undo`` where it can (``Undo.ready``):
+    stepped and rolled back on the device, None too; otherwise the host decides and this says whether the
+    optimizer stepped."""
     if on_device:
         opt.grad_scale, opt.found_inf = None, found_inf  # the attributes GradScaler hands fused optimizers
         try:
@@ -57,15 +67,68 @@ def step_unless(opt: torch.optim.Optimizer, found_inf: torch.Tensor, on_device: 
         finally:
             del opt.grad_scale, opt.found_inf
         return None
+    if undo is not None and undo.ready(opt):
+        undo.step(opt, found_inf)
+        return None
     stepped = not bool(found_inf)  # host sync: this optimizer cannot take the flag
     if stepped:
+        counters = _group_counters(opt)
         opt.step()
         _STEPPED.setdefault(opt, set()).update(id(p) for p in params_of(opt) if p.grad is not None)
+        _UNDOABLE[opt] = counters == _group_counters(opt) and all(
+            isinstance(v, torch.Tensor) and v.device == p.device for p, st in opt.state.items() for v in st.values())
     return stepped
 
 
 #: per optimizer, the parameters (ids) it has taken a real step for
 _STEPPED: "weakref.WeakKeyDictionary[torch.optim.Optimizer, set[int]]" = weakref.WeakKeyDictionary()
+#: per optimizer, whether its last host-decided step kept all its state in tensors on its parameters' devices (not
+#: e.g. torch's CPU ``step`` counters beside CUDA parameters: restoring those would sync) and left its groups alone
+_UNDOABLE: "weakref.WeakKeyDictionary[torch.optim.Optimizer, bool]" = weakref.WeakKeyDictionary()
+
+
+def _group_counters(opt: torch.optim.Optimizer) -> list[dict[str, object]]:
+    """The param groups' values (lr, betas, and counters such as timm Adan's ``step`` and Lamb's CPU tensor one),
+    tensors as lists (read on the host: called at host-decided steps only)."""
+    return [{k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in g.items() if k != "params"}
+            for g in opt.param_groups]
+
+
+class Undo:
+    """A device-side skip for optimizers that cannot take ``found_inf`` (non-fused SGD, RAdam, timm's Lion...):
+    copy the parameters and the optimizer state before the step, and put the copy back after it where
+    ``found_inf`` is set (``torch.where``: a NaN step's NaNs never mix in). Costs a copy and a select of
+    params + state per step and their memory once, against a host sync per step: ``train.undo_skips`` (off by
+    default; on CPU a sync costs nothing, see ``benchmarks/step_skip.py`` for the figures)."""
+
+    def __init__(self) -> None:
+        self.saved: list[torch.Tensor] = []
+
+    @staticmethod
+    def ready(opt: torch.optim.Optimizer) -> bool:
+        """A host-decided step showed ``opt`` keeps only tensor state and no group counters, and every parameter
+        with a gradient has its state (a rolled-back first step would leave a made state in place)."""
+        return _UNDOABLE.get(opt, False) and _has_state(opt)
+
+    @torch.no_grad()
+    def step(self, opt: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+        live = _tensors(opt)
+        if [(t.shape, t.dtype, t.device) for t in self.saved] != [(t.shape, t.dtype, t.device) for t in live]:
+            self.saved = [torch.empty_like(t) for t in live]
+        torch._foreach_copy_(self.saved, live)
+        opt.step()
+        keep, after = found_inf.bool(), _tensors(opt)  # (); the state tensors an optimizer may have replaced
+        if [t.shape for t in after] != [t.shape for t in live]:
+            raise RuntimeError(f"{type(opt).__name__} changed the layout of its state in a step, so it cannot be "
+                               "rolled back: set train.undo_skips=false")
+        for now, before in zip(after, self.saved):
+            torch.where(keep, before, now, out=now)
+
+
+def _tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters and optimizer state tensors of ``opt``, in a fixed order."""
+    ps = params_of(opt)
+    return [*ps, *(v for p in ps for v in opt.state.get(p, {}).values())]
 
 
 class FaultCounter:
@@ -122,9 +185,16 @@ class Window:
                 "eval_time_s": self.eval_s, "save_time_s": self.save_s}
 
 
+def scaler_found_inf(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """After ``scaler.step(opt)`` and before ``scaler.update()``: 1.0 where the scaler skipped the step (an inf/NaN
+    in the unscaled gradients on any device), as a 0-d float32 device tensor."""
+    flags = list(scaler._found_inf_per_device(opt).values())  # what GradScaler.update reads, one per device
+    return torch.stack([f.to(flags[0].device) for f in flags]).amax().clamp(max=1.0)
+
+
 def params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
 
 
-__all__ = ["FaultCounter", "Window", "grad_norm", "nonfinite", "params_of", "skips_on_device",
-                          "step_unless"]
+__all__ = ["FaultCounter", "Undo", "Window", "grad_norm", "nonfinite", "params_of", "scaler_found_inf",
+           "skips_on_device", "step_unless"]

@@ -114,9 +114,11 @@ class Trainer:
         self.metric = self.tc.metric_for_best or task.main_metric
         self.greater = self.tc.greater_is_better if self.tc.metric_for_best else task.greater_is_better
         self.faults, self.window = S.FaultCounter(self.device), None
+        self.found_inf = torch.zeros((), device=self.device)  # the last step's NaN/Inf flag (1.0: skipped)
+        self._undo = S.Undo() if self.tc.undo_skips else None  # non-fused optimizers: skip by rolling back
         # The host must know each step's NaN/Inf verdict when on_step_end callbacks are told only of steps that
-        # changed the weights, and under FSDP (its DTensor parameters do not take found_inf).
-        self._host_steps = P.is_fsdp(self.model) or any(
+        # changed the weights (every_step callbacks read the verdict from found_inf on the device instead).
+        self._host_steps = any(
             getattr(type(cb), "on_step_end", None) is not Callback.on_step_end and not getattr(cb, "every_step", False)
             for cb in self.callbacks)
 
@@ -531,17 +533,19 @@ class Trainer:
         norm = S.grad_norm(S.params_of(self.opt), self.tc.grad_clip)  # same on every rank (reduced grads)
         if self.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself (fused: on the device)
             self.scaler.step(self.opt)
+            self.found_inf = S.scaler_found_inf(self.scaler, self.opt)
             self.scaler.update()
             stepped: Optional[bool] = True
         else:
-            found_inf = S.nonfinite(norm)
+            self.found_inf = S.nonfinite(norm)
             on_device = not self._host_steps and S.skips_on_device(self.opt)
-            stepped = S.step_unless(self.opt, found_inf, on_device)
-            self.faults.add(found_inf)
+            undo = None if self._host_steps else self._undo
+            stepped = S.step_unless(self.opt, self.found_inf, on_device, undo)
+            self.faults.add(self.found_inf)
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.step += 1
-        for cb in self.callbacks:  # they see the new step count; stepped None: decided on the device (see __init__)
+        for cb in self.callbacks:  # they see the new step count and found_inf; stepped None: decided on the device
             if stepped is not False or getattr(cb, "every_step", False):
                 cb.on_step_end(self)
         return norm

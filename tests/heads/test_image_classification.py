@@ -1,7 +1,13 @@
 """ImageClassificationTask: MixUp/CutMix only in training, EMA updated once per optimizer step
-(checked against the EMA formula) through its trainer callback, EMA metrics, checkpoint reload, and LoRA on a ViT encoder."""
+(checked against the EMA formula) through its trainer callback, a NaN/Inf step skipped by the EMA on the device
+(checked against the formula and timm's ModelEmaV3 updated only on the good steps), EMA metrics, checkpoint reload,
+and LoRA on a ViT encoder."""
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
+from timm.utils import ModelEmaV3
 
 from mm_ptft.config import FinetuneConfig
 from mm_ptft.data.image import ImageAugment, batch_mix
@@ -9,6 +15,7 @@ from mm_ptft.encoders import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.finetune import apply_finetune
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
+from mm_ptft.train import step as S
 
 CNN = {"name": "tiny_cnn", "widths": [8, 8, 16, 16], "img_size": 32}
 VIT = {"name": "tiny_vit", "img_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "heads": 2}
@@ -19,8 +26,8 @@ def make(spec=CNN, **kw) -> ImageClassificationTask:
     return ImageClassificationTask(build_encoder(IMAGE_ENCODERS, spec, "model.image"), 3, **kw)
 
 
-def batch():
-    return {"image": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 1])}
+def batch(device="cpu"):
+    return {"image": torch.randn(4, 3, 32, 32).to(device), "labels": torch.tensor([0, 1, 2, 1]).to(device)}
 
 
 def test_mixing_applies_in_training_only():
@@ -53,7 +60,7 @@ def test_ema_follows_the_formula_once_per_optimizer_step(optimizer):
     for step in (1, 2):
         out["loss"].backward()
         opt.step()
-        ema_callback.on_step_end(None)  # the EMA folds the new weights in right after the step
+        ema_callback.on_step_end(SimpleNamespace(found_inf=torch.zeros(())))  # folds the new weights in
         opt.zero_grad()
         w = task.head.proj.weight.detach().clone()
         d = task.ema.get_decay(step)  # timm's warmed-up decay: 0 at step 1, then rising towards 0.9
@@ -67,6 +74,42 @@ def test_ema_follows_the_formula_once_per_optimizer_step(optimizer):
     assert int(task.ema_steps) == 2
     assert not any(p.requires_grad for p in task.ema.parameters())
     assert set(task.encoders()) == {"image"} and task.encoders()["image"] is task.encoder
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_a_skipped_nan_step_leaves_the_ema_as_a_reference_that_never_saw_it(device):
+    """4 optimizer steps, the 3rd with a NaN loss (skipped by the fused optimizer on the device): the EMA equals
+    the formula over the 3 good steps, and bit for bit timm's ModelEmaV3 updated on the host after good steps only
+    (what the host-gated callback did), BatchNorm counters included."""
+    task = make(ema_decay=0.9).train().to(device)
+    opt = torch.optim.AdamW(list(task.parameters()), lr=0.1, fused=True)
+    callback = EmaCallback(task)
+    task(batch(device))  # creates the EMA from the initial weights
+    ref = ModelEmaV3(copy.deepcopy(task.ema.module), decay=0.9, use_warmup=True, stochastic_rounding=False)
+    hand, good = task.ema.module["head"].proj.weight.detach().clone(), 0
+    for step in (1, 2, 3, 4):
+        loss = task(batch(device))["loss"] * (float("nan") if step == 3 else 1.0)
+        loss.backward()
+        found_inf = S.nonfinite(S.grad_norm(S.params_of(opt), 1.0))
+        S.step_unless(opt, found_inf, S.skips_on_device(opt))
+        opt.zero_grad()
+        before = copy.deepcopy(task.ema.module.state_dict())
+        callback.on_step_end(SimpleNamespace(found_inf=found_inf))
+        if step != 3:
+            good += 1
+            ref.update(task._live(), step=good)
+            d = 0.0 if good == 1 else min(1 - (1 + good - 1) ** (-2 / 3), 0.9)  # timm's warm-up, by hand
+            hand = d * hand + (1 - d) * task.head.proj.weight.detach()
+        else:  # the skip happened on the device and the EMA did not move (not even its BatchNorm counters)
+            assert float(found_inf) == 1.0
+            assert all(torch.equal(v, before[k]) for k, v in task.ema.module.state_dict().items())
+    assert int(task.ema_steps) == good == 3
+    torch.testing.assert_close(task.ema.module["head"].proj.weight, hand)
+    got, want = task.ema.module.state_dict(), ref.module.state_dict()
+    assert got.keys() == want.keys()
+    for k in got:
+        assert torch.equal(got[k], want[k]), k
+    assert int(got["encoder.stem.1.num_batches_tracked"]) == 5  # the live counter as of the last good step
 
 
 def test_ema_metrics_and_checkpoint_reload():
