@@ -77,6 +77,32 @@ def resume_from_copy(straight, resumed, step: int) -> None:
     shutil.copy(straight / "config.yaml", resumed / "config.yaml")
 
 
+def csv_to_tars(table: str, root, parts: Sequence[slice], sample, last_extra: Sequence[dict] = ()) -> list[dict]:
+    """Write the rows of CSV ``table`` as WebDataset shards ``root/train-{k}.tar``, one per slice of ``parts``: row
+    ``r`` as ``{"__key__": "{k}_{i}", **sample(read, r)}`` where ``read(rel)`` gives the bytes of a media path relative
+    to the table; ``last_extra`` samples are appended to the last shard. Returns the rows."""
+    import csv
+    import os
+
+    import webdataset as wds
+
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    base = os.path.dirname(table)
+
+    def read(rel: str) -> bytes:
+        with open(os.path.join(base, rel), "rb") as media:
+            return media.read()
+
+    for k, part in enumerate(parts):
+        with wds.TarWriter(str(root / f"train-{k}.tar")) as sink:
+            for i, r in enumerate(rows[part]):
+                sink.write({"__key__": f"{k}_{i}", **sample(read, r)})
+            for extra in last_extra if k == len(parts) - 1 else ():
+                sink.write(extra)
+    return rows
+
+
 def same_weights(a, b, step: int) -> bool:
     """Whether runs ``a`` and ``b`` hold bitwise-identical weights at ``step``."""
     from safetensors.torch import load_file
