@@ -103,6 +103,22 @@ def csv_to_tars(table: str, root, parts: Sequence[slice], sample, last_extra: Se
     return rows
 
 
+def jpegs_good_and_bad(side: int = 32) -> tuple[bytes, bytes]:
+    """(a noise JPEG, the same with its first Huffman table's 16 code-length counts made impossible): the bad one's
+    header reads (PIL opens it, the device path's worker-side check passes it), but no decoder can decode it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    bad = bytearray(jpeg.getvalue())
+    dht = bad.index(b"\xff\xc4")
+    bad[dht + 5: dht + 21] = b"\xff" * 16
+    return jpeg.getvalue(), bytes(bad)
+
+
 def same_weights(a, b, step: int) -> bool:
     """Whether runs ``a`` and ``b`` hold bitwise-identical weights at ``step``."""
     from safetensors.torch import load_file

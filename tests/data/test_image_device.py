@@ -21,7 +21,7 @@ from mm_ptft.data.tables import DataError
 from mm_ptft.encoders.image import Preprocess
 from mm_ptft.types import COUNTS, IMAGE, LABELS, TEXT
 
-from mm_fixtures import one_thread  # noqa: F401  (autouse)
+from mm_fixtures import jpegs_good_and_bad, one_thread  # noqa: F401  (one_thread: autouse)
 
 CPU = torch.device("cpu")
 PRE = Preprocess.make(24, interpolation="bicubic", crop_pct=0.875)  # resize to 27, centre-crop 24
@@ -168,6 +168,15 @@ def test_a_truncated_jpeg_is_found_in_the_worker(jpegs, tmp_path):
 def _corrupt(name: str) -> EncodedImage:
     """Bytes that pass the worker's cheap checks (the header read them) but that no JPEG decoder accepts."""
     return EncodedImage(torch.frombuffer(bytearray(b"\xff\xd8\xff\xe0 broken scan \xff\xd9"), dtype=torch.uint8), name)
+
+
+def test_a_jpeg_whose_header_reads_but_whose_data_does_not_is_named_by_the_device_stage(tmp_path):
+    path = tmp_path / "bogus_huffman.jpg"
+    path.write_bytes(jpegs_good_and_bad()[1])
+    ds = ImageDataset([str(path)], [0], None, read=EncodedReader(False))
+    collate = DeviceDecode(ImageCollator(), {t: classification_ops(PRE, ImageAugment(), t) for t in (True, False)})
+    with pytest.raises(DataError, match=r"bogus_huffman.jpg: undecodable JPEG .*Huffman"):
+        collate.on_device(collate([ds[0]]), CPU)
 
 
 def test_an_undecodable_jpeg_on_the_device_is_an_error_naming_it_or_a_counted_skip(jpegs):
