@@ -1,7 +1,7 @@
 """``data.decode_on=device`` end to end on CPU (the same code path as CUDA): image classification from a JPEG table
 trains past chance and, in-process, exactly as the worker path does; a resumed run matches a straight one; a
 WebDataset stream with a corrupt JPEG skips and counts it or names it; contrastive pretraining from JPEG tar shards
-gives the worker path's run."""
+gives the worker path's run, and so does MAE pretraining from a JPEG manifest."""
 import json
 import os
 
@@ -98,3 +98,16 @@ def test_pretrain_joint_refuses_device_decoding(tmp_path):
     with pytest.raises(ConfigError, match="data.decode_on='device' is not supported by pretrain_joint"):
         train(load_config(os.path.join(ROOT, "recipes", "pretrain_joint", "tiny.yaml"),
                           [f"output_dir={tmp_path / 'j'}", "data.decode_on=device", "train.max_steps=1"]))
+
+
+def test_masked_image_pretraining_on_the_device_equals_the_worker_path(tmp_path):
+    """MAE over a paired manifest of JPEGs (map-style, no loader workers): the same run either way."""
+    tiny = os.path.join(ROOT, "recipes", "pretrain_masked", "tiny.yaml")
+    common = ["train.report=false", "train.report_to=[jsonl]", "train.max_steps=6", "train.batch_size=16",
+              "data.generate={name: shapes_captions, n_train: 64, n_eval: 16, image_size: 32, image_format: jpg}",
+              "data.modalities=[image]", "model.text=null",
+              "model.image={name: tiny_vit, img_size: 32, patch_size: 8, dim: 32, depth: 1, heads: 2}",
+              "model.objective={name: mae, patch_size: 8, decoder_dim: 16}"]
+    runs = {d: train(load_config(tiny, [f"output_dir={tmp_path / d}", *common, f"data.decode_on={d}"]))
+            for d in ("device", "worker")}
+    assert "loss" in runs["device"] and abs(runs["device"]["loss"] - runs["worker"]["loss"]) < 1e-5, runs
