@@ -14,15 +14,17 @@ batch after ``to_device``) decodes all JPEGs in one ``torchvision.io.decode_jpeg
 draws differ), dtype and normalisation once on the stacked batch, random erasing per image.
 
 Random draws come from the trainer process's torch generator (checkpointed with the run, so a resume continues
-exactly), not from per-worker streams. A JPEG the device cannot decode (the header looked fine) is found by
-decoding the batch's JPEGs one by one: a ``DataError`` naming the file or shard and sample, or with ``skip_bad``
-its row is dropped from every per-sample tensor of the batch and counted (``skipped_bad_image``)."""
+exactly), not from per-worker streams. When the batched decode fails, the batch's JPEGs are decoded one by one; one
+the device's decoder refuses is retried with libjpeg-turbo on the host (the worker path's decoder family: a limit
+of nvjpeg is not a bad file; counted ``device_decode_fallbacks``), and one neither decodes is a ``DataError`` naming
+the file or shard and sample, or with ``skip_bad`` its row is dropped from every per-sample tensor of the batch and
+counted (``skipped_bad_image``)."""
 from __future__ import annotations
 
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -143,28 +145,45 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-def decode_images(images: EncodedImages, device: torch.device) -> tuple[list[Optional[torch.Tensor]], list[str]]:
-    """Each image as (3, H, W) uint8 on ``device`` (None where undecodable) and the reasons for those. The JPEGs go
-    in one batched ``decode_jpeg`` call; if it fails, one by one, to find which."""
+class Decoded(NamedTuple):
+    """``decode_images``' answer: each image (3, H, W) uint8 on the device, None where undecodable; the reasons for
+    those; how many JPEGs the device's decoder refused but libjpeg-turbo on the host decoded (moved there)."""
+
+    pixels: list[Optional[torch.Tensor]]
+    errors: list[str]
+    host_fallbacks: int
+
+
+def _try_decode(data: torch.Tensor, device: torch.device) -> tuple[Optional[torch.Tensor], str]:
+    try:
+        return _decode_jpegs([data], device)[0], ""
+    except RuntimeError as err:
+        return None, str(err).splitlines()[-1][-200:]
+
+
+def decode_images(images: EncodedImages, device: torch.device) -> Decoded:
+    """Decode ``images`` onto ``device``: the JPEGs in one batched ``decode_jpeg`` call; if it fails, one by one to
+    find which, each retried on the host (a limit of the device's decoder, e.g. nvjpeg's, is not a bad file)."""
     out: list[Optional[torch.Tensor]] = [None if im.encoded else im.data.to(device, non_blocking=True)
                                          for im in images.images]
     jpegs = [i for i, im in enumerate(images.images) if im.encoded]
     errors: list[str] = []
-    if not jpegs:
-        return out, errors
+    fallbacks = 0
     try:
-        decoded = _decode_jpegs([images.images[i].data for i in jpegs], device)
+        decoded = _decode_jpegs([images.images[i].data for i in jpegs], device) if jpegs else []
     except RuntimeError:
         decoded = []
         for i in jpegs:
-            try:
-                decoded.append(_decode_jpegs([images.images[i].data], device)[0])
-            except RuntimeError as err:
-                decoded.append(None)
-                errors.append(f"{images.images[i].name}: undecodable JPEG ({str(err).splitlines()[-1][-200:]})")
+            x, reason = _try_decode(images.images[i].data, device)
+            if x is None and device.type != "cpu":
+                x, _ = _try_decode(images.images[i].data, torch.device("cpu"))
+                x, fallbacks = (x.to(device, non_blocking=True), fallbacks + 1) if x is not None else (None, fallbacks)
+            decoded.append(x)
+            if x is None:
+                errors.append(f"{images.images[i].name}: undecodable JPEG ({reason})")
     for i, x in zip(jpegs, decoded):
         out[i] = orient(x, images.images[i].orient) if x is not None else None
-    return out, errors
+    return Decoded(out, errors, fallbacks)
 
 
 def _keep_rows(batch: dict[str, Any], keep: list[int], n: int) -> dict[str, Any]:
@@ -172,6 +191,13 @@ def _keep_rows(batch: dict[str, Any], keep: list[int], n: int) -> dict[str, Any]
     idx = torch.tensor(keep)
     return {k: v[idx.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
             for k, v in batch.items()}
+
+
+def _add_count(batch: dict[str, Any], key: str, n: int) -> dict[str, Any]:
+    """``batch`` with ``n`` added to its skip/fallback count ``key`` (``types.COUNTS``, taken off by the trainer)."""
+    counts = dict(batch.get(COUNTS) or {})
+    counts[key] = counts.get(key, 0) + n
+    return {**batch, COUNTS: counts}
 
 
 def _apply(ops: list[Any], x: torch.Tensor) -> torch.Tensor:
@@ -196,16 +222,16 @@ class DeviceDecode:
         images = EncodedImages([it[IMAGE] for it in items])
         batch[IMAGE] = images
         host = sum(not im.encoded for im in images.images)
-        if host:
-            batch[COUNTS] = {**batch.get(COUNTS, {}), "host_decoded_images": host}
-        return batch
+        return _add_count(batch, "host_decoded_images", host) if host else batch
 
     def on_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """Decode and transform ``batch[IMAGE]`` on ``device`` → (B, 3, H, W) float; bad images raise or drop rows."""
         images = batch.get(IMAGE)
         if not isinstance(images, EncodedImages):
             return batch
-        pixels, errors = decode_images(images, device)
+        pixels, errors, fallbacks = decode_images(images, device)
+        if fallbacks:
+            batch = _add_count(batch, "device_decode_fallbacks", fallbacks)
         if errors:
             batch = self._drop_bad(batch, pixels, errors)
             images = batch[IMAGE]
@@ -227,7 +253,4 @@ class DeviceDecode:
         n = len(pixels)
         batch = _keep_rows(batch, keep, n)
         batch[IMAGE] = EncodedImages([batch[IMAGE].images[i] for i in keep])
-        counts = dict(batch.get(COUNTS) or {})
-        counts["skipped_bad_image"] = counts.get("skipped_bad_image", 0) + n - len(keep)
-        batch[COUNTS] = counts
-        return batch
+        return _add_count(batch, "skipped_bad_image", n - len(keep))

@@ -67,8 +67,8 @@ def test_decoded_jpeg_pixels_match_pil(jpegs):
     """The device decoder against PIL (libjpeg-turbo both; other builds/nvjpeg may differ by a level or two)."""
     enc = EncodedImages([read_encoded(f, f) for f in jpegs])
     assert all(im.encoded and im.data.dtype == torch.uint8 and im.data.dim() == 1 for im in enc.images)
-    pixels, errors = decode_images(enc, CPU)
-    assert not errors
+    pixels, errors, fallbacks = decode_images(enc, CPU)
+    assert not errors and not fallbacks
     for f, x in zip(jpegs, pixels):
         ref = torch.from_numpy(np.array(load_image(f))).permute(2, 0, 1)  # (3, H, W) RGB, greyscale expanded
         assert x.shape == ref.shape and x.dtype == torch.uint8
@@ -177,6 +177,28 @@ def test_a_jpeg_whose_header_reads_but_whose_data_does_not_is_named_by_the_devic
     collate = DeviceDecode(ImageCollator(), {t: classification_ops(PRE, ImageAugment(), t) for t in (True, False)})
     with pytest.raises(DataError, match=r"bogus_huffman.jpg: undecodable JPEG .*Huffman"):
         collate.on_device(collate([ds[0]]), CPU)
+
+
+def test_a_jpeg_the_device_decoder_refuses_is_decoded_on_the_host_and_moved(jpegs, monkeypatch):
+    """As nvjpeg may refuse what libjpeg-turbo reads: a stand-in device ('meta') whose decoder refuses the progressive
+    JPEG gets it from the host decoder, counted; a file no decoder reads stays an error naming it."""
+    from mm_ptft.data import image_device
+
+    real = image_device._decode_jpegs
+
+    def decode(data, device):
+        if device.type == "meta" and any(len(d) == len(progressive.data) for d in data):
+            raise RuntimeError("nvjpeg: unsupported encoding")
+        return [x.to(device) for x in real(data, CPU)]
+
+    monkeypatch.setattr(image_device, "_decode_jpegs", decode)
+    enc = [read_encoded(f, f) for f in jpegs[1:]]
+    progressive = enc[-1]
+    pixels, errors, fallbacks = decode_images(EncodedImages(enc), torch.device("meta"))
+    assert not errors and fallbacks == 1 and all(p.device.type == "meta" for p in pixels)
+    assert pixels[-1].shape == (3, 90, 70)
+    _, errors, fallbacks = decode_images(EncodedImages([enc[0], _corrupt("shard: sample 'x'")]), torch.device("meta"))
+    assert fallbacks == 0 and len(errors) == 1 and errors[0].startswith("shard: sample 'x': undecodable JPEG")
 
 
 def test_an_undecodable_jpeg_on_the_device_is_an_error_naming_it_or_a_counted_skip(jpegs):

@@ -81,7 +81,7 @@ def test_contrastive_pretraining_from_jpeg_tar_shards_on_the_device(tmp_path):
     gen = ("data.generate={name: shapes_captions_shards, shards: 2, n_train: 128, n_eval: 32, image_size: 32, "
            "image_format: jpg, seed: 0}")
     common = ["train.report=false", "train.report_to=[jsonl]", gen, "data.streaming=true", "data.shuffle_block=64",
-              "train.max_steps=12", "train.batch_size=32", "train.log_every=4", "data.labels=[circle,square,triangle,cross]"]
+              "train.max_steps=12", "train.batch_size=32", "train.log_every=4", LABELS]
     runs = {}
     for decode_on in ("device", "worker"):
         runs[decode_on] = train(load_config(CLIP_TINY, [f"output_dir={tmp_path / decode_on}", *common,
