@@ -161,29 +161,36 @@ def _try_decode(data: torch.Tensor, device: torch.device) -> tuple[Optional[torc
         return None, str(err).splitlines()[-1][-200:]
 
 
+def _one_by_one(jpegs: list[EncodedImage], device: torch.device) -> Decoded:
+    """Each JPEG alone on ``device``; one its decoder refuses, again with libjpeg-turbo on the host (then moved)."""
+    pixels: list[Optional[torch.Tensor]] = []
+    errors: list[str] = []
+    fallbacks = 0
+    for im in jpegs:
+        x, reason = _try_decode(im.data, device)
+        if x is None and device.type != "cpu":
+            x = _try_decode(im.data, torch.device("cpu"))[0]
+            fallbacks += x is not None
+            x = x.to(device, non_blocking=True) if x is not None else None
+        pixels.append(x)
+        if x is None:
+            errors.append(f"{im.name}: undecodable JPEG ({reason})")
+    return Decoded(pixels, errors, fallbacks)
+
+
 def decode_images(images: EncodedImages, device: torch.device) -> Decoded:
     """Decode ``images`` onto ``device``: the JPEGs in one batched ``decode_jpeg`` call; if it fails, one by one to
     find which, each retried on the host (a limit of the device's decoder, e.g. nvjpeg's, is not a bad file)."""
     out: list[Optional[torch.Tensor]] = [None if im.encoded else im.data.to(device, non_blocking=True)
                                          for im in images.images]
     jpegs = [i for i, im in enumerate(images.images) if im.encoded]
-    errors: list[str] = []
-    fallbacks = 0
     try:
-        decoded = _decode_jpegs([images.images[i].data for i in jpegs], device) if jpegs else []
+        decoded = Decoded(_decode_jpegs([images.images[i].data for i in jpegs], device) if jpegs else [], [], 0)
     except RuntimeError:
-        decoded = []
-        for i in jpegs:
-            x, reason = _try_decode(images.images[i].data, device)
-            if x is None and device.type != "cpu":
-                x, _ = _try_decode(images.images[i].data, torch.device("cpu"))
-                x, fallbacks = (x.to(device, non_blocking=True), fallbacks + 1) if x is not None else (None, fallbacks)
-            decoded.append(x)
-            if x is None:
-                errors.append(f"{images.images[i].name}: undecodable JPEG ({reason})")
-    for i, x in zip(jpegs, decoded):
+        decoded = _one_by_one([images.images[i] for i in jpegs], device)
+    for i, x in zip(jpegs, decoded.pixels):
         out[i] = orient(x, images.images[i].orient) if x is not None else None
-    return Decoded(out, errors, fallbacks)
+    return Decoded(out, decoded.errors, decoded.host_fallbacks)
 
 
 def _keep_rows(batch: dict[str, Any], keep: list[int], n: int) -> dict[str, Any]:
