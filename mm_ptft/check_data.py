@@ -1,6 +1,7 @@
 """``mm-ptft check-data CONFIG``: read every training and eval sample of a config once, as training would
-(tokenise, decode, check), before a long run. Bad samples are counted, not fatal (the check runs with
-``data.skip_bad_samples=true``), and the counts are what the run's data log would show."""
+(tokenise, decode, check), before a long run; images are decoded in full, also for ``data.decode_on=device``. Bad
+samples are counted, not fatal (the check runs with ``data.skip_bad_samples=true``), and the counts are what the
+run's data log would show."""
 from __future__ import annotations
 
 import copy
@@ -33,6 +34,8 @@ def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """{"samples": {split: usable samples}, "counts": {problem: n}}: every training and eval sample read once;
     the counts are over both splits (what preparing counted, plus what reading the streams counted)."""
     cfg = load_config(config, [*overrides, "data.skip_bad_samples=true"])
+    if getattr(cfg.data, "decode_on", "worker") == "device":
+        cfg.data.decode_on = "worker"  # decode every image in full here: the device stage would meet them in training
     prepared = get_recipe(cfg.task).prepare(cfg, train=True)
     counts: dict[str, int] = dict(prepared.counters)
     samples = {split: _read_all(data, counts) for split, data in (("train", prepared.train_data),

@@ -10,14 +10,14 @@ import torch
 from mm_ptft.config import ConfigError
 from mm_ptft.tasks.common import load_run
 from mm_ptft.train.regularize import Weights, encoder_params, fisher_diagonal, snapshot
-from mm_ptft.train.trainer import to_device
+from mm_ptft.train.trainer import device_batch
 
 
 def _one_by_one(data: Any, collate: Any, n: int, seed: int, device: torch.device) -> Iterator[dict[str, Any]]:
     """``n`` samples of ``data`` in a seeded random order, each collated as a batch of one."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     for i in order.tolist():
-        yield to_device(collate([data[i]]), device)
+        yield device_batch(collate([data[i]]), device, collate)
 
 
 def previous_run(run_dir: str, samples: int) -> tuple[Weights, Weights]:

@@ -1,6 +1,13 @@
 """The contracts every layer agrees on: a ``Task`` the trainer runs, what a recipe ``Prepared`` for it,
 the ``Recipe`` protocol, ``Metrics``, training ``Callback`` hooks and a task's ``ExportSpec``.
 
+**Device stage of a collate.** A recipe's collate function may also have ``on_device(batch, device) -> batch``:
+work that must run where the model runs, after the batch has reached it (``data.decode_on=device``: decoding
+JPEG bytes and running the augmentations there). Whoever moves a batch to its device calls ``on_device(collate,
+batch, device)`` after ``to_device`` (the trainer for every train and eval batch; export, predict-like helpers);
+it returns the batch unchanged for a collate without that stage. Per-sample skip counts (``types.COUNTS``) the
+stage adds are taken off the batch after it.
+
 Ground floor: this module imports nothing of ours, so encoders, heads, data, the trainer and the
 recipes can all depend on it without depending on each other."""
 from __future__ import annotations
@@ -130,6 +137,13 @@ class Callback:
     def on_train_end(self, trainer: Any, results: dict[str, float]) -> None: ...
 
 
+def on_device(collate: Any, batch: Any, device: torch.device) -> Any:
+    """``collate.on_device(batch, device)`` where the collate has a device stage (see the module docstring), else
+    ``batch`` as it is."""
+    stage = getattr(collate, "on_device", None)
+    return stage(batch, device) if stage is not None else batch
+
+
 @dataclass
 class Prepared:
     """Everything a recipe hands the trainer."""
@@ -172,4 +186,4 @@ class BaseRecipe:
         return prepared.task, cfg
 
 
-__all__ = ["BaseRecipe", "Callback", "EncoderLike", "ExportSpec", "Metrics", "Prepared", "Recipe", "Task"]
+__all__ = ["BaseRecipe", "Callback", "EncoderLike", "ExportSpec", "Metrics", "Prepared", "Recipe", "Task", "on_device"]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mm_ptft.contracts import ExportSpec as Spec
+from mm_ptft.contracts import on_device
 from mm_ptft.tasks.common import load_run
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
@@ -117,7 +118,7 @@ def example_inputs(prepared: Any, spec: Spec, n: int = 2) -> tuple[torch.Tensor,
             key = TEXT if TEXT in spec.keys else AUDIO
             items = sorted(items, key=lambda it: len(it[key]) if key == TEXT else it[key].shape[-1])
             items = [items[0], items[-1]][:n] if len(items) > 1 else items
-        batch = prepared.collate(items[:n])
+        batch = on_device(prepared.collate, prepared.collate(items[:n]), torch.device("cpu"))
         return tuple(batch[k] for k in spec.keys)
     raise ExportError("the run has no evaluation data to trace the model with; give data.eval_file "
                       "(mm-ptft export RUN_DIR ... with the run's data present)")

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from mm_ptft.contracts import on_device
 from mm_ptft.export import ExportError, export_spec
 
 MANIFEST = "mm_ptft.json"
@@ -61,6 +62,7 @@ def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, A
         raise ExportError("--format hf: the run has no evaluation data to check the transformers model against "
                           "(export with the run's data present)")
     batch = prepared.collate([data[i] for i in range(min(len(data), 16))])  # padded rows of different lengths
+    batch = on_device(prepared.collate, batch, torch.device("cpu"))  # e.g. images decoded there
     check = parity(task, model, spec, batch)
     if not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
         raise ExportError(f"--format hf: {type(model).__name__} predicts otherwise than the run "

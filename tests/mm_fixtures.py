@@ -77,6 +77,48 @@ def resume_from_copy(straight, resumed, step: int) -> None:
     shutil.copy(straight / "config.yaml", resumed / "config.yaml")
 
 
+def csv_to_tars(table: str, root, parts: Sequence[slice], sample, last_extra: Sequence[dict] = ()) -> list[dict]:
+    """Write the rows of CSV ``table`` as WebDataset shards ``root/train-{k}.tar``, one per slice of ``parts``: row
+    ``r`` as ``{"__key__": "{k}_{i}", **sample(read, r)}`` where ``read(rel)`` gives the bytes of a media path relative
+    to the table; ``last_extra`` samples are appended to the last shard. Returns the rows."""
+    import csv
+    import os
+
+    import webdataset as wds
+
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    base = os.path.dirname(table)
+
+    def read(rel: str) -> bytes:
+        with open(os.path.join(base, rel), "rb") as media:
+            return media.read()
+
+    for k, part in enumerate(parts):
+        with wds.TarWriter(str(root / f"train-{k}.tar")) as sink:
+            for i, r in enumerate(rows[part]):
+                sink.write({"__key__": f"{k}_{i}", **sample(read, r)})
+            for extra in last_extra if k == len(parts) - 1 else ():
+                sink.write(extra)
+    return rows
+
+
+def jpegs_good_and_bad(side: int = 32) -> tuple[bytes, bytes]:
+    """(a noise JPEG, the same with its first Huffman table's 16 code-length counts made impossible): the bad one's
+    header reads (PIL opens it, the device path's worker-side check passes it), but no decoder can decode it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(jpeg, "JPEG")
+    bad = bytearray(jpeg.getvalue())
+    dht = bad.index(b"\xff\xc4")
+    bad[dht + 5: dht + 21] = b"\xff" * 16
+    return jpeg.getvalue(), bytes(bad)
+
+
 def same_weights(a, b, step: int) -> bool:
     """Whether runs ``a`` and ``b`` hold bitwise-identical weights at ``step``."""
     from safetensors.torch import load_file

@@ -119,3 +119,21 @@ def test_open_clip_comparison_on_cpu_records_a_skip_not_a_number():
     sec = vs_open_clip.compare(quick=True, seeds=2, device="cpu")
     assert sec["status"] == "skipped: needs CUDA" and sec["rows"] == []
     assert "skipped: needs CUDA" in common.render(sec)
+
+
+def test_decode_on_device_benchmark_times_both_arms_on_jpegs_of_the_asked_size(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from benchmarks import decode_on_device
+
+    files = decode_on_device.write_jpegs(str(tmp_path / "j"), 2, 48, 40)
+    with Image.open(files[0]) as img:
+        assert (img.format, img.size) == ("JPEG", (48, 40))
+    out = tmp_path / "decode.json"
+    monkeypatch.setattr(sys, "argv", ["decode_on_device.py", "--n", "8", "--sizes", "48x40", "--workers", "0",
+                                      "--batch", "4", "--repeats", "2", "--out", str(out)])
+    decode_on_device.main()
+    check, *rows = json.loads(out.read_text())["rows"]
+    assert check["arm"] == "parity" and check["mean_abs_diff"] < 0.02  # on CPU both decoders are libjpeg-turbo
+    assert [(r["size"], r["arm"], r["workers"]) for r in rows] == [("48x40", "worker", 0), ("48x40", "device", 0)]
+    assert all(r["samples_per_s"] > 0 and r["main_ms_per_batch"] >= 0 for r in rows)

@@ -1,10 +1,14 @@
 """``mm-ptft check-data``: every sample read once, bad ones counted (not fatal), exit 1 when any."""
 import csv
+import os
 import subprocess
 import sys
 
+import webdataset as wds
+
 from mm_ptft.check_data import check_data
 
+from mm_fixtures import jpegs_good_and_bad
 from mm_paths import ROOT, TEXT_TINY
 
 
@@ -36,3 +40,17 @@ def test_cli_exit_code_says_whether_data_is_clean(tmp_path):
     assert ok.returncode == 0 and "no problems" in ok.stdout, ok.stderr[-2000:]
     bad = subprocess.run([*base, f"data.train_file={dirty}"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "skipped_empty_text=" in bad.stdout and "5 bad sample(s)" in bad.stdout
+
+
+def test_images_are_decoded_in_full_also_when_training_decodes_them_on_the_device(tmp_path):
+    """A JPEG whose header reads but whose Huffman table is bogus: the device path's worker-side check lets it
+    through, so the check decodes every image in full and counts it."""
+    good, bad = jpegs_good_and_bad()
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"k{i}", "jpg": bad if i == 3 else good, "cls": "a" if i % 2 else "b"})
+    report = check_data(os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml"),
+                        [f"output_dir={tmp_path / 'run'}", "data.generate=null", "data.streaming=true",
+                         f"data.train_file={tmp_path / 's.tar'}", f"data.eval_file={tmp_path / 's.tar'}",
+                         "data.labels=[a,b]", "data.decode_on=device"])
+    assert report["counts"] == {"skipped_bad_image": 2}  # the bad sample, in the train pass and the eval pass

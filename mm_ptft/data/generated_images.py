@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from PIL import Image, ImageDraw
 
 from mm_ptft.data.generated import GENERATORS
+from mm_ptft.data.generated_multimodal import image_save_options
 
 SHAPES = ("circle", "square", "triangle", "cross")
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
@@ -62,11 +63,13 @@ def _box(rng: random.Random, size: int, lo: float, hi: float) -> Box:
 
 @GENERATORS.register()
 def image_shapes(out_dir: str, n_train: int = 400, n_eval: int = 100, size: int = 32,
-                 classes: Sequence[str] = SHAPES, seed: int = 0) -> dict[str, str]:
-    """One shape per image (random colour, size, position); CSV ``path,label`` with relative paths."""
+                 classes: Sequence[str] = SHAPES, seed: int = 0, image_format: str = "png") -> dict[str, str]:
+    """One shape per image (random colour, size, position) as PNG (or ``image_format: jpg``); CSV ``path,label``
+    with relative paths."""
     unknown = [c for c in classes if c not in DRAW]
     if unknown:
         raise ValueError(f"data.generate.classes: unknown shape(s) {unknown}; known: {list(DRAW)}")
+    save_options = image_save_options(image_format)
     rng = random.Random(seed)
     paths = {}
     for split, n in (("train", n_train), ("eval", n_eval)):
@@ -76,8 +79,8 @@ def image_shapes(out_dir: str, n_train: int = 400, n_eval: int = 100, size: int 
             label = classes[rng.randrange(len(classes))]
             img = _canvas(rng, size)
             DRAW[label](ImageDraw.Draw(img), _box(rng, size, 0.45, 0.9), _colour(rng))
-            rel = f"{split}/{i:05d}.png"
-            img.save(os.path.join(out_dir, rel))
+            rel = f"{split}/{i:05d}.{image_format}"
+            img.save(os.path.join(out_dir, rel), **save_options)
             rows.append((rel, label))
         path = os.path.join(out_dir, f"{split}.csv")
         with open(path, "w", newline="") as f:

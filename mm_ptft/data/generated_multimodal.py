@@ -69,7 +69,7 @@ def _caption(rng: random.Random, shape: str, color: str, size: str) -> str:
 
 
 def _write_split(out_dir: str, split: str, n: int, rng: random.Random, image_size: int, sample_rate: int,
-                 seconds: float) -> str:
+                 seconds: float, image_format: str = "png") -> str:
     import soundfile as sf
 
     media = os.path.join(out_dir, split)
@@ -78,8 +78,9 @@ def _write_split(out_dir: str, split: str, n: int, rng: random.Random, image_siz
     with open(path, "w") as f:
         for i in range(n):
             shape, color, size = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES))
-            image, audio = f"{split}/{i:05d}.png", f"{split}/{i:05d}.wav"
-            _draw(rng, shape, color, size, image_size).save(os.path.join(out_dir, image))
+            image, audio = f"{split}/{i:05d}.{image_format}", f"{split}/{i:05d}.wav"
+            picture = _draw(rng, shape, color, size, image_size)
+            picture.save(os.path.join(out_dir, image), **image_save_options(image_format))
             sf.write(os.path.join(out_dir, audio), _tone(rng, shape, color, size, sample_rate, seconds), sample_rate)
             row: dict[str, Any] = {"image": image, "audio": audio, "caption": _caption(rng, shape, color, size),
                                    "label": shape, "shape": shape, "color": color, "size": size}
@@ -87,24 +88,37 @@ def _write_split(out_dir: str, split: str, n: int, rng: random.Random, image_siz
     return path
 
 
+#: image file formats the generators write (``image_format``): PIL save options
+IMAGE_FORMATS = {"png": {"format": "PNG"}, "jpg": {"format": "JPEG", "quality": 95}}
+
+
+def image_save_options(image_format: str) -> dict[str, Any]:
+    """PIL ``save`` options of a generator's ``image_format``; ValueError naming the key for an unknown one."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"data.generate.image_format={image_format!r}; choose one of {sorted(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[image_format]
+
+
 @GENERATORS.register()
 def shapes_captions(out_dir: str, n_train: int = 600, n_eval: int = 200, image_size: int = 32,
-                    sample_rate: int = 8000, seconds: float = 0.5, seed: int = 0) -> dict[str, str]:
-    """Paired shapes: PNG image + caption + WAV tone + shape label, as JSONL manifests per split."""
+                    sample_rate: int = 8000, seconds: float = 0.5, seed: int = 0,
+                    image_format: str = "png") -> dict[str, str]:
+    """Paired shapes: PNG (or ``image_format: jpg``) image + caption + WAV tone + shape label, as JSONL manifests."""
+    image_save_options(image_format)  # checked before anything is written
     rng = random.Random(seed)
-    return {f"{split}_file": _write_split(out_dir, split, n, rng, image_size, sample_rate, seconds)
+    return {f"{split}_file": _write_split(out_dir, split, n, rng, image_size, sample_rate, seconds, image_format)
             for split, n in (("train", n_train), ("eval", n_eval))}
 
 
 @GENERATORS.register()
 def shapes_captions_shards(out_dir: str, shards: int = 4, n_train: int = 600, n_eval: int = 200,
                            image_size: int = 32, sample_rate: int = 8000, seconds: float = 0.5,
-                           seed: int = 0) -> dict[str, str]:
-    """``shapes_captions`` packed as WebDataset tar shards (``{key}.png/.wav/.txt/.cls``, the open_clip /
+                           seed: int = 0, image_format: str = "png") -> dict[str, str]:
+    """``shapes_captions`` packed as WebDataset tar shards (``{key}.png|jpg/.wav/.txt/.cls``, the open_clip /
     img2dataset layout): ``train-{000000..N-1}.tar`` and ``eval-000000.tar`` (brace ranges)."""
     import webdataset as wds
 
-    manifests = shapes_captions(out_dir, n_train, n_eval, image_size, sample_rate, seconds, seed)
+    manifests = shapes_captions(out_dir, n_train, n_eval, image_size, sample_rate, seconds, seed, image_format)
     out: dict[str, str] = {}
     for split, n_shards in (("train", shards), ("eval", 1)):
         with open(manifests[f"{split}_file"]) as f:
@@ -114,7 +128,7 @@ def shapes_captions_shards(out_dir: str, shards: int = 4, n_train: int = 600, n_
             with wds.TarWriter(os.path.join(out_dir, f"{split}-{k:06d}.tar")) as sink:
                 for i, row in enumerate(rows[k * per: (k + 1) * per], k * per):
                     sample = {"__key__": f"{split}{i:06d}", "txt": row["caption"], "cls": row["label"]}
-                    for ext, col in (("png", "image"), ("wav", "audio")):
+                    for ext, col in ((image_format, "image"), ("wav", "audio")):
                         with open(os.path.join(out_dir, row[col]), "rb") as media:
                             sample[ext] = media.read()
                     sink.write(sample)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
 import numpy as np
@@ -171,8 +171,25 @@ def _interp(name: str):
     return InterpolationMode(name.lower()) if name else InterpolationMode.BILINEAR
 
 
-def classification_transforms(pre: Any, aug: ImageAugment, train: bool) -> Callable[[Image.Image], torch.Tensor]:
-    """v2 pipeline: PIL image → normalised float tensor (3, H, W) at the encoder's ``preprocess`` size."""
+class ImagePipeline(NamedTuple):
+    """A ``torchvision.transforms.v2`` pipeline in three parts, so that a device can batch the middle one:
+    ``pixel`` ops on one uint8 image (resize/crop, flip, colour, auto-augment: their sizes or draws differ per
+    image), ``batch`` ops that act alike on each image of a stack (dtype, normalise), ``tail`` ops on one float
+    image (random erasing: its region differs per image)."""
+
+    pixel: list[Any]
+    batch: list[Any]
+    tail: list[Any]
+
+    def compose(self) -> Callable[[Any], torch.Tensor]:
+        """The whole pipeline for one image (PIL or uint8 tensor) → float tensor (3, H, W): the worker path."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([v2.ToImage(), *self.pixel, *self.batch, *self.tail])
+
+
+def classification_ops(pre: Any, aug: ImageAugment, train: bool) -> ImagePipeline:
+    """The v2 ops of ``classification_transforms``, split as ``ImagePipeline`` (the device path batches ``batch``)."""
     from torchvision.transforms import v2
 
     size, interp = list(pre.size), _interp(pre.interpolation)
@@ -181,16 +198,19 @@ def classification_transforms(pre: Any, aug: ImageAugment, train: bool) -> Calla
     else:
         resize = [int(s / pre.crop_pct) for s in size] if pre.crop_pct < 1 else size
         ops = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
-    ops.insert(0, v2.ToImage())
     if train:
         ops += [v2.RandomHorizontalFlip(aug.hflip)] if aug.hflip > 0 else []
         ops += [_auto_augment(aug, interp)] if aug.auto_augment else []
         if aug.color_jitter > 0:
             ops.append(v2.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-    if train and aug.random_erasing > 0:
-        ops.append(v2.RandomErasing(aug.random_erasing))
-    return v2.Compose(ops)
+    tail = [v2.RandomErasing(aug.random_erasing)] if train and aug.random_erasing > 0 else []
+    batch = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    return ImagePipeline(ops, batch, tail)
+
+
+def classification_transforms(pre: Any, aug: ImageAugment, train: bool) -> Callable[[Image.Image], torch.Tensor]:
+    """v2 pipeline: PIL image → normalised float tensor (3, H, W) at the encoder's ``preprocess`` size."""
+    return classification_ops(pre, aug, train).compose()
 
 
 def grid_interp(interp: Any) -> Any:
@@ -237,35 +257,40 @@ class ImageDataset(Dataset):
     """(path, label) pairs decoded and transformed on access. A file that became unreadable after
     the scan is an error naming it, or (``skip_bad``) an item the collator drops."""
 
-    def __init__(self, paths: Sequence[str], labels: Optional[Sequence[int]], transform: Callable,
-                 skip_bad: bool = False) -> None:
+    def __init__(self, paths: Sequence[str], labels: Optional[Sequence[int]], transform: Optional[Callable],
+                 skip_bad: bool = False, read: Optional[Callable[[str, str], Any]] = None) -> None:
+        """``read(path, name)``, when given, replaces decoding + ``transform`` (``data.decode_on=device``: it reads
+        the encoded bytes, ``data.image_device.EncodedReader``)."""
         self.paths, self.labels, self.transform, self.skip_bad = list(paths), labels, transform, skip_bad
+        self.read = read
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Optional[dict[str, Any]]:
+        path = self.paths[i]
         try:
-            img = load_image(self.paths[i])
+            image = self.read(path, path) if self.read is not None else self.transform(load_image(path))  # (3, H, W)
         except DataError:
             if not self.skip_bad:
                 raise
-            log.warning("skipping unreadable image %s", self.paths[i])
+            log.warning("skipping unreadable image %s", path)
             return None
-        item: dict[str, Any] = {IMAGE: self.transform(img)}  # (3, H, W)
+        item: dict[str, Any] = {IMAGE: image}
         if self.labels is not None:
             item[LABELS] = self.labels[i]
         return item
 
 
 class ImageCollator:
-    """Stacks images to (B, 3, H, W) and labels to (B,); drops items the dataset skipped."""
+    """Stacks images to (B, 3, H, W) and labels to (B,); drops items the dataset skipped. (Items without an image:
+    ``data.image_device.DeviceDecode`` collates the encoded images itself.)"""
 
-    def __call__(self, items: list[Optional[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
         items = [it for it in items if it is not None]
         if not items:
             raise DataError("every image in a batch was unreadable")
-        batch = {IMAGE: torch.stack([it[IMAGE] for it in items])}  # (B, 3, H, W)
+        batch: dict[str, Any] = {IMAGE: torch.stack([it[IMAGE] for it in items])} if IMAGE in items[0] else {}
         if LABELS in items[0]:
             batch[LABELS] = torch.as_tensor([it[LABELS] for it in items])  # (B,)
         return batch

@@ -21,11 +21,13 @@ import torch
 from torch.utils.data import Dataset
 
 from mm_ptft.data.audio import check_clip, load_waveform
-from mm_ptft.data.image import check_image
+from mm_ptft.contracts import on_device
+from mm_ptft.data.image import ImagePipeline, check_image
 from mm_ptft.data.image import load_image as decode_image
+from mm_ptft.data.image_device import read_encoded
 from mm_ptft.data.tables import ROW, DataError, LabelMap, require_columns
 from mm_ptft.data.text import tokenize
-from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, LABELS, TEXT, TEXT_MASK
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, COUNTS, IMAGE, LABELS, TEXT, TEXT_MASK
 
 MODALITIES = ("audio", "image", "text")
 #: default shortest clip: one 25 ms analysis window (a log-mel frame, wav2vec2's receptive field)
@@ -43,17 +45,28 @@ class MediaConfig:
     max_audio_seconds: float = 10.0  # longer clips are cropped
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted (dropped_too_short)
     n_mels: int = 0  # > 0: the pipeline gives normalised log-mel (features-kind audio encoders)
+    decode_on: str = "worker"  # worker | device: images reach the collate encoded (data.image_device)
 
 
-def load_image(path: str, media: MediaConfig) -> torch.Tensor:
+def paired_ops(media: MediaConfig) -> ImagePipeline:
+    """The paired recipes' image pipeline (no augmentation): resize to (S, S), float in [0, 1], normalise."""
+    from torchvision.transforms import v2
+
+    return ImagePipeline([v2.Resize([media.image_size, media.image_size], antialias=True)],
+                    [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(media.image_mean),
+                                                                        list(media.image_std))], [])
+
+
+def load_image(path: Any, media: MediaConfig) -> torch.Tensor:
     """An image file (decoded as the image recipe does: ``data.image.load_image``) → normalised
     float tensor (3, S, S)."""
-    from torchvision.transforms.v2 import functional as TF
+    return paired_ops(media).compose()(decode_image(path)).as_subclass(torch.Tensor)  # (3, S, S)
 
-    x = TF.pil_to_tensor(decode_image(path))  # (3, H, W) uint8
-    x = TF.resize(x, [media.image_size, media.image_size], antialias=True)
-    x = TF.to_dtype(x, torch.float32, scale=True)  # (3, S, S) in [0, 1]
-    return TF.normalize(x, media.image_mean, media.image_std)
+
+def image_input(source: Any, name: str, media: MediaConfig) -> Any:
+    """What a paired item carries for its image: ``load_image``'s tensor (3, S, S), or with ``media.decode_on`` =
+    device the ``EncodedImage`` the collate's device stage decodes (``data.image_device``)."""
+    return read_encoded(source, name) if media.decode_on == "device" else load_image(source, media)
 
 
 def load_audio(path: str, media: MediaConfig) -> torch.Tensor:
@@ -95,7 +108,7 @@ class PairedDataset(Dataset):
         item = {k: v for k, v in row.items() if k in (TEXT, LABELS)}
         try:
             if IMAGE in row:
-                item[IMAGE] = load_image(row[IMAGE], self.media)
+                item[IMAGE] = image_input(row[IMAGE], row[IMAGE], self.media)
             if AUDIO in row:
                 item[AUDIO] = load_audio(row[AUDIO], self.media)
         except Exception as err:  # PIL/soundfile raise many types; name the file and row
@@ -256,6 +269,11 @@ class MixtureCollator:
 
     def collate_of(self, source: str) -> Collate:
         return self.collate[source] if isinstance(self.collate, Mapping) else self.collate
+
+    def on_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """Each source's sub-batch through its collate's device stage (``contracts.on_device``)."""
+        return {name: sub if name == COUNTS else on_device(self.collate_of(name), sub, device)
+                for name, sub in batch.items()}
 
 
 class JointCollator:

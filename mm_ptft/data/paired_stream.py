@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mm_ptft.data.multimodal import Columns, MediaConfig, load_audio, load_image, media_path
+from mm_ptft.data.multimodal import Columns, MediaConfig, image_input, load_audio, media_path
 from mm_ptft.data.shards import Shard
 from mm_ptft.data.tables import DataError, LabelMap
 from mm_ptft.data.text import tokenize
@@ -86,7 +86,7 @@ class PairedRecord:
         """The decoded media of ``modality``; DataError naming the shard and sample when missing or bad."""
         source, name = media_source(shard, row, record, modality, getattr(self.cols, modality))
         if modality == "image":
-            return decode_media(lambda s: load_image(s, self.media), source, name)
+            return decode_media(lambda s: image_input(s, name, self.media), source, name)
         return decode_media(lambda s: load_audio(s if isinstance(s, str) else (s, name), self.media), source, name)
 
     def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mm_ptft.contracts import on_device
 from mm_ptft.data.shards import Shard, read_records
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import COUNTS, take_counts
@@ -250,5 +251,10 @@ class CountingCollate:
             take_counts(it[1] if isinstance(it, tuple) else it, counts)  # a mixture's item is (source, sample)
         batch = self.collate(items)
         if counts and isinstance(batch, dict):
+            take_counts(batch, counts)  # the wrapped collate's own counts, if any
             batch[COUNTS] = counts
         return batch
+
+    def on_device(self, batch: Any, device: torch.device) -> Any:
+        """The wrapped collate's device stage (``contracts.on_device``)."""
+        return on_device(self.collate, batch, device)

@@ -10,8 +10,9 @@ import torch
 from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
-from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms, \
-    image_table, scan_images
+from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_ops, \
+    classification_transforms, image_table, scan_images
+from mm_ptft.data.image_device import DeviceDecode, EncodedReader, check_decode_on
 from mm_ptft.data.image_stream import ImageRow
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.tables import LabelMap, seeded_split
@@ -41,6 +42,7 @@ class ImageClsData:
     skip_bad_samples: bool = False
     verify_images: bool = True  # decode every image once at load time (finds corrupt/truncated files early)
     augment: ImageAugment = field(default_factory=ImageAugment)
+    decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + augment on the train device
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
     streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
     shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
@@ -112,12 +114,19 @@ def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg:
     paths, raw, rows = table
     kept = scan_images(paths, where, d.skip_bad_samples, counters, decode=d.verify_images, rows=rows)
     y = labels.encode([raw[i] for i in kept], where, [rows[i] for i in kept])
-    return ImageDataset([paths[i] for i in kept], y, transform, d.skip_bad_samples)
+    return ImageDataset([paths[i] for i in kept], y, skip_bad=d.skip_bad_samples, **_image_args(transform))
+
+
+def _image_args(transform: Callable) -> dict[str, Any]:
+    """How a dataset or stream row makes its image: ``transform`` of the decoded image, or the encoded bytes
+    (``read``) where ``datasets`` was handed an ``EncodedReader`` (``data.decode_on=device``)."""
+    return {"transform": None, "read": transform} if isinstance(transform, EncodedReader) else {"transform": transform}
 
 
 def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
     """Scan image tables, learn labels, build the encoder (its preprocessing), the head and transforms."""
     d = cfg.data
+    check_decode_on(d.decode_on)
     if d.streaming:
         return _prepare_stream(cfg, train)
     resolve_files(d, cfg.output_dir)
@@ -144,7 +153,8 @@ def _prepare_stream(cfg: ImageClassificationConfig, train: bool) -> Prepared:
     labels = S.stream_labels(d, shards[0])
 
     def streams(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:
-        row = lambda tf: ImageRow(tf, d.path_column, d.label_column, labels, d.skip_bad_samples, cfg.seed)  # noqa
+        row = lambda tf: ImageRow(path_column=d.path_column, label_column=d.label_column, labels=labels,  # noqa
+                                  skip_bad=d.skip_bad_samples, seed=cfg.seed, **_image_args(tf))
         return S.streams(cfg, shards, row(train_tf), train, eval_fn=row(eval_tf))
 
     return _build(cfg, labels, streams, {})
@@ -158,11 +168,15 @@ def _build(cfg: ImageClassificationConfig, labels: LabelMap, datasets: Callable,
     m = cfg.model
     task = ImageClassificationTask(encoder, len(labels), m.dropout, m.label_smoothing,
                                    batch_mix(d.augment, len(labels)), m.ema_decay, d.labels)
-    train_tf = classification_transforms(encoder.preprocess, d.augment, train=True)
-    eval_tf = classification_transforms(encoder.preprocess, d.augment, train=False)
-    train_ds, eval_ds = datasets(train_tf, eval_tf)
+    ops = {train: classification_ops(encoder.preprocess, d.augment, train) for train in (True, False)}
+    if d.decode_on == "device":  # the workers read bytes; the collate's device stage decodes and augments
+        train_ds, eval_ds = datasets(EncodedReader(True), EncodedReader(False))
+        collate: Any = DeviceDecode(ImageCollator(), ops, d.skip_bad_samples)
+    else:
+        train_ds, eval_ds = datasets(ops[True].compose(), ops[False].compose())
+        collate = ImageCollator()
     callbacks = [EmaCallback(task)] if m.ema_decay > 0 else []
-    return Prepared(task, train_ds, eval_ds, CountingCollate(ImageCollator()), counters=counters, callbacks=callbacks)
+    return Prepared(task, train_ds, eval_ds, CountingCollate(collate), counters=counters, callbacks=callbacks)
 
 
 def predict(cfg: ImageClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:

@@ -14,8 +14,9 @@ import mm_ptft.objectives.causal  # noqa: F401  (registers clm)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 import mm_ptft.objectives.sentence  # noqa: F401  (registers nsp, sop)
 from mm_ptft.config import ConfigError
+from mm_ptft.data.image_device import DeviceDecode, check_decode_on
 from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
-                                     build_paired)
+                                     build_paired, paired_ops)
 from mm_ptft.data.tables import LabelMap
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder, one_clip_per_model
@@ -49,6 +50,7 @@ class PretrainData:
     skip_bad_samples: bool = False
     streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
     shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
+    decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + resize on the train device
 
 
 @dataclass
@@ -101,7 +103,10 @@ def _build_one(specs: EncoderSpecs, m: str, out: dict[str, Encoder], output_dir:
 
 def media_config(encoders: Mapping[str, Encoder], d: PretrainData) -> MediaConfig:
     """Decoding settings taken from the encoders themselves (input size, normalisation, sample rate)."""
-    media = MediaConfig(max_audio_seconds=d.max_audio_seconds, min_audio_seconds=d.min_audio_seconds)
+    decode_on = getattr(d, "decode_on", "worker")  # the multimodal-classification data section has none
+    check_decode_on(decode_on)
+    media = MediaConfig(max_audio_seconds=d.max_audio_seconds, min_audio_seconds=d.min_audio_seconds,
+                        decode_on=decode_on)
     pre = getattr(encoders.get("image"), "preprocess", None)
     if pre is not None:
         media.image_size, media.image_mean, media.image_std = pre.size[0], list(pre.mean), list(pre.std)
@@ -168,9 +173,14 @@ def paired_splits(d: PretrainData, tables: tuple[Any, Any], modalities: Sequence
     return tr, ev
 
 
-def collator(encoders: Mapping[str, Encoder]) -> MultimodalCollator:
-    """Pads token ids with the text encoder's pad id (0 without text)."""
-    return MultimodalCollator(encoders["text"].tokenizer.pad_token_id if "text" in encoders else 0)
+def collator(encoders: Mapping[str, Encoder], d: Optional[PretrainData] = None) -> Any:
+    """Pads token ids with the text encoder's pad id (0 without text); with ``data.decode_on=device`` (``d``) wrapped
+    in the device stage that decodes and resizes the images where the model runs (``data.image_device``)."""
+    collate = MultimodalCollator(encoders["text"].tokenizer.pad_token_id if "text" in encoders else 0)
+    if d is None or d.decode_on == "worker" or "image" not in encoders:
+        return collate
+    ops = paired_ops(media_config(encoders, d))
+    return DeviceDecode(collate, {True: ops, False: ops}, d.skip_bad_samples)
 
 
 def zero_shot(d: PretrainData, tables: Sequence[Any],

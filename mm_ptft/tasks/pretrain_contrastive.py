@@ -47,7 +47,7 @@ def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
     spec = {"modalities": mods, **cfg.model.objective}
     objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
     task = PretrainTask(encoders, objectives, prompts=prompts, num_classes=len(labels) if labels else 0)
-    return Prepared(task, tr, ev, CountingCollate(collator(encoders)), None, None, counters)
+    return Prepared(task, tr, ev, CountingCollate(collator(encoders, d)), None, None, counters)
 
 
 def predict(cfg: PretrainContrastiveConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:

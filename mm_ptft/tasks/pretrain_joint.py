@@ -59,6 +59,9 @@ def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
     if not d.sources:
         raise ConfigError("data.sources is empty: name at least one source, e.g. "
                           "data.sources={pairs: {modalities: [image, text]}}")
+    if d.decode_on != "worker":
+        raise ConfigError(f"data.decode_on={d.decode_on!r} is not supported by pretrain_joint (its batches mix "
+                          f"sources); use data.decode_on=worker, or pretrain_contrastive / pretrain_masked")
     if d.streaming:
         return _prepare_stream(cfg, train)
     first, eval_ds = load_tables(cfg, train)

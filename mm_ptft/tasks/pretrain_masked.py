@@ -42,11 +42,12 @@ def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
     mods = list(cfg.data.modalities)
     if cfg.data.streaming:
         encoders, _, (tr, ev) = streamed(cfg, mods, train)
-        return Prepared(_task(cfg, mods, encoders), tr, ev, CountingCollate(collator(encoders)))
+        return Prepared(_task(cfg, mods, encoders), tr, ev, CountingCollate(collator(encoders, cfg.data)))
     train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
     counters: dict[str, int] = {}
     tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
-    return Prepared(_task(cfg, mods, encoders), tr, ev, collator(encoders), tr.lengths() if tr is not None else None,
+    return Prepared(_task(cfg, mods, encoders), tr, ev, collator(encoders, cfg.data),
+                    tr.lengths() if tr is not None else None,
                     ev.lengths() if ev else None, counters)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from mm_ptft.config import ConfigError, RunConfig, to_dict
-from mm_ptft.contracts import Callback, Prepared, Task
+from mm_ptft.contracts import Callback, Prepared, Task, on_device
 from mm_ptft.env import cpu_count, resolve_precision
 from mm_ptft.train import callbacks as C
 from mm_ptft.train import checkpoint as ckpt
@@ -54,6 +54,11 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def device_batch(batch: Any, device: torch.device, collate: Any) -> Any:
+    """``to_device``, then the collate's device stage (``contracts.on_device``: e.g. images decoded there)."""
+    return on_device(collate, to_device(batch, device), device)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -303,11 +308,12 @@ class Trainer:
         for batch in self._eval_batches():
             if batch is None:  # FSDP: this rank is out of batches while another still runs forwards
                 with self._autocast():
-                    model(to_device(self._filler(first), self.device))  # output discarded
+                    model(device_batch(self._filler(first), self.device, self.collate))  # output discarded
                 continue
-            take_counts(batch, eval_counts)
+            take_counts(batch, eval_counts)  # the workers' skips (off the batch kept for filler forwards)
             first = first or batch
-            batch = to_device(batch, self.device)
+            batch = device_batch(batch, self.device, self.collate)
+            take_counts(batch, eval_counts)  # the device stage's
             with self._autocast():
                 out = model(batch)
             metrics.update(out, batch)
@@ -469,8 +475,8 @@ class Trainer:
         accum, n_batches, win = self.tc.grad_accum_steps, self._epoch_batches(), self.window
         for batch in self.train_loader:
             self.batches_done += 1
-            self._take_counts(batch)
-            batch = to_device(batch, self.device)
+            batch = device_batch(batch, self.device, self.collate)
+            self._take_counts(batch)  # after the device stage: it may skip samples too
             win.samples += _batch_size(batch)
             boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
             with P.grad_sync(self.model, boundary):  # accumulating: no all-reduce until the last micro-batch

@@ -1,18 +1,16 @@
 """Image classification with ``data.streaming: true`` from WebDataset tar shards (``{key}.png`` + ``{key}.cls``)
 and from a path table: trains past chance, augmentation is seeded per sample so a resumed run matches a
 straight one, a corrupt image is an error naming the sample or a counted skip."""
-import csv
 import json
 import os
 
 import pytest
-import webdataset as wds
 
 from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import load_config, train
 
-from mm_fixtures import resume_from_copy, same_weights
+from mm_fixtures import csv_to_tars, resume_from_copy, same_weights
 from mm_paths import ROOT
 
 TINY = os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml")
@@ -26,16 +24,9 @@ def shapes(tmp_path_factory):
     import mm_ptft.data.generated_images  # noqa: F401  (registers image_shapes)
 
     files = generate({"name": "image_shapes", "n_train": 240, "n_eval": 60, "size": 32, "seed": 0}, str(root))
-    with open(files["train_file"]) as f:
-        rows = list(csv.DictReader(f))
-    base = os.path.dirname(files["train_file"])
-    for k, part in enumerate((rows[:100], rows[100:130], rows[130:])):
-        with wds.TarWriter(str(root / f"train-{k}.tar")) as sink:
-            for i, r in enumerate(part):
-                with open(os.path.join(base, r["path"]), "rb") as img:
-                    sink.write({"__key__": f"{k}_{i}", "png": img.read(), "cls": r["label"]})
-            if k == 2:
-                sink.write({"__key__": "corrupt", "png": b"\x89PNG broken", "cls": "circle"})
+    csv_to_tars(files["train_file"], root, [slice(0, 100), slice(100, 130), slice(130, None)],
+                lambda read, r: {"png": read(r["path"]), "cls": r["label"]},
+                [{"__key__": "corrupt", "png": b"\x89PNG broken", "cls": "circle"}])
     return {"tars": str(root / "train-{0..2}.tar"), "eval_file": files["eval_file"], "table": files["train_file"]}
 
 

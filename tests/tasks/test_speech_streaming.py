@@ -1,7 +1,6 @@
 """Speech recognition with ``data.streaming: true``: from WebDataset tars (``{key}.wav`` + ``{key}.txt``) and
 from manifest shards; augmentation (speed, SpecAugment) seeded per sample so a mid-pass resume matches a
 straight run; bad audio named or counted; tar shards need a given vocabulary."""
-import csv
 import os
 
 import numpy as np
@@ -13,7 +12,7 @@ from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import load_config, train
 
-from mm_fixtures import resume_from_copy, same_weights
+from mm_fixtures import csv_to_tars, resume_from_copy, same_weights
 from mm_paths import ROOT
 
 TINY = os.path.join(ROOT, "recipes", "speech_recognition", "tiny.yaml")
@@ -29,14 +28,8 @@ def speech(tmp_path_factory):
     root = tmp_path_factory.mktemp("speech")
     files = generate({"name": "tone_speech", "n_train": 60, "n_eval": 20, "sample_rate": 16000, "max_words": 2,
                       "seed": 0}, str(root))
-    with open(files["train_file"]) as f:
-        rows = list(csv.DictReader(f))
-    base = os.path.dirname(files["train_file"])
-    for k, part in enumerate((rows[:35], rows[35:])):
-        with wds.TarWriter(str(root / f"train-{k}.tar")) as sink:
-            for i, r in enumerate(part):
-                with open(os.path.join(base, r["audio"]), "rb") as a:
-                    sink.write({"__key__": f"{k}_{i}", "wav": a.read(), "txt": r["text"]})
+    rows = csv_to_tars(files["train_file"], root, [slice(0, 35), slice(35, None)],
+                       lambda read, r: {"wav": read(r["audio"]), "txt": r["text"]})
     buf = root / "nan.wav"
     sf.write(str(buf), np.full(8000, np.nan, np.float32), 16000, subtype="FLOAT")
     with wds.TarWriter(str(root / "bad.tar")) as sink:
