@@ -92,7 +92,7 @@ def fake_rates(monkeypatch, worker_rate: float, step_rate: float, cpus: int = 8)
 
     real_data = LR.time_data
     monkeypatch.setattr(LR, "time_data", lambda *a, **k: (worker_rate, real_data(*a, **k)[1]))
-    monkeypatch.setattr(LR, "time_step", lambda step, device, passes=3: (step(), step_rate)[1])
+    monkeypatch.setattr(LR, "time_step", lambda step, device, passes=2: (step(), step_rate)[1])
     monkeypatch.setattr("mm_ptft.train.trainer.cpu_count", lambda: cpus)
 
 

@@ -96,7 +96,7 @@ def time_data(batches: Iterator[list[Any]], collate: Callable[[list[Any]], Any],
         torch.set_num_threads(threads)
 
 
-def time_step(step: Callable[[], int], device: torch.device, passes: int = 3) -> float:
+def time_step(step: Callable[[], int], device: torch.device, passes: int = 2) -> float:
     """Samples/s of ``step`` (one forward + backward, returning its batch size): one untimed warm-up pass
     (compilation, autotuning), then the fastest of ``passes`` timed ones, each synchronised with the device (the
     fastest: a step slowed by other work on the machine would call for too few workers)."""

@@ -200,7 +200,7 @@ class Trainer:
         workers they call for, the same on every rank. Changes nothing: weights, buffers, RNG, data order."""
         loader = self.train_loader if train else self.eval_loader
         bs = self.tc.batch_size if train else (self.tc.eval_batch_size or self.tc.batch_size)
-        batches = LR.sample_batches(loader.dataset, loader.batch_sampler, bs, 4)
+        batches = LR.sample_batches(loader.dataset, loader.batch_sampler, bs, 3)
         with LR.no_trace(self.model, self.device):
             worker_rate, first = LR.time_data(batches, self.collate)
             step_rate = 0.0 if first is None else LR.time_step(self._probe_step(first, train), self.device)
