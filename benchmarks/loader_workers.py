@@ -104,8 +104,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="N (default 40; quick 12)")
     args = ap.parse_args()
     set_threads(args.threads)
-    print(render(compare(args.quick, args.seeds, args.device, args.model, args.arms, args.size, args.batch,
-                         args.steps)))
+    sec = compare(args.quick, args.seeds, args.device, args.model, args.arms, args.size, args.batch, args.steps)
+    print(render(sec))
+    for arm, runs in sec["raw"]["timings"].items():  # one line per arm (what a log's tail keeps)
+        rate, wall = (sum(r[k] for r in runs) / len(runs) for k in ("samples_per_s", "wall_s"))
+        print(f"num_workers={arm}: used {sec['raw']['workers_used'][arm]} workers, {rate:.1f} samples/s in the "
+              f"window, {wall:.2f} s whole run (mean of {len(runs)})")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
-def max_workers(cpus: int, local_ranks: int = 1) -> int:
+def max_workers(cpus: int, local_ranks: int = 1, main_cpus: int = 1) -> int:
     """Workers one process may start: its share of the node's CPUs (``local_ranks`` processes on it, each with
-    its own loader) less one CPU for the process itself."""
-    return max(cpus // max(local_ranks, 1) - 1, 0)
+    its own loader) less the ``main_cpus`` the process itself keeps busy (1 driving a GPU; on a CPU device, the
+    step's intra-op threads: a worker there would take a core from the step)."""
+    return max(cpus // max(local_ranks, 1) - main_cpus, 0)

@@ -204,7 +204,8 @@ class Trainer:
         with LR.no_trace(self.model, self.device):
             worker_rate, first = LR.time_data(batches, self.collate)
             step_rate = 0.0 if first is None else LR.time_step(self._probe_step(first, train), self.device)
-        cap = LR.max_workers(cpu_count(), self.dist.local_world)
+        cap = LR.max_workers(cpu_count(), self.dist.local_world,
+                             torch.get_num_threads() if self.device.type == "cpu" else 1)
         n = D.all_reduce_max(LR.workers_needed(step_rate, worker_rate, cap))
         return LR.LoaderRate(worker_rate, step_rate, n, cap)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from mm_ptft import cli
 from mm_ptft.env import cpu_count
-from mm_ptft.run import load_config, train
+from mm_ptft.run import evaluate, load_config, train
 from mm_ptft.train import loader_rate as LR
 from mm_ptft.train.trainer import Trainer
 
@@ -52,6 +52,8 @@ def test_workers_needed_by_hand():
     assert LR.workers_needed(600, 200, cap=8, margin=1.0) == 3  # exactly 3, no margin: no rounding up
     # a 16-CPU node: one process keeps 15 for workers; 4 processes share it: 16/4 - 1 = 3 each
     assert (LR.max_workers(16), LR.max_workers(16, 4), LR.max_workers(1), LR.max_workers(3, 4)) == (15, 3, 0, 0)
+    # training on the CPU with 2 intra-op threads: those 2 cores are the step's; on 2 CPUs, no worker
+    assert (LR.max_workers(16, 1, 2), LR.max_workers(2, 1, 2), LR.max_workers(2, 1, 1)) == (14, 0, 1)
 
 
 def test_probe_leaves_no_trace():
@@ -104,15 +106,18 @@ def test_injected_rates_size_the_loader_and_are_logged(tmp_path, monkeypatch):
     (rec,) = records(out, "loader")
     assert (rec["worker_samples_per_s"], rec["step_samples_per_s"], rec["num_workers"], rec["max_workers"]) == \
         (1000.0, 500.0, 1, 7)
+    # evaluating the run alone (its config says auto): sized from the eval forward, the same metrics
+    assert evaluate(str(out))["accuracy"] == json.loads((out / "final_metrics.json").read_text())["accuracy"]
 
 
 def test_auto_run_equals_the_run_with_the_count_it_chose(tmp_path):
-    """The real probe on this machine: a count in [0, CPUs - 1], and the run is bitwise the run with that count
+    """The real probe on this machine: a count in [0, CPUs - the step's threads], and the run is bitwise the run with that count
     (the probe's forward/backward left the BatchNorm statistics and everything else as they were)."""
     train(cfg(tmp_path / "auto", "train.num_workers=auto"))
     (rec,) = records(tmp_path / "auto", "loader")
     n = rec["num_workers"]
-    assert isinstance(n, int) and 0 <= n <= max(cpu_count() - 1, 0) and rec["max_workers"] == max(cpu_count() - 1, 0)
+    cap = max(cpu_count() - torch.get_num_threads(), 0)  # CPU training: the step keeps its threads' cores
+    assert isinstance(n, int) and 0 <= n <= cap <= max(cpu_count() - 1, 0) and rec["max_workers"] == cap
     assert rec["worker_samples_per_s"] > 0 and rec["step_samples_per_s"] > 0
     train(cfg(tmp_path / "fixed", f"train.num_workers={n}"))
     assert same(final_weights(tmp_path / "auto"), final_weights(tmp_path / "fixed"))
