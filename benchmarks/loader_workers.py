@@ -57,7 +57,8 @@ def run_arm(clock: StepClock, data: dict[str, str], workers: str, model: str, ba
 def measure(arms: Sequence[str], steps: int, warmup: int, seeds: int, device: str, model: str, size: int,
             batch: int, root: str) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[int]]]:
     """Each arm once per seed, the arm order rotated per seed so drift in machine load hits all alike."""
-    data = generate({"name": "image_shapes", "n_train": batch * (steps + 2), "n_eval": batch, "size": size,
+    # 10 batches of images at most (epochs roll over; every sample is decoded and augmented again each time)
+    data = generate({"name": "image_shapes", "n_train": batch * min(steps + 2, 10), "n_eval": batch, "size": size,
                      "seed": 0}, root)
     run_arm(StepClock(1, 3, device), data, "0", model, batch, 0)  # warm-up run (imports, allocator), not recorded
     timings: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
