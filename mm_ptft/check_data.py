@@ -1,7 +1,9 @@
 """``mm-ptft check-data CONFIG``: read every training and eval sample of a config once, as training would
 (tokenise, decode, check), before a long run; images are decoded in full, also for ``data.decode_on=device``. Bad
 samples are counted, not fatal (the check runs with ``data.skip_bad_samples=true``), and the counts are what the
-run's data log would show."""
+run's data log would show.
+``mm-ptft loader-rate CONFIG``: what ``train.num_workers=auto`` measures for it (samples/s per worker and of the
+step) and the worker count it would choose."""
 from __future__ import annotations
 
 import copy
@@ -11,6 +13,8 @@ from torch.utils.data import IterableDataset
 
 from mm_ptft.data.stream import ShardStream
 from mm_ptft.tasks import get_recipe, load_config
+from mm_ptft.train.loader_rate import LoaderRate
+from mm_ptft.train.trainer import Trainer
 from mm_ptft.types import take_counts
 
 
@@ -46,3 +50,10 @@ def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
 def problems(report: dict[str, Any]) -> Optional[int]:
     """Total bad samples counted, or None when there were none."""
     return sum(v for k, v in report["counts"].items() if k.startswith(("skipped", "dropped"))) or None
+
+
+def loader_rate(config: str, overrides: Sequence[str] = ()) -> LoaderRate:
+    """The rates ``train.num_workers=auto`` measures before a run of ``config`` (on its device), and its choice."""
+    cfg = load_config(config, [*overrides, "train.num_workers=auto"])
+    prepared = get_recipe(cfg.task).prepare(cfg, train=True)
+    return Trainer.from_prepared(prepared, cfg).measure_loader()

@@ -1,5 +1,5 @@
-"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, list, report, sweep, quickstart,
-doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, check-data, loader-rate, list, report,
+sweep, quickstart, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,15 @@ def cmd_check_data(ns: argparse.Namespace) -> int:
     if bad:
         print(f"{bad} bad sample(s) (training skips them with data.skip_bad_samples=true, or stops at the first)")
     return 1 if bad else 0
+
+
+def cmd_loader_rate(ns: argparse.Namespace) -> int:
+    from mm_ptft.check_data import loader_rate
+
+    rate = loader_rate(ns.config, ns.overrides)
+    print(rate.line())
+    print(f"recommended: train.num_workers={rate.workers}   (train.num_workers=auto measures this before each run)")
+    return 0
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
@@ -230,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("config")
     ck.add_argument("overrides", nargs="*")
     ck.set_defaults(fn=cmd_check_data)
+    lr = sub.add_parser("loader-rate", help="samples/s one loader worker makes and the training step takes, and the "
+                                            "train.num_workers they call for: mm-ptft loader-rate CONFIG "
+                                            "[key.sub=value ...]")
+    lr.add_argument("config")
+    lr.add_argument("overrides", nargs="*")
+    lr.set_defaults(fn=cmd_loader_rate)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, TypeVar, Union
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 #     RANGES: ClassVar[dict[str, str]] = {"batch_size": ">0", "dropout": "[0,1)", "eval_fraction": "(0,1)"}
 # (a comparison ``>0``/``>=0``/``>=-1``/``<=1`` or an interval with ``[``/``(`` ends; a list value has
 # each item checked). ``parse`` checks every section after the type check, so a bad value is a
-# ConfigError naming the key before anything is built, never a crash mid-training.
+# ConfigError naming the key before anything is built, never a crash mid-training. A key that also takes
+# a word (``num_workers: auto``) names its words in ``WORDS: ClassVar[dict[str, tuple[str, ...]]]``.
 _CMP = re.compile(r"^(>=|>|<=|<)\s*(-?[\d.]+(?:e-?\d+)?)$")
 _INTERVAL = re.compile(r"^([\[(])\s*(-?[\d.inf]+)\s*,\s*(-?[\d.inf]+)\s*([\])])$")
 
@@ -50,7 +51,7 @@ def in_range(spec: str, value: Any) -> bool:
 
 def validate(cfg: Any, prefix: str = "") -> None:
     """Check every key with a declared range (``RANGES``) in ``cfg`` and its nested sections."""
-    ranges = getattr(type(cfg), "RANGES", {})
+    ranges, words = getattr(type(cfg), "RANGES", {}), getattr(type(cfg), "WORDS", {})
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -63,10 +64,12 @@ def validate(cfg: Any, prefix: str = "") -> None:
         if spec is None or value is None:
             continue
         items = list(value) if isinstance(value, (list, tuple)) else [value]
+        allowed = words.get(f.name, ())
         for item in items:
-            if not in_range(spec, item):
+            if item not in allowed and not in_range(spec, item):
                 what = f"{item!r} in {key}={value!r}" if isinstance(value, (list, tuple)) else f"{key}={value!r}"
-                raise ConfigError(f"bad value for config key '{key}': {what} is out of range (must be {spec})")
+                must = f"{spec} or one of {list(allowed)}" if allowed else spec
+                raise ConfigError(f"bad value for config key '{key}': {what} is out of range (must be {must})")
 
 
 @dataclass
@@ -76,6 +79,7 @@ class TrainConfig:
         "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
         "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0",
         "prefetch_factor": ">0"}
+    WORDS: ClassVar[dict[str, tuple[str, ...]]] = {"num_workers": ("auto",)}
     epochs: int = 1
     max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
     batch_size: int = 32
@@ -101,7 +105,9 @@ class TrainConfig:
     undo_skips: bool = False  # optimizers without a fused found_inf skip (non-fused SGD, RAdam, Lion...): skip a
     # NaN/Inf step on the device by restoring a pre-step copy of params + state (a copy per step, their memory
     # once) instead of a host sync per step (benchmarks/step_skip.py measures both)
-    num_workers: int = 0  # loader worker processes; capped at the CPUs this process may use
+    # loader worker processes, capped at the CPUs this process may use; auto: sized before the first step from a
+    # measured rate (samples/s one worker makes vs samples/s the step takes), kept by a resumed run
+    num_workers: Union[int, str] = 0
     persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
     prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead

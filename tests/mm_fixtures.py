@@ -125,3 +125,33 @@ def same_weights(a, b, step: int) -> bool:
 
     wa, wb = (load_file(str(r / "checkpoints" / f"step_{step:08d}" / "model.safetensors")) for r in (a, b))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def fake_rates(monkeypatch, worker_rate: float, step_rate: float, cpus: int = 8) -> None:
+    """``train.num_workers=auto``'s probe runs for real (reads, collates, forward + backward) but reports these
+    rates (samples/s of one worker, of the step), on ``cpus`` CPUs."""
+    from mm_ptft.train import loader_rate as LR
+
+    real_data = LR.time_data
+    monkeypatch.setattr(LR, "time_data", lambda *a, **k: (worker_rate, real_data(*a, **k)[1]))
+    monkeypatch.setattr(LR, "time_step", lambda step, device, passes=2: (step(), step_rate)[1])
+    monkeypatch.setattr("mm_ptft.train.trainer.cpu_count", lambda: cpus)
+
+
+def crash_at_step(monkeypatch, step: int, run) -> None:
+    """Call ``run()`` with the trainer interrupted right after optimizer step ``step`` (the kill a resume recovers
+    from); the trainer is whole again afterwards."""
+    from mm_ptft.train.trainer import Trainer
+
+    real_step = Trainer._optimizer_step
+
+    def crashing(self):
+        norm = real_step(self)
+        if self.step == step:
+            raise KeyboardInterrupt
+        return norm
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)

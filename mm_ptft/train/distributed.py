@@ -17,6 +17,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this node (they share its CPUs)
 
     @property
     def is_main(self) -> bool:
@@ -30,7 +31,8 @@ class DistInfo:
 def setup(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
     """Initialise the process group when launched by torchrun; pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if device_pref == "auto":
         device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     elif device_pref == "cuda":  # a bare "cuda" has no index; each process takes its local rank's GPU

@@ -23,6 +23,7 @@ from mm_ptft.env import cpu_count, resolve_precision
 from mm_ptft.train import callbacks as C
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
+from mm_ptft.train import loader_rate as LR
 from mm_ptft.train import parallel as P
 from mm_ptft.train import rundir
 from mm_ptft.train import step as S
@@ -111,9 +112,11 @@ class Trainer:
         task.to(self.device)
         self.model: nn.Module = self._wrap(task)
         self.collate = collate
-        self.train_loader = self._loader(train_data, train_lengths, train=True) if train_data is not None else None
-        self.eval_loader = self._loader(eval_data, eval_lengths, train=False) if eval_data is not None else None
         self.amp_dtype = PRECISIONS[self.precision]
+        # train.num_workers=auto: 0 until sized before the first step (_size_workers), then the loaders are rebuilt
+        self._data = (train_data, train_lengths, eval_data, eval_lengths)
+        self._auto_workers, self.loader_record = None, {}
+        self._build_loaders()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16
                                            and self.device.type == "cuda")
         self.metric = self.tc.metric_for_best or task.main_metric
@@ -159,6 +162,11 @@ class Trainer:
             model = torch.compile(model)
         return model
 
+    def _build_loaders(self) -> None:
+        train_data, train_lengths, eval_data, eval_lengths = self._data
+        self.train_loader = self._loader(train_data, train_lengths, train=True) if train_data is not None else None
+        self.eval_loader = self._loader(eval_data, eval_lengths, train=False) if eval_data is not None else None
+
     def _loader(self, data: Dataset, lengths: Optional[Sequence[int]], train: bool):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -183,12 +191,63 @@ class Trainer:
         return None if isinstance(self.train_loader.dataset, IterableDataset) else len(self.train_loader)
 
     def _workers(self) -> int:
-        """``train.num_workers``, capped at the CPUs this process may use (more only adds contention)."""
+        """``train.num_workers``, capped at the CPUs this process may use (more only adds contention); ``auto``: the
+        measured count (0 until it is measured)."""
+        if self.tc.num_workers == "auto":
+            return self._auto_workers or 0
         cpus = cpu_count()
         if self.tc.num_workers > cpus:
             warnings.warn(f"train.num_workers={self.tc.num_workers} > the {cpus} CPUs this process may use: "
                           f"using {cpus}", stacklevel=2)
         return min(self.tc.num_workers, cpus)
+
+    def measure_loader(self, train: bool = True) -> LR.LoaderRate:
+        """Samples/s one loader worker makes (a few of the sampler's first batches, read and collated here) and
+        samples/s the step takes (forward + backward on the first; forward only for ``train=False``), and the
+        workers they call for, the same on every rank. Changes nothing: weights, buffers, RNG, data order."""
+        loader = self.train_loader if train else self.eval_loader
+        bs = self.tc.batch_size if train else (self.tc.eval_batch_size or self.tc.batch_size)
+        batches = LR.sample_batches(loader.dataset, loader.batch_sampler, bs, 3)
+        with LR.no_trace(self.model, self.device):
+            worker_rate, first = LR.time_data(batches, self.collate)
+            step_rate = 0.0 if first is None else LR.time_step(self._probe_step(first, train), self.device)
+        cap = LR.max_workers(cpu_count(), self.dist.local_world,
+                             torch.get_num_threads() if self.device.type == "cpu" else 1)
+        n = D.all_reduce_max(LR.workers_needed(step_rate, worker_rate, cap))
+        return LR.LoaderRate(worker_rate, step_rate, n, cap)
+
+    def _probe_step(self, batch: Any, train: bool) -> Callable[[], int]:
+        """The collate's device stage (decoding there: ``data.decode_on=device``) and one forward (+ backward when
+        ``train``) on ``batch``, as the loop runs them; returns the batch size."""
+        take_counts(batch, {})
+        moved = to_device(batch, self.device)
+        self.model.train(train)
+
+        def step() -> int:
+            ready = on_device(self.collate, moved, self.device)
+            with torch.set_grad_enabled(train), self._autocast():
+                out = self.model(ready)
+            if train:
+                out["loss"].backward()
+            return _batch_size(ready)
+        return step
+
+    def _size_workers(self, state: Optional[dict[str, Any]] = None, train: bool = True) -> None:
+        """``train.num_workers=auto``: the count of the run that wrote ``state`` (a resumed run keeps its data
+        order: per-worker augmentation seeds and stream readers depend on it), else a measured one; the loaders
+        are rebuilt with it."""
+        if self.tc.num_workers != "auto" or self._auto_workers is not None:
+            return
+        if state is not None and state.get("num_workers") is not None:
+            n = int(state["num_workers"])
+            log.info("loader: %d workers, as in the run that wrote the checkpoint (train.num_workers=auto)", n)
+            self.loader_record = {"num_workers": n}
+        else:
+            rate = self.measure_loader(train)
+            n, self.loader_record = rate.workers, rate.record()
+            log.info(rate.line())
+        self._auto_workers = n
+        self._build_loaders()
 
     def _set_epoch(self, epoch: int) -> None:
         """Point the sampler and the loader's generator (worker seeds) at ``epoch``: same draws after a resume."""
@@ -211,7 +270,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
                 "best": {"metric": self.best_value, "step": self.best_step}, "callbacks": self._callback_states(),
                 "batches_done": 0 if at_epoch_end else self.batches_done,
-                "counters": self.counters, "bad_steps_total": self.bad_steps_total}
+                "counters": self.counters, "bad_steps_total": self.bad_steps_total, "num_workers": self._workers()}
 
     def _stateful_callbacks(self) -> dict[str, Callback]:
         """Callbacks with ``state_dict``/``load_state_dict``, keyed by class name (``Name.1`` for a second one)."""
@@ -298,6 +357,8 @@ class Trainer:
         """Metrics on the eval split (synced across ranks), plus the mean eval ``loss``."""
         if self.eval_loader is None:
             return {}
+        if self.train_loader is None:  # evaluation alone: sized by the forward pass
+            self._size_workers(train=False)
         # DDP's forward would sync buffers (a collective) although ranks may hold different numbers of
         # eval batches; FSDP needs its forward, so ranks with fewer batches run filler forwards below.
         model = self._unwrapped() if self.dist.enabled and not P.is_fsdp(self.model) else self.model
@@ -401,11 +462,14 @@ class Trainer:
                 log.info("train.resume=true but no usable checkpoint in %s: starting fresh", self.run_dir)
             else:
                 self.config_changes = rundir.check_resume(self.run_dir, self.cfg)
-                self._restore(self._load(found))
+                state = self._load(found)
+                self._size_workers(state)
+                self._restore(state)
                 self.start_step = self.step
                 if self.config_changes:
                     self._apply_hparams(fresh)
                 log.info("resumed from %s (step %d, epoch %d)", found, self.step, self.epoch)
+        self._size_workers()  # after the optimizer is built, before the first step
         return total
 
     def _apply_hparams(self, fresh: list[dict[str, Any]]) -> None:
@@ -456,6 +520,8 @@ class Trainer:
                  " (train.precision=auto)" if self.tc.precision == "auto" else "")
         if self.counters and self.start_step == 0:
             self.logger.log(0, "data", self.counters)
+        if self.loader_record:
+            self.logger.log(self.step, "loader", self.loader_record)
         if self.config_changes:
             self.logger.log(self.step, "config_change", {k: new for k, _, new in self.config_changes})
         self.model.train()

@@ -10,7 +10,7 @@ from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import load_config, train
 
-from mm_fixtures import csv_to_tars, resume_from_copy, same_weights
+from mm_fixtures import csv_to_tars, fake_rates, resume_from_copy, same_weights
 from mm_paths import ROOT
 
 TINY = os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml")
@@ -64,3 +64,19 @@ def test_resume_with_random_augmentation_matches_a_straight_run(tmp_path, shapes
     resume_from_copy(tmp_path / "straight", tmp_path / "resumed", 4)
     train(cfg(tmp_path, *common, "train.resume=true", name="resumed"))
     assert same_weights(tmp_path / "straight", tmp_path / "resumed", 8)
+
+
+def test_auto_workers_on_a_stream_read_a_copy(tmp_path, shapes, monkeypatch):
+    """train.num_workers=auto reads its probe batches from a copy of the stream: the run (here sized to 0 workers,
+    the main process iterating the very stream object the probe read) is bitwise the run with num_workers=0."""
+    common = [f"data.train_file={shapes['tars']}", f"data.eval_file={shapes['eval_file']}", LABELS,
+              "data.skip_bad_samples=true", "train.max_steps=6", "train.eval_every=100", "train.batch_size=16"]
+    fake_rates(monkeypatch, worker_rate=1000.0, step_rate=10.0)  # 1% of a worker: 0 workers
+    train(cfg(tmp_path, *common, "train.num_workers=auto", name="auto"))
+    assert [r["num_workers"] for r in logged(tmp_path / "auto", "loader")] == [0]
+    train(cfg(tmp_path, *common, "train.num_workers=0", name="fixed"))
+    assert same_weights(tmp_path / "auto", tmp_path / "fixed", 6)
+
+
+def logged(run_dir, kind):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]

@@ -9,6 +9,7 @@ from mm_ptft.data.tables import DataError
 from mm_ptft.run import evaluate, predict, train
 from mm_ptft.tasks.text_classification import TextClassification
 
+from mm_fixtures import crash_at_step
 from mm_paths import TEXT_TINY
 
 
@@ -164,8 +165,6 @@ def test_augmented_run_resumes_exactly_across_an_epoch(tmp_path, topics_data, mo
     import torch
     from safetensors.torch import load_file
 
-    from mm_ptft.train.trainer import Trainer
-
     def run(out, *extra):
         return train(cfg(tmp_path, f"output_dir={tmp_path / out}", f"data.train_file={topics_data['train_file']}",
                          f"data.eval_file={topics_data['eval_file']}", "data.generate=null", "train.batch_size=64",
@@ -176,18 +175,7 @@ def test_augmented_run_resumes_exactly_across_an_epoch(tmp_path, topics_data, mo
 
     run("straight", AUGMENT)
     run("plain")
-    real_step = Trainer._optimizer_step
-
-    def crashing(self):
-        norm = real_step(self)
-        if self.step == 9:
-            raise KeyboardInterrupt
-        return norm
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run("resumed", AUGMENT)
-    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
+    crash_at_step(monkeypatch, 9, lambda: run("resumed", AUGMENT))
     run("resumed", AUGMENT, "train.resume=true")
     a, b, p = weights("straight"), weights("resumed"), weights("plain")
     assert all(torch.equal(a[k], b[k]) for k in a)
