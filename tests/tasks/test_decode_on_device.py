@@ -111,3 +111,14 @@ def test_masked_image_pretraining_on_the_device_equals_the_worker_path(tmp_path)
     runs = {d: train(load_config(tiny, [f"output_dir={tmp_path / d}", *common, f"data.decode_on={d}"]))
             for d in ("device", "worker")}
     assert "loss" in runs["device"] and abs(runs["device"]["loss"] - runs["worker"]["loss"]) < 1e-5, runs
+
+
+def test_sized_workers_probe_the_device_stage_without_a_trace(tmp_path, jpeg_shapes):
+    """``train.num_workers=auto`` times the device stage (decode + augmentation in the training process) with the
+    step; its random draws there are put back, so the run equals the run with the count it chose."""
+    common = ["data.decode_on=device", "train.max_steps=6", "train.eval_every=100", "model.ema_decay=0.0"]
+    train(image_cfg(tmp_path, jpeg_shapes, *common, "train.num_workers=auto", name="auto"))
+    events = [json.loads(line) for line in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    (chosen,) = [e for e in events if e["kind"] == "loader"]
+    train(image_cfg(tmp_path, jpeg_shapes, *common, f"train.num_workers={chosen['num_workers']}", name="fixed"))
+    assert same_weights(tmp_path / "auto", tmp_path / "fixed", 6)
