@@ -10,7 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, TypeVar, Union
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -69,6 +69,21 @@ def validate(cfg: Any, prefix: str = "") -> None:
                 raise ConfigError(f"bad value for config key '{key}': {what} is out of range (must be {spec})")
 
 
+#: ``train.compile`` values besides false/true (true means "default"): ``torch.compile``'s modes. reduce-overhead and
+#: max-autotune also replay CUDA graphs on a CUDA device (static shapes, no host syncs inside the model's forward).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: Union[bool, str]) -> Optional[str]:
+    """``train.compile`` as a ``torch.compile`` mode: None when off, "default" for true; else a ConfigError."""
+    if value is False or value is True:
+        return "default" if value else None
+    if value in COMPILE_MODES:
+        return value
+    raise ConfigError(f"bad value for config key 'train.compile': {value!r}; choose one of false, true, "
+                      + ", ".join(COMPILE_MODES))
+
+
 @dataclass
 class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
@@ -103,11 +118,18 @@ class TrainConfig:
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
     prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
-    compile: bool = False
+    # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs (see mm_ptft/train/compiling.py). reduce-overhead/max-autotune record CUDA graphs on
+    # CUDA (one per batch shape: bound the shapes, e.g. data.pad_to_multiple_of); on CPU they compile like default
+    # (reduce-overhead warns).
+    compile: Union[bool, str] = False
     grad_checkpointing: bool = False
     distributed: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
     deterministic: bool = False
     report: bool = True  # write report.md with plots at the end
+
+    def __post_init__(self) -> None:
+        compile_mode(self.compile)  # a bad train.compile fails when the config is parsed, before anything is built
 
 
 @dataclass
