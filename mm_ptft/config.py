@@ -123,6 +123,10 @@ class TrainConfig:
     # CUDA (one per batch shape: bound the shapes, e.g. data.pad_to_multiple_of); on CPU they compile like default
     # (reduce-overhead warns).
     compile: Union[bool, str] = False
+    # torch.compile(dynamic=...): None (torch's automatic dynamic: the first shape compiles static, a changed
+    # dimension recompiles it as dynamic), true (dynamic from the first compile: one training graph for length-grouped
+    # text whatever the first length), false (a graph per shape, until torch's recompile limit)
+    compile_dynamic: Optional[bool] = None
     grad_checkpointing: bool = False
     distributed: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
     deterministic: bool = False

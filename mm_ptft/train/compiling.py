@@ -1,9 +1,11 @@
 """``train.compile``: the model through ``torch.compile`` in the mode the config names, and what CUDA graphs need.
 
-Shapes: ``dynamic`` is left to torch (None, "automatic dynamic"): the first batch shape compiles a static graph and
-the first change of a dimension recompiles it as dynamic, so length-grouped text batches cost two compiles, not one
-per length (a fixed ``dynamic=False`` recompiles per length until ``torch._dynamo.config.recompile_limit`` and then
-runs eagerly). Evaluation (``eval()`` under ``no_grad``) is one more graph.
+Shapes (``train.compile_dynamic``): by default torch's "automatic dynamic" (None): the first batch shape compiles a
+static graph and the first change of a dimension recompiles it as dynamic, so length-grouped text batches cost two
+compiles, not one per length (``false`` recompiles per shape until ``torch._dynamo.config.recompile_limit`` and then
+runs eagerly). The static graph is specialised to the first batch's length, so inductor's on-disk cache misses when a
+run starts with another length; ``true`` compiles one dynamic graph from the start. Evaluation (``eval()`` under
+``no_grad``) adds its own graphs.
 
 CUDA graphs (``reduce-overhead`` / ``max-autotune`` on a CUDA device, through inductor's cudagraph trees) replay a
 recorded kernel sequence, so they need: one recording per distinct input shape (bound the shapes with padding, e.g.
@@ -14,7 +16,7 @@ replay (the trainer marks each step's start and clones evaluation outputs, which
 from __future__ import annotations
 
 import warnings
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -40,20 +42,23 @@ def effective_mode(value: Union[bool, str], device: torch.device) -> tuple[str |
     return "max-autotune-no-cudagraphs", False
 
 
-def compile_model(model: nn.Module, value: Union[bool, str], device: torch.device, **kwargs: Any) -> tuple[nn.Module, bool]:
-    """``model`` compiled as ``train.compile=value`` asks (unchanged when off) and whether CUDA graphs replay it.
-    ``kwargs`` go to ``torch.compile`` (tests pass ``backend``)."""
+def compile_model(model: nn.Module, value: Union[bool, str], device: torch.device, dynamic: Optional[bool] = None,
+                  **kwargs: Any) -> tuple[nn.Module, bool]:
+    """``model`` compiled as ``train.compile=value`` and ``train.compile_dynamic=dynamic`` ask (unchanged when off)
+    and whether CUDA graphs replay it. ``kwargs`` go to ``torch.compile`` (e.g. ``backend``)."""
     mode, cudagraphs = effective_mode(value, device)
     if mode is None:
         return model, False
-    return torch.compile(model, mode=None if mode == "default" else mode, **kwargs), cudagraphs
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=dynamic, **kwargs), cudagraphs
 
 
 def graph_counts() -> dict[str, int]:
-    """Dynamo's running totals in this process: frames compiled (first compiles plus recompiles) and unique graphs."""
+    """Running totals in this process: frames dynamo compiled (first compiles plus recompiles), unique graphs, and
+    graphs that CUDA graphs skipped (inductor logs why: a CPU tensor, a mutated input, a host sync...)."""
     from torch._dynamo.utils import counters
 
-    return {"frames": int(counters["frames"]["ok"]), "unique_graphs": int(counters["stats"]["unique_graphs"])}
+    return {"frames": int(counters["frames"]["ok"]), "unique_graphs": int(counters["stats"]["unique_graphs"]),
+            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"])}
 
 
 def clone_outputs(out: Any) -> Any:

@@ -150,7 +150,7 @@ class Trainer:
                 self._export = P.export_template(task)  # sharded modules cannot be saved as encoder dirs
             model = P.wrap_distributed(task, self.tc.distributed, self.device)
         # after the DDP wrap (DDP's graph splitting at bucket boundaries keeps its overlap of compute and all-reduce)
-        model, self._cudagraphs = compiling.compile_model(model, self.tc.compile, self.device)
+        model, self._cudagraphs = compiling.compile_model(model, self.tc.compile, self.device, self.tc.compile_dynamic)
         return model
 
     def _loader(self, data: Dataset, lengths: Optional[Sequence[int]], train: bool):
@@ -481,8 +481,9 @@ class Trainer:
             win.samples += _batch_size(batch)
             boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
             with P.grad_sync(self.model, boundary):  # accumulating: no all-reduce until the last micro-batch
-                if self._cudagraphs:  # a new step: the last step's graph outputs may be overwritten now
-                    torch.compiler.cudagraph_mark_step_begin()
+                if self._cudagraphs and (self.batches_done - 1) % accum == 0:  # a new optimizer step: the last
+                    torch.compiler.cudagraph_mark_step_begin()  # one's graph outputs may be overwritten (not the
+                    # gradients accumulated within a step: they stay live)
                 with self._autocast():
                     out = self.model(batch)
                 if self.l1_params:

@@ -72,12 +72,18 @@ def test_trainer_on_cpu_with_reduce_overhead_warns_and_compiles_without_cuda_gra
     assert modes == [None] and not trainer._cudagraphs  # torch.compile's own default mode, no step marking
 
 
-def test_length_grouped_batches_compile_a_static_then_a_dynamic_graph(topics_data, tmp_path, monkeypatch):
-    """Torch's automatic dynamic shapes: a new length after the first recompiles once as dynamic, then every
-    further length reuses that graph (a static compile per length would hit the recompile limit and go eager)."""
+@pytest.mark.parametrize("dynamic, frames", [
+    # automatic: train static, then dynamic in the length; eval (no_grad: new guards) dynamic in the length, then in
+    # the batch (its short last batch)
+    ("null", 4),
+    ("true", 2)])  # dynamic from the start: one graph for training, one for evaluation
+def test_length_grouped_batches_compile_a_few_graphs_not_one_per_length(dynamic, frames, topics_data, tmp_path,
+                                                                         monkeypatch):
+    """Length-grouped batches of many lengths compile a bounded number of graphs (a static compile per length would
+    hit dynamo's recompile limit and run eagerly)."""
     cheap_compile(monkeypatch, "eager")
-    cfg = cfg_for(topics_data, tmp_path / "run", "train.compile=true", "train.max_steps=10", "train.eval_every=100",
-                  *ONE_LAYER)
+    cfg = cfg_for(topics_data, tmp_path / "run", "train.compile=true", f"train.compile_dynamic={dynamic}",
+                  "train.max_steps=10", "train.eval_every=100", *ONE_LAYER)
     trainer = Trainer.from_prepared(get_recipe(cfg.task).prepare(cfg), cfg)
     shapes = []
     record = torch._dynamo.disable(lambda m, args: shapes.append((m.training, *args[0]["text"].shape)))
@@ -87,8 +93,7 @@ def test_length_grouped_batches_compile_a_static_then_a_dynamic_graph(topics_dat
     train_shapes, eval_shapes = {s[1:] for s in shapes if s[0]}, {s[1:] for s in shapes if not s[0]}
     assert len(train_shapes) >= 4  # the length grouping really varied the lengths...
     assert len({b for b, _ in eval_shapes}) == 2  # ...and evaluation's last batch is shorter (120 = 7 x 16 + 8)
-    # train: static, then dynamic in the length; eval (no_grad: new guards) dynamic in the length, then in the batch
-    assert compiling.graph_counts()["frames"] - before == 4 < len(train_shapes) + len(eval_shapes)
+    assert compiling.graph_counts()["frames"] - before == frames < len(train_shapes) + len(eval_shapes)
 
 
 def test_compiled_run_resumes_to_the_eager_weights_and_exports_plain_names(topics_data, tmp_path, monkeypatch):
@@ -120,3 +125,21 @@ def test_aot_compiled_accumulation_with_grad_checkpointing_matches_eager(topics_
     a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "aot")
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (benchmarks/gpu_checks.sh)")
+def test_cuda_graphs_train_and_evaluate_like_eager_with_accumulation(topics_data, tmp_path):
+    """reduce-overhead on CUDA: 2 micro-batches per step (gradients accumulate across replays) and evaluations
+    between steps (outputs kept by metrics) give eager's weights and metrics, with no graph skipped."""
+    common = ["train.device=cuda", "train.precision=fp32", "train.max_steps=6", "train.grad_accum_steps=2",
+              "train.eval_every=3", "data.pad_to_multiple_of=64", *NO_DROPOUT]  # one train shape: one recording
+    eager = train(cfg_for(topics_data, tmp_path / "eager", *common))
+    skips = compiling.graph_counts()["cudagraph_skips"]
+    graphs = train(cfg_for(topics_data, tmp_path / "graphs", *common, "train.compile=reduce-overhead"))
+    assert compiling.graph_counts()["cudagraph_skips"] == skips
+    assert graphs.keys() == eager.keys() and graphs["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    for k in eager:  # counts over 120 eval rows: rounding may flip a near-tie prediction or two, no more
+        assert graphs[k] == pytest.approx(eager[k], abs=2 / 120 + 1e-6), k
+    a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "graphs")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-3, msg=k)
