@@ -119,3 +119,11 @@ def test_open_clip_comparison_on_cpu_records_a_skip_not_a_number():
     sec = vs_open_clip.compare(quick=True, seeds=2, device="cpu")
     assert sec["status"] == "skipped: needs CUDA" and sec["rows"] == []
     assert "skipped: needs CUDA" in common.render(sec)
+
+
+def test_compile_break_even_is_compile_time_over_step_time_saved():
+    from benchmarks.compile_speed import break_even
+
+    # batch 32: eager 100 samples/s = 0.32 s/step, compiled 200 samples/s = 0.16 s/step; 8 s of compiling
+    assert break_even(8.0, 32, 100.0, 200.0) == pytest.approx(8.0 / 0.16)  # 50 steps
+    assert break_even(8.0, 32, 100.0, 100.0) == math.inf and break_even(8.0, 32, 100.0, 90.0) == math.inf
