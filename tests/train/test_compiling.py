@@ -1,7 +1,7 @@
 """``train.compile``: the mode each value gives on each device, the CPU warning for CUDA graphs, recompiles on
 length-grouped batches, and compiled runs that accumulate, checkpoint, resume and export like eager ones. Dynamo runs
-here with the ``eager``/``aot_eager`` backends (fast); the inductor run is the slow test in
-test_memory_speed_options.py."""
+here with the ``eager``/``aot_eager`` backends; tests that trace the model several times are ``slow`` (``-m slow``),
+as is the inductor run in test_memory_speed_options.py. The CUDA-graph test runs where CUDA is (gpu_checks)."""
 import json
 
 import pytest
@@ -72,6 +72,7 @@ def test_trainer_on_cpu_with_reduce_overhead_warns_and_compiles_without_cuda_gra
     assert modes == [None] and not trainer._cudagraphs  # torch.compile's own default mode, no step marking
 
 
+@pytest.mark.slow  # dynamo traces the model several times (10-20 s on 2 shared cores)
 @pytest.mark.parametrize("dynamic, frames", [
     # automatic: train static, then dynamic in the length; eval (no_grad: new guards) dynamic in the length, then in
     # the batch (its short last batch)
@@ -96,6 +97,7 @@ def test_length_grouped_batches_compile_a_few_graphs_not_one_per_length(dynamic,
     assert compiling.graph_counts()["frames"] - before == frames < len(train_shapes) + len(eval_shapes)
 
 
+@pytest.mark.slow  # dynamo traces the model several times (10-20 s on 2 shared cores)
 def test_compiled_run_resumes_to_the_eager_weights_and_exports_plain_names(topics_data, tmp_path, monkeypatch):
     """Eager: 8 steps straight. Compiled: crash after step 5, resume to 8. Same weights, checkpoint and exported
     encoder keys without ``_orig_mod.``."""
@@ -114,6 +116,7 @@ def test_compiled_run_resumes_to_the_eager_weights_and_exports_plain_names(topic
     assert json.loads((tmp_path / "compiled" / "encoders" / "text" / "source.json").read_text())["checkpoint"]
 
 
+@pytest.mark.slow  # dynamo traces the model several times (10-20 s on 2 shared cores)
 def test_aot_compiled_accumulation_with_grad_checkpointing_matches_eager(topics_data, tmp_path, monkeypatch):
     """AOTAutograd traces forward and backward (with the HF layers' activation checkpoints) over 2 micro-batches
     per step: the same weights as the eager run without either option."""
