@@ -77,6 +77,7 @@ class StepClock:
     def count_forward(self, module: torch.nn.Module) -> Any:
         """Record the samples of every training-mode forward of ``module`` (one per step without gradient
         accumulation); evaluation forwards (``module.training`` False) are not counted. Returns the hook handle."""
+        @torch._dynamo.disable  # under torch.compile the clock stays out of the measured graphs (and their count)
         def hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             if mod.training:
                 self.sizes.append(batch_len(args[0] if args else next(iter(kwargs.values()))))

@@ -61,8 +61,20 @@ def build_ours(model: str, size: int):
     return PretrainTask(towers, {"clip": clip}), towers["text"].tokenizer
 
 
-def run_ours(args: Any, data: Dataset, clock: StepClock) -> None:
+def ours_config(args: Any, out: str) -> Any:
+    """mm_ptft's run config for ``args.steps``/``batch``/``precision``/``device``/``workers``: AdamW at a constant
+    5e-4 (as open_clip's side), one log line, no report."""
     from mm_ptft.config import RunConfig
+
+    cfg = RunConfig(task="pretrain_contrastive", output_dir=out)
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.log_every = args.steps, args.batch, args.steps
+    cfg.train.precision, cfg.train.device, cfg.train.report = args.precision, args.device, False
+    cfg.train.group_by_length, cfg.train.num_workers, cfg.train.keep_last = False, args.workers, 0
+    cfg.optim.lr, cfg.sched.name = 5e-4, "constant"
+    return cfg
+
+
+def run_ours(args: Any, data: Dataset, clock: StepClock) -> None:
     from mm_ptft.data.multimodal import MultimodalCollator
     from mm_ptft.train.trainer import Trainer
 
@@ -70,11 +82,7 @@ def run_ours(args: Any, data: Dataset, clock: StepClock) -> None:
     task, _ = build_ours(args.model, args.image_size)
     clock.count_forward(task)
     with tempfile.TemporaryDirectory() as out:
-        cfg = RunConfig(task="pretrain_contrastive", output_dir=out)
-        cfg.train.max_steps, cfg.train.batch_size, cfg.train.log_every = args.steps, args.batch, args.steps
-        cfg.train.precision, cfg.train.device, cfg.train.report = args.precision, args.device, False
-        cfg.train.group_by_length, cfg.train.num_workers, cfg.train.keep_last = False, args.workers, 0
-        cfg.optim.lr, cfg.sched.name = 5e-4, "constant"
+        cfg = ours_config(args, out)
         torch.cuda.reset_peak_memory_stats()
         Trainer(task, cfg, data, None, MultimodalCollator(0), callbacks=[ClockCallback(clock)]).fit()
         clock.end()

@@ -72,6 +72,21 @@ def validate(cfg: Any, prefix: str = "") -> None:
                 raise ConfigError(f"bad value for config key '{key}': {what} is out of range (must be {must})")
 
 
+#: ``train.compile`` values besides false/true (true means "default"): ``torch.compile``'s modes. reduce-overhead and
+#: max-autotune also replay CUDA graphs on a CUDA device (static shapes, no host syncs inside the model's forward).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: Union[bool, str]) -> Optional[str]:
+    """``train.compile`` as a ``torch.compile`` mode: None when off, "default" for true; else a ConfigError."""
+    if value is False or value is True:
+        return "default" if value else None
+    if value in COMPILE_MODES:
+        return value
+    raise ConfigError(f"bad value for config key 'train.compile': {value!r}; choose one of false, true, "
+                      + ", ".join(COMPILE_MODES))
+
+
 @dataclass
 class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
@@ -112,11 +127,24 @@ class TrainConfig:
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
     prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
-    compile: bool = False
+    # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs (see mm_ptft/train/compiling.py). reduce-overhead/max-autotune record CUDA graphs on
+    # CUDA (one per batch shape: bound the shapes, e.g. data.pad_to_multiple_of); on CPU they compile like default
+    # (reduce-overhead warns). Off by default: on CPU it made length-grouped BERT training 0.80-0.94x eager (never
+    # breaking even) and timm vit_tiny 1.06x (break-even ~40 steps with a warm inductor cache, ~500 with an empty one):
+    # benchmarks/RESULTS.md § torch.compile; the CUDA figures come from benchmarks/compile_speed.py on a GPU.
+    compile: Union[bool, str] = False
+    # torch.compile(dynamic=...): None (torch's automatic dynamic: the first shape compiles static, a changed
+    # dimension recompiles it as dynamic), true (dynamic from the first compile: one training graph for length-grouped
+    # text whatever the first length), false (a graph per shape, until torch's recompile limit)
+    compile_dynamic: Optional[bool] = None
     grad_checkpointing: bool = False
     distributed: str = "ddp"  # ddp | fsdp (used when launched by torchrun)
     deterministic: bool = False
     report: bool = True  # write report.md with plots at the end
+
+    def __post_init__(self) -> None:
+        compile_mode(self.compile)  # a bad train.compile fails when the config is parsed, before anything is built
 
 
 @dataclass

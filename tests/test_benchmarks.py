@@ -137,3 +137,11 @@ def test_decode_on_device_benchmark_times_both_arms_on_jpegs_of_the_asked_size(t
     assert check["arm"] == "parity" and check["mean_abs_diff"] < 0.02  # on CPU both decoders are libjpeg-turbo
     assert [(r["size"], r["arm"], r["workers"]) for r in rows] == [("48x40", "worker", 0), ("48x40", "device", 0)]
     assert all(r["samples_per_s"] > 0 and r["main_ms_per_batch"] >= 0 for r in rows)
+
+
+def test_compile_break_even_is_compile_time_over_step_time_saved():
+    from benchmarks.compile_speed import break_even
+
+    # batch 32: eager 100 samples/s = 0.32 s/step, compiled 200 samples/s = 0.16 s/step; 8 s of compiling
+    assert break_even(8.0, 32, 100.0, 200.0) == pytest.approx(8.0 / 0.16)  # 50 steps
+    assert break_even(8.0, 32, 100.0, 100.0) == math.inf and break_even(8.0, 32, 100.0, 90.0) == math.inf

@@ -66,3 +66,28 @@ def test_mapping_override_replaces_the_component():
 def test_null_override():
     cfg = load_config(TEXT_TINY, ["data.generate=null", "data.train_file=x.csv"])
     assert cfg.data.generate is None and cfg.data.train_file == "x.csv"
+
+
+@pytest.mark.parametrize("value, parsed", [("true", True), ("false", False), ("default", "default"),
+                                           ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune"),
+                                           ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_train_compile_takes_a_bool_or_a_mode(value, parsed, tmp_path):
+    yaml_file = tmp_path / "c.yaml"  # the same from a YAML file: a bool stays a bool, a mode a string
+    yaml_file.write_text(f"task: text_classification\ntrain: {{compile: {value}}}\n")
+    for got in (load_config(TEXT_TINY, [f"train.compile={value}"]).train.compile, load_config(str(yaml_file)).train.compile):
+        assert got == parsed and type(got) is type(parsed)
+
+
+@pytest.mark.parametrize("value", ["fast", "reduce_overhead", "1", "[default]"])
+def test_bad_train_compile_is_named_with_the_choices(value):
+    with pytest.raises(ConfigError, match=r"train\.compile"):
+        load_config(TEXT_TINY, [f"train.compile={value}"])
+    with pytest.raises(ConfigError, match="false, true, default, reduce-overhead, max-autotune"):
+        load_config(TEXT_TINY, ["train.compile=fast"])
+
+
+def test_train_compile_is_checked_on_a_config_built_in_code():
+    from mm_ptft.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train\.compile.*'eager'"):
+        TrainConfig(compile="eager")

@@ -22,6 +22,7 @@ from mm_ptft.contracts import Callback, Prepared, Task, on_device
 from mm_ptft.env import cpu_count, resolve_precision
 from mm_ptft.train import callbacks as C
 from mm_ptft.train import checkpoint as ckpt
+from mm_ptft.train import compiling
 from mm_ptft.train import distributed as D
 from mm_ptft.train import loader_rate as LR
 from mm_ptft.train import parallel as P
@@ -158,8 +159,8 @@ class Trainer:
             if self.tc.distributed == "fsdp" and self.dist.is_main:
                 self._export = P.export_template(task)  # sharded modules cannot be saved as encoder dirs
             model = P.wrap_distributed(task, self.tc.distributed, self.device)
-        if self.tc.compile:
-            model = torch.compile(model)
+        # after the DDP wrap (DDP's graph splitting at bucket boundaries keeps its overlap of compute and all-reduce)
+        model, self._cudagraphs = compiling.compile_model(model, self.tc.compile, self.device, self.tc.compile_dynamic)
         return model
 
     def _build_loaders(self) -> None:
@@ -376,7 +377,7 @@ class Trainer:
             batch = device_batch(batch, self.device, self.collate)
             take_counts(batch, eval_counts)  # the device stage's
             with self._autocast():
-                out = model(batch)
+                out = self._eval_forward(model, batch)
             metrics.update(out, batch)
             if "loss" in out:
                 n = len(next(iter(batch.values())))
@@ -391,6 +392,14 @@ class Trainer:
         if total[1] > 0:
             results["loss"] = float(total[0] / total[1])
         return results
+
+    def _eval_forward(self, model: nn.Module, batch: Any) -> Any:
+        """An evaluation forward; under CUDA graphs its outputs are copied out (metrics may keep them past the next
+        replay, which overwrites graph memory)."""
+        if not self._cudagraphs:
+            return model(batch)
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiling.clone_outputs(model(batch))
 
     def _eval_batches(self) -> Iterator[Optional[Any]]:
         """The eval batches. Under FSDP (its forward is a collective) a rank with fewer batches then gets None (a
@@ -546,6 +555,9 @@ class Trainer:
             win.samples += _batch_size(batch)
             boundary = self.batches_done % accum == 0 or self.batches_done == n_batches
             with P.grad_sync(self.model, boundary):  # accumulating: no all-reduce until the last micro-batch
+                if self._cudagraphs and (self.batches_done - 1) % accum == 0:  # a new optimizer step: the last
+                    torch.compiler.cudagraph_mark_step_begin()  # one's graph outputs may be overwritten (not the
+                    # gradients accumulated within a step: they stay live)
                 with self._autocast():
                     out = self.model(batch)
                 if self.l1_params:
