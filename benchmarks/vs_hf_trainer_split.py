@@ -3,7 +3,8 @@ collate), forward, backward, gradient clipping, optimizer step and the rest (the
 device moves, loss bookkeeping, scheduler, callbacks, logging), forward+backward per token computed (padding
 included), plus the CPU seconds of the start-up (``prepare``: the data and model both sides build alike; then the
 trainer's own build and step 1) and of what follows the last step (the final evaluation; then the rest:
-checkpoint, run-directory files).
+checkpoint, run-directory files), and the whole run's CPU seconds (paired ratio over seeds: on a shared
+machine a steadier estimate of the quiet machine's wall-time ratio than wall time itself).
 
 The same instruments on both sides (they call the same task module): the main thread's CPU time
 (``time.thread_time``, so other processes on a shared machine do not count) around the DataLoader iterators'
@@ -27,7 +28,7 @@ from torch.utils.data import dataloader as torch_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import StepClock, fmt, set_threads  # noqa: E402
+from benchmarks.common import StepClock, fmt, ratios, set_threads  # noqa: E402
 from benchmarks.vs_hf_trainer import run_hf, run_ours, settings  # noqa: E402
 
 PARTS = ("load", "forward", "backward", "clip", "optimizer", "other")  # per training step
@@ -119,7 +120,8 @@ def measure(run: Callable[..., float], args: Any, seed: int, strategy: str) -> d
     return {**{f"{p}_ms": v for p, v in per_step.items()}, "step_ms": window / (n - w) * 1e3,
             "tokens_per_step": tokens / (n - w), "fwd_bwd_us_per_token": fwd_bwd / tokens * 1e6,
             "prepare_s": split.parts["prepare"], "build_to_step1_s": split.step_ends[0] - split.t0 - split.parts["prepare"],
-            "eval_s": split.parts["eval"], "after_eval_s": end - split.step_ends[n - 1] - split.parts["eval"]}
+            "eval_s": split.parts["eval"], "after_eval_s": end - split.step_ends[n - 1] - split.parts["eval"],
+            "run_cpu_s": end - split.t0}
 
 
 def main() -> None:
@@ -140,6 +142,8 @@ def main() -> None:
     print("| arm | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1))
     for name, runs in results.items():
         print(f"| {name} | " + " | ".join(fmt([r[k] for r in runs], 2) for k in keys) + " |")
+    ours, theirs = ([r["run_cpu_s"] for r in results[name]] for name in arms)
+    print(f"whole-run CPU time mm_ptft / HF group_by_length, paired over seeds: {fmt(ratios(ours, theirs))}")
 
 
 if __name__ == "__main__":
