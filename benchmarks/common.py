@@ -227,9 +227,10 @@ def render(sec: Mapping[str, Any]) -> str:
 
 def throughput_rows(arms: Mapping[str, Sequence[Mapping[str, float]]], keys: Sequence[str] = (
         "samples_per_s", "startup_s", "after_s", "wall_s")) -> list[list[str]]:
-    """One row per arm: each timing key as mean ± sd over seeds."""
-    return [[name, *(fmt([r[k] for r in runs], 1 if k == "samples_per_s" else 2) for k in keys)]
-            for name, runs in arms.items()]
+    """One row per arm: each timing key as mean ± sd over seeds (rates ``*_per_s`` to 1 decimal, counts
+    ``*_tokens`` to whole numbers, seconds to 2)."""
+    return [[name, *(fmt([r[k] for r in runs], 1 if k.endswith("_per_s") else 0 if k.endswith("_tokens") else 2)
+                     for k in keys)] for name, runs in arms.items()]
 
 
 def paired_rows(ours: Sequence[Mapping[str, float]], theirs: Sequence[Mapping[str, float]], label: str,

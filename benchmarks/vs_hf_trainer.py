@@ -5,7 +5,10 @@ hyperparameters, in one process, seeds interleaved: mm_ptft defaults, HF default
 Both trainers run exactly N optimizer steps and are timed by ``benchmarks.common.StepClock`` from outside
 (an mm_ptft ``Callback`` / an HF ``TrainerCallback`` at each step end) over the same window (w, N];
 start-up, the final evaluation and the whole run's wall time are reported separately, accuracy on the
-same eval sentences as mean ± sd over seeds.
+same eval sentences as mean ± sd over seeds. Batches of varied length make samples/s depend on which batches
+fall in the window (HF's and mm_ptft's samplers both put the longest batch at step 1, outside it), so the
+tokens each step computes (padding included) are counted too: tokens/s over the same window, and the padded
+tokens of the epoch and of the final evaluation on each side.
 
     python benchmarks/vs_hf_trainer.py [--quick] [--seeds 5] [--device cpu|cuda] [--threads 1]
 
@@ -58,12 +61,34 @@ def padding_fraction(prepared, batch: int) -> float:
     return float(1 - chunks.sum() / (chunks.max(1).values * batch).sum())
 
 
+class TokenCount:
+    """Tokens (padding included) and padded tokens of every forward of ``task``: per training step, and summed
+    over the evaluation forwards. Both sides call the same task module with ``text`` / ``text_mask``."""
+
+    def __init__(self, task: nn.Module) -> None:
+        self.steps: list[int] = []  # tokens of each training forward (one per step)
+        self.pad = {"train": 0, "eval": 0}
+        task.register_forward_pre_hook(self.hook)
+
+    def hook(self, module: nn.Module, args: tuple) -> None:
+        mask = args[0]["text_mask"]  # (B, L), 1 = real token
+        if module.training:
+            self.steps.append(mask.numel())
+        self.pad["train" if module.training else "eval"] += int(mask.numel() - mask.sum())
+
+    def figures(self, clock: StepClock) -> dict[str, float]:
+        w, n = clock.warmup, clock.steps
+        return {"tokens_per_s": sum(self.steps[w:n]) / (clock.times[n - 1] - clock.times[w - 1]),
+                "train_pad_tokens": self.pad["train"], "eval_pad_tokens": self.pad["eval"]}
+
+
 def run_ours(args: Any, clock: StepClock, seed: int, strategy: str = "") -> float:
     """mm_ptft with its defaults (length-grouped batches); returns the final evaluation's accuracy."""
     clock.begin()
     with tempfile.TemporaryDirectory() as out:
         cfg, p = prepare(out, args, seed)
         clock.count_forward(p.task)
+        clock.tokens = TokenCount(p.task)
         results = Trainer.from_prepared(p, cfg, callbacks=[ClockCallback(clock)]).fit()
         clock.end()
         return results["accuracy"]
@@ -106,6 +131,7 @@ def run_hf(args: Any, clock: StepClock, seed: int, strategy: str) -> float:
             fp16=args.precision == "fp16", seed=seed, disable_tqdm=True)
         model = HFWrapped(p.task)
         clock.count_forward(model)
+        clock.tokens = TokenCount(p.task)
         trainer = HFTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals,
                             data_collator=DataCollatorWithPadding(tok), callbacks=[HFClock(clock)],
                             compute_metrics=lambda ep: {"accuracy": float((ep.predictions.argmax(-1) == ep.label_ids).mean())})
@@ -129,8 +155,11 @@ def measure(args: Any, seeds: int) -> tuple[dict[str, list[dict[str, float]]], d
             run, strategy = ARMS[name]
             clock = StepClock(args.warmup, args.steps, args.device)
             accuracy[name].append(run(args, clock, seed, strategy))
-            timings[name].append(clock.timing())
+            timings[name].append({**clock.timing(), **clock.tokens.figures(clock)})
     return timings, accuracy
+
+
+KEYS = ("samples_per_s", "tokens_per_s", "startup_s", "after_s", "wall_s", "train_pad_tokens", "eval_pad_tokens")
 
 
 def settings(quick: bool, device: str = "") -> argparse.Namespace:
@@ -147,16 +176,19 @@ def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, 
         pad = padding_fraction(prepare(out, args, 0)[1], args.batch)
     t, acc = measure(args, seeds)
     ours = t["mm_ptft (defaults)"]
-    rows = [[*r, fmt(acc[name])] for r, name in zip(throughput_rows(t), t)]
+    rows = [[*r, fmt(acc[name])] for r, name in zip(throughput_rows(t, KEYS), t)]
     for name in ("HF Trainer (defaults)", "HF Trainer (group_by_length)"):
-        rows += [[*r, ""] for r in paired_rows(ours, t[name], f"mm_ptft vs {name}")]
+        rows += [[*r, ""] for r in paired_rows(ours, t[name], f"mm_ptft vs {name}", ("samples_per_s", "tokens_per_s", "wall_s"))]
     notes = [f"device {args.device}, {args.precision}; BERT h{args.hidden} L{args.layers}, batch {args.batch}, "
              f"{args.n_train} training sentences, {args.steps} steps ({args.epochs} epoch), lr {args.lr}; "
              f"random batches are {pad:.0%} padding",
              f"wall s = the whole run (data and model built, training, final evaluation on {args.n_eval} sentences); "
-             "CPU target: mm_ptft ≥ 1.05× HF group_by_length on the whole run"]
+             "CPU target: mm_ptft ≥ 1.05× HF group_by_length on the whole run",
+             "tokens/s: tokens computed (padding included) per second over the same window; pad train / eval: padded "
+             "tokens in the epoch's batches / in the final evaluation's"]
     return section("Text fine-tuning vs Hugging Face Trainer", window_rule(args.warmup, args.steps),
-                   ["arm", "samples/s", "start-up s", "after s", "wall s", "accuracy"], rows, seeds=seeds,
+                   ["arm", "samples/s", "tokens/s", "start-up s", "after s", "wall s", "pad train", "pad eval",
+                    "accuracy"], rows, seeds=seeds,
                    quick=quick, notes=notes, raw={"timings": t, "accuracy": acc})
 
 

@@ -72,6 +72,26 @@ def test_count_forward_counts_training_forwards_only():
     assert clock.sizes == [5, 2]
 
 
+def test_token_count_counts_padding_per_side_and_tokens_over_the_window():
+    from benchmarks.vs_hf_trainer import TokenCount
+
+    class Task(torch.nn.Module):
+        def forward(self, batch):
+            return batch["text_mask"].sum()
+
+    task = Task()
+    tokens = TokenCount(task)
+    for lengths in ([3, 1], [2, 2], [4, 1, 1]):  # training steps, padded to the longest: 2x3, 2x2, 3x4 tokens
+        task({"text_mask": torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])})
+    task.eval()
+    task({"text_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])})  # evaluation: 3 of 6 tokens are padding
+    clock = StepClock(warmup=1, steps=3)
+    clock.times = [10.0, 12.0, 14.0]
+    figures = tokens.figures(clock)
+    assert tokens.steps == [6, 4, 12]
+    assert figures == {"tokens_per_s": (4 + 12) / (14.0 - 10.0), "train_pad_tokens": 2 + 0 + 6, "eval_pad_tokens": 3}
+
+
 def test_clock_on_mm_ptft_trainer_sees_every_step_and_no_eval_batch(tmp_path):
     from mm_ptft.run import load_config
     from mm_ptft.tasks.text_classification import TextClassification

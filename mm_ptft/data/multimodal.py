@@ -25,7 +25,7 @@ from mm_ptft.contracts import on_device
 from mm_ptft.data.image import ImagePipeline, check_image
 from mm_ptft.data.image import load_image as decode_image
 from mm_ptft.data.image_device import read_encoded
-from mm_ptft.data.tables import ROW, DataError, LabelMap, require_columns
+from mm_ptft.data.tables import ROW, DataError, LabelMap, column, require_columns, rows_of
 from mm_ptft.data.text import tokenize
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, COUNTS, IMAGE, LABELS, TEXT, TEXT_MASK
 
@@ -152,8 +152,8 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
     need = [getattr(cols, m) for m in modalities] + ([cols.label] if labels is not None else [])
     require_columns(ds, need, path)
     base = os.path.dirname(os.path.abspath(path))
-    media_cols = {m: ds[getattr(cols, m)] for m in ("image", "audio") if m in modalities}
-    file_rows = ds[ROW] if ROW in ds.column_names else list(range(len(ds)))  # the file's own rows, for messages
+    media_cols = {m: column(ds, getattr(cols, m)) for m in ("image", "audio") if m in modalities}
+    file_rows = rows_of(ds) or list(range(len(ds)))  # the file's own rows, for messages
     rows: list[dict[str, Any]] = []
     for r in range(len(ds)):
         row: dict[str, Any] = {"_row": r, ROW: file_rows[r]}
@@ -165,12 +165,12 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
         else:
             rows.append(row)
     if "text" in modalities:
-        texts = ds[cols.text]
+        texts = column(ds, cols.text)
         ids, kept = tokenize(tokenizer, [texts[r["_row"]] for r in rows], max_length, path, skip_bad, counters,
                              [r[ROW] for r in rows])
         rows = [dict(rows[k], **{TEXT: i}) for k, i in zip(kept, ids)]
     if labels is not None:
-        values = ds[cols.label]
+        values = column(ds, cols.label)
         ys = labels.encode([values[r["_row"]] for r in rows], path, [r[ROW] for r in rows])
         rows = [dict(r, **{LABELS: y}) for r, y in zip(rows, ys)]
     return PairedDataset(rows, media, path)

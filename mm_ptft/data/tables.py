@@ -106,6 +106,18 @@ def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
                         f"(set data.*_column to the right names)")
 
 
+def column(ds: Any, name: str) -> list[Any]:
+    """One column of a ``datasets.Dataset`` as a Python list, read in one go: indexing the lazy ``Column`` that
+    ``ds[name]`` returns decodes Arrow per row (~50 µs a row: 0.5 s of start-up for 9,000 reads)."""
+    values = ds[name]
+    return values if isinstance(values, list) else values[:]
+
+
+def rows_of(ds: Any) -> Optional[list[int]]:
+    """The file's own row numbers (the ``ROW`` column) as a list, None when the table has none."""
+    return column(ds, ROW) if ROW in ds.column_names else None
+
+
 def _check_fraction(fraction: float) -> None:
     if not 0 < fraction < 1:
         raise DataError(f"data.eval_fraction must be in (0, 1), got {fraction}")

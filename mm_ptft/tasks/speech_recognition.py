@@ -15,7 +15,7 @@ from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, Augme
 from mm_ptft.data.audio_stream import ClipRow
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.tables import ROW, DataError, require_columns
+from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
@@ -75,9 +75,9 @@ def _clips(ds: Any, manifest: str, cfg: SpeechRecognitionConfig, enc: AudioEncod
     encoded, clips too short for their transcript under CTC dropped (and counted)."""
     d = cfg.data
     require_columns(ds, [d.audio_column, d.text_column], manifest)
-    texts = ds[d.text_column]
-    rows = ds[ROW] if ROW in ds.column_names else list(range(len(ds)))  # the manifest's own rows, for messages
-    found = scan_clips(ds[d.audio_column], manifest, enc.sample_rate, d.min_duration, d.max_duration,
+    texts = column(ds, d.text_column)
+    rows = rows_of(ds) or list(range(len(ds)))  # the manifest's own rows, for messages
+    found = scan_clips(column(ds, d.audio_column), manifest, enc.sample_rate, d.min_duration, d.max_duration,
                        d.skip_bad_samples, d.check_audio, counters, rows)
     clips = []
     for i, path, samples in found:

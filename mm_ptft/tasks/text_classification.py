@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.tables import ROW, LabelMap, require_columns
+from mm_ptft.data.tables import LabelMap, column, require_columns, rows_of
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.text import AugmentedText, FollowEpoch, Records, TextAugment, TextAugmenter, TextCollator, \
     TextRow, lengths_of, text_length, tokenize
@@ -60,9 +60,9 @@ def _records(ds: Any, cfg: TextClassificationConfig, tokenizer: Any, labels: Lab
              max_length: int, counters: dict[str, int]) -> Records:
     d = cfg.data
     require_columns(ds, [d.text_column, d.label_column], where)
-    rows = ds[ROW] if ROW in ds.column_names else None
-    ids, kept = tokenize(tokenizer, ds[d.text_column], max_length, where, d.skip_bad_samples, counters, rows)
-    raw = ds[d.label_column]
+    rows = rows_of(ds)
+    ids, kept = tokenize(tokenizer, column(ds, d.text_column), max_length, where, d.skip_bad_samples, counters, rows)
+    raw = column(ds, d.label_column)
     y = labels.encode([raw[r] for r in kept], where, [rows[r] for r in kept] if rows else None)
     return Records([{TEXT: i, LABELS: c} for i, c in zip(ids, y)])
 

@@ -14,7 +14,7 @@ import torch
 
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.tables import ROW, DataError, require_columns
+from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.text import Records, TextCollator, TextRow, lengths_of, text_length, tokenize
@@ -75,15 +75,14 @@ def _finite(column: str) -> Callable[[Any, str, int], float]:
 
 def _targets(ds: Any, d: TextRegData, where: str) -> list[float]:
     """The target column as finite floats (``_finite``), rows named as in the file."""
-    rows = ds[ROW] if ROW in ds.column_names else range(len(ds))
+    rows = rows_of(ds) or range(len(ds))
     parse = _finite(d.target_column)
-    return [parse(v, where, row) for row, v in zip(rows, ds[d.target_column])]
+    return [parse(v, where, row) for row, v in zip(rows, column(ds, d.target_column))]
 
 
 def _records(ds: Any, d: TextRegData, tokenizer: Any, where: str, max_len: int, counters: dict[str, int]) -> Records:
     require_columns(ds, [d.text_column, d.target_column], where)
-    rows = ds[ROW] if ROW in ds.column_names else None
-    ids, kept = tokenize(tokenizer, ds[d.text_column], max_len, where, False, counters, rows)
+    ids, kept = tokenize(tokenizer, column(ds, d.text_column), max_len, where, False, counters, rows_of(ds))
     y = _targets(ds, d, where)
     return Records([{TEXT: i, LABELS: y[r]} for i, r in zip(ids, kept)])
 

@@ -82,10 +82,12 @@ def _relocate(node: Any, root: Path, key: str = "") -> Any:
     return node
 
 
-def config_yaml(cfg: RunConfig) -> str:
+def config_yaml(cfg: RunConfig, resolved: Optional[dict[str, Any]] = None) -> str:
     """The resolved config as YAML, every path inside the run directory written as ``${output_dir}/…``:
-    a copied or moved run (loaded with its new ``output_dir``) reads its own tokenizer and data."""
-    return OmegaConf.to_yaml(OmegaConf.create(_relocate(to_dict(cfg), Path(cfg.output_dir))))
+    a copied or moved run (loaded with its new ``output_dir``) reads its own tokenizer and data. ``resolved``:
+    ``to_dict(cfg)`` when the caller has it already (resolving takes tens of ms)."""
+    resolved = to_dict(cfg) if resolved is None else resolved
+    return OmegaConf.to_yaml(OmegaConf.create(_relocate(resolved, Path(cfg.output_dir))))
 
 
 # ---- resume with another configuration -------------------------------------------------------------

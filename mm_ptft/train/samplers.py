@@ -9,7 +9,8 @@ from torch.utils.data import Sampler
 
 class GroupedBatchSampler(Sampler[list[int]]):
     """Random batches; with ``lengths``, batches of similar length (HF-style randomised mega-batches:
-    shuffle, cut into mega-batches of ``mega`` batches, sort each by length, shuffle batch order).
+    shuffle, cut into mega-batches of ``mega`` batches, sort each by length, shuffle batch order, then swap the
+    batch holding the longest sample to the front, so that a batch too big for the device fails at step 1).
     Under DDP the batches are GLOBAL batches of ``world * batch_size`` samples, exactly those a single
     process with that batch size would draw, and each rank takes its contiguous slice of each one, so
     ``world`` ranks × B train like one process × world·B. With ``even`` (training) all ranks get the
@@ -41,9 +42,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
         batches = [order[s:s + size] for s in range(0, self.n, size)]
         if self.drop_last and batches and len(batches[-1]) < size:
             batches.pop()
-        if self.shuffle and self.lengths is not None:
+        if self.shuffle and self.lengths is not None and batches:
             perm = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in perm]
+            longest = max(range(len(batches)), key=lambda b: max(self.lengths[j] for j in batches[b]))
+            batches[0], batches[longest] = batches[longest], batches[0]  # as HF's: an OOM shows at the first step
         if self.even:  # after the shuffle, so the other batches keep the order one process would see
             batches = [b for b in batches if len(b) >= self.world]
         return batches

@@ -326,7 +326,7 @@ class Trainer:
             optimizer = self.opt.state_dict() if self.dist.is_main else {}
         if self.dist.is_main:
             root = self.run_dir / "checkpoints"
-            path = ckpt.save(root, self.step, weights, self._state(optimizer, rngs), rundir.config_yaml(self.cfg))
+            path = ckpt.save(root, self.step, weights, self._state(optimizer, rngs), self.config_text)
             best = root / f"step_{self.best_step:08d}" if self.best_step >= 0 else None
             if best is not None:
                 tmp = root / "best.json.tmp"  # renamed into place: a crash never leaves half a file
@@ -508,12 +508,14 @@ class Trainer:
         self.already_finished = self._finished_results(total)
         if self.already_finished is not None:
             return self.already_finished
+        resolved = to_dict(self.cfg)  # once per fit (omegaconf: tens of ms): the logger's and every checkpoint's
+        self.config_text = rundir.config_yaml(self.cfg, resolved)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(rundir.config_yaml(self.cfg))
+            (self.run_dir / "config.yaml").write_text(self.config_text)
         if self.start_step == 0:
             seed_everything(self.cfg.seed + self.dist.rank)
-        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step, trackers, to_dict(self.cfg))
+        self.logger = RunLogger(self.run_dir, self.dist.is_main, total, self.start_step, trackers, resolved)
         self.window = S.Window()  # the first train log covers the time from here
         try:
             results = self._train(total)

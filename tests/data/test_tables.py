@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from mm_ptft.data.tables import DataError, LabelMap, per_class_sample, rows_by_label
+from mm_ptft.data.tables import ROW, DataError, LabelMap, column, per_class_sample, rows_by_label, rows_of
 
 VALUES = [lab for i in range(10) for lab in ("a", "b", " c")] + ["zzz", None]  # 10 rows per class, 2 outside
 
@@ -37,3 +37,15 @@ def test_a_short_class_is_an_error_naming_it_and_its_count():
 
 def test_rows_by_label_keys_as_the_label_map_compares():
     assert rows_by_label([1.0, "1", " 2", 2]) == {"1": [0, 1], "2": [2, 3]}
+
+
+def test_column_reads_a_split_table_as_a_list_in_its_row_order():
+    """A split (an indices mapping over the Arrow table) read in one go: the same values, in order, as row by row."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"t": [f"s{i}" for i in range(50)], ROW: list(range(50))})
+    part = ds.train_test_split(test_size=0.2, seed=3)["train"]
+    texts, rows = column(part, "t"), rows_of(part)
+    assert type(texts) is list and texts == [part[i]["t"] for i in range(len(part))]
+    assert texts == [f"s{r}" for r in rows] and sorted(rows) != rows  # shuffled rows, each with its own text
+    assert rows_of(ds.remove_columns(ROW)) is None
