@@ -130,9 +130,8 @@ class TrainConfig:
     # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune |
     # max-autotune-no-cudagraphs (see mm_ptft/train/compiling.py). reduce-overhead/max-autotune record CUDA graphs on
     # CUDA (one per batch shape: bound the shapes, e.g. data.pad_to_multiple_of); on CPU they compile like default
-    # (reduce-overhead warns). Off by default: on CPU it made length-grouped BERT training 0.80-0.94x eager (never
-    # breaking even) and timm vit_tiny 1.06x (break-even ~40 steps with a warm inductor cache, ~500 with an empty one):
-    # benchmarks/RESULTS.md § torch.compile; the CUDA figures come from benchmarks/compile_speed.py on a GPU.
+    # (reduce-overhead warns). Off by default: on CPU it never paid back its compile time for text and barely did for
+    # a small ViT (benchmarks/RESULTS.md § torch.compile); the CUDA figures come from benchmarks/compile_speed.py.
     compile: Union[bool, str] = False
     # torch.compile(dynamic=...): None (torch's automatic dynamic: the first shape compiles static, a changed
     # dimension recompiles it as dynamic), true (dynamic from the first compile: one training graph for length-grouped

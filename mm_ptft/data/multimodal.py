@@ -52,9 +52,9 @@ def paired_ops(media: MediaConfig) -> ImagePipeline:
     """The paired recipes' image pipeline (no augmentation): resize to (S, S), float in [0, 1], normalise."""
     from torchvision.transforms import v2
 
-    return ImagePipeline([v2.Resize([media.image_size, media.image_size], antialias=True)],
-                    [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(media.image_mean),
-                                                                        list(media.image_std))], [])
+    resize = [v2.Resize([media.image_size, media.image_size], antialias=True)]
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(media.image_mean), list(media.image_std))]
+    return ImagePipeline(resize, normalise, [])
 
 
 def load_image(path: Any, media: MediaConfig) -> torch.Tensor:
