@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mm_ptft.fewshot import embed_file, few_shot_accuracy
+from mm_ptft.workflows.fewshot import embed_file, few_shot_accuracy
 from mm_ptft.run import load_config, train
 from mm_ptft.tasks import get_recipe
 
@@ -38,7 +38,7 @@ def augment_cost(out: str, n: int = 2000) -> tuple[float, float]:
 
 
 def fewshot_table(run: Path, eval_file: str, episodes: int) -> list[str]:
-    from mm_ptft.api import load_encoder
+    from mm_ptft.run.components import load_encoder
 
     rows = []
     trained = load_encoder(run / "encoders" / "text")

@@ -29,7 +29,7 @@ from mm_ptft.run import load_config  # noqa: E402
 from mm_ptft.tasks import get_recipe  # noqa: E402
 from mm_ptft.train.trainer import Trainer  # noqa: E402
 
-import mm_ptft.data.generated_images  # noqa: E402,F401  (registers image_shapes)
+import mm_ptft.data.generated.images  # noqa: E402,F401  (registers image_shapes)
 
 MODELS = {"tiny": ["model.image.img_size=64", "train.precision=fp32"],
           "vit_b16": ["model.image={name: timm, name_or_path: vit_base_patch16_224, pretrained: false}",

@@ -2,7 +2,7 @@
 
     python benchmarks/pretrain_vs_scratch.py [--quick] [--seeds 5] [--device cpu|cuda] [--threads 1]
 
-Per seed, ``mm_ptft.quickstart.pretrained_vs_scratch`` pretrains jointly (image-text and audio-text CLIP plus
+Per seed, ``mm_ptft.workflows.quickstart.pretrained_vs_scratch`` pretrains jointly (image-text and audio-text CLIP plus
 masked text) on the generated shapes, then fine-tunes each setup (multimodal over gated fusion, and each
 modality alone) on 4 labels per class from the pretrained encoders and from scratch. Both arms of a seed
 share the labelled rows, the fine-tuning seed, the architecture and the tokenizer (the pretraining run's),
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fmt, fmt_paired, script_main, section  # noqa: E402
-from mm_ptft.quickstart import SETUPS, pretrained_vs_scratch  # noqa: E402
+from mm_ptft.workflows.quickstart import SETUPS, pretrained_vs_scratch  # noqa: E402
 
 STEPS = {"quick": 60, "full": 400}  # pretraining steps; 400 is the quickstart's default
 

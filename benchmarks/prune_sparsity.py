@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mm_ptft.prune import prune_run
+from mm_ptft.run.prune import prune_run
 from mm_ptft.run import load_config, load_run, train
 
 ROOT = Path(__file__).resolve().parents[1]

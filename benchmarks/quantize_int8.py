@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mm_ptft.run import load_config
-from mm_ptft.export import ExportModule, export_run, export_spec, make_traceable, no_mha_fastpath, quantize_int8
+from mm_ptft.run.export import ExportModule, export_run, export_spec, make_traceable, no_mha_fastpath, quantize_int8
 from mm_ptft.run import load_run, train
 
 ROOT = Path(__file__).resolve().parents[1]

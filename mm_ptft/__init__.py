@@ -9,8 +9,11 @@ transformers. ``mm_ptft.train`` is both the training package (``mm_ptft.train.tr
 __version__ = "0.1.0"
 
 import importlib as _importlib
+import importlib.abc as _abc
+import importlib.util as _util
 import sys as _sys
 import types as _types
+import warnings as _warnings
 from typing import Any as _Any
 
 from mm_ptft.env import guard_torchaudio as _guard_torchaudio
@@ -63,3 +66,34 @@ class _Package(_types.ModuleType):
 
 
 _sys.modules[__name__].__class__ = _Package
+
+#: import paths of modules moved when the flat root became floors (0.1 → 0.2); each old path still imports the
+#: module, with a DeprecationWarning, until the next release
+MOVED = {
+    **{f"mm_ptft.{m}": f"mm_ptft.run.{m}" for m in ("export", "hub", "prune", "continual", "check_data", "components")},
+    **{f"mm_ptft.{m}": f"mm_ptft.workflows.{m}" for m in ("cv", "sweep", "fewshot", "quickstart")},
+    "mm_ptft.finetune": "mm_ptft.train.finetune", "mm_ptft.report": "mm_ptft.train.report",
+    "mm_ptft.fusion": "mm_ptft.encoders.fusion",
+    **{f"mm_ptft.data.generated_{m}": f"mm_ptft.data.generated.{m}" for m in ("images", "audio", "multimodal",
+                                                                               "regression")},
+}
+
+
+class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
+    """Serves an old import path (``mm_ptft.export``) as the very module at its new one (``mm_ptft.run.export``):
+    one module object under both names, so monkeypatching either reaches the same code."""
+
+    def find_spec(self, fullname: str, path: _Any = None, target: _Any = None) -> _Any:
+        return _util.spec_from_loader(fullname, self) if fullname in MOVED else None
+
+    def create_module(self, spec: _Any) -> _types.ModuleType:
+        new = MOVED[spec.name]
+        _warnings.warn(f"{spec.name} moved to {new}; import it from there (the old path goes in the next release)",
+                       DeprecationWarning, stacklevel=2)
+        return _importlib.import_module(new)
+
+    def exec_module(self, module: _types.ModuleType) -> None:
+        """Already executed under its new name."""
+
+
+_sys.meta_path.insert(0, _MovedModules())

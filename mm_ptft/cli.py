@@ -46,7 +46,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from mm_ptft.export import ExportError, export_run
+    from mm_ptft.run.export import ExportError, export_run
 
     try:
         path = export_run(ns.run_dir, ns.format, ns.out, ns.quantize, ns.checkpoint,
@@ -63,7 +63,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_prune(ns: argparse.Namespace) -> int:
-    from mm_ptft.prune import prune_run
+    from mm_ptft.run.prune import prune_run
 
     summary = prune_run(ns.run_dir, ns.amount, ns.structured, ns.out, ns.checkpoint, ns.trust_remote_code,
                         ns.finetune_steps)
@@ -72,7 +72,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 
 
 def cmd_cv(ns: argparse.Namespace) -> int:
-    from mm_ptft.cv import run_cv
+    from mm_ptft.workflows.cv import run_cv
 
     summary = run_cv(ns.config, ns.folds, ns.overrides, ns.out)
     for name, m in summary["metrics"].items():
@@ -82,7 +82,7 @@ def cmd_cv(ns: argparse.Namespace) -> int:
 
 
 def cmd_fewshot(ns: argparse.Namespace) -> int:
-    from mm_ptft.fewshot import run_fewshot
+    from mm_ptft.workflows.fewshot import run_fewshot
 
     result = run_fewshot(ns.encoder_dir, ns.data, ns.shots, ns.method, ns.episodes, ns.seed, ns.column,
                          ns.label_column, ns.trust_remote_code, ns.device)
@@ -93,7 +93,7 @@ def cmd_fewshot(ns: argparse.Namespace) -> int:
 
 
 def cmd_check_data(ns: argparse.Namespace) -> int:
-    from mm_ptft.check_data import check_data, problems
+    from mm_ptft.run.check_data import check_data, problems
 
     report = check_data(ns.config, ns.overrides)
     print("usable samples: " + ", ".join(f"{split} {n}" for split, n in report["samples"].items()))
@@ -105,7 +105,7 @@ def cmd_check_data(ns: argparse.Namespace) -> int:
 
 
 def cmd_loader_rate(ns: argparse.Namespace) -> int:
-    from mm_ptft.check_data import loader_rate
+    from mm_ptft.run.check_data import loader_rate
 
     rate = loader_rate(ns.config, ns.overrides)
     print(rate.line())
@@ -114,7 +114,7 @@ def cmd_loader_rate(ns: argparse.Namespace) -> int:
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    from mm_ptft.components import load_components
+    from mm_ptft.run.components import load_components
     from mm_ptft.registry import all_registries
 
     load_components()
@@ -124,14 +124,14 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from mm_ptft.report import write_report
+    from mm_ptft.train.report import write_report
 
     print(write_report(ns.run_dir))
     return 0
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from mm_ptft.sweep import run_sweep
+    from mm_ptft.workflows.sweep import run_sweep
 
     summary = run_sweep(ns.config, ns.space, ns.trials, ns.jobs, ns.out, ns.overrides)
     print(json.dumps(summary["best"], indent=2))
@@ -139,7 +139,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(ns: argparse.Namespace) -> int:
-    from mm_ptft.quickstart import run_quickstart
+    from mm_ptft.workflows.quickstart import run_quickstart
 
     run_quickstart(output_dir=ns.output_dir, steps=ns.steps, device=ns.device, per_class=ns.labels_per_class)
     return 0

@@ -54,6 +54,20 @@ class ExportSpec:
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. vocab + decoding, or postprocessing
 
 
+class ExportError(ValueError):
+    """A run that cannot be exported as asked; the message names the model part and the reason."""
+
+
+def export_spec(task: nn.Module) -> ExportSpec:
+    """The task's own inputs and outputs; an error naming the task where it has no export path."""
+    try:
+        return task.export_spec()
+    except (AttributeError, NotImplementedError):
+        raise ExportError(f"{type(task).__name__}: export supports classification (text/image/audio), CTC speech "
+                          f"recognition and multimodal classification tasks (any Task with export_spec and "
+                          f"export_forward), not this one") from None
+
+
 class Task(nn.Module):
     """A trainable model. In training ``forward(batch)`` returns ``{"loss": total, "<part>_loss": …}``;
     in eval mode it returns what ``build_metrics()`` consumes (and ``loss`` where labels exist)."""

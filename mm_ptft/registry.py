@@ -103,12 +103,12 @@ class Registry(Generic[T]):
 
 
 def all_registries() -> dict[str, Registry[Any]]:
-    """Every registry created so far (import ``mm_ptft.components`` first to fill them)."""
+    """Every registry created so far (import ``mm_ptft.run.components`` first to fill them)."""
     return dict(_ALL)
 
 
 def import_submodules(package: str) -> None:
-    """Import every module of ``package``, so the registries its modules fill are complete."""
+    """Import every module of ``package`` and its subpackages, so the registries its modules fill are complete."""
     pkg = importlib.import_module(package)
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{package}.{info.name}")
+    for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
+        importlib.import_module(info.name)

@@ -30,7 +30,7 @@ def test_card_fields(card):
 
 
 def test_every_generator_has_a_card():
-    from mm_ptft.components import load_components
+    from mm_ptft.run.components import load_components
     from mm_ptft.data.generated import GENERATORS
 
     load_components()

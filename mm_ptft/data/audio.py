@@ -156,7 +156,7 @@ class AudioPipeline:
                  train: bool = False) -> None:
         torchaudio = require_torchaudio("audio features")
 
-        from mm_ptft.encoders.audio import LogMel
+        from mm_ptft.features.audio import LogMel
 
         self.sample_rate, self.input_kind = sample_rate, input_kind
         self.aug, self.train = aug or AugmentConfig(), train

@@ -77,7 +77,7 @@ def load_audio(path: str, media: MediaConfig) -> torch.Tensor:
     wav = wav[: int(media.max_audio_seconds * media.sample_rate)]
     if media.n_mels <= 0:
         return wav  # (T,)
-    from mm_ptft.encoders.audio import LogMel, masked_normalize
+    from mm_ptft.features.audio import LogMel, masked_normalize
 
     mel = LogMel(media.sample_rate, media.n_mels)
     feats = mel(wav[None])  # (1, F, N)

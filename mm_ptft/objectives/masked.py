@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_ptft.encoders.base import Encoder
-from mm_ptft.fusion import build_fusion
+from mm_ptft.encoders.fusion import build_fusion
 from mm_ptft.objectives import OBJECTIVES, EncodedBatch, Objective, require_encoders
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
@@ -288,7 +288,7 @@ class MaskedSpectrogramObjective(_Masked):
     def __init__(self, audio_encoder: Encoder, mask_ratio: float = 0.4, span: int = 5, n_mels: int = 0,
                  decoder_dim: int = 64, decoder_depth: int = 1, heads: int = 4, max_frames: int = 3000) -> None:
         super().__init__()
-        from mm_ptft.encoders.audio import LogMel
+        from mm_ptft.features.audio import LogMel
 
         self.ratio, self.span = mask_ratio, span
         self.kind = getattr(audio_encoder, "input_kind", "waveform")
@@ -299,7 +299,7 @@ class MaskedSpectrogramObjective(_Masked):
 
     def target(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised log-mel (B, N, F) and frame lengths (B,)."""
-        from mm_ptft.encoders.audio import batch_lengths, masked_normalize
+        from mm_ptft.features.audio import batch_lengths, masked_normalize
 
         x = batch[AUDIO]
         lengths = batch_lengths(batch, x)

@@ -13,7 +13,7 @@ from mm_ptft.data.generated import generate
 from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, per_class_sample, require_columns, \
     resolve_eval
 from mm_ptft.encoders.base import untrusted_source
-from mm_ptft.finetune import apply_finetune
+from mm_ptft.train.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.train import checkpoint as ckpt
 

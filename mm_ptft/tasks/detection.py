@@ -10,7 +10,7 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data import generated_images  # noqa: F401  (registers the detection_shapes generator)
+import mm_ptft.data.generated.images  # noqa: F401  (registers the detection_shapes generator)
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
                                detection_transforms, read_coco)
 from mm_ptft.data.image import load_image

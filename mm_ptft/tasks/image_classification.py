@@ -9,7 +9,7 @@ import torch
 
 from mm_ptft.config import RehearsalConfig, RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data import generated_images  # noqa: F401  (registers the image_shapes generator)
+import mm_ptft.data.generated.images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_ops, \
     classification_transforms, image_table, scan_images
 from mm_ptft.data.image_device import DeviceDecode, EncodedReader, check_decode_on

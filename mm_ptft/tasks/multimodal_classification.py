@@ -18,7 +18,7 @@ from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
 from mm_ptft.data.tables import ROW, LabelMap, load_table
-from mm_ptft.fusion import build_fusion
+from mm_ptft.encoders.fusion import build_fusion
 from mm_ptft.heads.multimodal import MultimodalClassifier
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S

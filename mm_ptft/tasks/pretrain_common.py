@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence
 
 import torch
 
-import mm_ptft.data.generated_multimodal  # noqa: F401  (registers the shapes_captions generator)
+import mm_ptft.data.generated.multimodal  # noqa: F401  (registers the shapes_captions generator)
 import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
 import mm_ptft.objectives.causal  # noqa: F401  (registers clm)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Dict, Iterable, Optional
 
 import torch
 
-import mm_ptft.data.generated_audio  # noqa: F401  (registers the tone_speech generator)
+import mm_ptft.data.generated.audio  # noqa: F401  (registers the tone_speech generator)
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips

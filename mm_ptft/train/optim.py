@@ -1,6 +1,6 @@
 """Optimizers and schedules, each chosen from a registry by name, and weight-decay parameter groups.
 
-Fine-tuning strategies (freezing, LLRD, LoRA) live in ``mm_ptft.finetune``: this module knows no model."""
+Fine-tuning strategies (freezing, LLRD, LoRA) live in ``mm_ptft.train.finetune``: this module knows no model."""
 from __future__ import annotations
 
 import inspect

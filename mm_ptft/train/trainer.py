@@ -683,7 +683,7 @@ class Trainer:
         self._call("on_train_end", results)
         self.logger.close(results)
         if self.dist.is_main and self.tc.report:
-            from mm_ptft.report import write_report
+            from mm_ptft.train.report import write_report
 
             write_report(self.run_dir)
         D.barrier()

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from mm_ptft.finetune import prepare_for_training
+from mm_ptft.train.finetune import prepare_for_training
 from mm_ptft.run import save_best_encoders, start
 from mm_ptft.tasks import load_config
 from mm_ptft.tasks.text_classification import TextClassification, TextClassificationConfig

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from mm_ptft.data import generated_images  # noqa: F401  (registers detection_shapes)
+import mm_ptft.data.generated.images  # noqa: F401  (registers detection_shapes)
 from mm_ptft.data.coco import (CocoDetection, DetectionAugment, clean_box, coco_records, detection_collate,
                                detection_transforms, read_coco)
 from mm_ptft.data.generated import generate

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mm_ptft.data import generated_images  # noqa: F401  (registers image_shapes)
+import mm_ptft.data.generated.images  # noqa: F401  (registers image_shapes)
 from mm_ptft.data.generated import generate
 from mm_ptft.data.image import (ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_transforms,
                                 image_table, load_image, scan_images)

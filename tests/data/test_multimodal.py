@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mm_ptft.data.generated import generate
-from mm_ptft.data.generated_multimodal import COLORS, PITCH, SIZES
+from mm_ptft.data.generated.multimodal import COLORS, PITCH, SIZES
 from mm_ptft.data.multimodal import (Columns, MediaConfig, MixtureCollator, MixtureDataset, MultimodalCollator,
                                      build_paired, load_audio, load_image)
 from mm_ptft.data.tables import DataError, LabelMap, load_table

@@ -13,7 +13,7 @@ from mm_ptft.config import FinetuneConfig
 from mm_ptft.data.image import ImageAugment, batch_mix
 from mm_ptft.encoders import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
-from mm_ptft.finetune import apply_finetune
+from mm_ptft.train.finetune import apply_finetune
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.train import step as S
 

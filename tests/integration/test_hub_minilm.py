@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mm_ptft
-from mm_ptft.export import export_run
+from mm_ptft.run.export import export_run
 from mm_ptft.run import load_config, predict, train
 
 from mm_paths import TEXT_TINY

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_ptft.components import load_components
+from mm_ptft.run.components import load_components
 from mm_ptft.objectives import OBJECTIVES, EncodedBatch
 
 load_components()

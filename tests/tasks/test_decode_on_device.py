@@ -23,7 +23,7 @@ LABELS = "data.labels=[circle,square,triangle,cross]"
 @pytest.fixture(scope="module")
 def jpeg_shapes(tmp_path_factory):
     """image_shapes as JPEG files + CSV tables, and the training images as 2 tar shards (+ a corrupt JPEG)."""
-    import mm_ptft.data.generated_images  # noqa: F401  (registers image_shapes)
+    import mm_ptft.data.generated.images  # noqa: F401  (registers image_shapes)
 
     root = tmp_path_factory.mktemp("jpg")
     files = generate({"name": "image_shapes", "n_train": 320, "n_eval": 80, "size": 32, "seed": 0,

@@ -71,7 +71,7 @@ def test_distilled_student_trains_teacher_frozen_and_exports(teacher, tmp_path):
     n_student = sum(p.numel() for p in task.student.parameters())
     assert n_student < sum(p.numel() for p in task.teacher.parameters()) / 2
 
-    from mm_ptft.export import export_run
+    from mm_ptft.run.export import export_run
 
     path = export_run(out, "onnx")  # a distilled run exports the student alone
     meta = json.loads(path.with_suffix(".json").read_text())

@@ -21,7 +21,7 @@ LABELS = "data.labels=[circle,square,triangle,cross]"
 def shapes(tmp_path_factory):
     """image_shapes as 3 uneven tar shards (+ one corrupt sample in the last) and its eval CSV."""
     root = tmp_path_factory.mktemp("img")
-    import mm_ptft.data.generated_images  # noqa: F401  (registers image_shapes)
+    import mm_ptft.data.generated.images  # noqa: F401  (registers image_shapes)
 
     files = generate({"name": "image_shapes", "n_train": 240, "n_eval": 60, "size": 32, "seed": 0}, str(root))
     csv_to_tars(files["train_file"], root, [slice(0, 100), slice(100, 130), slice(130, None)],

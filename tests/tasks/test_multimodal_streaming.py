@@ -24,7 +24,7 @@ def test_trains_from_webdataset_shards(tmp_path):
 
 
 def test_manifest_rows_without_a_modality_are_flagged_and_counted(tmp_path):
-    import mm_ptft.data.generated_multimodal  # noqa: F401
+    import mm_ptft.data.generated.multimodal  # noqa: F401
     from mm_ptft.data.generated import generate
 
     files = generate({"name": "shapes_captions", "n_train": 60, "n_eval": 20, "seed": 0}, str(tmp_path / "d"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_ptft.components import load_components
+from mm_ptft.run.components import load_components
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 
@@ -77,7 +77,7 @@ def test_saved_encoders_reload_by_path_with_identical_outputs(encoders, tmp_path
     from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
     from mm_ptft.encoders.audio import AUDIO_ENCODERS
     from mm_ptft.encoders.image import IMAGE_ENCODERS
-    from mm_ptft.finetune import save_encoders
+    from mm_ptft.train.finetune import save_encoders
 
     save_encoders(_task(encoders), tmp_path / "encoders")
     batch = _batch(encoders, {"text", "image", "audio"})

@@ -23,7 +23,7 @@ SMALL = ["model.audio.dim=32", "model.audio.depth=1", "model.audio.n_mels=40", "
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     """tone_speech (60 clips) as a manifest and as 2 tar shards, plus a tar holding one NaN clip."""
-    import mm_ptft.data.generated_audio  # noqa: F401  (registers tone_speech)
+    import mm_ptft.data.generated.audio  # noqa: F401  (registers tone_speech)
 
     root = tmp_path_factory.mktemp("speech")
     files = generate({"name": "tone_speech", "n_train": 60, "n_eval": 20, "sample_rate": 16000, "max_words": 2,

@@ -60,7 +60,7 @@ def test_predict_and_export_need_no_edit_elsewhere(run, tmp_path):
     out, _ = run
     rows = predict(out, ["A freezing icy day.", "A hot sweltering day."])
     assert rows[0]["prediction"] < rows[1]["prediction"]
-    from mm_ptft.export import export_run
+    from mm_ptft.run.export import export_run
 
     path = export_run(out, "onnx", tmp_path / "reg.onnx")
     meta = json.loads(path.with_suffix(".json").read_text())

@@ -94,7 +94,7 @@ def test_text_regression_streams_and_learns_the_target_scale_in_one_pass(tmp_pat
     from mm_ptft.data.generated import generate
     from mm_ptft.tasks.text_regression import _scale
     from mm_ptft.data.shards import expand_sources
-    import mm_ptft.data.generated_regression  # noqa: F401  (registers text_scores)
+    import mm_ptft.data.generated.regression  # noqa: F401  (registers text_scores)
 
     files = generate({"name": "text_scores", "n_train": 600, "n_eval": 150, "seed": 0}, str(tmp_path / "data"))
     df = pd.read_csv(files["train_file"])

@@ -11,7 +11,7 @@ from mm_ptft.contracts import keep_frozen_in_eval
 from mm_ptft.data.image import ImageCollator
 from mm_ptft.encoders import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
-from mm_ptft.finetune import prepare_for_training
+from mm_ptft.train.finetune import prepare_for_training
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.train.trainer import Trainer
 

@@ -192,7 +192,7 @@ def test_only_the_main_process_reports(tmp_path):
 
 
 def test_mm_ptft_list_shows_callbacks_and_trackers():
-    from mm_ptft.components import load_components
+    from mm_ptft.run.components import load_components
     from mm_ptft.registry import all_registries
 
     load_components()

@@ -13,7 +13,7 @@ from torch import nn
 
 from mm_ptft.cli import main as cli_main
 from mm_ptft.run import load_config
-from mm_ptft.export import ExportError, export_run, export_spec, run_onnx
+from mm_ptft.run.export import ExportError, export_run, export_spec, run_onnx
 from mm_ptft.run import load_run, train
 
 from mm_paths import ROOT, TEXT_TINY

@@ -2,7 +2,7 @@
 optionally with dynamic int8 quantisation, plus a JSON file describing inputs and preprocessing.
 
     mm-ptft export RUN_DIR --format onnx|torchscript [--out PATH] [--quantize int8]
-    mm-ptft export RUN_DIR --format hf|mm_ptft [--out DIR] [--push-to-hub REPO]   (mm_ptft.hub)
+    mm-ptft export RUN_DIR --format hf|mm_ptft [--out DIR] [--push-to-hub REPO]   (mm_ptft.run.hub)
 
 The exported graph takes plain tensors (no batch dict) and returns what the task's ``export_spec`` names
 (logits; CTC models per-frame log-probs and frame lengths). Nothing here knows a task kind: the task gives
@@ -22,13 +22,14 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from mm_ptft.contracts import ExportError, export_spec  # noqa: F401 (re-exported: the export API)
 from mm_ptft.contracts import ExportSpec as Spec
 from mm_ptft.contracts import on_device
 from mm_ptft.tasks.common import load_run
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
 FORMATS = ("onnx", "torchscript")
-DIRECTORY_FORMATS = ("hf", "mm_ptft")  # transformers directory / mm_ptft.from_pretrained directory (mm_ptft.hub)
+DIRECTORY_FORMATS = ("hf", "mm_ptft")  # transformers directory / mm_ptft.from_pretrained directory (mm_ptft.run.hub)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 #: batch key → exported input name, dynamic axes
 INPUTS: dict[str, tuple[str, dict[int, str]]] = {
@@ -38,10 +39,6 @@ INPUTS: dict[str, tuple[str, dict[int, str]]] = {
     AUDIO: ("audio", {0: "batch"}),  # last axis (samples or feature frames) added below
     AUDIO_LENGTHS: ("audio_lengths", {0: "batch"}),
 }
-
-
-class ExportError(ValueError):
-    """A run that cannot be exported as asked; the message names the model part and the reason."""
 
 
 class ExportModule(nn.Module):
@@ -97,16 +94,6 @@ def make_traceable(model: nn.Module) -> nn.Module:
         else:
             make_traceable(child)
     return model
-
-
-def export_spec(task: nn.Module) -> Spec:
-    """The task's own inputs and outputs; an error naming the task where it has no export path."""
-    try:
-        return task.export_spec()
-    except (AttributeError, NotImplementedError):
-        raise ExportError(f"{type(task).__name__}: export supports classification (text/image/audio), CTC speech "
-                          f"recognition and multimodal classification tasks (any Task with export_spec and "
-                          f"export_forward), not this one") from None
 
 
 def example_inputs(prepared: Any, spec: Spec, n: int = 2) -> tuple[torch.Tensor, ...]:
@@ -214,10 +201,10 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path]
     """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it), or for
     ``hf``/``mm_ptft`` the directory (uploaded to the Hub repo ``push_to_hub`` when given).
     ``trust_remote_code`` (``--trust-remote-code``) lets the run's encoders load their own code."""
-    if fmt in DIRECTORY_FORMATS:  # a directory for transformers or mm_ptft.from_pretrained: see mm_ptft.hub
+    if fmt in DIRECTORY_FORMATS:  # a directory for transformers or mm_ptft.from_pretrained: see mm_ptft.run.hub
         if quantize:
             raise ExportError(f"--quantize applies to onnx and torchscript, not --format {fmt}")
-        from mm_ptft.hub import export_pretrained
+        from mm_ptft.run.hub import export_pretrained
 
         return export_pretrained(run_dir, fmt, out, checkpoint, trust_remote_code, push_to_hub)
     if push_to_hub:

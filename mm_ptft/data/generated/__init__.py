@@ -78,7 +78,7 @@ def generate(spec: dict[str, Any], root: str | Path, where: str = "data.generate
     """Run the generator named in ``spec`` into ``root/<name>-<hash of spec>`` (reused when present)."""
     from mm_ptft.registry import import_submodules
 
-    import_submodules("mm_ptft.data")  # generators live in several modules of this package
+    import_submodules(__name__)  # generators live in the modules of this package
     spec = dict(spec)
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     out_dir = Path(root) / f"{spec.get('name', 'data')}-{key}"

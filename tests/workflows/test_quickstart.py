@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mm_ptft.quickstart import SETUPS, run_quickstart
+from mm_ptft.workflows.quickstart import SETUPS, run_quickstart
 
 
 def test_quickstart_short_run_writes_table_and_report(tmp_path):

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from mm_ptft.cli import main as cli_main
-from mm_ptft.cv import stratified_folds
+from mm_ptft.workflows.cv import stratified_folds
 
 from mm_paths import TEXT_TINY
 

@@ -15,7 +15,7 @@ import torch
 
 import mm_ptft
 from mm_ptft.cli import main as cli_main
-from mm_ptft.export import ExportError, export_run
+from mm_ptft.run.export import ExportError, export_run
 from mm_ptft.run import load_config, load_run, predict, train
 
 from mm_paths import ROOT, TEXT_TINY
@@ -180,7 +180,7 @@ def test_import_mm_ptft_stays_light():
     import subprocess
     import sys
 
-    code = "import sys, mm_ptft; assert callable(mm_ptft.from_pretrained); print('mm_ptft.hub' in sys.modules)"
+    code = "import sys, mm_ptft; assert callable(mm_ptft.from_pretrained); print('mm_ptft.run.hub' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "False"

@@ -71,12 +71,12 @@ def load_space(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def check_space(space: Mapping[str, Mapping[str, Any]], config: str, overrides: Sequence[str], path: str) -> None:
     """Each key set to a value of its range must make a valid config (a missing key or a wrong type is named)."""
-    from mm_ptft import api
+    from mm_ptft.run import library
 
     for key, s in space.items():
         value = s["choices"][0] if s["type"] == "categorical" else s["low"]
         try:
-            api.load_config(config, list(overrides), **{key: value})
+            library.load_config(config, list(overrides), **{key: value})
         except ConfigError as err:
             raise ConfigError(f"--space {path}: {key}: {err}") from None
 
@@ -118,14 +118,14 @@ def _objective(config: str, overrides: Sequence[str], space: dict, out: Path):
     def objective(trial: Any) -> float:
         import optuna
 
-        from mm_ptft import api
+        from mm_ptft.run import library
 
         params = suggest(trial, space)
         run_dir = out / f"trial_{trial.number:03d}"
         trial.set_user_attr("run_dir", run_dir.name)
         cb = ReportToTrial(trial)
         try:
-            results = api.train(config, [*overrides, f"output_dir={json.dumps(str(run_dir))}"], callbacks=[cb],
+            results = library.train(config, [*overrides, f"output_dir={json.dumps(str(run_dir))}"], callbacks=[cb],
                                 **params)
         except NonFiniteError as err:  # e.g. a learning rate too high: a failed trial (CATCH), not a failed sweep
             trial.set_user_attr("error", str(err).split(";")[0])
@@ -170,9 +170,9 @@ def run_sweep(config: str, space_path: str, trials: int, jobs: int = 1, out: Opt
     except ModuleNotFoundError as err:
         raise EnvironmentProblem(f"mm-ptft sweep needs optuna ({err}): pip install -e '.[search]'") from None
 
-    from mm_ptft import api
+    from mm_ptft.run import library
 
-    base = api.load_config(config, list(overrides))
+    base = library.load_config(config, list(overrides))
     space = load_space(space_path)
     check_space(space, config, overrides, space_path)
     if trials < 1 or jobs < 1:
@@ -202,7 +202,7 @@ def run_sweep(config: str, space_path: str, trials: int, jobs: int = 1, out: Opt
 def write_summary(study: Any, config: str, overrides: Sequence[str], space: Mapping[str, Any],
                   out: Path) -> dict[str, Any]:
     """``sweep.csv``/``.md``/``.png``/``.json`` and ``best.yaml`` from the finished study."""
-    from mm_ptft import api
+    from mm_ptft.run import library
 
     rows = [{"trial": t.number, "state": t.state.name.lower(), "value": t.user_attrs.get("value"),
              **{k: t.params.get(k) for k in space}, "run": t.user_attrs.get("run_dir", "")}
@@ -222,7 +222,7 @@ def write_summary(study: Any, config: str, overrides: Sequence[str], space: Mapp
         best = max(done, key=lambda t: t.value)
         summary["best"] = {"trial": best.number, "value": best.user_attrs["value"], "params": best.params,
                            "run": best.user_attrs["run_dir"]}
-        cfg = api.load_config(config, [*overrides, f"output_dir={json.dumps(str(out / 'best'))}"], **best.params)
+        cfg = library.load_config(config, [*overrides, f"output_dir={json.dumps(str(out / 'best'))}"], **best.params)
         (out / "best.yaml").write_text(f"# best of sweep {out}: trial {best.number}, {metric}="
                                        f"{best.user_attrs['value']:.6g}; params {json.dumps(best.params)}\n"
                                        + to_yaml(cfg))

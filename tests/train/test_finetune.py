@@ -5,7 +5,7 @@ import torch
 from mm_ptft.config import FinetuneConfig, OptimConfig
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
-from mm_ptft.finetune import apply_finetune, merged_copy, param_groups
+from mm_ptft.train.finetune import apply_finetune, merged_copy, param_groups
 
 CORPUS = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"] * 4
 

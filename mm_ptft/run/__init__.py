@@ -8,9 +8,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from mm_ptft.config import RunConfig
-from mm_ptft.continual import previous_run
+from mm_ptft.run.continual import previous_run
 from mm_ptft.contracts import Callback, Prepared
-from mm_ptft.finetune import prepare_for_training, save_encoders
+from mm_ptft.train.finetune import prepare_for_training, save_encoders
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.tasks.common import drop_data_files, load_run, pick_checkpoint
 from mm_ptft.train import checkpoint as ckpt

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 GENERATE = {"name": "shapes_captions", "n_train": 600, "n_eval": 200, "image_size": 64, "sample_rate": 8000,
             "seconds": 0.5, "seed": 0}
 ENCODERS = {  # small enough for a laptop CPU; the same specs in pretraining and from-scratch runs
@@ -105,7 +105,7 @@ def write_quickstart_report(root: Path, summary: dict, table: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mm_ptft.report import write_report
+    from mm_ptft.train.report import write_report
 
     write_report(root / "pretrain")
     names = list(summary["few_label_accuracy"])

@@ -6,7 +6,7 @@ import sys
 
 import webdataset as wds
 
-from mm_ptft.check_data import check_data
+from mm_ptft.run.check_data import check_data
 
 from mm_fixtures import jpegs_good_and_bad
 from mm_paths import ROOT, TEXT_TINY

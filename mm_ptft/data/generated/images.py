@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from PIL import Image, ImageDraw
 
 from mm_ptft.data.generated import GENERATORS
-from mm_ptft.data.generated_multimodal import image_save_options
+from mm_ptft.data.generated.multimodal import image_save_options
 
 SHAPES = ("circle", "square", "triangle", "cross")
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mm_ptft.continual import previous_run
+from mm_ptft.run.continual import previous_run
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import load_config, pick_checkpoint, train
 from mm_ptft.tasks import get_recipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_ptft.fusion import FUSIONS, build_fusion
+from mm_ptft.encoders.fusion import FUSIONS, build_fusion
 
 from mm_fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for this module)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mm_ptft.config import ConfigError
-from mm_ptft.fewshot import Embedded, episode_support, few_shot_accuracy, prototype_predict
+from mm_ptft.workflows.fewshot import Embedded, episode_support, few_shot_accuracy, prototype_predict
 
 
 def test_prototype_predict_by_hand():
@@ -97,7 +97,7 @@ def test_image_encoder_directory_embeds_its_table(tmp_path):
     from mm_ptft.data.generated import generate
     from mm_ptft.encoders import build_encoder
     from mm_ptft.encoders.image import IMAGE_ENCODERS
-    from mm_ptft.fewshot import run_fewshot
+    from mm_ptft.workflows.fewshot import run_fewshot
 
     data = generate({"name": "image_shapes", "n_train": 24, "n_eval": 4, "size": 32, "seed": 0}, tmp_path / "data")
     build_encoder(IMAGE_ENCODERS, {"name": "tiny_cnn", "widths": [8, 16], "img_size": 32}, "model.image") \

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mm_ptft.contracts import on_device
-from mm_ptft.export import ExportError, export_spec
+from mm_ptft.contracts import ExportError, export_spec
 
 MANIFEST = "mm_ptft.json"
 WEIGHTS = "model.safetensors"
@@ -49,7 +49,7 @@ def parity(task: nn.Module, model: nn.Module, spec: Any, batch: dict[str, Any]) 
 
 def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, Any]:
     """The transformers directory: ``save_pretrained`` of ``task.export_hf()`` plus the tokenizer/processor."""
-    from mm_ptft.finetune import merged_copy
+    from mm_ptft.train.finetune import merged_copy
 
     task = merged_copy(task)  # LoRA adapters folded into the weights transformers will hold
     try:
@@ -125,7 +125,7 @@ def write_mm_ptft(task: nn.Module, cfg: Any, run_dir: Path, out: Path) -> dict[s
     from safetensors.torch import save_model
 
     from mm_ptft.config import to_dict
-    from mm_ptft.finetune import merged_copy
+    from mm_ptft.train.finetune import merged_copy
     from mm_ptft.tasks.common import drop_data_files
 
     cfg = copy.deepcopy(cfg)
@@ -175,7 +175,7 @@ def from_pretrained(path: str | Path, trust_remote_code: bool = False) -> Pretra
     from safetensors.torch import load_model
 
     from mm_ptft.encoders.base import untrusted_source
-    from mm_ptft.finetune import apply_finetune
+    from mm_ptft.train.finetune import apply_finetune
     from mm_ptft.tasks import get_recipe, load_config
 
     path = Path(path)
@@ -210,7 +210,7 @@ PIPELINE = {"AutoModelForSequenceClassification": "text-classification",
 def data_cards(data: dict[str, Any], out: Path) -> list[str]:
     """Copy the repository's ``data_cards/<name>.md`` for the run's data generator or data files into
     ``out/data_cards/``; their paths relative to ``out``."""
-    root = Path(__file__).resolve().parents[1] / "data_cards"
+    root = Path(__file__).resolve().parents[2] / "data_cards"
     gen = data.get("generate") or {}
     names = [gen.get("name")] if isinstance(gen, dict) else []
     names += [Path(v).parent.name for k, v in data.items() if k != "generate" and isinstance(v, str) and v]

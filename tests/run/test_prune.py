@@ -13,7 +13,7 @@ from torch import nn
 
 from mm_ptft.cli import main as cli_main
 from mm_ptft.contracts import Callback
-from mm_ptft.prune import prune_run
+from mm_ptft.run.prune import prune_run
 from mm_ptft.run import evaluate, load_config, load_run, pick_checkpoint, predict, train
 
 from mm_paths import TEXT_TINY

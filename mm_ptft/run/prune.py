@@ -14,13 +14,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
 from mm_ptft.config import ConfigError, SchedConfig
 from mm_ptft.contracts import Callback
-from mm_ptft.finetune import param_groups, save_encoders
+from mm_ptft.train.finetune import param_groups, save_encoders
 from mm_ptft.tasks.common import load_run, pick_checkpoint
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import rundir

@@ -9,7 +9,7 @@ import yaml
 import mm_ptft
 from mm_ptft.cli import main
 from mm_ptft.config import ConfigError
-from mm_ptft.sweep import load_space, run_sweep
+from mm_ptft.workflows.sweep import load_space, run_sweep
 
 from mm_paths import TEXT_TINY
 
@@ -146,7 +146,7 @@ def test_report_to_trial_signs_by_direction_and_stops_the_trainer_after_that_eva
     from mm_ptft.config import RunConfig, TrainConfig
     from mm_ptft.contracts import Task
     from mm_ptft.data.text import Records
-    from mm_ptft.sweep import ReportToTrial
+    from mm_ptft.workflows.sweep import ReportToTrial
     from mm_ptft.train.trainer import Trainer
 
     class Toy(Task):

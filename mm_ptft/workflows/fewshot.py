@@ -119,7 +119,7 @@ def run_fewshot(encoder_dir: str, data: str, shots: int, method: str = "prototyp
                 seed: int = 0, column: Optional[str] = None, label_column: str = "label",
                 trust_remote_code: bool = False, device: str = "auto") -> dict[str, Any]:
     """Load an encoder directory (or a run's single encoder), embed ``data`` and evaluate few-shot accuracy."""
-    from mm_ptft.api import load_encoder
+    from mm_ptft.run.components import load_encoder
 
     encoder = load_encoder(encoder_dir, trust_remote_code=trust_remote_code)
     embedded = embed_file(encoder, data, column, label_column, device=device)

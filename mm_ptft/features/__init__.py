@@ -1,0 +1,1 @@
+"""Signal features computed the same way by data pipelines and encoders (a component both import)."""

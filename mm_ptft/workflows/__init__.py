@@ -1,0 +1,1 @@
+"""Workflows built on the run path (``mm_ptft.run``): cross-validation, sweeps, few-shot evaluation, the quickstart."""
