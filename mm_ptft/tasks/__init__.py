@@ -5,6 +5,7 @@ inputs), and registers them with one line, ``MyTask = recipe(MyTaskConfig, prepa
 task never edits the CLI, the trainer or the config module (which imports nothing of ours)."""
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -32,7 +33,16 @@ def load_all() -> None:
 
 
 def get_recipe(name: str) -> Recipe:
-    load_all()
+    """The recipe registered as ``name``. A recipe lives in the module of its name (``tasks/<name>.py``), so only
+    that module is imported (a text run loads no image, audio or detection stack); other names load every module."""
+    if name not in TASKS.names() and name.isidentifier():
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    if name not in TASKS.names():
+        load_all()
     return TASKS.get(name)
 
 
