@@ -42,7 +42,7 @@ What differs in the work per sample (same JPEG decode by PIL on both sides):
   tower sees shorter sequences in train mode.
 - order: ours shuffles shards per pass and records in blocks of ``data.shuffle_block`` (1000); open_clip
   shuffles shards (buffer 2000) and samples (buffer 5000, 1000 before the first sample).
-- pinning: ours pins batches on CUDA (``Trainer._loader``); open_clip's ``WebLoader`` does not.
+- pinning: ours pins batches on CUDA (``train.loaders.build_loader``); open_clip's ``WebLoader`` does not.
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def ours_pipeline(args, window: Window) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         p = get_recipe("pretrain_contrastive").prepare(ours_config(args, out))
-        loader = StatefulDataLoader(p.train_data, batch_size=args.batch, collate_fn=p.collate,  # as Trainer._loader
+        loader = StatefulDataLoader(p.train_data, batch_size=args.batch, collate_fn=p.collate,  # as loaders.build_loader
                                     num_workers=args.workers, pin_memory=args.device == "cuda",
                                     persistent_workers=False, generator=torch.Generator().manual_seed(0))
         drain(loader, window, args.device)

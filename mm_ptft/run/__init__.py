@@ -24,7 +24,7 @@ def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callba
     """Apply the fine-tuning strategy (and ``finetune.regularize``, which may read an earlier run) and gradient
     checkpointing once, then hand the trainer the task, its data, its parameter groups and callbacks."""
     groups = prepare_for_training(prepared.task, cfg, load_previous=previous_run)
-    return Trainer.from_prepared(prepared, cfg, param_groups=groups, callbacks=callbacks)
+    return Trainer.from_prepared(prepared, cfg, group_builder=groups, callbacks=callbacks)
 
 
 def fit(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:

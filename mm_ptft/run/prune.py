@@ -19,7 +19,7 @@ from torch.nn.utils import prune as tprune
 
 from mm_ptft.config import ConfigError, SchedConfig
 from mm_ptft.contracts import Callback
-from mm_ptft.train.finetune import param_groups, save_encoders
+from mm_ptft.train.finetune import finetune_groups, save_encoders
 from mm_ptft.tasks.common import load_run, pick_checkpoint
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import rundir
@@ -82,7 +82,7 @@ def finetune_pruned(prepared: Any, cfg: Any, out: Path, steps: int, callbacks: S
     ft.train = dataclasses.replace(ft.train, max_steps=steps, eval_every=steps, save_every=0, resume=False,
                                    overwrite_output_dir=True, report=False, report_to=["jsonl"],
                                    early_stopping_patience=0, callbacks=[])
-    trainer = Trainer.from_prepared(prepared, ft, param_groups=lambda m: param_groups(m, ft.optim, ft.finetune),
+    trainer = Trainer.from_prepared(prepared, ft, group_builder=lambda m: finetune_groups(m, ft.optim, ft.finetune),
                                     callbacks=callbacks)
     results = trainer.fit()
     shutil.rmtree(out / "finetune" / "checkpoints", ignore_errors=True)

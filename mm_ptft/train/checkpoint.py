@@ -159,6 +159,18 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path / WEIGHTS}: unreadable weights ({type(err).__name__}: {err})") from err
 
 
+def write_best(ckpt_root: Path, step: int, metric: str, value: Optional[float]) -> Optional[Path]:
+    """Point ``best.json`` at checkpoint ``step`` (renamed into place: a crash never leaves half a file); the best
+    step's directory, None when no evaluation has given the metric yet (``step`` -1)."""
+    if step < 0:
+        return None
+    best = ckpt_root / f"step_{step:08d}"
+    tmp = ckpt_root / "best.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "path": best.name, metric: value}))
+    tmp.replace(ckpt_root / "best.json")
+    return best
+
+
 def prune(ckpt_root: Path, keep_last: int, keep: set[Path]) -> None:
     """Delete all but the newest ``keep_last`` checkpoints and those in ``keep`` (e.g. the best)."""
     dirs = step_dirs(ckpt_root)

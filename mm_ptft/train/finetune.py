@@ -14,7 +14,7 @@ from torch import nn
 
 from mm_ptft.config import ConfigError, FinetuneConfig, OptimConfig, RunConfig
 from mm_ptft.registry import Registry
-from mm_ptft.train.optim import ParamGroups, param_groups as decay_groups
+from mm_ptft.train.optim import GroupBuilder, decay_groups
 from mm_ptft.train.regularize import LoadPrevious, attach as attach_regularizer
 
 STRATEGIES: Registry[None] = Registry("finetune_strategy")
@@ -33,7 +33,7 @@ def full(task: nn.Module, cfg: FinetuneConfig) -> None:
 
 @STRATEGIES.register()
 def llrd(task: nn.Module, cfg: FinetuneConfig) -> None:
-    """Train every parameter; ``param_groups`` scales the LR by depth."""
+    """Train every parameter; ``finetune_groups`` scales the LR by depth."""
 
 
 @STRATEGIES.register()
@@ -95,13 +95,13 @@ def _llrd_scale(task: nn.Module, decay: float) -> Callable[[str], float]:
     return scale
 
 
-def param_groups(task: nn.Module, optim: OptimConfig, ft: FinetuneConfig) -> list[dict[str, Any]]:
+def finetune_groups(task: nn.Module, optim: OptimConfig, ft: FinetuneConfig) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (weight decay, LR scale); LLRD scales encoder layers by depth."""
     scale = _llrd_scale(task, ft.llrd_decay) if ft.strategy == "llrd" else None
     return decay_groups(task, optim, scale)
 
 
-def prepare_for_training(task: nn.Module, cfg: RunConfig, load_previous: Optional[LoadPrevious] = None) -> ParamGroups:
+def prepare_for_training(task: nn.Module, cfg: RunConfig, load_previous: Optional[LoadPrevious] = None) -> GroupBuilder:
     """Apply ``cfg.finetune`` (strategy, then ``finetune.regularize`` toward the weights it starts from, an
     earlier run's read by ``load_previous``) and gradient checkpointing once; return the trainer's param-group
     builder (called on the task after distributed wrapping, which may replace parameters)."""
@@ -109,7 +109,7 @@ def prepare_for_training(task: nn.Module, cfg: RunConfig, load_previous: Optiona
     attach_regularizer(task, cfg.finetune.regularize, load_previous, cfg.train.distributed)
     if cfg.train.grad_checkpointing:
         set_grad_checkpointing(task)
-    return lambda model: param_groups(model, cfg.optim, cfg.finetune)
+    return lambda model: finetune_groups(model, cfg.optim, cfg.finetune)
 
 
 def merged_copy(module: nn.Module) -> nn.Module:
@@ -132,5 +132,5 @@ def save_encoders(task: nn.Module, root: Path) -> None:
         merged_copy(enc).save_pretrained(Path(root) / modality)
 
 
-__all__ = ["STRATEGIES", "apply_finetune", "merged_copy", "param_groups", "prepare_for_training", "save_encoders",
+__all__ = ["STRATEGIES", "apply_finetune", "finetune_groups", "merged_copy", "prepare_for_training", "save_encoders",
            "set_grad_checkpointing"]

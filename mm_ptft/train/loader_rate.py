@@ -8,15 +8,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import random
 import time
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset
+
+from mm_ptft.contracts import on_device
+from mm_ptft.train import distributed as D
+from mm_ptft.train.loaders import batch_rows, to_device
+from mm_ptft.train.rng import preserved
+from mm_ptft.types import take_counts
 
 #: workers beyond the measured need: rates vary from batch to batch, and a starved step costs more than an idle worker
 MARGIN = 1.25
@@ -120,15 +124,13 @@ def _sync(device: torch.device) -> None:
 def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Whatever runs inside changes neither ``model`` (gradients, buffers, train/eval modes) nor any random
     stream: torch (CPU and ``device``), Python's ``random`` and NumPy's global state."""
-    py_state, np_state = random.getstate(), np.random.get_state()
     grads = [(p, p.grad) for p in model.parameters()]
     for p, _ in grads:  # set aside (backward would add to them in place), put back after
         p.grad = None
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
-    devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with preserved(device):
             yield
     finally:
         with torch.no_grad():
@@ -138,8 +140,6 @@ def no_trace(model: nn.Module, device: torch.device) -> Iterator[None]:
             p.grad = g
         for m, training in modes:
             m.train(training)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 def max_workers(cpus: int, local_ranks: int = 1, main_cpus: int = 1) -> int:
@@ -147,3 +147,36 @@ def max_workers(cpus: int, local_ranks: int = 1, main_cpus: int = 1) -> int:
     its own loader) less the ``main_cpus`` the process itself keeps busy (1 driving a GPU; on a CPU device, the
     step's intra-op threads: a worker there would take a core from the step)."""
     return max(cpus // max(local_ranks, 1) - main_cpus, 0)
+
+
+def measure(model: nn.Module, loader: Any, collate: Any, device: torch.device, autocast: Callable[[], Any],
+            batch_size: int, train: bool, cap: int) -> LoaderRate:
+    """Samples/s one loader worker makes (a few of ``loader``'s sampler's first batches, read and collated here)
+    and samples/s the step takes (forward + backward on the first; forward only for ``train=False``), and the
+    workers they call for (at most ``cap``), the same on every rank. Changes nothing: weights, buffers, RNG,
+    data order."""
+    batches = sample_batches(loader.dataset, loader.batch_sampler, batch_size, 3)
+    with no_trace(model, device):
+        worker_rate, first = time_data(batches, collate)
+        step_rate = 0.0 if first is None else time_step(_probe_step(model, first, collate, device, autocast, train),
+                                                        device)
+    n = D.all_reduce_max(workers_needed(step_rate, worker_rate, cap))
+    return LoaderRate(worker_rate, step_rate, n, cap)
+
+
+def _probe_step(model: nn.Module, batch: Any, collate: Any, device: torch.device, autocast: Callable[[], Any],
+                train: bool) -> Callable[[], int]:
+    """The collate's device stage (decoding there: ``data.decode_on=device``) and one forward (+ backward when
+    ``train``) on ``batch``, as the loop runs them; returns the batch size."""
+    take_counts(batch, {})
+    moved = to_device(batch, device)
+    model.train(train)
+
+    def step() -> int:
+        ready = on_device(collate, moved, device)
+        with torch.set_grad_enabled(train), autocast():
+            out = model(ready)
+        if train:
+            out["loss"].backward()
+        return batch_rows(ready)
+    return step

@@ -13,8 +13,8 @@ from torch import nn
 from mm_ptft.config import ConfigError, OptimConfig, SchedConfig
 from mm_ptft.registry import Registry
 
-#: a function from the (wrapped) task to its optimizer parameter groups
-ParamGroups = Callable[[nn.Module], list[dict[str, Any]]]
+#: a function from the (wrapped) task to its optimizer parameter groups (the Trainer's ``group_builder``)
+GroupBuilder = Callable[[nn.Module], list[dict[str, Any]]]
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 SCHEDULERS: Registry[Any] = Registry("scheduler")
 
@@ -24,7 +24,7 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
 
 
-def param_groups(task: nn.Module, optim: OptimConfig,
+def decay_groups(task: nn.Module, optim: OptimConfig,
                  lr_scale: Optional[Callable[[str], float]] = None) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (weight decay, LR scale); ``lr_scale`` maps a name to its LR factor."""
     groups: dict[tuple[bool, float], list[torch.Tensor]] = {}
@@ -155,6 +155,16 @@ def _polynomial(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total
         raise ConfigError(f"sched.lr_end={cfg.lr_end} must not exceed optim.lr={lr}")
     end, span = cfg.lr_end / lr, max(1, total - warmup)
     return lambda s: end + (1 - end) * (1 - min(s, span) / span) ** cfg.power
+
+
+def apply_hparams(opt: torch.optim.Optimizer, sched: Any, fresh: list[dict[str, Any]]) -> None:
+    """A resumed ``opt``/``sched`` take the per-group hyperparameters (lr, weight decay, betas…) of ``fresh`` (a
+    new config's groups, without their params); the schedule keeps its position."""
+    for group, new in zip(opt.param_groups, fresh):
+        group.update({k: v for k, v in new.items() if k != "initial_lr"}, initial_lr=new["lr"])
+    sched.base_lrs = [g["initial_lr"] for g in opt.param_groups]
+    for group, base, fn in zip(opt.param_groups, sched.base_lrs, getattr(sched, "lr_lambdas", [])):
+        group["lr"] = base * fn(sched.last_epoch)
 
 
 def l1_params(task: nn.Module) -> list[torch.Tensor]:

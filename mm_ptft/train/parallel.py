@@ -72,6 +72,12 @@ def wrap_distributed(task: nn.Module, strategy: str, device: torch.device) -> nn
     return STRATEGIES.build({"name": strategy}, "train.distributed", task=task, device=device)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The task inside ``torch.compile`` and DDP/FSDP wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
 def is_fsdp(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -4,6 +4,7 @@ named and applied), relocatable (paths inside it are written relative to it), an
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -144,3 +145,12 @@ def clean_stale(ckpt_root: Path) -> None:
         if path.name.startswith(".tmp_step_") or path.name == "best.json.tmp":
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             log.info("removed %s, left by an interrupted checkpoint write", path)
+
+
+def finished_results(run_dir: Path, start_step: int, total: int) -> Optional[dict[str, float]]:
+    """A resumed run that already reached its last step (``total``) and wrote its final metrics: those."""
+    final = run_dir / "final_metrics.json"
+    if start_step == 0 or start_step < total or not final.is_file():
+        return None
+    log.info("%s is finished (step %d of %d): nothing to train; final metrics unchanged", run_dir, start_step, total)
+    return json.loads(final.read_text())

@@ -34,8 +34,8 @@ def main(argv: list[str]) -> dict:
 
     # 3. Fine-tuning strategy (full, linear_probe, freeze_layers, llrd, lora) and gradient checkpointing,
     #    applied once; the trainer gets the parameter groups (and any callbacks) and knows no model.
-    param_groups = prepare_for_training(prepared.task, cfg)
-    trainer = Trainer.from_prepared(prepared, cfg, param_groups=param_groups)
+    group_builder = prepare_for_training(prepared.task, cfg)
+    trainer = Trainer.from_prepared(prepared, cfg, group_builder=group_builder)
 
     # 4. Train: optimizer, schedule, AMP, checkpoints, evaluation, logging, resume.
     results = trainer.fit()

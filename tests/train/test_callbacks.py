@@ -96,13 +96,13 @@ def test_an_every_step_callback_also_sees_skipped_steps(tmp_path):
     assert trainer.bad_steps_total == 2
 
 
-def test_trainer_uses_the_param_groups_it_is_handed(tmp_path):
+def test_trainer_uses_the_group_builder_it_is_handed(tmp_path):
     task = Linear()
     groups = lambda m: [{"params": [m.linear.weight], "lr": 0.5}]  # noqa: E731  (the bias is not trained)
     cfg = RunConfig(task="toy", output_dir=str(tmp_path), train=TrainConfig(batch_size=8, max_steps=2, report=False,
                                                                             device="cpu"))
     bias = task.linear.bias.detach().clone()
-    trainer = Trainer(task, cfg, data(), None, collate, param_groups=groups)
+    trainer = Trainer(task, cfg, data(), None, collate, group_builder=groups)
     trainer.fit()
     assert len(trainer.opt.param_groups) == 1 and trainer.opt.param_groups[0]["params"][0] is task.linear.weight
     assert torch.equal(task.linear.bias, bias)

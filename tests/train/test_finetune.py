@@ -5,7 +5,7 @@ import torch
 from mm_ptft.config import FinetuneConfig, OptimConfig
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
-from mm_ptft.train.finetune import apply_finetune, merged_copy, param_groups
+from mm_ptft.train.finetune import apply_finetune, finetune_groups, merged_copy
 
 CORPUS = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"] * 4
 
@@ -28,7 +28,7 @@ def wd_of(groups, param):
 
 def test_no_decay_for_biases_and_norms():
     task = bert_task()
-    groups = param_groups(task, OptimConfig(lr=1.0, weight_decay=0.1), FinetuneConfig())
+    groups = finetune_groups(task, OptimConfig(lr=1.0, weight_decay=0.1), FinetuneConfig())
     enc = task.encoder.model
     assert wd_of(groups, enc.encoder.layer[0].attention.self.query.weight) == 0.1
     assert wd_of(groups, enc.encoder.layer[0].attention.self.query.bias) == 0.0
@@ -41,7 +41,7 @@ def test_no_decay_for_biases_and_norms():
 def test_llrd_scales_by_depth():
     """2 layers, decay 0.5: embeddings 0.5^3, layer 0 0.5^2, layer 1 0.5^1, head 1."""
     task = bert_task()
-    groups = param_groups(task, OptimConfig(lr=1.0), FinetuneConfig(strategy="llrd", llrd_decay=0.5))
+    groups = finetune_groups(task, OptimConfig(lr=1.0), FinetuneConfig(strategy="llrd", llrd_decay=0.5))
     enc = task.encoder.model
     assert lr_of(groups, enc.embeddings.word_embeddings.weight) == pytest.approx(0.125)
     assert lr_of(groups, enc.encoder.layer[0].attention.self.query.weight) == pytest.approx(0.25)
@@ -107,7 +107,7 @@ def test_resnet_stages_are_layers_for_freezing_and_llrd():
                 and stage(n) in {"conv1", "bn1", "layer1", "layer2"}}
     assert frozen == expected and any(".layer1.0.conv1." in n for n in frozen)
     task = resnet_task()
-    groups = param_groups(task, OptimConfig(lr=1.0, weight_decay=0.0), FinetuneConfig(strategy="llrd", llrd_decay=0.5))
+    groups = finetune_groups(task, OptimConfig(lr=1.0, weight_decay=0.0), FinetuneConfig(strategy="llrd", llrd_decay=0.5))
     enc = task.encoder.model
     lrs = [lr_of(groups, getattr(enc, f"layer{i}")[0].conv1.weight) for i in range(1, 5)]
     assert lrs == [0.5 ** 4, 0.5 ** 3, 0.5 ** 2, 0.5 ** 1] and lr_of(groups, task.head.proj.weight) == 1.0

@@ -34,7 +34,7 @@ def train_two_steps(task: ClassificationTask, ft: FinetuneConfig, out: str) -> N
     cfg = RunConfig(task="image_classification", output_dir=out, finetune=ft,
                     train=TrainConfig(max_steps=2, batch_size=8, device="cpu", report=False, log_every=1))
     groups = prepare_for_training(task, cfg)  # the strategy is applied by the run path, once
-    Trainer(task, cfg, data, None, ImageCollator(), param_groups=groups).fit()
+    Trainer(task, cfg, data, None, ImageCollator(), group_builder=groups).fit()
 
 
 STRATEGIES = {
