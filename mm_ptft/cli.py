@@ -283,6 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mm_ptft.config import ConfigError
     from mm_ptft.data.tables import DataError
     from mm_ptft.env import EnvironmentProblem
+    from mm_ptft.registry import RegistryError
     from mm_ptft.train.checkpoint import CheckpointError
     from mm_ptft.train.distributed import set_finished_cleanly
 
@@ -291,7 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rc = ns.fn(ns)
         set_finished_cleanly(rc == 0)
         return rc
-    except (ConfigError, DataError, EnvironmentProblem, CheckpointError) as err:
+    except (ConfigError, RegistryError, DataError, EnvironmentProblem, CheckpointError) as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
 

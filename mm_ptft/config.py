@@ -49,9 +49,57 @@ def in_range(spec: str, value: Any) -> bool:
     return (value >= lo if m.group(1) == "[" else value > lo) and (value <= hi if m.group(4) == "]" else value < hi)
 
 
+def declared(cls: type, attr: str) -> dict[str, Any]:
+    """A section's ``RANGES``/``WORDS`` merged down its class hierarchy: each class's own declaration (in its
+    ``__dict__``) over its bases', so a subclass adds or overrides the ranges of its own keys only."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get(attr, {}))
+    return merged
+
+
+class Section:
+    """Base of config sections that share keys: a subclass's ``RANGES``/``WORDS`` become the merged declaration
+    (``declared``), so ``Sub.RANGES`` lists every ranged key it has, its bases' included."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.RANGES, cls.WORDS = declared(cls, "RANGES"), declared(cls, "WORDS")
+
+
+@dataclass
+class SplitData(Section):
+    """The data keys of every recipe that reads a training file: its eval split and generated data. Recipes
+    subclass it (with ``StreamingData``/``SkipBadSamples`` where they support those) and document which file
+    formats their ``train_file`` takes."""
+
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0, 1)"}
+    train_file: str = ""
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    eval_fraction: float = 0.1
+    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+
+
+@dataclass
+class StreamingData(Section):
+    """Keys of a recipe that can stream its shards."""
+
+    RANGES: ClassVar[dict[str, str]] = {"shuffle_block": ">0"}
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
+
+
+@dataclass
+class SkipBadSamples(Section):
+    """The key of a recipe that can drop unreadable samples and count them instead of stopping."""
+
+    skip_bad_samples: bool = False
+
+
 def validate(cfg: Any, prefix: str = "") -> None:
-    """Check every key with a declared range (``RANGES``) in ``cfg`` and its nested sections."""
-    ranges, words = getattr(type(cfg), "RANGES", {}), getattr(type(cfg), "WORDS", {})
+    """Check every key with a declared range (``RANGES``, merged down the class hierarchy) in ``cfg`` and its
+    nested sections."""
+    ranges, words = declared(type(cfg), "RANGES"), declared(type(cfg), "WORDS")
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):

@@ -2,17 +2,82 @@
 
 A component in a config is ``{name: <registry key>, ...kwargs}``. Building checks the kwargs against
 the builder's signature, so a typo in a config names the key instead of failing deep inside a model.
+Every registry also takes ``name: my_pkg.module:builder`` (a module path, ``:``, an attribute): the user's own
+builder, imported and called like a registered one. That is code the config names, so while a run directory
+received from elsewhere is loaded (``untrusted_source``: data, not code) it is refused unless the command
+runs with ``--trust-remote-code``, like an HF model's remote code.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import inspect
 import pkgutil
+import re
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
 _ALL: dict[str, "Registry[Any]"] = {}
+
+
+class RegistryError(KeyError):
+    """A ``module.path:attribute`` name the registry refuses (cannot import it, not callable, refused in a received
+    run directory); the message names the config key. A KeyError like the registry's unknown-name error, printed
+    as its message (the command line's exit 2)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# ---- code named by a config: ``module.path:attribute`` ---------------------------------------------------------
+#: what is being loaded while code its config names stays off ("" outside such a load)
+_UNTRUSTED: contextvars.ContextVar[str] = contextvars.ContextVar("mm_ptft_untrusted", default="")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+@contextlib.contextmanager
+def untrusted_source(source: str) -> Iterator[None]:
+    """While loading ``source`` (a run directory: data, not code), no code its config names runs: dotted-path
+    builders and HF ``trust_remote_code`` are refused (the refusal names ``--trust-remote-code``)."""
+    token = _UNTRUSTED.set(source)
+    try:
+        yield
+    finally:
+        _UNTRUSTED.reset(token)
+
+
+def untrusted() -> str:
+    """The source being loaded inside ``untrusted_source``, "" outside it."""
+    return _UNTRUSTED.get()
+
+
+def is_dotted_path(name: object) -> bool:
+    """Whether ``name`` is ``module.path:attribute`` (a user's builder outside the registries)."""
+    return isinstance(name, str) and _DOTTED.match(name) is not None
+
+
+def import_builder(name: str, where: str) -> Callable[..., Any]:
+    """The callable that ``module.path:attribute`` names (``where``: its config key, e.g. ``model.text``)."""
+    module, _, attr = name.partition(":")
+    source = untrusted()
+    if source:
+        raise RegistryError(f"{where}.name={name!r} names code outside mm_ptft (module {module}), and {source} is a "
+                            f"run directory: data, not code, so its config cannot import code: pass "
+                            f"--trust-remote-code to this command if you trust module {module}")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as err:
+        raise RegistryError(f"{where}.name={name!r}: cannot import module {module!r} ({err}); is it on "
+                            f"PYTHONPATH?") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RegistryError(f"{where}.name={name!r}: module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise RegistryError(f"{where}.name={name!r} is a {type(obj).__name__}, not a callable builder")
+    return obj
 
 
 class Registry(Generic[T]):
@@ -55,8 +120,12 @@ class Registry(Generic[T]):
             return self._builders[name]
         return next((fn for _, resolve in self._fallbacks if (fn := resolve(name)) is not None), None)
 
-    def get(self, name: str) -> Callable[..., T]:
+    def get(self, name: str, where: str = "") -> Callable[..., T]:
+        """The builder of ``name``: a registered entry, a fallback's, or a ``module.path:attribute`` that
+        ``import_builder`` imports (``where``: the config key named in its errors)."""
         fn = self._resolve(name)
+        if fn is None and is_dotted_path(name):
+            return import_builder(name, where or self.kind)
         if fn is None:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {self.choices()}")
         return fn
@@ -67,10 +136,12 @@ class Registry(Generic[T]):
 
     def choices(self) -> str:
         """The registered names, then what each fallback accepts, for error messages."""
-        return ", ".join([*self.names(), *(d for d, _ in self._fallbacks)]) or "(none)"
+        return ", ".join([*self.names(), *(d for d, _ in self._fallbacks), "module.path:builder"])
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._resolve(name) is not None
+        """A registered or fallback name, or a dotted path by its form alone (no code is imported to answer:
+        ``get``/``build`` import it and name what is wrong)."""
+        return isinstance(name, str) and (self._resolve(name) is not None or is_dotted_path(name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -84,7 +155,7 @@ class Registry(Generic[T]):
         if "name" not in spec:
             raise KeyError(f"{where}: missing required key 'name' (one of: {', '.join(self.names())})")
         name = spec.pop("name")
-        fn = self.get(name)
+        fn = self.get(name, where)
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_any:

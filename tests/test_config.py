@@ -1,6 +1,9 @@
+import dataclasses
+from typing import ClassVar
+
 import pytest
 
-from mm_ptft.config import ConfigError
+from mm_ptft.config import ConfigError, SkipBadSamples, SplitData, StreamingData, declared, validate
 from mm_ptft.run import load_config
 from mm_ptft.tasks.text_classification import TextClassificationConfig
 
@@ -91,3 +94,65 @@ def test_train_compile_is_checked_on_a_config_built_in_code():
 
     with pytest.raises(ConfigError, match=r"train\.compile.*'eager'"):
         TrainConfig(compile="eager")
+
+
+# ---- shared data keys: one base, ranges merged down the class hierarchy ------------------------------------
+
+@dataclasses.dataclass
+class _OwnData(SplitData, StreamingData, SkipBadSamples):
+    """A recipe's own data section: the shared keys from the bases, one ranged key of its own."""
+
+    RANGES: ClassVar[dict[str, str]] = {"max_length": ">0"}
+    max_length: int = 8
+
+
+@dataclasses.dataclass
+class _Narrower(_OwnData):
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0, 0.5]"}  # overrides the base's (0, 1) only
+
+
+@dataclasses.dataclass
+class _Section:
+    data: _OwnData = dataclasses.field(default_factory=_OwnData)
+
+
+def test_a_data_section_inherits_the_shared_keys_with_their_defaults():
+    d = _OwnData()
+    assert (d.train_file, d.eval_file, d.eval_fraction, d.generate) == ("", "", 0.1, None)
+    assert (d.streaming, d.shuffle_block, d.skip_bad_samples) == (False, 1000, False)
+    assert _OwnData.RANGES == {"eval_fraction": "(0, 1)", "shuffle_block": ">0", "max_length": ">0"}
+    assert declared(_OwnData, "RANGES") == _OwnData.RANGES
+
+
+@pytest.mark.parametrize("key,value", [("eval_fraction", 1.0), ("eval_fraction", 0.0), ("shuffle_block", 0),
+                                       ("max_length", 0)])
+def test_a_subclass_checks_the_base_ranges_and_its_own(key, value):
+    cfg = _Section()
+    setattr(cfg.data, key, value)
+    with pytest.raises(ConfigError, match=rf"'data\.{key}'.*out of range"):
+        validate(cfg)
+    validate(_Section())  # the defaults are in range
+
+
+def test_a_subclass_overrides_one_base_range_and_keeps_the_rest():
+    assert _Narrower.RANGES["eval_fraction"] == "(0, 0.5]" and _Narrower.RANGES["shuffle_block"] == ">0"
+    assert _OwnData.RANGES["eval_fraction"] == "(0, 1)"  # the parent's declaration is untouched
+    validate(_Narrower(eval_fraction=0.5))
+    with pytest.raises(ConfigError, match=r"'eval_fraction'.*must be \(0, 0\.5\]"):
+        validate(_Narrower(eval_fraction=0.6))
+    with pytest.raises(ConfigError, match=r"'shuffle_block'"):
+        validate(_Narrower(shuffle_block=-1))
+
+
+def test_every_recipe_data_section_declares_the_shared_keys_once():
+    """The split keys come from SplitData (one declaration, one range) in every recipe that reads a file."""
+    from mm_ptft.tasks import get_recipe
+
+    for name in ("text_classification", "text_regression", "image_classification", "speech_recognition",
+                 "detection", "multimodal_classification", "pretrain_contrastive", "pretrain_masked",
+                 "pretrain_joint"):
+        data = get_recipe(name).config_cls().data
+        assert isinstance(data, SplitData), name
+        assert type(data).RANGES["eval_fraction"] == "(0, 1)", name
+        if isinstance(data, StreamingData):
+            assert type(data).RANGES["shuffle_block"] == ">0", name

@@ -1,6 +1,6 @@
 import pytest
 
-from mm_ptft.registry import Registry, all_registries
+from mm_ptft.registry import Registry, RegistryError, all_registries, untrusted_source
 
 
 import itertools
@@ -103,3 +103,73 @@ def test_fallback_resolves_a_family_and_error_lists_it():
     assert reg.names() == ["big", "small"]
     with pytest.raises(KeyError, match=r"known: big, small, shape\.<n> \(any positive n\)"):
         reg.get("shape.x")
+
+
+# ---- a user's own builder by dotted path: ``module.path:attribute`` --------------------------------------------
+
+USER_MODULE = """
+BUILT = []
+
+
+def widget(width: int = 2, corpus=None):
+    BUILT.append(width)
+    return ("widget", width, corpus)
+
+
+class Factory:
+    @staticmethod
+    def make(depth: int = 1):
+        return ("factory", depth)
+
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module outside the package, importable by name (as a user's own package on PYTHONPATH would be)."""
+    name = f"user_builders_{next(_ids)}"
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_a_dotted_path_builds_the_users_builder_in_any_registry(user_module):
+    reg = make()
+    assert reg.build({"name": f"{user_module}:widget", "width": 5}, corpus=["x"]) == ("widget", 5, ["x"])
+    assert reg.build(f"{user_module}:Factory.make") == ("factory", 1)  # a nested attribute too
+    assert f"{user_module}:widget" in reg  # by its form: membership imports nothing
+    import importlib
+
+    assert importlib.import_module(user_module).BUILT == [5]  # the module's own function ran, once
+    with pytest.raises(KeyError, match=rf"model\.text\.widht; accepted: width"):
+        reg.build({"name": f"{user_module}:widget", "widht": 3}, "model.text")  # kwargs checked like any builder
+
+
+@pytest.mark.parametrize("attr,message", [
+    ("missing_mod_xyz:widget", r"model\.text\.name='missing_mod_xyz:widget': cannot import module 'missing_mod_xyz'"),
+    ("{m}:nothing", r"model\.text\.name='{m}:nothing': module '{m}' has no attribute 'nothing'"),
+    ("{m}:NOT_CALLABLE", r"model\.text\.name='{m}:NOT_CALLABLE' is a int, not a callable builder"),
+])
+def test_a_bad_dotted_path_is_an_error_naming_the_key(user_module, attr, message):
+    with pytest.raises(RegistryError, match=message.format(m=user_module)):
+        make().build({"name": attr.format(m=user_module)}, "model.text")
+
+
+def test_a_name_with_a_colon_but_not_a_dotted_path_stays_unknown():
+    reg = make()
+    assert "a b:c" not in reg and "mod:" not in reg
+    with pytest.raises(KeyError, match=r"unknown .* 'mod:'; known: big, small, module\.path:builder"):
+        reg.get("mod:")
+
+
+def test_inside_a_received_run_a_dotted_path_is_refused_before_its_module_is_imported(user_module):
+    import sys
+
+    with untrusted_source("runs/received"):
+        with pytest.raises(RegistryError, match=rf"model\.fusion\.name='{user_module}:widget' .*runs/received.*"
+                                                r"pass --trust-remote-code"):
+            make().build({"name": f"{user_module}:widget"}, "model.fusion")
+        assert make().build("small") == ("small", 2, 1)  # registered builders are not code the config names
+    assert user_module not in sys.modules  # refused before the import: none of its code ran

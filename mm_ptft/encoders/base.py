@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mm_ptft.config import ConfigError
-from mm_ptft.registry import Registry
+from mm_ptft.registry import Registry, RegistryError, untrusted, untrusted_source  # noqa: F401  (re-exported)
 from mm_ptft.types import INPUT_KEYS, EncoderOutput
 
 ENCODER_FILE = "mm_ptft_encoder.json"
@@ -195,20 +195,6 @@ class HFBacked:
                 part.save_pretrained(str(path))
 
 
-#: what is being loaded while remote code is off whatever its config says ("" outside such a load)
-_UNTRUSTED: contextvars.ContextVar[str] = contextvars.ContextVar("mm_ptft_untrusted", default="")
-
-
-@contextlib.contextmanager
-def untrusted_source(source: str) -> Iterator[None]:
-    """While loading ``source`` (a run directory: data, not code), encoders refuse ``trust_remote_code``."""
-    token = _UNTRUSTED.set(source)
-    try:
-        yield
-    finally:
-        _UNTRUSTED.reset(token)
-
-
 _SHARED: contextvars.ContextVar[Mapping[str, "Encoder"]] = contextvars.ContextVar("shared_encoders", default={})
 
 
@@ -226,7 +212,7 @@ def shared_encoders(encoders: Mapping[str, "Encoder"]) -> Iterator[None]:
 def remote_code(requested: bool, where: str, name_or_path: Optional[str]) -> bool:
     """The ``trust_remote_code`` an HF builder hands transformers: what its config asks for, except that
     inside ``untrusted_source`` a request is refused (a ``ConfigError`` naming the command-line flag)."""
-    source = _UNTRUSTED.get()
+    source = untrusted()
     if requested and source:
         raise ConfigError(f"{source}: {where}.trust_remote_code is true (model {name_or_path or '<config>'}); a run "
                           f"directory is data, not code, so its config cannot turn remote code on: pass "
@@ -252,12 +238,9 @@ def is_encoder_dir(path: Any) -> bool:
     return isinstance(path, str) and os.path.isfile(os.path.join(path, ENCODER_FILE))
 
 
-class SpecError(ConfigError, KeyError):
+class SpecError(ConfigError, RegistryError):
     """An encoder spec the registry refuses (unknown name or option): a ConfigError (the CLI's exit 2), still
-    a KeyError for code that catches the registry's own error."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+    the registry's own error (a KeyError) for code that catches that."""
 
 
 #: encoder options (also inside a nested ``config``) that are sizes: 0 or less is a ConfigError naming the key
@@ -307,7 +290,7 @@ def _build_encoder(registry: Registry[Encoder], spec: Mapping[str, Any], where: 
                              f"not a {registry.kind.split('_')[0]} one")
         # The directory defines the architecture: the recipe's own model.<modality> keys (often written
         # for another encoder) only fill options the saved builder takes and the directory leaves open.
-        params = inspect.signature(registry.get(meta["name"])).parameters
+        params = inspect.signature(registry.get(meta["name"], where)).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         # A directory is data, not code: its stored options never turn remote code on, only this spec does.
         saved = {k: v for k, v in meta["kwargs"].items() if k != "trust_remote_code"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict
 
 import torch
 
-from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData
 from mm_ptft.contracts import Prepared
 import mm_ptft.data.generated.images  # noqa: F401  (registers the detection_shapes generator)
 from mm_ptft.data.coco import (CocoDetection, CocoRecord, DetectionAugment, coco_records, detection_collate,
@@ -24,19 +24,15 @@ from mm_ptft.types import IMAGE
 
 
 @dataclass
-class DetectionData:
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
-    train_file: str = ""  # COCO instances JSON
-    eval_file: str = ""  # COCO instances JSON; empty: a seeded split of train_file's images
+class DetectionData(SplitData, SkipBadSamples):
+    """train_file/eval_file: COCO instances JSON (no eval_file: a seeded split of train_file's images)."""
+
     image_root: str = ""  # folder that train_file's file_name entries are relative to; empty: the JSON's folder
     eval_image_root: str = ""  # the same for eval_file (COCO keeps train2017/ and val2017/ apart)
-    eval_fraction: float = 0.1
     labels: list[str] = field(default_factory=list)  # category names (filled from the training JSON)
     category_ids: list[int] = field(default_factory=list)  # their COCO ids, same order
-    skip_bad_samples: bool = False
     verify_images: bool = True  # decode every image once at load time
     augment: DetectionAugment = field(default_factory=DetectionAugment)
-    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
 
 
 @dataclass

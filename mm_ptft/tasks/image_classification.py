@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import RehearsalConfig, RunConfig
+from mm_ptft.config import RehearsalConfig, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 import mm_ptft.data.generated.images  # noqa: F401  (registers the image_shapes generator)
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_ops, \
@@ -27,25 +27,19 @@ from mm_ptft.types import IMAGE
 
 
 @dataclass
-class ImageClsData:
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)", "shuffle_block": ">0",
-                                        "labels_per_class": ">=0"}  # checked by config.parse
-    # CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root; with streaming
-    # also WebDataset tars ({key}.jpg + {key}.cls) or table shards: a glob, brace range, directory, hf:<dataset>
-    train_file: str = ""
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+class ImageClsData(SplitData, StreamingData, SkipBadSamples):
+    """train_file: CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root;
+    with streaming also WebDataset tars ({key}.jpg + {key}.cls) or table shards: a glob, brace range, directory,
+    hf:<dataset>."""
+
+    RANGES: ClassVar[dict[str, str]] = {"labels_per_class": ">=0"}  # with SplitData's: checked by config.parse
     path_column: str = "path"
     label_column: str = "label"
-    eval_fraction: float = 0.1
     labels: list[str] = field(default_factory=list)  # empty: learned from the training data
     labels_per_class: int = 0  # > 0: few-shot, train on K seeded rows per class of the training split
-    skip_bad_samples: bool = False
     verify_images: bool = True  # decode every image once at load time (finds corrupt/truncated files early)
     augment: ImageAugment = field(default_factory=ImageAugment)
     decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + augment on the train device
-    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
-    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
-    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
     rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES, Columns, MediaConfig
 from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
@@ -27,14 +27,12 @@ from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tab
 
 
 @dataclass
-class MMClsData:
+class MMClsData(SplitData, StreamingData, SkipBadSamples):
+    """train_file: a manifest; with streaming also WebDataset tars / manifest shards: a glob, brace range."""
+
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0",
-        "labels_per_class": ">=0", "shuffle_block": ">0"}  # checked by config.parse
-    train_file: str = ""  # a manifest; with streaming also WebDataset tars / manifest shards: a glob, brace range
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
-    eval_fraction: float = 0.1
-    generate: Optional[Dict[str, Any]] = None
+        "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0",
+        "labels_per_class": ">=0"}  # with SplitData's: checked by config.parse
     modalities: list[str] = field(default_factory=lambda: ["audio", "image", "text"])
     text_column: str = "caption"
     image_column: str = "image"
@@ -45,9 +43,6 @@ class MMClsData:
     max_length: int = 64
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
-    skip_bad_samples: bool = False
-    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
-    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
 import mm_ptft.objectives.causal  # noqa: F401  (registers clm)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 import mm_ptft.objectives.sentence  # noqa: F401  (registers nsp, sop)
-from mm_ptft.config import ConfigError
+from mm_ptft.config import ConfigError, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.data.image_device import DeviceDecode, check_decode_on
 from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
                                      build_paired, paired_ops)
@@ -25,17 +25,12 @@ from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 
 
 @dataclass
-class PretrainData:
+class PretrainData(SplitData, StreamingData, SkipBadSamples):
     """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, optional label."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0",
-        "shuffle_block": ">0"
+        "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0"
     }  # checked by config.parse
-    train_file: str = ""  # a manifest; with streaming also WebDataset tars / shards: a glob, brace range, hf:<name>
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
-    eval_fraction: float = 0.1
-    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
     text_column: str = "caption"
     image_column: str = "image"
     audio_column: str = "audio"
@@ -47,9 +42,6 @@ class PretrainData:
     max_length: int = 64
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
-    skip_bad_samples: bool = False
-    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
-    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
     decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + resize on the train device
 
 

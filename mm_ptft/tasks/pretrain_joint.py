@@ -34,7 +34,7 @@ class SourceConfig:
 
 @dataclass
 class JointData(PretrainData):
-    RANGES: ClassVar[dict[str, str]] = {**PretrainData.RANGES, "epoch_size": ">=0"}  # checked by config.parse
+    RANGES: ClassVar[dict[str, str]] = {"epoch_size": ">=0"}  # with PretrainData's: checked by config.parse
     sources: Dict[str, SourceConfig] = field(default_factory=dict)
     eval_modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     epoch_size: int = 0  # samples per epoch over all sources; 0: the sum of their sizes

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Iterable, Optional
+from typing import Any, ClassVar, Dict, Iterable
 
 import torch
 
 import mm_ptft.data.generated.audio  # noqa: F401  (registers the tone_speech generator)
-from mm_ptft.config import RunConfig
+from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
 from mm_ptft.data.audio_stream import ClipRow
@@ -26,27 +26,19 @@ from mm_ptft.tasks.common import eval_name, load_splits
 
 
 @dataclass
-class SpeechData:
-    RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "min_duration": ">=0", "max_duration": ">=0", "shuffle_block": ">0"
-    }  # checked by config.parse
-    # a manifest; with streaming also WebDataset tars ({key}.flac|wav + {key}.txt) or manifest shards: a glob,
-    # brace range, directory or hf:<dataset>
-    train_file: str = ""
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+class SpeechData(SplitData, StreamingData, SkipBadSamples):
+    """train_file: a manifest; with streaming also WebDataset tars ({key}.flac|wav + {key}.txt) or manifest
+    shards: a glob, brace range, directory or hf:<dataset>."""
+
+    RANGES: ClassVar[dict[str, str]] = {"min_duration": ">=0", "max_duration": ">=0"}  # with SplitData's
     audio_column: str = "audio"  # file paths, relative to the manifest
     text_column: str = "text"
-    eval_fraction: float = 0.1
     min_duration: float = 0.0  # seconds; shorter clips are dropped and counted
     max_duration: float = 30.0  # seconds; longer clips are dropped and counted (0: no limit)
     lowercase: bool = True
     strip_punctuation: bool = True
     check_audio: bool = True  # decode every file once at start-up to catch truncated/NaN files early
-    skip_bad_samples: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
-    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
-    shuffle_block: int = 1000  # streaming: records shuffled together (a block is re-read on resume)
 
 
 @dataclass

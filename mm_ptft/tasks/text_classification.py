@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
-from mm_ptft.config import RehearsalConfig, RunConfig
+from mm_ptft.config import RehearsalConfig, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import LabelMap, column, require_columns, rows_of
 from mm_ptft.data.stream import CountingCollate
@@ -19,25 +19,19 @@ from mm_ptft.types import LABELS, TEXT
 
 
 @dataclass
-class TextClsData:
-    RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0, 1)", "max_length": ">0", "pad_to_multiple_of": ">0", "labels_per_class": ">=0",
-        "shuffle_block": ">0"
-    }  # checked by config.parse
-    train_file: str = ""  # a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+class TextClsData(SplitData, StreamingData, SkipBadSamples):
+    """train_file: a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
+    (streaming: records shuffled and length-bucketed together per shuffle_block)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"max_length": ">0", "pad_to_multiple_of": ">0",
+                                        "labels_per_class": ">=0"}  # with SplitData's: checked by config.parse
     text_column: str = "text"
     label_column: str = "label"
-    eval_fraction: float = 0.1
     max_length: int = 128
     labels: list[str] = field(default_factory=list)  # empty: learned from the training file
     labels_per_class: int = 0  # > 0: few-shot, train on K seeded rows per class of the training split
-    skip_bad_samples: bool = False
     pad_to_multiple_of: int = 1
     augment: TextAugment = field(default_factory=TextAugment)  # token noise on training samples (off by default)
-    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
-    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
-    shuffle_block: int = 1000  # streaming: records shuffled (and length-bucketed) together
     rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional
 import numpy as np
 import torch
 
-from mm_ptft.config import RunConfig
+from mm_ptft.config import RunConfig, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.data.shards import column_batches
@@ -27,21 +27,16 @@ from mm_ptft.types import LABELS, TEXT
 
 
 @dataclass
-class TextRegData:
-    RANGES: ClassVar[dict[str, str]] = {
-        "eval_fraction": "(0,1)", "max_length": ">0", "shuffle_block": ">0"
-    }  # checked by config.parse
-    train_file: str = ""  # a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+class TextRegData(SplitData, StreamingData):
+    """train_file: a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
+    (streaming: records shuffled and length-bucketed together per shuffle_block)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"max_length": ">0"}  # with SplitData's: checked by config.parse
     text_column: str = "text"
     target_column: str = "score"
-    eval_fraction: float = 0.1
     max_length: int = 128
     target_mean: Optional[float] = None  # None: learned from the training file (saved with the run)
     target_std: Optional[float] = None
-    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
-    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
-    shuffle_block: int = 1000  # streaming: records shuffled (and length-bucketed) together
 
 
 @dataclass

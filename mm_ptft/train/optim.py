@@ -182,7 +182,7 @@ def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig, device: 
         raise ConfigError(f"optim.name={cfg.name!r}; choose one of: {OPTIMIZERS.choices()}")
     # Fused Adam(W) kernels exist for CPU and CUDA (2-3x faster optimizer steps on CPU here).
     fused = cfg.fused if cfg.fused is not None else device.type in ("cpu", "cuda")
-    return OPTIMIZERS.get(cfg.name)(list(groups), cfg, fused, device)
+    return OPTIMIZERS.get(cfg.name, "optim")(list(groups), cfg, fused, device)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int):
@@ -193,4 +193,4 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, total_steps: i
     if 0 < total_steps <= cfg.warmup_steps:
         warnings.warn(f"sched.warmup_steps={cfg.warmup_steps} >= the run's {total_steps} optimizer steps: the learning "
                       f"rate never finishes warming up", stacklevel=2)
-    return SCHEDULERS.get(cfg.name)(opt, cfg.warmup_steps, max(total_steps, 1), cfg=cfg)
+    return SCHEDULERS.get(cfg.name, "sched")(opt, cfg.warmup_steps, max(total_steps, 1), cfg=cfg)

@@ -119,3 +119,96 @@ def test_an_encoder_directory_cannot_turn_remote_code_on(tmp_path):
     with untrusted_source("runs/received"):  # inside a loaded run too: nothing asks for remote code, nothing runs
         build_encoder(TEXT_ENCODERS, {"name": "hf", "name_or_path": str(tmp_path / "enc")}, "model.text")
     assert not marker.exists()
+
+
+# ---- a user's own component from YAML: ``name: module.path:builder`` -------------------------------------------
+
+USER_ENCODER = '''"""A user's own text encoder, outside mm_ptft: the masked mean of token embeddings."""
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mm_ptft.encoders.text import TextEncoder, load_tokenizer
+from mm_ptft.types import TEXT, TEXT_MASK, EncoderOutput
+
+Path(__file__).with_name("imported.txt").write_text("the user's module ran")
+
+
+class BagOfEmbeddings(TextEncoder):
+    def __init__(self, tokenizer, dim: int, max_length: int) -> None:
+        super().__init__()
+        self.tokenizer, self.max_length, self.out_dim = tokenizer, max_length, dim
+        self.embed = nn.Embedding(len(tokenizer), dim, padding_idx=tokenizer.pad_token_id)
+
+    def forward(self, batch):
+        ids, mask = batch[TEXT], batch[TEXT_MASK].bool()  # (B, L)
+        x = self.embed(ids)  # (B, L, D)
+        m = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        return EncoderOutput((x * m).sum(1) / m.sum(1).clamp(min=1), x, mask)  # pooled (B, D)
+
+
+def bag_of_embeddings(dim: int = 32, max_length: int = 64, vocab_size: int = 500,
+                      tokenizer: Optional[str] = None, corpus=None) -> BagOfEmbeddings:
+    return BagOfEmbeddings(load_tokenizer(tokenizer, corpus, vocab_size, "model.text"), dim, max_length)
+'''
+
+
+@pytest.fixture(scope="module")
+def user_component_run(tmp_path_factory, topics_data) -> tuple[Path, Path, Path]:
+    """(a run trained from YAML with a text encoder from a module outside the package, copied elsewhere; the
+    module's folder; the marker its import writes). The module stays importable (on sys.path) throughout, so
+    only the refusal can keep it from running."""
+    pkg = tmp_path_factory.mktemp("user_pkg")
+    (pkg / "my_text_encoder.py").write_text(USER_ENCODER)
+    sys.path.insert(0, str(pkg))
+    root = tmp_path_factory.mktemp("user_run")
+    (root / "tiny.yaml").write_text(Path(TEXT_TINY).read_text().replace(
+        "name: hf ", "name: my_text_encoder:bag_of_embeddings  #").replace("pooling: mean", "dim: 32")
+        .replace("    vocab_size: 1000\n", "").replace(
+        "    config: {model_type: bert, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4,\n"
+        "             intermediate_size: 128, max_position_embeddings: 128}\n", ""))
+    trained = root / "trained"
+    metrics = train(load_config(root / "tiny.yaml", [
+        f"output_dir={trained}", f"data.train_file={topics_data['train_file']}", "data.generate=null",
+        f"data.eval_file={topics_data['eval_file']}", "train.epochs=4", "train.report=false", "optim.lr=0.05"]))
+    received = root / "received"
+    import shutil
+
+    shutil.copytree(trained, received)
+    shutil.rmtree(trained)  # a run received from elsewhere: the place it was trained is gone
+    yield received, pkg, metrics
+    sys.path.remove(str(pkg))
+
+
+def test_a_users_builder_outside_the_package_trains_from_yaml(user_component_run):
+    """The YAML names ``my_text_encoder:bag_of_embeddings``; it trains, evaluates above chance (4 topics: 0.25)
+    and the run records the dotted name as the encoder's spec."""
+    run, pkg, metrics = user_component_run
+    assert (pkg / "imported.txt").exists()  # the user's module was imported by the registry
+    assert metrics["accuracy"] > 0.25 + 0.4, metrics
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["text"]["name"] == "my_text_encoder:bag_of_embeddings"
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "a goal for the team"], ["eval", "{run}"]])
+def test_a_received_run_cannot_import_the_code_its_config_names(user_component_run, capsys, command):
+    run, pkg, _ = user_component_run
+    sys.modules.pop("my_text_encoder", None)
+    (pkg / "imported.txt").unlink(missing_ok=True)
+    assert main([a.format(run=run) for a in command]) == 2
+    err = capsys.readouterr().err
+    assert "model.text.name='my_text_encoder:bag_of_embeddings'" in err and str(run) in err
+    assert "--trust-remote-code" in err
+    assert not (pkg / "imported.txt").exists() and "my_text_encoder" not in sys.modules  # none of its code ran
+
+
+def test_with_the_flag_a_received_run_uses_the_users_builder(user_component_run, capsys):
+    run, pkg, _ = user_component_run
+    sys.modules.pop("my_text_encoder", None)
+    (pkg / "imported.txt").unlink(missing_ok=True)
+    assert main(["predict", "--trust-remote-code", str(run), "a goal for the team"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["label"] in {"cooking", "finance", "space", "sports"}
+    assert (pkg / "imported.txt").exists()  # the flag, and only the flag, let the module run
