@@ -5,12 +5,13 @@ import shutil
 import pytest
 import torch
 
-from mm_ptft.check_data import check_data
+from mm_ptft.run.check_data import check_data
 from mm_ptft.run import load_config
 from mm_ptft.tasks import common
 from mm_ptft.tasks.text_classification import TextClassification
 from mm_ptft.tasks.text_regression import TextRegression
-from mm_ptft.train.trainer import Trainer, seed_everything
+from mm_ptft.train.rng import seed_everything
+from mm_ptft.train.trainer import Trainer
 
 
 from mm_paths import TEXT_TINY
