@@ -98,6 +98,8 @@ def cmd_check_data(ns: argparse.Namespace) -> int:
     report = check_data(ns.config, ns.overrides)
     print("usable samples: " + ", ".join(f"{split} {n}" for split, n in report["samples"].items()))
     print("counts: " + (", ".join(f"{k}={v}" for k, v in sorted(report["counts"].items())) or "no problems"))
+    if "cache" in report:
+        print(report["cache"]["describe"])
     bad = problems(report)
     if bad:
         print(f"{bad} bad sample(s) (training skips them with data.skip_bad_samples=true, or stops at the first)")

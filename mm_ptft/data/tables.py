@@ -13,6 +13,8 @@ import os
 import re
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 ROW = "__row__"
 _WHOLE_FLOAT = re.compile(r"^(-?\d+)\.0+$")
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -49,7 +51,7 @@ def load_table(path: str, key: str = "data.train_file"):
         raise DataError(f"{key}={path}: the file has no rows")
     # The file's own row numbers (0-based, header excluded) survive shuffles and splits, so errors
     # can point at the row a user can find.
-    return ds.add_column(ROW, list(range(len(ds))))
+    return ds.add_column(ROW, np.arange(len(ds)))
 
 
 def csv_header(path: str, key: str, delimiter: str, lenient: bool = True) -> list[str]:

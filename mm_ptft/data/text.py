@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ class Records(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.items[i]
+
+    def iter_items(self) -> Iterator[dict[str, Any]]:
+        return iter(self.items)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, skip_bad: bool,
@@ -165,7 +168,7 @@ class AugmentedText(Dataset):
 
     def count(self) -> int:
         """Samples the augmentation applies to each epoch (those with an ordinary token), for the data log."""
-        return sum(self.augmenter.eligible(it[TEXT]) for it in self.base.items)
+        return sum(self.augmenter.eligible(it[TEXT]) for it in self.base.iter_items())
 
 
 class FollowEpoch(Callback):

@@ -34,9 +34,20 @@ def _read_all(data: Any, counters: dict[str, int]) -> int:
     return n
 
 
+def cache_of(*datasets: Any) -> Optional[dict[str, Any]]:
+    """The preprocessing-cache entry map-style tables came from (state hit/miss/rebuilt/off, path, bytes), if any."""
+    for data in datasets:
+        status = getattr(getattr(data, "base", data), "cache", None)
+        if status is not None:
+            return {"state": status.state, "path": status.path, "size_bytes": status.size_bytes,
+                    "describe": status.describe()}
+    return None
+
+
 def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """{"samples": {split: usable samples}, "counts": {problem: n}}: every training and eval sample read once;
-    the counts are over both splits (what preparing counted, plus what reading the streams counted)."""
+    """{"samples": {split: usable samples}, "counts": {problem: n}} and, for map-style tables, "cache" (``cache_of``):
+    every training and eval sample read once; the counts are over both splits (what preparing counted, plus what
+    reading the streams counted)."""
     cfg = load_config(config, [*overrides, "data.skip_bad_samples=true"])
     if getattr(cfg.data, "decode_on", "worker") == "device":
         cfg.data.decode_on = "worker"  # decode every image in full here: the device stage would meet them in training
@@ -44,7 +55,8 @@ def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     counts: dict[str, int] = dict(prepared.counters)
     samples = {split: _read_all(data, counts) for split, data in (("train", prepared.train_data),
                                                                     ("eval", prepared.eval_data)) if data is not None}
-    return {"samples": samples, "counts": counts}
+    cache = cache_of(prepared.train_data, prepared.eval_data)
+    return {"samples": samples, "counts": counts, **({"cache": cache} if cache else {})}
 
 
 def problems(report: dict[str, Any]) -> Optional[int]:

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
+from mm_ptft.data.table_cache import unique_values
 from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, per_class_sample, require_columns, \
     resolve_eval
 from mm_ptft.encoders.base import untrusted_source
@@ -54,7 +55,8 @@ def learn_labels(data: Any, table: Any) -> LabelMap:
     if not data.labels:
         if table is None:
             raise ValueError("data.labels is empty and there is no data.train_file to learn them from")
-        learned = LabelMap.from_values(table[data.label_column], f"{data.train_file}: column {data.label_column!r}")
+        learned = LabelMap.from_values(unique_values(table, data.label_column),
+                                       f"{data.train_file}: column {data.label_column!r}")
         if len(learned) < 2:
             raise DataError(f"{data.train_file}: column {data.label_column!r} holds {len(learned)} distinct label(s) "
                             f"{learned.names}: classification needs at least two (or list the classes in data.labels)")

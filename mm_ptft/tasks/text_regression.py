@@ -14,20 +14,22 @@ import torch
 
 from mm_ptft.config import RunConfig, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.text import Records, TextCollator, TextRow, lengths_of, text_length, tokenize
+from mm_ptft.data.table_cache import CacheFields, features, tokenizer_identity
+from mm_ptft.data.tables import DataError, column, require_columns, rows_of
+from mm_ptft.data.text import TextCollator, TextRow, text_length, tokenize
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.regression import RegressionTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import learned_tokenizer, lengths, map_table, once, prepare_tables, split_counts
 from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 from mm_ptft.types import LABELS, TEXT
 
 
 @dataclass
-class TextRegData(SplitData, StreamingData):
+class TextRegData(SplitData, StreamingData, CacheFields):
     """train_file: a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
     (streaming: records shuffled and length-bucketed together per shuffle_block)."""
 
@@ -75,32 +77,56 @@ def _targets(ds: Any, d: TextRegData, where: str) -> list[float]:
     return [parse(v, where, row) for row, v in zip(rows, column(ds, d.target_column))]
 
 
-def _records(ds: Any, d: TextRegData, tokenizer: Any, where: str, max_len: int, counters: dict[str, int]) -> Records:
-    require_columns(ds, [d.text_column, d.target_column], where)
-    ids, kept = tokenize(tokenizer, column(ds, d.text_column), max_len, where, False, counters, rows_of(ds))
-    y = _targets(ds, d, where)
-    return Records([{TEXT: i, LABELS: y[r]} for i, r in zip(ids, kept)])
+def _encode(d: TextRegData, tokenizer: Any, where: str, max_len: int,
+            counters: dict[str, int]) -> Callable[[dict[str, list], list[int]], dict[str, list]]:
+    """A batch of rows → token ids and finite targets (``_finite``; rows named as in the file)."""
+    parse = _finite(d.target_column)
+
+    def fn(batch: dict[str, list], rows: list[int]) -> dict[str, list]:
+        ids, kept = tokenize(tokenizer, batch[d.text_column], max_len, where, False, counters, rows)
+        y = [parse(v, where, row) for row, v in zip(rows, batch[d.target_column])]
+        return {TEXT: ids, LABELS: [y[r] for r in kept]}
+
+    return fn
 
 
 def prepare(cfg: TextRegressionConfig, train: bool = True) -> Prepared:
-    """Load data, learn the target scale (and a tokenizer if needed), build the encoder and head."""
+    """Learn the target scale (and a tokenizer if needed), build the encoder and head; the tokenised tables come
+    from the preprocessing cache (``tasks/cached_tables.py``) when the same data was prepared the same way before."""
     d = cfg.data
     if d.streaming:
         return _prepare_stream(cfg, train)
-    train_ds, eval_ds = load_splits(cfg, train, learn=d.target_mean is None)
-    if d.target_mean is None:
-        if train_ds is None:
-            raise ValueError("data.target_mean is empty and there is no data.train_file to learn the target scale from")
-        y = _targets(train_ds, d, d.train_file)
-        d.target_mean, d.target_std = statistics.fmean(y), statistics.pstdev(y) or 1.0
-    corpus = [t for t in train_ds[d.text_column] if t] if train_ds is not None else None
-    encoder = build_encoder(TEXT_ENCODERS, cfg.model.text, "model.text", corpus=corpus)
-    save_tokenizer(cfg.model.text, encoder.tokenizer, cfg.output_dir)
+    given, learn = (d.target_mean, d.target_std), d.target_mean is None
+    raw = once(lambda: load_splits(cfg, train, learn=learn))
+    spec = cfg.model.text
+    corpus = [t for t in raw()[0][d.text_column] if t] if learned_tokenizer(spec) and raw()[0] is not None else None
+    encoder = build_encoder(TEXT_ENCODERS, spec, "model.text", corpus=corpus)
+    save_tokenizer(spec, encoder.tokenizer, cfg.output_dir)
+    max_len = min(d.max_length, encoder.max_length)
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        (train_ds, eval_ds), counts, tables = raw(), {}, {}
+        if d.target_mean is None:
+            if train_ds is None:
+                raise ValueError("data.target_mean is empty and there is no data.train_file to learn the target scale "
+                                 "from")
+            y = _targets(train_ds, d, d.train_file)
+            d.target_mean, d.target_std = statistics.fmean(y), statistics.pstdev(y) or 1.0
+        for split, ds, where in (("train", train_ds if train else None, d.train_file), ("eval", eval_ds, eval_name(d))):
+            if ds is not None:
+                require_columns(ds, [d.text_column, d.target_column], where)
+                tables[split] = map_table(ds, _encode(d, encoder.tokenizer, where, max_len, counts), cache, split,
+                                          features({TEXT: "int32[]", LABELS: "float64"}))
+        return tables, {"target_mean": d.target_mean, "target_std": d.target_std, "counters": counts}
+
+    settings = {"recipe": "text_regression", "text_column": d.text_column, "target_column": d.target_column,
+                "target_scale": given, "max_length": max_len, "tokenizer": tokenizer_identity(encoder.tokenizer)}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    d.target_mean, d.target_std, counters = info["target_mean"], info["target_std"], {}
+    split_counts(info, counters)
     task = RegressionTask(encoder, cfg.model.dropout, d.target_mean, d.target_std)
-    max_len, counters = min(d.max_length, encoder.max_length), {}
-    tr = _records(train_ds, d, encoder.tokenizer, d.train_file, max_len, counters) if train_ds and train else None
-    ev = _records(eval_ds, d, encoder.tokenizer, eval_name(d), max_len, counters) if eval_ds is not None else None
-    return Prepared(task, tr, ev, TextCollator(encoder.tokenizer.pad_token_id), lengths_of(tr), lengths_of(ev),
+    tr, ev = tables.get("train"), tables.get("eval")
+    return Prepared(task, tr, ev, TextCollator(encoder.tokenizer.pad_token_id), lengths(tr, TEXT), lengths(ev, TEXT),
                     counters)
 
 

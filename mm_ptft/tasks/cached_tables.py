@@ -1,0 +1,72 @@
+"""The map-style table path of recipes, through the preprocessing cache (``data/table_cache.py``).
+
+A recipe gives what its preprocessed rows depend on (``settings``) and how to build them from the raw tables
+(``build``); ``prepare_tables`` returns memory-mapped ``ArrowRecords`` per split and what preparing learned (labels,
+counts, target scale), from the cache entry when one matches, else by building and writing it. The raw tables are
+read only on a miss, or when a vocabulary must be learned from their texts."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Optional
+
+from mm_ptft.data.table_cache import ArrowRecords, CacheStatus, TableCache, cache_key, cached, default_root
+from mm_ptft.data.tables import ROW
+from mm_ptft.tasks.common import needs_train_file, resolve_files
+
+Raw = Callable[[], tuple]  # () -> (train table, eval table, ...), read once
+
+
+def learned_tokenizer(spec: Mapping[str, Any]) -> bool:
+    """Whether the text encoder ``spec`` learns its vocabulary from the training texts (as ``save_tokenizer``)."""
+    return not (spec.get("tokenizer") or spec.get("name_or_path"))
+
+
+def once(load: Raw) -> Raw:
+    """``load`` run at most once (the raw tables are read on the first call that needs them)."""
+    return functools.lru_cache(maxsize=None)(load)
+
+
+def table_cache(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any]) -> TableCache:
+    """The cache entry of ``cfg.data``'s files preprocessed with ``settings`` (generated files resolved first)."""
+    d = cfg.data
+    resolve_files(d, cfg.output_dir)
+    files = [f for f in (d.train_file if needs_train_file(d, train, learn) else "", d.eval_file) if f]
+    off = "data.cache=false" if not getattr(d, "cache", True) else \
+        "data.rehearsal mixes in another task's rows" if getattr(d, "rehearsal", None) is not None else ""
+    key = cache_key(files, {**settings, "seed": cfg.seed, "train": train, "eval_fraction": d.eval_fraction}) \
+        if files and not off else ""
+    return TableCache(default_root(files, getattr(d, "cache_dir", "")), key, enabled=bool(key), reason=off)
+
+
+def map_table(table: Any, fn: Callable[[dict[str, list], list[int]], dict[str, list]], cache: TableCache, split: str,
+              features: Any) -> Any:
+    """``fn`` over ``table`` in batches (rows named by the file's ``ROW`` numbers, else positions) written to the
+    cache entry's ``split`` file, or kept in memory when the cache is off."""
+    path = cache.file_for(split)
+
+    def call(batch: dict[str, list], idx: list[int]) -> dict[str, list]:
+        return fn(batch, batch[ROW] if ROW in batch else idx)
+
+    return table.map(call, batched=True, batch_size=1000, with_indices=True, remove_columns=table.column_names,
+                     features=features, cache_file_name=path, keep_in_memory=path is None, load_from_cache_file=False,
+                     new_fingerprint=f"{cache.key or 'mem'}-{split}")
+
+
+def prepare_tables(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any],
+                   build: Callable[[TableCache], tuple[dict[str, Any], dict[str, Any]]]
+                   ) -> tuple[dict[str, ArrowRecords], dict[str, Any], CacheStatus]:
+    """({split: ArrowRecords}, info, status) of the cache entry for ``settings``: read when complete and intact,
+    else ``build(cache)`` (which maps the raw tables with ``map_table``) and sealed."""
+    cache = table_cache(cfg, train, learn, settings)
+    tables, info, status = cached(cache, build)
+    return {split: ArrowRecords(t, status) for split, t in tables.items()}, info, status
+
+
+def split_counts(info: Mapping[str, Any], counters: dict[str, int]) -> None:
+    """Add the counts preparing made (skips, truncations) that an entry keeps, so a hit logs what a miss logged."""
+    for k, v in info.get("counters", {}).items():
+        counters[k] = counters.get(k, 0) + int(v)
+
+
+def lengths(records: Optional[ArrowRecords], column: str) -> Optional[Any]:
+    return None if records is None else records.list_lengths(column)
