@@ -58,12 +58,17 @@ def _cols(d: SFTData) -> dict[str, str]:
     return {"prompt": d.prompt_column, "response": d.response_column, "messages": d.messages_column}
 
 
+def _require(ds: Any, d: SFTData, where: str) -> None:
+    if ds is not None and d.messages_column not in ds.column_names \
+            and not {d.prompt_column, d.response_column} <= set(ds.column_names):
+        raise DataError(f"{where}: needs columns {d.prompt_column!r} and {d.response_column!r}, or "
+                        f"{d.messages_column!r}; it has {ds.column_names} (set data.*_column to the right names)")
+
+
 def _records(ds: Any, cfg: CausalLMSFTConfig, tokenizer: Any, where: str, max_length: int,
              counters: dict[str, int]) -> Records:
     d = cfg.data
-    if d.messages_column not in ds.column_names and not {d.prompt_column, d.response_column} <= set(ds.column_names):
-        raise DataError(f"{where}: needs columns {d.prompt_column!r} and {d.response_column!r}, or "
-                        f"{d.messages_column!r}; it has {ds.column_names} (set data.*_column to the right names)")
+    _require(ds, d, where)
     return Records(sft_records(tokenizer, ds.to_list(), _cols(d), max_length, where, d.skip_bad_samples, counters,
                                d.truncate, rows_of(ds)))
 
@@ -104,6 +109,7 @@ def prepare(cfg: CausalLMSFTConfig, train: bool = True) -> Prepared:
     train_ds, eval_ds = load_splits(cfg, train, learn=not (cfg.model.lm.get("tokenizer")
                                                            or cfg.model.lm.get("name_or_path")))
     counters: dict[str, int] = {}
+    _require(train_ds, d, d.train_file)
     task, max_len = _task(cfg, _corpus(train_ds, d))
     tok = task.lm.tokenizer
     tr = _records(train_ds, cfg, tok, d.train_file, max_len, counters) if train_ds is not None and train else None
