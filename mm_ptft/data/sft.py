@@ -16,12 +16,11 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from mm_ptft.data.tables import DataError
-from mm_ptft.types import LABELS, TEXT, TEXT_MASK
+from mm_ptft.types import IGNORE_INDEX as IGNORE, LABELS, POSITIONS, PROMPT, PROMPT_MASK, REFERENCE, TEXT, \
+    TEXT_MASK
 
-IGNORE = -100  # label of a token the loss skips (transformers' convention)
 ROLES = ("system", "user", "assistant")
 PLAIN_TEMPLATE = "### {Role}:\n{content}\n"  # one turn of the plain template; the prompt ends with "### Assistant:\n"
-POSITIONS, PROMPT, PROMPT_MASK, REFERENCE = "position_ids", "prompt", "prompt_mask", "reference"
 UNPACKED = "_unpacked"  # a sample key: collate this one padded even where training packs (evaluation samples)
 
 

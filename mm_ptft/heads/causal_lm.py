@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_ptft.contracts import GenerationConfig, Task
-from mm_ptft.data.sft import IGNORE, POSITIONS, PROMPT, PROMPT_MASK
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.metrics.generation import GENERATED, GenerationMetrics
-from mm_ptft.types import LABELS, TEXT, TEXT_MASK
+from mm_ptft.types import IGNORE_INDEX as IGNORE, LABELS, POSITIONS, PROMPT, PROMPT_MASK, TEXT, TEXT_MASK
 
 
 class CausalLM(nn.Module):

@@ -13,8 +13,9 @@ import torch
 from torchmetrics.aggregation import SumMetric
 from torchmetrics import MetricCollection
 
+from mm_ptft.types import REFERENCE
+
 GENERATED = "generated"  # eval output: list[str], one per sample
-REFERENCE = "reference"  # batch key: list[str] references
 
 
 def normalize(text: str) -> str:
@@ -60,4 +61,4 @@ class GenerationMetrics:
         return out
 
 
-__all__ = ["GENERATED", "GenerationMetrics", "REFERENCE", "normalize"]
+__all__ = ["GENERATED", "GenerationMetrics", "normalize"]

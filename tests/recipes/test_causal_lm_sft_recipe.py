@@ -1,10 +1,12 @@
 """Smoke test of recipes/causal_lm_sft/tiny.yaml through its train.py: a random-init tiny GPT-2 learns the generated
-add/copy pairs, its exact match at least 0.25 above the trivial baseline (answering with the prompt's operands,
-measured on the same eval file: about 0.5, right on the copy rows only)."""
+"add: 3 4" -> "7" pairs, its exact match at least 0.3 above the better trivial baseline measured on the same eval
+file: the training file's most frequent answer for every prompt (about 0.1), or the prompt's operands as they are
+(0 here)."""
 from __future__ import annotations
 
 import json
 import runpy
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,8 @@ def test_tiny_recipe_beats_the_copy_baseline(tmp_path):
 
     cfg = load_config(tmp_path / "config.yaml")
     rows = [json.loads(x) for x in Path(cfg.data.eval_file).read_text().splitlines()]
-    baseline = sum(copy_baseline(r["prompt"]) == r["response"] for r in rows) / len(rows)
-    assert 0.3 <= baseline <= 0.7
-    assert results["exact_match"] >= baseline + 0.25, (results, baseline)
+    train_rows = [json.loads(x) for x in Path(cfg.data.train_file).read_text().splitlines()]
+    majority = Counter(r["response"] for r in train_rows).most_common(1)[0][0]
+    baseline = max(sum(r["response"] == majority for r in rows), sum(copy_baseline(r["prompt"]) == r["response"]
+                                                                     for r in rows)) / len(rows)
+    assert results["exact_match"] >= baseline + 0.3, (results, baseline)
