@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
-import mm_ptft.data.generated_sft  # noqa: F401  (registers the sft_toy generator)
+import mm_ptft.data.generated.sft  # noqa: F401  (registers the sft_toy generator)
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
 from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, sft_length, sft_records

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mm_ptft.contracts import GenerationConfig
-from mm_ptft.data.generated_sft import toy_pair
+from mm_ptft.data.generated.sft import toy_pair
 from mm_ptft.data.sft import IGNORE, SFTCollator, sft_records
 from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
 

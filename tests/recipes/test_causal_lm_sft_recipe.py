@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mm_ptft.data.generated_sft import copy_baseline
+from mm_ptft.data.generated.sft import copy_baseline
 
 from mm_paths import ROOT
 

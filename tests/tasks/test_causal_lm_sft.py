@@ -55,7 +55,7 @@ def test_trains_evaluates_and_the_streamed_metrics_recompute(lora_run):
 def test_lora_adapters_train_alone_and_merge_into_the_hf_export(lora_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    from mm_ptft.hub import export_pretrained
+    from mm_ptft.run.hub import export_pretrained
 
     out, _ = lora_run
     cfg, prepared, _ = load_run(out)
