@@ -13,7 +13,7 @@ recipes can all depend on it without depending on each other."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -158,6 +158,48 @@ def on_device(collate: Any, batch: Any, device: torch.device) -> Any:
     return stage(batch, device) if stage is not None else batch
 
 
+GENERATION_STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclass
+class GenerationConfig:
+    """How a generative task decodes, in evaluation and in ``predict``: always through the model's own ``generate``,
+    at most ``max_new_tokens`` new tokens per sample. ``strategy``: greedy, beam (``num_beams``) or sample
+    (``temperature``, ``top_k``, ``top_p``; seeded by ``seed`` on every call, so eval and predict repeat)."""
+
+    RANGES: ClassVar[dict[str, str]] = {"max_new_tokens": ">0", "num_beams": ">0", "temperature": ">0",
+                                        "top_k": ">=0", "top_p": "(0,1]"}  # checked by config.parse
+    max_new_tokens: int = 32
+    strategy: str = "greedy"  # greedy | beam | sample
+    num_beams: int = 4
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0
+    seed: int = 0
+
+    def hf_kwargs(self, where: str = "generation") -> dict[str, Any]:
+        """The keyword arguments of transformers' ``generate`` for this strategy (ValueError naming the key)."""
+        if self.strategy not in GENERATION_STRATEGIES:
+            raise ValueError(f"{where}.strategy={self.strategy!r}; choose one of {list(GENERATION_STRATEGIES)}")
+        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.strategy == "sample",
+                               "num_beams": self.num_beams if self.strategy == "beam" else 1}
+        if self.strategy == "sample":
+            out.update(temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p)
+        return out
+
+
+@runtime_checkable
+class GenerativeTask(Protocol):
+    """A task that writes text. ``generate(batch, gen)`` decodes the batch's prompts (``gen`` bounds and picks the
+    decoding) and returns one string per sample, the prompt left out. In eval mode such a task's forward returns
+    ``{"loss", ..., "generated": list[str]}`` batch by batch, and its metrics consume the strings as they come
+    (per-sample scores summed on the fly): no logits are kept past their batch, so a big eval set is safe."""
+
+    generation: GenerationConfig
+
+    def generate(self, batch: Mapping[str, Any], gen: Optional[GenerationConfig] = None) -> list[str]: ...
+
+
 @dataclass
 class Prepared:
     """Everything a recipe hands the trainer."""
@@ -200,4 +242,4 @@ class BaseRecipe:
         return prepared.task, cfg
 
 
-__all__ = ["BaseRecipe", "Callback", "EncoderLike", "ExportSpec", "Metrics", "Prepared", "Recipe", "Task", "on_device"]
+__all__ = ["BaseRecipe", "Callback", "EncoderLike", "ExportSpec", "GenerationConfig", "GenerativeTask", "Metrics", "Prepared", "Recipe", "Task", "on_device"]

@@ -12,6 +12,10 @@ IMAGE = "image"
 AUDIO, AUDIO_LENGTHS = "audio", "audio_lengths"
 LABELS, TARGETS = "labels", "targets"
 LABEL_LENGTHS, TRANSCRIPTS = "label_lengths", "transcripts"  # CTC targets
+#: generative batches (data/sft.py, heads/causal_lm.py): packed rows' per-sample positions, the left-padded prompts a
+#: model generates from, the reference texts generation metrics compare with; IGNORE_INDEX labels no loss counts
+POSITIONS, PROMPT, PROMPT_MASK, REFERENCE = "position_ids", "prompt", "prompt_mask", "reference"
+IGNORE_INDEX = -100
 #: skip counts a streamed batch carries from the loader workers ({counter: n}); the trainer takes them off
 COUNTS = "_data_counts"
 #: modality → the batch keys its encoders read, in input order

@@ -56,15 +56,20 @@ def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, A
         model = task.export_hf()
     except NotImplementedError as err:
         raise ExportError(f"--format hf: {err} (--format mm_ptft writes any run for mm_ptft.from_pretrained)") from None
-    spec = export_spec(task)
     data = prepared.eval_data
     if data is None or len(data) == 0:
         raise ExportError("--format hf: the run has no evaluation data to check the transformers model against "
                           "(export with the run's data present)")
     batch = prepared.collate([data[i] for i in range(min(len(data), 16))])  # padded rows of different lengths
     batch = on_device(prepared.collate, batch, torch.device("cpu"))  # e.g. images decoded there
-    check = parity(task, model, spec, batch)
-    if not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
+    if hasattr(task, "hf_parity"):  # a generative task: same generated tokens (contracts.GenerativeTask)
+        check = task.hf_parity(model, batch)
+        if not check["ok"]:
+            raise ExportError(f"--format hf: {type(model).__name__} generates otherwise than the run on "
+                              f"{check['samples']} evaluation prompts (greedy); nothing written")
+    else:
+        check = parity(task, model, export_spec(task), batch)
+    if "max_abs_diff_prob" in check and not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
         raise ExportError(f"--format hf: {type(model).__name__} predicts otherwise than the run "
                           f"(max |Δprob| {check['max_abs_diff_prob']:.2e} on {check['samples']} evaluation samples); "
                           f"nothing written{_hints(task)}: export --format mm_ptft instead")
@@ -204,7 +209,8 @@ def from_pretrained(path: str | Path, trust_remote_code: bool = False) -> Pretra
 # ---- model card ---------------------------------------------------------------------------------------------
 
 PIPELINE = {"AutoModelForSequenceClassification": "text-classification",
-            "AutoModelForImageClassification": "image-classification", "AutoModelForCTC": "automatic-speech-recognition"}
+            "AutoModelForImageClassification": "image-classification", "AutoModelForCTC": "automatic-speech-recognition",
+            "AutoModelForCausalLM": "text-generation"}
 
 
 def data_cards(data: dict[str, Any], out: Path) -> list[str]:
@@ -267,7 +273,8 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     lines += ["", "## How to load", ""]
     if fmt == "hf":
         check = info["parity"]
-        pre = {"AutoModelForSequenceClassification": "AutoTokenizer"}.get(auto or "", "AutoProcessor")
+        pre = {"AutoModelForSequenceClassification": "AutoTokenizer",
+               "AutoModelForCausalLM": "AutoTokenizer"}.get(auto or "", "AutoProcessor")
         lines += ["```python", f"from transformers import {pre}, {auto or 'AutoModel'}", "",
                   f"model = {auto or 'AutoModel'}.from_pretrained(PATH_OR_REPO).eval()",
                   f"pre = {pre}.from_pretrained(PATH_OR_REPO)"]
@@ -282,9 +289,14 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
             "AutoModelForCTC": [
                 "inputs = pre(waveform, sampling_rate=pre.feature_extractor.sampling_rate, return_tensors=\"pt\")",
                 "print(pre.batch_decode(model(**inputs).logits.argmax(-1)))   # greedy CTC"],
+            "AutoModelForCausalLM": [  # the run's decoding is the directory's generation_config
+                "ids = pre(PROMPT, return_tensors=\"pt\")   # PROMPT: formatted as docs/generative.md says",
+                "print(pre.decode(model.generate(**ids)[0, ids[\"input_ids\"].shape[1]:], skip_special_tokens=True))"],
         }.get(auto or "", [])
         unit = "per-frame token" if auto == "AutoModelForCTC" else "class"
-        lines += ["```", "",
+        lines += ["```", ""]
+        lines += [f"Checked at export: `{hf_class}` generates the run's tokens (greedy) for {check['samples']} "
+                  f"evaluation prompts."] if "same_generated_tokens" in check else [
                   f"Checked at export: `{hf_class}` gives the run's {unit} probabilities within "
                   f"{check['max_abs_diff_prob']:.1e} (max |Δprob|, same argmax: {check['same_argmax']}) on "
                   f"{check['samples']} evaluation samples."]

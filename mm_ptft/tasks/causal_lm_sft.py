@@ -1,0 +1,165 @@
+"""Supervised fine-tuning (instruction tuning) of any causal LM on prompt/response rows or chat ``messages``
+(CSV/JSON/JSONL/parquet via HF datasets, or streamed shards); loss on the responses only, optional packing, LoRA via
+``finetune.strategy=lora``; eval: response perplexity and the generated text's exact match and ROUGE-L."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Optional
+
+import mm_ptft.data.generated.sft  # noqa: F401  (registers the sft_toy generator)
+from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.contracts import GenerationConfig, Prepared
+from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, sft_length, sft_records
+from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.tables import DataError, rows_of
+from mm_ptft.data.text import Records, lengths_of
+from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
+
+
+@dataclass
+class SFTData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0, 1)", "max_length": ">0", "shuffle_block": ">0",
+                                        "pad_to_multiple_of": ">0"}  # checked by config.parse
+    train_file: str = ""  # a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"  # a row with this column is a chat (list of {role, content})
+    eval_fraction: float = 0.1
+    max_length: int = 512  # prompt + response tokens; also the packed row length
+    truncate: str = "left"  # left: drop a long prompt's first tokens (counted); error: a DataError naming the row
+    packing: bool = False  # training samples laid end to end (attention kept inside each, or refused)
+    pad_to_multiple_of: int = 1
+    skip_bad_samples: bool = False
+    generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    streaming: bool = False  # read shards lazily (data bigger than memory); needs train.max_steps
+    shuffle_block: int = 1000
+
+
+@dataclass
+class SFTModel:
+    # {name_or_path | config: {model_type, ...}, tokenizer, vocab_size, attn_implementation, trust_remote_code}
+    lm: Dict[str, Any] = field(default_factory=lambda: {"config": {"model_type": "gpt2", "n_embd": 64,
+                                                                   "n_layer": 2, "n_head": 4}})
+
+
+@dataclass
+class CausalLMSFTConfig(RunConfig):
+    task: str = "causal_lm_sft"
+    data: SFTData = field(default_factory=SFTData)
+    model: SFTModel = field(default_factory=SFTModel)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+def _cols(d: SFTData) -> dict[str, str]:
+    return {"prompt": d.prompt_column, "response": d.response_column, "messages": d.messages_column}
+
+
+def _require(ds: Any, d: SFTData, where: str) -> None:
+    if ds is not None and d.messages_column not in ds.column_names \
+            and not {d.prompt_column, d.response_column} <= set(ds.column_names):
+        raise DataError(f"{where}: needs columns {d.prompt_column!r} and {d.response_column!r}, or "
+                        f"{d.messages_column!r}; it has {ds.column_names} (set data.*_column to the right names)")
+
+
+def _records(ds: Any, cfg: CausalLMSFTConfig, tokenizer: Any, where: str, max_length: int,
+             counters: dict[str, int]) -> Records:
+    d = cfg.data
+    _require(ds, d, where)
+    return Records(sft_records(tokenizer, ds.to_list(), _cols(d), max_length, where, d.skip_bad_samples, counters,
+                               d.truncate, rows_of(ds)))
+
+
+def _corpus(ds: Any, d: SFTData) -> Optional[list[str]]:
+    """Texts a random-init model's tokenizer learns its vocabulary from (prompts, responses, chat turns)."""
+    if ds is None:
+        return None
+    if d.messages_column in ds.column_names:
+        return [m["content"] for ms in ds[d.messages_column] for m in ms or [] if isinstance(m.get("content"), str)]
+    return [str(t) for c in (d.prompt_column, d.response_column) for t in ds[c] if t]
+
+
+def _check(cfg: CausalLMSFTConfig) -> None:
+    if cfg.data.truncate not in ("left", "error"):
+        raise ConfigError(f"bad value for config key 'data.truncate': {cfg.data.truncate!r}; choose left or error")
+    try:
+        cfg.generation.hf_kwargs()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _task(cfg: CausalLMSFTConfig, corpus: Optional[list[str]]) -> tuple[CausalLMTask, int]:
+    lm = build_causal_lm(cfg.model.lm, corpus, "model.lm")
+    if not cfg.model.lm.get("name_or_path"):
+        save_tokenizer(cfg.model.lm, lm.tokenizer, cfg.output_dir)
+    if cfg.data.packing:
+        check_packing(lm.model, "data.packing")
+    return CausalLMTask(lm, cfg.generation), min(cfg.data.max_length, lm.max_length)
+
+
+def prepare(cfg: CausalLMSFTConfig, train: bool = True) -> Prepared:
+    """Load the pairs or chats, build (or load) the causal LM and its tokenizer, tokenise with the prompt masked."""
+    _check(cfg)
+    d = cfg.data
+    if d.streaming:
+        return _prepare_stream(cfg, train)
+    train_ds, eval_ds = load_splits(cfg, train, learn=not (cfg.model.lm.get("tokenizer")
+                                                           or cfg.model.lm.get("name_or_path")))
+    counters: dict[str, int] = {}
+    _require(train_ds, d, d.train_file)
+    task, max_len = _task(cfg, _corpus(train_ds, d))
+    tok = task.lm.tokenizer
+    tr = _records(train_ds, cfg, tok, d.train_file, max_len, counters) if train_ds is not None and train else None
+    ev = _records(eval_ds, cfg, tok, eval_name(d), max_len, counters) if eval_ds is not None else None
+    for item in ev.items if ev is not None else ():
+        item[UNPACKED] = True  # evaluated padded, with its prompt to generate from
+    for name, part in (("training", tr), ("evaluation", ev)):
+        if part is not None and len(part) == 0:
+            raise DataError(f"no usable {name} samples left in {d.train_file or d.eval_file} "
+                            f"(skipped: {counters.get('skipped_bad_samples', 0)})")
+    collate = _collate(cfg, tok.pad_token_id, max_len, train)
+    return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
+
+
+def _collate(cfg: CausalLMSFTConfig, pad_id: int, max_len: int, train: bool) -> SFTCollator:
+    return SFTCollator(pad_id, cfg.data.packing and train, max_len, cfg.data.pad_to_multiple_of)
+
+
+def _prepare_stream(cfg: CausalLMSFTConfig, train: bool) -> Prepared:
+    """``data.streaming``: samples tokenised in the loader workers; a learned vocabulary reads the first records."""
+    d = cfg.data
+    S.unsupported(packing=d.packing)
+    shards = S.shards_of(cfg, train)
+    corpus = None
+    if train and not (cfg.model.lm.get("tokenizer") or cfg.model.lm.get("name_or_path")):
+        corpus = S.stream_corpus(shards[0], lambda r: " ".join(
+            [str(r.get(d.prompt_column) or ""), str(r.get(d.response_column) or "")]
+            + [m.get("content", "") for m in r.get(d.messages_column) or []]))
+    task, max_len = _task(cfg, corpus)
+    fn = SFTRow(task.lm.tokenizer, _cols(d), max_len, d.skip_bad_samples, d.truncate)
+    tr, ev = S.streams(cfg, shards, fn, train, length=sft_length)
+    collate = CountingCollate(SFTCollator(task.lm.tokenizer.pad_token_id, False, max_len, d.pad_to_multiple_of))
+    return Prepared(task, tr, ev, collate, None, None, {})
+
+
+def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+    """The response generated (``generation`` settings) for each prompt text or chat (list of messages)."""
+    from mm_ptft.data.sft import encode_chat, pad_rows, check_messages
+
+    task = prepared.task
+    tok = task.lm.tokenizer
+    prompts = []
+    for i, x in enumerate(inputs):
+        chat = x if isinstance(x, list) else [{"role": "user", "content": str(x)}]
+        msgs = check_messages([*chat, {"role": "assistant", "content": "-"}], "input", i)
+        prompts.append(encode_chat(tok, msgs)[0][-cfg.data.max_length:])
+    batch = {PROMPT: pad_rows(prompts, tok.pad_token_id, left=True),
+             PROMPT_MASK: pad_rows([[1] * len(p) for p in prompts], 0, left=True)}
+    texts = task.generate(batch)
+    return [{"input": x, "generated": t} for x, t in zip(inputs, texts)]
+
+
+CausalLMSFT = recipe(CausalLMSFTConfig, prepare, predict)
