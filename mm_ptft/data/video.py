@@ -302,19 +302,26 @@ def video_table(source: str, key: str, path_column: str, label_column: str) -> t
 # ------------------------------------------------------------------------------------ dataset/collate
 class VideoDataset(Dataset):
     """(path, label) pairs sampled, decoded and transformed on access; a file that became unreadable after the
-    scan is an error naming it, or (``skip_bad``) an item the collator drops."""
+    scan is an error naming it, or (``skip_bad``) an item the collator drops. In training the frame draws and
+    the crop are seeded by (seed, epoch, index), so a resumed run (which replays an epoch's remaining indices in
+    fresh workers) takes exactly the clips the uninterrupted one took; the epoch is read from
+    ``epoch_source.epoch`` (the trainer's batch sampler, attached by ``data.text.FollowEpoch``)."""
 
     def __init__(self, paths: Sequence[str], labels: Optional[Sequence[int]], transform: Callable,
-                 sampling: VideoSampling, train: bool, skip_bad: bool = False) -> None:
+                 sampling: VideoSampling, train: bool, skip_bad: bool = False, seed: int = 0) -> None:
         self.paths, self.labels, self.transform = list(paths), labels, transform
-        self.sampling, self.train, self.skip_bad = sampling, train, skip_bad
+        self.sampling, self.train, self.skip_bad, self.seed = sampling, train, skip_bad, seed
+        self.epoch_source: Any = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Optional[dict[str, Any]]:
+        from mm_ptft.data.stream import sample_seed
+
         try:
-            video, mask = make_clip(self.paths[i], self.sampling, self.transform, self.train)
+            with sample_seed(self.seed, int(getattr(self.epoch_source, "epoch", 0)), i):
+                video, mask = make_clip(self.paths[i], self.sampling, self.transform, self.train)
         except DataError:
             if not self.skip_bad:
                 raise
