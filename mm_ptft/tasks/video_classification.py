@@ -9,7 +9,7 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
-from mm_ptft.data import generated_video  # noqa: F401  (registers the moving_shapes generator)
+from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the moving_shapes generator)
 from mm_ptft.data.image import ImageAugment
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.tables import LabelMap, seeded_split

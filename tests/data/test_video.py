@@ -9,7 +9,7 @@ import torch
 
 av = pytest.importorskip("av")
 
-from mm_ptft.data.generated_video import CODECS, moving_clip, write_video  # noqa: E402
+from mm_ptft.data.generated.video import CODECS, moving_clip, write_video  # noqa: E402
 from mm_ptft.data.image import ImageAugment  # noqa: E402
 from mm_ptft.data.tables import DataError  # noqa: E402
 from mm_ptft.data.video import (VideoCollator, VideoDataset, VideoSampling, check_video, decode_frames,  # noqa: E402
