@@ -19,7 +19,7 @@ TESTED_PIP = "pip install " + " ".join(f"'{k}=={v}'" for k, v in TESTED.items())
 
 # Packages whose versions matter when a user reports a problem (distribution names).
 REPORTED = ("torch", "torchvision", "torchaudio", "transformers", "tokenizers", "timm", "open_clip_torch",
-            "datasets", "peft", "torchmetrics", "torchdata", "flashlight-text", "soundfile", "onnxruntime")
+            "datasets", "peft", "torchmetrics", "torchdata", "flashlight-text", "soundfile", "av", "onnxruntime")
 
 
 class EnvironmentProblem(RuntimeError):
@@ -240,6 +240,25 @@ def _soundfile() -> str:
     return f"libsndfile {soundfile.__libsndfile_version__}"
 
 
+def _pyav() -> str:
+    import io
+
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv444p"
+        frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), format="rgb24")
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    buf.seek(0)
+    with av.open(buf) as inp:
+        pixel = next(inp.decode(video=0)).to_ndarray(format="rgb24")[0, 0].tolist()
+    return f"FFmpeg {av.ffmpeg_version_info}; encodes and decodes a frame (pixel {pixel})"
+
+
 def _pycocotools() -> str:
     import numpy as np
     from pycocotools import mask
@@ -259,6 +278,7 @@ def compiled_checks() -> list[Check]:
               _run_check("flashlight-text CTC decoder", _ctc_decoder, dist="flashlight-text"),
               _run_check("soundfile", _soundfile, dist="soundfile"),
               _run_check("pycocotools", _pycocotools, dist="pycocotools"),
+              _run_check("PyAV (video extra)", _pyav, required=False, dist="av"),
               _run_check("onnxruntime (export extra)", _onnxruntime, required=False, dist="onnxruntime")]
     return checks
 

@@ -10,6 +10,7 @@ TEXT, TEXT_MASK = "text", "text_mask"
 TEXT_SEGMENTS = "text_segments"  # optional (B, L) segment ids of a sentence pair (BERT's token_type_ids)
 IMAGE = "image"
 AUDIO, AUDIO_LENGTHS = "audio", "audio_lengths"
+VIDEO, VIDEO_MASK = "video", "video_mask"  # (B, T, C, H, W) clips, (B, T) True where a frame is real
 LABELS, TARGETS = "labels", "targets"
 LABEL_LENGTHS, TRANSCRIPTS = "label_lengths", "transcripts"  # CTC targets
 #: generative batches (data/sft.py, heads/causal_lm.py): packed rows' per-sample positions, the left-padded prompts a
@@ -19,7 +20,8 @@ IGNORE_INDEX = -100
 #: skip counts a streamed batch carries from the loader workers ({counter: n}); the trainer takes them off
 COUNTS = "_data_counts"
 #: modality → the batch keys its encoders read, in input order
-INPUT_KEYS = {"text": (TEXT, TEXT_MASK), "image": (IMAGE,), "audio": (AUDIO, AUDIO_LENGTHS)}
+INPUT_KEYS = {"text": (TEXT, TEXT_MASK), "image": (IMAGE,), "audio": (AUDIO, AUDIO_LENGTHS),
+              "video": (VIDEO, VIDEO_MASK)}
 
 
 class EncoderOutput(NamedTuple):

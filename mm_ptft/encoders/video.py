@@ -1,0 +1,179 @@
+"""Video encoders (``model.video``): any transformers video model (VideoMAE, TimeSformer, ViViT, …) by hub id,
+directory or random-init config, and any image encoder of ``IMAGE_ENCODERS`` applied to each frame with a
+temporal pooling (``mean``, ``attention``, or a small temporal ``transformer``).
+
+Every video encoder reads ``batch["video"]`` (B, T, C, H, W) and ``batch["video_mask"]`` (B, T; True where a
+frame is real, padded frames False) and returns ``EncoderOutput(pooled (B, D), tokens, mask)``. It carries the
+``preprocess`` (size, mean, std) each frame must get, as image encoders do, and ``num_frames``: the clip length
+the architecture needs (None: any)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from mm_ptft.encoders.base import WEIGHT_SOURCE_KEYS, Encoder, HFBacked, build_encoder, hf_pretrained_rates, masked_mean, remote_code, \
+    set_hf_rates
+from mm_ptft.encoders.image import IMAGE_ENCODERS, Preprocess, _hf_preprocess
+from mm_ptft.registry import Registry
+from mm_ptft.types import VIDEO, VIDEO_MASK, EncoderOutput
+
+VIDEO_ENCODERS: Registry["VideoEncoder"] = Registry("video_encoder", record_spec=True)
+TEMPORAL_POOLING = ("mean", "attention", "transformer")
+
+
+class VideoEncoder(Encoder):
+    """Base of all video encoders: ``encode(video, mask)``."""
+
+    modality = "video"
+    preprocess: Preprocess
+    num_frames: Optional[int] = None  # clip length the architecture needs; None: any
+
+    def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
+        return self.encode(batch[VIDEO], batch.get(VIDEO_MASK))
+
+    def encode(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> EncoderOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def export_preprocessing(self, out: Any) -> dict[str, Any]:
+        return {**self.preprocess.to_dict(), "layout": "NTCHW float32 RGB", "num_frames": self.num_frames,
+                "steps": "sample num_frames frames, then per frame: resize to size / crop_pct, centre crop to size, "
+                         "scale to [0, 1], subtract mean, divide by std; video_mask (N, T) True for real frames"}
+
+
+# -------------------------------------------------------------------------------- per-frame image encoder
+class TemporalTransformer(nn.Module):
+    """A few pre-norm transformer layers over frame embeddings with learned time embeddings (order matters)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, max_frames: int) -> None:
+        super().__init__()
+        self.time = nn.Parameter(torch.zeros(1, max_frames, dim))
+        nn.init.trunc_normal_(self.time, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if frames.shape[1] > self.time.shape[1]:
+            raise ValueError(f"clip of {frames.shape[1]} frames: the temporal transformer holds at most "
+                             f"{self.time.shape[1]} (model.video.max_frames)")
+        x = frames + self.time[:, : frames.shape[1]]  # (B, T, D)
+        return self.norm(self.layers(x, src_key_padding_mask=~mask))  # (B, T, D)
+
+
+class FrameEncoder(VideoEncoder):
+    """An image encoder on every frame, (B*T, C, H, W) → (B, T, D) frame tokens, pooled over time."""
+
+    def __init__(self, image: Encoder, pooling: str, depth: int, heads: int, max_frames: int) -> None:
+        super().__init__()
+        if pooling not in TEMPORAL_POOLING:
+            raise ValueError(f"model.video.pooling={pooling!r}: choose one of {', '.join(TEMPORAL_POOLING)}")
+        self.image, self.pooling = image, pooling
+        self.preprocess, self.out_dim = image.preprocess, int(image.out_dim)
+        self.score = nn.Linear(self.out_dim, 1) if pooling == "attention" else None
+        self.temporal = TemporalTransformer(self.out_dim, depth, heads, max_frames) if pooling == "transformer" else None
+
+    def encode(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> EncoderOutput:
+        b, t = video.shape[:2]
+        mask = torch.ones(b, t, dtype=torch.bool, device=video.device) if mask is None else mask.bool()  # (B, T)
+        frames = self.image.encode(video.flatten(0, 1)).pooled.view(b, t, -1)  # (B, T, D)
+        if self.temporal is not None:
+            frames = self.temporal(frames, mask)  # (B, T, D)
+        if self.score is not None:
+            logits = self.score(frames).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, T)
+            pooled = (logits.softmax(-1).unsqueeze(-1) * frames).sum(1)  # (B, D)
+        else:
+            pooled = masked_mean(frames, mask)  # (B, D)
+        return EncoderOutput(pooled, frames, mask)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.image.set_grad_checkpointing(enabled)
+
+    def lora_targets(self) -> list[str]:
+        return self.image.lora_targets()
+
+    def save_pretrained(self, path: Any) -> None:
+        """The encoder directory, its frame encoder's weight-source options off (the weights are in it now)."""
+        image = {k: WEIGHT_SOURCE_KEYS.get(k, v) for k, v in dict(self.spec.get("image") or {}).items()}
+        self.spec = {**self.spec, "image": image}
+        super().save_pretrained(path)
+
+
+@VIDEO_ENCODERS.register("frames")
+def frames(image: Optional[dict[str, Any]] = None, pooling: str = "transformer", depth: int = 1, heads: int = 4,
+           max_frames: int = 64) -> FrameEncoder:
+    """Any ``model.image`` spec (``{name: timm, name_or_path: resnet18}``, ``tiny_cnn``, an encoder directory…)
+    applied per frame; ``pooling`` over time: ``mean`` (order-blind), ``attention`` (learned weights,
+    order-blind) or ``transformer`` (``depth`` layers with time embeddings up to ``max_frames``: order matters)."""
+    spec = dict(image or {"name": "tiny_cnn"})
+    return FrameEncoder(build_encoder(IMAGE_ENCODERS, spec, "model.video.image"), pooling, depth, heads, max_frames)
+
+
+# ------------------------------------------------------------------------------------- Hugging Face
+class HFVideoEncoder(HFBacked, VideoEncoder):
+    """A transformers video ``AutoModel`` (VideoMAE, TimeSformer, ViViT): ``pixel_values`` (B, T, C, H, W)."""
+
+    hf_heads = {"classification": "AutoModelForVideoClassification"}
+
+    def __init__(self, model: nn.Module, preprocess: Preprocess, processor: Any = None, pooling: str = "auto") -> None:
+        super().__init__()
+        if pooling not in ("auto", "cls", "mean"):
+            raise ValueError(f"model.video.pooling must be auto|cls|mean, got {pooling!r}")
+        cfg = model.config
+        # VideoMAE has no [CLS] token: its classifier averages the tokens (use_mean_pooling); the others pool [CLS]
+        auto = "mean" if getattr(cfg, "use_mean_pooling", False) or cfg.model_type == "videomae" else "cls"
+        self.model, self.preprocess, self.processor = model, preprocess, processor
+        self.pooling = auto if pooling == "auto" else pooling
+        self.out_dim = int(cfg.hidden_size)
+        self.num_frames = int(cfg.num_frames) if getattr(cfg, "num_frames", None) else None
+
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pixel_values": batch[VIDEO]}
+
+    def encode(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> EncoderOutput:
+        tokens = self.model(pixel_values=video).last_hidden_state  # (B, N, D)
+        pooled = tokens.mean(1) if self.pooling == "mean" else tokens[:, 0]  # (B, D)
+        return EncoderOutput(pooled, tokens)
+
+
+def _video_processor(name_or_path: str, trust: bool) -> Any:
+    """The model's saved video (or image) processor, or None (a bare model directory)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        from transformers import AutoVideoProcessor
+
+        return AutoVideoProcessor.from_pretrained(name_or_path, trust_remote_code=trust)
+    except (ImportError, OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@VIDEO_ENCODERS.register("hf")
+def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = None, pooling: str = "auto",
+       trust_remote_code: bool = False, dropout: Optional[float] = None, attention_dropout: Optional[float] = None,
+       drop_path: Optional[float] = None) -> HFVideoEncoder:
+    """Any transformers video ``AutoModel`` from a hub id or directory (``name_or_path``, e.g.
+    ``MCG-NJU/videomae-base``), or random-init from ``config`` (``{model_type: videomae, num_frames: 4, …}``);
+    preprocessing from its saved processor, else the config's ``image_size`` with ImageNet statistics."""
+    from transformers import AutoConfig, AutoModel
+
+    trust = remote_code(trust_remote_code, "model.video", name_or_path)
+    rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
+    if name_or_path:
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust,
+                                          **hf_pretrained_rates(name_or_path, trust, "model.video", **rates))
+        processor = _video_processor(name_or_path, trust)
+    elif config:
+        cfg = dict(config)
+        if "model_type" not in cfg:
+            raise ValueError("model.video.config needs model_type (e.g. videomae, timesformer, vivit)")
+        hf_cfg = set_hf_rates(AutoConfig.for_model(cfg.pop("model_type"), **cfg), "model.video", **rates)
+        model, processor = AutoModel.from_config(hf_cfg, trust_remote_code=trust), None
+    else:
+        raise ValueError("model.video (hf): give name_or_path (hub id or directory) or config (random init)")
+    return HFVideoEncoder(model, _hf_preprocess(processor, model.config), processor, pooling)

@@ -1,0 +1,129 @@
+"""Video classification: any video encoder (``model.video``: a transformers video model, or an image encoder per
+frame with temporal pooling) + a linear head, on tables or class folders of video files decoded with PyAV."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Optional
+
+import torch
+
+from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.contracts import Prepared
+from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the moving_shapes generator)
+from mm_ptft.data.image import ImageAugment
+from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.tables import LabelMap, seeded_split
+from mm_ptft.data.text import FollowEpoch
+from mm_ptft.data.video import VideoCollator, VideoDataset, VideoSampling, check_video, make_clip, video_table, \
+    video_transforms
+from mm_ptft.encoders.base import build_encoder
+from mm_ptft.encoders.video import VIDEO_ENCODERS, VideoEncoder
+from mm_ptft.heads.classification import ClassificationTask
+from mm_ptft.tasks import recipe
+from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
+from mm_ptft.types import VIDEO, VIDEO_MASK
+
+
+def _no_flip() -> ImageAugment:
+    # a horizontal flip turns "left" into "right": off unless a dataset's labels survive it
+    return ImageAugment(scale=[0.5, 1.0], hflip=0.0)
+
+
+@dataclass
+class VideoClsData:
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
+    # CSV/TSV/JSON/JSONL/parquet with video paths (relative to the file), or a folder with a sub-folder per class
+    train_file: str = ""
+    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+    path_column: str = "path"
+    label_column: str = "label"
+    eval_fraction: float = 0.1
+    labels: list[str] = field(default_factory=list)  # empty: learned from the training data
+    skip_bad_samples: bool = False
+    verify_videos: bool = True  # decode every file once at load time (finds corrupt/truncated files early)
+    sampling: VideoSampling = field(default_factory=VideoSampling)
+    augment: ImageAugment = field(default_factory=_no_flip)  # one crop/flip/colour draw per clip
+    generate: Optional[Dict[str, Any]] = None  # {name: moving_shapes, ...}: generated data
+
+
+@dataclass
+class VideoClsModel:
+    RANGES: ClassVar[dict[str, str]] = {"dropout": "[0, 1)", "label_smoothing": "[0, 1)"}  # checked by config.parse
+    video: Dict[str, Any] = field(default_factory=lambda: {"name": "frames", "image": {"name": "tiny_cnn"}})
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class VideoClassificationConfig(RunConfig):
+    task: str = "video_classification"
+    data: VideoClsData = field(default_factory=VideoClsData)
+    model: VideoClsModel = field(default_factory=VideoClsModel)
+
+
+def check_frames(encoder: VideoEncoder, sampling: VideoSampling) -> None:
+    """A fixed-length architecture must get clips of its length (a ConfigError naming both keys otherwise)."""
+    if encoder.num_frames is not None and encoder.num_frames != sampling.num_frames:
+        raise ConfigError(f"data.sampling.num_frames={sampling.num_frames}, but model.video takes clips of "
+                          f"{encoder.num_frames} frames (its config's num_frames): set one to the other")
+
+
+def _tables(cfg: VideoClassificationConfig, train: bool) -> tuple[Optional[tuple], Optional[tuple]]:
+    """(paths, raw labels) of the training and evaluation data (a seeded split without ``data.eval_file``)."""
+    d = cfg.data
+    tr = ev = None
+    if needs_train_file(d, train, learn=not d.labels):
+        tr = video_table(d.train_file, "data.train_file", d.path_column, d.label_column)
+    if d.eval_file:
+        ev = video_table(d.eval_file, "data.eval_file", d.path_column, d.label_column)
+    elif tr is not None:
+        keep, held = seeded_split(tr[0], d.eval_fraction, cfg.seed)
+        tr, ev = ([tr[0][i] for i in keep], [tr[1][i] for i in keep]), ([tr[0][i] for i in held], [tr[1][i] for i in held])
+    return tr, ev
+
+
+def _dataset(table: Optional[tuple], labels: LabelMap, cfg: VideoClassificationConfig, pre: Any, train: bool,
+             where: str, counters: dict[str, int]) -> Optional[VideoDataset]:
+    if table is None:
+        return None
+    d = cfg.data
+    paths, raw = table
+    kept = [i for i, p in enumerate(paths) if check_video(i, p, where, d.skip_bad_samples, counters,
+                                                          d.verify_videos, d.sampling.max_pixels)]
+    y = labels.encode([raw[i] for i in kept], where, kept)
+    return VideoDataset([paths[i] for i in kept], y, video_transforms(pre, d.augment, train), d.sampling, train,
+                        d.skip_bad_samples, cfg.seed)
+
+
+def prepare(cfg: VideoClassificationConfig, train: bool = True) -> Prepared:
+    """Scan the video tables, learn labels, build the encoder (its preprocessing and clip length) and the head."""
+    d = cfg.data
+    d.sampling.check()
+    resolve_files(d, cfg.output_dir)
+    tr, ev = _tables(cfg, train)
+    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
+    encoder = build_encoder(VIDEO_ENCODERS, cfg.model.video, "model.video")
+    check_frames(encoder, d.sampling)
+    task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
+    counters: dict[str, int] = {}
+    train_ds = _dataset(tr, labels, cfg, encoder.preprocess, True, d.train_file, counters) if train else None
+    eval_ds = _dataset(ev, labels, cfg, encoder.preprocess, False, eval_name(d), counters)
+    callbacks = [FollowEpoch(train_ds)] if train_ds is not None else []  # clips seeded by (seed, epoch, index)
+    return Prepared(task, train_ds, eval_ds, CountingCollate(VideoCollator()), counters=counters, callbacks=callbacks)
+
+
+def predict(cfg: VideoClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
+    """Label and per-class scores for each video file (the evaluation sampling: centred, fixed)."""
+    task = prepared.task
+    transform = video_transforms(task.encoder.preprocess, cfg.data.augment, train=False)
+    clips = [make_clip(p, cfg.data.sampling, transform, train=False) for p in paths]
+    device = next(task.parameters()).device
+    batch = {VIDEO: torch.stack([c[0] for c in clips]).to(device),  # (B, T, 3, H, W)
+             VIDEO_MASK: torch.stack([c[1] for c in clips]).to(device)}  # (B, T)
+    probs = torch.softmax(task(batch)["logits"].float(), -1)  # (B, C)
+    names = cfg.data.labels
+    return [{"path": p, "label": names[int(q.argmax())], "scores": {n: float(s) for n, s in zip(names, q)}}
+            for p, q in zip(paths, probs)]
+
+
+VideoClassification = recipe(VideoClassificationConfig, prepare, predict)
