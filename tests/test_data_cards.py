@@ -22,7 +22,7 @@ def test_card_fields(card):
     for key, typ in REQUIRED.items():
         assert isinstance(meta.get(key), typ), f"{card.name}: '{key}' must be a {typ.__name__}"
     assert meta["name"] == card.stem
-    assert set(meta["modalities"]) <= {"text", "image", "audio"}
+    assert set(meta["modalities"]) <= {"text", "image", "audio", "video"}
     for recipe in meta["recipes"]:
         assert (ROOT / "recipes" / recipe).is_dir(), f"{card.name}: unknown recipe {recipe}"
     assert set(meta["expected_metrics"]) <= set(meta["recipes"])
