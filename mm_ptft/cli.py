@@ -231,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--method", choices=["prototype", "linear_probe"], default="prototype")
     fs.add_argument("--episodes", type=int, default=10)
     fs.add_argument("--seed", type=int, default=0)
-    fs.add_argument("--column", default=None, help="the input column (default: caption / image / audio by modality)")
-    fs.add_argument("--label-column", default="label")
+    fs.add_argument("--column", default=None, help="the input column (default: the run's data.<modality>_column, "
+                                                   "else caption / image / audio by modality)")
+    fs.add_argument("--label-column", default=None, help="the class column (default: the run's data.label_column, "
+                                                         "else label)")
     fs.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda | cuda:N")
     _trust_flag(fs)
     fs.set_defaults(fn=cmd_fewshot)

@@ -101,11 +101,13 @@ def _bad_json_line(path: str) -> str:
     return ""
 
 
-def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
+def require_columns(ds: Any, columns: Sequence[str], path: str,
+                    hint: str = "set data.*_column to the right names") -> None:
+    """A DataError naming the missing columns, the file's own and ``hint`` (how to name the right ones)."""
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the file has {[c for c in ds.column_names if c != ROW]} "
-                        f"(set data.*_column to the right names)")
+                        f"({hint})")
 
 
 def column(ds: Any, name: str) -> list[Any]:
