@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, open_clip_model, release_freed_memory, \
-    remote_code, set_hf_rates, timm_rate_error, timm_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_config, hf_pretrained_rates, open_clip_model, \
+    release_freed_memory, remote_code, set_hf_rates, timm_rate_error, timm_rates, unexpected_option
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -197,7 +197,10 @@ def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: s
         model = timm.create_model(name_or_path, pretrained=pretrained, num_classes=0,
                                   checkpoint_path=checkpoint_path or "", **kwargs)
     except TypeError as err:
-        raise timm_rate_error(err, "model.image", **rates) or err from None
+        named = {"img_size": "model.image.img_size", "drop_path_rate": "model.image.drop_path_rate",
+                 **{k: f"model.image.model_kwargs.{k}" for k in model_kwargs or {}}}
+        raise timm_rate_error(err, "model.image", **rates) or unexpected_option(err, "model.image", named) or err \
+            from None
     data_cfg = timm.data.resolve_data_config({}, model=model)
     pre = Preprocess.make(img_size or data_cfg["input_size"], data_cfg["mean"], data_cfg["std"],
                           data_cfg.get("interpolation", "bicubic"), data_cfg.get("crop_pct", 0.875))
@@ -273,12 +276,17 @@ def _drop_classifier(model: nn.Module) -> int:
 
 @IMAGE_ENCODERS.register("torchvision")
 def torchvision_encoder(name_or_path: str, weights: Optional[str] = None, img_size: int = 224,
-                        return_nodes: Optional[list[str]] = None) -> TorchvisionEncoder:
+                        return_nodes: Optional[list[str]] = None,
+                        model_kwargs: Optional[dict[str, Any]] = None) -> TorchvisionEncoder:
     """Any ``torchvision.models`` builder by name (``resnet50``, ``efficientnet_b0``, ``convnext_tiny``);
-    ``weights`` is a weights enum name (``DEFAULT``, ``IMAGENET1K_V2``) or None for random init."""
+    ``weights`` is a weights enum name (``DEFAULT``, ``IMAGENET1K_V2``) or None for random init; ``model_kwargs``
+    go to the builder (e.g. ``{dropout: 0.2}`` for efficientnet / vit)."""
     import torchvision
 
-    model = torchvision.models.get_model(name_or_path, weights=weights)
+    try:
+        model = torchvision.models.get_model(name_or_path, weights=weights, **dict(model_kwargs or {}))
+    except TypeError as err:
+        raise unexpected_option(err, "model.image.model_kwargs") or err from None
     pre = torchvision_preprocess(name_or_path, weights) if weights else Preprocess.make(img_size)
     return TorchvisionEncoder(model, pre, _drop_classifier(model), return_nodes)
 
@@ -401,7 +409,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
     """Any HF vision ``AutoModel`` from a hub id or local directory (``name_or_path``), or randomly
     initialised from ``config`` (e.g. ``{model_type: vit, hidden_size: 64, image_size: 32, ...}``); the rates
     set the config's dropout fields (``set_hf_rates``)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    from transformers import AutoImageProcessor, AutoModel
 
     trust = remote_code(trust_remote_code, "model.image", name_or_path)
     rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
@@ -413,11 +421,8 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
         except (OSError, ValueError):
             processor = None
     elif config:
-        cfg = dict(config)
-        if "model_type" not in cfg:
-            raise ValueError("model.image.config needs model_type (e.g. vit, convnext, resnet)")
-        model = AutoModel.from_config(set_hf_rates(AutoConfig.for_model(cfg.pop("model_type"), **cfg), "model.image",
-                                                   **rates), trust_remote_code=trust)
+        model = AutoModel.from_config(set_hf_rates(hf_config(config, "model.image"), "model.image", **rates),
+                                      trust_remote_code=trust)
         processor = None
     else:
         raise ValueError("model.image (hf): give name_or_path (hub id or directory) or config (random init)")
@@ -467,7 +472,10 @@ def open_clip_encoder(name_or_path: str = "ViT-B-32", pretrained: Optional[str] 
     """Visual tower of an open_clip model: a config name (``ViT-B-32``) or ``hf-hub:``/``local-dir:`` id;
     ``pretrained`` is a tag or a local checkpoint file; ``model_cfg`` overrides the config
     (``embed_dim``, ``vision_cfg``, ``text_cfg``) for custom or tiny models."""
-    clip = open_clip_model(name_or_path, pretrained, model_cfg, image_size, cache_dir)
+    try:
+        clip = open_clip_model(name_or_path, pretrained, model_cfg, image_size, cache_dir)
+    except TypeError as err:
+        raise unexpected_option(err, "model.image.model_cfg") or err from None
     visual = clip.visual
     del clip  # unshared, the text tower goes: its freed memory back to the OS, not to forked loader workers
     release_freed_memory()
