@@ -170,6 +170,37 @@ class TimmEncoder(ImageEncoder):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.model.set_grad_checkpointing(enabled)
 
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pixel_values": batch[IMAGE]}
+
+    def hf_with_head(self, kind: str, head: nn.Linear, config: Mapping[str, Any]) -> nn.Module:
+        """transformers' ``TimmWrapperForImageClassification``: the same timm architecture (its create_model
+        arguments in ``model_args``) with this model's weights and ``head`` as timm's own classifier, which timm
+        applies to the same pre-logits this encoder pools."""
+        from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+        if kind != "classification" or self.features_only:
+            raise NotImplementedError(f"timm {type(self.model).__name__}: transformers' timm wrapper is an image "
+                                      f"classifier over timm's own pooling (not {kind}"
+                                      f"{', not features_only' if self.features_only else ''})")
+        cfg = TimmWrapperConfig(architecture=self.architecture, model_args=dict(self.create_args) or None, **config)
+        model = TimmWrapperForImageClassification(cfg)
+        inner = model.timm_model
+        classifier = inner.get_classifier()
+        if not isinstance(classifier, nn.Linear) or classifier.weight.shape != head.weight.shape:
+            raise NotImplementedError(f"timm {type(inner).__name__}'s classifier is {type(classifier).__name__}, not "
+                                      f"one linear layer {tuple(head.weight.shape)} as this task's head")
+        missing, unexpected = inner.load_state_dict(self.model.state_dict(), strict=False)
+        own = {n for n, p in inner.named_parameters() if p is classifier.weight or p is classifier.bias}
+        if set(missing) - own or unexpected:
+            raise NotImplementedError(f"timm {type(inner).__name__}: the encoder's weights do not fit "
+                                      f"(missing {sorted(set(missing) - own)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        classifier.load_state_dict(head.state_dict())
+        return model.eval()
+
+    def hf_save_processing(self, path: Any, max_length: Optional[int] = None) -> None:
+        save_eval_processor(self.preprocess, path)
+
 
 @IMAGE_ENCODERS.register("timm")
 def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: str = "",
@@ -204,7 +235,10 @@ def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: s
     data_cfg = timm.data.resolve_data_config({}, model=model)
     pre = Preprocess.make(img_size or data_cfg["input_size"], data_cfg["mean"], data_cfg["std"],
                           data_cfg.get("interpolation", "bicubic"), data_cfg.get("crop_pct", 0.875))
-    return TimmEncoder(model, pre, features_only, out_indices)
+    enc = TimmEncoder(model, pre, features_only, out_indices)
+    enc.architecture = name_or_path
+    enc.create_args = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
+    return enc
 
 
 # -------------------------------------------------------------------------------------- torchvision
@@ -322,16 +356,7 @@ class HFImageEncoder(HFBacked, ImageEncoder):
         if self.processor is not None:
             self.processor.save_pretrained(str(path))
             return
-        from transformers import BitImageProcessor
-
-        p = self.preprocess
-        h, w = p.size
-        resize = [int(s / p.crop_pct) for s in (h, w)] if p.crop_pct < 1 else [h, w]
-        pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
-        BitImageProcessor(do_resize=True, size={"height": resize[0], "width": resize[1]}, resample=pil,
-                          do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
-                          rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
-                          do_convert_rgb=True).save_pretrained(str(path))
+        save_eval_processor(self.preprocess, path)
 
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, processor: Any = None,
@@ -362,6 +387,21 @@ class HFImageEncoder(HFBacked, ImageEncoder):
             strides = [images.shape[-2] // m.shape[-2] for m in maps]
             return as_maps([maps[i] for i in pyramid_indices(strides)])
         return as_maps([vit_map(out.last_hidden_state, images, int(self.model.config.patch_size))])
+
+
+
+def save_eval_processor(p: Preprocess, path: Any) -> None:
+    """A transformers ``BitImageProcessor`` doing what the run's evaluation transform does for ``p``: resize to
+    size / crop_pct, center-crop to size, rescale to [0, 1], normalise (``preprocessor_config.json`` in ``path``)."""
+    from transformers import BitImageProcessor
+
+    h, w = p.size
+    resize = [int(s / p.crop_pct) for s in (h, w)] if p.crop_pct < 1 else [h, w]
+    pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
+    BitImageProcessor(do_resize=True, size={"height": resize[0], "width": resize[1]}, resample=pil,
+                      do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
+                      rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
+                      do_convert_rgb=True).save_pretrained(str(path))
 
 
 def vit_map(tokens: torch.Tensor, images: torch.Tensor, patch: int) -> torch.Tensor:

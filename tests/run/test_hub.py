@@ -212,6 +212,13 @@ IMAGE_SPECS = {  # ViT: [CLS] after the final layernorm (pooling auto = cls); Co
                                                            "num_attention_heads": 2, "intermediate_size": 64,
                                                            "image_size": 32, "patch_size": 8}},
     "convnext_dir": lambda tmp: {"name": "hf", "name_or_path": _hf_convnext_dir(tmp / "convnext")},
+    # timm (random init): transformers' TimmWrapperForImageClassification with timm's own classifier
+    "timm_resnet": lambda tmp: {"name": "timm", "name_or_path": "resnet10t", "pretrained": False},
+    # img_size 48: resize 53, crop 48; an odd margin of 3 (size 32 → 35) torchvision's CenterCrop rounds up and
+    # transformers' rounds down, a one-pixel shift no image processor setting undoes
+    "timm_vit": lambda tmp: {"name": "timm", "name_or_path": "vit_tiny_patch16_224", "pretrained": False,
+                             "img_size": 48, "model_kwargs": {"patch_size": 16, "embed_dim": 32, "depth": 2,
+                                                              "num_heads": 2}},
 }
 
 
@@ -241,6 +248,12 @@ def test_hf_image_loads_in_transformers_and_predicts_as_mm_ptft(kind, tmp_path):
     print(f"{kind}: max |dprob| transformers (processor + model) vs predict: {dp:.3g}")
     assert dp <= TOL, dp
     assert "pipeline_tag: image-classification" in (out / "README.md").read_text()
+    from transformers import pipeline
+
+    top = pipeline("image-classification", model=str(out), device="cpu")(paths, top_k=len(labels))
+    assert [t[0]["label"] for t in top] == [r["label"] for r in rows]  # the pipeline predicts as mm-ptft predict
+    got = torch.tensor([[{t["label"]: t["score"] for t in one}[n] for n in labels] for one in top])  # (B, C)
+    assert float((got - ref).abs().max()) <= TOL
 
 
 def test_hf_image_mean_pooling_is_refused():
