@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript|hf|mm_ptft [--out PATH] "
                                        "[--quantize int8] [--push-to-hub REPO]")
     ex.add_argument("run_dir")
-    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft"], default="onnx",
+    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft", "sentence_transformers"],
+                    default="onnx",
                     help="hf: a directory transformers loads (AutoModelFor…); mm_ptft: one mm_ptft.from_pretrained loads")
     ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt, "
                                                 "or the directory RUN_DIR/export/hf|mm_ptft)")

@@ -352,3 +352,29 @@ def test_hf_text_heads_transformers_builds_otherwise_are_refused(model_type, poo
                         "model.text", corpus=["a tiny corpus", "of two texts"])
     with pytest.raises(NotImplementedError, match=reason):
         enc.hf_with_head("classification", torch.nn.Linear(32, 3), {"num_labels": 3})
+
+
+def test_default_mean_pooling_run_loads_in_sentence_transformers_as_mm_ptft(mean_run, tmp_path):
+    """The recipe's default (mean pooling) → Transformer + Pooling(mean) + Dense(classifier): SentenceTransformer
+    loads the directory alone and its softmaxed embeddings are mm-ptft predict's probabilities (≤ 1e-5)."""
+    from sentence_transformers import SentenceTransformer
+
+    out = export_run(mean_run, "sentence_transformers", tmp_path / "st")
+    model = SentenceTransformer(str(out), device="cpu")
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense"]
+    assert model[1].pooling_mode == "mean" and model.max_seq_length == 64
+    probs = model.encode(TEXTS, convert_to_tensor=True).softmax(-1)  # (B, C)
+    labels = load_config(mean_run / "config.yaml").data.labels
+    rows = predict(mean_run, TEXTS)
+    ref = torch.tensor([[r["scores"][n] for n in labels] for r in rows])  # (B, C)
+    assert [labels[i] for i in probs.argmax(-1)] == [r["label"] for r in rows]
+    dp = float((probs.cpu() - ref).abs().max())
+    print(f"sentence-transformers vs predict: max |dprob| {dp:.3g}")
+    assert dp <= 1e-5, dp
+    assert "library_name: sentence-transformers" in (out / "README.md").read_text()
+
+
+def test_sentence_transformers_refuses_what_it_cannot_express(pooler_run, tmp_path):
+    with pytest.raises(ExportError, match=r"pooling='pooler' has no sentence-transformers Pooling mode"):
+        export_run(pooler_run, "sentence_transformers", tmp_path / "st")
+    assert not (tmp_path / "st").exists()
