@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript|hf|mm_ptft [--out PATH] "
                                        "[--quantize int8] [--push-to-hub REPO]")
     ex.add_argument("run_dir")
-    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft"], default="onnx",
+    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft", "sentence_transformers"],
+                    default="onnx",
                     help="hf: a directory transformers loads (AutoModelFor…); mm_ptft: one mm_ptft.from_pretrained loads")
     ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt, "
                                                 "or the directory RUN_DIR/export/hf|mm_ptft)")
@@ -231,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--method", choices=["prototype", "linear_probe"], default="prototype")
     fs.add_argument("--episodes", type=int, default=10)
     fs.add_argument("--seed", type=int, default=0)
-    fs.add_argument("--column", default=None, help="the input column (default: caption / image / audio by modality)")
-    fs.add_argument("--label-column", default="label")
+    fs.add_argument("--column", default=None, help="the input column (default: the run's data.<modality>_column, "
+                                                   "else caption / image / audio by modality)")
+    fs.add_argument("--label-column", default=None, help="the class column (default: the run's data.label_column, "
+                                                         "else label)")
     fs.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda | cuda:N")
     _trust_flag(fs)
     fs.set_defaults(fn=cmd_fewshot)

@@ -16,11 +16,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from mm_ptft.data.tables import BUILDERS, DataError, csv_header
+from mm_ptft.data.tables import BUILDERS, HF_PREFIX, DataError, csv_header, hf_name_split
 
 #: shard kinds by extension; ``hf`` for a Hugging Face source
 KINDS = {**{ext: kind for ext, kind in BUILDERS.items() if ext != ".json"}, ".json": "json", ".tar": "tar"}
-HF_PREFIX = "hf:"
 
 
 @dataclass(frozen=True)
@@ -81,10 +80,9 @@ def _kind(path: str) -> str:
 
 def _hf_shards(spec: str, key: str) -> list[Shard]:
     """``name[:split]`` on the hub (streamed) or a local ``save_to_disk`` directory → one Shard per data shard."""
-    head, _, tail = spec.rpartition(":")
-    name, split = (spec, "") if os.path.isdir(spec) or not head else (head, tail)
-    ds = _hf_stream(Shard(name, "hf", 0, 1, split or "train"), key)
-    return [Shard(name, "hf", i, ds.num_shards, split or "train") for i in range(ds.num_shards)]
+    name, split = hf_name_split(spec)
+    ds = _hf_stream(Shard(name, "hf", 0, 1, split), key)
+    return [Shard(name, "hf", i, ds.num_shards, split) for i in range(ds.num_shards)]
 
 
 def _hf_stream(shard: Shard, key: str = "data.train_file") -> Any:

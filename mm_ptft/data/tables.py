@@ -24,12 +24,17 @@ class DataError(ValueError):
     """Bad input data; the message names the file, row or column."""
 
 
+HF_PREFIX = "hf:"
+
+
 def load_table(path: str, key: str = "data.train_file"):
-    """Load one local file as a ``datasets.Dataset``."""
+    """Load one local file, or ``hf:name[:split]`` (``load_hf_table``), as a ``datasets.Dataset``."""
     import datasets
 
     if not path:
         raise DataError(f"{key} is empty: give a CSV/TSV/JSON/JSONL/parquet file")
+    if path.startswith(HF_PREFIX):
+        return _with_rows(load_hf_table(path[len(HF_PREFIX):], key), f"{key}={path}")
     if not os.path.isfile(path):
         raise DataError(f"{key}={path}: file not found")
     ext = os.path.splitext(path)[1].lower()
@@ -47,11 +52,41 @@ def load_table(path: str, key: str = "data.train_file"):
             raise DataError(f"{key}={path}: could not be read: the file has no rows") from None
         where = _bad_json_line(path) if ext == ".jsonl" else ""
         raise DataError(f"{key}={path}: could not be read{where} ({type(err).__name__}: {err})") from err
+    return _with_rows(ds, f"{key}={path}")
+
+
+def _with_rows(ds: Any, where: str) -> Any:
+    """``ds`` with the file's own row numbers (0-based, header excluded) in ``ROW``: they survive shuffles and
+    splits, so errors can point at the row a user can find. An error naming ``where`` for an empty table."""
     if len(ds) == 0:
-        raise DataError(f"{key}={path}: the file has no rows")
-    # The file's own row numbers (0-based, header excluded) survive shuffles and splits, so errors
-    # can point at the row a user can find.
+        raise DataError(f"{where}: the file has no rows")
     return ds.add_column(ROW, np.arange(len(ds)))
+
+
+def hf_name_split(spec: str) -> tuple[str, str]:
+    """``name[:split]`` (a hub dataset, a local dataset directory) → (name, split); split defaults to ``train``."""
+    head, _, tail = spec.rpartition(":")
+    name, split = (spec, "") if os.path.isdir(spec) or not head else (head, tail)
+    return name, split or "train"
+
+
+def load_hf_table(spec: str, key: str) -> Any:
+    """``hf:name[:split]`` read whole through ``datasets.load_dataset`` (downloaded once, then datasets' cache), or a
+    local ``save_to_disk`` directory. ``data.streaming: true`` reads the same source lazily instead."""
+    import datasets
+
+    name, split = hf_name_split(spec)
+    datasets.disable_progress_bars()
+    try:
+        if os.path.isfile(os.path.join(name, "dataset_info.json")) or os.path.isfile(os.path.join(name,
+                                                                                                "dataset_dict.json")):
+            ds = datasets.load_from_disk(name)
+            return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        return datasets.load_dataset(name, split=split)
+    except Exception as err:  # hub/network/format errors come in many types
+        raise DataError(f"{key}={HF_PREFIX}{spec}: could not load split {split!r} through datasets.load_dataset "
+                        f"({type(err).__name__}: {err}); for a dataset too big to download whole set "
+                        f"data.streaming: true") from err
 
 
 def csv_header(path: str, key: str, delimiter: str, lenient: bool = True) -> list[str]:
@@ -101,11 +136,13 @@ def _bad_json_line(path: str) -> str:
     return ""
 
 
-def require_columns(ds: Any, columns: Sequence[str], path: str) -> None:
+def require_columns(ds: Any, columns: Sequence[str], path: str,
+                    hint: str = "set data.*_column to the right names") -> None:
+    """A DataError naming the missing columns, the file's own and ``hint`` (how to name the right ones)."""
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the file has {[c for c in ds.column_names if c != ROW]} "
-                        f"(set data.*_column to the right names)")
+                        f"({hint})")
 
 
 def column(ds: Any, name: str) -> list[Any]:

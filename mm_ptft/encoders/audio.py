@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, remote_code, set_hf_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_config, hf_pretrained_rates, masked_mean, remote_code, \
+    set_hf_rates
 from mm_ptft.features.audio import LogMel, batch_lengths, constant_buffers, lengths_to_mask, masked_normalize
 from mm_ptft.env import require_torchaudio
 from mm_ptft.registry import Registry
@@ -288,7 +289,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, sample
     """Any HF speech ``AutoModel`` from a hub id or local directory (``name_or_path``), or randomly
     initialised from ``config`` (e.g. ``{model_type: wav2vec2, hidden_size: 64, ...}``); the rates
     set the config's dropout fields (``set_hf_rates``)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     trust = remote_code(trust_remote_code, "model.audio", name_or_path)
     rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
@@ -296,9 +297,8 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, sample
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust,
                                           **hf_pretrained_rates(name_or_path, trust, "model.audio", **rates))
     elif config:
-        cfg = dict(config)
-        model = AutoModel.from_config(set_hf_rates(AutoConfig.for_model(cfg.pop("model_type"), **cfg), "model.audio",
-                                                   **rates), trust_remote_code=trust)
+        model = AutoModel.from_config(set_hf_rates(hf_config(config, "model.audio"), "model.audio", **rates),
+                                      trust_remote_code=trust)
     else:
         raise ValueError("model.audio (hf): give name_or_path (hub id or directory) or config (random init)")
     return HFAudioEncoder(_encoder_only(model), sample_rate, freeze_feature_encoder)

@@ -364,6 +364,40 @@ def timm_rate_error(err: TypeError, where: str, **rates: Optional[float]) -> Opt
     return None
 
 
+def unexpected_option(err: TypeError, where: str, keys: Optional[Mapping[str, str]] = None) -> Optional[ConfigError]:
+    """The ConfigError naming the config key behind the keyword argument a library's builder refused
+    ("unexpected keyword argument 'x'"): ``keys`` maps argument names to config keys, else ``where.<argument>``.
+    None for any other TypeError."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+    if found is None:
+        return None
+    arg = found.group(1)
+    key = (keys or {}).get(arg, f"{where}.{arg}")
+    return ConfigError(f"{key}: the chosen architecture takes no option {arg!r} ({err}); remove {key}")
+
+
+def hf_config(config: Mapping[str, Any], where: str, **extra: Any) -> Any:
+    """``AutoConfig.for_model`` of ``config`` (``model_type`` plus fields) and ``extra``; a field the architecture's
+    config does not define (transformers would keep it silently, unused) is a ConfigError naming
+    ``<where>.config.<field>``."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    cfg = dict(config)
+    kind = cfg.pop("model_type", None)
+    if kind is None:
+        raise ConfigError(f"{where}.config needs model_type (e.g. bert, vit, wav2vec2)")
+    if kind not in CONFIG_MAPPING:
+        raise ConfigError(f"{where}.config.model_type={kind!r}: transformers has no such model type")
+    cls = CONFIG_MAPPING[kind]
+    known = {*inspect.signature(cls.__init__).parameters, *cls().to_dict(), *getattr(cls, "attribute_map", {}),
+             "num_labels"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(f"{where}.config.{unknown[0]}: {cls.__name__} has no field {unknown[0]!r} "
+                          f"(unknown: {unknown}); remove it or use one of the config's fields")
+    return AutoConfig.for_model(kind, **cfg, **extra)
+
+
 def masked_mean(tokens: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over real tokens. tokens (B, N, D), mask (B, N) → (B, D)."""
     if mask is None:

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, open_clip_model, release_freed_memory, \
-    remote_code, set_hf_rates, timm_rate_error, timm_rates
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_config, hf_pretrained_rates, open_clip_model, \
+    release_freed_memory, remote_code, set_hf_rates, timm_rate_error, timm_rates, unexpected_option
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -170,6 +170,37 @@ class TimmEncoder(ImageEncoder):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.model.set_grad_checkpointing(enabled)
 
+    def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pixel_values": batch[IMAGE]}
+
+    def hf_with_head(self, kind: str, head: nn.Linear, config: Mapping[str, Any]) -> nn.Module:
+        """transformers' ``TimmWrapperForImageClassification``: the same timm architecture (its create_model
+        arguments in ``model_args``) with this model's weights and ``head`` as timm's own classifier, which timm
+        applies to the same pre-logits this encoder pools."""
+        from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+        if kind != "classification" or self.features_only:
+            raise NotImplementedError(f"timm {type(self.model).__name__}: transformers' timm wrapper is an image "
+                                      f"classifier over timm's own pooling (not {kind}"
+                                      f"{', not features_only' if self.features_only else ''})")
+        cfg = TimmWrapperConfig(architecture=self.architecture, model_args=dict(self.create_args) or None, **config)
+        model = TimmWrapperForImageClassification(cfg)
+        inner = model.timm_model
+        classifier = inner.get_classifier()
+        if not isinstance(classifier, nn.Linear) or classifier.weight.shape != head.weight.shape:
+            raise NotImplementedError(f"timm {type(inner).__name__}'s classifier is {type(classifier).__name__}, not "
+                                      f"one linear layer {tuple(head.weight.shape)} as this task's head")
+        missing, unexpected = inner.load_state_dict(self.model.state_dict(), strict=False)
+        own = {n for n, p in inner.named_parameters() if p is classifier.weight or p is classifier.bias}
+        if set(missing) - own or unexpected:
+            raise NotImplementedError(f"timm {type(inner).__name__}: the encoder's weights do not fit "
+                                      f"(missing {sorted(set(missing) - own)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        classifier.load_state_dict(head.state_dict())
+        return model.eval()
+
+    def hf_save_processing(self, path: Any, max_length: Optional[int] = None) -> None:
+        save_eval_processor(self.preprocess, path)
+
 
 @IMAGE_ENCODERS.register("timm")
 def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: str = "",
@@ -197,11 +228,17 @@ def timm_encoder(name_or_path: str, pretrained: bool = False, checkpoint_path: s
         model = timm.create_model(name_or_path, pretrained=pretrained, num_classes=0,
                                   checkpoint_path=checkpoint_path or "", **kwargs)
     except TypeError as err:
-        raise timm_rate_error(err, "model.image", **rates) or err from None
+        named = {"img_size": "model.image.img_size", "drop_path_rate": "model.image.drop_path_rate",
+                 **{k: f"model.image.model_kwargs.{k}" for k in model_kwargs or {}}}
+        raise timm_rate_error(err, "model.image", **rates) or unexpected_option(err, "model.image", named) or err \
+            from None
     data_cfg = timm.data.resolve_data_config({}, model=model)
     pre = Preprocess.make(img_size or data_cfg["input_size"], data_cfg["mean"], data_cfg["std"],
                           data_cfg.get("interpolation", "bicubic"), data_cfg.get("crop_pct", 0.875))
-    return TimmEncoder(model, pre, features_only, out_indices)
+    enc = TimmEncoder(model, pre, features_only, out_indices)
+    enc.architecture = name_or_path
+    enc.create_args = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices")}
+    return enc
 
 
 # -------------------------------------------------------------------------------------- torchvision
@@ -273,12 +310,17 @@ def _drop_classifier(model: nn.Module) -> int:
 
 @IMAGE_ENCODERS.register("torchvision")
 def torchvision_encoder(name_or_path: str, weights: Optional[str] = None, img_size: int = 224,
-                        return_nodes: Optional[list[str]] = None) -> TorchvisionEncoder:
+                        return_nodes: Optional[list[str]] = None,
+                        model_kwargs: Optional[dict[str, Any]] = None) -> TorchvisionEncoder:
     """Any ``torchvision.models`` builder by name (``resnet50``, ``efficientnet_b0``, ``convnext_tiny``);
-    ``weights`` is a weights enum name (``DEFAULT``, ``IMAGENET1K_V2``) or None for random init."""
+    ``weights`` is a weights enum name (``DEFAULT``, ``IMAGENET1K_V2``) or None for random init; ``model_kwargs``
+    go to the builder (e.g. ``{dropout: 0.2}`` for efficientnet / vit)."""
     import torchvision
 
-    model = torchvision.models.get_model(name_or_path, weights=weights)
+    try:
+        model = torchvision.models.get_model(name_or_path, weights=weights, **dict(model_kwargs or {}))
+    except TypeError as err:
+        raise unexpected_option(err, "model.image.model_kwargs") or err from None
     pre = torchvision_preprocess(name_or_path, weights) if weights else Preprocess.make(img_size)
     return TorchvisionEncoder(model, pre, _drop_classifier(model), return_nodes)
 
@@ -314,16 +356,7 @@ class HFImageEncoder(HFBacked, ImageEncoder):
         if self.processor is not None:
             self.processor.save_pretrained(str(path))
             return
-        from transformers import BitImageProcessor
-
-        p = self.preprocess
-        h, w = p.size
-        resize = [int(s / p.crop_pct) for s in (h, w)] if p.crop_pct < 1 else [h, w]
-        pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
-        BitImageProcessor(do_resize=True, size={"height": resize[0], "width": resize[1]}, resample=pil,
-                          do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
-                          rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
-                          do_convert_rgb=True).save_pretrained(str(path))
+        save_eval_processor(self.preprocess, path)
 
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, processor: Any = None,
@@ -354,6 +387,21 @@ class HFImageEncoder(HFBacked, ImageEncoder):
             strides = [images.shape[-2] // m.shape[-2] for m in maps]
             return as_maps([maps[i] for i in pyramid_indices(strides)])
         return as_maps([vit_map(out.last_hidden_state, images, int(self.model.config.patch_size))])
+
+
+
+def save_eval_processor(p: Preprocess, path: Any) -> None:
+    """A transformers ``BitImageProcessor`` doing what the run's evaluation transform does for ``p``: resize to
+    size / crop_pct, center-crop to size, rescale to [0, 1], normalise (``preprocessor_config.json`` in ``path``)."""
+    from transformers import BitImageProcessor
+
+    h, w = p.size
+    resize = [int(s / p.crop_pct) for s in (h, w)] if p.crop_pct < 1 else [h, w]
+    pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
+    BitImageProcessor(do_resize=True, size={"height": resize[0], "width": resize[1]}, resample=pil,
+                      do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
+                      rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
+                      do_convert_rgb=True).save_pretrained(str(path))
 
 
 def vit_map(tokens: torch.Tensor, images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -401,7 +449,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
     """Any HF vision ``AutoModel`` from a hub id or local directory (``name_or_path``), or randomly
     initialised from ``config`` (e.g. ``{model_type: vit, hidden_size: 64, image_size: 32, ...}``); the rates
     set the config's dropout fields (``set_hf_rates``)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    from transformers import AutoImageProcessor, AutoModel
 
     trust = remote_code(trust_remote_code, "model.image", name_or_path)
     rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
@@ -413,11 +461,8 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
         except (OSError, ValueError):
             processor = None
     elif config:
-        cfg = dict(config)
-        if "model_type" not in cfg:
-            raise ValueError("model.image.config needs model_type (e.g. vit, convnext, resnet)")
-        model = AutoModel.from_config(set_hf_rates(AutoConfig.for_model(cfg.pop("model_type"), **cfg), "model.image",
-                                                   **rates), trust_remote_code=trust)
+        model = AutoModel.from_config(set_hf_rates(hf_config(config, "model.image"), "model.image", **rates),
+                                      trust_remote_code=trust)
         processor = None
     else:
         raise ValueError("model.image (hf): give name_or_path (hub id or directory) or config (random init)")
@@ -467,7 +512,10 @@ def open_clip_encoder(name_or_path: str = "ViT-B-32", pretrained: Optional[str] 
     """Visual tower of an open_clip model: a config name (``ViT-B-32``) or ``hf-hub:``/``local-dir:`` id;
     ``pretrained`` is a tag or a local checkpoint file; ``model_cfg`` overrides the config
     (``embed_dim``, ``vision_cfg``, ``text_cfg``) for custom or tiny models."""
-    clip = open_clip_model(name_or_path, pretrained, model_cfg, image_size, cache_dir)
+    try:
+        clip = open_clip_model(name_or_path, pretrained, model_cfg, image_size, cache_dir)
+    except TypeError as err:
+        raise unexpected_option(err, "model.image.model_cfg") or err from None
     visual = clip.visual
     del clip  # unshared, the text tower goes: its freed memory back to the OS, not to forked loader workers
     release_freed_memory()

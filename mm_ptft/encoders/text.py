@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from mm_ptft.encoders.base import Encoder, HFBacked, hf_pretrained_rates, masked_mean, open_clip_model, \
+from mm_ptft.encoders.base import Encoder, HFBacked, hf_config, hf_pretrained_rates, masked_mean, open_clip_model, \
     release_freed_memory, remote_code, set_hf_rates
 from mm_ptft.registry import Registry
 from mm_ptft.types import TEXT, TEXT_MASK, TEXT_SEGMENTS, EncoderOutput
@@ -146,7 +146,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, poolin
     """Any HF ``AutoModel``: pretrained from a hub id or local directory (``name_or_path``), or
     randomly initialised from ``config`` (e.g. ``{model_type: bert, hidden_size: 64, ...}``); the rates
     set the config's dropout fields (``set_hf_rates``)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     trust = remote_code(trust_remote_code, "model.text", name_or_path)
     rates = {"dropout": dropout, "attention_dropout": attention_dropout, "drop_path": drop_path}
@@ -156,10 +156,8 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict] = None, poolin
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust,
                                           **hf_pretrained_rates(name_or_path, trust, "model.text", **rates))
     elif config:
-        cfg = dict(config)
         tok = load_tokenizer(tokenizer, corpus, vocab_size, "model.text")
-        hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg, vocab_size=len(tok),
-                                      pad_token_id=tok.pad_token_id)
+        hf_cfg = hf_config(config, "model.text", vocab_size=len(tok), pad_token_id=tok.pad_token_id)
         model = AutoModel.from_config(set_hf_rates(hf_cfg, "model.text", **rates), trust_remote_code=trust)
     else:
         raise ValueError("model.text (hf): give name_or_path (hub id or directory) or config (random init)")

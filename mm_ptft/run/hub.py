@@ -241,7 +241,8 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     labels = list(getattr(task, "labels", []) or [])
     hf_class = info.get("class")
     auto = next((a for a in PIPELINE if hf_class and hf_class.endswith(a.replace("AutoModel", ""))), None)
-    front = ["---", f"library_name: {'transformers' if fmt == 'hf' else 'mm_ptft'}", "tags:", "- mm_ptft",
+    library = {"hf": "transformers", "sentence_transformers": "sentence-transformers"}.get(fmt, "mm_ptft")
+    front = ["---", f"library_name: {library}", "tags:", "- mm_ptft",
              f"- {cfg.task}"]
     if auto:
         front.append(f"pipeline_tag: {PIPELINE[auto]}")
@@ -300,6 +301,14 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
                   f"Checked at export: `{hf_class}` gives the run's {unit} probabilities within "
                   f"{check['max_abs_diff_prob']:.1e} (max |Δprob|, same argmax: {check['same_argmax']}) on "
                   f"{check['samples']} evaluation samples."]
+    elif fmt == "sentence_transformers":
+        check = info["parity"]
+        lines += ["```python", "from sentence_transformers import SentenceTransformer", "",
+                  "model = SentenceTransformer(PATH_OR_REPO)",
+                  "probs = model.encode([\"some text\"], convert_to_tensor=True).softmax(-1)   # class logits",
+                  "```", "", f"Transformer + Pooling ({info['pooling']}) + Dense (the classifier, identity "
+                  f"activation). Checked at export: within {check['max_abs_diff_prob']:.1e} of the run's class "
+                  f"probabilities on {check['samples']} evaluation samples."]
     else:
         lines += ["```python", "import mm_ptft", "", "model = mm_ptft.from_pretrained(PATH)",
                   "print(model.predict([...]))   # raw inputs, as `mm-ptft predict`", "```"]
@@ -331,8 +340,8 @@ def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | 
     """Write ``run_dir`` as a transformers (``hf``) or ``mm_ptft`` directory with a model card; returns it."""
     from mm_ptft.tasks.common import load_run
 
-    if fmt not in ("hf", "mm_ptft"):
-        raise ExportError(f"--format {fmt!r}: choose hf or mm_ptft")
+    if fmt not in ("hf", "mm_ptft", "sentence_transformers"):
+        raise ExportError(f"--format {fmt!r}: choose hf, mm_ptft or sentence_transformers")
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "export" / fmt
     if out.exists() and any(out.iterdir()):
@@ -343,6 +352,10 @@ def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | 
     task, cfg = recipe.exported(cfg, prepared)
     if fmt == "hf":
         info = write_hf(task, cfg, prepared, out)
+    elif fmt == "sentence_transformers":
+        from mm_ptft.run.sentence_transformers import write_sentence_transformers
+
+        info = write_sentence_transformers(task, max_length(cfg, task), prepared, out)
     else:
         info = write_mm_ptft(task, cfg, run_dir, out)
     manifest = {"format": fmt, "task": cfg.task, "task_model": type(task).__name__,

@@ -2,6 +2,7 @@
 (``pretrain_contrastive``, ``pretrain_masked``, ``pretrain_joint``)."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence
@@ -22,6 +23,8 @@ from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder, one_clip_per_model
 from mm_ptft.objectives import OBJECTIVES, Objective
 from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
+
+log = logging.getLogger("mm_ptft")
 
 
 @dataclass
@@ -179,7 +182,22 @@ def zero_shot(d: PretrainData, tables: Sequence[Any],
               encoders: Mapping[str, Encoder]) -> tuple[Optional[LabelMap], Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """Class names and their prompt token ids (C * T, L) for zero-shot evaluation; (None, None) without."""
     labels = label_map(d, tables) if "text" in encoders else None
+    if labels is None:
+        log.info("zero-shot evaluation skipped: %s", zero_shot_skip_reason(d, tables, "text" in encoders))
     return labels, class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
+
+
+def zero_shot_skip_reason(d: PretrainData, tables: Sequence[Any], has_text: bool) -> str:
+    """Why a run has no zero-shot classes: what is missing and the key that would give them."""
+    if not has_text:
+        return "the run has no text encoder to embed class prompts"
+    if not d.label_column:
+        return "data.label_column is empty (set it to the column of class names)"
+    if not d.prompt_templates:
+        return "data.prompt_templates is empty (e.g. ['a picture of a {}'])"
+    names = [list(t.column_names) for t in tables if t is not None]
+    return (f"no table has the label column data.label_column={d.label_column!r} (columns: {names}); "
+            f"set data.label_column to the class-name column, or data.labels to the class names")
 
 
 def _record_fn(d: PretrainData, modalities: Sequence[str], encoders: Mapping[str, Encoder],
@@ -216,6 +234,10 @@ def streamed(cfg: Any, modalities: Sequence[str], train: bool,
     corpus = S.stream_corpus(shards[0], reader.text_of) if train and "text" in needed else None
     encoders = build_encoders(cfg.model, needed, cfg.output_dir, corpus)
     labels = LabelMap(d.labels) if d.labels and d.label_column and d.prompt_templates and "text" in encoders else None
+    if labels is None:
+        log.info("zero-shot evaluation skipped: %s", "a stream's classes are not read ahead: set data.labels"
+                 if d.label_column and d.prompt_templates and "text" in encoders and not d.labels
+                 else zero_shot_skip_reason(d, [], "text" in encoders))
     return encoders, labels, S.streams(cfg, shards, _record_fn(d, modalities, encoders), train,
                                        _bucket_length(modalities), _record_fn(d, modalities, encoders, labels))
 

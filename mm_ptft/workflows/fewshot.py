@@ -9,6 +9,7 @@ episode, their mean and the 95% confidence half-width 1.96 · sd / √E."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from mm_ptft.config import ConfigError
-from mm_ptft.data.tables import LabelMap, load_table, per_class_sample
+from mm_ptft.data.tables import LabelMap, load_table, per_class_sample, require_columns
 
 METHODS = ("prototype", "linear_probe")
 
@@ -98,6 +99,8 @@ def embed_file(encoder: Any, path: str, column: Optional[str] = None, label_colu
     if column:
         setattr(d, f"{m}_column", column)
     table = load_table(path, "--data")
+    require_columns(table, [getattr(d, f"{m}_column"), label_column], path,
+                    hint="pass --column NAME (the input) / --label-column NAME (the class)")
     labels = LabelMap.from_values(table[label_column] if label_column in table.column_names else [], path)
     tok = getattr(encoder, "tokenizer", None)
     max_len = getattr(encoder, "max_length", d.max_length)
@@ -115,13 +118,30 @@ def embed_file(encoder: Any, path: str, column: Optional[str] = None, label_colu
     return Embedded(torch.cat(out).numpy(), np.asarray([r["labels"] for r in rows]), [str(n) for n in labels.names])
 
 
+def run_columns(encoder_dir: str, modality: str) -> tuple[Optional[str], Optional[str]]:
+    """The input and label columns of the run an encoder directory came from (``RUN/`` or ``RUN/encoders/<m>/``):
+    its ``config.yaml``'s ``data.<modality>_column`` and ``data.label_column``; (None, None) outside a run."""
+    from mm_ptft.train.rundir import saved_config
+
+    here = Path(encoder_dir)
+    for run in (here, here.parent.parent if here.parent.name == "encoders" else None):
+        saved = saved_config(run) if run is not None else None
+        if saved is not None:
+            data = saved.get("data") or {}
+            return data.get(f"{modality}_column"), data.get("label_column")
+    return None, None
+
+
 def run_fewshot(encoder_dir: str, data: str, shots: int, method: str = "prototype", episodes: int = 10,
-                seed: int = 0, column: Optional[str] = None, label_column: str = "label",
+                seed: int = 0, column: Optional[str] = None, label_column: Optional[str] = None,
                 trust_remote_code: bool = False, device: str = "auto") -> dict[str, Any]:
-    """Load an encoder directory (or a run's single encoder), embed ``data`` and evaluate few-shot accuracy."""
+    """Load an encoder directory (or a run's single encoder), embed ``data`` and evaluate few-shot accuracy.
+    ``column`` / ``label_column`` default to the columns of the run the encoder came from, else the modality's
+    default input column and ``label``."""
     from mm_ptft.run.components import load_encoder
 
     encoder = load_encoder(encoder_dir, trust_remote_code=trust_remote_code)
-    embedded = embed_file(encoder, data, column, label_column, device=device)
+    own_column, own_label = run_columns(encoder_dir, encoder.modality)
+    embedded = embed_file(encoder, data, column or own_column, label_column or own_label or "label", device=device)
     result = few_shot_accuracy(embedded, shots, method, episodes, seed)
     return {"encoder": str(encoder_dir), "data": str(data), "modality": encoder.modality, **result}

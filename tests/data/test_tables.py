@@ -49,3 +49,39 @@ def test_column_reads_a_split_table_as_a_list_in_its_row_order():
     assert type(texts) is list and texts == [part[i]["t"] for i in range(len(part))]
     assert texts == [f"s{r}" for r in rows] and sorted(rows) != rows  # shuffled rows, each with its own text
     assert rows_of(ds.remove_columns(ROW)) is None
+
+
+def test_hf_source_without_streaming_loads_through_datasets(tmp_path, monkeypatch):
+    """``hf:NAME[:split]`` as a plain data.train_file: read whole by datasets.load_dataset (here a local dataset
+    directory, as a hub id resolves to one) or load_from_disk; an unknown one is an error pointing at
+    data.streaming, never "file not found"."""
+    import datasets
+
+    from mm_ptft.data.tables import load_table
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.csv").write_text("text,label\na,x\nb,y\nc,x\n")
+    (tmp_path / "ds" / "test.csv").write_text("text,label\nd,y\n")
+    train = load_table(f"hf:{tmp_path / 'ds'}")
+    assert train["text"] == ["a", "b", "c"] and train[ROW] == [0, 1, 2]
+    assert load_table(f"hf:{tmp_path / 'ds'}:test")["label"] == ["y"]
+    datasets.Dataset.from_dict({"text": ["p", "q"]}).save_to_disk(str(tmp_path / "saved"))
+    assert load_table(f"hf:{tmp_path / 'saved'}", "data.eval_file")["text"] == ["p", "q"]
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match=r"data.train_file=hf:nobody/no_such_set: could not load split 'train' "
+                                        r"through datasets.load_dataset.*set data.streaming: true") as err:
+        load_table("hf:nobody/no_such_set")
+    assert "file not found" not in str(err.value)
+
+
+def test_a_recipe_trains_on_an_hf_source_without_streaming(tmp_path):
+    from mm_paths import TEXT_TINY
+    from mm_ptft.run import load_config, train
+
+    (tmp_path / "ds").mkdir()
+    rows = "".join(f"{w} {w},{t}\n" for t, w in [("a", "ball"), ("b", "soup")] * 8)
+    (tmp_path / "ds" / "train.csv").write_text("text,label\n" + rows)
+    res = train(load_config(TEXT_TINY, [f"output_dir={tmp_path / 'run'}", f"data.train_file=hf:{tmp_path / 'ds'}",
+                                        "data.eval_fraction=0.25", "data.generate=null", "train.max_steps=1",
+                                        "train.report=false"]))
+    assert 0 <= res["accuracy"] <= 1

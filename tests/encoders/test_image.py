@@ -2,6 +2,7 @@
 and preprocessing read from the encoder's own pretrained config."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -146,3 +147,31 @@ def test_hf_vit_rates():
     ps = {n: m.p for n, m in enc.model.named_modules() if isinstance(m, torch.nn.Dropout)}
     assert len(ps) == 3 and set(ps.values()) == {0.2}  # embeddings and each layer's hidden dropout
     assert [layer.attention.attention_dropout for layer in enc.model.layers] == [0.1, 0.1]  # the attention probs' rate
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"name": "timm", "name_or_path": "resnet18", "img_size": 32}, "model.image.img_size"),
+    ({"name": "timm", "name_or_path": "resnet10t", "model_kwargs": {"patch_size": 4}}, "model.image.model_kwargs.patch_size"),
+    ({"name": "torchvision", "name_or_path": "resnet18", "model_kwargs": {"dropout": 0.2}},
+     "model.image.model_kwargs.dropout"),
+    ({"name": "hf", "config": {**HF_VIT, "num_stages": 3}}, "model.image.config.num_stages"),
+    ({"name": "open_clip", "name_or_path": "ViT-B-32", "model_cfg": {**CLIP_TINY, "depth": 2}},
+     "model.image.model_cfg.depth"),
+])
+def test_an_option_the_architecture_does_not_take_names_its_key(spec, key):
+    """Each library's refusal (timm/torchvision/open_clip's TypeError, a field HF's config would keep unused) is a
+    ConfigError naming the config key, not a raw TypeError from inside the library."""
+    from mm_ptft.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: ") as err:
+        build_encoder(IMAGE_ENCODERS, spec, "model.image")
+    assert key.rsplit(".", 1)[1] in str(err.value).split(": ", 1)[1]  # the message says which option
+
+
+def test_options_the_architecture_takes_still_pass():
+    """The same keys where the architecture has them: a ViT takes img_size, efficientnet a dropout."""
+    assert build_encoder(IMAGE_ENCODERS, {"name": "timm", "name_or_path": "vit_tiny_patch16_224", "img_size": 32},
+                         "model.image").preprocess.size == (32, 32)
+    enc = build_encoder(IMAGE_ENCODERS, {"name": "torchvision", "name_or_path": "efficientnet_b0",
+                                         "model_kwargs": {"dropout": 0.3}, "img_size": 32}, "model.image")
+    assert enc.model.classifier is not None

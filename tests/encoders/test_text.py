@@ -136,3 +136,14 @@ def test_tiny_text_rates():
     from mm_ptft.config import ConfigError
     with pytest.raises(ConfigError, match=r"model\.text\.drop_path"):
         build_encoder(TEXT_ENCODERS, {**TINY_SPECS["tiny"], "drop_path": 0.1}, "model.text", corpus=CORPUS)
+
+
+def test_an_hf_config_field_the_architecture_lacks_names_its_key():
+    from mm_ptft.config import ConfigError
+    from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
+
+    spec = {"name": "hf", "vocab_size": 200, "corpus": ["a b c"] * 4,
+            "config": {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 32, "num_hidden_layer": 2}}
+    with pytest.raises(ConfigError, match=r"^model\.text\.config\.num_hidden_layer: BertConfig has no field"):
+        build_encoder(TEXT_ENCODERS, spec, "model.text")

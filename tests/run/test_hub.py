@@ -212,6 +212,13 @@ IMAGE_SPECS = {  # ViT: [CLS] after the final layernorm (pooling auto = cls); Co
                                                            "num_attention_heads": 2, "intermediate_size": 64,
                                                            "image_size": 32, "patch_size": 8}},
     "convnext_dir": lambda tmp: {"name": "hf", "name_or_path": _hf_convnext_dir(tmp / "convnext")},
+    # timm (random init): transformers' TimmWrapperForImageClassification with timm's own classifier
+    "timm_resnet": lambda tmp: {"name": "timm", "name_or_path": "resnet10t", "pretrained": False},
+    # img_size 48: resize 53, crop 48; an odd margin of 3 (size 32 → 35) torchvision's CenterCrop rounds up and
+    # transformers' rounds down, a one-pixel shift no image processor setting undoes
+    "timm_vit": lambda tmp: {"name": "timm", "name_or_path": "vit_tiny_patch16_224", "pretrained": False,
+                             "img_size": 48, "model_kwargs": {"patch_size": 16, "embed_dim": 32, "depth": 2,
+                                                              "num_heads": 2}},
 }
 
 
@@ -241,6 +248,12 @@ def test_hf_image_loads_in_transformers_and_predicts_as_mm_ptft(kind, tmp_path):
     print(f"{kind}: max |dprob| transformers (processor + model) vs predict: {dp:.3g}")
     assert dp <= TOL, dp
     assert "pipeline_tag: image-classification" in (out / "README.md").read_text()
+    from transformers import pipeline
+
+    top = pipeline("image-classification", model=str(out), device="cpu")(paths, top_k=len(labels))
+    assert [t[0]["label"] for t in top] == [r["label"] for r in rows]  # the pipeline predicts as mm-ptft predict
+    got = torch.tensor([[{t["label"]: t["score"] for t in one}[n] for n in labels] for one in top])  # (B, C)
+    assert float((got - ref).abs().max()) <= TOL
 
 
 def test_hf_image_mean_pooling_is_refused():
@@ -339,3 +352,29 @@ def test_hf_text_heads_transformers_builds_otherwise_are_refused(model_type, poo
                         "model.text", corpus=["a tiny corpus", "of two texts"])
     with pytest.raises(NotImplementedError, match=reason):
         enc.hf_with_head("classification", torch.nn.Linear(32, 3), {"num_labels": 3})
+
+
+def test_default_mean_pooling_run_loads_in_sentence_transformers_as_mm_ptft(mean_run, tmp_path):
+    """The recipe's default (mean pooling) → Transformer + Pooling(mean) + Dense(classifier): SentenceTransformer
+    loads the directory alone and its softmaxed embeddings are mm-ptft predict's probabilities (≤ 1e-5)."""
+    from sentence_transformers import SentenceTransformer
+
+    out = export_run(mean_run, "sentence_transformers", tmp_path / "st")
+    model = SentenceTransformer(str(out), device="cpu")
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense"]
+    assert model[1].pooling_mode == "mean" and model.max_seq_length == 64
+    probs = model.encode(TEXTS, convert_to_tensor=True).softmax(-1)  # (B, C)
+    labels = load_config(mean_run / "config.yaml").data.labels
+    rows = predict(mean_run, TEXTS)
+    ref = torch.tensor([[r["scores"][n] for n in labels] for r in rows])  # (B, C)
+    assert [labels[i] for i in probs.argmax(-1)] == [r["label"] for r in rows]
+    dp = float((probs.cpu() - ref).abs().max())
+    print(f"sentence-transformers vs predict: max |dprob| {dp:.3g}")
+    assert dp <= 1e-5, dp
+    assert "library_name: sentence-transformers" in (out / "README.md").read_text()
+
+
+def test_sentence_transformers_refuses_what_it_cannot_express(pooler_run, tmp_path):
+    with pytest.raises(ExportError, match=r"pooling='pooler' has no sentence-transformers Pooling mode"):
+        export_run(pooler_run, "sentence_transformers", tmp_path / "st")
+    assert not (tmp_path / "st").exists()

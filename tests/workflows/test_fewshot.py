@@ -1,6 +1,7 @@
 """Few-shot evaluation of an encoder directory: prototypes and linear probes against independent computations."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -104,3 +105,36 @@ def test_image_encoder_directory_embeds_its_table(tmp_path):
         .save_pretrained(tmp_path / "enc")
     res = run_fewshot(str(tmp_path / "enc"), data["train_file"], shots=2, episodes=3, column="path", device="cpu")
     assert res["modality"] == "image" and res["rows"] == 24 and len(res["accuracies"]) == 3
+
+
+def test_reads_the_runs_own_columns_and_errors_name_the_flags(tmp_path, capsys):
+    """A run trained on columns ``sentence``/``topic`` is evaluated on a table with those names, no flags needed;
+    a table lacking them is an error naming ``--column`` / ``--label-column`` (not the config's data.*_column)."""
+    import csv
+
+    from mm_paths import TEXT_TINY
+    from mm_ptft.cli import main
+    from mm_ptft.data.tables import DataError
+    from mm_ptft.run import load_config, train
+    from mm_ptft.workflows.fewshot import run_fewshot
+
+    words = {"sport": "ball goal team", "food": "bread soup rice"}
+    rows = [{"sentence": f"{w} {i}", "topic": t} for t, ws in words.items() for i in range(8) for w in ws.split()[:1]]
+    for name in ("train.csv", "eval.csv"):
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["sentence", "topic"])
+            writer.writeheader()
+            writer.writerows(rows)
+    train(load_config(TEXT_TINY, [f"output_dir={tmp_path / 'run'}", f"data.train_file={tmp_path / 'train.csv'}",
+                                  f"data.eval_file={tmp_path / 'eval.csv'}", "data.generate=null",
+                                  "data.text_column=sentence", "data.label_column=topic",
+                                  "train.max_steps=1", "train.report=false"]))
+    for where in ("run", "run/encoders/text"):
+        assert main(["fewshot", str(tmp_path / where), "--data", str(tmp_path / "eval.csv"),
+                     "--shots", "2", "--episodes", "2"]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[1])["classes"] == 2
+    assert main(["fewshot", str(tmp_path / "run"), "--data", str(tmp_path / "eval.csv"), "--shots", "2",
+                 "--column", "text"]) != 0
+    assert re.search(r"missing column\(s\) \['text'\].*--column NAME.*--label-column NAME", capsys.readouterr().err)
+    with pytest.raises(DataError, match=r"\['label'\].*--column NAME"):  # the library call says the same
+        run_fewshot(str(tmp_path / "run"), str(tmp_path / "eval.csv"), 2, label_column="label", device="cpu")
