@@ -32,7 +32,8 @@ def table_cache(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any])
     resolve_files(d, cfg.output_dir)
     files = [f for f in (d.train_file if needs_train_file(d, train, learn) else "", d.eval_file) if f]
     off = "data.cache=false" if not getattr(d, "cache", True) else \
-        "data.rehearsal mixes in another task's rows" if getattr(d, "rehearsal", None) is not None else ""
+        "data.rehearsal mixes in another task's rows" if getattr(d, "rehearsal", None) is not None else \
+        "an hf: source (datasets keeps its own Arrow cache of it)" if any(f.startswith("hf:") for f in files) else ""
     key = cache_key(files, {**settings, "seed": cfg.seed, "train": train, "eval_fraction": d.eval_fraction}) \
         if files and not off else ""
     return TableCache(default_root(files, getattr(d, "cache_dir", "")), key, enabled=bool(key), reason=off)
