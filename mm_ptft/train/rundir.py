@@ -137,6 +137,28 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
     return changes
 
 
+def entries(run_dir: Path) -> Optional[set[str]]:
+    """The names at the top of ``run_dir``; None when it does not exist (what ``undo_created`` restores)."""
+    return {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
+
+
+def undo_created(run_dir: Path, before: Optional[set[str]]) -> None:
+    """A run that failed before its first step: remove what it created in ``run_dir`` (the whole directory when
+    it did not exist; else only the entries that were not there), so the rerun finds it as it was. The run lock
+    guarantees no other writer made them."""
+    if not run_dir.exists():
+        return
+    created = sorted({p.name for p in run_dir.iterdir()} - (before or set()))
+    if before is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    for name in created if before is not None else ():
+        path = run_dir / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if created or before is None:
+        log.info("the run failed before its first step: removed what it created in %s (%s)", run_dir,
+                 "the directory" if before is None else ", ".join(created))
+
+
 def clean_stale(ckpt_root: Path) -> None:
     """Remove the half-written checkpoints (``.tmp_step_…``) and ``best.json.tmp`` a killed run left."""
     if not ckpt_root.is_dir():
