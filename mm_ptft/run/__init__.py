@@ -88,12 +88,18 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float
         trainer = build_trainer(prepared, cfg, callbacks)
         return fit_trainer(trainer, cfg)
     except BaseException:
-        if runlock.is_held(run_dir) and getattr(trainer, "step", 0) <= getattr(trainer, "start_step", 0):
+        if runlock.is_held(run_dir) and not _stepped(trainer):
             runlock.release(run_dir)
             rundir.undo_created(run_dir, before)
         raise
     finally:
         runlock.release(run_dir)  # the kernel would at exit; a process that trains again must be able to
+
+
+def _stepped(trainer: Optional[Trainer]) -> bool:
+    """Whether ``trainer`` took an optimizer step in this process (its fit state exists once ``fit`` set up)."""
+    state = getattr(trainer, "state", None)
+    return state is not None and state.step > state.start_step
 
 
 def recipe_main(schema: type) -> Callable[[Sequence[str]], dict[str, float]]:
