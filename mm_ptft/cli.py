@@ -288,6 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mm_ptft.env import EnvironmentProblem
     from mm_ptft.train.checkpoint import CheckpointError
     from mm_ptft.train.distributed import set_finished_cleanly
+    from mm_ptft.train.preempt import Preempted
 
     set_finished_cleanly(False)  # under torchrun, ranks leave the process group together only after clean work
     try:
@@ -297,6 +298,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, DataError, EnvironmentProblem, CheckpointError) as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:  # checkpointed: a clean stop, but not a finished run
+        set_finished_cleanly(True)
+        print(f"mm-ptft: {err}", file=sys.stderr)
+        return err.code
 
 
 if __name__ == "__main__":

@@ -107,6 +107,11 @@ class TrainConfig:
     log_every: int = 10  # steps per train log (its losses, rate and times cover the steps since the last); NaN/Inf checks
     save_every: int = 0  # steps between checkpoints; 0: at every evaluation
     keep_last: int = 2  # checkpoints kept besides the best one
+    # signals that preempt the run (names): at the next optimizer step a checkpoint is written, a `preempted` row
+    # logged, and the process exits with mm_ptft.train.preempt.PREEMPTED_EXIT (143); [] disables. SIGINT (Ctrl-C)
+    # always does the same once; a second Ctrl-C aborts. Under torchrun the ranks agree every log_every steps
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    requeue: str = "off"  # off | auto: on preemption under SLURM (SLURM_JOB_ID set), `scontrol requeue $SLURM_JOB_ID`
     resume: bool = False  # continue from the latest good checkpoint in output_dir
     overwrite_output_dir: bool = False  # replace a previous run in output_dir (else it is refused)
     on_config_change: str = "error"  # resume with a config that differs from the run's: error | new (apply it)
