@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from mm_ptft.config import RunConfig
+from mm_ptft.env import apply_threads
 from mm_ptft.run.continual import previous_run
 from mm_ptft.contracts import Callback, Prepared
 from mm_ptft.train.finetune import prepare_for_training, save_encoders
@@ -19,6 +22,8 @@ from mm_ptft.train import rundir, runlock
 from mm_ptft.train.distributed import main_process_first
 from mm_ptft.train.trainer import Trainer, seed_everything
 
+
+log = logging.getLogger("mm_ptft")
 
 def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> Trainer:
     """Apply the fine-tuning strategy (and ``finetune.regularize``, which may read an earlier run) and gradient
@@ -69,6 +74,7 @@ def start(cfg: RunConfig, what: str = "train") -> None:
     unless resumed (``train.resume``) or replaced (``train.overwrite_output_dir``), and a second live writer
     is refused by the run lock (``train.runlock``; taken by the main process)."""
     seed_everything(cfg.seed)
+    log.info(apply_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     rundir.claim(cfg, restarting=D.restart_count() > 0)
     with main_process_first(cfg.train.device):
         if D.is_main_process():

@@ -28,7 +28,8 @@ RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "trai
                "train.epochs", "train.device", "train.num_workers", "train.persistent_workers",
                "train.prefetch_factor", "train.log_every", "train.eval_every",
                "train.save_every", "train.keep_last", "train.report", "train.eval_batch_size",
-               "train.early_stopping_patience", "train.max_bad_steps", "train.report_to"}
+               "train.early_stopping_patience", "train.max_bad_steps", "train.report_to",
+               "train.threads", "train.preempt_signals", "train.requeue"}
 OUTPUT_DIR_REF = "${output_dir}"
 
 
