@@ -46,11 +46,12 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from mm_ptft.run.export import ExportError, export_run
+    from mm_ptft.run.export import ExportError, export_run, sidecar
 
     try:
         path = export_run(ns.run_dir, ns.format, ns.out, ns.quantize, ns.checkpoint,
-                          trust_remote_code=ns.trust_remote_code, push_to_hub=ns.push_to_hub)
+                          trust_remote_code=ns.trust_remote_code, push_to_hub=ns.push_to_hub,
+                          overwrite=ns.overwrite)
     except ExportError as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
@@ -58,7 +59,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
         print(json.dumps({"directory": str(path), "model_card": str(path / "README.md"),
                           **({"pushed_to": ns.push_to_hub} if ns.push_to_hub else {})}))
     else:
-        print(json.dumps({"model": str(path), "description": str(path.with_suffix(".json"))}))
+        print(json.dumps({"model": str(path), "description": str(sidecar(path))}))
     return 0
 
 
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hf: a directory transformers loads (AutoModelFor…); mm_ptft: one mm_ptft.from_pretrained loads")
     ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt, "
                                                 "or the directory RUN_DIR/export/hf|mm_ptft)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out model file and its "
+                                                             "description (refused otherwise)")
     ex.add_argument("--push-to-hub", default=None, metavar="REPO",
                     help="upload the hf/mm_ptft directory to this Hub model repo (huggingface_hub; needs a login)")
     ex.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation (CPU serving)")
@@ -291,6 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mm_ptft.registry import RegistryError
     from mm_ptft.train.checkpoint import CheckpointError
     from mm_ptft.train.distributed import set_finished_cleanly
+    from mm_ptft.train.preempt import Preempted
 
     set_finished_cleanly(False)  # under torchrun, ranks leave the process group together only after clean work
     try:
@@ -300,6 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, RegistryError, DataError, EnvironmentProblem, CheckpointError) as err:
         print(f"mm-ptft: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:  # checkpointed: a clean stop, but not a finished run
+        set_finished_cleanly(True)
+        print(f"mm-ptft: {err}", file=sys.stderr)
+        return err.code
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ class TrainConfig:
         "epochs": ">=0", "max_steps": ">=-1", "batch_size": ">0", "eval_batch_size": ">=0", "grad_accum_steps": ">0",
         "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
         "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0",
-        "prefetch_factor": ">0"}
+        "prefetch_factor": ">0", "threads": ">=0"}
     WORDS: ClassVar[dict[str, tuple[str, ...]]] = {"num_workers": ("auto",)}
     epochs: int = 1
     max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
@@ -155,6 +155,11 @@ class TrainConfig:
     log_every: int = 10  # steps per train log (its losses, rate and times cover the steps since the last); NaN/Inf checks
     save_every: int = 0  # steps between checkpoints; 0: at every evaluation
     keep_last: int = 2  # checkpoints kept besides the best one
+    # signals that preempt the run (names): at the next optimizer step a checkpoint is written, a `preempted` row
+    # logged, and the process exits with mm_ptft.train.preempt.PREEMPTED_EXIT (143); [] disables. SIGINT (Ctrl-C)
+    # always does the same once; a second Ctrl-C aborts. Under torchrun the ranks agree every log_every steps
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    requeue: str = "off"  # off | auto: on preemption under SLURM (SLURM_JOB_ID set), `scontrol requeue $SLURM_JOB_ID`
     resume: bool = False  # continue from the latest good checkpoint in output_dir
     overwrite_output_dir: bool = False  # replace a previous run in output_dir (else it is refused)
     on_config_change: str = "error"  # resume with a config that differs from the run's: error | new (apply it)
@@ -174,6 +179,9 @@ class TrainConfig:
     persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
     prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
+    # intra-op CPU threads; 0: the CPUs this process may use (affinity, cgroup quota) / processes on this node, unless
+    # OMP_NUM_THREADS is set in the environment (then it wins). Loader workers run 1 thread each
+    threads: int = 0
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
     # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune |
     # max-autotune-no-cudagraphs (see mm_ptft/train/compiling.py). reduce-overhead/max-autotune record CUDA graphs on

@@ -106,6 +106,53 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cgroup_cpus() -> Optional[float]:
+    """The cgroup CPU quota in CPUs (``cpu.max``, v1 ``cpu.cfs_quota_us``), None when unlimited or unknown."""
+    for path, split in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", None)):
+        try:
+            text = open(path, encoding="utf-8").read().strip()
+            if split is None:
+                quota, period = text, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us", encoding="utf-8").read().strip()
+            else:
+                quota, period = split(text)[:2]
+        except (OSError, ValueError):
+            continue
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: the affinity mask, capped by the cgroup quota (rounded down, at least 1)."""
+    quota = cgroup_cpus()
+    return max(1, min(cpu_count(), int(quota)) if quota else cpu_count())
+
+
+def thread_plan(override: int = 0, local_world: int = 1) -> tuple[int, str]:
+    """Intra-op threads a run uses, and why: ``train.threads`` when set; else ``OMP_NUM_THREADS`` when the user set
+    it (it wins over the sizing); else the usable CPUs divided by the processes on this node. Loader workers run
+    1 thread each (the DataLoader worker loop sets it)."""
+    if override > 0:
+        return override, f"train.threads={override}"
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env), f"OMP_NUM_THREADS={env} (set in the environment: it wins over the sizing)"
+    cpus = usable_cpus()
+    n = max(1, cpus // max(1, local_world))
+    return n, f"{cpus} usable CPUs / {local_world} local process(es)"
+
+
+def apply_threads(override: int = 0, local_world: int = 1) -> str:
+    """``torch.set_num_threads`` per ``thread_plan``; returns the line the run logs."""
+    import torch
+
+    n, why = thread_plan(override, local_world)
+    torch.set_num_threads(n)
+    return f"threads: {n} intra-op ({why}); loader workers 1 each"
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
@@ -295,7 +342,21 @@ def device_lines() -> list[str]:
                          f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
     else:
         lines.append("cuda: not available (train.device=auto runs on the CPU)")
+    lines.append(thread_line())
     return lines
+
+
+def thread_line() -> str:
+    """The load average and the threads a run started here would use (``mm-ptft doctor``)."""
+    quota = cgroup_cpus()
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "unknown"
+    n, why = thread_plan(0, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return (f"threads: load average {load} (1/5/15 min) on {cpu_count()} CPUs in the affinity mask"
+            f"{f', cgroup quota {quota:g} CPUs' if quota else ''}; a run would use {n} intra-op threads ({why}), "
+            f"loader workers 1 each; train.threads=N overrides")
 
 
 def version_lines() -> list[str]:

@@ -161,3 +161,29 @@ def test_doctor_names_the_matching_torchvision_only_when_its_ops_fail(monkeypatc
     vision = next(c for c in env.compiled_checks() if c.name == "torchvision ops")
     assert not vision.ok and "torchvision::nms does not exist" in vision.detail
     assert "pip install 'torchvision==0.30.*'" in vision.detail
+
+
+def test_thread_plan_divides_usable_cpus_by_local_ranks_and_lets_omp_and_train_threads_win(monkeypatch):
+    from mm_ptft import env as E
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(E, "cpu_count", lambda: 16)
+    monkeypatch.setattr(E, "cgroup_cpus", lambda: None)
+    assert E.thread_plan(0, 4)[0] == 4 and E.thread_plan(0, 32)[0] == 1
+    monkeypatch.setattr(E, "cgroup_cpus", lambda: 6.5)  # a container allowed 6.5 CPUs of the 16
+    assert E.usable_cpus() == 6 and E.thread_plan(0, 2)[0] == 3
+    assert E.thread_plan(5, 2) == (5, "train.threads=5")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    n, why = E.thread_plan(0, 1)
+    assert n == 2 and "OMP_NUM_THREADS=2" in why and "wins" in why
+    assert "intra-op threads" in E.thread_line() and "load average" in E.thread_line()
+
+
+def test_train_threads_is_range_checked(tmp_path):
+    from mm_ptft.config import ConfigError
+    from mm_ptft.run import load_config
+
+    from mm_paths import TEXT_TINY
+
+    with pytest.raises(ConfigError, match="train.threads"):
+        load_config(TEXT_TINY, ["train.threads=-1", f"output_dir={tmp_path}"])

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from mm_ptft.config import RunConfig
+from mm_ptft.env import apply_threads
 from mm_ptft.run.continual import previous_run
 from mm_ptft.contracts import Callback, Prepared
 from mm_ptft.train.finetune import prepare_for_training, save_encoders
@@ -15,10 +18,12 @@ from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.tasks.common import drop_data_files, load_run, pick_checkpoint
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
-from mm_ptft.train import rundir
+from mm_ptft.train import rundir, runlock
 from mm_ptft.train.distributed import main_process_first
 from mm_ptft.train.trainer import Trainer, seed_everything
 
+
+log = logging.getLogger("mm_ptft")
 
 def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> Trainer:
     """Apply the fine-tuning strategy (and ``finetune.regularize``, which may read an earlier run) and gradient
@@ -30,7 +35,11 @@ def build_trainer(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callba
 def fit(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train what a recipe prepared; save each encoder as a reloadable directory, from the checkpoint that
     eval and predict use (the best one); return the final evaluation."""
-    trainer = build_trainer(prepared, cfg, callbacks)
+    return fit_trainer(build_trainer(prepared, cfg, callbacks), cfg)
+
+
+def fit_trainer(trainer: Trainer, cfg: RunConfig) -> dict[str, float]:
+    """``fit`` with the trainer built."""
     results = trainer.fit()
     if trainer.already_finished is not None:  # a finished run resumed: nothing changes
         return results
@@ -60,23 +69,43 @@ def save_best_encoders(model: torch.nn.Module, run_dir: Path) -> None:
         (enc_dir / "source.json").write_text(json.dumps(note, indent=1))
 
 
-def start(cfg: RunConfig) -> None:
+def start(cfg: RunConfig, what: str = "train") -> None:
     """Seed, and claim ``output_dir`` before anything is written into it: another run there is refused
-    unless resumed (``train.resume``) or replaced (``train.overwrite_output_dir``)."""
+    unless resumed (``train.resume``) or replaced (``train.overwrite_output_dir``), and a second live writer
+    is refused by the run lock (``train.runlock``; taken by the main process)."""
     seed_everything(cfg.seed)
+    log.info(apply_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     rundir.claim(cfg, restarting=D.restart_count() > 0)
     with main_process_first(cfg.train.device):
         if D.is_main_process():
+            runlock.acquire(Path(cfg.output_dir), what)
             rundir.clear_for_overwrite(cfg)
 
 
 def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Build the recipe's task and data, train (with ``callbacks`` besides the recipe's own), and return the
-    final evaluation."""
-    start(cfg)
-    with main_process_first(cfg.train.device):  # under torchrun, rank 0 generates data before the others read it
-        prepared = get_recipe(cfg.task).prepare(cfg)
-    return fit(prepared, cfg, callbacks)
+    final evaluation. A failure before the first step leaves ``output_dir`` as it was (``rundir.undo_created``)."""
+    run_dir = Path(cfg.output_dir)
+    before, trainer = rundir.entries(run_dir), None
+    try:
+        start(cfg)
+        with main_process_first(cfg.train.device):  # under torchrun, rank 0 generates data before the others read
+            prepared = get_recipe(cfg.task).prepare(cfg)
+        trainer = build_trainer(prepared, cfg, callbacks)
+        return fit_trainer(trainer, cfg)
+    except BaseException:
+        if runlock.is_held(run_dir) and not _stepped(trainer):
+            runlock.release(run_dir)
+            rundir.undo_created(run_dir, before)
+        raise
+    finally:
+        runlock.release(run_dir)  # the kernel would at exit; a process that trains again must be able to
+
+
+def _stepped(trainer: Optional[Trainer]) -> bool:
+    """Whether ``trainer`` took an optimizer step in this process (its fit state exists once ``fit`` set up)."""
+    state = getattr(trainer, "state", None)
+    return state is not None and state.step > state.start_step
 
 
 def recipe_main(schema: type) -> Callable[[Sequence[str]], dict[str, float]]:

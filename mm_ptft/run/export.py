@@ -191,14 +191,30 @@ def preprocessing(task: nn.Module, prepared: Any, out: Path) -> dict[str, Any]:
     return info
 
 
+def sidecar(path: Path) -> Path:
+    """The description written beside an exported model: ``model.onnx.json`` / ``model.pt.json`` (named per
+    format, so an ONNX and a TorchScript export with one stem keep their own)."""
+    return path.with_name(path.name + ".json")
+
+
+def claim_out(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing model file (or its description) unless ``overwrite`` (``--overwrite``)."""
+    taken = [p for p in (path, sidecar(path)) if p.exists()]
+    if any(p.is_dir() for p in taken):
+        raise ExportError(f"--out {path}: a directory is there; give a file path")
+    if taken and not overwrite:
+        raise ExportError(f"--out {path}: {', '.join(str(p) for p in taken)} exists; give another --out or pass "
+                          f"--overwrite to replace it")
+
+
 def default_out(run_dir: Path, fmt: str, quantize: Optional[str]) -> Path:
     return run_dir / "export" / f"model{'.' + quantize if quantize else ''}{SUFFIX[fmt]}"
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path] = None,
                quantize: Optional[str] = None, checkpoint: Optional[str] = None, check: bool = True,
-               trust_remote_code: bool = False, push_to_hub: Optional[str] = None) -> Path:
-    """Export a trained run; returns the model path (its description is ``<path stem>.json`` beside it), or for
+               trust_remote_code: bool = False, push_to_hub: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Export a trained run; returns the model path (its description is ``sidecar(path)`` beside it), or for
     ``hf``/``mm_ptft`` the directory (uploaded to the Hub repo ``push_to_hub`` when given).
     ``trust_remote_code`` (``--trust-remote-code``) lets the run's encoders load their own code."""
     if fmt in DIRECTORY_FORMATS:  # a directory for transformers or mm_ptft.from_pretrained: see mm_ptft.run.hub
@@ -221,6 +237,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path]
     module = make_traceable(ExportModule(task, spec)).eval()
     inputs = example_inputs(prepared, spec)
     path = Path(out) if out else default_out(run_dir, fmt, quantize)
+    claim_out(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     what = _describe(task, f"{type(task).__name__}")
     try:
@@ -246,7 +263,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: Optional[str | Path]
     meta = describe(cfg, task, prepared, spec, inputs, fmt, quantize, path)
     if check:
         meta["check"] = check_export(path, fmt, module, spec, inputs)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    sidecar(path).write_text(json.dumps(meta, indent=2))
     return path
 
 

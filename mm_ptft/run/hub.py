@@ -230,14 +230,30 @@ def data_cards(data: dict[str, Any], out: Path) -> list[str]:
     return found
 
 
+def checkpoint_metrics(run_dir: Path, source: Optional[Path]) -> tuple[Optional[int], Optional[dict[str, Any]], str]:
+    """(step, metrics, name) of the checkpoint exported: the run's evaluation at that checkpoint's step
+    (``metrics.jsonl``; the last such row), not the last evaluation's; without a checkpoint, ``final_metrics.json``."""
+    from mm_ptft.train.checkpoint import META
+
+    if source is None or not (source / META).is_file():
+        final = run_dir / "final_metrics.json"
+        return None, json.loads(final.read_text()) if final.is_file() else None, "final weights"
+    step = int(json.loads((source / META).read_text())["step"])
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("step") == step]
+    metrics = {k: v for k, v in evals[-1].items() if k not in ("step", "kind", "time")} if evals else None
+    name = f"checkpoints/{source.name}" if source.parent.name == "checkpoints" else str(source)
+    return step, metrics, name
+
+
 def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[str, Any], data: dict[str, Any],
-               out: Path) -> str:
-    """README.md: metrics (``final_metrics.json``), data (and its card), labels, intended use and limits, how to
-    load, the resolved config."""
+               out: Path, source: Optional[Path] = None) -> str:
+    """README.md: metrics (of ``source``, the checkpoint exported: ``checkpoint_metrics``), data (and its card),
+    labels, intended use and limits, how to load, the resolved config."""
     from mm_ptft.train.rundir import config_yaml, run_relative
 
-    metrics_path = run_dir / "final_metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    step, metrics, where = checkpoint_metrics(run_dir, source)
     labels = list(getattr(task, "labels", []) or [])
     hf_class = info.get("class")
     auto = next((a for a in PIPELINE if hf_class and hf_class.endswith(a.replace("AutoModel", ""))), None)
@@ -254,9 +270,10 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else
                                                       f"| {k} | {v} |" for k, v in metrics.items()]
-        lines += ["", "On the run's evaluation split (`final_metrics.json`: the last evaluation)."]
+        lines += ["", f"On the run's evaluation split, of the weights exported here: checkpoint `{where}` (step {step}), "
+                  f"as the run evaluated it at that step."]
     else:
-        lines += ["No `final_metrics.json` in the run: no evaluation recorded."]
+        lines += [f"No evaluation of the exported checkpoint `{where}` (step {step}) is recorded in the run."]
     lines += ["", "## Data", ""]
     named = {k: (run_relative(v, run_dir) or v) if isinstance(v, str) else v for k, v in data.items() if v}
     lines += [f"- `data.{k}`: `{v}`" for k, v in named.items()] or ["- (the config names no data files)"]
@@ -332,6 +349,16 @@ def push_to_hub(folder: Path, repo_id: str, commit_message: Optional[str] = None
     return str(getattr(info, "commit_url", info))
 
 
+def _source(run_dir: Path, checkpoint: Optional[str]) -> Optional[Path]:
+    """The checkpoint ``load_run`` loads (as ``eval``/``predict`` pick it), None for a run without one."""
+    from mm_ptft.tasks.common import pick_checkpoint
+
+    try:
+        return pick_checkpoint(run_dir, checkpoint)
+    except FileNotFoundError:
+        return None
+
+
 # ---- entry --------------------------------------------------------------------------------------------------
 
 def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | Path] = None,
@@ -348,6 +375,7 @@ def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | 
         raise ExportError(f"{out} exists and is not empty: give another --out or remove it")
     cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, trust_remote_code=trust_remote_code)
     prepared.task.cpu().eval()
+    source = _source(run_dir, checkpoint)
     data = {k: getattr(cfg.data, k, None) for k in ("train_file", "eval_file", "generate")} if hasattr(cfg, "data") else {}
     task, cfg = recipe.exported(cfg, prepared)
     if fmt == "hf":
@@ -360,8 +388,10 @@ def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | 
         info = write_mm_ptft(task, cfg, run_dir, out)
     manifest = {"format": fmt, "task": cfg.task, "task_model": type(task).__name__,
                 "labels": list(getattr(task, "labels", []) or []), "source_run": run_dir.name, **info}
+    step, metrics, where = checkpoint_metrics(run_dir, source)
+    manifest.update(checkpoint=where, step=step, metrics=metrics)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    (out / "README.md").write_text(model_card(run_dir, cfg, task, fmt, info, data, out))
+    (out / "README.md").write_text(model_card(run_dir, cfg, task, fmt, info, data, out, source))
     if push:
         push_to_hub(out, push)
     return out

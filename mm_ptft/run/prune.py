@@ -22,12 +22,12 @@ from mm_ptft.contracts import Callback
 from mm_ptft.train.finetune import finetune_groups, save_encoders
 from mm_ptft.tasks.common import load_run, pick_checkpoint
 from mm_ptft.train import checkpoint as ckpt
-from mm_ptft.train import rundir
+from mm_ptft.train import rundir, runlock
 from mm_ptft.train.trainer import Trainer
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: what the copy leaves behind: the source's checkpoints (one new one is written), loggers' files, exports
-NOT_COPIED = ("checkpoints", "tensorboard", "wandb", "export", "report.md", "final_metrics.json",
+NOT_COPIED = (".lock", "checkpoints", "tensorboard", "wandb", "export", "report.md", "final_metrics.json",
               "confusion_matrix.json", "confusion_matrix.png", "pruning.json")
 
 
@@ -111,6 +111,7 @@ def prune_run(run_dir: str | Path, amount: float, structured: bool = False, out:
         raise ConfigError("--out must differ from the run directory (the source run is left as it is)")
     if rundir.holds_run(out):
         raise ConfigError(f"--out={str(out)!r} already holds a run; choose another directory")
+    runlock.acquire(out, "prune into")  # one writer: a second prune into the same --out is refused
     source = pick_checkpoint(run_dir, checkpoint)
     cfg, prepared, _ = load_run(run_dir, checkpoint=checkpoint, trust_remote_code=trust_remote_code,
                                 train_data=finetune_steps > 0)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Callback
 from mm_ptft.registry import Registry
+from mm_ptft.train import preempt
 from mm_ptft.train.logging import log
 
 CALLBACKS: Registry[Callback] = Registry("callback")
@@ -86,7 +87,7 @@ def from_config(cfg: RunConfig, **runtime: Any) -> list[Callback]:
             raise ConfigError(f"{where}: {err.args[0] if err.args else err}") from None
     if tc.early_stopping_patience > 0 and not any(isinstance(cb, EarlyStopping) for cb in built):
         built.append(EarlyStopping(patience=tc.early_stopping_patience))
-    return built
+    return [*built, *preempt.from_config(tc)]
 
 
 __all__ = ["CALLBACKS", "EarlyStopping", "from_config"]

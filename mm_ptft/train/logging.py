@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mm_ptft.train.trackers import Tracker
+from mm_ptft.train.trackers import start as start_tracker
 
 log = logging.getLogger("mm_ptft")
 
@@ -40,7 +41,7 @@ class RunLogger:
         setup_console()
         for tracker in trackers:
             try:
-                tracker.start(run_dir, config or {}, start_step)
+                start_tracker(tracker, run_dir, config or {}, start_step)
             except BaseException:
                 self.close(None)  # the ones already started
                 raise

@@ -28,7 +28,8 @@ RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "trai
                "train.epochs", "train.device", "train.num_workers", "train.persistent_workers",
                "train.prefetch_factor", "train.log_every", "train.eval_every",
                "train.save_every", "train.keep_last", "train.report", "train.eval_batch_size",
-               "train.early_stopping_patience", "train.max_bad_steps", "train.report_to"}
+               "train.early_stopping_patience", "train.max_bad_steps", "train.report_to",
+               "train.threads", "train.preempt_signals", "train.requeue"}
 OUTPUT_DIR_REF = "${output_dir}"
 
 
@@ -135,6 +136,28 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
                           f"{listed}. Resume as it was: mm-ptft train {run_dir / 'config.yaml'} train.resume=true; "
                           f"apply the new values: train.on_config_change=new; or train into another output_dir")
     return changes
+
+
+def entries(run_dir: Path) -> Optional[set[str]]:
+    """The names at the top of ``run_dir``; None when it does not exist (what ``undo_created`` restores)."""
+    return {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
+
+
+def undo_created(run_dir: Path, before: Optional[set[str]]) -> None:
+    """A run that failed before its first step: remove what it created in ``run_dir`` (the whole directory when
+    it did not exist; else only the entries that were not there), so the rerun finds it as it was. The run lock
+    guarantees no other writer made them."""
+    if not run_dir.exists():
+        return
+    created = sorted({p.name for p in run_dir.iterdir()} - (before or set()))
+    if before is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    for name in created if before is not None else ():
+        path = run_dir / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if created or before is None:
+        log.info("the run failed before its first step: removed what it created in %s (%s)", run_dir,
+                 "the directory" if before is None else ", ".join(created))
 
 
 def clean_stale(ckpt_root: Path) -> None:

@@ -21,6 +21,10 @@ from mm_ptft.registry import Registry
 META = ("step", "kind", "time")  # the keys of a record that are not values
 
 
+class TrackerError(ConfigError):
+    """A tracker that would not start; the message is one line naming it and the settings it read."""
+
+
 class Tracker:
     """A sink for a run's records. ``start`` once (resumed runs: ``start_step`` > 0), ``log`` each record,
     ``finish`` with the final metrics (None when the run failed)."""
@@ -30,6 +34,22 @@ class Tracker:
     def log(self, record: dict[str, Any]) -> None: ...
 
     def finish(self, results: Optional[dict[str, float]]) -> None: ...
+
+    #: the environment variables that choose where it reports (named when it fails to start)
+    settings: tuple[str, ...] = ()
+
+
+def start(tracker: Tracker, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
+    """``tracker.start``; any failure (a refused store URI, a login W&B wants) as one ``TrackerError`` line naming
+    the tracker, its ``train.report_to`` entry and the settings it read."""
+    try:
+        tracker.start(run_dir, config, start_step)
+    except Exception as err:
+        where = getattr(tracker, "where", type(tracker).__name__)
+        env = ", ".join(f"{k}={os.environ[k]!r}" for k in tracker.settings if k in os.environ)
+        msg = (str(err).strip().splitlines() or [""])[0][:300]
+        raise TrackerError(f"{where}: the tracker did not start ({env or 'no ' + '/'.join(tracker.settings) + ' set'}"
+                           f"): {type(err).__name__}: {msg}") from err
 
 
 TRACKERS: Registry[Tracker] = Registry("tracker")
@@ -100,6 +120,8 @@ class WandbTracker(Tracker):
     ``WANDB_ENTITY``…); the project defaults to ``mm_ptft``, the name to the run directory's, the files to
     ``<run dir>/wandb`` (``WANDB_DIR`` overrides). A resumed run reports as a new W&B run."""
 
+    settings = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR", "WANDB_BASE_URL")
+
     def start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
         import wandb
 
@@ -131,6 +153,7 @@ class MlflowTracker(Tracker):
     environment variables choose the store (``MLFLOW_TRACKING_URI``); the experiment is
     ``MLFLOW_EXPERIMENT_NAME``, else ``mm_ptft``; the run is named after the run directory."""
 
+    settings = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
     MAX_PARAMS, MAX_VALUE = 100, 6000  # per log_batch call; characters per param value
 
     def start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
@@ -184,8 +207,10 @@ def from_config(report_to: Sequence[str]) -> list[Tracker]:
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(f"{where} needs the {package} package: {EXTRA}")
         if name != "jsonl" and name not in report_to[:i]:
-            trackers.append(TRACKERS.build(name, where))
+            tracker = TRACKERS.build(name, where)
+            tracker.where = where
+            trackers.append(tracker)
     return trackers
 
 
-__all__ = ["EXTRA", "TRACKERS", "Tracker", "flatten", "from_config", "scalars"]
+__all__ = ["EXTRA", "TRACKERS", "Tracker", "TrackerError", "start", "flatten", "from_config", "scalars"]

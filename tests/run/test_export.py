@@ -13,7 +13,7 @@ from torch import nn
 
 from mm_ptft.cli import main as cli_main
 from mm_ptft.run import load_config
-from mm_ptft.run.export import ExportError, export_run, export_spec, run_onnx
+from mm_ptft.run.export import ExportError, export_run, export_spec, run_onnx, sidecar
 from mm_ptft.run import load_run, train
 
 from mm_paths import ROOT, TEXT_TINY
@@ -51,7 +51,7 @@ TEXTS = ["the chef baked bread in the oven with garlic and a little salt for din
 
 def test_text_onnx_matches_pytorch(text_run, tmp_path):
     path = export_run(text_run, "onnx", tmp_path / "text.onnx")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(sidecar(path).read_text())
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask"]
     assert meta["inputs"][0]["shape"] == ["batch", "sequence"] and meta["outputs"] == ["logits"]
     assert meta["labels"] == load_config(text_run / "config.yaml").data.labels
@@ -67,7 +67,7 @@ def test_text_onnx_matches_pytorch(text_run, tmp_path):
 
 def test_text_torchscript_and_int8(text_run, tmp_path):
     path = export_run(text_run, "torchscript", tmp_path / "text.pt")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(sidecar(path).read_text())
     batch = _text_batch(meta, TEXTS)
     _, prepared, _ = load_run(text_run)
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_cli_export_writes_model_and_description(text_run, tmp_path, capsys):
     out = tmp_path / "cli" / "m.onnx"
     assert cli_main(["export", str(text_run), "--format", "onnx", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["model"] == str(out) and out.is_file() and (tmp_path / "cli" / "m.json").is_file()
+    assert printed["model"] == str(out) and out.is_file() and (tmp_path / "cli" / f"{out.name}.json").is_file()
     assert (tmp_path / "cli" / "m_tokenizer" / "tokenizer.json").is_file()
 
 
@@ -103,7 +103,7 @@ def test_image_onnx_and_torchscript_match(tmp_path):
     train(load_config(recipe, [f"output_dir={run}", "data.generate.n_train=48", "data.generate.n_eval=8", *FAST]))
     onnx_path = export_run(run, "onnx")
     ts_path = export_run(run, "torchscript")
-    meta = json.loads(onnx_path.with_suffix(".json").read_text())
+    meta = json.loads(onnx_sidecar(path).read_text())
     assert meta["preprocessing"]["image"]["size"] == [32, 32] and len(meta["preprocessing"]["image"]["mean"]) == 3
     _, prepared, _ = load_run(run)
     x = torch.randn(5, 3, 32, 32)  # (B, 3, H, W): another batch size than the trace
@@ -119,7 +119,7 @@ def test_ctc_onnx_log_probs_match(tmp_path):
     train(load_config(recipe, [f"output_dir={run}", "data.generate.n_train=24", "data.generate.n_eval=6",
                                "train.max_steps=2", "train.report=false", "train.num_workers=0"]))
     path = export_run(run, "onnx")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(sidecar(path).read_text())
     assert meta["vocab"][0] == "<blank>" and meta["outputs"] == ["log_probs", "frame_lengths"]
     _, prepared, _ = load_run(run)
     batch = prepared.collate([prepared.eval_data[i] for i in range(3)])  # 3 clips, padded
@@ -148,7 +148,7 @@ def test_multimodal_torchscript_matches_and_onnx_stft_error_is_named(tmp_path):
     train(load_config(recipe, [f"output_dir={run}", "data.generate.n_train=24", "data.generate.n_eval=6",
                                "train.max_steps=2", "train.report=false"]))
     path = export_run(run, "torchscript")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(sidecar(path).read_text())
     names = [i["name"] for i in meta["inputs"]]
     assert names == ["audio", "audio_lengths", "pixel_values", "input_ids", "attention_mask"]
     _, prepared, _ = load_run(run)
@@ -159,3 +159,18 @@ def test_multimodal_torchscript_matches_and_onnx_stft_error_is_named(tmp_path):
         torch.testing.assert_close(torch.jit.load(str(path))(*[batch[k] for k in keys]), ref, atol=ATOL, rtol=0)
     with pytest.raises(ExportError, match=r"MultimodalClassifier with audio encoder TinyAudioEncoder.*torch\.stft"):
         export_run(run, "onnx")
+
+
+def test_an_existing_out_file_is_refused_unless_overwrite_and_formats_keep_their_own_description(text_run, tmp_path):
+    """--out onto a file the user has is refused (as an existing directory is) unless --overwrite; an ONNX and a
+    TorchScript export with one stem each keep their own description."""
+    mine = tmp_path / "model.onnx"
+    mine.write_bytes(b"not yours")
+    with pytest.raises(ExportError, match="exists; give another --out or pass --overwrite"):
+        export_run(text_run, "onnx", mine, check=False)
+    assert mine.read_bytes() == b"not yours"
+    onnx = export_run(text_run, "onnx", mine, check=False, overwrite=True)
+    ts = export_run(text_run, "torchscript", tmp_path / "model.pt", check=False)
+    assert sidecar(onnx) != sidecar(ts)
+    assert json.loads(sidecar(onnx).read_text())["format"] == "onnx"
+    assert json.loads(sidecar(ts).read_text())["format"] == "torchscript"

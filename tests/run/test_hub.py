@@ -378,3 +378,21 @@ def test_sentence_transformers_refuses_what_it_cannot_express(pooler_run, tmp_pa
     with pytest.raises(ExportError, match=r"pooling='pooler' has no sentence-transformers Pooling mode"):
         export_run(pooler_run, "sentence_transformers", tmp_path / "st")
     assert not (tmp_path / "st").exists()
+
+
+def test_the_card_of_the_best_checkpoint_reports_that_checkpoints_metrics(tmp_path):
+    """The best checkpoint (best.json) is not the last evaluation's: the card and the manifest give the step and
+    metrics of the weights exported (its row in metrics.jsonl), not final_metrics.json's."""
+    run = _text_run(tmp_path / "run", "train.max_steps=4", "train.eval_every=2", "train.keep_last=5")
+    best = run / "checkpoints" / "best.json"
+    best.write_text(json.dumps({**json.loads(best.read_text()), "step": 2, "path": "step_00000002"}))
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    at2 = next(r for r in rows if r["kind"] == "eval" and r["step"] == 2)
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert at2["loss"] != final["loss"]  # the two evaluations differ: the test can tell them apart
+    out = export_run(run, "mm_ptft", tmp_path / "exported")
+    card, manifest = (out / "README.md").read_text(), json.loads((out / "mm_ptft.json").read_text())
+    assert f"| loss | {at2['loss']:.4g} |" in card and f"| loss | {final['loss']:.4g} |" not in card
+    assert "checkpoint `checkpoints/step_00000002` (step 2)" in card
+    assert manifest["step"] == 2 and manifest["checkpoint"] == "checkpoints/step_00000002"
+    assert manifest["metrics"]["loss"] == at2["loss"]

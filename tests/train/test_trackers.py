@@ -199,3 +199,32 @@ def test_mm_ptft_list_shows_callbacks_and_trackers():
     regs = all_registries()
     assert "early_stopping" in regs["callback"]
     assert set(regs["tracker"].names()) >= {"jsonl", "mlflow", "tensorboard", "wandb"}
+
+
+def _tiny(topics_data, out, *extra):
+    return load_config(TEXT_TINY, [f"output_dir={out}", f"data.train_file={topics_data['train_file']}",
+                                   f"data.eval_file={topics_data['eval_file']}", "train.max_steps=2",
+                                   "train.report=false", "train.device=cpu", *extra])
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_tracker_that_will_not_start_is_one_line_and_leaves_output_dir_as_it_was(topics_data, tmp_path, monkeypatch,
+                                                                                   existing):
+    """MLflow 3 refuses a ``file:///`` store (unless MLFLOW_ALLOW_FILE_STORE): one line naming the tracker and the
+    setting, and nothing of the failed run left behind, so the rerun trains."""
+    pytest.importorskip("mlflow")
+    from mm_ptft.train.trackers import TrackerError
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    out = tmp_path / "run"
+    if existing:  # a directory the user made, with a file of theirs: kept as it was
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    with pytest.raises(TrackerError) as err:
+        train(_tiny(topics_data, out, "train.report_to=[mlflow]"))
+    line = str(err.value)
+    assert "\n" not in line and "train.report_to[0]='mlflow'" in line and "MLFLOW_TRACKING_URI='file://" in line
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] if existing else not out.exists()
+    results = train(_tiny(topics_data, out, "train.report_to=[]"))  # the rerun: not "already holds a run"
+    assert "accuracy" in results and (out / "final_metrics.json").is_file()
