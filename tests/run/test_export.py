@@ -103,7 +103,7 @@ def test_image_onnx_and_torchscript_match(tmp_path):
     train(load_config(recipe, [f"output_dir={run}", "data.generate.n_train=48", "data.generate.n_eval=8", *FAST]))
     onnx_path = export_run(run, "onnx")
     ts_path = export_run(run, "torchscript")
-    meta = json.loads(onnx_sidecar(path).read_text())
+    meta = json.loads(sidecar(onnx_path).read_text())
     assert meta["preprocessing"]["image"]["size"] == [32, 32] and len(meta["preprocessing"]["image"]["mean"]) == 3
     _, prepared, _ = load_run(run)
     x = torch.randn(5, 3, 32, 32)  # (B, 3, H, W): another batch size than the trace

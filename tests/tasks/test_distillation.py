@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from mm_ptft.config import ConfigError
 from mm_ptft.heads.distillation import kd_loss
 from mm_ptft.run import load_config, load_run, train
+from mm_ptft.run.export import sidecar
 from mm_ptft.tasks.distillation import Distillation
 
 from mm_paths import ROOT, TEXT_TINY
@@ -74,7 +75,7 @@ def test_distilled_student_trains_teacher_frozen_and_exports(teacher, tmp_path):
     from mm_ptft.run.export import export_run
 
     path = export_run(out, "onnx")  # a distilled run exports the student alone
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(sidecar(path).read_text())
     assert meta["task"] == "text_classification" and meta["check"]["max_abs_diff"] < 1e-4
 
     task.eval()

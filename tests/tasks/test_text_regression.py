@@ -13,6 +13,7 @@ import torch
 
 from mm_ptft.metrics.regression import RegressionMetrics
 from mm_ptft.run import load_run, predict
+from mm_ptft.run.export import sidecar
 
 from mm_paths import ROOT
 
@@ -63,6 +64,6 @@ def test_predict_and_export_need_no_edit_elsewhere(run, tmp_path):
     from mm_ptft.run.export import export_run
 
     path = export_run(out, "onnx", tmp_path / "reg.onnx")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(sidecar(path).read_text())
     assert meta["outputs"] == ["predictions"] and meta["task"] == "text_regression"
     assert meta["check"]["max_abs_diff"] < 1e-4

@@ -23,7 +23,8 @@ from mm_paths import ROOT
 
 TINY = os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml")
 SMALL = ["train.report=false", "data.generate.n_train=96", "data.generate.n_eval=16", "train.batch_size=16",
-         "train.max_steps=5", "train.eval_every=100", "sched.warmup_steps=0"]
+         "train.max_steps=5", "train.eval_every=100", "sched.warmup_steps=0",
+         "train.threads=1"]  # the faked CPU counts below assume a 1-thread step (thread sizing reads the real ones)
 
 
 def cfg(out, *extra):
