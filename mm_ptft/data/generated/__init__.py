@@ -50,15 +50,18 @@ def write_csv_splits(out_dir: str, header: Sequence[str], sizes: dict[str, int],
     """``<split>.csv`` with ``header`` and ``sizes[split]`` rows from ``make_row()`` each; their paths as
     ``{"<split>_file": path}``."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    for split, n in sizes.items():
-        path = os.path.join(out_dir, f"{split}.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(make_row() for _ in range(n))
-        paths[f"{split}_file"] = path
-    return paths
+    return {f"{split}_file": write_csv(out_dir, split, header, [make_row() for _ in range(n)])
+            for split, n in sizes.items()}
+
+
+def write_csv(out_dir: str, split: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """``out_dir/<split>.csv`` with ``header`` and ``rows``; its path."""
+    path = os.path.join(out_dir, f"{split}.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
 
 
 @GENERATORS.register()

@@ -4,7 +4,6 @@ Shapes are drawn with PIL on a noisy background, so the files go through exactly
 decoding and augmentation code as a user's own photos. Deterministic by ``seed``."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -12,7 +11,7 @@ from typing import Callable, Sequence
 
 from PIL import Image, ImageDraw
 
-from mm_ptft.data.generated import GENERATORS
+from mm_ptft.data.generated import GENERATORS, write_csv
 from mm_ptft.data.generated.multimodal import image_save_options
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -82,12 +81,7 @@ def image_shapes(out_dir: str, n_train: int = 400, n_eval: int = 100, size: int 
             rel = f"{split}/{i:05d}.{image_format}"
             img.save(os.path.join(out_dir, rel), **save_options)
             rows.append((rel, label))
-        path = os.path.join(out_dir, f"{split}.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label"])
-            w.writerows(rows)
-        paths[f"{split}_file"] = path
+        paths[f"{split}_file"] = write_csv(out_dir, split, ["path", "label"], rows)
     return paths
 
 

@@ -5,7 +5,6 @@ around the edges (a torus), starting anywhere. Every position is then equally li
 frame says nothing about the label: only the order of frames does. Deterministic by ``seed``."""
 from __future__ import annotations
 
-import csv
 import os
 import random
 from fractions import Fraction
@@ -14,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mm_ptft.data.generated import GENERATORS
+from mm_ptft.data.generated import GENERATORS, write_csv
 
 #: class → (dx, dy) unit motion per frame (image axes: y grows downwards)
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -92,10 +91,5 @@ def moving_shapes(out_dir: str, n_train: int = 320, n_eval: int = 80, size: int 
             write_video(os.path.join(out_dir, rel), moving_clip(rng, label, size, frames, speed), fps)
             rows.append((rel, label))
         rng.shuffle(rows)
-        path = os.path.join(out_dir, f"{split}.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label"])
-            w.writerows(rows)
-        paths[f"{split}_file"] = path
+        paths[f"{split}_file"] = write_csv(out_dir, split, ["path", "label"], rows)
     return paths
