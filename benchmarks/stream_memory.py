@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the measured process (also benchmarks/table_memory.py's): peak RSS, time to the first optimizer step, and
+#: how the run got its tables (the preprocessing cache's state; "none" for streams)
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.time()
@@ -25,7 +27,10 @@ from mm_ptft.contracts import Callback
 from mm_ptft.run import load_config, train
 
 class FirstStep(Callback):
-    first = None
+    first, cache = None, None
+    def on_train_start(self, trainer):
+        status = getattr(trainer.train_loader.dataset, "cache", None)
+        FirstStep.cache = status.state if status is not None else "none"
     def on_step_end(self, trainer):
         if FirstStep.first is None:
             FirstStep.first = time.time() - t0
@@ -33,8 +38,8 @@ class FirstStep(Callback):
 cfg = load_config(sys.argv[1], sys.argv[3:])
 train(cfg, callbacks=[FirstStep()])
 me, kids = (resource.getrusage(w).ru_maxrss / 1024 for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-json.dump({"first_step_s": FirstStep.first, "total_s": time.time() - t0, "rss_mb": me, "worker_rss_mb": kids},
-          open(sys.argv[2], "w"))
+json.dump({"first_step_s": FirstStep.first, "total_s": time.time() - t0, "rss_mb": me, "worker_rss_mb": kids,
+           "cache": FirstStep.cache}, open(sys.argv[2], "w"))
 """
 
 

@@ -25,29 +25,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.common import section  # noqa: E402
-from benchmarks.stream_memory import write_rows  # noqa: E402
+from benchmarks.stream_memory import CHILD, write_rows  # noqa: E402
 
-CHILD = r"""
-import json, resource, sys, time
-t0 = time.time()
-from mm_ptft.contracts import Callback
-from mm_ptft.run import load_config, train
-
-class FirstStep(Callback):
-    first, cache = None, None
-    def on_train_start(self, trainer):
-        status = getattr(trainer.train_loader.dataset, "cache", None)
-        FirstStep.cache = status.state if status is not None else "none"
-    def on_step_end(self, trainer):
-        if FirstStep.first is None:
-            FirstStep.first = time.time() - t0
-
-cfg = load_config(sys.argv[1], sys.argv[3:])
-train(cfg, callbacks=[FirstStep()])
-me, kids = (resource.getrusage(w).ru_maxrss / 1024 for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-json.dump({"first_step_s": FirstStep.first, "total_s": time.time() - t0, "rss_mb": me, "worker_rss_mb": kids,
-           "cache": FirstStep.cache}, open(sys.argv[2], "w"))
-"""
 
 CONFIG = """task: text_classification
 seed: 0
