@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the moving_shapes generator)
 from mm_ptft.data.image import ImageAugment
@@ -30,20 +30,16 @@ def _no_flip() -> ImageAugment:
 
 
 @dataclass
-class VideoClsData:
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0,1)"}  # checked by config.parse
-    # CSV/TSV/JSON/JSONL/parquet with video paths (relative to the file), or a folder with a sub-folder per class
-    train_file: str = ""
-    eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
+class VideoClsData(SplitData, SkipBadSamples):
+    """train_file: CSV/TSV/JSON/JSONL/parquet with video paths (relative to the file), or a folder with a sub-folder
+    per class; data.generate: {name: moving_shapes, ...} for generated clips."""
+
     path_column: str = "path"
     label_column: str = "label"
-    eval_fraction: float = 0.1
     labels: list[str] = field(default_factory=list)  # empty: learned from the training data
-    skip_bad_samples: bool = False
     verify_videos: bool = True  # decode every file once at load time (finds corrupt/truncated files early)
     sampling: VideoSampling = field(default_factory=VideoSampling)
     augment: ImageAugment = field(default_factory=_no_flip)  # one crop/flip/colour draw per clip
-    generate: Optional[Dict[str, Any]] = None  # {name: moving_shapes, ...}: generated data
 
 
 @dataclass
