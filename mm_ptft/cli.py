@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript|hf|mm_ptft [--out PATH] "
                                        "[--quantize int8] [--push-to-hub REPO]")
     ex.add_argument("run_dir")
-    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft", "sentence_transformers"],
+    ex.add_argument("--format", choices=["onnx", "torchscript", "hf", "mm_ptft", "sentence_transformers", "open_clip"],
                     default="onnx",
                     help="hf: a directory transformers loads (AutoModelFor…); mm_ptft: one mm_ptft.from_pretrained loads")
     ex.add_argument("--out", default=None, help="model path (default RUN_DIR/export/model[.int8].onnx|.pt, "

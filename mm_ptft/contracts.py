@@ -158,6 +158,18 @@ def on_device(collate: Any, batch: Any, device: torch.device) -> Any:
     return stage(batch, device) if stage is not None else batch
 
 
+def parity_batch(prepared: Any, fmt: str, n: int = 16) -> Any:
+    """The first ``n`` evaluation samples of a prepared run, collated (rows of different lengths padded) and put
+    through the collate's device stage on the CPU: what an export checks its model against. ExportError when the
+    run has no evaluation data."""
+    data = prepared.eval_data
+    if data is None or len(data) == 0:
+        raise ExportError(f"--format {fmt}: the run has no evaluation data to check the exported model against "
+                          f"(export with the run's data present)")
+    batch = prepared.collate([data[i] for i in range(min(len(data), n))])
+    return on_device(prepared.collate, batch, torch.device("cpu"))
+
+
 GENERATION_STRATEGIES = ("greedy", "beam", "sample")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from mm_ptft.features.image import eval_resize
 from mm_ptft.data.tables import DataError, load_table, require_columns
 from mm_ptft.types import IMAGE, LABELS
 
@@ -165,7 +166,7 @@ def _image_folder(root: str, key: str) -> tuple[list[str], list[Any]]:
 
 
 # ---------------------------------------------------------------------------------------- transforms
-def _interp(name: str):
+def interpolation_mode(name: str):
     from torchvision.transforms import InterpolationMode
 
     return InterpolationMode(name.lower()) if name else InterpolationMode.BILINEAR
@@ -188,16 +189,45 @@ class ImagePipeline(NamedTuple):
         return v2.Compose([v2.ToImage(), *self.pixel, *self.batch, *self.tail])
 
 
+def _floor_center_crop_class() -> type:
+    from torchvision.transforms import v2
+
+    class FloorCenterCrop(v2.Transform):
+        """A centre crop whose offsets are floored, ``(H - h) // 2`` — transformers' image processors' convention;
+        torchvision's ``CenterCrop`` rounds, one pixel apart when H - h is odd (HF encoders use this one)."""
+
+        def __init__(self, size: Sequence[int]) -> None:
+            super().__init__()
+            self.size = [int(s) for s in size]
+
+        def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+            h, w = v2.query_size(flat_inputs)
+            return {"top": max(0, (h - self.size[0]) // 2), "left": max(0, (w - self.size[1]) // 2)}
+
+        def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+            if isinstance(inpt, (int, float, str)) or inpt is None:  # pragma: no cover - non-image leaves
+                return inpt
+            return v2.functional.crop(inpt, params["top"], params["left"], *self.size)
+
+    return FloorCenterCrop
+
+
+def FloorCenterCrop(size: Sequence[int]) -> Any:  # noqa: N802 - a transform, built lazily (torchvision import)
+    """``FloorCenterCrop(size)``: the centre crop of transformers' processors (see ``_floor_center_crop_class``)."""
+    return _floor_center_crop_class()(size)
+
+
 def classification_ops(pre: Any, aug: ImageAugment, train: bool) -> ImagePipeline:
     """The v2 ops of ``classification_transforms``, split as ``ImagePipeline`` (the device path batches ``batch``)."""
     from torchvision.transforms import v2
 
-    size, interp = list(pre.size), _interp(pre.interpolation)
+    size, interp = list(pre.size), interpolation_mode(pre.interpolation)
     if train and aug.random_resized_crop:
         ops: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(aug.scale), interpolation=interp, antialias=True)]
     else:
-        resize = [int(s / pre.crop_pct) for s in size] if pre.crop_pct < 1 else size
-        ops = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
+        resize = eval_resize(size, pre.crop_pct, getattr(pre, "resize", "shortest"))
+        crop = FloorCenterCrop(size) if getattr(pre, "crop_rounding", "round") == "floor" else v2.CenterCrop(size)
+        ops = [v2.Resize(resize, interpolation=interp, antialias=True), crop]
     if train:
         ops += [v2.RandomHorizontalFlip(aug.hflip)] if aug.hflip > 0 else []
         ops += [_auto_augment(aug, interp)] if aug.auto_augment else []

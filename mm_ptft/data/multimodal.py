@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from mm_ptft.data.audio import check_clip, load_waveform
 from mm_ptft.contracts import on_device
-from mm_ptft.data.image import ImagePipeline, check_image
+from mm_ptft.data.image import ImagePipeline, check_image, interpolation_mode
 from mm_ptft.data.image import load_image as decode_image
 from mm_ptft.data.image_device import read_encoded
 from mm_ptft.data.tables import ROW, DataError, LabelMap, column, require_columns, rows_of
@@ -41,6 +41,7 @@ class MediaConfig:
     image_size: int = 32
     image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_interpolation: str = "bilinear"  # set from the image encoder (open_clip's: bicubic)
     sample_rate: int = 16000  # set from the audio encoder
     max_audio_seconds: float = 10.0  # longer clips are cropped
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted (dropped_too_short)
@@ -49,10 +50,13 @@ class MediaConfig:
 
 
 def paired_ops(media: MediaConfig) -> ImagePipeline:
-    """The paired recipes' image pipeline (no augmentation): resize to (S, S), float in [0, 1], normalise."""
+    """The paired recipes' image pipeline (no augmentation): the shorter edge resized to S with the encoder's
+    resampling (the aspect ratio kept), a centre crop to (S, S), float in [0, 1], normalise — open_clip's
+    evaluation preprocessing."""
     from torchvision.transforms import v2
 
-    resize = [v2.Resize([media.image_size, media.image_size], antialias=True)]
+    s, interp = media.image_size, interpolation_mode(media.image_interpolation)
+    resize = [v2.Resize(s, interpolation=interp, antialias=True), v2.CenterCrop([s, s])]
     normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(media.image_mean), list(media.image_std))]
     return ImagePipeline(resize, normalise, [])
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from mm_ptft.encoders.base import Encoder, HFBacked, hf_config, hf_pretrained_rates, open_clip_model, \
     release_freed_memory, remote_code, set_hf_rates, timm_rate_error, timm_rates, unexpected_option
+from mm_ptft.features.image import eval_resize
 from mm_ptft.registry import Registry
 from mm_ptft.types import IMAGE, EncoderOutput
 
@@ -29,25 +30,38 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How images must be prepared for an encoder: square-or-not input size, normalisation, resampling."""
+    """How images must be prepared for an encoder: input size, normalisation, resampling, and the evaluation
+    resize: ``shortest`` scales the shorter edge to size / crop_pct keeping the aspect ratio (timm, open_clip,
+    torchvision, HF ``shortest_edge`` processors), ``squash`` scales to exactly (H, W) / crop_pct (HF processors
+    with a height and width, e.g. ViT's); both then centre-crop to ``size``."""
 
     size: tuple[int, int]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+    resize: str = "shortest"
+    crop_rounding: str = "round"  # the centre crop's odd offset: torchvision rounds, transformers floors
 
     @staticmethod
     def make(size: int | Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
              std: Sequence[float] = IMAGENET_STD, interpolation: str = "bilinear",
-             crop_pct: float = 0.875) -> "Preprocess":
+             crop_pct: float = 0.875, resize: str = "shortest", crop_rounding: str = "round") -> "Preprocess":
         """Normalise the many spellings libraries use (int, [S], (H, W) or (C, H, W) sizes, lists)."""
         if isinstance(size, (int, float)):
             size = [size]
         hw = tuple(int(s) for s in size)[-2:]
         hw = hw * 2 if len(hw) == 1 else hw  # torchvision weights give [224]: a square
+        if resize not in ("shortest", "squash") or crop_rounding not in ("round", "floor"):
+            raise ValueError(f"image resize {resize!r} / crop rounding {crop_rounding!r}: choose shortest|squash "
+                             f"and round|floor")
         return Preprocess(hw, tuple(float(m) for m in mean), tuple(float(s) for s in std),  # type: ignore[arg-type]
-                          str(interpolation), float(crop_pct))
+                          str(interpolation), float(crop_pct), resize, crop_rounding)
+
+    def resize_size(self) -> int | tuple[int, int]:
+        """What ``Resize`` gets before the centre crop: the shorter edge's length (``shortest`` with a square
+        size) or the exact (H, W)."""
+        return eval_resize(self.size, self.crop_pct, self.resize)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,8 +77,9 @@ class ImageEncoder(Encoder):
     def export_preprocessing(self, out: Any) -> dict[str, Any]:
         """This encoder's ``Preprocess`` (size, crop, mean/std) as the steps before the graph."""
         return {**self.preprocess.to_dict(), "layout": "NCHW float32 RGB",
-                "steps": "decode RGB, resize to size / crop_pct (size where crop_pct >= 1), centre crop "
-                         "to size, scale to [0, 1], subtract mean, divide by std"}
+                "steps": "decode RGB, resize to size / crop_pct (size where crop_pct >= 1; resize=shortest: "
+                         "the shorter edge, keeping the aspect ratio), centre crop to size, scale to [0, 1], "
+                         "subtract mean, divide by std"}
 
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         return self.encode(batch[IMAGE])
@@ -396,9 +411,10 @@ def save_eval_processor(p: Preprocess, path: Any) -> None:
     from transformers import BitImageProcessor
 
     h, w = p.size
-    resize = [int(s / p.crop_pct) for s in (h, w)] if p.crop_pct < 1 else [h, w]
+    resize = p.resize_size()
+    size = {"shortest_edge": resize} if isinstance(resize, int) else {"height": resize[0], "width": resize[1]}
     pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
-    BitImageProcessor(do_resize=True, size={"height": resize[0], "width": resize[1]}, resample=pil,
+    BitImageProcessor(do_resize=True, size=size, resample=pil,
                       do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
                       rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
                       do_convert_rgb=True).save_pretrained(str(path))
@@ -418,15 +434,27 @@ def _size_field(size: Any, key: str) -> Optional[int]:
 
 
 def _hf_preprocess(processor: Any, config: Any) -> Preprocess:
-    """Size/mean/std from an HF image processor, else from the model config with ImageNet stats."""
+    """Size, crop, resize mode, mean/std and resampling of an HF image processor's evaluation path, else the
+    model config's size with ImageNet stats. ``shortest_edge`` processors keep the aspect ratio (ConvNeXt's below
+    384 px resize to edge / its ``crop_pct``), ``height``/``width`` ones squash; a centre crop sets ``crop_pct``."""
     if processor is None:
         return Preprocess.make(int(getattr(config, "image_size", 224)))
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    size = crop or processor.size
+    size, resample = processor.size, _resample_name(getattr(processor, "resample", None))
     h, w = _size_field(size, "height"), _size_field(size, "width")
-    edge = _size_field(size, "shortest_edge") or int(getattr(config, "image_size", 224))
-    return Preprocess.make((h, w) if h and w else edge, processor.image_mean, processor.image_std,
-                           _resample_name(getattr(processor, "resample", None)))
+    edge = _size_field(size, "shortest_edge")
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    ch, cw = (_size_field(crop, "height"), _size_field(crop, "width")) if crop is not None else (None, None)
+    mean, std = processor.image_mean, processor.image_std
+    if h and w:  # squash to (h, w), then maybe crop
+        target = (ch or h, cw or w)
+        return Preprocess.make(target, mean, std, resample, min(1.0, target[0] / h), "squash", "floor")
+    edge = edge or int(getattr(config, "image_size", 224))
+    own_pct = getattr(processor, "crop_pct", None)
+    if own_pct and edge < 384:  # ConvNeXt: resize the shorter edge to edge / crop_pct, crop edge
+        return Preprocess.make(edge, mean, std, resample, float(own_pct), "shortest", "floor")
+    target = ch or edge
+    return Preprocess.make((ch, cw) if ch and cw else target, mean, std, resample, min(1.0, target / edge),
+                           "shortest", "floor")
 
 
 def _resample_name(resample: Any) -> str:

@@ -228,10 +228,16 @@ class OpenCLIPTokenizer:
         self.sep_token_id = getattr(self.tok, "eot_token_id", None)
         self.cls_token_id = getattr(self.tok, "sot_token_id", None)
 
-    def __call__(self, texts: Any, **_: Any) -> dict[str, Any]:
+    def __call__(self, texts: Any, return_tensors: Optional[str] = None, **_: Any) -> dict[str, Any]:
+        """Token id lists (no padding), or with ``return_tensors="pt"`` zero-padded ``(B, L)`` ids and their mask
+        (``L`` the longest row), as HF tokenizers give them."""
         single = isinstance(texts, str)
         ids = self.tok([texts] if single else list(texts))  # (B, context_length), zero-padded
         rows = [r[: int((r != 0).nonzero().max()) + 1].tolist() if (r != 0).any() else [] for r in ids]
+        if return_tensors == "pt":
+            width = max(1, max(len(r) for r in rows))
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])  # (B, L)
+            return {"input_ids": ids[:, :width] * mask, "attention_mask": mask}
         return {"input_ids": rows[0] if single else rows}
 
     def __len__(self) -> int:

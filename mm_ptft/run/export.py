@@ -29,7 +29,7 @@ from mm_ptft.tasks.common import load_run
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
 FORMATS = ("onnx", "torchscript")
-DIRECTORY_FORMATS = ("hf", "mm_ptft", "sentence_transformers")  # directories (mm_ptft.run.hub)
+DIRECTORY_FORMATS = ("hf", "mm_ptft", "sentence_transformers", "open_clip")  # directories (mm_ptft.run.hub)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 #: batch key → exported input name, dynamic axes
 INPUTS: dict[str, tuple[str, dict[int, str]]] = {

@@ -22,8 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from mm_ptft.contracts import on_device
-from mm_ptft.contracts import ExportError, export_spec
+from mm_ptft.contracts import ExportError, export_spec, parity_batch
 
 MANIFEST = "mm_ptft.json"
 WEIGHTS = "model.safetensors"
@@ -56,12 +55,7 @@ def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, A
         model = task.export_hf()
     except NotImplementedError as err:
         raise ExportError(f"--format hf: {err} (--format mm_ptft writes any run for mm_ptft.from_pretrained)") from None
-    data = prepared.eval_data
-    if data is None or len(data) == 0:
-        raise ExportError("--format hf: the run has no evaluation data to check the transformers model against "
-                          "(export with the run's data present)")
-    batch = prepared.collate([data[i] for i in range(min(len(data), 16))])  # padded rows of different lengths
-    batch = on_device(prepared.collate, batch, torch.device("cpu"))  # e.g. images decoded there
+    batch = parity_batch(prepared, "hf")
     if hasattr(task, "hf_parity"):  # a generative task: same generated tokens (contracts.GenerativeTask)
         check = task.hf_parity(model, batch)
         if not check["ok"]:
@@ -257,7 +251,8 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     labels = list(getattr(task, "labels", []) or [])
     hf_class = info.get("class")
     auto = next((a for a in PIPELINE if hf_class and hf_class.endswith(a.replace("AutoModel", ""))), None)
-    library = {"hf": "transformers", "sentence_transformers": "sentence-transformers"}.get(fmt, "mm_ptft")
+    library = {"hf": "transformers", "sentence_transformers": "sentence-transformers",
+               "open_clip": "open_clip"}.get(fmt, "mm_ptft")
     front = ["---", f"library_name: {library}", "tags:", "- mm_ptft",
              f"- {cfg.task}"]
     if auto:
@@ -326,6 +321,15 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
                   "```", "", f"Transformer + Pooling ({info['pooling']}) + Dense (the classifier, identity "
                   f"activation). Checked at export: within {check['max_abs_diff_prob']:.1e} of the run's class "
                   f"probabilities on {check['samples']} evaluation samples."]
+    elif fmt == "open_clip":
+        check = info["parity"]
+        lines += ["```python", "import open_clip", "",
+                  "model, _, preprocess = open_clip.create_model_and_transforms(\"local-dir:PATH\")",
+                  "tokenizer = open_clip.get_tokenizer(\"local-dir:PATH\")", "```", "",
+                  f"The run's contrastive projections are folded into the towers (embed_dim {info['embed_dim']}). "
+                  f"Checked at export: normalised embeddings within {check['max_abs_diff_embedding']:.1e} and "
+                  f"image→text logits within {check['max_abs_diff_logit']:.1e} of the run's on "
+                  f"{check['samples']} evaluation pairs."]
     else:
         lines += ["```python", "import mm_ptft", "", "model = mm_ptft.from_pretrained(PATH)",
                   "print(model.predict([...]))   # raw inputs, as `mm-ptft predict`", "```"]
@@ -364,11 +368,12 @@ def _source(run_dir: Path, checkpoint: Optional[str]) -> Optional[Path]:
 def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | Path] = None,
                       checkpoint: Optional[str] = None, trust_remote_code: bool = False,
                       push: Optional[str] = None) -> Path:
-    """Write ``run_dir`` as a transformers (``hf``) or ``mm_ptft`` directory with a model card; returns it."""
+    """Write ``run_dir`` as a transformers (``hf``), sentence-transformers, open_clip or ``mm_ptft`` directory
+    with a model card; returns it."""
     from mm_ptft.tasks.common import load_run
 
-    if fmt not in ("hf", "mm_ptft", "sentence_transformers"):
-        raise ExportError(f"--format {fmt!r}: choose hf, mm_ptft or sentence_transformers")
+    if fmt not in ("hf", "mm_ptft", "sentence_transformers", "open_clip"):
+        raise ExportError(f"--format {fmt!r}: choose hf, mm_ptft, sentence_transformers or open_clip")
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "export" / fmt
     if out.exists() and any(out.iterdir()):
@@ -384,6 +389,10 @@ def export_pretrained(run_dir: str | Path, fmt: str = "hf", out: Optional[str | 
         from mm_ptft.run.sentence_transformers import write_sentence_transformers
 
         info = write_sentence_transformers(task, max_length(cfg, task), prepared, out)
+    elif fmt == "open_clip":
+        from mm_ptft.run.open_clip_export import write_open_clip
+
+        info = write_open_clip(task, cfg, prepared, out)
     else:
         info = write_mm_ptft(task, cfg, run_dir, out)
     manifest = {"format": fmt, "task": cfg.task, "task_model": type(task).__name__,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm_ptft.contracts import ExportError, on_device
+from mm_ptft.contracts import ExportError, parity_batch
 
 #: mm_ptft text pooling → sentence-transformers ``Pooling`` mode
 POOLING = {"mean": "mean", "cls": "cls"}
@@ -65,11 +65,7 @@ def write_sentence_transformers(task: nn.Module, max_length: int | None, prepare
 
     task = merged_copy(task)  # LoRA adapters folded into the weights
     model = sentence_transformer(task, max_length)
-    data = prepared.eval_data
-    if data is None or len(data) == 0:
-        raise ExportError("--format sentence_transformers: the run has no evaluation data to check the model against")
-    batch = on_device(prepared.collate, prepared.collate([data[i] for i in range(min(len(data), 16))]),
-                      torch.device("cpu"))
+    batch = parity_batch(prepared, "sentence_transformers")
     check = st_parity(task, model, batch)
     if not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
         raise ExportError(f"--format sentence_transformers: the model predicts otherwise than the run (max |Δprob| "

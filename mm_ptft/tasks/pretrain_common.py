@@ -105,6 +105,7 @@ def media_config(encoders: Mapping[str, Encoder], d: PretrainData) -> MediaConfi
     pre = getattr(encoders.get("image"), "preprocess", None)
     if pre is not None:
         media.image_size, media.image_mean, media.image_std = pre.size[0], list(pre.mean), list(pre.std)
+        media.image_interpolation = pre.interpolation
     audio = encoders.get("audio")
     if audio is not None:
         media.sample_rate = int(getattr(audio, "sample_rate", media.sample_rate))

@@ -141,3 +141,61 @@ def test_hf_processor_resample_becomes_the_interpolation(resample, name):
     from mm_ptft.encoders.image import _resample_name
 
     assert _resample_name(InterpolationMode(resample) if isinstance(resample, str) else resample) == name
+
+
+def _smooth_images() -> list[Image.Image]:
+    """Photos are smooth: blurred noise at portrait, landscape and square shapes larger than the input size."""
+    from PIL import ImageFilter
+
+    g = torch.Generator().manual_seed(1)
+    sizes = [(237, 353), (364, 240), (300, 300)]
+    return [Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
+            .filter(ImageFilter.GaussianBlur(3)) for h, w in sizes]
+
+
+def _hf_processor_ref(processor: object):
+    return lambda im: processor(im, return_tensors="pt")["pixel_values"][0]
+
+
+def _library_eval_transforms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """(our encoder, the library's own evaluation preprocessing) for each family."""
+    import open_clip
+    import timm
+    import torchvision
+    from transformers import CLIPImageProcessor, ConvNextImageProcessor, ViTImageProcessor
+
+    timm_model = timm.create_model("resnet50.a1_in1k", pretrained=False)
+    _, _, oc_pre = open_clip.create_model_and_transforms("ViT-B-32")
+    out = {
+        "timm_resnet50_a1": (ENCODERS["timm_resnet50_a1"](None), timm.data.create_transform(
+            **timm.data.resolve_model_data_config(timm_model), is_training=False)),
+        "open_clip_vit_b32": (ENCODERS["open_clip_vit_b32"](None), oc_pre),
+        "torchvision_efficientnet_b0": (_torchvision_effnet(),
+                                        torchvision.models.EfficientNet_B0_Weights.DEFAULT.transforms()),
+        "hf_convnext_dir": (ENCODERS["hf_convnext_dir"](tmp_path_factory),
+                            _hf_processor_ref(ConvNextImageProcessor(size={"shortest_edge": 224}))),
+    }
+    for name, proc in {"hf_vit_squash": ViTImageProcessor(size={"height": 224, "width": 224}),
+                       "hf_clip_shortest_edge": CLIPImageProcessor()}.items():
+        path = tmp_path_factory.mktemp(name)
+        proc.save_pretrained(path)
+        from transformers import ViTConfig, ViTModel
+
+        ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           image_size=224, patch_size=32)).save_pretrained(path)
+        out[name] = (build_encoder(IMAGE_ENCODERS, {"name": "hf", "name_or_path": str(path)}, "model.image"),
+                     _hf_processor_ref(proc))
+    return out
+
+
+def test_eval_transform_is_the_libraries_own_on_non_square_images(tmp_path_factory):
+    """The evaluation geometry (shorter edge to size / crop_pct and centre crop; HF height/width processors:
+    squash) is each library's: a portrait or landscape photo is neither squashed nor cropped otherwise. What is
+    left is PIL vs tensor resampling (a couple of uint8 levels at a few pixels); the squash bug this guards
+    against gave a mean difference of 0.12."""
+    for name, (enc, ref) in _library_eval_transforms(tmp_path_factory).items():
+        ours = classification_transforms(enc.preprocess, ImageAugment(), train=False)
+        for im in _smooth_images():
+            a, b = ours(im), ref(im)
+            assert a.shape == b.shape, (name, im.size)
+            assert float((a - b).abs().mean()) < 1e-3 and float((a - b).abs().max()) < 0.06, (name, im.size)
