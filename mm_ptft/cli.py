@@ -126,6 +126,37 @@ def cmd_list(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(ns: argparse.Namespace) -> int:
+    """Write a generated dataset as the files a recipe reads (tables + media), to copy the format of your own."""
+    from pathlib import Path
+
+    import yaml
+
+    from mm_ptft.data.generated import GENERATORS
+    from mm_ptft.registry import import_submodules
+
+    import_submodules("mm_ptft.data.generated")
+    if ns.name not in GENERATORS.names():
+        print(f"mm-ptft generate: no generator {ns.name!r}; choose one of {GENERATORS.names()}", file=sys.stderr)
+        return 2
+    bad = [kv for kv in ns.options if "=" not in kv]
+    if bad:
+        print(f"mm-ptft generate: options are key=value, got {bad}", file=sys.stderr)
+        return 2
+    kwargs = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in ns.options)}
+    out = Path(ns.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"mm-ptft generate: {out} exists and is not empty: give another OUT_DIR", file=sys.stderr)
+        return 2
+    try:
+        paths = GENERATORS.build({"name": ns.name, **kwargs, "out_dir": str(out)}, ns.name)
+    except (KeyError, TypeError, ValueError) as err:
+        print(f"mm-ptft generate: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    print(json.dumps(paths, indent=2))
+    return 0
+
+
 def cmd_report(ns: argparse.Namespace) -> int:
     from mm_ptft.train.report import write_report
 
@@ -255,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     lr.set_defaults(fn=cmd_loader_rate)
     ls = sub.add_parser("list", help="list every registry's entries")
     ls.set_defaults(fn=cmd_list)
+    g = sub.add_parser("generate", help="write a generated dataset's files (the form a recipe reads): mm-ptft "
+                                        "generate NAME OUT_DIR [key=value ...]; `mm-ptft list` names them")
+    g.add_argument("name")
+    g.add_argument("out")
+    g.add_argument("options", nargs="*")
+    g.set_defaults(fn=cmd_generate)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.md with plots")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_report)

@@ -33,3 +33,20 @@ def test_console_script_and_recipe_script_run(tmp_path):
     subprocess.run([sys.executable, "recipes/text_classification/train.py", *args], check=True, capture_output=True,
                    cwd=__file__.rsplit("/tests/", 1)[0])
     assert (tmp_path / "b" / "final_metrics.json").exists()
+
+
+def test_generate_writes_the_files_a_recipe_reads_and_names_bad_options(tmp_path, capsys):
+    import csv
+    import json
+
+    assert main(["generate", "tone_speech", str(tmp_path / "speech"), "n_train=3", "n_eval=2"]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(open(paths["train_file"])))
+    assert len(rows) == 3 and {"audio", "text"} <= set(rows[0])
+    assert (tmp_path / "speech" / rows[0]["audio"]).is_file()  # media paths relative to the table
+    assert main(["generate", "tone_speech", str(tmp_path / "speech")]) == 2  # never writes into a used folder
+    assert "not empty" in capsys.readouterr().err
+    assert main(["generate", "tone_speech", str(tmp_path / "other"), "n_trian=3"]) == 2
+    assert "tone_speech.n_trian" in capsys.readouterr().err
+    assert main(["generate", "no_such_set", str(tmp_path / "x")]) == 2
+    assert "text_topics" in capsys.readouterr().err  # the choices are listed

@@ -44,7 +44,10 @@ def snippets() -> list[tuple[str, str, str]]:
 
 def test_the_how_tos_have_runnable_snippets():
     pages = {p for p, _, _ in snippets()}
-    assert {"howto/text_classification.md", "howto/export.md"} <= pages
+    fine_tuning = {f"howto/{n}.md" for n in ("text_classification", "text_regression", "image_classification",
+                                             "speech_recognition", "multimodal_classification", "detection",
+                                             "pretrain_contrastive", "pretrain_masked", "export")}
+    assert fine_tuning <= pages, f"no runnable snippet in {sorted(fine_tuning - pages)}"
 
 
 @pytest.mark.slow
