@@ -10,13 +10,14 @@ not a host sync per step. A single process reads its flag (a Python bool) after 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from mm_ptft.config import ConfigError
 from mm_ptft.contracts import Callback
@@ -42,6 +43,21 @@ def parse_signals(names: list[str]) -> list[signal.Signals]:
                               f"(e.g. SIGTERM, SIGUSR1, SIGUSR2, SIGHUP)")
         out.append(signal.Signals[full])
     return out
+
+
+def _ignore_signals(signums: tuple[int, ...], worker_id: int) -> None:
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def worker_init(names: list[str]) -> Optional[Callable[[int], None]]:
+    """A loader ``worker_init_fn`` that makes workers ignore the preemption signals and SIGINT (None when preemption
+    is off). SLURM signals every process of a job step and Ctrl-C the terminal's whole process group: a worker killed
+    by SIGTERM/SIGUSR1 (torch's worker handler re-raises it) would fail the step the checkpoint waits for. The main
+    process stops the workers itself; they also exit when it dies (torch's parent watchdog)."""
+    if not names:
+        return None
+    return functools.partial(_ignore_signals, tuple(sorted(int(s) for s in {*parse_signals(names), signal.SIGINT})))
 
 
 def requeue() -> Optional[str]:
