@@ -125,18 +125,17 @@ class Preemption(Callback):
         return bool(D.all_reduce_max(int(self.flag)))  # every rank calls it at the same steps
 
     def on_step_end(self, trainer: Any) -> None:
-        st = trainer.state
-        if not self.active or not self._agreed(st.step):
+        step = trainer.step
+        if not self.active or not self._agreed(step):
             return
-        st.window.steps += 1  # this step's train row, as the loop would log it after on_step_end (it stops here)
-        trainer._log_train()
+        trainer.log_train()  # the steps since the last train row (the loop would log them later: it stops here)
         path = trainer.save_checkpoint()
         job = requeue() if self.requeue_mode == "auto" and D.is_main_process() else None
-        st.logger.log(st.step, "preempted", {"signal": self.received or "peer rank",
-                                             "checkpoint": path.name if path else None,
-                                             "requeued_job": job, "exit_code": PREEMPTED_EXIT})
+        trainer.logger.log(step, "preempted", {"signal": self.received or "peer rank",
+                                               "checkpoint": path.name if path else None,
+                                               "requeued_job": job, "exit_code": PREEMPTED_EXIT})
         self.on_train_end(trainer, {})
-        raise Preempted(f"preempted by {self.received or 'a signal on another rank'} at step {st.step}: "
+        raise Preempted(f"preempted by {self.received or 'a signal on another rank'} at step {step}: "
                         f"checkpoint {path or trainer.run_dir / 'checkpoints'} written; continue with "
                         f"train.resume=true")
 

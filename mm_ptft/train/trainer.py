@@ -342,8 +342,7 @@ class Trainer:
             st.window.add_losses(self._forward_backward(batch, boundary), self.tc.grad_accum_steps)
             if not boundary:
                 continue
-            st.grad_norm = self._optimizer_step()
-            st.window.steps += 1
+            self._optimizer_step()
             st.logger.advance()
             self._log_eval_save(total)
             if st.step >= total or self.should_stop:
@@ -369,15 +368,19 @@ class Trainer:
         step = self.state.step
         if step % self.tc.log_every == 0 or step >= total:
             self._check_faults()
-            self._log_train()
+            self.log_train()
         if step % self.state.eval_every == 0 or step >= total:
             self._eval_and_save()
         elif self.tc.save_every and step % self.tc.save_every == 0:
             self._check_faults()
             self.save_checkpoint()
 
-    def _log_train(self) -> None:
-        """Log the window's mean losses, the last gradient norm, lr and throughput; open the next window."""
+    def log_train(self) -> None:
+        """Log a ``train`` row for the optimizer steps since the last one (their mean losses, this step's gradient
+        norm, lr and throughput) and open the next window. The loop calls it every ``train.log_every`` steps; a
+        callback that ends the run between those (``on_step_end``: the step it follows is counted already) calls it
+        so that no step goes unlogged. A collective under torchrun (losses are averaged over ranks): every rank
+        calls it at the same step."""
         st = self.state
         win = st.window
         vals = {k: v / win.steps for k, v in _mean_over_ranks(win.sums).items()}
@@ -419,7 +422,8 @@ class Trainer:
             st.faults.add(st.found_inf)
         st.opt.zero_grad(set_to_none=True)
         st.sched.step()
-        st.step += 1
+        st.step, st.grad_norm = st.step + 1, norm
+        st.window.steps += 1  # counted before on_step_end: a callback's log_train covers this step
         for cb in self.callbacks:  # they see the new step count and found_inf; stepped None: decided on the device
             if stepped is not False or getattr(cb, "every_step", False):
                 cb.on_step_end(self)
