@@ -461,7 +461,7 @@ class Trainer:
             better = st.best_value is None or (value > st.best_value if self.greater else value < st.best_value)
             if better:
                 st.best_value, st.best_step = value, st.step
-        self.save_checkpoint()
+        st.last_eval_checkpoint = self.save_checkpoint()
 
     def plain_model(self) -> Optional[nn.Module]:
         """The trained task as one plain module on the main process, None elsewhere (under FSDP a collective:
@@ -475,7 +475,7 @@ class Trainer:
     def _finish(self, results: dict[str, float]) -> None:
         st = self.state
         if self.dist.is_main:
-            (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
+            rundir.write_final(self.run_dir, results, st.last_eval_step, st.last_eval_checkpoint)
             for stem, value in st.last_artifacts.items():
                 (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
         self._call("on_train_end", results)

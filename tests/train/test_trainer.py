@@ -9,6 +9,7 @@ from mm_ptft.contracts import Callback
 from mm_ptft.run import load_config
 from mm_ptft.run import train
 from mm_ptft.train.trainer import Trainer
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 
@@ -80,7 +81,7 @@ def test_run_directory_contents(topics_data, tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "final_metrics.json", "report.md", "tokenizer", "encoders/text"):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").glob("events.out.tfevents*"))
-    final = json.loads((out / "final_metrics.json").read_text())
+    final = final_results(out)
     assert set(final) >= {"accuracy", "macro_f1", "loss"} and final == results
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} >= {"train", "eval"}
