@@ -53,7 +53,8 @@ class Trainer:
     ``group_builder`` builds the optimizer's parameter groups from the (wrapped) task; by default every trainable
     parameter, without weight decay for biases and norms. ``callbacks`` are called at the hook points, followed
     by those ``train.callbacks`` / ``train.early_stopping_patience`` ask for; a callback stops the run by setting
-    ``trainer.should_stop = True`` (on every rank alike: decide from synced values such as eval results).
+    ``trainer.should_stop = True`` and asks for a checkpoint after the current step with ``trainer.should_save =
+    True`` (on every rank alike: decide from synced values such as eval results).
     ``train.report_to`` names the trackers the run reports to. What a fit builds and advances (optimizer, step
     counters, logger…) is ``trainer.state``, a fresh ``FitState`` per ``fit`` (None before the first)."""
 
@@ -73,7 +74,7 @@ class Trainer:
         self.cfg, self.tc, self.task = cfg, cfg.train, task
         self.group_builder = group_builder
         self.callbacks = [*callbacks, *C.from_config(cfg, task=task)]
-        self.should_stop = False
+        self.should_stop = self.should_save = False
         self.state: Optional[FitState] = None
         if self.tc.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
@@ -181,6 +182,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Optional[Path]:
         """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first)."""
+        self.should_save = False
         with self._timed("save_s"):
             return self._save_checkpoint()
 
@@ -271,7 +273,7 @@ class Trainer:
             raise ConfigError("optim.l1 is not supported with train.distributed=fsdp (sharded weights)")
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16
                                       and self.device.type == "cuda")
-        self.should_stop = False
+        self.should_stop = self.should_save = False
         self.state = FitState(total=total, eval_every=self.tc.eval_every or per_epoch, opt=opt, sched=sched,
                               scaler=scaler, l1_params=l1_params(self.task) if self.cfg.optim.l1 > 0 else [],
                               faults=S.FaultCounter(self.device), found_inf=torch.zeros((), device=self.device),
@@ -371,7 +373,7 @@ class Trainer:
             self.log_train()
         if step % self.state.eval_every == 0 or step >= total:
             self._eval_and_save()
-        elif self.tc.save_every and step % self.tc.save_every == 0:
+        elif (self.tc.save_every and step % self.tc.save_every == 0) or self.should_save:
             self._check_faults()
             self.save_checkpoint()
 

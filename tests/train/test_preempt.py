@@ -90,7 +90,7 @@ def test_signal_names_are_checked_and_a_second_sigint_aborts():
         preempt.parse_signals(["SIGTERM", "SIGKILL"])
     with pytest.raises(ConfigError, match="train.requeue='yes'"):
         preempt.Preemption(["SIGTERM"], "yes")
-    cb = preempt.Preemption([], "off")
+    cb = preempt.Preemption(["SIGUSR2"], "off")  # SIGINT is handled whenever a preemption signal is
     cb.on_train_start(None)
     try:
         os.kill(os.getpid(), signal.SIGINT)  # the first: a flag, checked at the next step
@@ -196,3 +196,95 @@ def test_loader_workers_outlive_the_preemption_signals_only_while_preemption_is_
     assert preempt.worker_init([]) is None  # off: workers keep torch's handling (SIGTERM ends them)
     with pytest.raises(RuntimeError, match="DataLoader worker .* (killed by signal|exited unexpectedly)"):
         list(torch.utils.data.DataLoader(_SignalsItself(), num_workers=1))
+
+
+class FakeClock:
+    """``preempt.monotonic`` replaced: time advances ``per_step`` seconds at each optimizer step (this callback is
+    handed to the trainer before the run's own, so the step's time has passed when the preemption callback looks)."""
+
+    every_step = True
+
+    def __init__(self, per_step):
+        self.now, self.per_step = 1000.0, per_step
+
+    def __call__(self):
+        return self.now
+
+    def on_step_end(self, trainer):
+        self.now += self.per_step
+
+    def on_train_start(self, trainer): ...
+
+    def on_evaluate(self, trainer, results): ...
+
+    def on_save(self, trainer, path): ...
+
+    def on_train_end(self, trainer, results): ...
+
+
+def test_save_every_minutes_checkpoints_by_the_clock_alongside_save_every(topics_data, tmp_path, monkeypatch):
+    """20 s per step, a checkpoint every minute, every 7 steps and at step 8's evaluation: any checkpoint restarts the
+    clock, so by hand: 3 (60 s), 6, 7 (save_every), 8 (eval; the clock since 7 is 20 s), 11 (60 s after 8), 14 (the
+    last step's evaluation); no preemption signal handlers are installed with preempt_signals=[]."""
+    clock = FakeClock(per_step=20.0)
+    monkeypatch.setattr(preempt, "monotonic", clock)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    seen = []
+
+    class Handlers(FakeClock):
+        def on_step_end(self, trainer):
+            seen.append((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)))
+
+    out = tmp_path / "run"
+    train(load_config(TEXT_TINY, [f"output_dir={out}", f"data.train_file={topics_data['train_file']}",
+                                  f"data.eval_file={topics_data['eval_file']}", "train.batch_size=64",
+                                  "train.max_steps=14", "train.eval_every=8", "train.save_every=7",
+                                  "train.save_every_minutes=1", "train.keep_last=20", "train.report=false",
+                                  "train.log_every=5", "train.preempt_signals=[]", "train.device=cpu"]),
+          callbacks=[clock, Handlers(0)])
+    assert [int(p.name[5:]) for p in step_dirs(out / "checkpoints")] == [3, 6, 7, 8, 11, 14]
+    assert set(seen) == {handlers}
+
+
+def _agree_worker(rank, port, out):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))
+    calls = []
+    real = dist.all_reduce
+    dist.all_reduce = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    now = [0.0]
+    preempt.monotonic = lambda: now[0]
+    cb = preempt.Preemption([], check_every=2, save_every_minutes=1)
+    cb.running, cb.last_save = True, 0.0
+    answers = []
+    for step in range(1, 7):
+        now[0] = 30.0 * step if rank == 1 else 0.0  # only rank 1's clock runs: due from step 2 on
+        cb.flag = rank == 0 and step >= 5  # only rank 0 is signalled, after step 4's agreement
+        answers.append(cb._agreed(step))
+        if answers[-1][1]:
+            cb.on_save(None, None)
+    torch.save({"answers": answers, "collectives": len(calls)}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_agree_on_stop_and_timed_save_in_one_collective_every_check_step(tmp_path):
+    """Rank 1's clock says a save is due, rank 0 got the signal: both ranks hear both, at the same check steps
+    (every 2nd), in one all_reduce per check step, none between."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_agree_worker, args=(port, str(tmp_path / "r")), nprocs=2, join=True)
+    got = [torch.load(f"{tmp_path / 'r'}.{r}", weights_only=True) for r in (0, 1)]
+    # by hand: step 2 rank 1 at 60 s (due); saved → its clock restarts at 60; step 4: 120 - 60 = 60 (due);
+    # step 6: due again and rank 0's flag (set from step 5) reaches both
+    want = [(False, False), (False, True), (False, False), (False, True), (False, False), (True, True)]
+    assert got[0]["answers"] == got[1]["answers"] == want
+    assert got[0]["collectives"] == got[1]["collectives"] == 3
