@@ -140,6 +140,7 @@ class TrainConfig:
     RANGES: ClassVar[dict[str, str]] = {
         "epochs": ">=0", "max_steps": ">=-1", "batch_size": ">0", "eval_batch_size": ">=0", "grad_accum_steps": ">0",
         "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
+        "save_every_minutes": ">=0",
         "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0",
         "prefetch_factor": ">0", "threads": ">=0"}
     WORDS: ClassVar[dict[str, tuple[str, ...]]] = {"num_workers": ("auto",)}
@@ -154,6 +155,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations; 0: once per epoch
     log_every: int = 10  # steps per train log (its losses, rate and times cover the steps since the last); NaN/Inf checks
     save_every: int = 0  # steps between checkpoints; 0: at every evaluation
+    # also a checkpoint once this many minutes have passed since the last one (0: off); under torchrun the ranks agree
+    # every log_every steps (with the preemption flag, in one all_reduce)
+    save_every_minutes: float = 0.0
     keep_last: int = 2  # checkpoints kept besides the best one
     # signals that preempt the run (names): at the next optimizer step a checkpoint is written, a `preempted` row
     # logged, and the process exits with mm_ptft.train.preempt.PREEMPTED_EXIT (143); [] disables. SIGINT (Ctrl-C)

@@ -135,7 +135,11 @@ class Callback:
     ``every_step = True``: ``on_step_end`` follows every optimizer step, a skipped NaN/Inf one too (a step timer;
     ``trainer.found_inf``, a 0-d device tensor, is 1.0 after a skipped step: gate device work on it, never read it).
     Otherwise it follows only steps that changed the weights, so the trainer must learn each step's verdict on the
-    host: one device sync per step while such a callback overrides ``on_step_end``."""
+    host: one device sync per step while such a callback overrides ``on_step_end``.
+
+    A callback that ends the run between log steps (e.g. preemption) calls ``trainer.log_train()`` first, so the steps
+    since the last ``train`` row are logged, and ``trainer.save_checkpoint()`` to keep them (both collectives under
+    torchrun: every rank calls them at the same step)."""
 
     every_step: bool = False
 

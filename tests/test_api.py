@@ -14,6 +14,7 @@ from mm_ptft.data.text import TextCollator
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.tasks.text_classification import TextClassificationConfig
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import ROOT, TEXT_TINY
 
@@ -132,7 +133,7 @@ def test_train_predict_evaluate_and_reload_through_the_api(tmp_path):
     overrides = {"output_dir": str(run), "train.report": False, "train.max_steps": 6, "train.eval_every": 3,
                  "data.generate.n_train": 96, "data.generate.n_eval": 32, "sched.warmup_steps": 0}
     results = mm_ptft.train(TEXT_TINY, ["train.batch_size=16"], **overrides)
-    assert results == json.loads((run / "final_metrics.json").read_text()) and "accuracy" in results
+    assert results == final_results(run) and "accuracy" in results
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 6 and saved["train"]["batch_size"] == 16
     assert mm_ptft.evaluate(run)["accuracy"] == pytest.approx(

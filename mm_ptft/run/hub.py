@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mm_ptft.contracts import ExportError, export_spec, parity_batch
+from mm_ptft.train.rundir import final_record, final_results
 
 MANIFEST = "mm_ptft.json"
 WEIGHTS = "model.safetensors"
@@ -230,8 +231,8 @@ def checkpoint_metrics(run_dir: Path, source: Optional[Path]) -> tuple[Optional[
     from mm_ptft.train.checkpoint import META
 
     if source is None or not (source / META).is_file():
-        final = run_dir / "final_metrics.json"
-        return None, json.loads(final.read_text()) if final.is_file() else None, "final weights"
+        record = final_record(run_dir) or {}
+        return record.get("step"), final_results(run_dir), "final weights"
     step = int(json.loads((source / META).read_text())["step"])
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
         if (run_dir / "metrics.jsonl").is_file() else []

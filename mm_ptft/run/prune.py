@@ -137,5 +137,5 @@ def prune_run(run_dir: str | Path, amount: float, structured: bool = False, out:
     (out / "pruning.json").write_text(json.dumps(summary, indent=2))
     final = tuned or after
     if final:
-        (out / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        rundir.write_final(out, final, step, saved)
     return summary

@@ -122,6 +122,16 @@ def all_reduce_max(value: int) -> int:
     return int(t.item())
 
 
+def all_reduce_any(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any rank (one ``all_reduce`` for all of them)."""
+    if not is_distributed():
+        return tuple(bool(f) for f in flags)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
 def broadcast_object(obj):
     if dist.is_available() and dist.is_initialized():
         box = [obj]

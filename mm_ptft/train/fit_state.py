@@ -3,6 +3,7 @@ fresh one: nothing leaks from the first), and its round trip through a checkpoin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -32,6 +33,7 @@ class FitState:
     best_value: Optional[float] = None
     best_step: int = -1
     last_eval_step: int = -1
+    last_eval_checkpoint: Optional[Path] = None  # the checkpoint written with the last evaluation (main rank)
     last_results: dict[str, float] = field(default_factory=dict)
     last_artifacts: dict[str, Any] = field(default_factory=dict)  # the last evaluation's non-scalar results
     counts_changed: bool = False  # skip counters changed since the last train log

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, IterableDataset
 from mm_ptft.config import ConfigError, TrainConfig
 from mm_ptft.contracts import on_device
 from mm_ptft.train.distributed import DistInfo
+from mm_ptft.train.preempt import worker_init
 from mm_ptft.train.samplers import GroupedBatchSampler
 
 
@@ -58,7 +59,8 @@ def build_loader(data: Dataset, lengths: Optional[Sequence[int]], train: bool, *
     gen = torch.Generator().manual_seed(seed + 7919 * dist.rank + (0 if train else 1))
     common = dict(collate_fn=collate, num_workers=workers, pin_memory=device.type == "cuda",
                   generator=gen, persistent_workers=tc.persistent_workers and workers > 0,
-                  prefetch_factor=tc.prefetch_factor if workers > 0 else None)
+                  prefetch_factor=tc.prefetch_factor if workers > 0 else None,
+                  worker_init_fn=worker_init(tc.preempt_signals) if workers > 0 else None)
     if isinstance(data, IterableDataset):
         return StatefulDataLoader(data, batch_size=bs, **common)
     sampler = GroupedBatchSampler(len(data), bs, lengths if tc.group_by_length else None, shuffle=train,

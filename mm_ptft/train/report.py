@@ -5,6 +5,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from mm_ptft.train.rundir import final_record, final_results
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
@@ -25,11 +27,12 @@ def write_report(run_dir: str | Path) -> Path:
             if k not in ("step", "time", "kind", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
                 series[(rec["kind"], k)].append((rec["step"], v))
     lines = [f"# Run report: {run_dir.name}", ""]
-    final = run_dir / "final_metrics.json"
-    if final.exists():
-        lines += ["## Final metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in json.loads(final.read_text()).items()]
+    record, final = final_record(run_dir), final_results(run_dir)
+    if record is not None and final is not None:
+        at = f" (step {record['step']}, {record.get('checkpoint') or 'its checkpoint not kept'})" \
+            if "step" in record else ""
+        lines += [f"## Final metrics{at}", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in final.items()]
         lines.append("")
     for kind in sorted({k for k, _ in series}):
         names = sorted(n for k, n in series if k == kind and ("loss" in n or kind == "eval") and n != "lr")

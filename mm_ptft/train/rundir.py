@@ -27,7 +27,7 @@ RUN_MARKERS = ("config.yaml", "checkpoints", "final_metrics.json")
 RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "train.on_config_change", "train.max_steps",
                "train.epochs", "train.device", "train.num_workers", "train.persistent_workers",
                "train.prefetch_factor", "train.log_every", "train.eval_every",
-               "train.save_every", "train.keep_last", "train.report", "train.eval_batch_size",
+               "train.save_every", "train.save_every_minutes", "train.keep_last", "train.report", "train.eval_batch_size",
                "train.early_stopping_patience", "train.max_bad_steps", "train.report_to",
                "train.threads", "train.preempt_signals", "train.requeue"}
 OUTPUT_DIR_REF = "${output_dir}"
@@ -170,10 +170,37 @@ def clean_stale(ckpt_root: Path) -> None:
             log.info("removed %s, left by an interrupted checkpoint write", path)
 
 
+# ---- final metrics ---------------------------------------------------------------------------------
+
+FINAL_METRICS = "final_metrics.json"
+#: what final_metrics.json says besides the metrics: the step of the evaluation and the checkpoint holding its weights
+FINAL_BOOKKEEPING = ("step", "checkpoint")
+
+
+def write_final(run_dir: Path, results: dict[str, Any], step: int, checkpoint: Optional[Path]) -> None:
+    """``final_metrics.json``: ``results`` (metric → value) with the ``step`` they were evaluated at and
+    ``checkpoint``, that step's checkpoint (relative to the run; null when ``train.keep_last`` did not keep it), so
+    the metrics cannot be taken for another checkpoint's."""
+    where = f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint is not None and checkpoint.is_dir() else None
+    (run_dir / FINAL_METRICS).write_text(json.dumps({"step": step, "checkpoint": where, **results}, indent=2))
+
+
+def final_record(run_dir: Path) -> Optional[dict[str, Any]]:
+    """``final_metrics.json`` as written (metrics + bookkeeping), None when the run has none."""
+    final = Path(run_dir) / FINAL_METRICS
+    return json.loads(final.read_text()) if final.is_file() else None
+
+
+def final_results(run_dir: Path) -> Optional[dict[str, float]]:
+    """The metrics of ``final_metrics.json`` alone (what ``fit``/``train`` returned), bookkeeping keys stripped;
+    None when the run has none."""
+    record = final_record(run_dir)
+    return None if record is None else {k: v for k, v in record.items() if k not in FINAL_BOOKKEEPING}
+
+
 def finished_results(run_dir: Path, start_step: int, total: int) -> Optional[dict[str, float]]:
     """A resumed run that already reached its last step (``total``) and wrote its final metrics: those."""
-    final = run_dir / "final_metrics.json"
-    if start_step == 0 or start_step < total or not final.is_file():
+    if start_step == 0 or start_step < total or not (run_dir / FINAL_METRICS).is_file():
         return None
     log.info("%s is finished (step %d of %d): nothing to train; final metrics unchanged", run_dir, start_step, total)
-    return json.loads(final.read_text())
+    return final_results(run_dir)

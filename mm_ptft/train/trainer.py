@@ -53,7 +53,8 @@ class Trainer:
     ``group_builder`` builds the optimizer's parameter groups from the (wrapped) task; by default every trainable
     parameter, without weight decay for biases and norms. ``callbacks`` are called at the hook points, followed
     by those ``train.callbacks`` / ``train.early_stopping_patience`` ask for; a callback stops the run by setting
-    ``trainer.should_stop = True`` (on every rank alike: decide from synced values such as eval results).
+    ``trainer.should_stop = True`` and asks for a checkpoint after the current step with ``trainer.should_save =
+    True`` (on every rank alike: decide from synced values such as eval results).
     ``train.report_to`` names the trackers the run reports to. What a fit builds and advances (optimizer, step
     counters, logger…) is ``trainer.state``, a fresh ``FitState`` per ``fit`` (None before the first)."""
 
@@ -73,7 +74,7 @@ class Trainer:
         self.cfg, self.tc, self.task = cfg, cfg.train, task
         self.group_builder = group_builder
         self.callbacks = [*callbacks, *C.from_config(cfg, task=task)]
-        self.should_stop = False
+        self.should_stop = self.should_save = False
         self.state: Optional[FitState] = None
         if self.tc.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
@@ -181,6 +182,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Optional[Path]:
         """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first)."""
+        self.should_save = False
         with self._timed("save_s"):
             return self._save_checkpoint()
 
@@ -271,7 +273,7 @@ class Trainer:
             raise ConfigError("optim.l1 is not supported with train.distributed=fsdp (sharded weights)")
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16
                                       and self.device.type == "cuda")
-        self.should_stop = False
+        self.should_stop = self.should_save = False
         self.state = FitState(total=total, eval_every=self.tc.eval_every or per_epoch, opt=opt, sched=sched,
                               scaler=scaler, l1_params=l1_params(self.task) if self.cfg.optim.l1 > 0 else [],
                               faults=S.FaultCounter(self.device), found_inf=torch.zeros((), device=self.device),
@@ -342,8 +344,7 @@ class Trainer:
             st.window.add_losses(self._forward_backward(batch, boundary), self.tc.grad_accum_steps)
             if not boundary:
                 continue
-            st.grad_norm = self._optimizer_step()
-            st.window.steps += 1
+            self._optimizer_step()
             st.logger.advance()
             self._log_eval_save(total)
             if st.step >= total or self.should_stop:
@@ -369,15 +370,19 @@ class Trainer:
         step = self.state.step
         if step % self.tc.log_every == 0 or step >= total:
             self._check_faults()
-            self._log_train()
+            self.log_train()
         if step % self.state.eval_every == 0 or step >= total:
             self._eval_and_save()
-        elif self.tc.save_every and step % self.tc.save_every == 0:
+        elif (self.tc.save_every and step % self.tc.save_every == 0) or self.should_save:
             self._check_faults()
             self.save_checkpoint()
 
-    def _log_train(self) -> None:
-        """Log the window's mean losses, the last gradient norm, lr and throughput; open the next window."""
+    def log_train(self) -> None:
+        """Log a ``train`` row for the optimizer steps since the last one (their mean losses, this step's gradient
+        norm, lr and throughput) and open the next window. The loop calls it every ``train.log_every`` steps; a
+        callback that ends the run between those (``on_step_end``: the step it follows is counted already) calls it
+        so that no step goes unlogged. A collective under torchrun (losses are averaged over ranks): every rank
+        calls it at the same step."""
         st = self.state
         win = st.window
         vals = {k: v / win.steps for k, v in _mean_over_ranks(win.sums).items()}
@@ -419,7 +424,8 @@ class Trainer:
             st.faults.add(st.found_inf)
         st.opt.zero_grad(set_to_none=True)
         st.sched.step()
-        st.step += 1
+        st.step, st.grad_norm = st.step + 1, norm
+        st.window.steps += 1  # counted before on_step_end: a callback's log_train covers this step
         for cb in self.callbacks:  # they see the new step count and found_inf; stepped None: decided on the device
             if stepped is not False or getattr(cb, "every_step", False):
                 cb.on_step_end(self)
@@ -457,7 +463,7 @@ class Trainer:
             better = st.best_value is None or (value > st.best_value if self.greater else value < st.best_value)
             if better:
                 st.best_value, st.best_step = value, st.step
-        self.save_checkpoint()
+        st.last_eval_checkpoint = self.save_checkpoint()
 
     def plain_model(self) -> Optional[nn.Module]:
         """The trained task as one plain module on the main process, None elsewhere (under FSDP a collective:
@@ -471,7 +477,7 @@ class Trainer:
     def _finish(self, results: dict[str, float]) -> None:
         st = self.state
         if self.dist.is_main:
-            (self.run_dir / "final_metrics.json").write_text(json.dumps(results, indent=2))
+            rundir.write_final(self.run_dir, results, st.last_eval_step, st.last_eval_checkpoint)
             for stem, value in st.last_artifacts.items():
                 (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
         self._call("on_train_end", results)

@@ -8,6 +8,7 @@ import pytest
 
 from mm_ptft import run
 from mm_ptft.run import load_config
+from mm_ptft.train.rundir import final_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_TINY = os.path.join(ROOT, "recipes", "image_classification", "tiny.yaml")
@@ -39,7 +40,7 @@ def test_detection_one_step_and_eval_through_train_py(tmp_path, monkeypatch):
             "data.generate.n_train=4", "data.generate.n_eval=3"]
     monkeypatch.setattr(sys, "argv", ["train.py", *args])
     runpy.run_path(os.path.join(ROOT, "recipes", "detection", "train.py"), run_name="__main__")
-    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    final = final_results(tmp_path)
     assert {"map", "map_50", "map_75"} <= set(final) and all(-1 <= v <= 1 for v in final.values())
     results = json.loads((tmp_path / "detections_eval.json").read_text())
     assert isinstance(results, list) and all(r["category_id"] in (1, 2, 3) and len(r["bbox"]) == 4 for r in results)

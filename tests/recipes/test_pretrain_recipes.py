@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mm_ptft.train.rundir import final_results
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
@@ -43,7 +44,7 @@ def contrastive_run(tmp_path_factory) -> Path:
 
 
 def test_contrastive_tiny_retrieval_beats_chance(contrastive_run: Path) -> None:
-    r = json.loads((contrastive_run / "final_metrics.json").read_text())
+    r = final_results(contrastive_run)
     chance = 1 / N_EVAL
     assert r["image_to_text_r1"] > 5 * chance and r["text_to_image_r1"] > 5 * chance, r
     assert r["image_to_text_r10"] > 2 * 10 * chance, r
@@ -169,5 +170,5 @@ def test_joint_tiny_under_torchrun_with_sources_missing_on_some_ranks(tmp_path: 
            "train.device=cpu", "train.report=false"]  # per-step logs: the ranks' loss parts differ
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, timeout=400, env=env, cwd=ROOT)
-    r = json.loads((tmp_path / "final_metrics.json").read_text())
+    r = final_results(tmp_path)
     assert {"audio_to_text_r1", "image_to_text_r1", "mlm_loss"} <= set(r)

@@ -17,6 +17,7 @@ import mm_ptft
 from mm_ptft.cli import main as cli_main
 from mm_ptft.run.export import ExportError, export_run
 from mm_ptft.run import load_config, load_run, predict, train
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import ROOT, TEXT_TINY
 
@@ -71,7 +72,7 @@ def test_hf_text_loads_in_transformers_and_predicts_as_mm_ptft(pooler_run, tmp_p
     assert meta["format"] == "hf" and meta["parity"]["max_abs_diff_prob"] <= TOL and meta["parity"]["same_argmax"]
     card = (out / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card and "AutoModelForSequenceClassification" in card
-    metrics = json.loads((pooler_run / "final_metrics.json").read_text())
+    metrics = final_results(pooler_run)
     assert f"| accuracy | {metrics['accuracy']:.4g} |" in card
     assert "data_cards/text_topics.md" in card and (out / "data_cards" / "text_topics.md").is_file()
     assert "## Intended use and limitations" in card and "pooling: pooler" in card  # the resolved config
@@ -388,7 +389,7 @@ def test_the_card_of_the_best_checkpoint_reports_that_checkpoints_metrics(tmp_pa
     best.write_text(json.dumps({**json.loads(best.read_text()), "step": 2, "path": "step_00000002"}))
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     at2 = next(r for r in rows if r["kind"] == "eval" and r["step"] == 2)
-    final = json.loads((run / "final_metrics.json").read_text())
+    final = final_results(run)
     assert at2["loss"] != final["loss"]  # the two evaluations differ: the test can tell them apart
     out = export_run(run, "mm_ptft", tmp_path / "exported")
     card, manifest = (out / "README.md").read_text(), json.loads((out / "mm_ptft.json").read_text())

@@ -15,6 +15,7 @@ from mm_ptft.cli import main as cli_main
 from mm_ptft.contracts import Callback
 from mm_ptft.run.prune import prune_run
 from mm_ptft.run import evaluate, load_config, load_run, pick_checkpoint, predict, train
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 
@@ -50,7 +51,7 @@ def test_prune_half_gives_half_zeros_of_the_smallest_weights(text_run, tmp_path,
     # the source run is untouched; the copy is a run eval/predict/export accept
     assert all(torch.equal(v, load_file(str(pick_checkpoint(text_run) / "model.safetensors"))[k])
                for k, v in src_weights.items())
-    final = json.loads((out / "final_metrics.json").read_text())
+    final = final_results(out)
     assert final == summary["metrics_after"] and "accuracy" in summary["metrics_before"]
     assert evaluate(out)["accuracy"] == pytest.approx(final["accuracy"])
     rows = predict(out, ["the rocket reached orbit", "a goal in the final minute"])
@@ -98,7 +99,7 @@ def test_finetune_after_pruning_keeps_pruned_weights_zero_and_moves_the_rest(tex
     assert not (tmp_path / "tuned" / "finetune" / "checkpoints").exists()
     rows = [json.loads(r) for r in (tmp_path / "tuned" / "finetune" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("kind") == "train" for r in rows) >= 1
-    final = json.loads((tmp_path / "tuned" / "final_metrics.json").read_text())
+    final = final_results(tmp_path / "tuned")
     assert final == summary["metrics_after_finetune"] and summary["finetune_steps"] == 3
     assert evaluate(tmp_path / "tuned")["accuracy"] == pytest.approx(final["accuracy"])
     assert cli_main(["prune", str(text_run), "--amount", "0.3", "--structured", "--finetune-steps", "1",

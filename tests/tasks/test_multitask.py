@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from mm_ptft.config import ConfigError
 from mm_ptft.run import evaluate, load_config, predict, train
 from mm_ptft.tasks.multitask import Multitask
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import ROOT
 
@@ -186,5 +187,5 @@ def test_two_processes_train_and_evaluate_every_task(tmp_path, sampling):
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    final = json.loads((out / "final_metrics.json").read_text())
+    final = final_results(out)
     assert {"topic/accuracy", "warmth/r2", "loss"} <= set(final)

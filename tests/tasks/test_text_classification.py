@@ -8,6 +8,7 @@ from mm_ptft.run import load_config
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import evaluate, predict, train
 from mm_ptft.tasks.text_classification import TextClassification
+from mm_ptft.train.rundir import final_results
 
 from mm_fixtures import crash_at_step
 from mm_paths import TEXT_TINY
@@ -35,7 +36,7 @@ def test_tiny_recipe_beats_chance_and_predicts(tmp_path):
     assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-5
     # eval reloads weights: the last checkpoint reproduces final_metrics.json, the default is the best one
     last = sorted((run / "checkpoints").glob("step_*"))[-1]
-    final = json.loads((run / "final_metrics.json").read_text())
+    final = final_results(run)
     assert evaluate(run, checkpoint=str(last))["accuracy"] == pytest.approx(final["accuracy"])
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     assert evaluate(run)["accuracy"] == pytest.approx(best["accuracy"])

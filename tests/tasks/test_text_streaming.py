@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from mm_ptft.data.tables import DataError
 from mm_ptft.run import evaluate, load_config, train
+from mm_ptft.train.rundir import final_results
 
 from mm_fixtures import kill_after_checkpoint
 from mm_paths import ROOT, TEXT_TINY
@@ -49,7 +50,7 @@ def test_streamed_shards_train_evaluate_and_count_skips(tmp_path, shards):
     run = tmp_path / "run"
     data = [e for e in events(run, "data") if "skipped_empty_text" in e]
     assert data and data[-1]["skipped_empty_text"] >= 1  # the empty row, counted when a worker read it
-    assert evaluate(run)["accuracy"] == pytest.approx(json.loads((run / "final_metrics.json").read_text())["accuracy"])
+    assert evaluate(run)["accuracy"] == pytest.approx(final_results(run)["accuracy"])
 
 
 def test_without_eval_file_a_seeded_hash_split_is_held_out(tmp_path, shards):
@@ -126,4 +127,4 @@ def test_two_fsdp_ranks_stream_train_and_evaluate_in_lockstep(tmp_path, shards):
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "accuracy" in json.loads((out / "final_metrics.json").read_text())
+    assert "accuracy" in final_results(out)

@@ -51,7 +51,7 @@ def stray_reads(monkeypatch, trainer) -> list[tuple[str, int]]:
             return _real(self, *a, **kw)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    for method in ("_log_train", "_check_faults", "_eval_and_save", "save_checkpoint"):
+    for method in ("log_train", "_check_faults", "_eval_and_save", "save_checkpoint"):
         real = getattr(trainer, method)
 
         def marked(*a, _real=real, **kw):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mm_ptft.train.samplers import GroupedBatchSampler
+from mm_ptft.train.rundir import final_results
 
 from torchrun_util import STEPS, final_weights, train_losses, two_rank_runs  # noqa: F401 (a fixture)
 
@@ -46,8 +47,8 @@ def test_two_ranks_match_one_process_with_the_global_batch(runs, strategy):
 
 def test_distributed_run_writes_once_and_evaluates_all_ranks(runs):
     for strategy in ("ddp", "fsdp"):
-        final = json.loads((runs / strategy / "final_metrics.json").read_text())
-        ref = json.loads((runs / "single" / "final_metrics.json").read_text())
+        final = final_results(runs / strategy)
+        ref = final_results(runs / "single")
         # torchmetrics syncs the eval metrics over both ranks' halves of the eval set; loss via all_reduce
         assert final["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-6)
         assert final["loss"] == pytest.approx(ref["loss"], rel=1e-4)

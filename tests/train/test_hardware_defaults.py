@@ -1,6 +1,5 @@
 """CPU-honest defaults: precision auto resolves by the hardware, emulated bf16, over-long warm-up and more
 loader workers than CPUs each warn (and the workers are capped), and the run still trains."""
-import json
 import warnings
 
 import pytest
@@ -8,6 +7,7 @@ import pytest
 from mm_ptft import env
 from mm_ptft.run import load_config
 from mm_ptft.run import train
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 
@@ -17,7 +17,7 @@ def _run(tmp_path, *extra: str) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(cfg)
-    assert json.loads((tmp_path / "final_metrics.json").read_text())
+    assert final_results(tmp_path)
     return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 

@@ -17,6 +17,7 @@ from mm_ptft.env import cpu_count
 from mm_ptft.run import evaluate, load_config, train
 from mm_ptft.train import loader_rate as LR
 from mm_ptft.train.trainer import Trainer
+from mm_ptft.train.rundir import final_results
 
 from mm_fixtures import crash_at_step, fake_rates, one_thread  # noqa: F401
 from mm_paths import ROOT
@@ -108,7 +109,7 @@ def test_injected_rates_size_the_loader_and_are_logged(tmp_path, monkeypatch):
     assert (rec["worker_samples_per_s"], rec["step_samples_per_s"], rec["num_workers"], rec["max_workers"]) == \
         (1000.0, 500.0, 1, 7)
     # evaluating the run alone (its config says auto): sized from the eval forward, the same metrics
-    assert evaluate(str(out))["accuracy"] == json.loads((out / "final_metrics.json").read_text())["accuracy"]
+    assert evaluate(str(out))["accuracy"] == final_results(out)["accuracy"]
 
 
 def test_auto_run_equals_the_run_with_the_count_it_chose(tmp_path):

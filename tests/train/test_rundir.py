@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from mm_ptft.cli import main
 from mm_ptft.config import ConfigError
-from mm_ptft.run import load_config, predict, train
+from mm_ptft.run import evaluate, load_config, predict, train
 from mm_ptft.train import checkpoint as ckpt
+from mm_ptft.train.rundir import final_record, final_results, write_final
 
 from mm_paths import TEXT_TINY
 
@@ -62,7 +63,7 @@ def test_resuming_a_finished_run_changes_nothing(finished, topics_data):
         again = train(cfg_for(topics_data, run, "train.resume=true", *extra))
         assert again == pytest.approx(results) and isinstance(again, dict)
     assert _snapshot(run) == before
-    assert json.loads((run / "final_metrics.json").read_text()) == pytest.approx(results)
+    assert final_results(run) == pytest.approx(results)
 
 
 def test_resume_with_a_changed_config_is_refused_or_applied(topics_data, tmp_path):
@@ -135,3 +136,22 @@ def test_a_full_disk_names_the_directory_and_what_was_kept(topics_data, tmp_path
         train(cfg_for(topics_data, run))
     assert not list((run / "checkpoints").glob(".tmp_*"))
     assert ckpt.verify(run / "checkpoints" / "step_00000002") is None
+
+
+def test_final_metrics_name_the_step_and_checkpoint_they_describe(finished, tmp_path):
+    """final_metrics.json = the last evaluation + its step + the checkpoint holding those weights (re-evaluating that
+    checkpoint gives the metrics back); ``final_results`` strips the bookkeeping (what ``train`` returned)."""
+    from mm_ptft.train.report import write_report
+
+    run, results = finished
+    record = final_record(run)
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert record["step"] == evals[-1]["step"] == 6 and record["checkpoint"] == "checkpoints/step_00000006"
+    assert json.loads((run / record["checkpoint"] / "meta.json").read_text())["step"] == 6
+    assert final_results(run) == results and not {"step", "checkpoint"} & set(results)
+    again = evaluate(run, checkpoint=str(run / record["checkpoint"]))
+    assert again == pytest.approx(results, rel=1e-5)
+    report = write_report(tmp_path / "copy" if shutil.copytree(run, tmp_path / "copy") else run).read_text()
+    assert "## Final metrics (step 6, checkpoints/step_00000006)" in report and "| step |" not in report
+    write_final(tmp_path, {"accuracy": 0.5}, 3, tmp_path / "checkpoints" / "step_00000003")  # not kept (keep_last)
+    assert final_record(tmp_path) == {"step": 3, "checkpoint": None, "accuracy": 0.5}

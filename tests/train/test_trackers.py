@@ -12,6 +12,7 @@ from mm_ptft.run import load_config, train
 from mm_ptft.train.logging import RunLogger
 from mm_ptft.train.trackers import Tracker
 from mm_ptft.train.trainer import Trainer
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 from test_callbacks import Linear, collate, data
@@ -68,7 +69,7 @@ def test_one_run_reports_the_same_rows_to_every_tracker(topics_data, offline, tm
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
     assert sorted(losses) == [2, 4, 6]
-    assert final == json.loads((out / "final_metrics.json").read_text()) and "accuracy" in final
+    assert final == final_results(out) and "accuracy" in final
 
     # TensorBoard, through tensorboard's own reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -5,9 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mm_ptft.contracts import Callback
 from mm_ptft.run import load_config
 from mm_ptft.run import train
 from mm_ptft.train.trainer import Trainer
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 
@@ -79,7 +81,7 @@ def test_run_directory_contents(topics_data, tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "final_metrics.json", "report.md", "tokenizer", "encoders/text"):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").glob("events.out.tfevents*"))
-    final = json.loads((out / "final_metrics.json").read_text())
+    final = final_results(out)
     assert set(final) >= {"accuracy", "macro_f1", "loss"} and final == results
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} >= {"train", "eval"}
@@ -125,3 +127,34 @@ def test_resume_with_persistent_workers_gives_identical_weights(topics_data, tmp
     crash_then_resume(topics_data, tmp_path / "resumed", steps, 10, monkeypatch)  # after step 9's checkpoint
     a, b, c = (final_weights(tmp_path / d) for d in ("straight", "resumed", "no_workers"))
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+
+
+class LogAndStopAt(Callback):
+    """Ends the run after step ``step`` (between log steps), logging the steps since the last train row first."""
+
+    every_step = True
+
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, trainer):
+        if trainer.step == self.at:
+            trainer.log_train()
+            trainer.should_stop = True
+
+
+def test_a_callback_ending_the_run_between_log_steps_logs_the_steps_it_covers(topics_data, tmp_path):
+    """``Trainer.log_train`` from ``on_step_end`` (the preemption callback's path): one row for steps 1-3, their mean
+    loss and step 3's gradient norm (as a run that logs every step reports them), and no second row at the stop."""
+    common = ["train.max_steps=8", "train.eval_every=100", *NO_DROPOUT]
+    train(cfg_for(topics_data, tmp_path / "every", *common, "train.log_every=1"))
+    train(cfg_for(topics_data, tmp_path / "stopped", *common, "train.log_every=100"), callbacks=[LogAndStopAt(3)])
+
+    def train_rows(run):
+        return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+    ref = train_rows(tmp_path / "every")[:3]
+    (row,) = train_rows(tmp_path / "stopped")
+    assert row["step"] == 3
+    assert row["loss"] == pytest.approx(sum(r["loss"] for r in ref) / 3, rel=1e-6)
+    assert row["grad_norm"] == pytest.approx(ref[2]["grad_norm"], rel=1e-6)

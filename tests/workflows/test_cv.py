@@ -9,6 +9,7 @@ import pytest
 
 from mm_ptft.cli import main as cli_main
 from mm_ptft.workflows.cv import stratified_folds
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 
@@ -33,7 +34,7 @@ def test_cv_runs_k_folds_and_summarises(tmp_path, capsys):
                      "train.max_steps=2", "train.report=false", "train.report_to=[]", "train.batch_size=8"]) == 0
     assert "accuracy:" in capsys.readouterr().out
     summary = json.loads((out / "cv_summary.json").read_text())
-    finals = [json.loads((out / f"fold_{i}" / "final_metrics.json").read_text()) for i in range(3)]
+    finals = [final_results(out / f"fold_{i}") for i in range(3)]
     evals = [[json.loads(ln) for ln in (out / "splits" / f"fold_{i}_eval.jsonl").read_text().splitlines()]
              for i in range(3)]
     assert sum(map(len, evals)) == 45 and summary["fold_sizes"] == [15, 15, 15]

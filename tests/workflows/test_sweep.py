@@ -10,6 +10,7 @@ import mm_ptft
 from mm_ptft.cli import main
 from mm_ptft.config import ConfigError
 from mm_ptft.workflows.sweep import load_space, run_sweep
+from mm_ptft.train.rundir import final_results
 
 from mm_paths import TEXT_TINY
 
@@ -26,7 +27,7 @@ def space(tmp_path, text="optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log
 
 
 def final(run_dir):
-    return json.loads((run_dir / "final_metrics.json").read_text())
+    return final_results(run_dir)
 
 
 def test_three_trials_write_runs_table_plot_and_a_best_config_that_trains(tmp_path):
@@ -175,4 +176,4 @@ def test_report_to_trial_signs_by_direction_and_stops_the_trainer_after_that_eva
     assert trial.attrs == {"metric": "loss", "greater_is_better": False}
     assert [s for _, s in trial.reports] == [2, 4] and trainer.step == 4 and cb.pruned  # of 8 steps
     assert trial.reports[-1][0] == -results["loss"]  # lower is better: reported negated, so the study maximises
-    assert json.loads((tmp_path / "final_metrics.json").read_text()) == results
+    assert final_results(tmp_path) == results
