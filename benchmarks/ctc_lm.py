@@ -3,7 +3,7 @@ from the training transcripts (``mm-ptft build-lm``), and decode time per uttera
 speech of ``recipes/speech_recognition/tiny.yaml`` and on espeak-ng speech of unseen voices (where espeak-ng is
 installed; ``scripts/make_espeak_corpus.py``, the integration test's voices).
 
-    python benchmarks/ctc_lm.py [--steps 120] [--espeak-steps 200] [--phrases 40] [--seeds 2]
+    python benchmarks/ctc_lm.py [--steps 300] [--espeak-steps 600] [--phrases 40] [--seeds 2]
     python -m benchmarks.run_all --only ctc_lm [--quick]
 
 Per seed and corpus: train tiny.yaml (its settings; ``train.max_steps`` as given, warm-up a tenth of it), build the LM, run the model once
@@ -38,7 +38,7 @@ ESPEAK_TRAIN = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f2", "en-gb
 ESPEAK_EVAL = ["en-gb-x-rp+f4", "en-us-nyc+m5"]
 FIXED_LM = {"lm_weight": 1.0, "word_score": 0.0}
 #: a 2-core CPU budget (tiny.yaml itself trains 2000 steps): models far from converged, where an LM matters most
-STEPS, ESPEAK_STEPS, PHRASES = 120, 200, 40
+STEPS, ESPEAK_STEPS, PHRASES = 300, 600, 40
 
 
 def espeak_corpus(root: Path, phrases: int) -> list[str]:
