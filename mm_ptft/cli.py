@@ -1,5 +1,5 @@
-"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, check-data, loader-rate, list, report,
-sweep, quickstart, doctor."""
+"""``mm-ptft`` command line: train, eval, predict, export, prune, cv, fewshot, check-data, build-lm, tune-lm,
+loader-rate, list, report, sweep, quickstart, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,43 @@ def cmd_check_data(ns: argparse.Namespace) -> int:
     if bad:
         print(f"{bad} bad sample(s) (training skips them with data.skip_bad_samples=true, or stops at the first)")
     return 1 if bad else 0
+
+
+def cmd_build_lm(ns: argparse.Namespace) -> int:
+    from mm_ptft.run.speech_lm import build_lm_from_config
+
+    built = build_lm_from_config(ns.config, ns.out, ns.overrides, ns.order, ns.discount)
+    print(f"wrote {built.path}: order {ns.order}, {built.words} words from {built.sentences} transcripts "
+          f"({built.skipped_empty} empty skipped)")
+    print(f"decode with: model.decoder='{{name: beam, lm: {built.path}, lm_weight: 2.0, word_score: 0.0}}' "
+          f"(or tune both: mm-ptft tune-lm RUN_DIR --lm {built.path})")
+    return 0
+
+
+def cmd_tune_lm(ns: argparse.Namespace) -> int:
+    from mm_ptft.run.speech_lm import DEFAULT_WEIGHTS, DEFAULT_WORD_SCORES, tune_lm
+
+    report = tune_lm(ns.run_dir, ns.lm, ns.weights or DEFAULT_WEIGHTS, ns.word_scores or DEFAULT_WORD_SCORES,
+                     ns.overrides, apply=not ns.dry_run)
+    line = lambda r: f"wer={r['wer']:.4f} cer={r['cer']:.4f}"  # noqa: E731
+    print(f"{report['utterances']} utterances of {report['eval']}")
+    for r in report["grid"]:
+        print(f"lm_weight={r['lm_weight']:g} word_score={r['word_score']:g}  {line(r)}")
+    print(f"greedy {line(report['greedy'])}; beam (no LM) {line(report['beam'])}; "
+          f"the run's decoder {line(report['run_decoder'])}")
+    best = report["best"]
+    verdict = "set as the run's model.decoder" if report["applied"] else \
+        "not applied (--dry-run)" if ns.dry_run else "not applied: it does not beat the run's decoder"
+    print(f"best: model.decoder='{json.dumps(best['decoder'])}' {line(best)}: {verdict}; "
+          f"{ns.run_dir}/lm/tuning.json has the grid")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers, e.g. 0.5,1,2") from None
 
 
 def cmd_loader_rate(ns: argparse.Namespace) -> int:
@@ -278,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("config")
     ck.add_argument("overrides", nargs="*")
     ck.set_defaults(fn=cmd_check_data)
+    bl = sub.add_parser("build-lm", help="a word n-gram LM (ARPA, built-in writer) from a speech config's normalised "
+                                         "training transcripts: mm-ptft build-lm CONFIG|RUN_DIR --out lm.arpa "
+                                         "[--order 3]")
+    bl.add_argument("config")
+    bl.add_argument("overrides", nargs="*")
+    bl.add_argument("--out", required=True)
+    bl.add_argument("--order", type=int, default=3, choices=[2, 3])
+    bl.add_argument("--discount", type=float, default=0.5, help="absolute discount D in (0, 1)")
+    bl.set_defaults(fn=cmd_build_lm)
+    tl = sub.add_parser("tune-lm", help="grid lm_weight x word_score on a speech run's eval split, the best set as "
+                                        "its model.decoder: mm-ptft tune-lm RUN_DIR --lm lm.arpa [data.eval_file=dev]")
+    tl.add_argument("run_dir")
+    tl.add_argument("overrides", nargs="*")
+    tl.add_argument("--lm", required=True)
+    tl.add_argument("--weights", type=_floats, help="lm_weight values (default 0.5,1,2,3)")
+    tl.add_argument("--word-scores", type=_floats, help="word_score values (default -1,0,1,2)")
+    tl.add_argument("--dry-run", action="store_true", help="write lm/tuning.json only, leave config.yaml alone")
+    tl.set_defaults(fn=cmd_tune_lm)
     lr = sub.add_parser("loader-rate", help="samples/s one loader worker makes and the training step takes, and the "
                                             "train.num_workers they call for: mm-ptft loader-rate CONFIG "
                                             "[key.sub=value ...]")

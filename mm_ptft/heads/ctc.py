@@ -1,10 +1,18 @@
 """CTC speech recognition: character vocabulary, text normalisation, the CTC task, greedy and
-beam-search decoding (torchaudio's flashlight ``ctc_decoder``); WER/CER live in ``metrics.ctc``."""
+beam-search decoding (torchaudio's flashlight ``ctc_decoder``, optionally with an n-gram word LM fused in);
+WER/CER live in ``metrics.ctc``."""
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import re
+import sys
+import tempfile
 import unicodedata
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +21,7 @@ from torch import nn
 from mm_ptft.contracts import ExportSpec, Task
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.env import require_torchaudio
+from mm_ptft.heads.ngram_lm import UNK, check_lexicon_in_lm, is_arpa, lm_words, spellable
 from mm_ptft.metrics.ctc import CTCMetrics
 from mm_ptft.types import LABEL_LENGTHS, LABELS
 
@@ -83,47 +92,192 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[i
     return out
 
 
-class BeamDecoder:
-    """Beam search with torchaudio's flashlight ``ctc_decoder``, no language model: lexicon-free
-    (``lexicon=None``), or restricted to the spellings of ``words`` (a lexicon decoder)."""
+@dataclass
+class LMOptions:
+    """An n-gram word LM fused into beam search: an ARPA file (or a KenLM binary), its weight, and a score added
+    per emitted word (positive favours more words); flashlight adds ``weight * log LM + word_score`` per word."""
 
-    def __init__(self, vocab: CharVocab, beam_size: int = 20, words: Sequence[str] = ()) -> None:
+    path: str
+    weight: float = 2.0
+    word_score: float = 0.0
+
+
+@dataclass
+class DecoderSpec:
+    """``model.decoder`` parsed: a name (greedy | beam | lexicon) or ``{name: beam, lm, lm_weight, word_score,
+    beam_size, lexicon}``; ``beam_size`` None means ``model.beam_size``, ``lexicon`` is a word-list / flashlight
+    lexicon file or the words themselves."""
+
+    name: str = "greedy"
+    beam_size: Optional[int] = None
+    lexicon: Union[str, list[str], None] = None
+    lm: Optional[LMOptions] = None
+
+
+DECODERS = ("greedy", "beam", "lexicon")
+DECODER_KEYS = ("name", "lm", "lm_weight", "word_score", "beam_size", "lexicon")
+
+
+def _number(spec: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = spec.get(key, default)
+    try:
+        number = kind(value) if not isinstance(value, bool) and (kind is float or isinstance(value, int)) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or (kind is int and number <= 0):
+        raise ValueError(f"{where}.{key}={value!r}: {'a positive integer' if kind is int else 'a finite number'}")
+    return number
+
+
+def parse_decoder(spec: Any, where: str = "model.decoder") -> DecoderSpec:
+    """``model.decoder`` checked at build time: unknown keys, bad numbers and missing files are errors naming
+    the key."""
+    if isinstance(spec, DecoderSpec):
+        return spec
+    if isinstance(spec, str):
+        out = DecoderSpec(spec)
+    elif isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - set(DECODER_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; allowed: {', '.join(DECODER_KEYS)}")
+        lm = None
+        if spec.get("lm"):
+            lm = LMOptions(str(spec["lm"]), _number(spec, "lm_weight", float, 2.0, where),
+                           _number(spec, "word_score", float, 0.0, where))
+        elif "lm_weight" in spec or "word_score" in spec:
+            raise ValueError(f"{where}: lm_weight/word_score need {where}.lm (an ARPA or KenLM binary file)")
+        beam = _number(spec, "beam_size", int, 1, where) if spec.get("beam_size") is not None else None
+        lexicon = spec.get("lexicon") or None
+        out = DecoderSpec(str(spec.get("name", "beam")), beam, lexicon if isinstance(lexicon, str) else
+                          list(lexicon) if lexicon else None, lm)
+    else:
+        raise ValueError(f"{where}={spec!r}: a decoder name or a mapping with keys {', '.join(DECODER_KEYS)}")
+    if out.name not in DECODERS:
+        raise ValueError(f"{where}={out.name!r}; choose 'greedy', 'beam' or 'lexicon'")
+    if out.name == "greedy" and (out.lm or out.lexicon):
+        raise ValueError(f"{where}: an lm or lexicon needs {where}.name=beam (got 'greedy')")
+    for key, path in (("lm", out.lm.path if out.lm else ""), ("lexicon", out.lexicon)):
+        if isinstance(path, str) and path and not Path(path).is_file():
+            raise FileNotFoundError(f"{where}.{key}={path!r} does not exist" + (
+                "; build an LM from the training transcripts with `mm-ptft build-lm CONFIG --out lm.arpa`"
+                if key == "lm" else ""))
+    return out
+
+
+def _read_word_list(path: str) -> list[str]:
+    """The words of a word list (one per line) or a flashlight lexicon file (``word<TAB>spelling``)."""
+    return [ln.split()[0] for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def lexicon_words(spec: DecoderSpec, vocab: CharVocab, words: Sequence[str] = (),
+                  where: str = "model.decoder") -> list[str]:
+    """The words beam search may emit (empty: lexicon-free): ``lexicon`` if given; else for ``name: lexicon``
+    or a KenLM binary LM (which cannot list its words) ``words`` (``model.lexicon``); else an ARPA LM's words.
+    Checked against the CTC characters and, for an ARPA LM with its own lexicon, against the LM's words."""
+    lm, arpa = spec.lm, bool(spec.lm) and is_arpa(spec.lm.path)
+    if spec.lexicon:
+        lex = _read_word_list(spec.lexicon) if isinstance(spec.lexicon, str) else list(spec.lexicon)
+        source = f"{where}.lexicon"
+    elif spec.name == "lexicon" or (lm and not arpa):
+        lex, source = list(words), "model.lexicon"
+        if not lex:
+            why = f"{where}.lm={lm.path!r} is a KenLM binary, whose words cannot be read" if lm and not arpa else \
+                f"{where}=lexicon needs words"
+            raise ValueError(f"{why}: set {where}.lexicon or model.lexicon (an empty model.lexicon is learned from "
+                             f"the training transcripts when training)")
+    elif lm:
+        lex, source = lm_words(lm.path), f"{where}.lm={lm.path!r}"
+    else:
+        return []
+    lex = spellable(sorted(set(lex)), vocab.tokens[2:], source)
+    if arpa and source != f"{where}.lm={lm.path!r}":
+        check_lexicon_in_lm(lex, lm_words(lm.path), f"{source} vs {where}.lm={lm.path!r}")
+    return lex
+
+
+@contextlib.contextmanager
+def _native_stderr(path: Path) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 into ``path`` meanwhile (Python's own logging is
+    unaffected once it is restored)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as f:
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class BeamDecoder:
+    """Beam search with torchaudio's flashlight ``ctc_decoder``: lexicon-free (no ``words``), restricted to the
+    spellings of ``words`` (a lexicon decoder), and with ``lm`` a word n-gram LM fused in (a word LM needs the
+    lexicon: flashlight's lexicon-free search scores tokens, not words)."""
+
+    def __init__(self, vocab: CharVocab, beam_size: int = 20, words: Sequence[str] = (),
+                 lm: Optional[LMOptions] = None) -> None:
         require_torchaudio("beam-search CTC decoding")
         from torchaudio.models.decoder import ctc_decoder
 
-        self.vocab = vocab
-        lexicon = self._write_lexicon(vocab, words) if words else None
-        self.decoder = ctc_decoder(lexicon=lexicon, tokens=vocab.tokens, lm=None, beam_size=beam_size,
-                                   blank_token=BLANK, sil_token=SPACE, log_add=True)  # sum paths per prefix
+        if lm is not None and not words:
+            raise ValueError(f"model.decoder.lm={lm.path!r}: a word language model needs a lexicon (its words)")
+        self.vocab, self.lexicon = vocab, bool(words)
+        lm_kw = dict(lm=lm.path, lm_weight=lm.weight, word_score=lm.word_score) if lm else dict(lm=None)
+        with tempfile.TemporaryDirectory() as tmp:  # flashlight reads the lexicon while building the decoder
+            lexicon = self._write_lexicon(vocab, words, Path(tmp)) if words else None
+            try:
+                with _native_stderr(Path(tmp) / "stderr.txt"):  # KenLM draws a progress bar per load
+                    self.decoder = ctc_decoder(lexicon=lexicon, tokens=vocab.tokens, beam_size=beam_size,
+                                               unk_word=UNK, blank_token=BLANK, sil_token=SPACE, log_add=True,
+                                               **lm_kw)  # log_add: sum the paths of a prefix
+            except RuntimeError as err:
+                if lm is None:
+                    raise
+                raise ValueError(f"model.decoder.lm={lm.path!r}: KenLM cannot load it as an ARPA or binary language "
+                                 f"model ({str(err).strip().splitlines()[-1][:200]})") from None
 
     @staticmethod
-    def _write_lexicon(vocab: CharVocab, words: Sequence[str]) -> str:
+    def _write_lexicon(vocab: CharVocab, words: Sequence[str], tmp: Path) -> str:
         """A flashlight lexicon file (``word<TAB>w o r d |``) for the words spellable with ``vocab``."""
-        import tempfile
-
         lines = [f"{w}\t{' '.join(w)} {SPACE}" for w in sorted(set(words)) if all(c in vocab.index for c in w)]
-        with tempfile.NamedTemporaryFile("w", suffix=".lexicon.txt", delete=False) as f:
-            f.write("\n".join(lines) + "\n")
-        return f.name
+        path = tmp / "lexicon.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return str(path)
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        emissions = log_probs.detach().float().cpu().contiguous()  # (B, N, V)
-        hyps = self.decoder(emissions, lengths.detach().cpu().to(torch.int32))
-        return [self.vocab.decode(h[0].tokens.tolist()) if h else "" for h in hyps]
+        emissions = log_probs.detach().float().cpu()  # (B, N, V)
+        lengths = lengths.detach().cpu().long()  # (B,)
+        if not self.lexicon:
+            hyps = self.decoder(emissions.contiguous(), lengths.to(torch.int32))
+            return [self.vocab.decode(h[0].tokens.tolist()) if h else "" for h in hyps]
+        emissions, lengths = self._close_last_word(emissions, lengths)
+        hyps = self.decoder(emissions, lengths.to(torch.int32))
+        return [" ".join(h[0].words) if h else "" for h in hyps]
+
+    def _close_last_word(self, emissions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One certain ``|`` frame after each row's last: lexicon spellings end in ``|`` (a word is complete, and
+        scored by the LM, on its boundary), but transcripts are encoded without a trailing one, so the last word
+        would stay unfinished (left out of the words, never scored, or cut to a prefix)."""
+        b, n, v = emissions.shape
+        out = torch.cat([emissions, emissions.new_full((b, 1, v), -1e4)], 1)  # (B, N + 1, V)
+        boundary = emissions.new_full((v,), -1e4)  # (V,)
+        boundary[self.vocab.index[SPACE]] = 0.0
+        out[torch.arange(b), lengths] = boundary
+        return out.contiguous(), lengths + 1
 
 
 class Transcriber:
-    """Log-probs → strings: ``greedy`` (best path), ``beam`` (lexicon-free beam search) or
-    ``lexicon`` (beam search restricted to ``words``, e.g. the training transcripts' words)."""
+    """Log-probs → strings: ``greedy`` (best path), ``beam`` (lexicon-free beam search, or over a lexicon with an
+    n-gram LM fused in) or ``lexicon`` (beam search restricted to ``words``, e.g. the training transcripts')."""
 
-    def __init__(self, vocab: CharVocab, decoder: str = "greedy", beam_size: int = 20,
+    def __init__(self, vocab: CharVocab, decoder: Any = "greedy", beam_size: int = 20,
                  words: Sequence[str] = ()) -> None:
-        if decoder not in ("greedy", "beam", "lexicon"):
-            raise ValueError(f"model.decoder={decoder!r}; choose 'greedy', 'beam' or 'lexicon'")
-        if decoder == "lexicon" and not words:
-            raise ValueError("model.decoder=lexicon needs words (model.lexicon, learned from the training transcripts)")
-        self.vocab = vocab
-        self.beam = BeamDecoder(vocab, beam_size, words if decoder == "lexicon" else ()) if decoder != "greedy" else None
+        self.vocab, self.spec = vocab, parse_decoder(decoder)
+        self.beam = None
+        if self.spec.name != "greedy":
+            self.beam = BeamDecoder(vocab, self.spec.beam_size or beam_size, lexicon_words(self.spec, vocab, words),
+                                    self.spec.lm)
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         if self.beam is not None:
@@ -137,7 +291,7 @@ class CTCTask(Task):
     main_metric = "wer"
     greater_is_better = False
 
-    def __init__(self, encoder: Encoder, vocab: CharVocab, dropout: float = 0.1, decoder: str = "greedy",
+    def __init__(self, encoder: Encoder, vocab: CharVocab, dropout: float = 0.1, decoder: Any = "greedy",
                  beam_size: int = 20, words: Sequence[str] = ()) -> None:
         super().__init__()
         self.encoder, self.vocab = encoder, vocab

@@ -19,7 +19,8 @@ from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
-from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text
+from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normalize_text, parse_decoder
+from mm_ptft.heads.ngram_lm import is_arpa
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, load_splits
@@ -48,9 +49,13 @@ class SpeechModel:
     vocab: list[str] = field(default_factory=list)  # empty: from tokenizer, else the training transcripts' characters
     tokenizer: str = ""  # an HF character/CTC tokenizer (hub id or local dir) whose characters form the vocabulary
     dropout: float = 0.1
-    decoder: str = "greedy"  # greedy | beam (torchaudio ctc_decoder, lexicon-free) | lexicon (beam over known words)
+    # greedy | beam (torchaudio ctc_decoder, lexicon-free) | lexicon (beam over known words) | {name: beam,
+    # lm: PATH.arpa|.bin, lm_weight, word_score, beam_size, lexicon} (n-gram LM fusion;
+    # docs/howto/speech_recognition.md)
+    decoder: Any = "greedy"  # a name or a mapping: checked by heads.ctc.parse_decoder (errors name the key)
     beam_size: int = 20
-    lexicon: list[str] = field(default_factory=list)  # decoder=lexicon; empty: words of the training transcripts
+    # decoder=lexicon or a KenLM binary LM; empty: words of the training transcripts
+    lexicon: list[str] = field(default_factory=list)
     freeze_feature_encoder: bool = False  # encoders with a conv front end (hf, torchaudio_wav2vec2)
 
 
@@ -103,10 +108,19 @@ def _check_coverage(clips: list[Clip], vocab: CharVocab, manifest: str, max_unkn
                         f"model.vocab or model.tokenizer")
 
 
+def _needs_lexicon(m: SpeechModel) -> bool:
+    """Whether decoding needs the training transcripts' words as ``model.lexicon`` (empty so far): for
+    ``decoder: lexicon``, or an LM that is a KenLM binary (which cannot list its words), unless
+    ``model.decoder.lexicon`` names them. Checks ``model.decoder`` (keys, numbers, files) before any data is read."""
+    spec = parse_decoder(m.decoder)
+    binary_lm = spec.lm is not None and not is_arpa(spec.lm.path)
+    return not m.lexicon and not spec.lexicon and (spec.name == "lexicon" or binary_lm)
+
+
 def _learn_targets(m: SpeechModel, texts: Iterable[str]) -> None:
     """``model.vocab`` (the characters) if empty and, for decoder=lexicon, ``model.lexicon`` (the words) if empty,
     from normalised training transcripts in one pass; both are saved with the run's resolved config."""
-    lexicon = m.decoder == "lexicon" and not m.lexicon
+    lexicon = _needs_lexicon(m)
     chars: set[str] = set()
     words: set[str] = set()
     for t in texts:
@@ -134,12 +148,13 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
         m.vocab = CharVocab.from_tokenizer(pretrained_tokenizer(m.tokenizer, "model.tokenizer")).tokens
     if d.streaming:
         return _prepare_stream(cfg, train)
-    learn = not m.vocab or (m.decoder == "lexicon" and not m.lexicon)  # needs the training transcripts
+    learn = _needs_lexicon(m) or not m.vocab  # needs the training transcripts
     train_ds, eval_ds = load_splits(cfg, train, learn)
     if learn:
         if train_ds is None:
             raise ValueError("model.vocab is empty and there is no data.train_file to learn it from" if not m.vocab
-                             else "model.decoder=lexicon: model.lexicon is empty and there is no data.train_file")
+                             else "model.decoder (lexicon, or a KenLM binary LM) needs words: model.lexicon is empty "
+                                  "and there is no data.train_file to learn them from")
         require_columns(train_ds, [d.text_column], d.train_file)
         _learn_targets(m, (normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]))
     vocab = CharVocab(m.vocab)
@@ -169,9 +184,10 @@ def _prepare_stream(cfg: SpeechRecognitionConfig, train: bool) -> Prepared:
     d, m = cfg.data, cfg.model
     shards = S.shards_of(cfg, train)
     normalize = lambda t: normalize_text(t, d.lowercase, d.strip_punctuation)  # noqa: E731
-    if not m.vocab or (m.decoder == "lexicon" and not m.lexicon):
+    if _needs_lexicon(m) or not m.vocab:
         if not shards[0] or any(s.kind == "tar" for s in shards[0]):
-            raise DataError("model.vocab (or model.tokenizer) and, for decoder=lexicon, model.lexicon must be set "
+            raise DataError("model.vocab (or model.tokenizer) and, for decoder=lexicon or a KenLM binary LM, "
+                            "model.lexicon must be set "
                             "to stream from WebDataset shards (learning them would read every shard first)")
         _learn_targets(m, (normalize(t or "") for batch in column_batches(shards[0], d.text_column) for t in batch))
     vocab, enc = CharVocab(m.vocab), _build_encoder(cfg)

@@ -20,7 +20,7 @@ log = logging.getLogger("mm_ptft")
 #: what a run writes at the top of its directory (an overwrite removes these and nothing else)
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final_metrics.json", "checkpoints", "encoders", "tensorboard",
                "report.md", "plots", "tokenizer", "export", "detections_eval.json", "generated_data",
-               "wandb", "confusion_matrix.json", "confusion_matrix.png", "pruning.json")
+               "wandb", "confusion_matrix.json", "confusion_matrix.png", "pruning.json", "lm")
 #: any of these means the directory holds a run
 RUN_MARKERS = ("config.yaml", "checkpoints", "final_metrics.json")
 #: keys a resumed run may change without becoming another run (how long, where, how it reports)

@@ -126,3 +126,97 @@ def test_lexicon_decoder_only_emits_known_words():
     assert Transcriber(VOCAB, "lexicon", 5, words=["ab", "cab"])(lp, n) == ["cab ab"]
     with pytest.raises(ValueError, match="lexicon"):
         Transcriber(VOCAB, "lexicon")
+
+
+LM_SENTENCES = ["the cat sat", "a cat ran", "the dog sat", "a dog ran far", "the cat ran far", "the dog ran"]
+
+
+def _noisy_emissions(texts: list[str], vocab: CharVocab, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two frames per character (then a blank); on ~35% of characters a wrong letter outscores the right one."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for t in texts:
+        frames = []
+        for c in t.replace(" ", "|"):
+            p = torch.full((len(vocab),), 0.02)
+            right = vocab.index[c]
+            wrong = int(torch.randint(2, len(vocab), (1,), generator=g))
+            swap = c != "|" and wrong != right and float(torch.rand(1, generator=g)) < 0.35
+            p[right], p[wrong] = (0.35, 0.45) if swap else (0.6, p[wrong])
+            frames += [p / p.sum()] * 2 + [torch.eye(len(vocab))[0] * 0.9 + 0.1 / len(vocab)]
+        rows.append(torch.stack(frames).log())  # (N, V)
+    n = torch.tensor([len(r) for r in rows])
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=-1e4), n  # (B, N, V), (B,)
+
+
+def test_lm_fusion_wer_beam_lm_le_beam_le_greedy(tmp_path):
+    from mm_ptft.heads.ngram_lm import build_lm
+
+    texts = LM_SENTENCES * 3
+    vocab = CharVocab.from_texts(texts)
+    lm = build_lm(LM_SENTENCES, tmp_path / "lm.arpa", order=3)
+    lp, n = _noisy_emissions(texts, vocab)
+    wer = {}
+    for name, spec in {"greedy": "greedy", "beam": "beam",
+                       "beam+lm": {"name": "beam", "lm": str(lm), "lm_weight": 1.0, "word_score": 0.0}}.items():
+        wer[name] = jiwer.wer(texts, Transcriber(vocab, spec, beam_size=20)(lp, n))
+    assert wer["greedy"] > 0.2  # the noise really corrupts the best path
+    assert wer["beam+lm"] <= wer["beam"] <= wer["greedy"], wer
+    assert wer["beam+lm"] < 0.5 * wer["greedy"], wer  # the LM's words and grammar repair most errors
+
+
+def test_lm_decoder_options_lexicon_and_beam_size(tmp_path):
+    """decoder.lexicon narrows the LM's words (a file or a list); decoder.beam_size overrides model.beam_size."""
+    from mm_ptft.heads.ngram_lm import build_lm
+
+    texts = LM_SENTENCES * 2
+    vocab = CharVocab.from_texts(texts)
+    lm = str(build_lm(LM_SENTENCES, tmp_path / "lm.arpa"))
+    lp, n = _noisy_emissions(texts, vocab)
+    words_file = tmp_path / "words.txt"
+    words_file.write_text("the\ncat\nsat\n")
+    for lexicon in (str(words_file), ["the", "cat", "sat"]):
+        tr = Transcriber(vocab, {"name": "beam", "lm": lm, "lm_weight": 1.0, "lexicon": lexicon, "beam_size": 7})
+        assert tr.spec.beam_size == 7
+        assert {w for h in tr(lp, n) for w in h.split()} <= {"the", "cat", "sat"}
+
+
+def test_lm_decoder_bad_inputs(tmp_path, caplog):
+    from mm_ptft.heads.ngram_lm import build_lm
+
+    missing = tmp_path / "nope.arpa"
+    with pytest.raises(FileNotFoundError, match=r"model.decoder.lm='.*nope.arpa' does not exist.*build-lm"):
+        Transcriber(VOCAB, {"name": "beam", "lm": str(missing)})
+    lm = str(build_lm(["abc cab", "dog"], tmp_path / "lm.arpa"))
+    with pytest.raises(ValueError, match=r"lm='.*lm.arpa': 1 of its 3 words use characters outside the CTC "
+                                         r"vocabulary \['d', 'g', 'o'\]"):
+        Transcriber(VOCAB, {"name": "beam", "lm": lm})
+    upper = str(build_lm(["ABC CAB", "BA"], tmp_path / "upper.arpa"))
+    with pytest.raises(ValueError, match=r"3 of its 3 words .*data.lowercase"):
+        Transcriber(VOCAB, {"name": "beam", "lm": upper})
+    with pytest.raises(ValueError, match=r"none of the lexicon's 2 words is in the language model"):
+        Transcriber(VOCAB, {"name": "beam", "lm": str(build_lm(["abc cab"], tmp_path / "ok.arpa")),
+                            "lexicon": ["ba", "ab"]})
+    with pytest.raises(ValueError, match=r"unknown keys \['weight'\]"):
+        Transcriber(VOCAB, {"name": "beam", "weight": 1.0})
+    with pytest.raises(ValueError, match="needs model.decoder.name=beam"):
+        Transcriber(VOCAB, {"name": "greedy", "lm": lm})
+    with pytest.raises(ValueError, match=r"model.decoder.lm_weight='heavy': a finite number"):
+        Transcriber(VOCAB, {"name": "beam", "lm": lm, "lm_weight": "heavy"})
+    with pytest.raises(ValueError, match=r"model.decoder.beam_size=0: a positive integer"):
+        Transcriber(VOCAB, {"name": "beam", "beam_size": 0})
+    with pytest.raises(ValueError, match=r"lm_weight/word_score need model.decoder.lm"):
+        Transcriber(VOCAB, {"name": "beam", "word_score": 1.0})
+    with pytest.raises(FileNotFoundError, match=r"model.decoder.lexicon='.*none.txt' does not exist"):
+        Transcriber(VOCAB, {"name": "beam", "lexicon": str(tmp_path / "none.txt")})
+    binary = tmp_path / "lm.bin"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0garbage")
+    with pytest.raises(ValueError, match=r"lm='.*lm.bin' is a KenLM binary, whose words cannot be read: set "
+                                         r"model.decoder.lexicon or model.lexicon"):
+        Transcriber(VOCAB, {"name": "beam", "lm": str(binary)})
+    with pytest.raises(ValueError, match=r"lm='.*lm.bin': KenLM cannot load it"):  # a corrupt file, words given
+        Transcriber(VOCAB, {"name": "beam", "lm": str(binary)}, words=["abc"])
+    unigram = tmp_path / "unigram.arpa"
+    unigram.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-0.3\tabc\n-0.3\t</s>\n\n\\end\\\n")
+    with pytest.raises(ValueError, match=r"KenLM cannot load it .*at least a bigram"):
+        Transcriber(VOCAB, {"name": "beam", "lm": str(unigram)})

@@ -155,3 +155,40 @@ def test_vocab_from_an_hf_tokenizer_and_a_case_mismatch_is_named(tmp_path):
         SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={upper_tok}"]))
     with pytest.raises(ValueError, match=r"model.tokenizer='.*nowhere': no tokenizer found there"):
         SpeechRecognition.prepare(load_config(RECIPE / "tiny.yaml", [*base, f"model.tokenizer={tmp_path / 'nowhere'}"]))
+
+
+def test_build_lm_decode_with_it_and_tune(speech_run, tmp_path, capsys):
+    """mm-ptft build-lm on a (copied) run → eval with model.decoder={name: beam, lm: …}: the tone-speech phrases
+    use a closed word list, which is the LM's, so beam+LM WER ≤ beam WER and ≤ greedy WER; tune-lm writes the grid
+    and sets the best decoder in the run, which still evaluates after the run directory moves."""
+    from mm_ptft.cli import main as cli
+    from mm_ptft.heads.ngram_lm import lm_words
+    from mm_ptft.run import evaluate
+
+    out = tmp_path / "run"
+    shutil.copytree(speech_run[0], out)
+    lm = tmp_path / "lm.arpa"
+    assert cli(["build-lm", str(out), "--out", str(lm)]) == 0
+    train_csv = next(out.glob("generated_data/*/train.csv"))
+    words = {w for ln in train_csv.read_text().splitlines()[1:] for w in ln.split(",")[1].split()}
+    assert set(lm_words(lm)) == words
+    wer = {name: evaluate(out, [f"model.decoder={spec}"])["wer"] for name, spec in
+           {"greedy": "greedy", "beam": "beam", "beam+lm": f"{{name: beam, lm: {lm}, lm_weight: 1.0}}"}.items()}
+    assert wer["beam+lm"] <= wer["beam"] and wer["beam+lm"] <= wer["greedy"], wer
+    capsys.readouterr()
+    assert cli(["tune-lm", str(out), "--lm", str(lm), "--weights", "0.5,2", "--word-scores", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "lm" / "tuning.json").read_text())
+    assert len(report["grid"]) == 4 and [r["wer"] for r in report["grid"]] == sorted(r["wer"] for r in report["grid"])
+    assert report["greedy"]["wer"] == pytest.approx(wer["greedy"])
+    assert report["beam"]["wer"] == pytest.approx(wer["beam"])
+    assert "best: model.decoder=" in printed and (out / "lm" / "lm.arpa").is_file()
+    if report["applied"]:  # greedy was the run's decoder; the best grid point beat it
+        assert "${output_dir}/lm/lm.arpa" in (out / "config.yaml").read_text()
+        moved = tmp_path / "moved"
+        out.rename(moved)
+        assert evaluate(moved)["wer"] == pytest.approx(report["best"]["wer"], abs=1e-6)
+    else:
+        assert report["best"]["wer"] >= report["run_decoder"]["wer"]
+    with pytest.raises(FileNotFoundError, match="model.decoder.lm=.*none.arpa' does not exist.*build-lm"):
+        evaluate(speech_run[0], [f"model.decoder={{name: beam, lm: {tmp_path / 'none.arpa'}}}"])
