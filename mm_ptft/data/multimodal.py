@@ -147,10 +147,11 @@ def media_path(base: str, value: Any) -> Optional[str]:
 def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, media: MediaConfig,
                  tokenizer: Any = None, max_length: int = 64, labels: Optional[LabelMap] = None,
                  skip_bad: bool = False, counters: Optional[dict[str, int]] = None,
-                 references: bool = False) -> PairedDataset:
+                 references: bool = False, overlong: str = "truncate") -> PairedDataset:
     """Check columns and media files, tokenise captions, encode labels. Bad media (``usable_media``) are
     an error naming the row, or a counted skip with ``skip_bad``. With ``references`` each row also keeps its raw
-    caption (``reference``: what caption metrics compare generated text with)."""
+    caption (``reference``: what caption metrics compare generated text with). ``overlong``: captions over
+    ``max_length`` tokens are truncated, skipped or an error (``data.text.tokenize``)."""
     counters = counters if counters is not None else {}
     bad = sorted(set(modalities) - set(MODALITIES))
     if bad:
@@ -173,7 +174,7 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
     if "text" in modalities:
         texts = column(ds, cols.text)
         ids, kept = tokenize(tokenizer, [texts[r["_row"]] for r in rows], max_length, path, skip_bad, counters,
-                             [r[ROW] for r in rows])
+                             [r[ROW] for r in rows], overlong)
         rows = [dict(rows[k], **{TEXT: i}) for k, i in zip(kept, ids)]
         if references:
             rows = [dict(r, **{REFERENCE: str(texts[r["_row"]])}) for r in rows]

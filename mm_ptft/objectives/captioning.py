@@ -165,12 +165,13 @@ def tiny(vocab_size: int, dim: int = 128, depth: int = 2, heads: int = 4, max_le
 
 @CAPTION_DECODERS.register()
 def hf(vocab_size: int, name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = None,
-       where: str = "decoder") -> HFCaptionDecoder:
+       key: str = "decoder") -> HFCaptionDecoder:
     """Any ``AutoModelForCausalLM`` with cross-attention: ``name_or_path`` (hub id or a ``save_pretrained``
     directory; loaded with ``add_cross_attention=True``, the new cross-attention layers random) or ``config``
     ({model_type: gpt2, n_embd, n_layer, …} for random init, vocabulary = the caption tokenizer's)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    where = key
     if name_or_path:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, add_cross_attention=True)
         if int(model.config.vocab_size) < vocab_size:
@@ -289,7 +290,7 @@ def captioning(encoders: Mapping[str, Encoder], modality: str = "image", decoder
     require_encoders(encoders, ["text", modality], where)
     tok = encoders["text"].tokenizer  # type: ignore[attr-defined]
     spec = dict(decoder or {"name": "tiny"})
-    runtime = {"vocab_size": len(tok), **({"where": f"{where}.decoder"} if spec.get("name") == "hf" else {})}
+    runtime = {"vocab_size": len(tok), **({"key": f"{where}.decoder"} if spec.get("name") == "hf" else {})}
     dec = CAPTION_DECODERS.build(spec, f"{where}.decoder", **runtime)
     return CaptioningObjective(encoders[modality], tok, dec, label_smoothing, max_new_tokens, generate_in_eval, where)
 

@@ -10,6 +10,7 @@ from typing import Any, Dict
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.text import OVERLONG
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, class_prompts, collator,
@@ -20,13 +21,16 @@ from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_obj
 @dataclass
 class CaptioningData(PretrainData):
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])  # read from the manifest
+    # a caption cut at max_length would teach the decoder to end mid-sentence: drop it and count it
+    overlong_text: str = "skip"
 
 
 @dataclass
 class CaptioningModel(EncoderSpecs):
-    # name → {name: <objective>, weight: w, ...}; CoCa: {clip: {name: clip, weight: 1}, caption: {name: captioning,
-    # weight: 2}}; the text encoder's tokenizer tokenises the captions
-    objectives: Dict[str, Any] = field(default_factory=lambda: {"caption": {"name": "captioning"}})
+    # name → {name: <objective>, weight: w, ...}, at least one captioning; CoCa: {clip: {name: clip, weight: 1},
+    # caption: {name: captioning, weight: 2}}; the text encoder's tokenizer tokenises the captions. No default entry:
+    # a default would be merged into the user's own dict
+    objectives: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,6 +44,8 @@ def prepare(cfg: PretrainCaptioningConfig, train: bool = True) -> Prepared:
     """Encoders of ``data.modalities``, the weighted objectives (at least one ``captioning``), paired data whose
     eval split keeps its raw captions as references."""
     d, mods = cfg.data, list(cfg.data.modalities)
+    if d.overlong_text not in OVERLONG:
+        raise ConfigError(f"data.overlong_text={d.overlong_text!r}; choose one of {list(OVERLONG)}")
     if "text" not in mods:
         raise ConfigError(f"data.modalities={mods}: captioning needs the text (caption) column; add text")
     counters: dict[str, int] = {}

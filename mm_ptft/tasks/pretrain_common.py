@@ -48,6 +48,7 @@ class PretrainData(SplitData, StreamingData, SkipBadSamples):
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + resize on the train device
+    overlong_text: str = "truncate"  # a caption over max_length tokens: truncate | skip | error (counted when not error)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def paired_split(table: Any, path: str, modalities: Sequence[str], d: PretrainDa
     max_len = min(d.max_length, getattr(text, "max_length", d.max_length))
     use_labels = labels if labels is not None and d.label_column in table.column_names else None
     return build_paired(table, path, modalities, columns(d), media, getattr(text, "tokenizer", None), max_len,
-                        use_labels, d.skip_bad_samples, counters, references)
+                        use_labels, d.skip_bad_samples, counters, references, d.overlong_text)
 
 
 def tables_and_encoders(cfg: Any, modalities: Sequence[str], train: bool) -> tuple[Any, Any, dict[str, Encoder]]:
