@@ -216,8 +216,9 @@ class CaptioningObjective(Objective):
     ``caption_<source>_references`` (lists of strings, one per sample)."""
 
     def __init__(self, source: Encoder, tokenizer: Any, decoder: CaptionDecoder, label_smoothing: float = 0.0,
-                 max_new_tokens: int = 32, generate_in_eval: bool = True, where: str = "model.objectives.caption") -> None:
+                 max_new_tokens: int = 0, generate_in_eval: bool = True, where: str = "model.objectives.caption") -> None:
         super().__init__()
+        max_new_tokens = max_new_tokens or min(32, decoder.max_length - 1)  # 0: as long as the decoder allows, ≤ 32
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"{where}.label_smoothing={label_smoothing}: must be in [0, 1)")
         if max_new_tokens < 1 or max_new_tokens + 1 > decoder.max_length:
@@ -280,10 +281,11 @@ class CaptioningObjective(Objective):
 
 @OBJECTIVES.register()
 def captioning(encoders: Mapping[str, Encoder], modality: str = "image", decoder: Optional[dict[str, Any]] = None,
-               label_smoothing: float = 0.0, max_new_tokens: int = 32, generate_in_eval: bool = True,
+               label_smoothing: float = 0.0, max_new_tokens: int = 0, generate_in_eval: bool = True,
                where: str = "model.objectives.caption") -> CaptioningObjective:
     """A caption decoder cross-attending to the ``modality`` encoder (image or audio); captions are tokenised by
-    the text encoder's tokenizer. ``decoder``: ``{name: tiny, dim, depth, heads, max_length}`` (default) or
+    the text encoder's tokenizer; ``max_new_tokens`` bounds eval/predict captions (0: min(32, decoder max_length - 1)).
+    ``decoder``: ``{name: tiny, dim, depth, heads, max_length}`` (default) or
     ``{name: hf, config: {model_type: gpt2, …}}`` / ``{name: hf, name_or_path: …}``."""
     if modality not in ("image", "audio"):
         raise ValueError(f"{where}.modality={modality!r}: captioning reads an image or audio encoder")
