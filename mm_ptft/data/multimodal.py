@@ -27,7 +27,7 @@ from mm_ptft.data.image import load_image as decode_image
 from mm_ptft.data.image_device import read_encoded
 from mm_ptft.data.tables import ROW, DataError, LabelMap, column, require_columns, rows_of
 from mm_ptft.data.text import tokenize
-from mm_ptft.types import AUDIO, AUDIO_LENGTHS, COUNTS, IMAGE, LABELS, TEXT, TEXT_MASK
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, COUNTS, IMAGE, LABELS, REFERENCE, TEXT, TEXT_MASK
 
 MODALITIES = ("audio", "image", "text")
 #: default shortest clip: one 25 ms analysis window (a log-mel frame, wav2vec2's receptive field)
@@ -109,7 +109,7 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
-        item = {k: v for k, v in row.items() if k in (TEXT, LABELS)}
+        item = {k: v for k, v in row.items() if k in (TEXT, LABELS, REFERENCE)}
         try:
             if IMAGE in row:
                 item[IMAGE] = image_input(row[IMAGE], row[IMAGE], self.media)
@@ -146,9 +146,12 @@ def media_path(base: str, value: Any) -> Optional[str]:
 
 def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, media: MediaConfig,
                  tokenizer: Any = None, max_length: int = 64, labels: Optional[LabelMap] = None,
-                 skip_bad: bool = False, counters: Optional[dict[str, int]] = None) -> PairedDataset:
+                 skip_bad: bool = False, counters: Optional[dict[str, int]] = None,
+                 references: bool = False, overlong: str = "truncate") -> PairedDataset:
     """Check columns and media files, tokenise captions, encode labels. Bad media (``usable_media``) are
-    an error naming the row, or a counted skip with ``skip_bad``."""
+    an error naming the row, or a counted skip with ``skip_bad``. With ``references`` each row also keeps its raw
+    caption (``reference``: what caption metrics compare generated text with). ``overlong``: captions over
+    ``max_length`` tokens are truncated, skipped or an error (``data.text.tokenize``)."""
     counters = counters if counters is not None else {}
     bad = sorted(set(modalities) - set(MODALITIES))
     if bad:
@@ -171,8 +174,10 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
     if "text" in modalities:
         texts = column(ds, cols.text)
         ids, kept = tokenize(tokenizer, [texts[r["_row"]] for r in rows], max_length, path, skip_bad, counters,
-                             [r[ROW] for r in rows])
+                             [r[ROW] for r in rows], overlong)
         rows = [dict(rows[k], **{TEXT: i}) for k, i in zip(kept, ids)]
+        if references:
+            rows = [dict(r, **{REFERENCE: str(texts[r["_row"]])}) for r in rows]
     if labels is not None:
         values = column(ds, cols.label)
         ys = labels.encode([values[r["_row"]] for r in rows], path, [r[ROW] for r in rows])
@@ -213,6 +218,8 @@ class MultimodalCollator:
             batch[AUDIO], batch[AUDIO_LENGTHS] = _pad_last([it[AUDIO] for it in items])  # (B, T) | (B, F, N)
         if LABELS in first:
             batch[LABELS] = torch.as_tensor([it[LABELS] for it in items])  # (B,)
+        if REFERENCE in first:
+            batch[REFERENCE] = [it[REFERENCE] for it in items]  # raw captions (strings)
         return batch
 
 

@@ -30,13 +30,21 @@ class Records(Dataset):
         return iter(self.items)
 
 
+#: what ``tokenize`` does with a text over ``max_length`` tokens (``data.overlong_text``)
+OVERLONG = ("truncate", "skip", "error")
+
+
 def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, skip_bad: bool,
-             counters: dict[str, int], rows: Optional[Sequence[int]] = None) -> tuple[list[list[int]], list[int]]:
+             counters: dict[str, int], rows: Optional[Sequence[int]] = None,
+             overlong: str = "truncate") -> tuple[list[list[int]], list[int]]:
     """Token ids for each usable text and the row numbers kept.
 
     Empty or missing texts are an error naming the row, or a counted skip with ``skip_bad``;
-    texts over ``max_length`` tokens are truncated (keeping the closing special token) and counted.
+    texts over ``max_length`` tokens are (``overlong``) truncated keeping the closing special token and counted
+    (``truncated_texts``), dropped and counted (``skipped_overlong_text``), or an error naming the row.
     ``rows`` maps positions to the file's row numbers for messages."""
+    if overlong not in OVERLONG:
+        raise ValueError(f"data.overlong_text={overlong!r}; choose one of {list(OVERLONG)}")
     kept = []
     for row, t in enumerate(texts):
         if t is None or not str(t).strip():
@@ -49,13 +57,21 @@ def tokenize(tokenizer: Any, texts: Sequence[Any], max_length: int, where: str, 
         return [], kept
     enc = tokenizer([str(texts[r]) for r in kept], add_special_tokens=True, truncation=False, verbose=False)
     sep = tokenizer.sep_token_id
-    ids = []
-    for seq in enc["input_ids"]:
+    ids, kept_ok = [], []
+    for r, seq in zip(kept, enc["input_ids"]):
         if len(seq) > max_length:
+            if overlong == "error":
+                raise DataError(f"{where}: row {rows[r] if rows is not None else r}: text of {len(seq)} tokens is over "
+                                f"data.max_length={max_length} (data.overlong_text=skip drops such rows, truncate "
+                                f"cuts them)")
+            if overlong == "skip":
+                counters["skipped_overlong_text"] = counters.get("skipped_overlong_text", 0) + 1
+                continue
             counters["truncated_texts"] = counters.get("truncated_texts", 0) + 1
             seq = seq[: max_length - 1] + [seq[-1]] if sep is not None and seq[-1] == sep else seq[:max_length]
         ids.append(seq)
-    return ids, kept
+        kept_ok.append(r)
+    return ids, kept_ok
 
 
 class TextCollator:

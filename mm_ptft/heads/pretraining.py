@@ -4,7 +4,8 @@ A batch is either one source's batch (``{"text": …, "image": …}``) or a mixe
 ``{source: sub-batch}`` from ``MixtureDataset``. Each sub-batch goes to every objective whose
 modalities it carries; training returns each objective's ``*_loss`` parts and ``loss`` = their
 weighted sum. Parts an objective reports that are not losses (``clm_nll_sum``, ``clm_tokens``) are
-summed over sub-batches into ``out["totals"]`` for the metrics (perplexity). Evaluation adds normalised embeddings (for retrieval recall@K) and zero-shot logits
+summed over sub-batches into ``out["totals"]`` for the metrics (perplexity); parts that are lists of strings
+(a captioner's ``*_generated`` captions and ``*_references``) are concatenated into ``out["texts"]``. Evaluation adds normalised embeddings (for retrieval recall@K) and zero-shot logits
 from class-name prompts (for ``zeroshot_accuracy``).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from mm_ptft.contracts import Task
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.objectives import MODALITY_KEYS, EncodedBatch, Objective
+from mm_ptft.objectives.captioning import CaptioningObjective
 from mm_ptft.objectives.contrastive import ContrastiveObjective
 from mm_ptft.types import TEXT, TEXT_MASK
 
@@ -52,8 +54,15 @@ class PretrainTask(Task):
         self.sources = sorted(sources)
         contrastive = [o for o in self.objectives.values() if isinstance(o, ContrastiveObjective)]
         self.retrieval: Optional[ContrastiveObjective] = contrastive[0] if contrastive else None
-        self.main_metric = "mean_r1" if self.retrieval else "loss"
-        self.greater_is_better = self.retrieval is not None
+        for obj in self.objectives.values():  # an objective that reads another's outputs (ITM: the similarities)
+            if hasattr(obj, "bind"):
+                obj.bind(self.objectives)
+        #: source modality → the objective that captions it (``predict`` on an image/audio file writes a caption)
+        self.captioners: dict[str, CaptioningObjective] = {
+            o.source: o for o in self.objectives.values() if isinstance(o, CaptioningObjective)}
+        generating = [o for o in self.captioners.values() if o.generate_in_eval]
+        self.main_metric = ("mean_r1" if self.retrieval else f"{generating[0].name}_cider" if generating else "loss")
+        self.greater_is_better = self.main_metric != "loss"
         self.num_classes = 0
         if prompts is not None and self.retrieval is not None and "text" in self.retrieval.modalities:
             if not num_classes or prompts[0].shape[0] % num_classes:
@@ -68,6 +77,7 @@ class PretrainTask(Task):
         feats = {src: EncodedBatch(self.towers, sb) for src, sb in subs.items()}
         sums: dict[str, torch.Tensor] = {}
         totals: dict[str, torch.Tensor] = {}  # parts that are not losses (token counts…): summed as they are
+        texts: dict[str, list[str]] = {}  # generated captions and their references: concatenated
         rows: dict[str, int] = {}
         owner: dict[str, str] = {}
         joined = self._sync_presence(subs)
@@ -79,6 +89,9 @@ class PretrainTask(Task):
                     for key, value in obj(feats[src], subs[src]).items():
                         if owner.setdefault(key, name) != name:
                             raise ValueError(f"objectives {owner[key]!r} and {name!r} both report {key!r}")
+                        if isinstance(value, list):
+                            texts[key] = texts.get(key, []) + value
+                            continue
                         if not key.endswith("_loss"):
                             totals[key] = totals.get(key, 0.0) + value
                             continue
@@ -93,6 +106,8 @@ class PretrainTask(Task):
         out["loss"] = sum((self.weights[owner[k]] * v for k, v in out.items()), zero)
         if totals:
             out["totals"] = totals
+        if texts:
+            out["texts"] = texts
         if not self.training:
             self._eval_outputs(subs, feats, out)
         return out

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torchmetrics
 
+from mm_ptft.metrics.captioning import CaptionScores
 from mm_ptft.types import LABELS
 
 
@@ -34,19 +35,24 @@ def _gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def token_perplexities(totals: Mapping[str, float]) -> dict[str, float]:
-    """The summed totals, and ``<p>_perplexity`` = exp(``<p>_nll_sum`` / ``<p>_tokens``) for each pair: the
-    token-weighted mean NLL over the whole split (not a mean of per-batch means)."""
+    """The summed totals, ``<p>_perplexity`` = exp(``<p>_nll_sum`` / ``<p>_tokens``) for each pair (the
+    token-weighted mean NLL over the whole split, not a mean of per-batch means) and ``<p>_accuracy`` =
+    ``<p>_correct`` / ``<p>_pairs`` (ITM)."""
     out = {k: v for k, v in sorted(totals.items()) if not k.endswith("_nll_sum")}
     for key in sorted(totals):
         prefix = key[: -len("_tokens")]
         if key.endswith("_tokens") and f"{prefix}_nll_sum" in totals and totals[key] > 0:
             out[f"{prefix}_perplexity"] = math.exp(totals[f"{prefix}_nll_sum"] / totals[key])
+        prefix = key[: -len("_pairs")]
+        if key.endswith("_pairs") and f"{prefix}_correct" in totals and totals[key] > 0:
+            out[f"{prefix}_accuracy"] = totals[f"{prefix}_correct"] / totals[key]
     return out
 
 
 class PretrainMetrics:
     """Mean of each ``*_loss`` in eval outputs; the sums of ``out['totals']`` with the perplexities they give
-    (``clm_perplexity``); with ``out['embeddings']`` (modality → (B, E),
+    (``clm_perplexity``, ``caption_image_perplexity``); BLEU-4 and CIDEr of the captions in ``out['texts']``
+    (``caption_image_bleu4``, ``caption_image_cider``: ``metrics.captioning``); with ``out['embeddings']`` (modality → (B, E),
     L2-normalised) retrieval recall@K for ``pairs`` in both directions (``image_to_text_r1``…)
     plus ``mean_r1``; with ``out['zeroshot_logits']`` (modality → (B, C)) and labels,
     ``zeroshot_<modality>_accuracy`` and their mean ``zeroshot_accuracy``."""
@@ -59,6 +65,7 @@ class PretrainMetrics:
         self.totals: dict[str, torchmetrics.SumMetric] = {}
         self.zeroshot: dict[str, torchmetrics.Metric] = {}
         self.embeddings: dict[str, list[torch.Tensor]] = {}
+        self.captions = CaptionScores()
 
     def to(self, device: torch.device) -> "PretrainMetrics":
         self.device = device
@@ -77,6 +84,7 @@ class PretrainMetrics:
             if key not in self.totals:
                 self.totals[key] = torchmetrics.SumMetric().to(self.device)
             self.totals[key].update(value.detach().float())
+        self.captions.update(out.get("texts", {}))
         for m, emb in out.get("embeddings", {}).items():
             self.embeddings.setdefault(m, []).append(emb.detach().float())
         if LABELS in batch and self.num_classes:
@@ -90,6 +98,7 @@ class PretrainMetrics:
     def compute(self) -> dict[str, float]:
         results = {k: float(v.compute()) for k, v in sorted(self.losses.items())}
         results.update(token_perplexities({k: float(v.compute()) for k, v in self.totals.items()}))
+        results.update(self.captions.compute())
         emb = {m: _gather_rows(torch.cat(v)) for m, v in sorted(self.embeddings.items())}
         r1 = []
         for a, b in self.pairs:

@@ -7,7 +7,7 @@ named parts ending in ``_loss``.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -49,6 +49,34 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
+class RandomObjective(Objective):
+    """An objective that draws random choices (masks, negatives): from the global RNG in training (seeded and
+    resumed by the trainer), from a fixed-seed generator in eval (restarted whenever training resumes), so eval
+    losses are comparable across steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._eval_gen: Optional[torch.Generator] = None
+
+    def train(self, mode: bool = True) -> "RandomObjective":
+        self._eval_gen = None
+        return super().train(mode)
+
+    def generator(self, device: torch.device) -> Optional[torch.Generator]:
+        if self.training:
+            return None
+        if self._eval_gen is None:
+            self._eval_gen = torch.Generator(device).manual_seed(1234)
+        return self._eval_gen
+
+
+def token_sequence(out: EncoderOutput) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """An encoder's tokens (B, M, D) with their mask (True = real), or its pooled vector as one token (B, 1, D)."""
+    if out.tokens is not None:
+        return out.tokens, out.mask
+    return out.pooled.unsqueeze(1), None
+
+
 def require_encoders(encoders: Mapping[str, Encoder], needed: tuple[str, ...] | list[str], where: str) -> None:
     """Clear error when an objective names a modality without a configured encoder."""
     missing = [m for m in needed if m not in encoders]
@@ -57,4 +85,5 @@ def require_encoders(encoders: Mapping[str, Encoder], needed: tuple[str, ...] | 
                        f"(configured: {sorted(encoders)})")
 
 
-__all__ = ["OBJECTIVES", "EncodedBatch", "MODALITY_KEYS", "Objective", "require_encoders"]
+__all__ = ["OBJECTIVES", "EncodedBatch", "MODALITY_KEYS", "Objective", "RandomObjective", "require_encoders",
+           "token_sequence"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.encoders.fusion import build_fusion
-from mm_ptft.objectives import OBJECTIVES, EncodedBatch, Objective, require_encoders
+from mm_ptft.objectives import OBJECTIVES, EncodedBatch, RandomObjective, require_encoders, token_sequence
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
 
 IGNORE = -100
@@ -84,23 +84,7 @@ class MLMHead(nn.Module):
         self.transform[2].eps = eps
 
 
-class _Masked(Objective):
-    """Shared: a fixed-seed mask generator in eval mode (reset whenever training resumes)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._eval_gen: Optional[torch.Generator] = None
-
-    def train(self, mode: bool = True) -> "_Masked":
-        self._eval_gen = None
-        return super().train(mode)
-
-    def generator(self, device: torch.device) -> Optional[torch.Generator]:
-        if self.training:
-            return None
-        if self._eval_gen is None:
-            self._eval_gen = torch.Generator(device).manual_seed(1234)
-        return self._eval_gen
+_Masked = RandomObjective  # masks: global RNG in training, a fixed-seed generator in eval
 
 
 class _TextMasking(_Masked):
@@ -222,13 +206,6 @@ class QueryDecoder(nn.Module):
         return self.out(self.blocks(q, self.inp(tokens), memory_key_padding_mask=pad))  # (B, n, out)
 
 
-def _tokens(out: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Encoder tokens (B, M, D) with mask, or the pooled vector as a single token."""
-    if out.tokens is not None:
-        return out.tokens, out.mask
-    return out.pooled.unsqueeze(1), None
-
-
 class MaskedImageObjective(_Masked):
     """MAE-style masked image modelling: blank ``mask_ratio`` of the patches, encode, decode every
     patch with a light decoder, normalised-pixel MSE on the masked ones. Returns ``mae_loss``."""
@@ -250,7 +227,7 @@ class MaskedImageObjective(_Masked):
         mask = random_patch_mask(b, gh * gw, self.ratio, images.device, self.generator(images.device))  # (B, N)
         pix = mask.reshape(b, 1, gh, 1, gw, 1).expand(b, 1, gh, self.patch, gw, self.patch).reshape(b, 1, h, w)
         blanked = images.masked_fill(pix, 0.0)  # 0 = the dataset mean after normalisation
-        tokens, tmask = _tokens(feats.encoders["image"]({IMAGE: blanked}))
+        tokens, tmask = token_sequence(feats.encoders["image"]({IMAGE: blanked}))
         pred = self.decoder(tokens, tmask, gh * gw)  # (B, N, p*p*C)
         return {"mae_loss": mae_loss(pred, images, mask, self.patch, self.norm_pix)}
 
@@ -322,7 +299,7 @@ class MaskedSpectrogramObjective(_Masked):
         enc_batch = {AUDIO: blanked}
         if AUDIO_LENGTHS in batch:
             enc_batch[AUDIO_LENGTHS] = batch[AUDIO_LENGTHS]
-        tokens, tmask = _tokens(feats.encoders["audio"](enc_batch))
+        tokens, tmask = token_sequence(feats.encoders["audio"](enc_batch))
         pred = self.decoder(tokens, tmask, target.shape[1])  # (B, N, F)
         return {"msm_loss": masked_frames_loss(pred, target, mask)}
 

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_ptft.encoders.base import Encoder
-from mm_ptft.objectives import OBJECTIVES, EncodedBatch, require_encoders
+from mm_ptft.objectives import OBJECTIVES, EncodedBatch, RandomObjective, require_encoders
 from mm_ptft.objectives.hf_heads import pretrained_head_weights
-from mm_ptft.objectives.masked import _Masked
 from mm_ptft.types import TEXT, TEXT_MASK, TEXT_SEGMENTS
 
 Segments = tuple[list[int], list[int]]
@@ -76,7 +75,7 @@ def sop_pairs(halves: Sequence[Segments], generator: Optional[torch.Generator]) 
     return [(b, a) if s else (a, b) for (a, b), s in zip(halves, swap.tolist())], swap.long()
 
 
-class SentencePairObjective(_Masked):
+class SentencePairObjective(RandomObjective):
     """NSP or SOP on the text encoder: returns ``<name>_loss`` (cross-entropy of the 2-way classifier)."""
 
     modalities = ("text",)

@@ -11,7 +11,9 @@ import torch
 
 import mm_ptft.data.generated.multimodal  # noqa: F401  (registers the shapes_captions generator)
 import mm_ptft.objectives.contrastive  # noqa: F401  (registers clip, siglip)
+import mm_ptft.objectives.captioning  # noqa: F401  (registers captioning)
 import mm_ptft.objectives.causal  # noqa: F401  (registers clm)
+import mm_ptft.objectives.matching  # noqa: F401  (registers itm)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 import mm_ptft.objectives.sentence  # noqa: F401  (registers nsp, sop)
 from mm_ptft.config import ConfigError, SkipBadSamples, SplitData, StreamingData
@@ -46,6 +48,7 @@ class PretrainData(SplitData, StreamingData, SkipBadSamples):
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + resize on the train device
+    overlong_text: str = "truncate"  # a caption over max_length tokens: truncate | skip | error (counted when not error)
 
 
 @dataclass
@@ -139,13 +142,14 @@ def class_prompts(labels: LabelMap, templates: Sequence[str], tokenizer: Any) ->
 
 def paired_split(table: Any, path: str, modalities: Sequence[str], d: PretrainData, media: MediaConfig,
                  encoders: Mapping[str, Encoder], labels: Optional[LabelMap],
-                 counters: dict[str, int]) -> PairedDataset:
-    """One split as a ``PairedDataset`` of the given modalities (labels kept where known)."""
+                 counters: dict[str, int], references: bool = False) -> PairedDataset:
+    """One split as a ``PairedDataset`` of the given modalities (labels kept where known; with ``references`` the
+    raw captions too, for caption metrics)."""
     text = encoders.get("text")
     max_len = min(d.max_length, getattr(text, "max_length", d.max_length))
     use_labels = labels if labels is not None and d.label_column in table.column_names else None
     return build_paired(table, path, modalities, columns(d), media, getattr(text, "tokenizer", None), max_len,
-                        use_labels, d.skip_bad_samples, counters)
+                        use_labels, d.skip_bad_samples, counters, references, d.overlong_text)
 
 
 def tables_and_encoders(cfg: Any, modalities: Sequence[str], train: bool) -> tuple[Any, Any, dict[str, Encoder]]:
@@ -159,12 +163,14 @@ def tables_and_encoders(cfg: Any, modalities: Sequence[str], train: bool) -> tup
 
 def paired_splits(d: PretrainData, tables: tuple[Any, Any], modalities: Sequence[str],
                   encoders: Mapping[str, Encoder], eval_labels: Optional[LabelMap],
-                  counters: dict[str, int]) -> tuple[Optional[PairedDataset], Optional[PairedDataset]]:
-    """Training and evaluation ``PairedDataset``s of ``modalities`` (labels on the eval split for zero-shot)."""
+                  counters: dict[str, int], references: bool = False
+                  ) -> tuple[Optional[PairedDataset], Optional[PairedDataset]]:
+    """Training and evaluation ``PairedDataset``s of ``modalities`` (labels on the eval split for zero-shot; with
+    ``references`` its raw captions, for caption metrics)."""
     media = media_config(encoders, d)
     train_ds, eval_ds = tables
     tr = paired_split(train_ds, d.train_file, modalities, d, media, encoders, None, counters) if train_ds else None
-    ev = (paired_split(eval_ds, eval_name(d), modalities, d, media, encoders, eval_labels, counters)
+    ev = (paired_split(eval_ds, eval_name(d), modalities, d, media, encoders, eval_labels, counters, references)
           if eval_ds is not None else None)
     return tr, ev
 
@@ -279,31 +285,41 @@ def input_modality(value: str) -> str:
 
 @torch.no_grad()
 def predict_embeddings(cfg: Any, prepared: Any, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """Each input (a caption, or an image/audio file path) → its normalised contrastive embedding,
-    plus zero-shot class scores for media when the run has class prompts."""
+    """Each input (a caption, or an image/audio file path) → its normalised contrastive embedding, plus zero-shot
+    class scores for media when the run has class prompts, and a greedy ``caption`` for media of a modality a
+    captioning objective reads (at most its ``max_new_tokens``)."""
     from mm_ptft.data.multimodal import MultimodalCollator, load_audio, load_image
     from mm_ptft.objectives import EncodedBatch
 
     task = prepared.task
-    if task.retrieval is None:
-        raise ValueError(f"{cfg.task}: predict needs a contrastive objective (clip/siglip) to embed inputs")
+    captioners = dict(getattr(task, "captioners", {}))
+    embeds = tuple(task.retrieval.modalities) if task.retrieval is not None else ()
+    if not embeds and not captioners:
+        raise ValueError(f"{cfg.task}: predict needs a contrastive objective (clip/siglip) to embed inputs or a "
+                         f"captioning objective to caption them")
     media = media_config(dict(task.towers.items()), cfg.data)
     tok = getattr(task.towers["text"], "tokenizer", None) if "text" in task.towers else None
-    classes = task.class_embeddings() if task.num_classes else None
+    classes = task.class_embeddings() if task.num_classes and embeds else None
     results = []
     for value in inputs:
         m = input_modality(value)
-        if m not in task.retrieval.modalities:
-            raise ValueError(f"input {value!r} is {m}, but this run embeds {list(task.retrieval.modalities)}")
+        if m not in embeds and m not in captioners:
+            raise ValueError(f"input {value!r} is {m}, but this run embeds {list(embeds)} and captions "
+                             f"{sorted(captioners)}")
         item = {"text": tok(value)["input_ids"]} if m == "text" else (
             {"image": load_image(value, media)} if m == "image" else {"audio": load_audio(value, media)})
         batch = MultimodalCollator(tok.pad_token_id if tok is not None else 0)([item])
-        emb = task.retrieval.embed(EncodedBatch(task.towers, batch), m)[0]  # (E,)
-        row: dict[str, Any] = {"input": value, "modality": m, "embedding": [round(float(x), 5) for x in emb]}
-        if classes is not None and m != "text":
-            probs = (task.retrieval.losses[_pair_key(task, m)].scale * classes @ emb).softmax(-1)  # (C,)
-            row["scores"] = {n: float(p) for n, p in zip(cfg.data.labels, probs)}
-            row["label"] = max(row["scores"], key=row["scores"].get)
+        feats = EncodedBatch(task.towers, batch)
+        row: dict[str, Any] = {"input": value, "modality": m}
+        if m in embeds:
+            emb = task.retrieval.embed(feats, m)[0]  # (E,)
+            row["embedding"] = [round(float(x), 5) for x in emb]
+            if classes is not None and m != "text":
+                probs = (task.retrieval.losses[_pair_key(task, m)].scale * classes @ emb).softmax(-1)  # (C,)
+                row["scores"] = {n: float(p) for n, p in zip(cfg.data.labels, probs)}
+                row["label"] = max(row["scores"], key=row["scores"].get)
+        if m in captioners:
+            row["caption"] = captioners[m].caption(feats)[0]
         results.append(row)
     return results
 

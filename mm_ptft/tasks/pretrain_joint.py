@@ -4,7 +4,8 @@
 each a manifest read for its own ``modalities`` and drawn with its ``weight``; a training batch is
 ``{source: sub-batch}`` and every objective takes the sub-batches that carry its modalities.
 Evaluation runs on ``data.eval_file`` (or a split of the first source) read for
-``data.eval_modalities``: the objectives' losses, retrieval recall@K and zero-shot accuracy.
+``data.eval_modalities``: the objectives' losses, retrieval recall@K and zero-shot accuracy, and with a
+``captioning`` objective (CoCa: ``clip`` + ``captioning``) caption perplexity, BLEU-4 and CIDEr.
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
     tr = MixtureDataset(parts, weights, d.epoch_size, cfg.seed) if parts else None
     if tr is not None:
         counters.update({f"epoch_samples_{n}": c for n, c in tr.counts().items()})
-    ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters)
+    ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters,
+                       references=bool(task.captioners))
           if eval_ds is not None else None)
     return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters)
 

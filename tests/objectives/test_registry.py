@@ -20,6 +20,8 @@ SPECS = {
                         "fusion": {"name": "bottleneck", "out_dim": 32, "heads": 2}},
     "mae": {"name": "mae", "patch_size": 8, "decoder_dim": 16},
     "masked_spectrogram": {"name": "masked_spectrogram", "n_mels": 16, "decoder_dim": 16, "span": 3},
+    "captioning": {"name": "captioning", "decoder": {"name": "tiny", "dim": 16, "depth": 1, "heads": 2}},
+    "itm": {"name": "itm", "fusion": {"name": "cross_attention", "out_dim": 16, "heads": 2}},
 }
 
 
@@ -31,6 +33,8 @@ def test_every_objective_has_a_spec() -> None:
 def test_forward_backward(name: str, encoders, batch) -> None:
     torch.manual_seed(0)
     obj = OBJECTIVES.build(SPECS[name], f"model.objectives.{name}", encoders=encoders)
+    if hasattr(obj, "bind"):  # reads another objective (ITM: the contrastive similarities)
+        obj.bind({"clip": OBJECTIVES.build(SPECS["clip"], "model.objectives.clip", encoders=encoders), name: obj})
     assert obj.applies_to(batch)
     out = obj(EncodedBatch(encoders, batch), batch)
     assert out and all(k.endswith("_loss") for k in out)
