@@ -23,13 +23,14 @@ def cfg(out, *extra):
 
 @pytest.mark.slow
 def test_tiny_beats_chance_and_a_single_frame_run_of_the_same_encoder(tmp_path):
-    """Measured (CPU, seed 0): see docs/video.md. One frame carries no label information by construction
-    (wrap-around motion from a uniform start), so the single-frame run stays near chance."""
+    """Measured (2-core CPU, seed 0, tiny_3d): 4-frame clips accuracy 1.000, one frame 0.2625 (chance 0.25).
+    One frame carries no label information by construction (wrap-around motion from a uniform start), so the
+    single-frame run stays near chance; the 3D CNN's kernels see the motion."""
     clips = run.train(cfg(tmp_path / "clips", "train.report=false"))
     frame = run.train(cfg(tmp_path / "frame", "train.report=false", "data.sampling.num_frames=1"))
-    assert clips["accuracy"] >= CHANCE + 0.15, clips  # ≥ 0.40 where chance is 0.25 (measured 0.45)
+    assert clips["accuracy"] >= CHANCE + 0.6, clips  # ≥ 0.85 where chance is 0.25
     assert frame["accuracy"] <= CHANCE + 0.15, frame
-    assert clips["accuracy"] - frame["accuracy"] >= 0.1
+    assert clips["accuracy"] - frame["accuracy"] >= 0.5
 
 
 def test_small_run_evaluates_saves_the_encoder_and_predicts(tmp_path):
