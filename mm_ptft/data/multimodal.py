@@ -1,20 +1,23 @@
 """Paired multimodal manifests → batches, and weighted mixing of several datasets in one run.
 
 A manifest is a CSV/JSONL/parquet table with one row per sample: a caption column, media
-columns holding image/audio file paths (relative to the manifest's folder or absolute) and an
+columns holding image/audio/video file paths (relative to the manifest's folder or absolute) and an
 optional label column. ``PairedDataset`` reads only the modalities it is asked for, so one
 paired manifest also serves as an unpaired text-, image- or audio-only source. Media are
 decoded lazily in ``__getitem__`` (DataLoader workers parallelise it).
 
 Batches carry the contract keys ``text``/``text_mask`` (B, L), ``image`` (B, 3, H, W),
-``audio`` (B, T) waveform or (B, F, N) log-mel, ``audio_lengths`` (B,), ``labels`` (B,).
+``audio`` (B, T) waveform or (B, F, N) log-mel, ``audio_lengths`` (B,), ``video`` (B, T, 3, H, W) with
+``video_mask`` (B, T), ``labels`` (B,). A video is sampled by ``MediaConfig.video_sampling``
+(``data.video.VideoSampling``): the fixed, centred clip unless the dataset is a training one
+(``PairedDataset.train_clips``), whose draws are seeded by (seed, epoch, index) so a resume is exact.
 A ``MixtureDataset`` batch is a dict ``{source name: sub-batch}``: each sub-batch comes from one
 source, so it carries that source's keys only.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -27,9 +30,10 @@ from mm_ptft.data.image import load_image as decode_image
 from mm_ptft.data.image_device import read_encoded
 from mm_ptft.data.tables import ROW, DataError, LabelMap, column, require_columns, rows_of
 from mm_ptft.data.text import tokenize
-from mm_ptft.types import AUDIO, AUDIO_LENGTHS, COUNTS, IMAGE, LABELS, REFERENCE, TEXT, TEXT_MASK
+from mm_ptft.data.video import VideoSampling, check_video, pad_clip, sample_clip
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, COUNTS, IMAGE, LABELS, REFERENCE, TEXT, TEXT_MASK, VIDEO, VIDEO_MASK
 
-MODALITIES = ("audio", "image", "text")
+MODALITIES = ("audio", "image", "text", "video")
 #: default shortest clip: one 25 ms analysis window (a log-mel frame, wav2vec2's receptive field)
 MIN_AUDIO_SECONDS = 0.025
 
@@ -47,6 +51,10 @@ class MediaConfig:
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted (dropped_too_short)
     n_mels: int = 0  # > 0: the pipeline gives normalised log-mel (features-kind audio encoders)
     decode_on: str = "worker"  # worker | device: images reach the collate encoded (data.image_device)
+    video_size: int = 32  # set from the video encoder, as the image fields from the image encoder
+    video_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    video_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    video_sampling: VideoSampling = field(default_factory=VideoSampling)  # data.sampling
 
 
 def paired_ops(media: MediaConfig) -> ImagePipeline:
@@ -73,6 +81,19 @@ def image_input(source: Any, name: str, media: MediaConfig) -> Any:
     return read_encoded(source, name) if media.decode_on == "device" else load_image(source, media)
 
 
+def load_video(path: str, media: MediaConfig, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A video file sampled by ``media.video_sampling`` (random in ``train``, from torch's generator) → the
+    paired image pipeline on every frame at the video encoder's size: (video (T, 3, S, S) float, mask (T,))."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    clip, mask = sample_clip(path, media.video_sampling, train)  # (T', 3, H, W) uint8, (T,)
+    ops = paired_ops(replace(media, image_size=media.video_size, image_mean=media.video_mean,
+                             image_std=media.video_std))
+    video = v2.Compose([*ops.pixel, *ops.batch])(tv_tensors.Video(clip)).as_subclass(torch.Tensor)  # (T', 3, S, S)
+    return pad_clip(video, media.video_sampling.num_frames), mask
+
+
 def load_audio(path: str, media: MediaConfig) -> torch.Tensor:
     """An audio file (decoded and checked as the speech recipe does: ``data.audio.load_waveform``) →
     mono float waveform (T,) at ``media.sample_rate``, cropped to the max length; or normalised
@@ -96,6 +117,7 @@ class Columns:
     image: str = "image"
     audio: str = "audio"
     label: str = "label"
+    video: str = "video"
 
 
 class PairedDataset(Dataset):
@@ -103,6 +125,13 @@ class PairedDataset(Dataset):
 
     def __init__(self, rows: list[dict[str, Any]], media: MediaConfig, where: str) -> None:
         self.rows, self.media, self.where = rows, media, where
+        self.train, self.seed, self.epoch_source = False, 0, None  # video clips: fixed unless train_clips
+
+    def train_clips(self, seed: int) -> "PairedDataset":
+        """Random video clips (``data.sampling``'s training draws), seeded by (``seed``, epoch, index); the epoch
+        is read from ``epoch_source.epoch`` (the trainer's batch sampler, attached by ``data.text.FollowEpoch``)."""
+        self.train, self.seed = True, seed
+        return self
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -115,10 +144,20 @@ class PairedDataset(Dataset):
                 item[IMAGE] = image_input(row[IMAGE], row[IMAGE], self.media)
             if AUDIO in row:
                 item[AUDIO] = load_audio(row[AUDIO], self.media)
-        except Exception as err:  # PIL/soundfile raise many types; name the file and row
+            if VIDEO in row:
+                item[VIDEO], item[VIDEO_MASK] = self._video(i, row[VIDEO])  # (T, 3, S, S), (T,)
+        except Exception as err:  # PIL/soundfile/PyAV raise many types; name the file and row
             raise DataError(f"{self.where}: row {row[ROW]}: could not decode "
-                            f"{row.get(IMAGE) or row.get(AUDIO)} ({type(err).__name__}: {err})") from err
+                            f"{row.get(IMAGE) or row.get(AUDIO) or row.get(VIDEO)} ({type(err).__name__}: {err})") from err
         return item
+
+    def _video(self, i: int, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.train:
+            return load_video(path, self.media)
+        from mm_ptft.data.stream import sample_seed
+
+        with sample_seed(self.seed, int(getattr(self.epoch_source, "epoch", 0)), i):
+            return load_video(path, self.media, True)
 
     def lengths(self) -> Optional[list[int]]:
         """Token counts for length-grouped batching (text sources only)."""
@@ -127,12 +166,15 @@ class PairedDataset(Dataset):
 
 def usable_media(modality: str, row: int, path: Optional[str], where: str, media: MediaConfig, skip_bad: bool,
                  counters: dict[str, int]) -> bool:
-    """The unimodal recipes' checks, counts and skip rules on one image/audio file of a manifest:
-    ``data.image.check_image`` (missing, empty, undecodable) or ``data.audio.check_clip`` (missing,
-    unreadable, empty, truncated, NaN/Inf; shorter than ``media.min_audio_seconds`` a counted drop).
+    """The unimodal recipes' checks, counts and skip rules on one image/audio/video file of a manifest:
+    ``data.image.check_image`` (missing, empty, undecodable), ``data.audio.check_clip`` (missing,
+    unreadable, empty, truncated, NaN/Inf; shorter than ``media.min_audio_seconds`` a counted drop) or
+    ``data.video.check_video`` (missing, empty, no video stream, zero frames, truncated, too large, corrupt).
     True when usable; else a DataError naming the file and ``row``, or (``skip_bad``) a counted skip."""
     if modality == "image":
         return check_image(row, path or "", where, skip_bad, counters)
+    if modality == "video":
+        return check_video(row, path or "", where, skip_bad, counters, True, media.video_sampling.max_pixels)
     return check_clip(row, path or "", where, media.sample_rate, media.min_audio_seconds, 0.0, skip_bad, True,
                       counters) is not None
 
@@ -159,7 +201,7 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
     need = [getattr(cols, m) for m in modalities] + ([cols.label] if labels is not None else [])
     require_columns(ds, need, path)
     base = os.path.dirname(os.path.abspath(path))
-    media_cols = {m: column(ds, getattr(cols, m)) for m in ("image", "audio") if m in modalities}
+    media_cols = {m: column(ds, getattr(cols, m)) for m in ("image", "audio", "video") if m in modalities}
     file_rows = rows_of(ds) or list(range(len(ds)))  # the file's own rows, for messages
     rows: list[dict[str, Any]] = []
     for r in range(len(ds)):
@@ -168,7 +210,7 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
             p = media_path(base, values[r])
             if not usable_media(m, file_rows[r], p, path, media, skip_bad, counters):
                 break
-            row[IMAGE if m == "image" else AUDIO] = p
+            row[m] = p  # the batch key of each media modality is its name
         else:
             rows.append(row)
     if "text" in modalities:
@@ -195,7 +237,7 @@ def _pad_last(xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MultimodalCollator:
-    """Pads text and audio, stacks images and labels: only the keys the items carry."""
+    """Pads text and audio, stacks images, videos and labels: only the keys the items carry."""
 
     def __init__(self, pad_id: int = 0, multiple_of: int = 1) -> None:
         self.pad_id, self.multiple_of = pad_id, multiple_of
@@ -216,6 +258,9 @@ class MultimodalCollator:
             batch[IMAGE] = torch.stack([it[IMAGE] for it in items])  # (B, 3, H, W)
         if AUDIO in first:
             batch[AUDIO], batch[AUDIO_LENGTHS] = _pad_last([it[AUDIO] for it in items])  # (B, T) | (B, F, N)
+        if VIDEO in first:
+            batch[VIDEO] = torch.stack([it[VIDEO] for it in items])  # (B, T, 3, H, W)
+            batch[VIDEO_MASK] = torch.stack([it[VIDEO_MASK] for it in items])  # (B, T)
         if LABELS in first:
             batch[LABELS] = torch.as_tensor([it[LABELS] for it in items])  # (B,)
         if REFERENCE in first:

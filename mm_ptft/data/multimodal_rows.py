@@ -9,10 +9,11 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from mm_ptft.data.multimodal import MediaConfig, MultimodalCollator, load_audio, load_image, media_path, usable_media
+from mm_ptft.data.multimodal import MediaConfig, MultimodalCollator, load_audio, load_image, load_video, media_path, \
+    usable_media
 from mm_ptft.data.tables import ROW, DataError, LabelMap, require_columns
 from mm_ptft.data.text import tokenize
-from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT
+from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT, VIDEO, VIDEO_MASK
 
 
 class MultimodalRows(Dataset):
@@ -40,6 +41,11 @@ class MultimodalRows(Dataset):
                                                         "raw waveform (the encoder normalises); shape (B, samples)")}
         return out
 
+    def _blank_video(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """An absent video's placeholder: zero frames (T, 3, S, S), every frame marked padding."""
+        t, s = self.media.video_sampling.num_frames, self.media.video_size
+        return torch.zeros(t, 3, s, s), torch.zeros(t, dtype=torch.bool)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         item: dict[str, Any] = {LABELS: row[LABELS]} if LABELS in row else {}
@@ -53,6 +59,8 @@ class MultimodalRows(Dataset):
                 if m == "image":
                     item[IMAGE] = load_image(value, self.media) if value else torch.zeros(3, self.media.image_size,
                                                                                          self.media.image_size)
+                elif m == "video":
+                    item[VIDEO], item[VIDEO_MASK] = load_video(value, self.media) if value else self._blank_video()
                 else:
                     item[AUDIO] = load_audio(value, self.media) if value else torch.zeros(self.media.sample_rate // 10)
             except Exception as err:  # PIL / soundfile raise many types: name the file and row

@@ -1,6 +1,7 @@
 """Video encoders (``model.video``): any transformers video model (VideoMAE, TimeSformer, ViViT, …) by hub id,
 directory or random-init config, and any image encoder of ``IMAGE_ENCODERS`` applied to each frame with a
-temporal pooling (``mean``, ``attention``, or a small temporal ``transformer``).
+temporal pooling (``mean``, ``attention``, or a small temporal ``transformer``), and a small built-in 3D CNN
+(``tiny_3d``) that sees motion in its first layer, for tests and CPU recipes.
 
 Every video encoder reads ``batch["video"]`` (B, T, C, H, W) and ``batch["video_mask"]`` (B, T; True where a
 frame is real, padded frames False) and returns ``EncoderOutput(pooled (B, D), tokens, mask)``. It carries the
@@ -8,7 +9,7 @@ frame is real, padded frames False) and returns ``EncoderOutput(pooled (B, D), t
 the architecture needs (None: any)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -108,6 +109,39 @@ def frames(image: Optional[dict[str, Any]] = None, pooling: str = "transformer",
     order-blind) or ``transformer`` (``depth`` layers with time embeddings up to ``max_frames``: order matters)."""
     spec = dict(image or {"name": "tiny_cnn"})
     return FrameEncoder(build_encoder(IMAGE_ENCODERS, spec, "model.video.image"), pooling, depth, heads, max_frames)
+
+
+# ------------------------------------------------------------------------------------------ built-in
+def conv3d_bn(c_in: int, c_out: int, stride: tuple[int, int, int]) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True))
+
+
+class Tiny3DCNN(VideoEncoder):
+    """A small 3D CNN (3x3x3 kernels; strides halve space, never time): one token per (frame, cell), pooled over
+    the real frames. Its kernels span neighbouring frames, so motion is visible from the first layer."""
+
+    def __init__(self, widths: Sequence[int], img_size: int) -> None:
+        super().__init__()
+        self.preprocess = Preprocess.make(img_size)
+        chans = [3, *widths]
+        self.stages = nn.Sequential(*(conv3d_bn(a, b, (1, 2, 2)) for a, b in zip(chans[:-1], chans[1:])))
+        self.out_dim = self.token_dim = int(widths[-1])
+
+    def encode(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> EncoderOutput:
+        b, t = video.shape[:2]
+        mask = torch.ones(b, t, dtype=torch.bool, device=video.device) if mask is None else mask.bool()  # (B, T)
+        x = video.masked_fill(~mask[:, :, None, None, None], 0.0)  # (B, T, C, H, W): padded frames blank
+        x = self.stages(x.transpose(1, 2))  # (B, D, T, h, w)
+        cells = x.shape[3] * x.shape[4]
+        tokens = x.flatten(3).permute(0, 2, 3, 1).flatten(1, 2)  # (B, T*h*w, D), frame-major
+        token_mask = mask.repeat_interleave(cells, 1)  # (B, T*h*w)
+        return EncoderOutput(masked_mean(tokens, token_mask), tokens, token_mask)
+
+
+@VIDEO_ENCODERS.register("tiny_3d")
+def tiny_3d(widths: Sequence[int] = (16, 32, 64), img_size: int = 32) -> Tiny3DCNN:
+    """Built-in 3D CNN, stage i at spatial stride 2^(i+1) and temporal stride 1 (any clip length)."""
+    return Tiny3DCNN(list(widths), img_size)
 
 
 # ------------------------------------------------------------------------------------- Hugging Face

@@ -14,12 +14,12 @@ from torch import nn
 
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.registry import Registry
-from mm_ptft.types import AUDIO, IMAGE, TEXT, EncoderOutput
+from mm_ptft.types import AUDIO, IMAGE, TEXT, VIDEO, EncoderOutput
 
 OBJECTIVES: Registry["Objective"] = Registry("objective")
 
 #: the batch key that must be present for a modality to be usable
-MODALITY_KEYS = {"text": TEXT, "image": IMAGE, "audio": AUDIO}
+MODALITY_KEYS = {"text": TEXT, "image": IMAGE, "audio": AUDIO, "video": VIDEO}
 
 
 class EncodedBatch:

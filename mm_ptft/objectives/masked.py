@@ -1,5 +1,6 @@
-"""Masked modelling objectives: MLM for text, MAE-style masked image modelling, masked spectrogram
-modelling for audio, and masked text conditioned on another modality through a fusion module.
+"""Masked modelling objectives: MLM for text, MAE-style masked image modelling, VideoMAE-style masked video
+modelling with tube masking, masked spectrogram modelling for audio, and masked text conditioned on another
+modality through a fusion module.
 
 Each is a pure function (masking and loss) plus an ``Objective`` module that owns its light
 decoder. The encoders are the run's own, so any registered encoder can be pretrained: masked
@@ -19,8 +20,9 @@ from torch import nn
 
 from mm_ptft.encoders.base import Encoder
 from mm_ptft.encoders.fusion import build_fusion
-from mm_ptft.objectives import OBJECTIVES, EncodedBatch, RandomObjective, require_encoders, token_sequence
-from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
+from mm_ptft.objectives import OBJECTIVES, EncodedBatch, RandomObjective, require_encoders, \
+    token_sequence
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK, VIDEO, VIDEO_MASK
 
 IGNORE = -100
 
@@ -232,6 +234,85 @@ class MaskedImageObjective(_Masked):
         return {"mae_loss": mae_loss(pred, images, mask, self.patch, self.norm_pix)}
 
 
+# ---- video: VideoMAE-style tube masking --------------------------------------------------------------
+
+def patchify_video(video: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+    """(B, T, C, H, W) → (B, T/ts * H/p * W/p, ts*p*p*C) tubes (``tubelet`` frames x ``patch`` x ``patch``) in
+    VideoMAE's layout: tubes time-major then row-major, each tube's values ordered (frame, row, column, channel)."""
+    b, t, c, h, w = video.shape
+    if t % tubelet or h % patch or w % patch:
+        raise ValueError(f"clip {t}x{h}x{w} (frames x height x width) is not divisible by tubelet_size={tubelet} "
+                         f"x patch_size={patch}")
+    x = video.reshape(b, t // tubelet, tubelet, c, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 1, 4, 6, 2, 5, 7, 3)  # (B, T', H', W', ts, p, p, C)
+    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch * c)
+
+
+def tube_mask(batch: int, tubes: int, n: int, ratio: float, device: torch.device,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """VideoMAE's tube masking: round(ratio*n) of the ``n`` spatial patches drawn per clip, the same ones masked in
+    each of the ``tubes`` time steps: (B, tubes*n) bool in ``patchify_video``'s order, True = masked."""
+    spatial = random_patch_mask(batch, n, ratio, device, generator)  # (B, N)
+    return spatial.unsqueeze(1).expand(batch, tubes, n).reshape(batch, tubes * n)  # (B, T'*N)
+
+
+def videomae_loss(pred: torch.Tensor, video: torch.Tensor, mask: torch.Tensor, patch: int, tubelet: int,
+                  norm_pix: bool = True) -> torch.Tensor:
+    """MSE between predicted and true tubes on the masked ones only; with ``norm_pix`` each tube's pixels are
+    normalised per channel by their own mean and (unbiased) std, as ``VideoMAEForPreTraining`` does — which also
+    makes the target independent of any per-channel input normalisation.
+    pred (B, M, ts*p*p*C), video (B, T, C, H, W), mask (B, M) True = masked."""
+    target = patchify_video(video.float(), patch, tubelet)  # (B, M, ts*p*p*C)
+    if norm_pix:
+        c = video.shape[2]
+        x = target.reshape(*target.shape[:2], -1, c)  # (B, M, ts*p*p, C)
+        x = (x - x.mean(-2, keepdim=True)) / (x.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+        target = x.reshape(target.shape)
+    per_tube = ((pred.float() - target) ** 2).mean(-1)  # (B, M)
+    m = mask.to(per_tube.dtype)
+    return (per_tube * m).sum() / m.sum().clamp_min(1.0)
+
+
+class MaskedVideoObjective(_Masked):
+    """VideoMAE-style masked video modelling: blank the same ``mask_ratio`` of the spatial patches in every frame
+    (tubes, so a masked patch cannot be copied from a neighbouring frame), encode, decode every tube with a light
+    decoder, normalised-pixel MSE on the masked tubes of real frames. Returns ``mvm_loss``."""
+
+    modalities = ("video",)
+
+    def __init__(self, video_encoder: Encoder, image_size: int, max_frames: int, patch_size: int = 8,
+                 tubelet_size: int = 2, mask_ratio: float = 0.75, decoder_dim: int = 64, decoder_depth: int = 1,
+                 heads: int = 4, norm_pix: bool = True) -> None:
+        super().__init__()
+        self.patch, self.tubelet, self.ratio, self.norm_pix = patch_size, tubelet_size, mask_ratio, norm_pix
+        n = (max_frames // tubelet_size) * (image_size // patch_size) ** 2
+        enc_dim = getattr(video_encoder, "token_dim", 0) or video_encoder.out_dim
+        self.decoder = QueryDecoder(enc_dim, n, tubelet_size * patch_size * patch_size * 3, decoder_dim,
+                                    decoder_depth, heads)
+
+    def masks(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tube mask (B, T'*N), the same as pixels (B, T, 1, H, W)) for a clip (B, T, C, H, W)."""
+        b, t, _, h, w = video.shape
+        gt, gh, gw, p = t // self.tubelet, h // self.patch, w // self.patch, self.patch
+        mask = tube_mask(b, gt, gh * gw, self.ratio, video.device, self.generator(video.device))  # (B, T'*N)
+        spatial = mask[:, : gh * gw].reshape(b, 1, 1, gh, 1, gw, 1)
+        pix = spatial.expand(b, t, 1, gh, p, gw, p).reshape(b, t, 1, h, w)  # (B, T, 1, H, W)
+        return mask, pix
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        video = batch[VIDEO]  # (B, T, C, H, W)
+        b, t = video.shape[:2]
+        frames = batch.get(VIDEO_MASK)
+        frames = torch.ones(b, t, dtype=torch.bool, device=video.device) if frames is None else frames.bool()
+        mask, pix = self.masks(video)
+        enc_in = {VIDEO: video.masked_fill(pix, 0.0), VIDEO_MASK: frames}  # 0 = the mean after normalisation
+        tokens, tmask = token_sequence(feats.encoders["video"](enc_in))
+        pred = self.decoder(tokens, tmask, mask.shape[1])  # (B, M, ts*p*p*C)
+        real = frames.reshape(b, t // self.tubelet, self.tubelet).all(-1)  # (B, T'): tubes of real frames only
+        real = real.repeat_interleave(mask.shape[1] // real.shape[1], 1)  # (B, M)
+        return {"mvm_loss": videomae_loss(pred, video, mask & real, self.patch, self.tubelet, self.norm_pix)}
+
+
 # ---- audio: masked spectrogram modelling ------------------------------------------------------------
 
 def span_mask(lengths: torch.Tensor, n: int, ratio: float, span: int,
@@ -340,6 +421,19 @@ def mae(encoders: Mapping[str, Encoder], image_size: int = 0, patch_size: int = 
     enc = encoders["image"]
     size = image_size or enc.preprocess.size[0]  # type: ignore[attr-defined]
     return MaskedImageObjective(enc, size, patch_size, mask_ratio, decoder_dim, decoder_depth, 4, norm_pix)
+
+
+@OBJECTIVES.register()
+def masked_video(encoders: Mapping[str, Encoder], image_size: int = 0, max_frames: int = 16, patch_size: int = 8,
+                 tubelet_size: int = 2, mask_ratio: float = 0.75, decoder_dim: int = 64, decoder_depth: int = 1,
+                 norm_pix: bool = True) -> MaskedVideoObjective:
+    """VideoMAE-style masked video modelling with tube masking (``mask_ratio`` of the spatial patches, the same in
+    every frame); image_size defaults to the video encoder's frame size, ``max_frames`` bounds the clip length."""
+    require_encoders(encoders, ["video"], "objective masked_video")
+    enc = encoders["video"]
+    size = image_size or enc.preprocess.size[0]  # type: ignore[attr-defined]
+    return MaskedVideoObjective(enc, size, max_frames, patch_size, tubelet_size, mask_ratio, decoder_dim,
+                                decoder_depth, 4, norm_pix)
 
 
 @OBJECTIVES.register()

@@ -13,6 +13,7 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
+from mm_ptft.data.video import VideoSampling
 from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES, Columns, MediaConfig
 from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
 from mm_ptft.data.stream import CountingCollate
@@ -37,12 +38,14 @@ class MMClsData(SplitData, StreamingData, SkipBadSamples):
     text_column: str = "caption"
     image_column: str = "image"
     audio_column: str = "audio"
+    video_column: str = "video"
     label_column: str = "label"
     labels: list[str] = field(default_factory=list)  # empty: learned from the training file
     labels_per_class: int = 0  # > 0: few-shot, train on K seeded rows per class of the training split
     max_length: int = 64
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
+    sampling: VideoSampling = field(default_factory=VideoSampling)  # which frames of a video a sample holds (eval draw)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from mm_ptft.data.image_device import DeviceDecode, check_decode_on
 from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
                                      build_paired, paired_ops)
 from mm_ptft.data.tables import LabelMap
+from mm_ptft.data.video import VIDEO_EXTS, VideoSampling
+from mm_ptft.types import VIDEO, VIDEO_MASK
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder, one_clip_per_model
 from mm_ptft.objectives import OBJECTIVES, Objective
@@ -31,7 +33,7 @@ log = logging.getLogger("mm_ptft")
 
 @dataclass
 class PretrainData(SplitData, StreamingData, SkipBadSamples):
-    """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, optional label."""
+    """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, video path, optional label."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "max_length": ">0", "max_audio_seconds": ">0", "min_audio_seconds": ">=0"
@@ -39,6 +41,7 @@ class PretrainData(SplitData, StreamingData, SkipBadSamples):
     text_column: str = "caption"
     image_column: str = "image"
     audio_column: str = "audio"
+    video_column: str = "video"
     label_column: str = "label"  # class names for zero-shot eval; '' when the data has none
     # zero-shot prompts, '{}' = class name; several are averaged per class (CLIP's prompt ensembling);
     # empty: no zero-shot evaluation
@@ -49,6 +52,7 @@ class PretrainData(SplitData, StreamingData, SkipBadSamples):
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + resize on the train device
     overlong_text: str = "truncate"  # a caption over max_length tokens: truncate | skip | error (counted when not error)
+    sampling: VideoSampling = field(default_factory=VideoSampling)  # which frames of a video a sample holds
 
 
 @dataclass
@@ -58,10 +62,11 @@ class EncoderSpecs:
     text: Optional[Dict[str, Any]] = None
     image: Optional[Dict[str, Any]] = None
     audio: Optional[Dict[str, Any]] = None
+    video: Optional[Dict[str, Any]] = None
 
 
 def columns(d: PretrainData) -> Columns:
-    return Columns(d.text_column, d.image_column, d.audio_column, d.label_column)
+    return Columns(d.text_column, d.image_column, d.audio_column, d.label_column, d.video_column)
 
 
 def load_tables(cfg: Any, train: bool) -> tuple[Any, Any]:
@@ -77,8 +82,9 @@ def build_encoders(specs: EncoderSpecs, needed: Sequence[str], output_dir: str,
     """The encoders of ``needed`` modalities; a text encoder without a tokenizer learns one on ``corpus``."""
     from mm_ptft.encoders.audio import AUDIO_ENCODERS
     from mm_ptft.encoders.image import IMAGE_ENCODERS
+    from mm_ptft.encoders.video import VIDEO_ENCODERS
 
-    registries = {"text": TEXT_ENCODERS, "image": IMAGE_ENCODERS, "audio": AUDIO_ENCODERS}
+    registries = {"text": TEXT_ENCODERS, "image": IMAGE_ENCODERS, "audio": AUDIO_ENCODERS, "video": VIDEO_ENCODERS}
     out: dict[str, Encoder] = {}
     with one_clip_per_model():  # open_clip image + text towers of one model: one CLIP created, not two
         for m in sorted(set(needed)):
@@ -109,6 +115,13 @@ def media_config(encoders: Mapping[str, Encoder], d: PretrainData) -> MediaConfi
     if pre is not None:
         media.image_size, media.image_mean, media.image_std = pre.size[0], list(pre.mean), list(pre.std)
         media.image_interpolation = pre.interpolation
+    video = getattr(encoders.get("video"), "preprocess", None)
+    if video is not None:
+        media.video_size, media.video_mean, media.video_std = video.size[0], list(video.mean), list(video.std)
+    sampling = getattr(d, "sampling", None)  # a data section without video keys keeps the default
+    if sampling is not None:
+        sampling.check()
+        media.video_sampling = sampling
     audio = encoders.get("audio")
     if audio is not None:
         media.sample_rate = int(getattr(audio, "sample_rate", media.sample_rate))
@@ -173,6 +186,15 @@ def paired_splits(d: PretrainData, tables: tuple[Any, Any], modalities: Sequence
     ev = (paired_split(eval_ds, eval_name(d), modalities, d, media, encoders, eval_labels, counters, references)
           if eval_ds is not None else None)
     return tr, ev
+
+
+def seeded_clips(datasets: Sequence[Optional[PairedDataset]], seed: int) -> list[Any]:
+    """Training ``PairedDataset``s that read videos draw random clips seeded by (``seed``, epoch, index), each
+    following the trainer's epoch (``FollowEpoch``): the callbacks to hand the trainer."""
+    from mm_ptft.data.text import FollowEpoch
+
+    return [FollowEpoch(ds.train_clips(seed)) for ds in datasets
+            if isinstance(ds, PairedDataset) and ds.rows and "video" in ds.rows[0]]
 
 
 def collator(encoders: Mapping[str, Encoder], d: Optional[PretrainData] = None) -> Any:
@@ -276,19 +298,32 @@ AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
 
 def input_modality(value: str) -> str:
-    """'image' / 'audio' for an existing media file (by extension), else 'text'."""
+    """'image' / 'audio' / 'video' for an existing media file (by extension), else 'text'."""
     ext = os.path.splitext(value)[1].lower()
-    if os.path.isfile(value) and ext in IMAGE_EXTS | AUDIO_EXTS:
-        return "image" if ext in IMAGE_EXTS else "audio"
-    return "text"
+    if not os.path.isfile(value):
+        return "text"
+    return next((m for m, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS), ("video", VIDEO_EXTS))
+                 if ext in exts), "text")
+
+
+def media_item(value: str, modality: str, media: MediaConfig, tokenizer: Any) -> dict[str, Any]:
+    """One input as a paired item of ``modality`` (a caption tokenised; media decoded as in evaluation)."""
+    from mm_ptft.data.multimodal import load_audio, load_image, load_video
+
+    if modality == "text":
+        return {"text": tokenizer(value)["input_ids"]}
+    if modality == "video":
+        video, mask = load_video(value, media)
+        return {VIDEO: video, VIDEO_MASK: mask}
+    return {"image": load_image(value, media)} if modality == "image" else {"audio": load_audio(value, media)}
 
 
 @torch.no_grad()
 def predict_embeddings(cfg: Any, prepared: Any, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """Each input (a caption, or an image/audio file path) → its normalised contrastive embedding, plus zero-shot
-    class scores for media when the run has class prompts, and a greedy ``caption`` for media of a modality a
-    captioning objective reads (at most its ``max_new_tokens``)."""
-    from mm_ptft.data.multimodal import MultimodalCollator, load_audio, load_image
+    """Each input (a caption, or an image/audio/video file path) → its normalised contrastive embedding, plus
+    zero-shot class scores for media when the run has class prompts, and a greedy ``caption`` for media of a
+    modality a captioning objective reads (at most its ``max_new_tokens``)."""
+    from mm_ptft.data.multimodal import MultimodalCollator
     from mm_ptft.objectives import EncodedBatch
 
     task = prepared.task
@@ -306,8 +341,7 @@ def predict_embeddings(cfg: Any, prepared: Any, inputs: Sequence[str]) -> list[d
         if m not in embeds and m not in captioners:
             raise ValueError(f"input {value!r} is {m}, but this run embeds {list(embeds)} and captions "
                              f"{sorted(captioners)}")
-        item = {"text": tok(value)["input_ids"]} if m == "text" else (
-            {"image": load_image(value, media)} if m == "image" else {"audio": load_audio(value, media)})
+        item = media_item(value, m, media, tok)
         batch = MultimodalCollator(tok.pad_token_id if tok is not None else 0)([item])
         feats = EncodedBatch(task.towers, batch)
         row: dict[str, Any] = {"input": value, "modality": m}

@@ -12,7 +12,8 @@ from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, class_prompts, collator, paired_splits,
-                                           predict_embeddings, streamed, tables_and_encoders, zero_shot)
+                                           predict_embeddings, seeded_clips, streamed, tables_and_encoders,
+                                           zero_shot)
 
 
 @dataclass
@@ -44,10 +45,11 @@ def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
         train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
         labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
         tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
+    callbacks = seeded_clips([tr], cfg.seed) if not d.streaming else []
     spec = {"modalities": mods, **cfg.model.objective}
     objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}
     task = PretrainTask(encoders, objectives, prompts=prompts, num_classes=len(labels) if labels else 0)
-    return Prepared(task, tr, ev, CountingCollate(collator(encoders, d)), None, None, counters)
+    return Prepared(task, tr, ev, CountingCollate(collator(encoders, d)), None, None, counters, callbacks)
 
 
 def predict(cfg: PretrainContrastiveConfig, prepared: Prepared, inputs: list[str]) -> list[dict[str, Any]]:

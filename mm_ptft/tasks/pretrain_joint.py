@@ -22,7 +22,7 @@ from mm_ptft.tasks import recipe
 from mm_ptft.tasks.common import eval_name
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives, class_prompts,
                                            collator, load_tables, media_config, paired_split, predict_embeddings,
-                                           source_stream, streamed, zero_shot)
+                                           seeded_clips, source_stream, streamed, zero_shot)
 
 
 @dataclass
@@ -86,7 +86,8 @@ def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
     ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters,
                        references=bool(task.captioners))
           if eval_ds is not None else None)
-    return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters)
+    return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters,
+                    seeded_clips(list(parts.values()), cfg.seed))
 
 
 def _prepare_stream(cfg: PretrainJointConfig, train: bool) -> Prepared:

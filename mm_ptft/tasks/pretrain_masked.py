@@ -1,5 +1,6 @@
 """Masked-modelling pretraining of one encoder (or text conditioned on another modality):
-MLM for text, MAE-style for images, masked spectrogram modelling for audio — chosen by config."""
+MLM for text, MAE-style for images, VideoMAE-style tube masking for video, masked spectrogram modelling for
+audio — chosen by config."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, collator, paired_splits,
-                                           streamed, tables_and_encoders)
+                                           seeded_clips, streamed, tables_and_encoders)
 
 
 @dataclass
@@ -23,7 +24,7 @@ class MaskedData(PretrainData):
 
 @dataclass
 class MaskedModel(EncoderSpecs):
-    # {name: mlm | clm | nsp | sop | mae | masked_spectrogram | conditioned_mlm, ...objective kwargs}
+    # {name: mlm | clm | nsp | sop | mae | masked_video | masked_spectrogram | conditioned_mlm, ...objective kwargs}
     objective: Dict[str, Any] = field(default_factory=lambda: {"name": "mlm"})
     # several weighted objectives instead (replaces `objective`): {mlm: {name: mlm}, sop: {name: sop, weight: 1}}
     objectives: Dict[str, Any] = field(default_factory=dict)
@@ -48,7 +49,7 @@ def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
     tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
     return Prepared(_task(cfg, mods, encoders), tr, ev, collator(encoders, cfg.data),
                     tr.lengths() if tr is not None else None,
-                    ev.lengths() if ev else None, counters)
+                    ev.lengths() if ev else None, counters, seeded_clips([tr], cfg.seed))
 
 
 def _task(cfg: PretrainMaskedConfig, mods: list[str], encoders: Dict[str, Any]) -> PretrainTask:

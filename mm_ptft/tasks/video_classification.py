@@ -45,7 +45,7 @@ class VideoClsData(SplitData, SkipBadSamples):
 @dataclass
 class VideoClsModel:
     RANGES: ClassVar[dict[str, str]] = {"dropout": "[0, 1)", "label_smoothing": "[0, 1)"}  # checked by config.parse
-    video: Dict[str, Any] = field(default_factory=lambda: {"name": "frames", "image": {"name": "tiny_cnn"}})
+    video: Dict[str, Any] = field(default_factory=lambda: {"name": "tiny_3d"})  # only a name: YAML merges into it
     dropout: float = 0.0
     label_smoothing: float = 0.0
 

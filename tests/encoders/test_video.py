@@ -13,6 +13,7 @@ TINY_CNN = {"name": "tiny_cnn", "widths": [8, 16, 32, 32], "img_size": 32}
 TINY_SPECS = {
     "frames": {"name": "frames", "image": TINY_CNN, "pooling": "transformer", "heads": 2},
     "hf": {"name": "hf", "config": {"model_type": "videomae", "patch_size": 8, "tubelet_size": 2, **HF_SIZES}},
+    "tiny_3d": {"name": "tiny_3d", "widths": [8, 16], "img_size": 32},
 }
 EXTRA_SPECS = {
     "frames_mean": {"name": "frames", "image": TINY_CNN, "pooling": "mean"},
@@ -94,3 +95,26 @@ def test_bad_options_are_named():
         build_encoder(VIDEO_ENCODERS, {"name": "frames", "image": TINY_CNN, "pooling": "max"}, "model.video")
     with pytest.raises(KeyError, match="model.video"):
         build_encoder(VIDEO_ENCODERS, {"name": "frames", "poolng": "mean"}, "model.video")
+
+
+def test_tiny_3d_ignores_padded_frames_and_pools_its_real_tokens():
+    torch.manual_seed(0)
+    enc = build_encoder(VIDEO_ENCODERS, TINY_SPECS["tiny_3d"], "model.video").eval()
+    clip = torch.randn(1, 4, 3, 32, 32)
+    junk = clip.clone()
+    junk[:, 2:] = torch.randn(1, 2, 3, 32, 32)  # different content in the two padded frames
+    mask = torch.tensor([[True, True, False, False]])
+    with torch.no_grad():
+        a, b = enc({"video": clip, "video_mask": mask}), enc({"video": junk, "video_mask": mask})
+    assert torch.equal(a.pooled, b.pooled)
+    cells = (32 // 4) ** 2  # two stride-2 stages: an 8x8 grid per frame
+    assert a.tokens.shape == (1, 4 * cells, 16) and a.mask.sum() == 2 * cells
+    assert torch.allclose(a.pooled[0], a.tokens[0, : 2 * cells].mean(0), atol=1e-6)  # frame-major: real first
+
+
+def test_tiny_3d_sees_frame_order():
+    torch.manual_seed(0)
+    enc = build_encoder(VIDEO_ENCODERS, TINY_SPECS["tiny_3d"], "model.video").eval()
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(enc({"video": clip}).pooled, enc({"video": clip.flip(1)}).pooled, atol=1e-4)

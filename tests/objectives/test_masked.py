@@ -9,7 +9,7 @@ from torch import nn
 
 from mm_ptft.objectives import EncodedBatch
 from mm_ptft.objectives.masked import (IGNORE, mae_loss, mask_tokens, masked_frames_loss, mlm_loss, patchify,
-                                       random_patch_mask, span_mask)
+                                       patchify_video, random_patch_mask, span_mask, tube_mask, videomae_loss)
 from mm_ptft.types import EncoderOutput
 
 SPECIALS = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
@@ -80,6 +80,66 @@ def test_random_patch_mask_counts_and_mae_loss_uses_masked_patches_only() -> Non
     assert mae_loss(pred, img, mask, 2).item() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="mask_ratio"):
         random_patch_mask(1, 4, 0.0, torch.device("cpu"))
+
+
+def test_patchify_video_layout_matches_hand_example() -> None:
+    clip = torch.arange(4 * 16.0).reshape(1, 4, 1, 4, 4)  # 4 frames of 4x4, one channel: frame f holds 16f..16f+15
+    tubes = patchify_video(clip, 2, 2)  # 2 time steps x 4 patches, each 2 frames x 2 x 2
+    assert tubes.shape == (1, 8, 8)
+    assert tubes[0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]  # frames 0-1, top-left patch
+    assert tubes[0, 1].tolist() == [2, 3, 6, 7, 18, 19, 22, 23]  # frames 0-1, top-right patch
+    assert tubes[0, 4].tolist() == [32, 33, 36, 37, 48, 49, 52, 53]  # frames 2-3, top-left patch
+    with pytest.raises(ValueError, match="tubelet_size=2"):
+        patchify_video(torch.zeros(1, 3, 1, 4, 4), 2, 2)
+
+
+def test_tube_mask_masks_the_same_patches_in_every_time_step() -> None:
+    mask = tube_mask(6, 3, 16, 0.75, torch.device("cpu"), torch.Generator().manual_seed(0)).view(6, 3, 16)
+    assert torch.equal(mask, mask[:, :1].expand(6, 3, 16))  # a tube: one spatial mask repeated over time
+    assert mask[:, 0].sum(1).tolist() == [12] * 6  # round(0.75 * 16) patches per clip
+    assert len({tuple(m.tolist()) for m in mask[:, 0]}) > 1  # drawn per clip
+
+
+def test_videomae_loss_is_normalised_pixel_mse_on_masked_tubes_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(2, 4, 3, 8, 8, generator=g)
+    mask = tube_mask(2, 2, 4, 0.5, torch.device("cpu"), g)  # (2, 8)
+    # the target by hand: each tube's 2*4*4 pixels per channel, minus their mean, over their unbiased std
+    x = patchify_video(clip, 4, 2).reshape(2, 8, 32, 3)
+    target = ((x - x.mean(2, keepdim=True)) / (x.var(2, keepdim=True).sqrt() + 1e-6)).reshape(2, 8, 96)
+    pred = torch.where(mask[..., None], target, target + 5.0)  # right on masked tubes, wrong on visible ones
+    assert videomae_loss(pred, clip, mask, 4, 2).item() < 1e-8
+    pred = torch.where(mask[..., None], target + 2.0, target)
+    assert videomae_loss(pred, clip, mask, 4, 2).item() == pytest.approx(4.0, abs=1e-5)
+    affine = clip * torch.tensor([2.0, 0.5, 3.0]).view(1, 1, 3, 1, 1) - 1.0  # a per-channel normalisation
+    assert videomae_loss(target, affine, mask, 4, 2).item() < 1e-8
+
+
+def test_masked_video_blanks_tubes_of_the_input_and_skips_padded_frames() -> None:
+    from mm_ptft.objectives.masked import MaskedVideoObjective
+
+    seen = {}
+
+    class Probe(nn.Module):
+        out_dim = token_dim = 8
+
+        def forward(self, batch):
+            seen.update(batch)
+            return EncoderOutput(torch.zeros(batch["video"].shape[0], 8), torch.zeros(batch["video"].shape[0], 2, 8))
+
+    obj = MaskedVideoObjective(Probe(), image_size=8, max_frames=4, patch_size=4, tubelet_size=2, mask_ratio=0.5)
+    clip = torch.rand(2, 4, 3, 8, 8) + 1.0  # never 0: a blanked pixel is exactly 0
+    frames = torch.tensor([[True] * 4, [True, True, False, False]])
+    torch.manual_seed(0)
+    loss = obj(EncodedBatch({"video": Probe()}, {}), {"video": clip, "video_mask": frames})["mvm_loss"]
+    blank = seen["video"] == 0  # (2, 4, 3, 8, 8)
+    assert torch.equal(blank, blank[:, :1].expand_as(blank))  # the same pixels in every frame: tubes
+    assert blank[:, 0].float().mean().item() == 0.5 and torch.equal(seen["video_mask"], frames)
+    torch.manual_seed(0)
+    mask, _ = obj.masks(clip)
+    real = torch.tensor([[True] * 8, [True] * 4 + [False] * 4])  # the second clip's frames 2-3 are padding
+    pred = obj.decoder(torch.zeros(2, 2, 8), None, 8)
+    assert loss.item() == pytest.approx(videomae_loss(pred, clip, mask & real, 4, 2).item(), abs=1e-6)
 
 
 def test_span_mask_stays_inside_real_frames_and_covers_about_ratio() -> None:

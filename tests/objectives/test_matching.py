@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mm_ptft.heads.pretraining import PretrainTask
-from mm_ptft.objectives import OBJECTIVES, EncodedBatch
+from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.objectives.matching import hard_negatives, itm, same_text
 
 

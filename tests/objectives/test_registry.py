@@ -22,7 +22,22 @@ SPECS = {
     "masked_spectrogram": {"name": "masked_spectrogram", "n_mels": 16, "decoder_dim": 16, "span": 3},
     "captioning": {"name": "captioning", "decoder": {"name": "tiny", "dim": 16, "depth": 1, "heads": 2}},
     "itm": {"name": "itm", "fusion": {"name": "cross_attention", "out_dim": 16, "heads": 2}},
+    "masked_video": {"name": "masked_video", "patch_size": 8, "tubelet_size": 2, "max_frames": 4, "decoder_dim": 16},
 }
+VIDEO_READERS = {"masked_video"}  # objectives that read a video encoder: the shared fixtures get one
+
+
+def _with_video(name: str, encoders: dict, batch: dict) -> tuple[dict, dict]:
+    if name not in VIDEO_READERS:
+        return encoders, batch
+    from mm_ptft.encoders.base import build_encoder
+    from mm_ptft.encoders.video import VIDEO_ENCODERS
+
+    video = build_encoder(VIDEO_ENCODERS, {"name": "tiny_3d", "widths": [8, 16], "img_size": 32}, "model.video")
+    clips = torch.randn(len(batch["image"]), 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(clips.shape[:2], dtype=torch.bool)
+    mask[0, 2:] = False  # one clip of 2 real frames
+    return {**encoders, "video": video}, {**batch, "video": clips, "video_mask": mask}
 
 
 def test_every_objective_has_a_spec() -> None:
@@ -32,6 +47,7 @@ def test_every_objective_has_a_spec() -> None:
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_forward_backward(name: str, encoders, batch) -> None:
     torch.manual_seed(0)
+    encoders, batch = _with_video(name, encoders, batch)
     obj = OBJECTIVES.build(SPECS[name], f"model.objectives.{name}", encoders=encoders)
     if hasattr(obj, "bind"):  # reads another objective (ITM: the contrastive similarities)
         obj.bind({"clip": OBJECTIVES.build(SPECS["clip"], "model.objectives.clip", encoders=encoders), name: obj})

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import runpy
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "pretrain_captioning"

@@ -1,5 +1,7 @@
-"""The video classification recipe end to end on generated moving-shape mp4 clips: it beats chance and a
-single-frame run of the same encoder (motion matters), evaluates, predicts, checkpoints and resumes exactly."""
+"""The video recipes end to end on generated moving-shape mp4 clips: classification beats chance and a
+single-frame run of the same encoder (motion matters), evaluates, predicts, checkpoints and resumes exactly;
+video–text CLIP (pretrain_contrastive/tiny_video.yaml) retrieves and classifies zero-shot above chance; masked
+video modelling (pretrain_masked/tiny_video.yaml) trains and saves its encoder."""
 import os
 
 import pytest
@@ -23,13 +25,14 @@ def cfg(out, *extra):
 
 @pytest.mark.slow
 def test_tiny_beats_chance_and_a_single_frame_run_of_the_same_encoder(tmp_path):
-    """Measured (CPU, seed 0): see docs/video.md. One frame carries no label information by construction
-    (wrap-around motion from a uniform start), so the single-frame run stays near chance."""
+    """Measured (2-core CPU, seed 0, tiny_3d): 4-frame clips accuracy 1.000, one frame 0.2625 (chance 0.25).
+    One frame carries no label information by construction (wrap-around motion from a uniform start), so the
+    single-frame run stays near chance; the 3D CNN's kernels see the motion."""
     clips = run.train(cfg(tmp_path / "clips", "train.report=false"))
     frame = run.train(cfg(tmp_path / "frame", "train.report=false", "data.sampling.num_frames=1"))
-    assert clips["accuracy"] >= CHANCE + 0.15, clips  # ≥ 0.40 where chance is 0.25 (measured 0.45)
+    assert clips["accuracy"] >= CHANCE + 0.6, clips  # ≥ 0.85 where chance is 0.25
     assert frame["accuracy"] <= CHANCE + 0.15, frame
-    assert clips["accuracy"] - frame["accuracy"] >= 0.1
+    assert clips["accuracy"] - frame["accuracy"] >= 0.5
 
 
 def test_small_run_evaluates_saves_the_encoder_and_predicts(tmp_path):
@@ -62,3 +65,35 @@ def test_a_fixed_length_model_needs_clips_of_its_length(tmp_path):
         run.train(conf)
     with pytest.raises(ConfigError, match="data.sampling.short='trim'"):
         run.train(cfg(tmp_path, *SMALL, "data.sampling.short=trim"))
+
+
+VIDEO_TEXT = os.path.join(ROOT, "recipes", "pretrain_contrastive", "tiny_video.yaml")
+MASKED_VIDEO = os.path.join(ROOT, "recipes", "pretrain_masked", "tiny_video.yaml")
+SMALL_PAIRS = ["data.generate.n_train=32", "data.generate.n_eval=16", "data.generate.frames=8", "train.report=false",
+               "train.epochs=1"]
+
+
+def test_video_text_clip_small_run_reports_retrieval_and_embeds_a_clip(tmp_path):
+    results = run.train(load_config(VIDEO_TEXT, [f"output_dir={tmp_path}", *SMALL_PAIRS]))
+    assert {"video_to_text_r1", "text_to_video_r1", "zeroshot_accuracy"} <= set(results)
+    assert sorted(p.name for p in (tmp_path / "encoders").iterdir()) == ["text", "video"]
+    conf = load_config(tmp_path / "config.yaml")
+    clip = os.path.join(os.path.dirname(conf.data.eval_file), "eval", "00000.mp4")
+    out = run.predict(tmp_path, [clip, "a red circle moving left"])
+    assert [o["modality"] for o in out] == ["video", "text"] and out[0]["label"] in ("left", "right", "up", "down")
+    assert len(out[0]["embedding"]) == len(out[1]["embedding"]) == 64
+
+
+@pytest.mark.slow
+def test_video_text_clip_tiny_retrieves_and_classifies_motion_above_chance(tmp_path):
+    """Measured (2-core CPU, seed 0): video→text R@1 0.703, text→video R@1 0.3125 (64 eval pairs: chance 1/64,
+    and 32 distinct captions), zero-shot direction accuracy 0.969 (chance 0.25), ~26 s."""
+    r = run.train(load_config(VIDEO_TEXT, [f"output_dir={tmp_path}", "train.report=false"]))
+    assert r["video_to_text_r1"] > 10 / 64 and r["text_to_video_r1"] > 5 / 64, r
+    assert r["zeroshot_accuracy"] >= CHANCE + 0.4, r
+
+
+def test_masked_video_small_run_trains_and_saves_the_video_encoder(tmp_path):
+    results = run.train(load_config(MASKED_VIDEO, [f"output_dir={tmp_path}", *SMALL_PAIRS]))
+    assert "mvm_loss" in results and results["mvm_loss"] > 0
+    assert os.path.isfile(tmp_path / "encoders" / "video" / "mm_ptft_encoder.json")

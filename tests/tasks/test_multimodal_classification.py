@@ -95,7 +95,7 @@ def test_subset_of_modalities_and_bad_modality(shapes, tmp_path):
     p = MultimodalClassification.prepare(cfg(tmp_path, shapes, "data.modalities=[image,text]"))
     assert sorted(p.task.towers) == ["image", "text"] and "audio" not in p.collate([p.train_data[0]])
     with pytest.raises(ConfigError, match="data.modalities"):
-        MultimodalClassification.prepare(cfg(tmp_path, shapes, "data.modalities=[video]"))
+        MultimodalClassification.prepare(cfg(tmp_path, shapes, "data.modalities=[depth]"))
 
 
 # ---- media get the unimodal recipes' checks (data/image.py, data/audio.py): errors or counted skips
@@ -158,3 +158,23 @@ def test_labels_per_class_picks_k_training_rows_per_class(shapes, tmp_path):
     assert collections.Counter(rows[r["__row__"]]["label"] for r in few.train_data.rows) == {n: 4 for n in c.data.labels}
     assert [r["__row__"] for r in few.eval_data.rows] == [r["__row__"] for r in full.eval_data.rows]
     assert few.counters["few_shot_rows"] == 16 and few.counters["few_shot_unused_rows"] == len(rows) - 16
+
+
+def test_video_is_one_of_the_fused_modalities_and_may_be_missing(tmp_path):
+    """Video beside text through the fusion path: a row with an empty video cell is a missing modality (counted,
+    masked out of the fusion), not bad input; the run trains, evaluates and predicts."""
+    pytest.importorskip("av")
+    data = generate({"name": "moving_captions", "n_train": 24, "n_eval": 8, "frames": 8, "seed": 0},
+                    tmp_path / "clips")
+    lines = open(data["train_file"]).read().splitlines()
+    lines[1] = re.sub(r",train/\d+\.mp4,", ",,", lines[1])  # row 0 loses its video
+    open(data["train_file"], "w").write("\n".join(lines) + "\n")
+    conf = cfg(tmp_path, data, "data.modalities=[video,text]", "data.sampling.num_frames=4", "train.epochs=1",
+               "train.batch_size=8", "model.video={name: tiny_3d, widths: [8, 16], img_size: 32}")
+    results = train(conf)
+    assert 0 <= results["accuracy"] <= 1
+    prepared = MultimodalClassification.prepare(load_config(tmp_path / "run" / "config.yaml"), train=True)
+    assert prepared.counters["missing_video"] == 1
+    absent = [prepared.train_data[i] for i, r in enumerate(prepared.train_data.rows) if r["video"] is None]
+    assert len(absent) == 1 and not absent[0]["video_present"] and not absent[0]["video_mask"].any()
+    assert absent[0]["video"].shape == (4, 3, 32, 32)
