@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_ptft.config import ConfigError
 from mm_ptft.contracts import GenerationConfig, Task
 from mm_ptft.metrics.ctc import TranscriptMetrics
 from mm_ptft.metrics.generation import GENERATED
@@ -24,6 +25,7 @@ from mm_ptft.types import AUDIO, IGNORE_INDEX as IGNORE, LABELS
 
 SOT, EOT, NO_TIMESTAMPS = "<|startoftranscript|>", "<|endoftext|>", "<|notimestamps|>"
 TASK_TOKENS = ("<|translate|>", "<|transcribe|>")
+PREFIX_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>: decoder positions before the text
 HOP, RATE = 160, 16000  # Whisper's feature extractor: 10 ms frames at 16 kHz
 
 
@@ -95,6 +97,11 @@ class WhisperTask(Task):
         self.whisper, self.normalize = whisper, normalize
         self.generation = generation or GenerationConfig()
         self.generation.hf_kwargs()  # a bad strategy fails here, not at the first evaluation
+        room = whisper.max_target_positions - PREFIX_TOKENS
+        if self.generation.max_new_tokens > room:
+            raise ConfigError(f"generation.max_new_tokens={self.generation.max_new_tokens} is over what the decoder "
+                              f"has room for ({whisper.max_target_positions} positions - {PREFIX_TOKENS} prefix tokens "
+                              f"= {room})")
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         model, labels = self.whisper.model, batch[LABELS]  # (B, L), -100 where padded

@@ -26,7 +26,6 @@ from mm_ptft.tasks.common import eval_name, is_main_process, load_splits
 from mm_ptft.tasks.speech_recognition import SpeechData
 from mm_ptft.types import AUDIO, IGNORE_INDEX
 
-PREFIX_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>: decoder positions before the text
 
 
 @dataclass
@@ -83,10 +82,6 @@ def _build(cfg: WhisperASRConfig, corpus: Optional[list[str]]) -> WhisperTask:
         if is_main_process():
             whisper.processor.save_pretrained(str(path))
         m.whisper["processor"] = str(path.resolve())
-    room = whisper.max_target_positions - PREFIX_TOKENS
-    if cfg.generation.max_new_tokens > room:
-        raise ConfigError(f"generation.max_new_tokens={cfg.generation.max_new_tokens} is over what the decoder has "
-                          f"room for ({whisper.max_target_positions} positions - {PREFIX_TOKENS} prefix tokens = {room})")
     return WhisperTask(whisper, cfg.generation, _normalizer(cfg))
 
 
