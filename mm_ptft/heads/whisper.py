@@ -141,10 +141,16 @@ class WhisperTask(Task):
 
     @torch.no_grad()
     def hf_parity(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Greedy generation of the exported model against the run's own on the batch's clips: same tokens?"""
+        """Greedy generation of the exported model, round-tripped through ``save_pretrained``/``from_pretrained`` (its
+        generation config included), against the run's own on the batch's clips: same tokens?"""
+        import tempfile
+
         greedy = GenerationConfig(max_new_tokens=self.generation.max_new_tokens)
         ours = self.generate_ids(batch[AUDIO], greedy)
-        theirs = model.generate(input_features=batch[AUDIO], **greedy.hf_kwargs())
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            reloaded = type(model).from_pretrained(tmp).eval()
+        theirs = reloaded.generate(input_features=batch[AUDIO], **greedy.hf_kwargs())
         same = ours.shape == theirs.shape and bool((ours == theirs).all())
         return {"samples": int(ours.shape[0]), "same_generated_tokens": same, "ok": same}
 
@@ -184,6 +190,8 @@ def set_prefix(model: nn.Module, tokenizer: Any, language: Optional[str], task: 
     gc.no_timestamps_token_id = ids(NO_TIMESTAMPS)
     gc.decoder_start_token_id = model.config.decoder_start_token_id
     gc.forced_decoder_ids = None  # the prefix comes from language/task (transformers' current way)
+    gc.max_length = None  # generation is bounded by max_new_tokens alone
+    gc._from_model_config = False  # else from_pretrained rebuilds it from the model config, dropping task & token maps
     gc.language, gc.task = (language, task) if multilingual else (None, None)
     tokenizer.set_prefix_tokens(language=language if multilingual else None, task=task if multilingual else None,
                                 predict_timestamps=False)
