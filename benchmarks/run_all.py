@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 #: name → module whose ``compare(quick, seeds, device)`` returns a section (imported only when run)
 COMPARISONS = {"trainer_overhead": "benchmarks.trainer_overhead", "vs_hf_trainer": "benchmarks.vs_hf_trainer",
                "pretrain_vs_scratch": "benchmarks.pretrain_vs_scratch", "vs_open_clip": "benchmarks.vs_open_clip",
-               "compile_speed": "benchmarks.compile_speed", "table_memory": "benchmarks.table_memory"}
+               "compile_speed": "benchmarks.compile_speed", "table_memory": "benchmarks.table_memory",
+               "whisper_vs_seq2seqtrainer": "benchmarks.whisper_vs_seq2seqtrainer"}
 QUICK_SEEDS = 2
 
 
