@@ -40,7 +40,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     from mm_ptft.run import predict
 
     inputs = list(ns.inputs) or [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
-    for row in predict(ns.run_dir, inputs, ns.checkpoint, ns.trust_remote_code):
+    for row in predict(ns.run_dir, inputs, ns.checkpoint, ns.trust_remote_code, ns.set):
         print(json.dumps(row))
     return 0
 
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="*", help="inputs; read one per line from stdin when none are given")
     pr.add_argument("--checkpoint", default=None)
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the run's config for prediction (e.g. --set data.long_audio=chunk)")
     _trust_flag(pr)
     pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("export", help="mm-ptft export RUN_DIR --format onnx|torchscript|hf|mm_ptft [--out PATH] "

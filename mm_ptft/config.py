@@ -239,7 +239,7 @@ class SchedConfig:
 class FinetuneConfig:
     RANGES: ClassVar[dict[str, str]] = {"freeze_layers": ">=0", "llrd_decay": "(0,1]", "lora_r": ">0",
                                         "lora_alpha": ">0", "lora_dropout": "[0,1)"}
-    strategy: str = "full"  # full | linear_probe | freeze_layers | llrd | lora
+    strategy: str = "full"  # full | linear_probe | freeze_layers | freeze_encoder | llrd | lora
     freeze_layers: int = 0  # freeze_layers: embeddings + the first N encoder layers
     llrd_decay: float = 0.75  # llrd: lr * decay**(depth from the top)
     lora_r: int = 8

@@ -38,6 +38,20 @@ class ClipRow:
         value = value.decode("utf-8") if isinstance(value, bytes) else value
         return self.normalize(value or "")
 
+    def targets(self, text: str, counters: dict[str, int]) -> list[int]:
+        """The CTC label ids of ``text`` (characters outside the vocabulary dropped, counted)."""
+        ids, unknown = self.vocab.encode(text)
+        if unknown:
+            count(counters, "unknown_characters_dropped", unknown)
+        return ids
+
+    def keep(self, wav: torch.Tensor, ids: list[int], where: str, counters: dict[str, int]) -> bool:
+        """False (a counted drop) for a clip too short for its transcript under CTC."""
+        if self.frames(self.pipe.input_length(wav.shape[-1])) < self.needed(ids):
+            count(counters, "dropped_too_short_for_transcript")
+            return False
+        return True
+
     def _waveform(self, shard: Shard, row: int, record: dict[str, Any]) -> torch.Tensor:
         source, name = media_source(shard, row, record, "audio", self.d.audio_column)
         rate = self.pipe.sample_rate
@@ -62,11 +76,8 @@ class ClipRow:
         if seconds < d.min_duration or (d.max_duration > 0 and seconds > d.max_duration):
             count(counters, "dropped_too_short" if seconds < d.min_duration else "dropped_too_long")
             return None
-        ids, unknown = self.vocab.encode(text)
-        if unknown:
-            count(counters, "unknown_characters_dropped", unknown)
-        if self.frames(self.pipe.input_length(wav.shape[-1])) < self.needed(ids):
-            count(counters, "dropped_too_short_for_transcript")
+        ids = self.targets(text, counters)
+        if not self.keep(wav, ids, f"{shard.name}: row {row}", counters):
             return None
         with sample_seed(self.seed, self.pass_no, os.path.basename(shard.path), shard.index, row):
             return {AUDIO: self.pipe.process(wav), LABELS: ids, TRANSCRIPTS: text}

@@ -1,4 +1,5 @@
-"""WER and CER of CTC transcriptions against the batch's reference ``transcripts``."""
+"""WER and CER of CTC transcriptions (or of generated ones: ``TranscriptMetrics``) against the batch's reference
+``transcripts``."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -25,10 +26,22 @@ class CTCMetrics:
         return self
 
     def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
-        hyps = self.transcriber(out["log_probs"], out["frame_lengths"])
-        refs = list(batch[TRANSCRIPTS])
+        self.add(self.transcriber(out["log_probs"], out["frame_lengths"]), list(batch[TRANSCRIPTS]))
+
+    def add(self, hyps: list[str], refs: list[str]) -> None:
         self.wer.update(hyps, refs)
         self.cer.update(hyps, refs)
 
     def compute(self) -> dict[str, float]:
         return {"wer": float(self.wer.compute()), "cer": float(self.cer.compute())}
+
+
+class TranscriptMetrics(CTCMetrics):
+    """``CTCMetrics`` of transcripts a task has already written (``out["generated"]``, e.g. an encoder-decoder's
+    ``generate``, normalised as the references were)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda *_: [])
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        self.add(list(out["generated"]), list(batch[TRANSCRIPTS]))

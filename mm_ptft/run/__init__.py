@@ -132,9 +132,10 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
 
 @torch.no_grad()
 def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None,
-            trust_remote_code: bool = False) -> list[dict[str, Any]]:
-    """Run a trained model on raw inputs (texts, file paths…) as its recipe defines."""
-    cfg, prepared, recipe = load_run(run_dir, checkpoint=checkpoint, with_data=False,
+            trust_remote_code: bool = False, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run a trained model on raw inputs (texts, file paths…) as its recipe defines (``overrides``: config keys, e.g.
+    ``data.long_audio=chunk``)."""
+    cfg, prepared, recipe = load_run(run_dir, overrides, checkpoint=checkpoint, with_data=False,
                                      trust_remote_code=trust_remote_code)
     return recipe.predict(cfg, prepared, list(inputs))
 

@@ -54,6 +54,18 @@ def freeze_layers(task: nn.Module, cfg: FinetuneConfig) -> None:
 
 
 @STRATEGIES.register()
+def freeze_encoder(task: nn.Module, cfg: FinetuneConfig) -> None:
+    """Freeze the encoder half of every encoder-decoder model (its ``freeze_encoder()``, e.g. Whisper's audio
+    encoder); the decoder trains."""
+    found = [enc for enc in _encoder_prefixes(task).values() if hasattr(enc, "freeze_encoder")]
+    if not found:
+        raise ConfigError(f"finetune.strategy=freeze_encoder: {type(task).__name__} has no encoder-decoder model "
+                          f"(nothing with freeze_encoder()); use linear_probe to freeze its encoders")
+    for enc in found:
+        enc.freeze_encoder()
+
+
+@STRATEGIES.register()
 def lora(task: nn.Module, cfg: FinetuneConfig) -> None:
     """Inject LoRA adapters (peft) into every encoder; only adapters (and non-encoder parts) train."""
     from peft import LoraConfig, inject_adapter_in_model
