@@ -2,8 +2,8 @@
 
 The Python API (``mm_ptft.build_encoder``, ``load_encoder``, ``load_run``, ``load_config``, ``train``,
 ``predict``, ``evaluate``, ``registries``, ``list_components``) lives in ``mm_ptft.api`` and is loaded on first
-use (PEP 562), so ``import mm_ptft`` stays light and the torchaudio guard below runs before anything imports
-transformers. ``mm_ptft.train`` is both the training package (``mm_ptft.train.trainer``…) and, called, the API's
+use (PEP 562), so ``import mm_ptft`` stays light (no torch: tests/test_package_root.py checks what it loads) and
+the torchaudio guard below runs just before anything imports transformers. ``mm_ptft.train`` is both the training package (``mm_ptft.train.trainer``…) and, called, the API's
 ``train(config, overrides)``.
 """
 __version__ = "0.1.0"
@@ -16,11 +16,12 @@ import types as _types
 import warnings as _warnings
 from typing import Any as _Any
 
-from mm_ptft.env import guard_torchaudio as _guard_torchaudio
+from mm_ptft.env import guard_torchaudio_lazily as _guard_torchaudio_lazily
 
 # A torchaudio built for another torch must not take text and image work down (transformers imports it
-# when present); audio features then stop with a message naming the versions (see ``mm-ptft doctor``).
-_guard_torchaudio()
+# when present); audio features then stop with a message naming the versions (see ``mm-ptft doctor``). The
+# check imports torch and torchaudio (seconds), so it runs just before transformers is first imported.
+_guard_torchaudio_lazily()
 
 #: names served by ``mm_ptft.api`` (loading it fills every registry)
 _API = ("build_encoder", "evaluate", "from_pretrained", "list_components", "load_config", "load_encoder", "load_run",

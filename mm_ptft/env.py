@@ -83,6 +83,32 @@ def guard_torchaudio() -> Optional[str]:
     return _torchaudio_problem
 
 
+# Packages that import torchaudio when it is installed (transformers, and peft through it): the guard runs just
+# before the first of them is imported, so ``import mm_ptft`` itself loads neither torch nor torchaudio.
+GUARDED_BEFORE = ("transformers",)
+
+
+class _GuardBeforeImport:
+    """A ``sys.meta_path`` finder that runs :func:`guard_torchaudio` the first time one of ``GUARDED_BEFORE`` is
+    looked up, then steps aside (it finds nothing itself: the import carries on through the usual finders)."""
+
+    done = False
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if not self.done and fullname in GUARDED_BEFORE:
+            self.done = True  # first: the guard's own imports come through here too
+            guard_torchaudio()
+        return None
+
+
+def guard_torchaudio_lazily() -> None:
+    """Arrange for :func:`guard_torchaudio` to run before anything imports transformers (at once if it already has)."""
+    if any(name in sys.modules for name in GUARDED_BEFORE):
+        guard_torchaudio()
+    elif not any(isinstance(f, _GuardBeforeImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _GuardBeforeImport())  # type: ignore[arg-type]
+
+
 def require_torchaudio(feature: str):
     """The torchaudio module for ``feature`` (e.g. "audio resampling"), or an EnvironmentProblem that
     names the versions, the fix and ``mm-ptft doctor`` — never a raw loader trace."""

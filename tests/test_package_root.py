@@ -37,3 +37,41 @@ def test_every_moved_target_exists_and_no_old_file_is_left():
 def test_unknown_names_are_still_errors():
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("mm_ptft.no_such_module")
+
+
+HEAVY = ("torch", "torchmetrics", "torchaudio", "torchvision", "matplotlib", "timm", "open_clip", "transformers")
+
+
+def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    """The modules of ``names`` a fresh interpreter holds after running ``code``."""
+    import subprocess
+
+    probe = f"{code}\nimport sys\nprint(' '.join(n for n in {names!r} if n in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_import_mm_ptft_loads_no_heavy_stack():
+    """``import mm_ptft`` is the package root only: no torch, no metrics/audio/vision/plotting stack (the torchaudio
+    guard waits for the first import of transformers)."""
+    assert _loaded_after("import mm_ptft", HEAVY) == []
+
+
+def test_the_text_run_modules_load_no_metrics_vision_or_plotting_stack():
+    """The modules a text-classification run imports (front to head and metrics) leave torchmetrics — and with it
+    its image, audio and plotting imports — to the function that builds the metrics."""
+    code = ("import mm_ptft.cli, mm_ptft.run, mm_ptft.tasks.text_classification, mm_ptft.heads.classification, "
+            "mm_ptft.metrics, mm_ptft.train.trainer")
+    assert _loaded_after(code, HEAVY[1:]) == []
+
+
+def test_the_torchaudio_guard_runs_before_transformers_is_imported():
+    """The guard still runs first: transformers, imported after mm_ptft, finds torchaudio already loaded (or hidden)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchaudio") is None:
+        pytest.skip("torchaudio not installed: nothing to guard")
+    code = ("import sys, mm_ptft\nassert 'torchaudio' not in sys.modules\nimport transformers\n"
+            "from mm_ptft.env import _GuardBeforeImport\n"
+            "assert [f.done for f in sys.meta_path if isinstance(f, _GuardBeforeImport)] == [True]")
+    assert _loaded_after(code, ("torchaudio",)) == ["torchaudio"]

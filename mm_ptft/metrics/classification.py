@@ -1,16 +1,17 @@
-"""Metrics built on torchmetrics (which also syncs them across ranks)."""
+"""Metrics built on torchmetrics (which also syncs them across ranks). torchmetrics is imported when metrics are
+built, not with this module: its package import loads its image, audio and plotting stacks (seconds)."""
 from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
-import torchmetrics
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix,
-                                         MulticlassF1Score, MulticlassPrecision, MulticlassRecall)
 
 from mm_ptft.types import LABELS
+
+if TYPE_CHECKING:
+    import torchmetrics
 
 
 def _metric_names(num_classes: int, labels: Sequence[str]) -> list[str]:
@@ -30,6 +31,10 @@ class ClassificationMetrics:
     def __init__(self, num_classes: int, labels: Sequence[str] = ()) -> None:
         self.num_classes, self.labels = num_classes, list(labels)
         self.names = _metric_names(num_classes, self.labels)
+        import torchmetrics
+        from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix,
+                                                 MulticlassF1Score, MulticlassPrecision, MulticlassRecall)
+
         parts: dict[str, torchmetrics.Metric] = {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
             "macro_f1": MulticlassF1Score(num_classes, average="macro"),

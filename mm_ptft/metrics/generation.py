@@ -10,8 +10,6 @@ import math
 from typing import Any, Mapping
 
 import torch
-from torchmetrics.aggregation import SumMetric
-from torchmetrics import MetricCollection
 
 from mm_ptft.types import REFERENCE
 
@@ -28,6 +26,8 @@ class GenerationMetrics:
 
     def __init__(self) -> None:
         from rouge_score import rouge_scorer
+        from torchmetrics import MetricCollection  # here, not at module import (see metrics.classification)
+        from torchmetrics.aggregation import SumMetric
 
         self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
         self.sums = MetricCollection({n: SumMetric() for n in ("nll", "tokens", "exact", "rouge", "samples")})

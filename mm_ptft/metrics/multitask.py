@@ -8,7 +8,6 @@ import warnings
 from typing import Any, Mapping
 
 import torch
-from torchmetrics import MeanMetric
 
 from mm_ptft.contracts import Metrics
 
@@ -18,6 +17,8 @@ class MultiTaskMetrics:
     multitask outputs ``{task: outputs}`` and the batch ``{task: sub-batch}``."""
 
     def __init__(self, metrics: Mapping[str, Metrics], weights: Mapping[str, float]) -> None:
+        from torchmetrics import MeanMetric  # here, not at module import (see metrics.classification)
+
         self.metrics, self.weights = dict(metrics), dict(weights)
         self.losses = {name: MeanMetric() for name in self.metrics}  # torchmetrics: synced across ranks
 

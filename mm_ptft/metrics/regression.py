@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-import torchmetrics
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
 from mm_ptft.types import LABELS
 
@@ -15,6 +13,9 @@ class RegressionMetrics:
     """``mse``, ``mae`` and ``r2`` (1 - residual / total sum of squares: 0 for the mean predictor)."""
 
     def __init__(self) -> None:
+        import torchmetrics  # here, not at module import (see metrics.classification)
+        from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
         self.metrics = torchmetrics.MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(),
                                                       "r2": R2Score()})
 

@@ -7,6 +7,7 @@ trainer never looks inside the model. Encoders are reached through the ``Task.en
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -137,11 +138,21 @@ def merged_copy(module: nn.Module) -> nn.Module:
     return module
 
 
+def has_lora(module: nn.Module) -> bool:
+    """Whether ``module`` holds LoRA adapters; without importing peft (seconds) when nothing has (adapters come
+    from peft, so peft is loaded wherever one exists)."""
+    if "peft" not in sys.modules:
+        return False
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) for m in module.modules())
+
+
 def save_encoders(task: nn.Module, root: Path) -> None:
-    """Write each encoder as a reloadable directory (LoRA adapters merged into the weights)."""
+    """Write each encoder as a reloadable directory (LoRA adapters merged into the weights; no copy without)."""
     encoders = task.encoders() if hasattr(task, "encoders") else {}
     for modality, enc in encoders.items():
-        merged_copy(enc).save_pretrained(Path(root) / modality)
+        (merged_copy(enc) if has_lora(enc) else enc).save_pretrained(Path(root) / modality)
 
 
 __all__ = ["STRATEGIES", "apply_finetune", "finetune_groups", "merged_copy", "prepare_for_training", "save_encoders",

@@ -5,7 +5,7 @@ import torch
 from mm_ptft.config import FinetuneConfig, OptimConfig
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.heads.classification import ClassificationTask
-from mm_ptft.train.finetune import apply_finetune, finetune_groups, merged_copy
+from mm_ptft.train.finetune import apply_finetune, finetune_groups, has_lora, merged_copy, save_encoders
 
 CORPUS = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"] * 4
 
@@ -80,6 +80,20 @@ def test_lora_trains_adapters_only_and_merges_exactly():
     merged = merged_copy(task.encoder)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(merged(batch).pooled, task.encoder(batch).pooled, atol=1e-5, rtol=1e-5)
+    assert has_lora(task.encoder) and not has_lora(merged)
+
+
+def test_save_encoders_without_adapters_saves_the_live_weights(tmp_path):
+    """No LoRA: the encoder is written as it is (no copy); it reloads to the same function."""
+    from mm_ptft.run.components import load_encoder
+
+    task = bert_task()
+    assert not has_lora(task.encoder)
+    save_encoders(task, tmp_path)
+    batch = {"text": torch.tensor([[2, 5, 6, 3]]), "text_mask": torch.tensor([[1, 1, 1, 1]])}
+    task.eval()
+    again = load_encoder(str(tmp_path / "text")).eval()
+    torch.testing.assert_close(again(batch).pooled, task.encoder(batch).pooled)
 
 
 def test_unknown_strategy_names_key():
