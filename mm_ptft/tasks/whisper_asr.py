@@ -24,7 +24,7 @@ from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, is_main_process, load_splits
 from mm_ptft.tasks.speech_recognition import SpeechData
-from mm_ptft.types import AUDIO, IGNORE_INDEX
+from mm_ptft.types import IGNORE_INDEX
 
 
 
