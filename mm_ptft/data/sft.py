@@ -11,7 +11,7 @@ with the tokenizer's EOS token, so a trained model stops.
 ``prompt_len``, ``reference`` (the response text, for generation metrics)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -24,24 +24,24 @@ PLAIN_TEMPLATE = "### {Role}:\n{content}\n"  # one turn of the plain template; t
 UNPACKED = "_unpacked"  # a sample key: collate this one padded even where training packs (evaluation samples)
 
 
-def _bad(where: str, row: int, what: str) -> DataError:
+def bad_row(where: str, row: int, what: str) -> DataError:
     return DataError(f"{where}: row {row}: {what} (set data.skip_bad_samples=true to skip such rows)")
 
 
 def check_messages(messages: Any, where: str, row: int) -> list[dict[str, str]]:
     """A chat: a list of ``{role, content}`` with known roles, ending with a non-empty assistant turn."""
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise _bad(where, row, "messages must be a non-empty list of {role, content}")
+        raise bad_row(where, row, "messages must be a non-empty list of {role, content}")
     out = []
     for m in messages:
         role, content = (m.get("role"), m.get("content")) if isinstance(m, Mapping) else (None, None)
         if role not in ROLES:
-            raise _bad(where, row, f"unknown message role {role!r} (known: {list(ROLES)})")
+            raise bad_row(where, row, f"unknown message role {role!r} (known: {list(ROLES)})")
         if not isinstance(content, str):
-            raise _bad(where, row, f"a {role} message without text content")
+            raise bad_row(where, row, f"a {role} message without text content")
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
-        raise _bad(where, row, "the last message must be a non-empty assistant turn (the response to learn)")
+        raise bad_row(where, row, "the last message must be a non-empty assistant turn (the response to learn)")
     return out
 
 
@@ -88,12 +88,12 @@ def sft_sample(tokenizer: Any, row: Mapping[str, Any], cols: Mapping[str, str], 
     messages = check_messages(as_messages(row, cols), where, index)
     prompt, response = encode_chat(tokenizer, messages)
     if len(response) >= max_length:
-        raise _bad(where, index, f"the response is {len(response)} tokens, the context limit {max_length} "
+        raise bad_row(where, index, f"the response is {len(response)} tokens, the context limit {max_length} "
                                  f"(raise data.max_length)")
     over = len(prompt) + len(response) - max_length
     if over > 0:
         if truncate != "left":
-            raise _bad(where, index, f"prompt+response is {over} tokens over data.max_length={max_length} "
+            raise bad_row(where, index, f"prompt+response is {over} tokens over data.max_length={max_length} "
                                      f"(data.truncate=left drops the prompt's first tokens instead)")
         prompt = prompt[over:]
         counters["truncated_prompts"] = counters.get("truncated_prompts", 0) + 1
@@ -106,11 +106,19 @@ def sft_records(tokenizer: Any, rows: Sequence[Mapping[str, Any]], cols: Mapping
                 where: str, skip_bad: bool, counters: dict[str, int], truncate: str = "left",
                 row_numbers: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
     """``sft_sample`` of every row; a bad row is its DataError, or with ``skip_bad`` a ``skipped_bad_samples`` count."""
+    return counted_records(lambda row, i: sft_sample(tokenizer, row, cols, max_length, where, i, counters, truncate),
+                           rows, skip_bad, counters, row_numbers)
+
+
+def counted_records(sample: Callable[[Mapping[str, Any], int], dict[str, Any]], rows: Sequence[Mapping[str, Any]],
+                    skip_bad: bool, counters: dict[str, int],
+                    row_numbers: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+    """``sample(row, row number)`` of every row; a bad row is its DataError, or with ``skip_bad`` a counted skip
+    (``skipped_bad_samples``)."""
     out = []
     for i, row in enumerate(rows):
         try:
-            out.append(sft_sample(tokenizer, row, cols, max_length, where,
-                                  row_numbers[i] if row_numbers else i, counters, truncate))
+            out.append(sample(row, row_numbers[i] if row_numbers else i))
         except DataError:
             if not skip_bad:
                 raise
@@ -187,5 +195,5 @@ class SFTRow:
         return out[0] if out else None
 
 
-__all__ = ["IGNORE", "PLAIN_TEMPLATE", "ROLES", "SFTCollator", "SFTRow", "sft_length", "check_messages", "encode_chat", "plain_prompt",
+__all__ = ["IGNORE", "PLAIN_TEMPLATE", "ROLES", "SFTCollator", "SFTRow", "sft_length", "bad_row", "check_messages", "counted_records", "encode_chat", "pad_rows", "plain_prompt",
            "sft_records", "sft_sample"]

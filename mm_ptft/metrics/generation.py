@@ -3,7 +3,10 @@ synced across ranks), so no prediction or logit outlives its batch.
 
 ``perplexity``: exp of the mean next-token NLL over the response tokens of the whole eval set (token-weighted, as
 ``exp(loss)`` of one big batch). ``exact_match``: the generated text equals the reference after stripping and
-collapsing whitespace. ``rougeL``: mean ROUGE-L F-measure of ``rouge-score`` (Google's reference package, stemming off)."""
+collapsing whitespace. ``rougeL``: mean ROUGE-L F-measure of ``rouge-score`` (Google's reference package, stemming off).
+``bleu`` (``GenerationMetrics(bleu=True)``): sacrebleu's corpus BLEU (its default 13a tokenisation, one reference),
+from the n-gram counts each batch adds: the sums of sacrebleu's own per-sentence statistics, so the streamed score
+is ``sacrebleu.corpus_bleu`` of the whole eval set."""
 from __future__ import annotations
 
 import math
@@ -14,6 +17,7 @@ import torch
 from mm_ptft.types import REFERENCE
 
 GENERATED = "generated"  # eval output: list[str], one per sample
+BLEU_STATS = 10  # sacrebleu's per-sentence BLEU statistics: lengths of hypothesis and reference, 4 matches, 4 totals
 
 
 def normalize(text: str) -> str:
@@ -24,13 +28,20 @@ class GenerationMetrics:
     """``perplexity`` (from ``out["nll_sum"]``/``out["tokens"]``), ``exact_match`` and ``rougeL`` of ``out["generated"]``
     against ``batch["reference"]``."""
 
-    def __init__(self) -> None:
+    def __init__(self, bleu: bool = False) -> None:
         from rouge_score import rouge_scorer
         from torchmetrics import MetricCollection  # here, not at module import (see metrics.classification)
         from torchmetrics.aggregation import SumMetric
 
         self.rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-        self.sums = MetricCollection({n: SumMetric() for n in ("nll", "tokens", "exact", "rouge", "samples")})
+        names = ["nll", "tokens", "exact", "rouge", "samples"]
+        self.bleu = None
+        if bleu:
+            from sacrebleu.metrics import BLEU
+
+            self.bleu = BLEU()
+            names += [f"bleu_{i}" for i in range(BLEU_STATS)]
+        self.sums = MetricCollection({n: SumMetric() for n in names})
 
     def to(self, device: torch.device) -> "GenerationMetrics":
         self.sums = self.sums.to(device)
@@ -48,6 +59,10 @@ class GenerationMetrics:
         self.sums["exact"].update(float(exact))
         self.sums["rouge"].update(float(rouge))
         self.sums["samples"].update(float(len(preds)))
+        if self.bleu is not None:  # (sys_len, ref_len, matches 1-4, totals 1-4) per sentence, summed
+            stats = self.bleu._extract_corpus_statistics(preds, [refs])
+            for i in range(BLEU_STATS):
+                self.sums[f"bleu_{i}"].update(float(sum(st[i] for st in stats)))
 
     def compute(self) -> dict[str, float]:
         s = {k: float(v) for k, v in self.sums.compute().items()}
@@ -58,6 +73,9 @@ class GenerationMetrics:
         if s.get("samples", 0) > 0:
             out["exact_match"] = s["exact"] / s["samples"]
             out["rougeL"] = s["rouge"] / s["samples"]
+        if self.bleu is not None and s.get("samples", 0) > 0:
+            out["bleu"] = float(self.bleu._compute_score_from_stats([int(round(s[f"bleu_{i}"]))
+                                                                      for i in range(BLEU_STATS)]).score)
         return out
 
 

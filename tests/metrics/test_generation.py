@@ -58,3 +58,18 @@ def test_loss_only_updates_give_perplexity_without_text_metrics():
     m = GenerationMetrics()
     m.update({"nll_sum": torch.tensor(2.0), "tokens": torch.tensor(2)}, {})
     assert m.compute() == pytest.approx({"perplexity": math.e, "response_nll": 1.0})
+
+
+def test_streamed_bleu_is_sacrebleus_corpus_bleu_of_the_whole_set():
+    import sacrebleu
+
+    pairs = [("the cat sat on the mat", "the cat sat on a mat"), ("a b", "a b c"), ("hello there world", "hello world"),
+             ("x", "y z"), ("one two three four five", "one two three four five")]
+    m = GenerationMetrics(bleu=True)
+    for i in range(0, len(pairs), 2):
+        part = pairs[i:i + 2]
+        m.update({GENERATED: [p for p, _ in part]}, {"reference": [r for _, r in part]})
+    want = sacrebleu.corpus_bleu([p for p, _ in pairs], [[r for _, r in pairs]]).score
+    assert m.compute()["bleu"] == pytest.approx(want, abs=1e-9)
+    assert 0 < want < 100  # neither degenerate end
+    assert "bleu" not in stream(pairs)  # only where asked for

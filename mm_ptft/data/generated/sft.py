@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mm_ptft.data.generated import GENERATORS
 
@@ -30,6 +30,23 @@ def toy_pair(rng: random.Random, ops: Sequence[str] = ("copy", "reverse", "sort"
 def sft_toy(out_dir: str, n_train: int = 1200, n_eval: int = 120, chat: bool = False, seed: int = 0,
             ops: Sequence[str] = ("copy", "reverse", "sort")) -> dict[str, str]:
     """``train.jsonl``/``eval.jsonl`` of toy instruction pairs (``chat``: as user/assistant messages)."""
+    def row(p: str, r: str) -> dict:
+        return {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} if chat \
+            else {"prompt": p, "response": r}
+    return write_pairs(out_dir, n_train, n_eval, seed, ops, row)
+
+
+@GENERATORS.register()
+def seq2seq_toy(out_dir: str, n_train: int = 1200, n_eval: int = 120, seed: int = 0, ops: Sequence[str] = ("reverse",),
+                min_len: int = 3, max_len: int = 5) -> dict[str, str]:
+    """``train.jsonl``/``eval.jsonl`` of the same toy pairs as ``source``/``target`` columns (the seq2seq recipe):
+    by default ``"reverse: a c b"`` → ``"b c a"``, 3-5 letters of 8."""
+    return write_pairs(out_dir, n_train, n_eval, seed, ops, lambda p, r: {"source": p, "target": r}, min_len, max_len)
+
+
+def write_pairs(out_dir: str, n_train: int, n_eval: int, seed: int, ops: Sequence[str],
+                row: Callable[[str, str], dict], min_len: int = 3, max_len: int = 5) -> dict[str, str]:
+    """Write ``row(prompt, response)`` of seeded ``toy_pair`` draws as JSONL, one file per split."""
     unknown = sorted(set(ops) - set(OPS))
     if unknown or not ops:
         raise ValueError(f"data.generate.ops={list(ops)}: choose from {sorted(OPS)}")
@@ -40,10 +57,7 @@ def sft_toy(out_dir: str, n_train: int = 1200, n_eval: int = 120, chat: bool = F
         path = os.path.join(out_dir, f"{split}.jsonl")
         with open(path, "w") as f:
             for _ in range(n):
-                p, r = toy_pair(rng, ops)
-                row = {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} if chat \
-                    else {"prompt": p, "response": r}
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row(*toy_pair(rng, ops, min_len, max_len))) + "\n")
         paths[f"{split}_file"] = path
     return paths
 
@@ -53,4 +67,4 @@ def copy_baseline(prompt: str) -> str:
     return prompt.split(":", 1)[1].strip()
 
 
-__all__ = ["copy_baseline", "sft_toy", "toy_pair"]
+__all__ = ["copy_baseline", "seq2seq_toy", "sft_toy", "toy_pair", "write_pairs"]
