@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from mm_ptft.heads.generative import HFLM, GenerativeLMTask, build_hf_lm, label_nll
-from mm_ptft.metrics.generation import GENERATED
 from mm_ptft.types import LABELS, POSITIONS, PROMPT, PROMPT_MASK, TEXT, TEXT_MASK
 
 
@@ -36,18 +35,11 @@ class CausalLMTask(GenerativeLMTask):
             return self.lm.model(input_ids=batch[TEXT], position_ids=batch[POSITIONS], use_cache=False).logits
         return self.lm.model(input_ids=batch[TEXT], attention_mask=batch[TEXT_MASK], use_cache=False).logits
 
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        nll, count = masked_nll(self.logits(batch), batch[LABELS])  # (B, L, V) logits dropped here
-        loss = nll / count.clamp(min=1)
-        out: dict[str, Any] = {"loss": loss, "lm_loss": loss}
-        if not self.training:
-            out.update(nll_sum=nll.detach(), tokens=count)
-            if PROMPT in batch:
-                out[GENERATED] = self.generate(batch)
-        return out
+    def target_nll(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_nll(self.logits(batch), batch[LABELS])  # (B, L, V) logits dropped here
 
-    def generation_inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch[PROMPT], batch[PROMPT_MASK]  # left-padded prompts (B, P)
+    def generation_inputs(self, batch: Mapping[str, Any]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        return (batch[PROMPT], batch[PROMPT_MASK]) if PROMPT in batch else None  # left-padded prompts (B, P)
 
     def new_tokens(self, out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         return out[:, inputs.shape[1]:]  # (B, new): the prompt cut off

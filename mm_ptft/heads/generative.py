@@ -19,7 +19,7 @@ from torch import nn
 
 from mm_ptft.contracts import GenerationConfig, Task
 from mm_ptft.encoders.base import Encoder
-from mm_ptft.metrics.generation import GenerationMetrics
+from mm_ptft.metrics.generation import GENERATED, GenerationMetrics
 from mm_ptft.types import IGNORE_INDEX as IGNORE
 
 SPEC_KEYS = {"name_or_path", "config", "tokenizer", "vocab_size", "attn_implementation", "trust_remote_code"}
@@ -124,9 +124,24 @@ class GenerativeLMTask(Task):
         self.generation = generation or GenerationConfig()
         self.generation.hf_kwargs()  # a bad strategy fails here, not at the first evaluation
 
-    def generation_inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input ids (B, P), attention mask (B, P)) that ``generate`` starts from."""
+    def target_nll(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL of the batch's learnt tokens, their count)."""
         raise NotImplementedError
+
+    def generation_inputs(self, batch: Mapping[str, Any]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(input ids (B, P), attention mask (B, P)) that ``generate`` starts from; None where the batch has none."""
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """``lm_loss`` (token mean); in eval also ``nll_sum``/``tokens`` and the ``generated`` texts."""
+        nll, count = self.target_nll(batch)  # the (B, L, V) logits are dropped inside
+        loss = nll / count.clamp(min=1)
+        out: dict[str, Any] = {"loss": loss, "lm_loss": loss}
+        if not self.training:
+            out.update(nll_sum=nll.detach(), tokens=count)
+            if self.generation_inputs(batch) is not None:
+                out[GENERATED] = self.generate(batch)
+        return out
 
     def new_tokens(self, out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The generated ids of ``generate``'s output (B, T), without what the model was given."""

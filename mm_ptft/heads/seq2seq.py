@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from mm_ptft.heads.generative import HFLM, GenerativeLMTask, build_hf_lm, label_nll
-from mm_ptft.metrics.generation import GENERATED, GenerationMetrics
+from mm_ptft.metrics.generation import GenerationMetrics
 from mm_ptft.types import LABELS, TEXT, TEXT_MASK
 
 
@@ -30,14 +30,8 @@ class Seq2SeqTask(GenerativeLMTask):
         return self.lm.model(input_ids=batch[TEXT], attention_mask=batch[TEXT_MASK], decoder_input_ids=decoder_in,
                              use_cache=False).logits
 
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        nll, count = label_nll(self.logits(batch), batch[LABELS])  # (B, T, V) logits dropped here
-        loss = nll / count.clamp(min=1)
-        out: dict[str, Any] = {"loss": loss, "lm_loss": loss}
-        if not self.training:
-            out.update(nll_sum=nll.detach(), tokens=count)
-            out[GENERATED] = self.generate(batch)
-        return out
+    def target_nll(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return label_nll(self.logits(batch), batch[LABELS])  # (B, T, V) logits dropped here
 
     def generation_inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch[TEXT], batch[TEXT_MASK]  # right-padded sources (B, S)

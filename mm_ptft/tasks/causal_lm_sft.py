@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 import mm_ptft.data.generated.sft  # noqa: F401  (registers the sft_toy generator)
-from mm_ptft.config import ConfigError, RunConfig
+from mm_ptft.config import RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
 from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, sft_length, sft_records
 from mm_ptft.data.stream import CountingCollate
@@ -16,7 +16,7 @@ from mm_ptft.data.text import Records, lengths_of
 from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, load_splits, save_tokenizer
 
 
 @dataclass
@@ -83,12 +83,7 @@ def _corpus(ds: Any, d: SFTData) -> Optional[list[str]]:
 
 
 def _check(cfg: CausalLMSFTConfig) -> None:
-    if cfg.data.truncate not in ("left", "error"):
-        raise ConfigError(f"bad value for config key 'data.truncate': {cfg.data.truncate!r}; choose left or error")
-    try:
-        cfg.generation.hf_kwargs()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    check_choices(cfg, ("left", "error"))
 
 
 def _task(cfg: CausalLMSFTConfig, corpus: Optional[list[str]]) -> tuple[CausalLMTask, int]:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from mm_ptft.config import ConfigError
 from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data.generated import generate
 from mm_ptft.data.table_cache import unique_values
@@ -86,6 +87,17 @@ def few_shot_table(data: Any, table: Any, seed: int, counters: dict[str, int], t
         return table
     require_columns(table, [data.label_column], data.train_file)
     return table.select(few_shot_rows(data, table[data.label_column], seed, counters))
+
+
+def check_choices(cfg: Any, truncate: tuple[str, ...]) -> None:
+    """ConfigErrors naming ``data.truncate`` outside ``truncate`` or a bad ``generation`` strategy."""
+    if cfg.data.truncate not in truncate:
+        raise ConfigError(f"bad value for config key 'data.truncate': {cfg.data.truncate!r}; choose "
+                          f"{' or '.join(truncate)}")
+    try:
+        cfg.generation.hf_kwargs()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def eval_name(data: Any) -> str:

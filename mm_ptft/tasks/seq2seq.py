@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 import mm_ptft.data.generated.sft  # noqa: F401  (registers the seq2seq_toy generator)
-from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData, StreamingData
+from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import GenerationConfig, Prepared
 from mm_ptft.data.seq2seq import TRUNCATE, Seq2SeqCollator, Seq2SeqRow, seq2seq_length, seq2seq_records
 from mm_ptft.data.sft import pad_rows
@@ -18,7 +18,7 @@ from mm_ptft.data.text import Records
 from mm_ptft.heads.seq2seq import Seq2SeqTask, build_seq2seq_lm
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, load_splits, save_tokenizer
 from mm_ptft.types import TEXT, TEXT_MASK
 
 
@@ -57,15 +57,6 @@ def _cols(d: Seq2SeqData) -> dict[str, str]:
     return {"source": d.source_column, "target": d.target_column}
 
 
-def _check(cfg: Seq2SeqConfig) -> None:
-    if cfg.data.truncate not in TRUNCATE:
-        raise ConfigError(f"bad value for config key 'data.truncate': {cfg.data.truncate!r}; choose right or error")
-    try:
-        cfg.generation.hf_kwargs()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
 def _limits(cfg: Seq2SeqConfig, task: Seq2SeqTask) -> tuple[int, int]:
     cap = task.lm.max_length
     return min(cfg.data.max_source_length, cap), min(cfg.data.max_target_length, cap)
@@ -87,7 +78,7 @@ def _records(ds: Any, cfg: Seq2SeqConfig, task: Seq2SeqTask, where: str, counter
 
 def prepare(cfg: Seq2SeqConfig, train: bool = True) -> Prepared:
     """Load the source/target pairs, build (or load) the encoder-decoder and its tokenizer, tokenise both sides."""
-    _check(cfg)
+    check_choices(cfg, TRUNCATE)
     d = cfg.data
     if d.streaming:
         return _prepare_stream(cfg, train)
