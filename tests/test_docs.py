@@ -46,7 +46,8 @@ def test_the_how_tos_have_runnable_snippets():
     pages = {p for p, _, _ in snippets()}
     fine_tuning = {f"howto/{n}.md" for n in ("text_classification", "text_regression", "image_classification",
                                              "speech_recognition", "multimodal_classification", "detection",
-                                             "pretrain_contrastive", "pretrain_masked", "export")}
+                                             "pretrain_contrastive", "pretrain_masked", "pretrain_joint", "distillation",
+                                             "multitask", "sweep", "whisper_asr", "export")}
     assert fine_tuning <= pages, f"no runnable snippet in {sorted(fine_tuning - pages)}"
 
 
