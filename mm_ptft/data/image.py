@@ -13,6 +13,7 @@ every other mode (1, L, P, CMYK, YCbCr, ...) is PIL's ``convert("RGB")``. The fi
 its format, not its extension."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -189,6 +190,7 @@ class ImagePipeline(NamedTuple):
         return v2.Compose([v2.ToImage(), *self.pixel, *self.batch, *self.tail])
 
 
+@functools.lru_cache(maxsize=None)
 def _floor_center_crop_class() -> type:
     from torchvision.transforms import v2
 

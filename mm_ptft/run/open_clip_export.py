@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -158,13 +157,9 @@ def write_open_clip(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict
     if check["max_abs_diff_embedding"] > PARITY_TOL:
         raise ExportError(f"--format open_clip: open_clip's model embeds otherwise than the run (max |Δ| "
                           f"{check['max_abs_diff_embedding']:.2e} on {check['samples']} samples); nothing written")
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        staged = Path(tmp)
-        safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staged / WEIGHTS)
-        (staged / CONFIG).write_text(json.dumps({"model_cfg": model_cfg,
-                                                 "preprocess_cfg": preprocess_cfg(model, task)}, indent=2))
-        out.mkdir(parents=True, exist_ok=True)
-        for f in staged.iterdir():
-            f.replace(out / f.name)
+    out.mkdir(parents=True, exist_ok=True)  # only after the check: a refused model writes nothing
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS)
+    (out / CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg(model, task)},
+                                         indent=2))
     return {"class": type(model).__name__, "embed_dim": model_cfg["embed_dim"], "parity": check,
             "load_with": f'open_clip.create_model_and_transforms("local-dir:{out.name}")'}
