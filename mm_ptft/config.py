@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """A config problem; the message names the key."""
 
 
+def redacted(value: str) -> str:
+    """``value`` without what a URL may carry of a credential: the ``user:password@`` part, the query string (a
+    presigned URL's signature) and the fragment; anything not a URL is returned as it is. Config files, logs and
+    messages show this form."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 # ---- value ranges ------------------------------------------------------------------------------
 # A config section declares the valid range of its numeric keys in one class attribute,
 #     RANGES: ClassVar[dict[str, str]] = {"batch_size": ">0", "dropout": "[0,1)", "eval_fraction": "(0,1)"}
@@ -73,11 +85,14 @@ class SplitData(Section):
     subclass it (with ``StreamingData``/``SkipBadSamples`` where they support those) and document which file
     formats their ``train_file`` takes."""
 
-    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0, 1)"}
-    train_file: str = ""
+    RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0, 1)", "remote_cache_gb": ">0", "remote_retries": ">=0"}
+    train_file: str = ""  # also s3:// gs:// az:// https:// URLs (data/remote.py)
     eval_file: str = ""  # empty: a seeded split of train_file (eval_fraction)
     eval_fraction: float = 0.1
     generate: Optional[Dict[str, Any]] = None  # {name: <data generator>, ...}: generated data
+    remote_cache_dir: str = ""  # local copies of remote map-style files; empty: ~/.cache/mm_ptft/remote
+    remote_cache_gb: float = 20.0  # the local copies' size limit (least recently used evicted first)
+    remote_retries: int = 5  # a remote read failing transiently is retried this often, with exponential backoff
 
 
 @dataclass

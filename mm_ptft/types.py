@@ -24,6 +24,10 @@ INPUT_KEYS = {"text": (TEXT, TEXT_MASK), "image": (IMAGE,), "audio": (AUDIO, AUD
               "video": (VIDEO, VIDEO_MASK)}
 
 
+class DataError(ValueError):
+    """Bad input data; the message names the file, row or column (``data.tables`` re-exports it)."""
+
+
 class EncoderOutput(NamedTuple):
     """What every encoder returns."""
 

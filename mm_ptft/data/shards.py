@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
+from mm_ptft.config import redacted
+from mm_ptft.data.remote import expand as expand_urls, is_url, open_file
 from mm_ptft.data.tables import BUILDERS, HF_PREFIX, DataError, csv_header, hf_name_split
 
 #: shard kinds by extension; ``hf`` for a Hugging Face source
@@ -24,7 +26,7 @@ KINDS = {**{ext: kind for ext, kind in BUILDERS.items() if ext != ".json"}, ".js
 
 @dataclass(frozen=True)
 class Shard:
-    """One readable unit: a local file, or one shard of a Hugging Face dataset (``index`` of ``count``)."""
+    """One readable unit: a local file or a URL, or one shard of a Hugging Face dataset (``index`` of ``count``)."""
 
     path: str
     kind: str  # csv | json | parquet | tar | hf
@@ -34,7 +36,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"{self.path}[{self.index}/{self.count}]" if self.kind == "hf" else self.path
+        return f"{self.path}[{self.index}/{self.count}]" if self.kind == "hf" else redacted(self.path)
 
 
 def expand_sources(spec: Union[str, Sequence[str]], key: str = "data.train_file") -> list[Shard]:
@@ -50,7 +52,7 @@ def expand_sources(spec: Union[str, Sequence[str]], key: str = "data.train_file"
             shards += _hf_shards(value[len(HF_PREFIX):], key)
             continue
         for pattern in braceexpand(value):
-            shards += _local_shards(pattern, key)
+            shards += _remote_shards(pattern, key) if is_url(pattern) else _local_shards(pattern, key)
     return shards
 
 
@@ -74,8 +76,19 @@ def _local_shards(pattern: str, key: str) -> list[Shard]:
     return out
 
 
+def _remote_shards(pattern: str, key: str) -> list[Shard]:
+    """The objects a URL pattern names (``data.remote.expand``), each of a known kind."""
+    out = []
+    for url in expand_urls(pattern, key, _kind):
+        if not _kind(url):
+            raise DataError(f"{key}={redacted(url)}: unsupported extension "
+                            f"{os.path.splitext(redacted(url))[1]!r}; use one of {sorted(KINDS)}")
+        out.append(Shard(url, _kind(url)))
+    return out
+
+
 def _kind(path: str) -> str:
-    return KINDS.get(os.path.splitext(path)[1].lower(), "")
+    return KINDS.get(os.path.splitext(redacted(path))[1].lower(), "")
 
 
 def _hf_shards(spec: str, key: str) -> list[Shard]:
@@ -107,6 +120,11 @@ def read_records(shard: Shard, start: int = 0) -> Iterator[tuple[int, dict[str, 
             yield row, record
 
 
+def _source(shard: Shard, key: str = "") -> Any:
+    """What pyarrow reads: a local file's path, a URL's retrying file object (``data.remote.open_file``)."""
+    return open_file(shard.path, "rb", key or "data.train_file") if is_url(shard.path) else shard.path
+
+
 def _csv(shard: Shard) -> Iterator[dict[str, Any]]:
     for batch in _csv_blocks(shard, None, ""):  # cells as strings: one block's inferred types
         yield from batch.to_pylist()  # could differ from the next one's
@@ -118,46 +136,46 @@ def _csv_blocks(shard: Shard, column: Optional[str], key: str) -> Iterator[Any]:
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
-    delimiter = "\t" if shard.path.lower().endswith(".tsv") else ","
+    delimiter = "\t" if redacted(shard.path).lower().endswith(".tsv") else ","
     names = csv_header(shard.path, key, delimiter, lenient=False)
     if not names:  # an empty file: no records
         return
     if column is not None and column not in names:
-        raise DataError(f"{key}={shard.path}: missing column {column!r}; the file has {names}")
+        raise DataError(f"{key}={shard.name}: missing column {column!r}; the file has {names}")
     keep = [column] if column is not None else names
     yield from pacsv.open_csv(
-        shard.path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 22),
+        _source(shard, key), read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 22),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in keep}, include_columns=keep,
                                              strings_can_be_null=True))
 
 
 def _jsonl(shard: Shard) -> Iterator[dict[str, Any]]:
-    with open(shard.path, encoding="utf-8") as f:
+    with open_file(shard.path, "r", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except ValueError as err:
-                raise DataError(f"{shard.path}: line {n} is not JSON ({err})") from None
+                raise DataError(f"{shard.name}: line {n} is not JSON ({err})") from None
             if not isinstance(record, dict):
-                raise DataError(f"{shard.path}: line {n} is not a JSON object")
+                raise DataError(f"{shard.name}: line {n} is not a JSON object")
             yield record
 
 
 def _parquet(shard: Shard) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(shard.path).iter_batches(batch_size=1024):
+    for batch in pq.ParquetFile(_source(shard)).iter_batches(batch_size=1024):
         yield from batch.to_pylist()
 
 
 def _tar(shard: Shard) -> Iterator[dict[str, Any]]:
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    with open(shard.path, "rb") as f:
-        files = ({**member, "__url__": shard.path} for member in tar_file_iterator(f))
+    with open_file(shard.path, "rb") as f:
+        files = ({**member, "__url__": shard.name} for member in tar_file_iterator(f))
         for sample in group_by_keys(files):
             yield {k: v for k, v in sample.items() if k != "__url__"}
 
@@ -172,7 +190,7 @@ def count_records(shard: Shard) -> int:
     if shard.kind == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(shard.path).metadata.num_rows
+        return pq.ParquetFile(_source(shard)).metadata.num_rows
     return sum(1 for _ in read_records(shard))
 
 
@@ -195,9 +213,9 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
     if shard.kind == "parquet":
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(shard.path)
+        pf = pq.ParquetFile(_source(shard, key))
         if column not in pf.schema_arrow.names:
-            raise DataError(f"{key}={shard.path}: missing column {column!r}; the file has {pf.schema_arrow.names}")
+            raise DataError(f"{key}={shard.name}: missing column {column!r}; the file has {pf.schema_arrow.names}")
         for batch in pf.iter_batches(batch_size=65536, columns=[column]):
             yield batch.column(0).to_pylist()
         return

@@ -16,7 +16,8 @@ sample. ``torchdata``'s ``StatefulDataLoader`` keeps one such state per worker.
 
 **Bad records.** ``fn(shard, row, record, counters)`` returns the sample, or None for a counted skip
 (it raises ``DataError`` naming the row for a fatal one). Counts travel to the trainer with the next
-sample (``types.COUNTS``), gathered per batch by ``CountingCollate``.
+sample (``types.COUNTS``), gathered per batch by ``CountingCollate``; so do the retries of remote shards' reads
+(``remote_retries``, ``data.remote``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mm_ptft.contracts import on_device
+from mm_ptft.data.remote import take_retries
 from mm_ptft.data.shards import Shard, read_records
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import COUNTS, take_counts
@@ -149,6 +151,9 @@ class ShardStream(IterableDataset):
             pc = pieces[p]
             shard = self.shards[pc.shard]
             for r, record in read_records(shard, row if p == piece else 0):
+                retried = take_retries()  # a remote shard's transient failures, retried while reading it
+                if retried:
+                    self._pending["remote_retries"] = self._pending.get("remote_retries", 0) + retried
                 if r % pc.stride == pc.offset and (self.select is None or self.select(shard, r)):
                     yield p, r + 1, shard, r, record
 

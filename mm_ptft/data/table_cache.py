@@ -1,7 +1,7 @@
 """Preprocessed tables as memory-mapped Arrow files, cached by the data's identity and the preprocessing settings.
 
 A map-style recipe tokenises (or checks) its table once, through ``datasets.Dataset.map``, into Arrow files of one
-cache entry; a later run with the same data files (path, size, modification time) and the same settings (tokenizer
+cache entry; a later run with the same data files (path, size, modification time; a URL's size and ETag) and the same settings (tokenizer
 identity, ``max_length``, columns, labels, seed ...) opens those files memory-mapped instead: nothing is parsed or
 tokenised again, and samples are read from the page cache, not held as Python objects. Any change of data or
 settings gives another key, hence a new entry.
@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from mm_ptft.data.remote import SETTINGS, identity, is_url
 
 FORMAT_VERSION = 1  # part of every key: a change of what an entry holds invalidates old entries
 DEFAULT_DIR = ".mm_ptft_cache"  # beside the (first) data file unless data.cache_dir names a directory
@@ -58,7 +60,10 @@ class CacheStatus:
 
 
 def file_identity(path: str) -> dict[str, Any]:
-    """What names one version of a data file: its absolute path, size and modification time (ns)."""
+    """What names one version of a data file: its absolute path, size and modification time (ns); of a remote file
+    (a URL), ``remote.identity``: its URL, size and ETag / generation / modification time."""
+    if is_url(path):
+        return identity(path)
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -222,10 +227,13 @@ class ArrowRecords(Dataset):
 
 
 def default_root(files: Sequence[str], cache_dir: str) -> Optional[str]:
-    """``cache_dir`` if given, else ``.mm_ptft_cache`` beside the first data file (None without files)."""
+    """``cache_dir`` if given, else ``.mm_ptft_cache`` beside the first data file (None without files); for a remote
+    file, ``tables/`` in the remote cache (``data.remote_cache_dir``)."""
     if cache_dir:
         return cache_dir
     files = [f for f in files if f]
+    if files and is_url(files[0]):
+        return str(SETTINGS.root() / "tables")
     return os.path.join(os.path.dirname(os.path.abspath(files[0])), DEFAULT_DIR) if files else None
 
 

@@ -15,31 +15,39 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mm_ptft.config import redacted
+from mm_ptft.data.remote import is_url, local_copy, open_file
+from mm_ptft.types import DataError  # noqa: F401  (defined in the ground: data.remote raises it too)
+
 ROW = "__row__"
 _WHOLE_FLOAT = re.compile(r"^(-?\d+)\.0+$")
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, row or column."""
 
 
 HF_PREFIX = "hf:"
 
 
 def load_table(path: str, key: str = "data.train_file"):
-    """Load one local file, or ``hf:name[:split]`` (``load_hf_table``), as a ``datasets.Dataset``."""
-    import datasets
-
+    """Load one local file, a remote one (``s3://``, ``https://`` ...: its local copy, ``data.remote.local_copy``), or
+    ``hf:name[:split]`` (``load_hf_table``), as a ``datasets.Dataset``."""
     if not path:
         raise DataError(f"{key} is empty: give a CSV/TSV/JSON/JSONL/parquet file")
     if path.startswith(HF_PREFIX):
         return _with_rows(load_hf_table(path[len(HF_PREFIX):], key), f"{key}={path}")
+    if is_url(path):  # read from its local copy (data.remote_cache_dir), named by its URL
+        return _load_file(local_copy(path, key), key, redacted(path))
+    return _load_file(path, key, path)
+
+
+def _load_file(path: str, key: str, shown: str) -> Any:
+    """``load_table`` of a local file; messages name ``shown`` (a remote file's URL) for ``path``."""
+    import datasets
+
     if not os.path.isfile(path):
-        raise DataError(f"{key}={path}: file not found")
+        raise DataError(f"{key}={shown}: file not found")
     ext = os.path.splitext(path)[1].lower()
     if ext not in BUILDERS:
-        raise DataError(f"{key}={path}: unsupported extension {ext!r}; use one of {sorted(BUILDERS)}")
+        raise DataError(f"{key}={shown}: unsupported extension {ext!r}; use one of {sorted(BUILDERS)}")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if ext == ".tsv" else {}
     if BUILDERS[ext] == "csv":
         kwargs["encoding"] = "utf-8-sig"  # a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
@@ -49,10 +57,10 @@ def load_table(path: str, key: str = "data.train_file"):
         ds = datasets.load_dataset(BUILDERS[ext], data_files=path, split="train", **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types
         if _no_records(path, kwargs.get("delimiter", ",")) if BUILDERS[ext] == "csv" else False:
-            raise DataError(f"{key}={path}: could not be read: the file has no rows") from None
+            raise DataError(f"{key}={shown}: could not be read: the file has no rows") from None
         where = _bad_json_line(path) if ext == ".jsonl" else ""
-        raise DataError(f"{key}={path}: could not be read{where} ({type(err).__name__}: {err})") from err
-    return _with_rows(ds, f"{key}={path}")
+        raise DataError(f"{key}={shown}: could not be read{where} ({type(err).__name__}: {err})") from err
+    return _with_rows(ds, f"{key}={shown}")
 
 
 def _with_rows(ds: Any, where: str) -> Any:
@@ -94,7 +102,7 @@ def csv_header(path: str, key: str, delimiter: str, lenient: bool = True) -> lis
     and the file (pandas would rename the second one silently). A header that cannot be decoded gives [] when
     ``lenient`` (a parser reads the file next and reports it), else an error."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open_file(path, "r", encoding="utf-8-sig", newline="") as f:  # a URL: a streamed shard's header
             header = next(csv.reader(f, delimiter=delimiter), [])
     except (UnicodeDecodeError, csv.Error) as err:
         if lenient:

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 from mm_ptft.config import ConfigError
 from mm_ptft.contracts import Prepared, Recipe
+from mm_ptft.data import remote
 from mm_ptft.data.generated import generate
 from mm_ptft.data.table_cache import unique_values
 from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, per_class_sample, require_columns, \
@@ -24,7 +25,9 @@ def is_main_process() -> bool:
 
 
 def resolve_files(data: Any, output_dir: str) -> None:
-    """Fill ``data.train_file``/``data.eval_file`` from ``data.generate`` when those are empty."""
+    """Fill ``data.train_file``/``data.eval_file`` from ``data.generate`` when those are empty; use the section's
+    ``data.remote_*`` settings for remote files."""
+    remote.configure(data)
     if getattr(data, "generate", None) and not data.train_file:
         root = os.environ.get("MM_PTFT_DATA", os.path.join(output_dir, "generated_data"))
         paths = generate(data.generate, root)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from mm_ptft.config import ConfigError, RunConfig, to_dict
+from mm_ptft.config import ConfigError, RunConfig, redacted, to_dict
 
 log = logging.getLogger("mm_ptft")
 
@@ -80,13 +80,14 @@ def _relocate(node: Any, root: Path, key: str = "") -> Any:
     if isinstance(node, list):
         return [_relocate(v, root) for v in node]
     if isinstance(node, str) and key != "output_dir":
-        return run_relative(node, root) or node
+        return run_relative(node, root) or redacted(node)  # a URL without its query string (a signature)
     return node
 
 
 def config_yaml(cfg: RunConfig, resolved: Optional[dict[str, Any]] = None) -> str:
     """The resolved config as YAML, every path inside the run directory written as ``${output_dir}/…``:
-    a copied or moved run (loaded with its new ``output_dir``) reads its own tokenizer and data. ``resolved``:
+    a copied or moved run (loaded with its new ``output_dir``) reads its own tokenizer and data. URLs are written
+    ``config.redacted`` (no credentials, no query string: a presigned URL is given again to resume). ``resolved``:
     ``to_dict(cfg)`` when the caller has it already (resolving takes tens of ms)."""
     resolved = to_dict(cfg) if resolved is None else resolved
     return OmegaConf.to_yaml(OmegaConf.create(_relocate(resolved, Path(cfg.output_dir))))
@@ -118,7 +119,7 @@ def config_changes(run_dir: Path, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
     saved = saved_config(run_dir)
     if saved is None:
         return []
-    old, new = _flatten(saved), _flatten(to_dict(cfg))
+    old, new = _flatten(saved), {k: redacted(v) for k, v in _flatten(to_dict(cfg)).items()}  # as config_yaml wrote
     return [(k, old.get(k), v) for k, v in sorted(new.items())
             if k not in RUN_CONTROL and k in old and old[k] != v]
 
