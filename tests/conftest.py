@@ -10,6 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from mm_paths import ROOT, TEXT_TINY  # noqa: E402,F401  (re-exported for older imports)
+from remote_fixtures import http_root, s3, s3_proxy, s3_server  # noqa: E402,F401  (S3/HTTP servers on 127.0.0.1)
 
 
 @pytest.fixture(scope="session")
