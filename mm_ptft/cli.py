@@ -101,6 +101,9 @@ def cmd_check_data(ns: argparse.Namespace) -> int:
     print("counts: " + (", ".join(f"{k}={v}" for k, v in sorted(report["counts"].items())) or "no problems"))
     if "cache" in report:
         print(report["cache"]["describe"])
+    for plan in report.get("remote", []):
+        print(f"remote: {plan['key']}={plan['value']}: {plan['objects']} object(s), {plan['bytes'] / 2 ** 20:.1f} MiB, "
+              f"{plan['read']}")
     bad = problems(report)
     if bad:
         print(f"{bad} bad sample(s) (training skips them with data.skip_bad_samples=true, or stops at the first)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from mm_ptft.config import redacted
-from mm_ptft.data.remote import expand as expand_urls, is_url, open_file
+from mm_ptft.data.remote import SETTINGS, expand as expand_urls, identity, is_url, local_copy, open_file
 from mm_ptft.data.tables import BUILDERS, HF_PREFIX, DataError, csv_header, hf_name_split
 
 #: shard kinds by extension; ``hf`` for a Hugging Face source
@@ -235,6 +235,24 @@ def _column_batches(shard: Shard, column: str, key: str) -> Iterator[list[Any]]:
             yield chunk
             chunk = []
     yield chunk
+
+
+def remote_plan(spec: Union[str, Sequence[str]], key: str, streaming: bool) -> Optional[dict[str, Any]]:
+    """What a config value naming URLs reads (None when it names none): its objects (count, bytes), and how —
+    streamed through fsspec with ``data.remote_retries`` retries, or (map-style) from a local copy in the remote
+    cache (fetched now when missing). ``mm-ptft check-data`` reports it."""
+    values = [spec] if isinstance(spec, str) else list(spec)
+    if not any(is_url(v) for v in values):
+        return None
+    shards = expand_sources(spec, key)
+    sizes = [identity(s.path, key)["size"] or 0 for s in shards if is_url(s.path)]
+    shown = [redacted(v) for v in values]
+    plan = {"key": key, "value": shown if len(shown) > 1 else shown[0], "objects": len(sizes), "bytes": sum(sizes)}
+    if streaming:
+        return {**plan, "read": f"streamed through fsspec (data.remote_retries={SETTINGS.retries})"}
+    copies = [local_copy(s.path, key) for s in shards if is_url(s.path)]
+    return {**plan, "read": f"local copy in {SETTINGS.root()} (data.remote_cache_gb={SETTINGS.cache_gb:g})",
+            "local": copies}
 
 
 def head_records(shards: Sequence[Shard], n: int) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 from torch.utils.data import IterableDataset
 
+from mm_ptft.data.shards import remote_plan
 from mm_ptft.data.stream import ShardStream
 from mm_ptft.tasks import get_recipe, load_config
 from mm_ptft.train.loader_rate import LoaderRate
@@ -45,7 +46,8 @@ def cache_of(*datasets: Any) -> Optional[dict[str, Any]]:
 
 
 def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """{"samples": {split: usable samples}, "counts": {problem: n}} and, for map-style tables, "cache" (``cache_of``):
+    """{"samples": {split: usable samples}, "counts": {problem: n}}, for map-style tables "cache" (``cache_of``) and for
+    URLs "remote" (``remote_of``):
     every training and eval sample read once; the counts are over both splits (what preparing counted, plus what
     reading the streams counted)."""
     cfg = load_config(config, [*overrides, "data.skip_bad_samples=true"])
@@ -56,7 +58,17 @@ def check_data(config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     samples = {split: _read_all(data, counts) for split, data in (("train", prepared.train_data),
                                                                     ("eval", prepared.eval_data)) if data is not None}
     cache = cache_of(prepared.train_data, prepared.eval_data)
-    return {"samples": samples, "counts": counts, **({"cache": cache} if cache else {})}
+    remote = remote_of(cfg.data)
+    return {"samples": samples, "counts": counts, **({"cache": cache} if cache else {}),
+            **({"remote": remote} if remote else {})}
+
+
+def remote_of(data: Any) -> list[dict[str, Any]]:
+    """``shards.remote_plan`` of the data files that are URLs (what is read, and how)."""
+    streaming = bool(getattr(data, "streaming", False))
+    plans = (remote_plan(getattr(data, k), f"data.{k}", streaming) for k in ("train_file", "eval_file")
+             if getattr(data, k, ""))
+    return [p for p in plans if p is not None]
 
 
 def problems(report: dict[str, Any]) -> Optional[int]:

@@ -14,7 +14,9 @@ import torch
 
 from mm_ptft.data import remote
 from mm_ptft.data.generated import generate
+from mm_ptft.data.shards import remote_plan
 from mm_ptft.run import load_config, train
+from mm_ptft.run.check_data import check_data
 from mm_ptft.tasks.text_classification import TextClassification
 
 from mm_fixtures import kill_after_checkpoint, resume_from_copy, same_weights, csv_to_tars
@@ -47,6 +49,20 @@ def test_map_style_csv_on_s3_trains_caches_and_writes_no_secret(tmp_path, topics
     mid = dict(remote.STATS)
     TextClassification.prepare(load_config(TEXT_TINY, [f"output_dir={tmp_path / 'off'}", *common, "data.cache=false"]))
     assert remote.STATS["downloads"] == mid["downloads"] and remote.STATS["hits"] - mid["hits"] == 2
+
+
+def test_check_data_on_urls_reports_what_it_reads(tmp_path, topics_data, s3):
+    train_url = s3.put("check/train.csv", topics_data["train_file"])
+    size = os.path.getsize(topics_data["train_file"])
+    common = [f"output_dir={tmp_path / 'run'}", "data.generate=null", f"data.train_file={train_url}",
+              f"data.remote_cache_dir={tmp_path / 'remote'}"]
+    streamed = check_data(TEXT_TINY, [*common, "data.streaming=true"])
+    (plan,) = streamed["remote"]
+    assert (plan["key"], plan["value"], plan["objects"], plan["bytes"]) == ("data.train_file", train_url, 1, size)
+    assert "streamed through fsspec" in plan["read"] and sum(streamed["samples"].values()) == 400
+    plan = remote_plan(train_url, "data.train_file", streaming=False)  # map-style: what check-data adds to its report
+    assert "local copy" in plan["read"] and plan["local"][0].startswith(str(tmp_path / "remote"))
+    assert open(plan["local"][0], "rb").read() == open(topics_data["train_file"], "rb").read()
 
 
 @pytest.fixture(scope="module")
