@@ -21,6 +21,11 @@ from mm_ptft.types import IGNORE_INDEX as IGNORE, LABELS, POSITIONS, PROMPT, PRO
 
 ROLES = ("system", "user", "assistant")
 PLAIN_TEMPLATE = "### {Role}:\n{content}\n"  # one turn of the plain template; the prompt ends with "### Assistant:\n"
+#: the plain template as a Jinja chat template (what ``encode_chat`` renders without one), written into an exported
+#: tokenizer so that ``apply_chat_template(messages, add_generation_prompt=True)`` gives the prompts ``predict`` gives
+PLAIN_CHAT_TEMPLATE = ("{% if bos_token %}{{ bos_token }}{% endif %}{% for m in messages %}"
+                       "### {{ m['role'] | capitalize }}:\n{{ m['content'] }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}### Assistant:\n{% endif %}")
 UNPACKED = "_unpacked"  # a sample key: collate this one padded even where training packs (evaluation samples)
 
 
@@ -195,5 +200,5 @@ class SFTRow:
         return out[0] if out else None
 
 
-__all__ = ["IGNORE", "PLAIN_TEMPLATE", "ROLES", "SFTCollator", "SFTRow", "sft_length", "bad_row", "check_messages", "counted_records", "encode_chat", "pad_rows", "plain_prompt",
+__all__ = ["IGNORE", "PLAIN_CHAT_TEMPLATE", "PLAIN_TEMPLATE", "ROLES", "SFTCollator", "SFTRow", "sft_length", "bad_row", "check_messages", "counted_records", "encode_chat", "pad_rows", "plain_prompt",
            "sft_records", "sft_sample"]

@@ -11,12 +11,25 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from mm_ptft.data.sft import PLAIN_CHAT_TEMPLATE, encode_chat
 from mm_ptft.heads.generative import HFLM, GenerativeLMTask, build_hf_lm, label_nll
 from mm_ptft.types import LABELS, POSITIONS, PROMPT, PROMPT_MASK, TEXT, TEXT_MASK
 
 
 class CausalLM(HFLM):
     """A transformers causal LM and its tokenizer, seen as the task's one (text) encoder."""
+
+    def export_tokenizer(self, tok: Any) -> None:
+        """A tokenizer without a chat template gets the plain template as its ``chat_template`` (checked to render a
+        chat's prompt to the very ids training used), so plain transformers formats prompts as ``predict`` does."""
+        if not getattr(tok, "chat_template", None):
+            probe = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "add: 3 4"},
+                     {"role": "assistant", "content": "7"}]
+            want = encode_chat(tok, probe)[0]
+            tok.chat_template = PLAIN_CHAT_TEMPLATE
+            got = tok.apply_chat_template(probe[:-1], add_generation_prompt=True, tokenize=True)
+            if list(got["input_ids"] if hasattr(got, "keys") else got) != want:
+                tok.chat_template = None  # this tokenizer renders the template's text otherwise: leave it out
 
 
 def masked_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,11 @@ class HFLM(nn.Module):
         tok = copy.copy(self.tokenizer)
         if max_length:
             tok.model_max_length = int(max_length)
+        self.export_tokenizer(tok)
         tok.save_pretrained(str(path))
+
+    def export_tokenizer(self, tok: Any) -> None:
+        """What an exported copy of the tokenizer gains (in place) before it is saved; nothing here."""
 
 
 def build_hf_lm(spec: Mapping[str, Any], corpus: Optional[list[str]], where: str, auto_class: str,

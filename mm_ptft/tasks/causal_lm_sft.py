@@ -16,7 +16,8 @@ from mm_ptft.data.text import Records, lengths_of
 from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import check_choices, eval_name, load_splits, save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
+    save_tokenizer
 
 
 @dataclass
@@ -141,8 +142,9 @@ def _prepare_stream(cfg: CausalLMSFTConfig, train: bool) -> Prepared:
 
 
 def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
-    """The response generated (``generation`` settings) for each prompt text or chat (list of messages)."""
-    from mm_ptft.data.sft import encode_chat, pad_rows, check_messages
+    """The response generated (``generation`` settings) for each prompt text or chat (list of messages), formatted
+    as in training, ``train.eval_batch_size`` prompts per ``generate``."""
+    from mm_ptft.data.sft import encode_chat, check_messages
 
     task = prepared.task
     tok = task.lm.tokenizer
@@ -151,9 +153,7 @@ def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> li
         chat = x if isinstance(x, list) else [{"role": "user", "content": str(x)}]
         msgs = check_messages([*chat, {"role": "assistant", "content": "-"}], "input", i)
         prompts.append(encode_chat(tok, msgs)[0][-cfg.data.max_length:])
-    batch = {PROMPT: pad_rows(prompts, tok.pad_token_id, left=True),
-             PROMPT_MASK: pad_rows([[1] * len(p) for p in prompts], 0, left=True)}
-    texts = task.generate(batch)
+    texts = generate_batched(task, prompts, predict_batch_size(cfg), (PROMPT, PROMPT_MASK), left=True)
     return [{"input": x, "generated": t} for x, t in zip(inputs, texts)]
 
 

@@ -103,6 +103,26 @@ def check_choices(cfg: Any, truncate: tuple[str, ...]) -> None:
         raise ConfigError(str(err)) from None
 
 
+def generate_batched(task: Any, prompts: Sequence[Sequence[int]], batch_size: int, keys: tuple[str, str],
+                     left: bool) -> list[str]:
+    """The text a generative task writes for each token-id prompt, ``batch_size`` prompts per ``generate`` call
+    (padded per batch, ``left`` for a causal LM): memory bounded by the batch, not by the number of inputs."""
+    from mm_ptft.data.sft import pad_rows
+
+    pad, dev = task.lm.tokenizer.pad_token_id, next(task.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        part = prompts[i:i + batch_size]
+        ids, mask = pad_rows(part, pad, left), pad_rows([[1] * len(p) for p in part], 0, left)  # (b, P)
+        out += task.generate({keys[0]: ids.to(dev), keys[1]: mask.to(dev)})
+    return out
+
+
+def predict_batch_size(cfg: Any) -> int:
+    """How many inputs ``predict`` runs at once: the run's evaluation batch size."""
+    return cfg.train.eval_batch_size or cfg.train.batch_size
+
+
 def eval_name(data: Any) -> str:
     """How error messages name the eval data: its file, or the split of the training file."""
     return data.eval_file or f"{data.train_file} (eval split)"

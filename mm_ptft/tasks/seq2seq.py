@@ -11,14 +11,14 @@ import mm_ptft.data.generated.sft  # noqa: F401  (registers the seq2seq_toy gene
 from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import GenerationConfig, Prepared
 from mm_ptft.data.seq2seq import TRUNCATE, Seq2SeqCollator, Seq2SeqRow, seq2seq_length, seq2seq_records
-from mm_ptft.data.sft import pad_rows
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.tables import DataError, require_columns, rows_of
 from mm_ptft.data.text import Records
 from mm_ptft.heads.seq2seq import Seq2SeqTask, build_seq2seq_lm
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import check_choices, eval_name, load_splits, save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
+    save_tokenizer
 from mm_ptft.types import TEXT, TEXT_MASK
 
 
@@ -114,12 +114,12 @@ def _prepare_stream(cfg: Seq2SeqConfig, train: bool) -> Prepared:
 
 def predict(cfg: Seq2SeqConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
     """The target generated (``generation`` settings) for each source text (``data.source_prefix`` put first, cut
-    to ``data.max_source_length`` tokens as in training)."""
+    to ``data.max_source_length`` tokens as in training), ``train.eval_batch_size`` sources per ``generate``."""
     task = prepared.task
     tok, limit = task.lm.tokenizer, _limits(cfg, task)[0]
     sources = [tok(cfg.data.source_prefix + str(x), truncation=True, max_length=limit)["input_ids"] for x in inputs]
-    batch = {TEXT: pad_rows(sources, tok.pad_token_id), TEXT_MASK: pad_rows([[1] * len(s) for s in sources], 0)}
-    return [{"input": x, "generated": t} for x, t in zip(inputs, task.generate(batch))]
+    texts = generate_batched(task, sources, predict_batch_size(cfg), (TEXT, TEXT_MASK), left=False)
+    return [{"input": x, "generated": t} for x, t in zip(inputs, texts)]
 
 
 Seq2Seq = recipe(Seq2SeqConfig, prepare, predict)
