@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from mm_ptft.data.folders import tree_identity
+
 FORMAT_VERSION = 1  # part of every key: a change of what an entry holds invalidates old entries
 DEFAULT_DIR = ".mm_ptft_cache"  # beside the (first) data file unless data.cache_dir names a directory
 META = "meta.json"
@@ -58,7 +60,10 @@ class CacheStatus:
 
 
 def file_identity(path: str) -> dict[str, Any]:
-    """What names one version of a data file: its absolute path, size and modification time (ns)."""
+    """What names one version of a data file: its absolute path, size and modification time (ns); of a folder
+    (``data/folders.py``), a digest of every file under it (``tree_identity``)."""
+    if os.path.isdir(path):
+        return {"path": os.path.abspath(path), "tree": tree_identity(path)}
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
