@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     fs = sub.add_parser("fewshot", help="few-shot evaluation of an encoder directory: mm-ptft fewshot ENCODER_DIR "
                                         "--data FILE --shots K [--method prototype|linear_probe] [--episodes E]")
     fs.add_argument("encoder_dir", help="an encoder directory (or a run directory with one saved encoder)")
-    fs.add_argument("--data", required=True, help="a labeled table (CSV/TSV/JSON/JSONL/parquet)")
+    fs.add_argument("--data", required=True, help="a labeled table (CSV/TSV/JSON/JSONL/parquet), or a folder with "
+                                                   "a sub-folder of files per class (image / audio / video encoders)")
     fs.add_argument("--shots", type=int, required=True, help="support rows per class in each episode")
     fs.add_argument("--method", choices=["prototype", "linear_probe"], default="prototype")
     fs.add_argument("--episodes", type=int, default=10)

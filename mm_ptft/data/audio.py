@@ -11,13 +11,13 @@ import os
 import random
 import struct
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mm_ptft.data.tables import DataError
+from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.env import require_torchaudio
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABEL_LENGTHS, LABELS, TRANSCRIPTS
 
@@ -259,6 +259,29 @@ def check_clip(row: int, rel: Any, manifest: str, sample_rate: int, min_s: float
     if channels > 1:
         count(counters, "downmixed_to_mono")
     return path, round(frames * sample_rate / rate)
+
+
+def manifest_clips(ds: Any, manifest: str, d: Any, sample_rate: int, normalize: Callable[[str], str],
+                   counters: dict[str, int]) -> Iterator[tuple[int, str, int, str]]:
+    """(manifest row, absolute path, samples at ``sample_rate``, normalised transcript) of each usable clip of a
+    manifest table (``d``: the speech data section's columns, durations and checks, ``scan_clips``); an empty or
+    missing transcript is a DataError naming the row and file, or with ``d.skip_bad_samples`` a counted
+    ``skipped_empty_transcript``."""
+    require_columns(ds, [d.audio_column, d.text_column], manifest)
+    texts = column(ds, d.text_column)
+    rows = rows_of(ds) or list(range(len(ds)))  # the manifest's own rows, for messages
+    found = scan_clips(column(ds, d.audio_column), manifest, sample_rate, d.min_duration, d.max_duration,
+                       d.skip_bad_samples, d.check_audio, counters, rows)
+    for i, path, samples in found:
+        text = normalize(texts[i] or "")
+        if text:
+            yield rows[i], path, samples, text
+        elif not d.skip_bad_samples:
+            raise DataError(f"{manifest}: row {rows[i]}: empty transcript of {path} (in a folder: its metadata's "
+                            f"transcription cell, or a .txt / .lab beside the clip; set data.skip_bad_samples=true "
+                            f"to skip)")
+        else:
+            count(counters, "skipped_empty_transcript")
 
 
 class AudioDataset(Dataset):

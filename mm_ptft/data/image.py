@@ -25,11 +25,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mm_ptft.features.image import eval_resize
-from mm_ptft.data.tables import DataError, load_table, require_columns
+from mm_ptft.data.folders import EXTS, FolderSpec, read_table
+from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.types import IMAGE, LABELS
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTS = EXTS["image"]
 
 
 @dataclass
@@ -134,12 +135,12 @@ def resolve_path(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def image_table(source: str, key: str, path_column: str, label_column: str) -> tuple[list[str], list[Any]]:
-    """(absolute image paths, raw labels) from a CSV/TSV/JSON/JSONL/parquet table (paths relative to
-    the table's folder) or from a folder with one sub-folder of images per class."""
-    if os.path.isdir(source):
-        return _image_folder(source, key)
-    ds = load_table(source, key)
+def image_table(source: str, key: str, path_column: str, label_column: str, counters: Optional[dict[str, int]] = None,
+                kind: str = "image") -> tuple[list[str], list[Any]]:
+    """(absolute paths, raw labels) from a CSV/TSV/JSON/JSONL/parquet table (paths relative to the table's folder)
+    or a folder (``data.folders``: class sub-folders of ``kind`` files, or a metadata file); files a folder's
+    listing skipped are counted in ``counters``."""
+    ds = read_table(source, key, FolderSpec(kind, path_column, label_column), counters)
     require_columns(ds, [path_column, label_column], source)
     root = os.path.dirname(os.path.abspath(source))
     paths = []
@@ -148,22 +149,6 @@ def image_table(source: str, key: str, path_column: str, label_column: str) -> t
             raise DataError(f"{source}: row {row}: empty {path_column!r}")
         paths.append(resolve_path(str(p), root))
     return paths, list(ds[label_column])
-
-
-def _image_folder(root: str, key: str) -> tuple[list[str], list[Any]]:
-    """Class-per-folder layout through the HF ``imagefolder`` builder (paths only, no decoding)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:
-        ds = datasets.load_dataset("imagefolder", data_dir=root, split="train")
-    except Exception as err:  # datasets raises many types for an unusable folder
-        raise DataError(f"{key}={root}: not a folder of class sub-folders with images ({err})") from err
-    if "label" not in ds.column_names:
-        raise DataError(f"{key}={root}: no class sub-folders found")
-    names = ds.features["label"].names
-    ds = ds.cast_column("image", datasets.Image(decode=False))
-    return [im["path"] for im in ds["image"]], [names[i] for i in ds["label"]]
 
 
 # ---------------------------------------------------------------------------------------- transforms

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from mm_ptft.data.folders import tree_identity
 from mm_ptft.data.remote import SETTINGS, identity, is_url
 
 FORMAT_VERSION = 1  # part of every key: a change of what an entry holds invalidates old entries
@@ -61,9 +62,12 @@ class CacheStatus:
 
 def file_identity(path: str) -> dict[str, Any]:
     """What names one version of a data file: its absolute path, size and modification time (ns); of a remote file
-    (a URL), ``remote.identity``: its URL, size and ETag / generation / modification time."""
+    (a URL), ``remote.identity``: its URL, size and ETag / generation / modification time; of a folder
+    (``data/folders.py``), a digest of every file under it (``tree_identity``)."""
     if is_url(path):
         return identity(path)
+    if os.path.isdir(path):
+        return {"path": os.path.abspath(path), "tree": tree_identity(path)}
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 

@@ -33,7 +33,7 @@ def load_table(path: str, key: str = "data.train_file"):
     if not path:
         raise DataError(f"{key} is empty: give a CSV/TSV/JSON/JSONL/parquet file")
     if path.startswith(HF_PREFIX):
-        return _with_rows(load_hf_table(path[len(HF_PREFIX):], key), f"{key}={path}")
+        return with_rows(load_hf_table(path[len(HF_PREFIX):], key), f"{key}={path}")
     if is_url(path):  # read from its local copy (data.remote_cache_dir), named by its URL
         return _load_file(local_copy(path, key), key, redacted(path))
     return _load_file(path, key, path)
@@ -43,6 +43,9 @@ def _load_file(path: str, key: str, shown: str) -> Any:
     """``load_table`` of a local file; messages name ``shown`` (a remote file's URL) for ``path``."""
     import datasets
 
+    if os.path.isdir(path):
+        raise DataError(f"{key}={shown}: a folder, but a table file (CSV/TSV/JSON/JSONL/parquet) is read here; folders "
+                        f"are read by the image, video and speech recipes, and by cv, fewshot and check-data with them")
     if not os.path.isfile(path):
         raise DataError(f"{key}={shown}: file not found")
     ext = os.path.splitext(path)[1].lower()
@@ -60,10 +63,10 @@ def _load_file(path: str, key: str, shown: str) -> Any:
             raise DataError(f"{key}={shown}: could not be read: the file has no rows") from None
         where = _bad_json_line(path) if ext == ".jsonl" else ""
         raise DataError(f"{key}={shown}: could not be read{where} ({type(err).__name__}: {err})") from err
-    return _with_rows(ds, f"{key}={shown}")
+    return with_rows(ds, f"{key}={shown}")
 
 
-def _with_rows(ds: Any, where: str) -> Any:
+def with_rows(ds: Any, where: str) -> Any:
     """``ds`` with the file's own row numbers (0-based, header excluded) in ``ROW``: they survive shuffles and
     splits, so errors can point at the row a user can find. An error naming ``where`` for an empty table."""
     if len(ds) == 0:
@@ -270,10 +273,3 @@ def per_class_sample(values: Sequence[Any], k: int, seed: int, labels: LabelMap,
     for name in labels.names:
         picked += rng.sample(by_label[LabelMap._key(name)], k)
     return sorted(picked)
-
-
-def resolve_eval(train_ds: Any, eval_path: Optional[str], fraction: float, seed: int):
-    """(train, eval) from an eval file or a seeded split of the training file."""
-    if eval_path:
-        return train_ds, load_table(eval_path, "data.eval_file")
-    return split_off(train_ds, fraction, seed)

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mm_ptft.data.folders import EXTS
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import LABELS, VIDEO, VIDEO_MASK
 
 log = logging.getLogger(__name__)
-VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv")
+VIDEO_EXTS = EXTS["video"]
 SAMPLING_MODES = ("stride", "segments")
 SHORT_CLIPS = ("pad", "loop")
 
@@ -284,19 +285,13 @@ def make_clip(path: str, s: VideoSampling, transform: Callable, train: bool) -> 
 
 
 # ------------------------------------------------------------------------------------------- tables
-def video_table(source: str, key: str, path_column: str, label_column: str) -> tuple[list[str], list[Any]]:
+def video_table(source: str, key: str, path_column: str, label_column: str,
+                counters: Optional[dict[str, int]] = None) -> tuple[list[str], list[Any]]:
     """(absolute video paths, raw labels) from a CSV/TSV/JSON/JSONL/parquet table (paths relative to its folder)
-    or a folder with one sub-folder of videos per class (``VIDEO_EXTS``)."""
-    if os.path.isdir(source):
-        classes = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d)))
-        rows = [(os.path.join(source, c, f), c) for c in classes for f in sorted(os.listdir(os.path.join(source, c)))
-                if f.lower().endswith(VIDEO_EXTS)]
-        if not rows:
-            raise DataError(f"{key}={source}: no class sub-folders with video files ({', '.join(VIDEO_EXTS)})")
-        return [r[0] for r in rows], [r[1] for r in rows]
+    or a folder with one sub-folder of videos per class (``VIDEO_EXTS``): ``image_table``'s rules."""
     from mm_ptft.data.image import image_table
 
-    return image_table(source, key, path_column, label_column)  # a table: the same columns and rules as images
+    return image_table(source, key, path_column, label_column, counters, kind="video")
 
 
 # ------------------------------------------------------------------------------------ dataset/collate

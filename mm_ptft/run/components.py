@@ -45,6 +45,9 @@ def list_components(kind: Optional[str] = None) -> dict[str, list[str]] | list[s
 
 def _registry(kind: str) -> Registry[Any]:
     regs = all_registries()
+    if kind not in regs:  # not imported yet in this process (e.g. ``mm-ptft fewshot`` on an image encoder)
+        load_components()
+        regs = all_registries()
     if kind not in regs:
         raise KeyError(f"no registry {kind!r}; known: {', '.join(sorted(regs))}")
     return regs[kind]

@@ -13,8 +13,8 @@ from mm_ptft.contracts import Prepared, Recipe
 from mm_ptft.data import remote
 from mm_ptft.data.generated import generate
 from mm_ptft.data.table_cache import unique_values
-from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, per_class_sample, require_columns, \
-    resolve_eval
+from mm_ptft.data.folders import FolderSpec, read_table, split_folders
+from mm_ptft.data.tables import ROW, DataError, LabelMap, load_table, per_class_sample, require_columns, split_off
 from mm_ptft.encoders.base import untrusted_source
 from mm_ptft.train.finetune import apply_finetune
 from mm_ptft.tasks import get_recipe, load_config
@@ -25,14 +25,25 @@ def is_main_process() -> bool:
 
 
 def resolve_files(data: Any, output_dir: str) -> None:
-    """Fill ``data.train_file``/``data.eval_file`` from ``data.generate`` when those are empty; use the section's
-    ``data.remote_*`` settings for remote files."""
+    """Fill ``data.train_file``/``data.eval_file`` from ``data.generate`` when those are empty; a folder with split
+    sub-folders (``train/`` + ``val/``, ``validation/`` or ``test/``) as ``data.train_file`` becomes its ``train/``,
+    and its eval sub-folder ``data.eval_file`` unless one is given. Remote files use the section's ``data.remote_*``
+    settings."""
     remote.configure(data)
     if getattr(data, "generate", None) and not data.train_file:
         root = os.environ.get("MM_PTFT_DATA", os.path.join(output_dir, "generated_data"))
         paths = generate(data.generate, root)
         data.train_file = paths["train_file"]
         data.eval_file = data.eval_file or paths.get("eval_file", "")
+    split = split_folders(data.train_file) if folder_spec(data) is not None and data.train_file else None
+    if split is not None:
+        data.train_file, data.eval_file = split[0], data.eval_file or split[1]
+
+
+def folder_spec(data: Any) -> Optional[FolderSpec]:
+    """How the recipe whose data section is ``data`` reads a folder (its ``folder()``), None: table files only."""
+    folder = getattr(data, "folder", None)
+    return folder() if callable(folder) else None
 
 
 def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
@@ -42,15 +53,20 @@ def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
     return bool(data.train_file) and (train or learn or not data.eval_file)
 
 
-def load_splits(cfg: Any, train: bool, learn: bool = False) -> tuple[Any, Any]:
+def load_splits(cfg: Any, train: bool, learn: bool = False,
+                counters: Optional[dict[str, int]] = None) -> tuple[Any, Any]:
     """(train table, eval table) of ``cfg.data`` (HF datasets; None where not needed or not given): generated
     files resolved first; the training file read when ``needs_train_file`` says so, its eval split seeded by
-    ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction)."""
+    ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction). Folders are read
+    as the recipe reads them (``folder_spec``); files their listing skipped are counted in ``counters``."""
     d = cfg.data
     resolve_files(d, cfg.output_dir)
+    spec, counters = folder_spec(d), counters if counters is not None else {}
+    ev = read_table(d.eval_file, "data.eval_file", spec, counters) if d.eval_file else None
     if needs_train_file(d, train, learn):
-        return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, cfg.seed)
-    return None, load_table(d.eval_file, "data.eval_file") if d.eval_file else None
+        tr = read_table(d.train_file, "data.train_file", spec, counters)
+        return (tr, ev) if ev is not None else split_off(tr, d.eval_fraction, cfg.seed)
+    return None, ev
 
 
 def learn_labels(data: Any, table: Any) -> LabelMap:

@@ -10,6 +10,7 @@ import torch
 from mm_ptft.config import RehearsalConfig, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 import mm_ptft.data.generated.images  # noqa: F401  (registers the image_shapes generator)
+from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_mix, classification_ops, \
     classification_transforms, image_table, scan_images
 from mm_ptft.data.image_device import DeviceDecode, EncodedReader, check_decode_on
@@ -42,6 +43,10 @@ class ImageClsData(SplitData, StreamingData, SkipBadSamples):
     decode_on: str = "worker"  # worker | device: loader workers read JPEG bytes; decode + augment on the train device
     rehearsal: Optional[RehearsalConfig] = None  # {source: RUN_DIR | file, fraction, max_samples}: earlier rows mixed in
 
+    def folder(self) -> FolderSpec:
+        """A folder of class sub-folders: image paths and class names in the path and label columns."""
+        return FolderSpec("image", self.path_column, self.label_column)
+
 
 @dataclass
 class ImageClsModel:
@@ -61,15 +66,17 @@ class ImageClassificationConfig(RunConfig):
     model: ImageClsModel = field(default_factory=ImageClsModel)
 
 
-def _split(cfg: ImageClassificationConfig, train: bool) -> tuple[Optional[tuple], Optional[tuple]]:
+def _split(cfg: ImageClassificationConfig, train: bool,
+           counters: dict[str, int]) -> tuple[Optional[tuple], Optional[tuple]]:
     """(paths, raw labels, file rows) of the training and evaluation data; the rows (0-based, header
-    excluded) survive the seeded split, so messages name the row in the user's file."""
+    excluded) survive the seeded split, so messages name the row in the user's file. Files a folder's listing
+    skipped are counted in ``counters``."""
     d = cfg.data
     tr = ev = None
     if needs_train_file(d, train, learn=not d.labels):
-        tr = _with_rows(image_table(d.train_file, "data.train_file", d.path_column, d.label_column))
+        tr = _with_rows(image_table(d.train_file, "data.train_file", d.path_column, d.label_column, counters))
     if d.eval_file:
-        ev = _with_rows(image_table(d.eval_file, "data.eval_file", d.path_column, d.label_column))
+        ev = _with_rows(image_table(d.eval_file, "data.eval_file", d.path_column, d.label_column, counters))
     elif tr is not None:
         keep, held = seeded_split(tr[0], d.eval_fraction, cfg.seed)
         tr, ev = _pick(tr, keep), _pick(tr, held)
@@ -91,7 +98,7 @@ def _rehearsed(cfg: ImageClassificationConfig, tr: tuple, counters: dict[str, in
     earlier = earlier_config(cfg, ["path_column", "label_column"])
     if earlier is not None:
         resolve_files(earlier.data, earlier.output_dir)
-        rows = _split(earlier, True)[0]
+        rows = _split(earlier, True, counters)[0]
     else:
         rows = _with_rows(image_table(d.rehearsal.source, "data.rehearsal.source", d.path_column, d.label_column))
     picked = _pick(rows, rehearsal_picks(d.rehearsal, len(rows[0])))
@@ -124,8 +131,8 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
     if d.streaming:
         return _prepare_stream(cfg, train)
     resolve_files(d, cfg.output_dir)
-    tr, ev = _split(cfg, train)
     counters: dict[str, int] = {}
+    tr, ev = _split(cfg, train, counters)
     if train and tr is not None and d.rehearsal is not None:
         tr = _rehearsed(cfg, tr, counters)  # the label set is the union of both tasks'
     labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)

@@ -13,6 +13,7 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
+from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.video import VideoSampling
 from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES, Columns, MediaConfig
 from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
@@ -46,6 +47,13 @@ class MMClsData(SplitData, StreamingData, SkipBadSamples):
     max_audio_seconds: float = 10.0
     min_audio_seconds: float = MIN_AUDIO_SECONDS  # shorter clips are dropped and counted
     sampling: VideoSampling = field(default_factory=VideoSampling)  # which frames of a video a sample holds (eval draw)
+
+    def folder(self) -> Optional[FolderSpec]:
+        """With one modality that is media (image, audio or video): a folder of class sub-folders of its files."""
+        if len(self.modalities) != 1 or self.modalities[0] == "text":
+            return None
+        m = self.modalities[0]
+        return FolderSpec(m, getattr(self, f"{m}_column"), self.label_column)
 
 
 @dataclass

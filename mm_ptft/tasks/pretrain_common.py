@@ -17,11 +17,12 @@ import mm_ptft.objectives.matching  # noqa: F401  (registers itm)
 import mm_ptft.objectives.masked  # noqa: F401  (registers mlm, mae, masked_spectrogram, conditioned_mlm)
 import mm_ptft.objectives.sentence  # noqa: F401  (registers nsp, sop)
 from mm_ptft.config import ConfigError, SkipBadSamples, SplitData, StreamingData
+from mm_ptft.data.folders import EXTS
 from mm_ptft.data.image_device import DeviceDecode, check_decode_on
 from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
                                      build_paired, paired_ops)
 from mm_ptft.data.tables import LabelMap
-from mm_ptft.data.video import VIDEO_EXTS, VideoSampling
+from mm_ptft.data.video import VideoSampling
 from mm_ptft.types import VIDEO, VIDEO_MASK
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder, one_clip_per_model
@@ -293,17 +294,13 @@ def build_objectives(specs: Mapping[str, Mapping[str, Any]], encoders: Mapping[s
     return objectives, weights
 
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
-
 
 def input_modality(value: str) -> str:
     """'image' / 'audio' / 'video' for an existing media file (by extension), else 'text'."""
     ext = os.path.splitext(value)[1].lower()
     if not os.path.isfile(value):
         return "text"
-    return next((m for m, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS), ("video", VIDEO_EXTS))
-                 if ext in exts), "text")
+    return next((m for m, exts in EXTS.items() if ext in exts), "text")
 
 
 def media_item(value: str, modality: str, media: MediaConfig, tokenizer: Any) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import torch
 import mm_ptft.data.generated.audio  # noqa: F401  (registers the tone_speech generator)
 from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, scan_clips
+from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, manifest_clips
 from mm_ptft.data.audio_stream import ClipRow
+from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.tables import DataError, column, require_columns, rows_of
+from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.text import pretrained_tokenizer
@@ -40,6 +41,11 @@ class SpeechData(SplitData, StreamingData, SkipBadSamples):
     strip_punctuation: bool = True
     check_audio: bool = True  # decode every file once at start-up to catch truncated/NaN files early
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def folder(self) -> FolderSpec:
+        """An audio folder (``metadata.csv`` with file_name + transcription, or clip.txt / clip.lab beside each clip):
+        paths and transcripts in the audio and text columns."""
+        return FolderSpec("audio", self.audio_column, text=self.text_column)
 
 
 @dataclass
@@ -70,20 +76,9 @@ def _clips(ds: Any, manifest: str, cfg: SpeechRecognitionConfig, enc: AudioEncod
            vocab: CharVocab, counters: dict[str, int]) -> list[Clip]:
     """Usable clips of one manifest: bad files and durations filtered, transcripts normalised and
     encoded, clips too short for their transcript under CTC dropped (and counted)."""
-    d = cfg.data
-    require_columns(ds, [d.audio_column, d.text_column], manifest)
-    texts = column(ds, d.text_column)
-    rows = rows_of(ds) or list(range(len(ds)))  # the manifest's own rows, for messages
-    found = scan_clips(column(ds, d.audio_column), manifest, enc.sample_rate, d.min_duration, d.max_duration,
-                       d.skip_bad_samples, d.check_audio, counters, rows)
-    clips = []
-    for i, path, samples in found:
-        text = normalize_text(texts[i] or "", d.lowercase, d.strip_punctuation)
-        if not text:
-            if not d.skip_bad_samples:
-                raise DataError(f"{manifest}: row {rows[i]}: empty transcript (set data.skip_bad_samples=true to skip)")
-            count(counters, "skipped_empty_transcript")
-            continue
+    d, clips = cfg.data, []
+    normalize = lambda t: normalize_text(t, d.lowercase, d.strip_punctuation)  # noqa: E731
+    for _, path, samples, text in manifest_clips(ds, manifest, d, enc.sample_rate, normalize, counters):
         ids, unknown = vocab.encode(text)
         if unknown:
             count(counters, "unknown_characters_dropped", unknown)
@@ -149,7 +144,8 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
     if d.streaming:
         return _prepare_stream(cfg, train)
     learn = _needs_lexicon(m) or not m.vocab  # needs the training transcripts
-    train_ds, eval_ds = load_splits(cfg, train, learn)
+    counters: dict[str, int] = {}
+    train_ds, eval_ds = load_splits(cfg, train, learn, counters)
     if learn:
         if train_ds is None:
             raise ValueError("model.vocab is empty and there is no data.train_file to learn it from" if not m.vocab
@@ -160,7 +156,6 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
     vocab = CharVocab(m.vocab)
     enc = _build_encoder(cfg)
     task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
-    counters: dict[str, int] = {}
     train_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels, d.augment, train=True)
     eval_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
     tr = ev = None

@@ -10,6 +10,7 @@ import torch
 from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the moving_shapes generator)
+from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.image import ImageAugment
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.tables import LabelMap, seeded_split
@@ -40,6 +41,10 @@ class VideoClsData(SplitData, SkipBadSamples):
     verify_videos: bool = True  # decode every file once at load time (finds corrupt/truncated files early)
     sampling: VideoSampling = field(default_factory=VideoSampling)
     augment: ImageAugment = field(default_factory=_no_flip)  # one crop/flip/colour draw per clip
+
+    def folder(self) -> FolderSpec:
+        """A folder of class sub-folders: video paths and class names in the path and label columns."""
+        return FolderSpec("video", self.path_column, self.label_column)
 
 
 @dataclass

@@ -13,10 +13,10 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
-from mm_ptft.data.audio import AudioCollator, AudioDataset, Clip, count, load_waveform, scan_clips
+from mm_ptft.data.audio import AudioCollator, AudioDataset, Clip, load_waveform, manifest_clips
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.tables import DataError, column, require_columns, rows_of
+from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.data.whisper import LONG_AUDIO, WhisperClipRow, WhisperPipeline, fits
 from mm_ptft.heads.ctc import normalize_text
 from mm_ptft.heads.whisper import Whisper, WhisperTask, build_whisper, prefix_labels
@@ -89,23 +89,11 @@ def _clips(ds: Any, manifest: str, cfg: WhisperASRConfig, pipe: WhisperPipeline,
            counters: dict[str, int]) -> list[Clip]:
     """Usable clips of one manifest: bad files and durations filtered (``scan_clips``), transcripts normalised and
     tokenised, clips over the window and transcripts over the decoder's positions refused or counted (``fits``)."""
-    d, normalize = cfg.data, _normalizer(cfg)
-    require_columns(ds, [d.audio_column, d.text_column], manifest)
-    texts = column(ds, d.text_column)
-    rows = rows_of(ds) or list(range(len(ds)))
-    found = scan_clips(column(ds, d.audio_column), manifest, pipe.sample_rate, d.min_duration, d.max_duration,
-                       d.skip_bad_samples, d.check_audio, counters, rows)
-    clips = []
-    for i, path, samples in found:
-        text = normalize(texts[i] or "")
-        if not text:
-            if not d.skip_bad_samples:
-                raise DataError(f"{manifest}: row {rows[i]}: empty transcript (set data.skip_bad_samples=true to skip)")
-            count(counters, "skipped_empty_transcript")
-            continue
+    d, clips = cfg.data, []
+    for row, path, samples, text in manifest_clips(ds, manifest, d, pipe.sample_rate, _normalizer(cfg), counters):
         ids = prefix_labels(whisper.tokenizer, text)
         if fits(samples, ids, pipe, whisper.max_target_positions, d.long_audio, d.skip_bad_samples,
-                f"{manifest}: row {rows[i]} ({path})", counters):
+                f"{manifest}: row {row} ({path})", counters):
             clips.append(Clip(path, text, ids, samples))
     return clips
 
@@ -122,7 +110,8 @@ def prepare(cfg: WhisperASRConfig, train: bool = True) -> Prepared:
     if d.streaming:
         return _prepare_stream(cfg, train)
     learn = not (spec.get("processor") or spec.get("name_or_path"))
-    train_ds, eval_ds = load_splits(cfg, train, learn)
+    counters: dict[str, int] = {}
+    train_ds, eval_ds = load_splits(cfg, train, learn, counters)
     corpus = None
     if learn:
         if train_ds is None:
@@ -132,7 +121,6 @@ def prepare(cfg: WhisperASRConfig, train: bool = True) -> Prepared:
         corpus = [t for t in map(_normalizer(cfg), (x or "" for x in train_ds[d.text_column])) if t]
     task = _build(cfg, corpus)
     train_pipe, eval_pipe = _pipes(task, cfg)
-    counters: dict[str, int] = {}
     tr = ev = None
     if train_ds is not None and train:
         tr = AudioDataset(_clips(train_ds, d.train_file, cfg, train_pipe, task.whisper, counters), train_pipe)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mm_ptft.config import ConfigError
-from mm_ptft.data.tables import ROW, LabelMap, load_table, rows_by_label
+from mm_ptft.data.folders import read_table
+from mm_ptft.data.tables import ROW, LabelMap, rows_by_label
 from mm_ptft.run import load_config, train
+from mm_ptft.tasks.common import folder_spec
 
 
 def stratified_folds(labels: Sequence[Any], k: int, seed: int) -> list[list[int]]:
@@ -40,7 +42,7 @@ def run_cv(config: str, folds: int, overrides: Sequence[str] = (), out: Optional
         raise ConfigError(f"task {cfg.task!r}: cv needs a classification recipe (data.label_column, data.labels)")
     if not data.train_file:
         raise ConfigError("cv splits data.train_file: set it (generated data: generate the files first)")
-    table = load_table(data.train_file, "data.train_file")
+    table = read_table(data.train_file, "data.train_file", folder_spec(data))  # a folder: as the recipe reads it
     frame = table.remove_columns([ROW]).to_pandas()
     if data.label_column not in frame.columns:
         raise ConfigError(f"data.label_column={data.label_column!r} is not a column of {data.train_file}")

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from mm_ptft.config import ConfigError
-from mm_ptft.data.tables import LabelMap, load_table, per_class_sample, require_columns
+from mm_ptft.data.folders import read_table
+from mm_ptft.data.tables import LabelMap, per_class_sample, require_columns
 
 METHODS = ("prototype", "linear_probe")
 
@@ -98,7 +99,7 @@ def embed_file(encoder: Any, path: str, column: Optional[str] = None, label_colu
     d = MMClsData(modalities=[m], label_column=label_column)
     if column:
         setattr(d, f"{m}_column", column)
-    table = load_table(path, "--data")
+    table = read_table(path, "--data", d.folder())  # a folder of class sub-folders of the encoder's media
     require_columns(table, [getattr(d, f"{m}_column"), label_column], path,
                     hint="pass --column NAME (the input) / --label-column NAME (the class)")
     labels = LabelMap.from_values(table[label_column] if label_column in table.column_names else [], path)

@@ -68,9 +68,14 @@ def _speaker(rng: np.random.Generator) -> Speaker:
 @GENERATORS.register()
 def tone_speech(out_dir: str, n_train: int = 600, n_eval: int = 100, sample_rate: int = 8000,
                 max_words: int = 3, train_speakers: int = 12, eval_speakers: int = 4,
-                seed: int = 0) -> dict[str, str]:
-    """Tone-rendered phrases of 1..``max_words`` words as wav files + ``train.csv``/``eval.csv``
-    (columns ``audio`` = path relative to the CSV, ``text``, ``speaker``); eval speakers are unseen."""
+                seed: int = 0, layout: str = "table") -> dict[str, str]:
+    """Tone-rendered phrases of 1..``max_words`` words as wav files in ``train/`` and ``eval/``; eval speakers are
+    unseen. ``layout`` says how the transcripts are kept: ``table``: ``train.csv``/``eval.csv`` (columns ``audio`` =
+    path relative to the CSV, ``text``, ``speaker``); ``metadata``: a ``metadata.csv`` in each folder (``file_name``,
+    ``transcription``, ``speaker``: datasets' audiofolder); ``transcripts``: ``<clip>.txt`` beside each clip. The
+    folder layouts give the folders as ``train_file`` / ``eval_file``."""
+    if layout not in ("table", "metadata", "transcripts"):
+        raise ValueError(f"data.generate.layout={layout!r}: choose table, metadata or transcripts")
     import soundfile as sf
 
     rng, pick = np.random.default_rng(seed), random.Random(seed)
@@ -87,8 +92,20 @@ def tone_speech(out_dir: str, n_train: int = 600, n_eval: int = 100, sample_rate
             rel = f"{split}/{i:05d}.wav"
             sf.write(os.path.join(out_dir, rel), render(text, sample_rate, speakers[s], rng, alphabet), sample_rate)
             rows.append((rel, text, f"spk{s:02d}"))
-        path = os.path.join(out_dir, f"{split}.csv")
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows([("audio", "text", "speaker"), *rows])
-        paths[f"{split}_file"] = path
+        paths[f"{split}_file"] = _keep_transcripts(out_dir, split, rows, layout)
     return paths
+
+
+def _keep_transcripts(out_dir: str, split: str, rows: list[tuple[str, str, str]], layout: str) -> str:
+    """Write ``rows`` (path relative to ``out_dir``, transcript, speaker) as ``layout`` says; the split's data path."""
+    if layout == "transcripts":
+        for rel, text, _ in rows:
+            with open(os.path.join(out_dir, os.path.splitext(rel)[0] + ".txt"), "w") as f:
+                f.write(text + "\n")
+        return os.path.join(out_dir, split)
+    path = os.path.join(out_dir, f"{split}.csv") if layout == "table" else os.path.join(out_dir, split, "metadata.csv")
+    header = ("audio", "text", "speaker") if layout == "table" else ("file_name", "transcription", "speaker")
+    strip = 0 if layout == "table" else len(split) + 1  # metadata names files relative to its own folder
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *((rel[strip:], text, spk) for rel, text, spk in rows)])
+    return path if layout == "table" else os.path.dirname(path)

@@ -62,27 +62,33 @@ def _box(rng: random.Random, size: int, lo: float, hi: float) -> Box:
 
 @GENERATORS.register()
 def image_shapes(out_dir: str, n_train: int = 400, n_eval: int = 100, size: int = 32,
-                 classes: Sequence[str] = SHAPES, seed: int = 0, image_format: str = "png") -> dict[str, str]:
-    """One shape per image (random colour, size, position) as PNG (or ``image_format: jpg``); CSV ``path,label``
-    with relative paths."""
+                 classes: Sequence[str] = SHAPES, seed: int = 0, image_format: str = "png",
+                 layout: str = "table") -> dict[str, str]:
+    """One shape per image (random colour, size, position) as PNG (or ``image_format: jpg``); ``layout: table``:
+    CSV ``path,label`` with relative paths; ``layout: folders``: no table, class sub-folders in split sub-folders
+    (``train/<class>/``, ``val/<class>/``), the folder given as ``train_file``."""
     unknown = [c for c in classes if c not in DRAW]
     if unknown:
         raise ValueError(f"data.generate.classes: unknown shape(s) {unknown}; known: {list(DRAW)}")
+    if layout not in ("table", "folders"):
+        raise ValueError(f"data.generate.layout={layout!r}: choose table or folders")
     save_options = image_save_options(image_format)
     rng = random.Random(seed)
     paths = {}
     for split, n in (("train", n_train), ("eval", n_eval)):
-        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        folder = "val" if split == "eval" and layout == "folders" else split
         rows = []
         for i in range(n):
             label = classes[rng.randrange(len(classes))]
             img = _canvas(rng, size)
             DRAW[label](ImageDraw.Draw(img), _box(rng, size, 0.45, 0.9), _colour(rng))
-            rel = f"{split}/{i:05d}.{image_format}"
+            rel = f"{folder}/{label + '/' if layout == 'folders' else ''}{i:05d}.{image_format}"
+            os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
             img.save(os.path.join(out_dir, rel), **save_options)
             rows.append((rel, label))
-        paths[f"{split}_file"] = write_csv(out_dir, split, ["path", "label"], rows)
-    return paths
+        if layout == "table":
+            paths[f"{split}_file"] = write_csv(out_dir, split, ["path", "label"], rows)
+    return paths if layout == "table" else {"train_file": out_dir}
 
 
 def _no_overlap(b: Box, others: list[Box], gap: float = 2) -> bool:
