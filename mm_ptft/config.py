@@ -174,6 +174,10 @@ class TrainConfig:
     # every log_every steps (with the preemption flag, in one all_reduce)
     save_every_minutes: float = 0.0
     keep_last: int = 2  # checkpoints kept besides the best one
+    # write checkpoints on a background thread: the step waits only for a CPU copy of the weights + trainer state
+    # (memory: one more copy of them), the write (same files, same atomic rename and keep_last) overlaps the next
+    # steps; one write in flight, a failed write stops the run at the next step. FSDP: the gather stays a collective
+    async_save: bool = False
     # signals that preempt the run (names): at the next optimizer step a checkpoint is written, a `preempted` row
     # logged, and the process exits with mm_ptft.train.preempt.PREEMPTED_EXIT (143); [] disables. SIGINT (Ctrl-C)
     # always does the same once; a second Ctrl-C aborts. Under torchrun the ranks agree every log_every steps

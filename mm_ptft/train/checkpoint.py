@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -23,6 +23,31 @@ WEIGHTS, STATE, META = "model.safetensors", "trainer_state.pt", "meta.json"
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class Weights(NamedTuple):
+    """The tensors a checkpoint's ``model.safetensors`` holds and its header metadata (the names dropped as
+    duplicates of another: safetensors' ``save_model`` convention)."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: Optional[dict[str, str]]
+
+
+def weights_of(model: Union[nn.Module, Mapping[str, torch.Tensor], Weights]) -> Weights:
+    """What ``safetensors.torch.save_model`` writes for a module (a parameter shared under two names once, the
+    other name in the metadata; contiguous), a full state dict as it is (contiguous). No copies are made."""
+    from safetensors.torch import _remove_duplicate_names
+
+    if isinstance(model, Weights):
+        return model
+    if not isinstance(model, nn.Module):
+        return Weights({k: v.contiguous() for k, v in model.items()}, None)
+    tensors, metadata = model.state_dict(), None
+    for kept, dropped in _remove_duplicate_names(tensors).items():
+        for name in dropped:
+            metadata = {**(metadata or {}), name: kept}
+            del tensors[name]
+    return Weights({k: v.contiguous() for k, v in tensors.items()}, metadata)
 
 
 def _sha256(path: Path) -> str:
@@ -48,13 +73,17 @@ def step_dirs(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
-def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor]], state: dict[str, Any],
-         config_yaml: str) -> Path:
-    """Write a checkpoint atomically and return its directory. ``model`` is a module or a full state
-    dict (FSDP runs gather one on rank 0). A write that fails (disk full, read-only, quota) removes its
-    temporary directory and raises a CheckpointError naming the directory and the checkpoints kept."""
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor], Weights],
+         state: dict[str, Any], config_yaml: str) -> Path:
+    """Write a checkpoint atomically and return its directory. ``model`` is a module, a full state dict (FSDP
+    runs gather one on rank 0) or ``Weights`` (a snapshot: ``async_save``). A write that fails (disk full,
+    read-only, quota) removes its temporary directory and raises a CheckpointError naming the directory and the checkpoints kept."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step:08d}"
+    final = ckpt_root / step_name(step)
     tmp = ckpt_root / f".tmp_{final.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -72,16 +101,14 @@ def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.
     return final
 
 
-def _write(tmp: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor]], state: dict[str, Any],
-           config_yaml: str) -> None:
+def _write(tmp: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor], Weights],
+           state: dict[str, Any], config_yaml: str) -> None:
     """The checkpoint's files, checksummed and fsynced, in ``tmp``."""
-    from safetensors.torch import save_file, save_model
+    from safetensors.torch import save_file
 
     tmp.mkdir()
-    if isinstance(model, nn.Module):
-        save_model(model, str(tmp / WEIGHTS))
-    else:
-        save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / WEIGHTS))
+    weights = weights_of(model)
+    save_file(weights.tensors, str(tmp / WEIGHTS), metadata=weights.metadata)
     torch.save(state, tmp / STATE)
     (tmp / "config.yaml").write_text(config_yaml)
     files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
@@ -164,7 +191,7 @@ def write_best(ckpt_root: Path, step: int, metric: str, value: Optional[float]) 
     step's directory, None when no evaluation has given the metric yet (``step`` -1)."""
     if step < 0:
         return None
-    best = ckpt_root / f"step_{step:08d}"
+    best = ckpt_root / step_name(step)
     tmp = ckpt_root / "best.json.tmp"
     tmp.write_text(json.dumps({"step": step, "path": best.name, metric: value}))
     tmp.replace(ckpt_root / "best.json")
@@ -178,3 +205,14 @@ def prune(ckpt_root: Path, keep_last: int, keep: set[Path]) -> None:
     for d in dirs:
         if d not in survivors and d not in keep:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def save_and_prune(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tensor], Weights],
+                   state: dict[str, Any], config_yaml: str, best: tuple[int, str, Optional[float]],
+                   keep_last: int) -> Path:
+    """A training checkpoint: ``save``, then ``best.json`` (``best``: step, metric, value) and ``prune`` to the
+    newest ``keep_last`` and the best, in that order (a crash between them leaves only complete checkpoints)."""
+    path = save(ckpt_root, step, model, state, config_yaml)
+    best_dir = write_best(ckpt_root, *best)
+    prune(ckpt_root, keep_last, {best_dir} if best_dir else set())
+    return path

@@ -158,7 +158,7 @@ class Preemption(Callback):
     def _preempt(self, trainer: Any) -> None:
         step = trainer.step
         trainer.log_train()  # the steps since the last train row (the loop would log them later: it stops here)
-        path = trainer.save_checkpoint()
+        path = trainer.save_checkpoint(wait=True)  # on disk (train.async_save too) before any rank exits
         job = requeue() if self.requeue_mode == "auto" and D.is_main_process() else None
         trainer.logger.log(step, "preempted", {"signal": self.received or "peer rank",
                                                "checkpoint": path.name if path else None,

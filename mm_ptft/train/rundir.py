@@ -27,7 +27,8 @@ RUN_MARKERS = ("config.yaml", "checkpoints", "final_metrics.json")
 RUN_CONTROL = {"output_dir", "train.resume", "train.overwrite_output_dir", "train.on_config_change", "train.max_steps",
                "train.epochs", "train.device", "train.num_workers", "train.persistent_workers",
                "train.prefetch_factor", "train.log_every", "train.eval_every",
-               "train.save_every", "train.save_every_minutes", "train.keep_last", "train.report", "train.eval_batch_size",
+               "train.save_every", "train.save_every_minutes", "train.keep_last", "train.async_save", "train.report",
+               "train.eval_batch_size",
                "train.early_stopping_patience", "train.max_bad_steps", "train.report_to",
                "train.threads", "train.preempt_signals", "train.requeue"}
 OUTPUT_DIR_REF = "${output_dir}"

@@ -4,6 +4,7 @@ and evaluates with the metrics object the task builds. Options are branches, not
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from mm_ptft.config import ConfigError, RunConfig, to_dict
 from mm_ptft.contracts import Callback, Prepared, Task
 from mm_ptft.env import cpu_count, resolve_precision
+from mm_ptft.train import async_save
 from mm_ptft.train import callbacks as C
 from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import compiling
@@ -76,6 +78,7 @@ class Trainer:
         self.callbacks = [*callbacks, *C.from_config(cfg, task=task)]
         self.should_stop = self.should_save = False
         self.state: Optional[FitState] = None
+        self._writer = async_save.BackgroundWriter() if self.tc.async_save else None
         if self.tc.precision not in (*PRECISIONS, "auto"):
             raise ConfigError(f"train.precision={self.tc.precision!r}; choose one of {['auto', *sorted(PRECISIONS)]}")
         self.dist, self.device = D.setup(self.tc.device)
@@ -180,13 +183,16 @@ class Trainer:
         if state["loader"] is not None:
             self.train_loader.load_state_dict(state["loader"])
 
-    def save_checkpoint(self) -> Optional[Path]:
-        """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first)."""
+    def save_checkpoint(self, wait: bool = False) -> Optional[Path]:
+        """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first). With
+        ``train.async_save`` rank 0 takes a CPU snapshot and a background thread writes it (the returned path
+        exists once the write is done; a failed write raises here, at a later step or at the fit's end);
+        ``wait=True`` returns once it is on disk (then every rank has waited: a preempted run exits after it)."""
         self.should_save = False
         with self._timed("save_s"):
-            return self._save_checkpoint()
+            return self._save_checkpoint(wait)
 
-    def _save_checkpoint(self) -> Optional[Path]:
+    def _save_checkpoint(self, wait: bool) -> Optional[Path]:
         st, path = self.state, None
         rngs = R.gather_rng_states()  # a collective: on every rank
         if P.is_fsdp(self.model):
@@ -199,12 +205,23 @@ class Trainer:
             root = self.run_dir / "checkpoints"
             state = fit_state.checkpoint_state(st, self.train_loader, self._epoch_batches(), optimizer, rngs,
                                                self.callbacks, self.counters, self._workers())
-            path = ckpt.save(root, st.step, weights, state, st.config_text)
-            best = ckpt.write_best(root, st.best_step, self.metric, st.best_value)
-            ckpt.prune(root, self.tc.keep_last, {best} if best else set())
+            write = functools.partial(ckpt.save_and_prune, root, st.step, config_yaml=st.config_text,
+                                      best=(st.best_step, self.metric, st.best_value), keep_last=self.tc.keep_last)
+            if self._writer is None or wait:
+                self._wait_saves()
+                path = write(weights, state)
+            else:  # the snapshot is the stall; the write overlaps the next steps
+                weights, state = async_save.snapshot(ckpt.weights_of(weights), state)
+                path = root / ckpt.step_name(st.step)
+                self._writer.submit(path, functools.partial(write, weights, state))
         D.barrier()
         self._call("on_save", path)
         return path
+
+    def _wait_saves(self) -> None:
+        """Until the checkpoint write in flight (``train.async_save``) is on disk; its failure is raised."""
+        if self._writer is not None:
+            self._writer.wait()
 
     def _load(self, path: Path) -> dict[str, Any]:
         """Load a checkpoint's weights into the model and return its trainer state."""
@@ -256,11 +273,21 @@ class Trainer:
         st.window = S.Window()  # the first train log covers the time from here
         try:
             results = self._train()
+            self._wait_saves()  # the last checkpoint is on disk before final_metrics.json names it
             self._finish(results)
-        except BaseException:
+        except BaseException as err:
+            self._drain_saves(err)
             st.logger.close(None)  # trackers mark the run failed (and W&B's service process ends)
             raise
         return results
+
+    def _drain_saves(self, err: BaseException) -> None:
+        """A fit that fails still finishes the checkpoint write in flight; a failure of that write is logged
+        (the fit's own error is the one raised)."""
+        try:
+            self._wait_saves()
+        except ckpt.CheckpointError as write_err:
+            log.error("%s (while the run stopped with %s)", write_err, type(err).__name__)
 
     def _setup_fit(self) -> FitState:
         """This fit's fresh state (``self.state``): optimizer, schedule and counters, then a checkpoint's on a
@@ -292,6 +319,7 @@ class Trainer:
             log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, self.run_dir)
         if not (self.tc.resume or restarts):
             return
+        self._wait_saves()  # a checkpoint of this trainer's previous fit is complete before one is chosen
         found = ckpt.latest_good(self.run_dir / "checkpoints")
         if found is None:
             log.info("train.resume=true but no usable checkpoint in %s: starting fresh", self.run_dir)
@@ -368,6 +396,8 @@ class Trainer:
     def _log_eval_save(self, total: int) -> None:
         """After an optimizer step: the train log, evaluation and checkpoint that are due."""
         step = self.state.step
+        if self._writer is not None:
+            self._writer.poll()  # a background write that failed stops the run at the next step
         if step % self.tc.log_every == 0 or step >= total:
             self._check_faults()
             self.log_train()
@@ -441,7 +471,7 @@ class Trainer:
             st.logger.log(st.step, "fault", {"nonfinite_steps_skipped": since, "nonfinite_steps_total": total})
         if worst >= self.tc.max_bad_steps:
             st.opt.zero_grad(set_to_none=True)
-            path = self.save_checkpoint()
+            path = self.save_checkpoint(wait=True)
             raise NonFiniteError(f"{worst} consecutive steps had a NaN/Inf loss or gradient "
                                  f"(train.max_bad_steps={self.tc.max_bad_steps}); the last good state "
                                  f"is saved in {path or self.run_dir / 'checkpoints'}")
