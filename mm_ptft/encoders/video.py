@@ -165,6 +165,13 @@ class HFVideoEncoder(HFBacked, VideoEncoder):
     def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return {"pixel_values": batch[VIDEO]}
 
+    def encode_visible(self, video: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, V, D) of the tubes ``bool_masked_pos`` (B, N) leaves visible: VideoMAE drops the masked ones
+        (as ``VideoMAEForPreTraining`` feeds its encoder); other architectures have no such input."""
+        if self.model.config.model_type != "videomae":
+            raise NotImplementedError(f"{type(self.model).__name__} takes no bool_masked_pos (VideoMAE does)")
+        return self.model(pixel_values=video, bool_masked_pos=bool_masked_pos).last_hidden_state  # (B, V, D)
+
     def encode(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> EncoderOutput:
         tokens = self.model(pixel_values=video).last_hidden_state  # (B, N, D)
         pooled = tokens.mean(1) if self.pooling == "mean" else tokens[:, 0]  # (B, D)

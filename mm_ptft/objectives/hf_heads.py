@@ -22,8 +22,9 @@ def pretrained_head_weights(encoder: Encoder, prefix: str, where: str) -> dict[s
     path = getattr(encoder, "spec", {}).get("name_or_path")
     files = sorted(Path(path).glob("*.safetensors")) if path and Path(path).is_dir() else []
     if not files:
-        raise ValueError(f"{where}.init_from_pretrained_head: the text encoder was not loaded from a local directory "
-                         f"of safetensors weights (model.text.name_or_path={path!r}); give the directory a "
+        m = getattr(encoder, "modality", "text")
+        raise ValueError(f"{where}.init_from_pretrained_head: the {m} encoder was not loaded from a local directory "
+                         f"of safetensors weights (model.{m}.name_or_path={path!r}); give the directory a "
                          f"transformers *ForPreTraining / *ForCausalLM model was saved to, or drop the option")
     found: dict[str, torch.Tensor] = {}
     for file in files:

@@ -256,18 +256,24 @@ def tube_mask(batch: int, tubes: int, n: int, ratio: float, device: torch.device
     return spatial.unsqueeze(1).expand(batch, tubes, n).reshape(batch, tubes * n)  # (B, T'*N)
 
 
+def tube_targets(video: torch.Tensor, patch: int, tubelet: int, norm_pix: bool = True) -> torch.Tensor:
+    """The tubes (B, M, ts*p*p*C) of ``video`` (B, T, C, H, W) a VideoMAE decoder predicts; with ``norm_pix`` each
+    tube's pixels normalised per channel by their own mean and (unbiased) std, as ``VideoMAEForPreTraining`` does."""
+    target = patchify_video(video.float(), patch, tubelet)  # (B, M, ts*p*p*C)
+    if not norm_pix:
+        return target
+    c = video.shape[2]
+    x = target.reshape(*target.shape[:2], -1, c)  # (B, M, ts*p*p, C)
+    x = (x - x.mean(-2, keepdim=True)) / (x.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+    return x.reshape(target.shape)
+
+
 def videomae_loss(pred: torch.Tensor, video: torch.Tensor, mask: torch.Tensor, patch: int, tubelet: int,
                   norm_pix: bool = True) -> torch.Tensor:
-    """MSE between predicted and true tubes on the masked ones only; with ``norm_pix`` each tube's pixels are
-    normalised per channel by their own mean and (unbiased) std, as ``VideoMAEForPreTraining`` does — which also
-    makes the target independent of any per-channel input normalisation.
+    """MSE between predicted and true tubes (``tube_targets``) on the masked ones only; ``norm_pix`` also makes the
+    target independent of any per-channel input normalisation.
     pred (B, M, ts*p*p*C), video (B, T, C, H, W), mask (B, M) True = masked."""
-    target = patchify_video(video.float(), patch, tubelet)  # (B, M, ts*p*p*C)
-    if norm_pix:
-        c = video.shape[2]
-        x = target.reshape(*target.shape[:2], -1, c)  # (B, M, ts*p*p, C)
-        x = (x - x.mean(-2, keepdim=True)) / (x.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-        target = x.reshape(target.shape)
+    target = tube_targets(video, patch, tubelet, norm_pix)  # (B, M, ts*p*p*C)
     per_tube = ((pred.float() - target) ** 2).mean(-1)  # (B, M)
     m = mask.to(per_tube.dtype)
     return (per_tube * m).sum() / m.sum().clamp_min(1.0)
@@ -301,16 +307,88 @@ class MaskedVideoObjective(_Masked):
 
     def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         video = batch[VIDEO]  # (B, T, C, H, W)
-        b, t = video.shape[:2]
-        frames = batch.get(VIDEO_MASK)
-        frames = torch.ones(b, t, dtype=torch.bool, device=video.device) if frames is None else frames.bool()
+        frames = frame_mask(batch)  # (B, T)
         mask, pix = self.masks(video)
         enc_in = {VIDEO: video.masked_fill(pix, 0.0), VIDEO_MASK: frames}  # 0 = the mean after normalisation
         tokens, tmask = token_sequence(feats.encoders["video"](enc_in))
         pred = self.decoder(tokens, tmask, mask.shape[1])  # (B, M, ts*p*p*C)
-        real = frames.reshape(b, t // self.tubelet, self.tubelet).all(-1)  # (B, T'): tubes of real frames only
-        real = real.repeat_interleave(mask.shape[1] // real.shape[1], 1)  # (B, M)
+        real = real_tubes(frames, self.tubelet, mask.shape[1])  # (B, M)
         return {"mvm_loss": videomae_loss(pred, video, mask & real, self.patch, self.tubelet, self.norm_pix)}
+
+
+def frame_mask(batch: Mapping[str, Any]) -> torch.Tensor:
+    """``video_mask`` (B, T) bool, all True when the batch has none."""
+    video, frames = batch[VIDEO], batch.get(VIDEO_MASK)
+    return torch.ones(video.shape[:2], dtype=torch.bool, device=video.device) if frames is None else frames.bool()
+
+
+def real_tubes(frames: torch.Tensor, tubelet: int, m: int) -> torch.Tensor:
+    """(B, M) True for the tubes (``patchify_video``'s order) whose ``tubelet`` frames are all real."""
+    b, t = frames.shape
+    real = frames.reshape(b, t // tubelet, tubelet).all(-1)  # (B, T')
+    return real.repeat_interleave(m // real.shape[1], 1)  # (B, M)
+
+
+class VideoMAEPretrainingHead(nn.Module):
+    """``transformers.VideoMAEForPreTraining`` without its encoder: ``encoder_to_decoder``, ``mask_token``, the fixed
+    sinusoid position table and ``decoder``, built (and initialised) by transformers itself."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        from transformers import VideoMAEForPreTraining
+
+        full = VideoMAEForPreTraining(config)
+        self.encoder_to_decoder, self.mask_token, self.decoder = full.encoder_to_decoder, full.mask_token, full.decoder
+        self.register_buffer("position_embeddings", full.position_embeddings.detach().clone(), persistent=False)
+
+    def forward(self, visible: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """visible (B, V, D) encoder tokens of the unmasked tubes, mask (B, M) → (B, K, ts*p*p*C) predictions of
+        the K masked tubes in order (VideoMAE shuffles the position embeddings, not the tokens)."""
+        x = self.encoder_to_decoder(visible)  # (B, V, d)
+        b, _, d = x.shape
+        pos = self.position_embeddings.expand(b, -1, -1).to(x)  # (B, M, d)
+        pos_masked = pos[mask].reshape(b, -1, d)  # (B, K, d)
+        x = torch.cat([x + pos[~mask].reshape(b, -1, d), self.mask_token + pos_masked], 1)  # (B, M, d)
+        return self.decoder(x, pos_masked.shape[1]).logits  # (B, K, ts*p*p*C)
+
+
+class VideoMAEObjective(_Masked):
+    """Masked video modelling as ``transformers.VideoMAEForPreTraining`` computes it, on the run's VideoMAE encoder:
+    the encoder sees only the visible tubes (``bool_masked_pos``: masked tokens dropped, not blanked), the
+    pretraining model's own decoder predicts the masked ones, and the loss is the MSE to their (``norm_pix_loss``:
+    per-tube normalised) pixels of the clip with the encoder's normalisation undone; tubes of padded frames are
+    left out (with none, the loss equals transformers'). Returns ``mvm_loss``."""
+
+    modalities = ("video",)
+
+    def __init__(self, video_encoder: Encoder, mask_ratio: float = 0.9) -> None:
+        super().__init__()
+        cfg = video_encoder.model.config  # type: ignore[attr-defined]
+        self.patch, self.tubelet, self.norm_pix = int(cfg.patch_size), int(cfg.tubelet_size), bool(cfg.norm_pix_loss)
+        self.ratio, self.head = mask_ratio, VideoMAEPretrainingHead(cfg)
+        pre = video_encoder.preprocess  # type: ignore[attr-defined]
+        rgb = int(cfg.num_channels) == 3  # transformers undoes only an RGB normalisation
+        self.register_buffer("mean", torch.tensor(list(pre.mean) if rgb else [0.0]).view(1, 1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(pre.std) if rgb else [1.0]).view(1, 1, -1, 1, 1), persistent=False)
+
+    def forward(self, feats: EncodedBatch, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        video = batch[VIDEO]  # (B, T, C, H, W)
+        b, t, _, h, w = video.shape
+        n = (h // self.patch) * (w // self.patch)
+        mask = tube_mask(b, t // self.tubelet, n, self.ratio, video.device, self.generator(video.device))  # (B, M)
+        return {"mvm_loss": self.loss(feats.encoders["video"], video, frame_mask(batch), mask)}
+
+    def loss(self, encoder: Encoder, video: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss for clips ``video`` (B, T, C, H, W), real ``frames`` (B, T) and tube ``mask`` (B, M) True = masked
+        (the same count in every clip)."""
+        b = video.shape[0]
+        pred = self.head(encoder.encode_visible(video, mask), mask)  # type: ignore[attr-defined]  # (B, K, F)
+        with torch.no_grad():
+            target = tube_targets(video.float() * self.std + self.mean, self.patch, self.tubelet, self.norm_pix)
+            labels = target[mask].reshape(b, -1, target.shape[-1])  # (B, K, F)
+            real = real_tubes(frames, self.tubelet, mask.shape[1])[mask].reshape(b, -1).float()  # (B, K)
+        per_tube = ((pred.float() - labels) ** 2).mean(-1)  # (B, K)
+        return (per_tube * real).sum() / real.sum().clamp_min(1.0)
 
 
 # ---- audio: masked spectrogram modelling ------------------------------------------------------------
@@ -426,14 +504,52 @@ def mae(encoders: Mapping[str, Encoder], image_size: int = 0, patch_size: int = 
 @OBJECTIVES.register()
 def masked_video(encoders: Mapping[str, Encoder], image_size: int = 0, max_frames: int = 16, patch_size: int = 8,
                  tubelet_size: int = 2, mask_ratio: float = 0.75, decoder_dim: int = 64, decoder_depth: int = 1,
-                 norm_pix: bool = True) -> MaskedVideoObjective:
+                 norm_pix: bool = True, decoder: str = "query",
+                 init_from_pretrained_head: bool = False) -> MaskedVideoObjective | VideoMAEObjective:
     """VideoMAE-style masked video modelling with tube masking (``mask_ratio`` of the spatial patches, the same in
-    every frame); image_size defaults to the video encoder's frame size, ``max_frames`` bounds the clip length."""
+    every frame); image_size defaults to the video encoder's frame size, ``max_frames`` bounds the clip length.
+    ``decoder: query`` (any encoder: masked tubes blanked in the input, a light query decoder) or ``decoder: hf``
+    (a transformers VideoMAE encoder: ``VideoMAEForPreTraining``'s own decoder and loss, masked tubes dropped; patch,
+    tubelet, decoder sizes and ``norm_pix_loss`` from its config; ``init_from_pretrained_head`` reads the decoder
+    from the encoder's checkpoint directory, a ``VideoMAEForPreTraining`` save)."""
+    where = "model.objective (masked_video)"
     require_encoders(encoders, ["video"], "objective masked_video")
     enc = encoders["video"]
+    if decoder not in ("query", "hf"):
+        raise ValueError(f"{where}: decoder={decoder!r}: choose query or hf")
+    if decoder == "hf":
+        return _videomae_objective(enc, mask_ratio, init_from_pretrained_head, where)
+    if init_from_pretrained_head:
+        raise ValueError(f"{where}: init_from_pretrained_head needs decoder=hf (a VideoMAEForPreTraining checkpoint)")
     size = image_size or enc.preprocess.size[0]  # type: ignore[attr-defined]
     return MaskedVideoObjective(enc, size, max_frames, patch_size, tubelet_size, mask_ratio, decoder_dim,
                                 decoder_depth, 4, norm_pix)
+
+
+def _videomae_objective(enc: Encoder, mask_ratio: float, from_head: bool, where: str) -> VideoMAEObjective:
+    model_type = getattr(getattr(getattr(enc, "model", None), "config", None), "model_type", None)
+    if model_type != "videomae":
+        raise ValueError(f"{where}: decoder=hf is VideoMAEForPreTraining's decoder and needs model.video to be a "
+                         f"transformers VideoMAE (name: hf), not {model_type or type(enc).__name__}; or decoder=query")
+    obj = VideoMAEObjective(enc, mask_ratio)
+    if from_head:
+        obj.head.load_state_dict(_videomae_decoder(getattr(enc, "spec", {}).get("name_or_path"), where))
+    return obj
+
+
+def _videomae_decoder(path: Optional[str], where: str) -> dict[str, torch.Tensor]:
+    """The decoder weights of the ``VideoMAEForPreTraining`` saved at ``path``, loaded by transformers itself (it
+    renames checkpoint keys such as ``q_bias``), or a ValueError naming the option."""
+    from transformers import VideoMAEForPreTraining
+
+    where = f"{where}.init_from_pretrained_head"
+    if not path:
+        raise ValueError(f"{where}: model.video was not loaded from a VideoMAEForPreTraining checkpoint (name_or_path)")
+    full, info = VideoMAEForPreTraining.from_pretrained(path, output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if not k.startswith("videomae.")]
+    if missing:
+        raise ValueError(f"{where}: {path} holds no VideoMAEForPreTraining decoder (missing {sorted(missing)[:3]})")
+    return {k: v for k, v in full.state_dict().items() if not k.startswith("videomae.")}
 
 
 @OBJECTIVES.register()

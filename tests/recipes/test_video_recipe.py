@@ -97,3 +97,18 @@ def test_masked_video_small_run_trains_and_saves_the_video_encoder(tmp_path):
     results = run.train(load_config(MASKED_VIDEO, [f"output_dir={tmp_path}", *SMALL_PAIRS]))
     assert "mvm_loss" in results and results["mvm_loss"] > 0
     assert os.path.isfile(tmp_path / "encoders" / "video" / "mm_ptft_encoder.json")
+
+
+TINY_VIDEOMAE = {"model_type": "videomae", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_frames": 4,
+                 "decoder_hidden_size": 24, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2,
+                 "decoder_intermediate_size": 48}
+
+
+def test_masked_video_with_videomae_s_own_decoder_trains_through_the_recipe(tmp_path):
+    """decoder: hf (VideoMAEForPreTraining's decoder and loss; parity in tests/objectives/test_videomae_parity.py)."""
+    conf = load_config(MASKED_VIDEO, [f"output_dir={tmp_path}", *SMALL_PAIRS])
+    conf.model.video = {"name": "hf", "config": TINY_VIDEOMAE}
+    conf.model.objective = {"name": "masked_video", "decoder": "hf", "mask_ratio": 0.75}
+    results = run.train(conf)
+    assert results["mvm_loss"] > 0 and os.path.isfile(tmp_path / "encoders" / "video" / "config.json")
