@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from mm_ptft.train.checkpoint import verify
 from mm_ptft.train.samplers import GroupedBatchSampler
 from mm_ptft.train.rundir import final_results
 
@@ -56,3 +57,7 @@ def test_distributed_run_writes_once_and_evaluates_all_ranks(runs):
         steps = [json.loads(ln)["step"] for ln in (runs / strategy / "metrics.jsonl").read_text().splitlines()
                  if json.loads(ln)["kind"] == "train"]
         assert steps == list(range(1, STEPS + 1))  # rank 0 alone writes the log: no duplicates
+        # train.async_save with a checkpoint per step: all complete, pruned to keep_last=2 (the best is the last)
+        kept = sorted((runs / strategy / "checkpoints").iterdir())
+        assert [p.name for p in kept] == ["best.json", f"step_{STEPS - 1:08d}", f"step_{STEPS:08d}"]
+        assert all(verify(p) is None for p in kept[1:])

@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from mm_ptft.config import ConfigError
 from mm_ptft.run import load_config, train
+from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import preempt
 from mm_ptft.train.checkpoint import step_dirs
 
@@ -288,3 +290,44 @@ def test_two_ranks_agree_on_stop_and_timed_save_in_one_collective_every_check_st
     want = [(False, False), (False, True), (False, False), (False, True), (False, False), (True, True)]
     assert got[0]["answers"] == got[1]["answers"] == want
     assert got[0]["collectives"] == got[1]["collectives"] == 3
+
+
+class SignalLater(FakeClock):
+    """After optimizer step 2, SIGTERM to this process from another thread a random 0-40 ms later (mid-step 3 or
+    later: the handler runs on the main thread wherever it is)."""
+
+    timer, live = None, True
+
+    def on_step_end(self, trainer):
+        if trainer.step == 2:
+            self.timer = threading.Timer(random.Random(os.getpid()).uniform(0, 0.04), self._fire)
+            self.timer.start()
+
+    def _fire(self):
+        if self.live:  # never after the run (SIGTERM would end pytest)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_end(self, trainer, results):
+        self.live = False
+        self.timer.cancel()
+
+
+def test_sigterm_in_process_to_a_streamed_run_with_one_worker_and_async_save_resumes_identically(topics_data, shards,
+                                                                                                 tmp_path):
+    """The fast variant of the two above (in this process, one loader worker): streamed data, a worker and
+    ``train.async_save`` (the preemption checkpoint is complete when Preempted is raised, whatever background write
+    of an earlier checkpoint was in flight); the CLI turns Preempted into exit 143 (the slow tests)."""
+    one = ("train.num_workers=1", "train.save_every=2", "train.async_save=true")
+    train(load_config(TEXT_TINY, stream_overrides(topics_data, shards, tmp_path / "straight", *one[:2])))
+    out, before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preempt.Preempted, match="preempted by SIGTERM at step"):
+        train(load_config(TEXT_TINY, stream_overrides(topics_data, shards, out, *one)), callbacks=[SignalLater(0)])
+    (row,) = rows(out, "preempted")
+    assert 3 <= row["step"] < STREAM_STEPS and step_dirs(out / "checkpoints")[-1].name == row["checkpoint"]
+    assert ckpt.verify(out / "checkpoints" / row["checkpoint"]) is None  # complete, not a write still in flight
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's handler is gone with it
+
+    train(load_config(TEXT_TINY, stream_overrides(topics_data, shards, out, *one, "train.resume=true")))
+    final = f"step_{STREAM_STEPS:08d}"
+    assert_identical(weights(tmp_path / "straight" / "checkpoints" / final), weights(out / "checkpoints" / final))
+    assert logged_steps(out) == list(range(1, STREAM_STEPS + 1))

@@ -16,6 +16,8 @@ from mm_paths import ROOT, TEXT_TINY
 NO_DROPOUT = ["model.dropout=0.0", "model.text.config.hidden_dropout_prob=0.0",
               "model.text.config.attention_probs_dropout_prob=0.0"]
 STEPS = 4
+#: the DDP and FSDP runs write their checkpoints in the background, one per step (keep_last=2 prunes behind them)
+ASYNC = ("train.async_save=true", "train.save_every=1")
 FAIL_AFTER = 3  # the elastic run's rank 1 dies after optimizer step 3; its last checkpoint is step 2
 
 
@@ -51,7 +53,7 @@ _LAUNCHED: dict = {}  # test modules import the fixture separately: launch once 
 @pytest.fixture(scope="session")
 def two_rank_runs(topics_data, tmp_path_factory):
     """A single-process reference (batch 32) and ONE ``torchrun --max-restarts=1`` launch running, in turn:
-    DDP 2×16; FSDP2 2×8 with 2 accumulation steps; FSDP2 2×16 whose rank 1 dies once after step 3.
+    DDP 2×16; FSDP2 2×8 with 2 accumulation steps (both ``ASYNC``: background checkpoint writes); FSDP2 2×16 whose rank 1 dies once after step 3.
     No length grouping: with accumulation a step is 2 consecutive global batches of 16, whose union is the
     single process's batch of 32 only without grouping (grouped global batches: see the sampler test).
     Returns (root dir, the torchrun process)."""
@@ -63,10 +65,12 @@ def two_rank_runs(topics_data, tmp_path_factory):
 def _launch(topics_data, root):
     common = ("train.group_by_length=false",)
     train(load_config(TEXT_TINY, overrides(topics_data, root / "single", "train.batch_size=32", *common)))
+    common_async = (*common, *ASYNC)
     env = {"MM_PTFT_TEST_FAIL": f"{FAIL_AFTER}:{root / 'failed_once'}", "MM_PTFT_TEST_FAIL_RUN": str(root / "elastic")}
-    proc = torchrun(overrides(topics_data, root / "ddp", "train.batch_size=16", "train.distributed=ddp", *common),
+    proc = torchrun(overrides(topics_data, root / "ddp", "train.batch_size=16", "train.distributed=ddp",
+                              *common_async),
                     overrides(topics_data, root / "fsdp", "train.batch_size=8", "train.grad_accum_steps=2",
-                              "train.distributed=fsdp", *common),
+                              "train.distributed=fsdp", *common_async),
                     overrides(topics_data, root / "elastic", "train.batch_size=16", "train.save_every=2",
                               "train.distributed=fsdp", *common),
                     env_extra=env, restarts=1)
