@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -264,8 +264,9 @@ def per_class_sample(values: Sequence[Any], k: int, seed: int, labels: LabelMap,
     return sorted(picked)
 
 
-def resolve_eval(train_ds: Any, eval_path: Optional[str], fraction: float, seed: int):
-    """(train, eval) from an eval file or a seeded split of the training file."""
+def resolve_eval(train_ds: Any, eval_path: Optional[str], fraction: float, seed: int,
+                 loader: Callable[[str, str], Any] = load_table):
+    """(train, eval) from an eval file (read by ``loader``) or a seeded split of the training file."""
     if eval_path:
-        return train_ds, load_table(eval_path, "data.eval_file")
+        return train_ds, loader(eval_path, "data.eval_file")
     return split_off(train_ds, fraction, seed)

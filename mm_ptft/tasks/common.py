@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from mm_ptft.config import ConfigError
 from mm_ptft.contracts import Prepared, Recipe
@@ -39,15 +39,17 @@ def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
     return bool(data.train_file) and (train or learn or not data.eval_file)
 
 
-def load_splits(cfg: Any, train: bool, learn: bool = False) -> tuple[Any, Any]:
+def load_splits(cfg: Any, train: bool, learn: bool = False, loader: Callable[[str, str], Any] = load_table
+                ) -> tuple[Any, Any]:
     """(train table, eval table) of ``cfg.data`` (HF datasets; None where not needed or not given): generated
     files resolved first; the training file read when ``needs_train_file`` says so, its eval split seeded by
-    ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction)."""
+    ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction). ``loader(path,
+    key)`` reads a file (``tables.load_table``, or a recipe's own format on top of it)."""
     d = cfg.data
     resolve_files(d, cfg.output_dir)
     if needs_train_file(d, train, learn):
-        return resolve_eval(load_table(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, cfg.seed)
-    return None, load_table(d.eval_file, "data.eval_file") if d.eval_file else None
+        return resolve_eval(loader(d.train_file, "data.train_file"), d.eval_file, d.eval_fraction, cfg.seed, loader)
+    return None, loader(d.eval_file, "data.eval_file") if d.eval_file else None
 
 
 def learn_labels(data: Any, table: Any) -> LabelMap:
