@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from mm_ptft.data.tables import ROW, DataError, load_table, require_columns, with_rows
 
@@ -50,14 +50,14 @@ class FolderSpec:
 
 
 def read_table(source: str, key: str, folder: Optional[FolderSpec] = None,
-               counters: Optional[dict[str, int]] = None) -> Any:
+               counters: Optional[dict[str, int]] = None, loader: Callable[[str, str], Any] = load_table) -> Any:
     """``source`` as a ``datasets.Dataset``: a folder through ``folder_table`` (when the recipe reads folders:
     ``folder``; one with split sub-folders: its train and eval splits' rows together), else a table file through
-    ``load_table``."""
+    ``loader(path, key)`` (``load_table``, or a recipe's own format on top of it)."""
     import datasets
 
     if folder is None or not os.path.isdir(source):
-        return load_table(source, key)
+        return loader(source, key)
     counters = counters if counters is not None else {}
     split = split_folders(source)
     if split is None:

@@ -242,13 +242,14 @@ def default_root(files: Sequence[str], cache_dir: str) -> Optional[str]:
 
 
 def features(spec: Mapping[str, str]) -> Any:
-    """``{"text": "int32[]", "labels": "int64"}`` → ``datasets.Features`` (``[]``: a list of that type)."""
+    """``{"text": "int32[]", "labels": "int64"}`` → ``datasets.Features`` (``[]``: a list of that type; ``[][]``: a list
+    of such lists)."""
     import datasets
 
     listed = getattr(datasets, "List", None) or datasets.Sequence  # List from datasets 4; Sequence before
 
     def one(kind: str) -> Any:
-        return listed(datasets.Value(kind[:-2])) if kind.endswith("[]") else datasets.Value(kind)
+        return listed(one(kind[:-2])) if kind.endswith("[]") else datasets.Value(kind)
 
     return datasets.Features({name: one(kind) for name, kind in spec.items()})
 

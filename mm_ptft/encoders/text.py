@@ -96,7 +96,8 @@ class HFTextEncoder(HFBacked, TextEncoder):
     (BERT: dense + tanh over [CLS], what ``BertForSequenceClassification`` classifies)."""
 
     modality = "text"
-    hf_heads = {"classification": "AutoModelForSequenceClassification"}
+    hf_heads = {"classification": "AutoModelForSequenceClassification",
+                "question_answering": "AutoModelForQuestionAnswering"}  # per-token head: any pooling
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: str = "cls", max_length: int = 512) -> None:
         super().__init__()
@@ -111,24 +112,24 @@ class HFTextEncoder(HFBacked, TextEncoder):
 
     def forward(self, batch: Mapping[str, Any]) -> EncoderOutput:
         mask = batch[TEXT_MASK]  # (B, L)
-        # segment ids of sentence pairs, only to models with a segment embedding for ids 0 and 1 (BERT, ALBERT;
-        # not RoBERTa's single type, nor GPT-2, which would look them up in its token embeddings)
-        two_types = getattr(self.model.config, "type_vocab_size", 0) >= 2
-        segments = {"token_type_ids": batch[TEXT_SEGMENTS]} if TEXT_SEGMENTS in batch and two_types else {}
-        out = self.model(input_ids=batch[TEXT], attention_mask=mask, **segments)
+        out = self.model(**self.hf_model_inputs(batch))
         tokens = out.last_hidden_state  # (B, L, D)
         pooled = {"cls": lambda: tokens[:, 0], "mean": lambda: masked_mean(tokens, mask),
                   "pooler": lambda: out.pooler_output}[self.pooling]()  # (B, D)
         return EncoderOutput(pooled, tokens, mask.bool())
 
     def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {"input_ids": batch[TEXT], "attention_mask": batch[TEXT_MASK]}
+        # segment ids of sentence pairs, only to models with a segment embedding for ids 0 and 1 (BERT, ALBERT;
+        # not RoBERTa's single type, nor GPT-2, which would look them up in its token embeddings)
+        two_types = getattr(self.model.config, "type_vocab_size", 0) >= 2
+        segments = {"token_type_ids": batch[TEXT_SEGMENTS]} if TEXT_SEGMENTS in batch and two_types else {}
+        return {"input_ids": batch[TEXT], "attention_mask": batch[TEXT_MASK], **segments}
 
     def input_embeddings(self) -> Optional[nn.Embedding]:
         return self.model.get_input_embeddings()
 
     def hf_pooling_problem(self, kind: str) -> Optional[str]:
-        if self.pooling == "pooler":
+        if kind != "classification" or self.pooling == "pooler":
             return None
         if getattr(self.model, "pooler", None) is None:
             return (f"{type(self.model).__name__} has no pooler: its *ForSequenceClassification puts layers of its own "

@@ -60,8 +60,9 @@ def write_hf(task: nn.Module, cfg: Any, prepared: Any, out: Path) -> dict[str, A
     if hasattr(task, "hf_parity"):  # a generative task: same generated tokens (contracts.GenerativeTask)
         check = task.hf_parity(model, batch)
         if not check["ok"]:
-            raise ExportError(f"--format hf: {type(model).__name__} generates otherwise than the run on "
-                              f"{check['samples']} evaluation prompts (greedy); nothing written")
+            raise ExportError(f"--format hf: {type(model).__name__} " + check.get(
+                "mismatch", f"generates otherwise than the run on {check['samples']} evaluation prompts (greedy)")
+                + "; nothing written")
     else:
         check = parity(task, model, export_spec(task), batch)
     if "max_abs_diff_prob" in check and not (check["same_argmax"] and check["max_abs_diff_prob"] <= PARITY_TOL):
@@ -205,7 +206,7 @@ def from_pretrained(path: str | Path, trust_remote_code: bool = False) -> Pretra
 
 PIPELINE = {"AutoModelForSequenceClassification": "text-classification",
             "AutoModelForImageClassification": "image-classification", "AutoModelForCTC": "automatic-speech-recognition",
-            "AutoModelForCausalLM": "text-generation"}
+            "AutoModelForCausalLM": "text-generation", "AutoModelForQuestionAnswering": "question-answering"}
 
 
 def data_cards(data: dict[str, Any], out: Path) -> list[str]:
@@ -287,8 +288,8 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     lines += ["", "## How to load", ""]
     if fmt == "hf":
         check = info["parity"]
-        pre = {"AutoModelForSequenceClassification": "AutoTokenizer",
-               "AutoModelForCausalLM": "AutoTokenizer"}.get(auto or "", "AutoProcessor")
+        pre = {"AutoModelForSequenceClassification": "AutoTokenizer", "AutoModelForCausalLM": "AutoTokenizer",
+               "AutoModelForQuestionAnswering": "AutoTokenizer"}.get(auto or "", "AutoProcessor")
         lines += ["```python", f"from transformers import {pre}, {auto or 'AutoModel'}", "",
                   f"model = {auto or 'AutoModel'}.from_pretrained(PATH_OR_REPO).eval()",
                   f"pre = {pre}.from_pretrained(PATH_OR_REPO)"]
@@ -306,10 +307,19 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
             "AutoModelForCausalLM": [  # the run's decoding is the directory's generation_config
                 "ids = pre(PROMPT, return_tensors=\"pt\")   # PROMPT: formatted as docs/generative.md says",
                 "print(pre.decode(model.generate(**ids)[0, ids[\"input_ids\"].shape[1]:], skip_special_tokens=True))"],
+            "AutoModelForQuestionAnswering": [  # one window; mm-ptft predict also strides long contexts
+                "enc = pre(QUESTION, CONTEXT, truncation=\"only_second\", return_offsets_mapping=True, return_tensors=\"pt\")",
+                "offsets, ctx = enc.pop(\"offset_mapping\")[0], enc.sequence_ids(0)",
+                "out = model(**enc)",
+                "keep = out.start_logits.new_tensor([s == 1 for s in ctx]).bool()   # context tokens only",
+                "s = int(out.start_logits[0].masked_fill(~keep, -1e9).argmax())",
+                "e = s + int(out.end_logits[0, s:].masked_fill(~keep[s:], -1e9).argmax())",
+                "print(CONTEXT[offsets[s][0]:offsets[e][1]])"],
         }.get(auto or "", [])
         unit = "per-frame token" if auto == "AutoModelForCTC" else "class"
         lines += ["```", ""]
-        lines += [f"Checked at export: `{hf_class}` generates the run's tokens (greedy) for {check['samples']} "
+        lines += [f"Checked at export: `{hf_class}` {check['summary']}."] if "summary" in check else [
+                  f"Checked at export: `{hf_class}` generates the run's tokens (greedy) for {check['samples']} "
                   f"evaluation prompts."] if "same_generated_tokens" in check else [
                   f"Checked at export: `{hf_class}` gives the run's {unit} probabilities within "
                   f"{check['max_abs_diff_prob']:.1e} (max |Δprob|, same argmax: {check['same_argmax']}) on "

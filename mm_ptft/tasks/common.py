@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from mm_ptft.config import ConfigError
 from mm_ptft.contracts import Prepared, Recipe
@@ -53,18 +53,19 @@ def needs_train_file(data: Any, train: bool, learn: bool = False) -> bool:
     return bool(data.train_file) and (train or learn or not data.eval_file)
 
 
-def load_splits(cfg: Any, train: bool, learn: bool = False,
-                counters: Optional[dict[str, int]] = None) -> tuple[Any, Any]:
+def load_splits(cfg: Any, train: bool, learn: bool = False, counters: Optional[dict[str, int]] = None,
+                loader: Callable[[str, str], Any] = load_table) -> tuple[Any, Any]:
     """(train table, eval table) of ``cfg.data`` (HF datasets; None where not needed or not given): generated
     files resolved first; the training file read when ``needs_train_file`` says so, its eval split seeded by
     ``cfg.seed`` unless there is an eval file; else the eval file alone (evaluation, prediction). Folders are read
-    as the recipe reads them (``folder_spec``); files their listing skipped are counted in ``counters``."""
+    as the recipe reads them (``folder_spec``); files their listing skipped are counted in ``counters``.
+    ``loader(path, key)`` reads a file (``tables.load_table``, or a recipe's own format on top of it)."""
     d = cfg.data
     resolve_files(d, cfg.output_dir)
     spec, counters = folder_spec(d), counters if counters is not None else {}
-    ev = read_table(d.eval_file, "data.eval_file", spec, counters) if d.eval_file else None
+    ev = read_table(d.eval_file, "data.eval_file", spec, counters, loader) if d.eval_file else None
     if needs_train_file(d, train, learn):
-        tr = read_table(d.train_file, "data.train_file", spec, counters)
+        tr = read_table(d.train_file, "data.train_file", spec, counters, loader)
         return (tr, ev) if ev is not None else split_off(tr, d.eval_fraction, cfg.seed)
     return None, ev
 
