@@ -120,12 +120,14 @@ def test_a_data_section_inherits_the_shared_keys_with_their_defaults():
     d = _OwnData()
     assert (d.train_file, d.eval_file, d.eval_fraction, d.generate) == ("", "", 0.1, None)
     assert (d.streaming, d.shuffle_block, d.skip_bad_samples) == (False, 1000, False)
-    assert _OwnData.RANGES == {"eval_fraction": "(0, 1)", "shuffle_block": ">0", "max_length": ">0"}
+    assert (d.remote_cache_dir, d.remote_cache_gb, d.remote_retries) == ("", 20.0, 5)
+    assert _OwnData.RANGES == {"eval_fraction": "(0, 1)", "remote_cache_gb": ">0", "remote_retries": ">=0",
+                               "shuffle_block": ">0", "max_length": ">0"}
     assert declared(_OwnData, "RANGES") == _OwnData.RANGES
 
 
 @pytest.mark.parametrize("key,value", [("eval_fraction", 1.0), ("eval_fraction", 0.0), ("shuffle_block", 0),
-                                       ("max_length", 0)])
+                                       ("max_length", 0), ("remote_cache_gb", 0), ("remote_retries", -1)])
 def test_a_subclass_checks_the_base_ranges_and_its_own(key, value):
     cfg = _Section()
     setattr(cfg.data, key, value)

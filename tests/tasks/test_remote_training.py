@@ -18,6 +18,7 @@ from mm_ptft.data.shards import remote_plan
 from mm_ptft.run import load_config, train
 from mm_ptft.run.check_data import check_data
 from mm_ptft.tasks.text_classification import TextClassification
+from mm_ptft.train.rundir import config_changes
 
 from mm_fixtures import kill_after_checkpoint, resume_from_copy, same_weights, csv_to_tars
 from mm_paths import ROOT, TEXT_TINY
@@ -35,7 +36,9 @@ def test_map_style_csv_on_s3_trains_caches_and_writes_no_secret(tmp_path, topics
     common = ["train.report=false", "data.generate=null", f"data.train_file={train_url}", f"data.eval_file={eval_url}",
               f"data.remote_cache_dir={tmp_path / 'remote'}", "train.max_steps=3", "train.eval_every=3"]
     before = dict(remote.STATS)
-    results = train(load_config(TEXT_TINY, [f"output_dir={tmp_path / 'run'}", *common]))
+    first = load_config(TEXT_TINY, [f"output_dir={tmp_path / 'run'}", *common])
+    results = train(first)
+    assert config_changes(tmp_path / "run", first) == []  # a resume with the signed URL again is the same config
     assert "accuracy" in results and remote.STATS["downloads"] - before["downloads"] == 2
     text = run_dir_text(tmp_path / "run")
     assert SECRET not in text and "0123456789abcdefsig" not in text  # config.yaml, logs, metrics, checkpoints
