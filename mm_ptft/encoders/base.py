@@ -129,6 +129,11 @@ class HFBacked:
         """Why this encoder's pooled embedding is not what the transformers class feeds its head (None: it is)."""
         return None
 
+    def hf_head_parts(self) -> dict[str, nn.Module]:
+        """Modules of this encoder that the transformers ``*For<Task>`` class holds beside its base model and linear
+        head, by its attribute name (VideoMAE's ``fc_norm``): ``hf_with_head`` copies them in."""
+        return {}
+
     def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """This encoder's batch keys under the names the transformers model takes."""
         raise NotImplementedError(f"{type(self).__name__}: no transformers input names")
@@ -158,8 +163,9 @@ class HFBacked:
                                       f"{hf_config.model_type!r}") from err
         base = getattr(model, model.base_model_prefix)
         linears = [(n, m) for n, m in model.named_children() if isinstance(m, nn.Linear)]
+        parts = self.hf_head_parts()
         others = [n for n, m in model.named_children() if m is not base and not isinstance(m, nn.Linear)
-                  and any(True for _ in m.parameters())]
+                  and any(True for _ in m.parameters()) and n not in parts]
         if len(linears) != 1 or others or linears[0][1].weight.shape != head.weight.shape:
             raise NotImplementedError(f"{type(model).__name__}'s head is {[n for n, _ in linears] + others}, not one linear "
                                       f"layer {tuple(head.weight.shape)} over the pooled embedding as this task's")
@@ -167,6 +173,8 @@ class HFBacked:
         if missing:
             raise NotImplementedError(f"{type(model).__name__}: the encoder's weights lack {sorted(missing)[:5]}")
         linears[0][1].load_state_dict(head.state_dict())
+        for name, part in parts.items():
+            getattr(model, name).load_state_dict(part.state_dict())
         return model.eval()
 
     def hf_save_processing(self, path: Path, max_length: Optional[int] = None) -> None:

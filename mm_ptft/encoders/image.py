@@ -410,14 +410,18 @@ def save_eval_processor(p: Preprocess, path: Any) -> None:
     size / crop_pct, center-crop to size, rescale to [0, 1], normalise (``preprocessor_config.json`` in ``path``)."""
     from transformers import BitImageProcessor
 
+    BitImageProcessor(**eval_processor_kwargs(p)).save_pretrained(str(path))
+
+
+def eval_processor_kwargs(p: Preprocess) -> dict[str, Any]:
+    """transformers image/video processor options doing what the run's evaluation transform does for ``p``."""
     h, w = p.size
     resize = p.resize_size()
     size = {"shortest_edge": resize} if isinstance(resize, int) else {"height": resize[0], "width": resize[1]}
     pil = {name: code for code, name in _PIL_RESAMPLE.items()}.get(p.interpolation, 2)
-    BitImageProcessor(do_resize=True, size=size, resample=pil,
-                      do_center_crop=True, crop_size={"height": h, "width": w}, do_rescale=True,
-                      rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean), image_std=list(p.std),
-                      do_convert_rgb=True).save_pretrained(str(path))
+    return dict(do_resize=True, size=size, resample=pil, do_center_crop=True, crop_size={"height": h, "width": w},
+                do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(p.mean),
+                image_std=list(p.std), do_convert_rgb=True)
 
 
 def vit_map(tokens: torch.Tensor, images: torch.Tensor, patch: int) -> torch.Tensor:

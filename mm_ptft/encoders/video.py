@@ -9,6 +9,8 @@ frame is real, padded frames False) and returns ``EncoderOutput(pooled (B, D), t
 the architecture needs (None: any)."""
 from __future__ import annotations
 
+import glob
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -146,21 +148,71 @@ def tiny_3d(widths: Sequence[int] = (16, 32, 64), img_size: int = 32) -> Tiny3DC
 
 # ------------------------------------------------------------------------------------- Hugging Face
 class HFVideoEncoder(HFBacked, VideoEncoder):
-    """A transformers video ``AutoModel`` (VideoMAE, TimeSformer, ViViT): ``pixel_values`` (B, T, C, H, W)."""
+    """A transformers video ``AutoModel`` (VideoMAE, TimeSformer, ViViT): ``pixel_values`` (B, T, C, H, W). It pools
+    as the architecture's ``*ForVideoClassification`` does: VideoMAE (no [CLS] token; ``use_mean_pooling``) the
+    mean of its tokens through ``fc_norm``, a LayerNorm it keeps here (loaded from a video classification
+    checkpoint's ``fc_norm.*`` where the directory has one), the others their [CLS] token."""
 
     hf_heads = {"classification": "AutoModelForVideoClassification"}
+    hf_pooling_hint = "transformers' video classifiers pool as their architecture does: model.video.pooling=auto"
+    FC_NORM = "fc_norm.safetensors"  # written beside the transformers files by save_hf
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, processor: Any = None, pooling: str = "auto") -> None:
         super().__init__()
         if pooling not in ("auto", "cls", "mean"):
             raise ValueError(f"model.video.pooling must be auto|cls|mean, got {pooling!r}")
         cfg = model.config
-        # VideoMAE has no [CLS] token: its classifier averages the tokens (use_mean_pooling); the others pool [CLS]
-        auto = "mean" if getattr(cfg, "use_mean_pooling", False) or cfg.model_type == "videomae" else "cls"
+        mean_norm = cfg.model_type == "videomae" and getattr(cfg, "use_mean_pooling", True)
+        self.auto_pooling = "mean" if mean_norm else "cls"
         self.model, self.preprocess, self.processor = model, preprocess, processor
-        self.pooling = auto if pooling == "auto" else pooling
+        self.pooling = self.auto_pooling if pooling == "auto" else pooling
         self.out_dim = int(cfg.hidden_size)
+        self.fc_norm = nn.LayerNorm(self.out_dim, eps=cfg.layer_norm_eps) if mean_norm and self.pooling == "mean" else None
         self.num_frames = int(cfg.num_frames) if getattr(cfg, "num_frames", None) else None
+
+    def hf_pooling_problem(self, kind: str) -> Optional[str]:
+        if self.pooling != self.auto_pooling:
+            return (f"{type(self.model).__name__}: this run pools by {self.pooling}, its video classifier by "
+                    f"{self.auto_pooling}: {self.hf_pooling_hint}; or export --format mm_ptft")
+        return None
+
+    def hf_head_parts(self) -> dict[str, nn.Module]:
+        return {"fc_norm": self.fc_norm} if self.fc_norm is not None else {}
+
+    def save_hf(self, path: Any) -> None:
+        from safetensors.torch import save_file
+
+        super().save_hf(path)
+        if self.fc_norm is not None:
+            save_file({f"fc_norm.{k}": v.contiguous() for k, v in self.fc_norm.state_dict().items()},
+                      os.path.join(str(path), self.FC_NORM))
+
+    def hf_save_processing(self, path: Any, max_length: Optional[int] = None) -> None:
+        """The model's own processor; without one (random init) a ``VideoMAEImageProcessor`` doing what the run's
+        evaluation transform does per frame (resize to size / crop_pct, centre crop, rescale, normalise). An image
+        processor, not a video one: with it ``pipeline("video-classification")`` decodes with PyAV, where a video
+        processor needs torchcodec."""
+        if self.processor is not None:
+            self.processor.save_pretrained(str(path))
+            return
+        from transformers import VideoMAEImageProcessor
+
+        from mm_ptft.encoders.image import eval_processor_kwargs
+
+        VideoMAEImageProcessor(**eval_processor_kwargs(self.preprocess)).save_pretrained(str(path))
+
+    def load_fc_norm(self, name_or_path: str) -> None:
+        """``fc_norm.*`` from the directory's safetensors files (a ``*ForVideoClassification`` save or ours)."""
+        from safetensors import safe_open
+
+        if self.fc_norm is None or not os.path.isdir(name_or_path):
+            return
+        found = {}
+        for file in sorted(glob.glob(os.path.join(name_or_path, "*.safetensors"))):
+            with safe_open(file, "pt") as st:
+                found.update({k[len("fc_norm."):]: st.get_tensor(k) for k in st.keys() if k.startswith("fc_norm.")})
+        if found:
+            self.fc_norm.load_state_dict(found)
 
     def hf_model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return {"pixel_values": batch[VIDEO]}
@@ -175,6 +227,8 @@ class HFVideoEncoder(HFBacked, VideoEncoder):
     def encode(self, video: torch.Tensor, mask: Optional[torch.Tensor] = None) -> EncoderOutput:
         tokens = self.model(pixel_values=video).last_hidden_state  # (B, N, D)
         pooled = tokens.mean(1) if self.pooling == "mean" else tokens[:, 0]  # (B, D)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)  # (B, D)
         return EncoderOutput(pooled, tokens)
 
 
@@ -217,4 +271,7 @@ def hf(name_or_path: Optional[str] = None, config: Optional[dict[str, Any]] = No
         model, processor = AutoModel.from_config(hf_cfg, trust_remote_code=trust), None
     else:
         raise ValueError("model.video (hf): give name_or_path (hub id or directory) or config (random init)")
-    return HFVideoEncoder(model, _hf_preprocess(processor, model.config), processor, pooling)
+    enc = HFVideoEncoder(model, _hf_preprocess(processor, model.config), processor, pooling)
+    if name_or_path:
+        enc.load_fc_norm(name_or_path)
+    return enc

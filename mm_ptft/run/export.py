@@ -26,7 +26,7 @@ from mm_ptft.contracts import ExportError, export_spec  # noqa: F401 (re-exporte
 from mm_ptft.contracts import ExportSpec as Spec
 from mm_ptft.contracts import on_device
 from mm_ptft.tasks.common import load_run
-from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK
+from mm_ptft.types import AUDIO, AUDIO_LENGTHS, IMAGE, TEXT, TEXT_MASK, VIDEO, VIDEO_MASK
 
 FORMATS = ("onnx", "torchscript")
 DIRECTORY_FORMATS = ("hf", "mm_ptft", "sentence_transformers", "open_clip")  # directories (mm_ptft.run.hub)
@@ -38,6 +38,8 @@ INPUTS: dict[str, tuple[str, dict[int, str]]] = {
     IMAGE: ("pixel_values", {0: "batch"}),
     AUDIO: ("audio", {0: "batch"}),  # last axis (samples or feature frames) added below
     AUDIO_LENGTHS: ("audio_lengths", {0: "batch"}),
+    VIDEO: ("video", {0: "batch"}),  # (N, T, C, H, W): T fixed at the run's data.sampling.num_frames
+    VIDEO_MASK: ("video_mask", {0: "batch"}),
 }
 
 

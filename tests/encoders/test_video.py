@@ -53,12 +53,13 @@ def test_save_and_reload_by_path(key, tmp_path):
         assert torch.allclose(enc(x).pooled, again(x).pooled, atol=1e-6)
 
 
-def test_videomae_pools_the_mean_of_its_tokens_and_timesformer_its_cls():
+def test_videomae_pools_the_normed_mean_of_its_tokens_and_timesformer_its_cls():
     torch.manual_seed(0)
     x = torch.randn(1, 4, 3, 32, 32)
     mae = build_encoder(VIDEO_ENCODERS, TINY_SPECS["hf"], "model.video").eval()
     tokens = mae.model(pixel_values=x).last_hidden_state  # (1, N, D): (4 / 2) * (32 / 8) ** 2 tubes
-    assert tokens.shape[1] == 32 and torch.allclose(mae({"video": x}).pooled, tokens.mean(1), atol=1e-6)
+    # VideoMAEForVideoClassification's pooling: the token mean through its fc_norm LayerNorm
+    assert tokens.shape[1] == 32 and torch.allclose(mae({"video": x}).pooled, mae.fc_norm(tokens.mean(1)), atol=1e-6)
     tsf = build_encoder(VIDEO_ENCODERS, EXTRA_SPECS["hf_timesformer"], "model.video").eval()
     assert torch.allclose(tsf({"video": x}).pooled, tsf.model(pixel_values=x).last_hidden_state[:, 0], atol=1e-6)
 
