@@ -24,7 +24,9 @@ def counting_collate(items):
 
 def cfg(out, **train):
     return RunConfig(task="toy", output_dir=str(out), train=TrainConfig(**{
-        **dict(batch_size=8, max_steps=4, eval_every=2, log_every=1, report=False, device="cpu"), **train}))
+        **dict(batch_size=8, max_steps=4, eval_every=2, log_every=1, report=False, device="cpu",
+                # fp32: the hand-computed references are fp32 (auto is bf16 on a CPU with AVX512-BF16)
+                precision="fp32"), **train}))
 
 
 def rows(run_dir):
