@@ -30,14 +30,17 @@ def run(extra_env: dict[str, str], steps: int, log_every: int) -> dict[str, floa
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(PYTHONPATH=str(ROOT), **extra_env)
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "mm_ptft.cli", "train", RECIPE, f"output_dir={out}",
+        done = subprocess.run([sys.executable, "-m", "mm_ptft.cli", "train", RECIPE, f"output_dir={out}",
                         f"train.max_steps={steps}", f"train.log_every={log_every}", "train.eval_every=100000",
                         "train.report=false", "train.device=cpu", "train.report_to=[jsonl]"],
                        cwd=ROOT, env=env, check=True, capture_output=True, text=True)
         rows = [r for r in map(json.loads, Path(out, "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     later = rows[1:]
     samples = sum(r["samples_per_s"] * (r["train_time_s"] + r["eval_time_s"] + r["save_time_s"]) for r in later)
-    return {"samples_per_s": samples / sum(r["train_time_s"] for r in later), "load_1min": os.getloadavg()[0]}
+    threads = next((int(ln.split("threads: ")[1].split()[0]) for ln in done.stderr.splitlines()
+                    if "threads: " in ln and "intra-op" in ln), -1)  # what the run logged it chose
+    return {"samples_per_s": samples / sum(r["train_time_s"] for r in later), "load_1min": os.getloadavg()[0],
+            "threads": threads}
 
 
 def compare(quick: bool, seeds: int, device: str = "") -> dict[str, Any]:
@@ -47,14 +50,15 @@ def compare(quick: bool, seeds: int, device: str = "") -> dict[str, Any]:
         for arm, env in ARMS.items():
             raw[arm].append(run(env, steps, log_every))
     auto, one = ([r["samples_per_s"] for r in raw[a]] for a in ARMS)
-    rows = [[arm, fmt([r["samples_per_s"] for r in runs], 1), fmt([r["load_1min"] for r in runs], 1)]
-            for arm, runs in raw.items()]
-    rows.append(["auto vs OMP_NUM_THREADS=1", f"ratio {fmt(ratios(auto, one), 2)}",
-                 f"difference {fmt_paired(auto, one, 1)} samples/s"])
+    rows = [[arm, fmt([r["samples_per_s"] for r in runs], 1), fmt([r["load_1min"] for r in runs], 1),
+             ", ".join(str(r["threads"]) for r in runs)] for arm, runs in raw.items()]
+    rows.append(["auto vs OMP_NUM_THREADS=1 (paired)", f"ratio {fmt(ratios(auto, one), 2)}",
+                 f"difference {fmt_paired(auto, one, 1)} samples/s", "per pair: " + ", ".join(
+                     f"{a / b:.2f}" for a, b in zip(auto, one))])
     return section("Threads on a loaded machine: automatic sizing vs OMP_NUM_THREADS=1 (tiny speech recipe, CPU)",
                    f"{steps} steps per run in a fresh process, samples/s over the train rows after the first "
                    f"(log_every={log_every}), training time only; arms interleaved ABAB, {seeds} repeats",
-                   ["arm", "samples/s", "load average (1 min) after the run"], rows, seeds=seeds, quick=quick,
+                   ["arm", "samples/s", "load average (1 min) after the run", "intra-op threads chosen, per run"], rows, seeds=seeds, quick=quick,
                    raw=raw, notes=["auto: `train.threads=0` — the usable CPUs (affinity, cgroup quota) divided by the "
                                    "processes on the node; `mm-ptft doctor` prints the load and this plan",
                                    "the machine is shared with other jobs: its load is what the issue asks about",
