@@ -165,9 +165,24 @@ def thread_plan(override: int = 0, local_world: int = 1) -> tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env), f"OMP_NUM_THREADS={env} (set in the environment: it wins over the sizing)"
-    cpus = usable_cpus()
-    n = max(1, cpus // max(1, local_world))
-    return n, f"{cpus} usable CPUs / {local_world} local process(es)"
+    cpus, busy = usable_cpus(), busy_cpus()
+    n = max(1, (cpus - busy) // max(1, local_world))
+    return n, f"{cpus} usable CPUs{f' - {busy} busy (load average)' if busy else ''} / {local_world} local process(es)"
+
+
+def busy_cpus() -> int:
+    """The CPUs other processes keep busy, where the load average speaks for this process's CPUs: it is the whole
+    machine's, so only when the affinity mask is every CPU and no cgroup quota applies (a shared machine, not a
+    container's slice of a host): the whole CPUs of the 1-minute load average (a run just starting adds next to nothing
+    to it), at most all but one; 0 elsewhere. Two threads per process on a 2-core machine other jobs keep busy ran the tiny speech recipe
+    20x slower than one (benchmarks/threads_loaded.py)."""
+    if cgroup_cpus() is not None or cpu_count() != (os.cpu_count() or 1):
+        return 0
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 0
+    return min(cpu_count() - 1, int(load))
 
 
 def apply_threads(override: int = 0, local_world: int = 1) -> str:

@@ -169,6 +169,7 @@ def test_thread_plan_divides_usable_cpus_by_local_ranks_and_lets_omp_and_train_t
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(E, "cpu_count", lambda: 16)
     monkeypatch.setattr(E, "cgroup_cpus", lambda: None)
+    monkeypatch.setattr(E, "busy_cpus", lambda: 0)
     assert E.thread_plan(0, 4)[0] == 4 and E.thread_plan(0, 32)[0] == 1
     monkeypatch.setattr(E, "cgroup_cpus", lambda: 6.5)  # a container allowed 6.5 CPUs of the 16
     assert E.usable_cpus() == 6 and E.thread_plan(0, 2)[0] == 3
@@ -177,6 +178,24 @@ def test_thread_plan_divides_usable_cpus_by_local_ranks_and_lets_omp_and_train_t
     n, why = E.thread_plan(0, 1)
     assert n == 2 and "OMP_NUM_THREADS=2" in why and "wins" in why
     assert "intra-op threads" in E.thread_line() and "load average" in E.thread_line()
+
+
+def test_a_loaded_shared_machine_gets_the_cpus_its_load_leaves(monkeypatch):
+    """By hand: 16 CPUs, all in the mask, load 9.7 → 9 busy → (16 - 9) // 2 ranks = 3; load 40 → 1 (never 0); a mask
+    or a cgroup quota narrower than the machine: the machine's load says nothing about them (no cut)."""
+    from mm_ptft import env as E
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(E, "cgroup_cpus", lambda: None)
+    monkeypatch.setattr(E, "cpu_count", lambda: 16)
+    monkeypatch.setattr(E.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(E.os, "getloadavg", lambda: (9.7, 5.0, 1.0))
+    n, why = E.thread_plan(0, 2)
+    assert n == 3 and "9 busy (load average)" in why
+    monkeypatch.setattr(E.os, "getloadavg", lambda: (40.0, 5.0, 1.0))
+    assert E.thread_plan(0, 1)[0] == 1
+    monkeypatch.setattr(E.os, "cpu_count", lambda: 64)  # a 16-CPU affinity mask on a 64-CPU host
+    assert E.busy_cpus() == 0 and E.thread_plan(0, 2)[0] == 8
 
 
 def test_train_threads_is_range_checked(tmp_path):

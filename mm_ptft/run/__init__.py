@@ -20,6 +20,7 @@ from mm_ptft.train import checkpoint as ckpt
 from mm_ptft.train import distributed as D
 from mm_ptft.train import rundir, runlock
 from mm_ptft.train.distributed import main_process_first
+from mm_ptft.train.logging import setup_console
 from mm_ptft.train.trainer import Trainer, seed_everything
 
 
@@ -74,6 +75,8 @@ def start(cfg: RunConfig, what: str = "train") -> None:
     unless resumed (``train.resume``) or replaced (``train.overwrite_output_dir``), and a second live writer
     is refused by the run lock (``train.runlock``; taken by the main process)."""
     seed_everything(cfg.seed)
+    if D.is_main_process():
+        setup_console()  # the thread line is shown (the trainer's console comes later)
     log.info(apply_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     rundir.claim(cfg, restarting=D.restart_count() > 0)
     with main_process_first(cfg.train.device):

@@ -53,7 +53,8 @@ _LAUNCHED: dict = {}  # test modules import the fixture separately: launch once 
 @pytest.fixture(scope="session")
 def two_rank_runs(topics_data, tmp_path_factory):
     """A single-process reference (batch 32) and ONE ``torchrun --max-restarts=1`` launch running, in turn:
-    DDP 2×16; FSDP2 2×8 with 2 accumulation steps (both ``ASYNC``: background checkpoint writes); FSDP2 2×16 whose rank 1 dies once after step 3.
+    DDP 2×16; FSDP2 2×8 with 2 accumulation steps (both ``ASYNC``: background checkpoint writes); FSDP2 2×16
+    whose rank 1 dies once after step 3.
     No length grouping: with accumulation a step is 2 consecutive global batches of 16, whose union is the
     single process's batch of 32 only without grouping (grouped global batches: see the sampler test).
     Returns (root dir, the torchrun process)."""
