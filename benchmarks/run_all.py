@@ -25,7 +25,7 @@ COMPARISONS = {"trainer_overhead": "benchmarks.trainer_overhead", "vs_hf_trainer
                "pretrain_vs_scratch": "benchmarks.pretrain_vs_scratch", "vs_open_clip": "benchmarks.vs_open_clip",
                "compile_speed": "benchmarks.compile_speed", "table_memory": "benchmarks.table_memory",
                "ctc_lm": "benchmarks.ctc_lm", "vs_open_clip_coca": "benchmarks.vs_open_clip_coca",
-               "whisper_vs_seq2seqtrainer": "benchmarks.whisper_vs_seq2seqtrainer"}
+               "whisper_vs_seq2seqtrainer": "benchmarks.whisper_vs_seq2seqtrainer", "vs_trl_sft": "benchmarks.vs_trl_sft"}
 QUICK_SEEDS = 2
 
 
