@@ -46,3 +46,14 @@ def test_greedy_generation_is_the_models_own_generate(kind):
                                  num_beams=1, max_new_tokens=5)[:, 1:]
     assert torch.equal(ours, ref)
     assert task(batch)["generated"] == task.lm.tokenizer.batch_decode(ref, skip_special_tokens=True)
+
+
+def test_eval_output_holds_no_logits():
+    """The generation contract: an eval forward hands the metrics scalars and strings only (the (B, L, V) logits
+    are dropped inside), so evaluation memory does not grow with the eval set."""
+    task, batch = build("bart")
+    task.eval()
+    out = task(batch)
+    tensors = {k: tuple(v.shape) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    assert tensors and all(shape == () for shape in tensors.values()), tensors
+    assert isinstance(out["generated"], list) and len(out["generated"]) == batch["text"].shape[0]
