@@ -31,8 +31,8 @@ def config(tmp_path, case, files, run, *extra):
     name, _, over, _ = CASES[case]
     files = [f"data.{k}={v}" for k, v in files.items()]
     return load_config(os.path.join(ROOT, "recipes", name, "tiny.yaml"),
-                       [f"output_dir={tmp_path / run}", "train.report=false", "train.report_to=[]", "data.generate=null",
-                        f"train.max_steps={STEPS}", "train.eval_every=0", "train.batch_size=4", "train.device=cpu",
+                       [f"output_dir={tmp_path / run}", "train.report=false", "train.report_to=[]",
+                        "data.generate=null", f"train.max_steps={STEPS}", "train.eval_every=0", "train.batch_size=4", "train.device=cpu",
                         f"data.cache_dir={tmp_path / 'cache'}", *files, *over, *extra])
 
 
