@@ -284,10 +284,36 @@ def manifest_clips(ds: Any, manifest: str, d: Any, sample_rate: int, normalize: 
             count(counters, "skipped_empty_transcript")
 
 
-class AudioDataset(Dataset):
-    """Clips decoded on access through an ``AudioPipeline``."""
+CLIP_FEATURES = {"path": "string", "text": "string", "labels": "int32[]", "samples": "int64"}  # a clip as a table row
 
-    def __init__(self, clips: list[Clip], pipeline: AudioPipeline) -> None:
+
+def clip_columns(clips: Sequence[Clip]) -> dict[str, list]:
+    """``clips`` as table columns (``CLIP_FEATURES``), e.g. for the preprocessing cache."""
+    return {"path": [c.path for c in clips], "text": [c.text for c in clips], "labels": [c.labels for c in clips],
+            "samples": [c.samples for c in clips]}
+
+
+class ClipTable(Sequence[Clip]):
+    """Clips kept as a table (``clip_columns``; ``table_cache.ArrowRecords``, memory-mapped when it came from the
+    cache): a ``Clip`` read per index, the sample counts as one column."""
+
+    def __init__(self, records: Any) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: Any) -> Clip:
+        return Clip(**self.records[i])
+
+    def lengths(self) -> list[int]:
+        return self.records.column("samples").tolist()
+
+
+class AudioDataset(Dataset):
+    """Clips (a list, or a ``ClipTable``) decoded on access through an ``AudioPipeline``."""
+
+    def __init__(self, clips: Sequence[Clip], pipeline: AudioPipeline) -> None:
         self.clips, self.pipeline = clips, pipeline
 
     def __len__(self) -> int:
@@ -298,7 +324,7 @@ class AudioDataset(Dataset):
         return {AUDIO: self.pipeline(c.path), LABELS: c.labels, TRANSCRIPTS: c.text}
 
     def lengths(self) -> list[int]:
-        return [c.samples for c in self.clips]
+        return self.clips.lengths() if isinstance(self.clips, ClipTable) else [c.samples for c in self.clips]
 
 
 class AudioCollator:

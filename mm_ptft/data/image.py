@@ -278,7 +278,7 @@ class ImageDataset(Dataset):
                  skip_bad: bool = False, read: Optional[Callable[[str, str], Any]] = None) -> None:
         """``read(path, name)``, when given, replaces decoding + ``transform`` (``data.decode_on=device``: it reads
         the encoded bytes, ``data.image_device.EncodedReader``)."""
-        self.paths, self.labels, self.transform, self.skip_bad = list(paths), labels, transform, skip_bad
+        self.paths, self.labels, self.transform, self.skip_bad = paths, labels, transform, skip_bad
         self.read = read
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ what it wrote.
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import hashlib
 import json
@@ -212,6 +213,10 @@ class ArrowRecords(Dataset):
         """One numeric column as a NumPy array (no Python objects per row)."""
         return self.table.data.column(name).to_numpy()
 
+    def view(self, name: str) -> "ArrowColumn":
+        """One column as a read-only sequence, each value read when indexed (e.g. image paths, never all held)."""
+        return ArrowColumn(self.table.data.column(name))
+
     def list_lengths(self, name: str) -> np.ndarray:
         """Lengths of a list column (e.g. token counts) as a NumPy array."""
         import pyarrow.compute as pc
@@ -228,6 +233,30 @@ class ArrowRecords(Dataset):
         for batch in self.table.iter(batch_size=1000):
             names = list(batch)
             yield from (dict(zip(names, vals)) for vals in zip(*(batch[n] for n in names)))
+
+
+class ArrowColumn(collections.abc.Sequence):
+    """A column of an Arrow table as a Python sequence: ``col[i]`` reads one value; equal to any sequence of the same
+    values."""
+
+    def __init__(self, column: Any) -> None:
+        self.data = column
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.data[j].as_py() for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.data[int(i)].as_py()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.data.to_pylist())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, collections.abc.Sequence) and list(self) == list(other)
 
 
 def default_root(files: Sequence[str], cache_dir: str) -> Optional[str]:
@@ -265,5 +294,5 @@ def unique_values(table: Any, name: str, batch_size: int = 10_000) -> list[Any]:
     return list(seen)
 
 
-__all__ = ["ArrowRecords", "CacheFields", "CacheStatus", "TableCache", "cache_key", "cached", "default_root",
-           "features", "file_identity", "tokenizer_identity", "unique_values"]
+__all__ = ["ArrowColumn", "ArrowRecords", "CacheFields", "CacheStatus", "TableCache", "cache_key", "cached",
+           "default_root", "features", "file_identity", "tokenizer_identity", "unique_values"]

@@ -53,6 +53,16 @@ def map_table(table: Any, fn: Callable[[dict[str, list], list[int]], dict[str, l
                      new_fingerprint=f"{cache.key or 'mem'}-{split}")
 
 
+def store_columns(columns: Mapping[str, list], cache: TableCache, split: str, features: Any) -> Any:
+    """Columns a recipe computed from its raw data (checked media paths, label ids, sample counts ...) as the cache
+    entry's ``split`` table (``map_table``: written to the entry, or kept in memory when the cache is off)."""
+    import datasets
+
+    table = datasets.Dataset.from_dict(dict(columns), features=features)
+    names = list(columns)  # a new dict: datasets drops the columns of the batch object itself (remove_columns)
+    return map_table(table, lambda batch, rows: {n: batch[n] for n in names}, cache, split, features)
+
+
 def prepare_tables(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any],
                    build: Callable[[TableCache], tuple[dict[str, Any], dict[str, Any]]]
                    ) -> tuple[dict[str, ArrowRecords], dict[str, Any], CacheStatus]:

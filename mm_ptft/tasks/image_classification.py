@@ -16,19 +16,21 @@ from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_
 from mm_ptft.data.image_device import DeviceDecode, EncodedReader, check_decode_on
 from mm_ptft.data.image_stream import ImageRow
 from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.table_cache import CacheFields, features
 from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import prepare_tables, split_counts, store_columns
 from mm_ptft.tasks.common import check_rehearsed_labels, earlier_config, eval_name, few_shot_rows, learn_labels, \
     needs_train_file, rehearsal_picks, resolve_files
-from mm_ptft.types import IMAGE
+from mm_ptft.types import IMAGE, LABELS
 
 
 @dataclass
-class ImageClsData(SplitData, StreamingData, SkipBadSamples):
+class ImageClsData(SplitData, StreamingData, SkipBadSamples, CacheFields):
     """train_file: CSV/TSV/JSON/JSONL/parquet with image paths (relative to the file), or a class-folder root;
     with streaming also WebDataset tars ({key}.jpg + {key}.cls) or table shards: a glob, brace range, directory,
     hf:<dataset>."""
@@ -107,15 +109,21 @@ def _rehearsed(cfg: ImageClassificationConfig, tr: tuple, counters: dict[str, in
     return tuple(ours + theirs for ours, theirs in zip(tr, picked))
 
 
-def _dataset(table: Optional[tuple], labels: LabelMap, transform: Callable, cfg: ImageClassificationConfig,
-             where: str, counters: dict[str, int]) -> Optional[ImageDataset]:
-    if table is None:
-        return None
-    d = cfg.data
+def _checked(table: tuple, labels: LabelMap, d: ImageClsData, where: str, counters: dict[str, int]) -> dict[str, list]:
+    """The usable images of ``(paths, raw labels, rows)`` and their class indices (a bad file named or counted)."""
     paths, raw, rows = table
     kept = scan_images(paths, where, d.skip_bad_samples, counters, decode=d.verify_images, rows=rows)
-    y = labels.encode([raw[i] for i in kept], where, [rows[i] for i in kept])
-    return ImageDataset([paths[i] for i in kept], y, skip_bad=d.skip_bad_samples, **_image_args(transform))
+    return {"path": [paths[i] for i in kept], LABELS: labels.encode([raw[i] for i in kept], where,
+                                                                    [rows[i] for i in kept])}
+
+
+def _dataset(records: Optional[Any], transform: Callable, d: ImageClsData) -> Optional[ImageDataset]:
+    """Images of a checked table (``records``: memory-mapped when it came from the cache) decoded on access."""
+    if records is None:
+        return None
+    ds = ImageDataset(records.view("path"), records.view(LABELS), skip_bad=d.skip_bad_samples, **_image_args(transform))
+    ds.cache = records.cache  # check-data reports the entry
+    return ds
 
 
 def _image_args(transform: Callable) -> dict[str, Any]:
@@ -125,25 +133,43 @@ def _image_args(transform: Callable) -> dict[str, Any]:
 
 
 def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
-    """Scan image tables, learn labels, build the encoder (its preprocessing), the head and transforms."""
+    """Learn labels, build the encoder (its preprocessing), the head and transforms; the checked image tables (which
+    files decode, their class indices) come from the preprocessing cache when the same data was checked the same
+    way before (``tasks/cached_tables.py``), else the tables or folders are read and every image checked."""
     d = cfg.data
     check_decode_on(d.decode_on)
     if d.streaming:
         return _prepare_stream(cfg, train)
-    resolve_files(d, cfg.output_dir)
-    counters: dict[str, int] = {}
-    tr, ev = _split(cfg, train, counters)
-    if train and tr is not None and d.rehearsal is not None:
-        tr = _rehearsed(cfg, tr, counters)  # the label set is the union of both tasks'
-    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
-    few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
-    tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
+    learn = not d.labels
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        counters: dict[str, int] = {}
+        tr, ev = _split(cfg, train, counters)
+        if train and tr is not None and d.rehearsal is not None:
+            tr = _rehearsed(cfg, tr, counters)  # the label set is the union of both tasks'
+        labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
+        few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
+        tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
+        tables = {split: store_columns(_checked(table, labels, d, where, counters), cache, split, features(FEATURES))
+                  for split, table, where in (("train", tr if train else None, d.train_file),
+                                              ("eval", ev, eval_name(d))) if table is not None}
+        return tables, {"labels": d.labels, "counters": counters}
+
+    settings = {"recipe": "image_classification", "path_column": d.path_column, "label_column": d.label_column,
+                "labels": list(d.labels), "labels_per_class": d.labels_per_class, "skip_bad": d.skip_bad_samples,
+                "verify_images": d.verify_images}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    d.labels, counters = list(info["labels"]), {}
+    split_counts(info, counters)
+    labels = learn_labels(d, None)
 
     def datasets(train_tf: Callable, eval_tf: Callable) -> tuple[Any, Any]:
-        return (_dataset(tr, labels, train_tf, cfg, d.train_file, counters) if train else None,
-                _dataset(ev, labels, eval_tf, cfg, eval_name(d), counters))
+        return _dataset(tables.get("train"), train_tf, d), _dataset(tables.get("eval"), eval_tf, d)
 
     return _build(cfg, labels, datasets, counters)
+
+
+FEATURES = {"path": "string", LABELS: "int64"}
 
 
 def _prepare_stream(cfg: ImageClassificationConfig, train: bool) -> Prepared:

@@ -6,6 +6,7 @@ bad input, not a missing modality: an error naming the row, or a counted skip.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
@@ -18,18 +19,21 @@ from mm_ptft.data.video import VideoSampling
 from mm_ptft.data.multimodal import MIN_AUDIO_SECONDS, MODALITIES, Columns, MediaConfig
 from mm_ptft.data.paired_stream import LabeledRecord, PairedRecord
 from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.table_cache import CacheFields, features, tokenizer_identity
 from mm_ptft.data.multimodal_rows import MultimodalRows, PresenceCollator, labeled_rows
 from mm_ptft.data.tables import ROW, LabelMap, load_table
 from mm_ptft.encoders.fusion import build_fusion
 from mm_ptft.heads.multimodal import MultimodalClassifier
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import learned_tokenizer, once, prepare_tables, split_counts, store_columns
 from mm_ptft.tasks.common import eval_name, few_shot_table, learn_labels
 from mm_ptft.tasks.pretrain_common import EncoderSpecs, build_encoders, load_tables, media_config
+from mm_ptft.types import LABELS
 
 
 @dataclass
-class MMClsData(SplitData, StreamingData, SkipBadSamples):
+class MMClsData(SplitData, StreamingData, SkipBadSamples, CacheFields):
     """train_file: a manifest; with streaming also WebDataset tars / manifest shards: a glob, brace range."""
 
     RANGES: ClassVar[dict[str, str]] = {
@@ -75,36 +79,82 @@ class MultimodalClassificationConfig(RunConfig):
 
 
 def prepare(cfg: MultimodalClassificationConfig, train: bool = True) -> Prepared:
+    """Learn labels (and a tokenizer if needed), build the encoders, fusion and head; the checked rows (token ids,
+    usable media paths, class indices) come from the preprocessing cache when the same data was prepared the same
+    way before (``tasks/cached_tables.py``), else the manifests are read and every media file checked."""
     d = cfg.data
     bad = sorted(set(d.modalities) - set(MODALITIES))
     if bad or not d.modalities:
         raise ConfigError(f"data.modalities={d.modalities}: choose a non-empty subset of {list(MODALITIES)}")
     if d.streaming:
         return _prepare_stream(cfg, train)
-    train_tab, eval_tab = load_tables(cfg, train or not d.labels)
-    labels = learn_labels(d, train_tab)
-    counters: dict[str, int] = {}
-    train_tab = few_shot_table(d, train_tab, cfg.seed, counters, train)  # a tokenizer learned below sees these only
-    corpus = [t for t in train_tab[d.text_column] if t] if train_tab is not None and "text" in d.modalities else None
+    given_labels, with_text = list(d.labels), "text" in d.modalities
+    learn = not d.labels or (with_text and learned_tokenizer(cfg.model.text or {}))
+
+    @once
+    def raw() -> tuple[Any, Any, dict[str, int]]:
+        counts: dict[str, int] = {}
+        train_tab, eval_tab = load_tables(cfg, train or not d.labels)
+        learn_labels(d, train_tab)
+        return few_shot_table(d, train_tab, cfg.seed, counts, train), eval_tab, counts  # a tokenizer sees these only
+
+    corpus = None
+    if with_text and learned_tokenizer(cfg.model.text or {}) and raw()[0] is not None:
+        corpus = [t for t in raw()[0][d.text_column] if t]
     encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
     media = media_config(encoders, d)  # type: ignore[arg-type]
-    task = _task(cfg, encoders, labels)
     tok = getattr(encoders.get("text"), "tokenizer", None)
     max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        train_tab, eval_tab, counts = raw()
+        labels, tables = LabelMap(d.labels), {}
+        for split, tab, path in (("train", train_tab if train else None, d.train_file),
+                                 ("eval", eval_tab, eval_name(d))):
+            if tab is not None:
+                rows = labeled_rows(tab, path, d, labels, tok, max_len, media, counts)
+                tables[split] = store_columns({k: [r.get(k) for r in rows] for k in ROW_FEATURES(d)}, cache, split,
+                                              features(ROW_FEATURES(d)))
+        return tables, {"labels": d.labels, "counters": counts}
+
+    settings = {"recipe": "multimodal_classification", "labels": given_labels, "max_length": max_len,
+                "data": {k: getattr(d, k) for k in ROW_KEYS}, "media": dataclasses.asdict(media),
+                "tokenizer": tokenizer_identity(tok) if tok is not None else None}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    d.labels, counters = list(info["labels"]), {}
+    split_counts(info, counters)
+    task = _task(cfg, encoders, learn_labels(d, None))
     blank = tok("")["input_ids"] if tok is not None else []
 
-    def split(tab: Any, path: str) -> Optional[MultimodalRows]:
-        if tab is None:
+    def split(name: str, where: str) -> Optional[MultimodalRows]:
+        records = tables.get(name)
+        if records is None:
             return None
-        return MultimodalRows(labeled_rows(tab, path, d, labels, tok, max_len, media, counters), d.modalities, media, blank,
-                              path)
+        ds = MultimodalRows(records, d.modalities, media, blank, where)
+        ds.cache = records.cache  # check-data reports the entry
+        return ds
 
-    tr = split(train_tab, d.train_file) if train else None
-    ev = split(eval_tab, eval_name(d))
-    lengths = (lambda ds: [len(r["text"]) if r.get("text") else 1 for r in ds.rows] if ds and "text" in d.modalities
-               else None)
+    tr, ev = split("train", d.train_file), split("eval", eval_name(d))
+    lengths = (lambda ds: _text_lengths(ds.rows) if ds is not None and with_text else None)
     collate = PresenceCollator(tok.pad_token_id if tok is not None else 0)
     return Prepared(task, tr, ev, collate, lengths(tr), lengths(ev), counters)
+
+
+ROW_KEYS = ("modalities", "text_column", "image_column", "audio_column", "video_column", "label_column",
+            "labels_per_class", "skip_bad_samples", "max_audio_seconds", "min_audio_seconds")  # what a row depends on
+
+
+def ROW_FEATURES(d: MMClsData) -> dict[str, str]:  # noqa: N802 - a table schema, as the other recipes' FEATURES
+    """The columns of a checked row: its file row number, each modality (token ids or a media path), the class."""
+    kinds = {"text": "int32[]", "image": "string", "audio": "string", "video": "string"}
+    return {ROW: "int64", **{m: kinds[m] for m in d.modalities}, LABELS: "int64"}
+
+
+def _text_lengths(records: Any) -> Any:
+    """Token counts per row for length bucketing (1 where a row has no text), read as one Arrow column."""
+    import pyarrow.compute as pc
+
+    return pc.max_element_wise(pc.fill_null(pc.list_value_length(records.table.data.column("text")), 1), 1).to_numpy()
 
 
 def _task(cfg: MultimodalClassificationConfig, encoders: dict[str, Any], labels: LabelMap) -> MultimodalClassifier:

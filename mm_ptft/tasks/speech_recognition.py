@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Iterable
+from typing import Any, ClassVar, Dict, Iterable, Optional
 
 import torch
 
 import mm_ptft.data.generated.audio  # noqa: F401  (registers the tone_speech generator)
 from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.audio import AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, count, manifest_clips
+from mm_ptft.data.audio import CLIP_FEATURES, AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, \
+    ClipTable, clip_columns, count, manifest_clips
 from mm_ptft.data.audio_stream import ClipRow
 from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.table_cache import CacheFields, features
 from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.encoders.audio import AUDIO_ENCODERS, AudioEncoder
 from mm_ptft.encoders.base import build_encoder
@@ -24,11 +26,12 @@ from mm_ptft.heads.ctc import SPACE, CharVocab, CTCTask, needed_frames, normaliz
 from mm_ptft.heads.ngram_lm import is_arpa
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import prepare_tables, split_counts, store_columns
 from mm_ptft.tasks.common import eval_name, load_splits
 
 
 @dataclass
-class SpeechData(SplitData, StreamingData, SkipBadSamples):
+class SpeechData(SplitData, StreamingData, SkipBadSamples, CacheFields):
     """train_file: a manifest; with streaming also WebDataset tars ({key}.flac|wav + {key}.txt) or manifest
     shards: a glob, brace range, directory or hf:<dataset>."""
 
@@ -137,40 +140,70 @@ def _build_encoder(cfg: SpeechRecognitionConfig) -> AudioEncoder:
 
 
 def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
-    """Load manifests, learn the character vocabulary, build the encoder and CTC head."""
+    """Build the encoder, learn the character vocabulary, build the CTC head; the checked clips (usable files, their
+    sample counts and encoded transcripts) come from the preprocessing cache when the same data was prepared the same
+    way before (``tasks/cached_tables.py``), else the manifests or folders are read and every clip checked."""
     d, m = cfg.data, cfg.model
     if not m.vocab and m.tokenizer:
         m.vocab = CharVocab.from_tokenizer(pretrained_tokenizer(m.tokenizer, "model.tokenizer")).tokens
     if d.streaming:
         return _prepare_stream(cfg, train)
     learn = _needs_lexicon(m) or not m.vocab  # needs the training transcripts
-    counters: dict[str, int] = {}
-    train_ds, eval_ds = load_splits(cfg, train, learn, counters)
-    if learn:
-        if train_ds is None:
-            raise ValueError("model.vocab is empty and there is no data.train_file to learn it from" if not m.vocab
-                             else "model.decoder (lexicon, or a KenLM binary LM) needs words: model.lexicon is empty "
-                                  "and there is no data.train_file to learn them from")
-        require_columns(train_ds, [d.text_column], d.train_file)
-        _learn_targets(m, (normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]))
-    vocab = CharVocab(m.vocab)
     enc = _build_encoder(cfg)
-    task = CTCTask(enc, vocab, m.dropout, m.decoder, m.beam_size, m.lexicon)
     train_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels, d.augment, train=True)
     eval_pipe = AudioPipeline(enc.sample_rate, enc.input_kind, enc.n_mels)
-    tr = ev = None
-    if train_ds is not None and train:
-        clips = _clips(train_ds, d.train_file, cfg, enc, train_pipe, vocab, counters)
-        _check_coverage(clips, vocab, d.train_file)
-        tr = AudioDataset(clips, train_pipe)
-    if eval_ds is not None:
-        where = eval_name(d)
-        ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, enc, eval_pipe, vocab, counters),
-                          eval_pipe)
-        if not len(ev):
-            raise DataError(f"{where}: no usable clips left (counts: {counters})")
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        counters: dict[str, int] = {}
+        train_ds, eval_ds = load_splits(cfg, train, learn, counters)
+        if learn:
+            _learn_from(train_ds, cfg)
+        vocab, tables = CharVocab(m.vocab), {}
+        for split, ds, where in (("train", train_ds if train else None, d.train_file),
+                                 ("eval", eval_ds, d.eval_file or d.train_file)):
+            if ds is not None:
+                clips = _clips(ds, where, cfg, enc, eval_pipe, vocab, counters)
+                if split == "train":
+                    _check_coverage(clips, vocab, d.train_file)
+                tables[split] = store_columns(clip_columns(clips), cache, split, features(CLIP_FEATURES))
+        return tables, {"vocab": m.vocab, "lexicon": m.lexicon, "counters": counters}
+
+    settings = {"recipe": "speech_recognition", "data": {k: getattr(d, k) for k in CLIP_KEYS}, "vocab": m.vocab,
+                "lexicon": m.lexicon, "decoder": m.decoder, "audio": m.audio, "learn": learn}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    m.vocab, m.lexicon, counters = list(info["vocab"]), list(info["lexicon"]), {}
+    split_counts(info, counters)
+    task = CTCTask(enc, CharVocab(m.vocab), m.dropout, m.decoder, m.beam_size, m.lexicon)
+    tr = _audio(tables.get("train"), train_pipe)
+    ev = _audio(tables.get("eval"), eval_pipe)
+    if ev is not None and not len(ev):
+        raise DataError(f"{eval_name(d)}: no usable clips left (counts: {counters})")
     return Prepared(task, tr, ev, AudioCollator(), tr.lengths() if tr else None, ev.lengths() if ev else None,
                     counters)
+
+
+CLIP_KEYS = ("audio_column", "text_column", "min_duration", "max_duration", "lowercase", "strip_punctuation",
+             "check_audio", "skip_bad_samples")  # what a clip's checks and targets depend on, besides the model
+
+
+def _learn_from(train_ds: Any, cfg: SpeechRecognitionConfig) -> None:
+    """``model.vocab`` / ``model.lexicon`` from the training transcripts (``_learn_targets``)."""
+    d, m = cfg.data, cfg.model
+    if train_ds is None:
+        raise ValueError("model.vocab is empty and there is no data.train_file to learn it from" if not m.vocab
+                         else "model.decoder (lexicon, or a KenLM binary LM) needs words: model.lexicon is empty "
+                              "and there is no data.train_file to learn them from")
+    require_columns(train_ds, [d.text_column], d.train_file)
+    _learn_targets(m, (normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]))
+
+
+def _audio(records: Any, pipe: AudioPipeline) -> Optional[AudioDataset]:
+    """Clips of a checked table (memory-mapped when it came from the cache) decoded through ``pipe`` on access."""
+    if records is None:
+        return None
+    ds = AudioDataset(ClipTable(records), pipe)
+    ds.cache = records.cache  # check-data reports the entry
+    return ds
 
 
 def _prepare_stream(cfg: SpeechRecognitionConfig, train: bool) -> Prepared:

@@ -13,9 +13,22 @@ from mm_ptft.train.trackers import start as start_tracker
 log = logging.getLogger("mm_ptft")
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted (a later redirect or a test's
+    capture), not the stream of the first set-up, which may be closed by then."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def setup_console(level: int = logging.INFO) -> None:
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = CurrentStderr()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(h)
         log.propagate = False

@@ -1,0 +1,71 @@
+"""Image classification, speech recognition (CTC) and multimodal classification through the preprocessing cache:
+the same weights after N steps with the cache off, on a miss and on a hit; a changed setting makes a new entry;
+a hit checks no media file again."""
+import os
+
+import pytest
+import torch
+
+from mm_ptft.data.generated import generate
+from mm_ptft.run import load_config
+from mm_ptft.tasks import get_recipe
+from mm_ptft.train.rng import seed_everything
+from mm_ptft.train.trainer import Trainer
+
+from mm_paths import ROOT
+
+STEPS = 2
+IMAGES = {"name": "image_shapes", "n_train": 16, "n_eval": 8, "size": 16, "seed": 4, "classes": ["circle", "square"]}
+TONES = {"name": "tone_speech", "n_train": 6, "n_eval": 3, "sample_rate": 16000, "seed": 2}
+CASES = {  # recipe → (tiny config, generator, overrides, a setting that changes the preprocessed rows)
+    "image_classification": ("image_classification", {**IMAGES, "layout": "folders"}, ["model.image.img_size=16"],
+                             "data.verify_images=false"),
+    "speech_recognition": ("speech_recognition", TONES, ["train.num_workers=0"], "data.max_duration=10"),
+    "multimodal_classification": ("multimodal_classification", IMAGES,
+                                  ["data.modalities=[image]", "data.image_column=path", "model.image.img_size=16"],
+                                  "data.skip_bad_samples=true"),
+}
+
+
+def config(tmp_path, case, files, run, *extra):
+    name, _, over, _ = CASES[case]
+    files = [f"data.{k}={v}" for k, v in files.items()]
+    return load_config(os.path.join(ROOT, "recipes", name, "tiny.yaml"),
+                       [f"output_dir={tmp_path / run}", "train.report=false", "train.report_to=[]",
+                        "data.generate=null", f"train.max_steps={STEPS}", "train.eval_every=0", "train.batch_size=4", "train.device=cpu",
+                        f"data.cache_dir={tmp_path / 'cache'}", *files, *over, *extra])
+
+
+def fit(c):
+    seed_everything(c.seed)  # as run.train does before preparing: the same initial weights in every arm
+    prepared = get_recipe(c.task).prepare(c)
+    Trainer.from_prepared(prepared, c).fit()
+    return {k: v.detach().clone() for k, v in prepared.task.state_dict().items()}, prepared
+
+
+def entries(tmp_path):
+    root = tmp_path / "cache"
+    return sorted(p for p in os.listdir(root) if not p.endswith(".lock")) if root.is_dir() else []
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_weights_off_miss_hit_and_a_new_entry_per_setting(tmp_path, case, monkeypatch):
+    files = generate(CASES[case][1], tmp_path / "data")
+    off, p_off = fit(config(tmp_path, case, files, "off", "data.cache=false"))
+    assert p_off.train_data.cache.state == "off" and entries(tmp_path) == []
+    miss, p_miss = fit(config(tmp_path, case, files, "miss"))
+    import mm_ptft.data.audio as audio
+    import mm_ptft.data.image as image
+    import mm_ptft.data.multimodal_rows as rows
+
+    for module, name in ((image, "image_problem"), (audio, "probe"), (rows, "usable_media")):  # a hit checks nothing
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail(f"{name} called on a hit"))
+    hit, p_hit = fit(config(tmp_path, case, files, "hit"))
+    monkeypatch.undo()
+    assert (p_miss.train_data.cache.state, p_hit.train_data.cache.state) == ("miss", "hit")
+    assert len(p_hit.train_data) == len(p_off.train_data) > 0 and p_hit.counters == p_off.counters
+    for k in off:
+        assert torch.equal(off[k], miss[k]) and torch.equal(off[k], hit[k]), k
+    assert len(entries(tmp_path)) == 1
+    get_recipe(case).prepare(config(tmp_path, case, files, "other", CASES[case][3]))
+    assert len(entries(tmp_path)) == 2
