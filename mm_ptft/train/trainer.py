@@ -238,8 +238,9 @@ class Trainer:
                               self._cudagraphs, fsdp)
 
     # ---- the loop -------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Train to ``max_steps`` / ``epochs``; return the final evaluation."""
+    def fit(self, write_timing: bool = True) -> dict[str, float]:
+        """Train to ``max_steps`` / ``epochs``; return the final evaluation. ``write_timing=False``: the caller
+        logs the run's phase split (``write_timing()``) once its own finishing work is done."""
         trackers = T.from_config(self.tc.report_to)  # checked on every rank (before any work), started on the main one
         st = self._setup_fit()
         st.already_finished = rundir.finished_results(self.run_dir, st.start_step, st.total)
@@ -256,7 +257,7 @@ class Trainer:
         st.window = S.Window()  # the first train log covers the time from here
         try:
             results = self._train()
-            self._finish(results)
+            self._finish(results, write_timing)
         except BaseException:
             st.logger.close(None)  # trackers mark the run failed (and W&B's service process ends)
             raise
@@ -321,6 +322,7 @@ class Trainer:
             st.logger.log(st.step, "config_change", {k: new for k, _, new in st.config_changes})
         self.model.train()
         self._call("on_train_start")
+        st.clock.start_training()
         while st.step < st.total and not self.should_stop:
             self._set_epoch(st.epoch)
             self._run_epoch(st.total)
@@ -450,8 +452,10 @@ class Trainer:
         """Evaluate, track the best metric, checkpoint (callbacks see the results first: early stopping)."""
         st = self.state
         self._check_faults()
+        t0 = time.time()
         with self._timed("eval_s"):
             ev = self._evaluate()
+            st.clock.add_eval(time.time() - t0)
             if ev.counts:  # a streamed eval split's skips (the same at every evaluation)
                 st.logger.log(st.step, "data", {f"eval_{k}": v for k, v in ev.counts.items()})
             st.last_eval_step, st.last_results, st.last_artifacts = st.step, ev.results, ev.artifacts
@@ -474,7 +478,17 @@ class Trainer:
             plain = self._export(weights) if self._export is not None else None
         return plain if self.dist.is_main else None
 
-    def _finish(self, results: dict[str, float]) -> None:
+    def write_timing(self) -> dict[str, float]:
+        """Log where this run's wall time went (``phases.PhaseClock``): a ``timing`` event appended to
+        ``metrics.jsonl`` and the ``timing`` entry of ``final_metrics.json`` (main rank); returns the split."""
+        st = self.state
+        split = st.clock.phases()
+        if self.dist.is_main:
+            rundir.write_timing(self.run_dir, st.step, split)
+            log.info("[timing] " + " ".join(f"{k}={v:.2f}" for k, v in split.items()))
+        return split
+
+    def _finish(self, results: dict[str, float], write_timing: bool = True) -> None:
         st = self.state
         if self.dist.is_main:
             rundir.write_final(self.run_dir, results, st.last_eval_step, st.last_eval_checkpoint)
@@ -487,6 +501,8 @@ class Trainer:
 
             write_report(self.run_dir)
         D.barrier()
+        if write_timing:
+            self.write_timing()
 
 
 def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:
