@@ -45,6 +45,7 @@ class FitState:
     window: S.Window = field(default_factory=S.Window)
     grad_norm: Optional[torch.Tensor] = None  # the last optimizer step's (a device tensor)
     clock: PhaseClock = field(default_factory=PhaseClock)  # start-up / train / eval / finish split
+    report: Any = None  # report.md being rendered in the background (Trainer.join_report)
 
     @property
     def bad_steps_total(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -482,6 +483,7 @@ class Trainer:
         """Log where this run's wall time went (``phases.PhaseClock``): a ``timing`` event appended to
         ``metrics.jsonl`` and the ``timing`` entry of ``final_metrics.json`` (main rank); returns the split."""
         st = self.state
+        self.join_report()
         split = st.clock.phases()
         if self.dist.is_main:
             rundir.write_timing(self.run_dir, st.step, split)
@@ -496,13 +498,41 @@ class Trainer:
                 (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
         self._call("on_train_end", results)
         st.logger.close(results)
-        if self.dist.is_main and self.tc.report:
-            from mm_ptft.train.report import write_report
-
-            write_report(self.run_dir)
+        if self.dist.is_main and self.tc.report:  # in a thread: plotting (matplotlib's import alone ~1 s) overlaps
+            st.report = _Background(self.run_dir)  # the caller's finishing I/O (encoder directories)
         D.barrier()
         if write_timing:
             self.write_timing()
+
+    def join_report(self) -> None:
+        """Wait for ``report.md`` (rendered in the background since the end of ``fit``); its error, if any, raises
+        here. ``fit`` joins it itself unless called with ``write_timing=False`` (then ``write_timing`` does)."""
+        st = self.state
+        if st is not None and st.report is not None:
+            report, st.report = st.report, None
+            report.join()
+
+
+class _Background:
+    """``write_report(run_dir)`` in a daemon thread; ``join`` waits and re-raises what it raised."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, args=(run_dir,), name="mm_ptft-report", daemon=True)
+        self.thread.start()
+
+    def _run(self, run_dir: Path) -> None:
+        try:
+            from mm_ptft.train.report import write_report
+
+            write_report(run_dir)
+        except BaseException as err:  # handed to join()
+            self.error = err
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:
