@@ -22,6 +22,7 @@ from benchmarks.common import THREADS_HELP, hardware, hardware_line, render, set
 HERE = Path(__file__).resolve().parent
 #: name → module whose ``compare(quick, seeds, device)`` returns a section (imported only when run)
 COMPARISONS = {"trainer_overhead": "benchmarks.trainer_overhead", "vs_hf_trainer": "benchmarks.vs_hf_trainer",
+               "eval_floor": "benchmarks.eval_floor",
                "pretrain_vs_scratch": "benchmarks.pretrain_vs_scratch", "vs_open_clip": "benchmarks.vs_open_clip",
                "compile_speed": "benchmarks.compile_speed", "table_memory": "benchmarks.table_memory",
                "ctc_lm": "benchmarks.ctc_lm", "vs_open_clip_coca": "benchmarks.vs_open_clip_coca",

@@ -41,13 +41,14 @@ def fit(prepared: Prepared, cfg: RunConfig, callbacks: Sequence[Callback] = ()) 
 
 def fit_trainer(trainer: Trainer, cfg: RunConfig) -> dict[str, float]:
     """``fit`` with the trainer built."""
-    results = trainer.fit()
+    results = trainer.fit(write_timing=False)
     if trainer.already_finished is not None:  # a finished run resumed: nothing changes
         return results
     plain = trainer.plain_model()  # under FSDP every rank takes part in gathering the weights
     if plain is not None:
         save_best_encoders(plain, Path(cfg.output_dir))
     D.barrier()
+    trainer.write_timing()  # the finish includes the encoder directories
     return results
 
 

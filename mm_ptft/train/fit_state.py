@@ -11,6 +11,7 @@ import torch
 from mm_ptft.train import rng as R
 from mm_ptft.train import step as S
 from mm_ptft.train.logging import RunLogger
+from mm_ptft.train.phases import PhaseClock
 
 
 @dataclass
@@ -43,6 +44,8 @@ class FitState:
     logger: Optional[RunLogger] = None  # from the end of setup (resume messages go to the console)
     window: S.Window = field(default_factory=S.Window)
     grad_norm: Optional[torch.Tensor] = None  # the last optimizer step's (a device tensor)
+    clock: PhaseClock = field(default_factory=PhaseClock)  # start-up / train / eval / finish split
+    report: Any = None  # report.md being rendered in the background (Trainer.join_report)
 
     @property
     def bad_steps_total(self) -> int:

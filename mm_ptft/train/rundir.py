@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -175,8 +176,9 @@ def clean_stale(ckpt_root: Path) -> None:
 # ---- final metrics ---------------------------------------------------------------------------------
 
 FINAL_METRICS = "final_metrics.json"
-#: what final_metrics.json says besides the metrics: the step of the evaluation and the checkpoint holding its weights
-FINAL_BOOKKEEPING = ("step", "checkpoint")
+#: what final_metrics.json says besides the metrics: the step of the evaluation, the checkpoint holding its weights
+#: and the run's phase split (``write_timing``)
+FINAL_BOOKKEEPING = ("step", "checkpoint", "timing")
 
 
 def write_final(run_dir: Path, results: dict[str, Any], step: int, checkpoint: Optional[Path]) -> None:
@@ -185,6 +187,16 @@ def write_final(run_dir: Path, results: dict[str, Any], step: int, checkpoint: O
     the metrics cannot be taken for another checkpoint's."""
     where = f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint is not None and checkpoint.is_dir() else None
     (run_dir / FINAL_METRICS).write_text(json.dumps({"step": step, "checkpoint": where, **results}, indent=2))
+
+
+def write_timing(run_dir: Path, step: int, split: dict[str, float]) -> None:
+    """The run's phase split (``phases.PhaseClock.phases``), written when the run is done: a ``timing`` event
+    appended to ``metrics.jsonl`` (after the trackers closed) and ``final_metrics.json``'s ``timing`` entry."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "kind": "timing", "time": round(time.time(), 3), **split}) + "\n")
+    record = final_record(run_dir)
+    if record is not None:
+        (run_dir / FINAL_METRICS).write_text(json.dumps({**record, "timing": split}, indent=2))
 
 
 def final_record(run_dir: Path) -> Optional[dict[str, Any]]:

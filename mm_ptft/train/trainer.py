@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -255,8 +256,9 @@ class Trainer:
                               self._cudagraphs, fsdp)
 
     # ---- the loop -------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
-        """Train to ``max_steps`` / ``epochs``; return the final evaluation."""
+    def fit(self, write_timing: bool = True) -> dict[str, float]:
+        """Train to ``max_steps`` / ``epochs``; return the final evaluation. ``write_timing=False``: the caller
+        logs the run's phase split (``write_timing()``) once its own finishing work is done."""
         trackers = T.from_config(self.tc.report_to)  # checked on every rank (before any work), started on the main one
         st = self._setup_fit()
         st.already_finished = rundir.finished_results(self.run_dir, st.start_step, st.total)
@@ -274,7 +276,7 @@ class Trainer:
         try:
             results = self._train()
             self._wait_saves()  # the last checkpoint is on disk before final_metrics.json names it
-            self._finish(results)
+            self._finish(results, write_timing)
         except BaseException as err:
             self._drain_saves(err)
             st.logger.close(None)  # trackers mark the run failed (and W&B's service process ends)
@@ -349,6 +351,7 @@ class Trainer:
             st.logger.log(st.step, "config_change", {k: new for k, _, new in st.config_changes})
         self.model.train()
         self._call("on_train_start")
+        st.clock.start_training()
         while st.step < st.total and not self.should_stop:
             self._set_epoch(st.epoch)
             self._run_epoch(st.total)
@@ -480,8 +483,10 @@ class Trainer:
         """Evaluate, track the best metric, checkpoint (callbacks see the results first: early stopping)."""
         st = self.state
         self._check_faults()
+        t0 = time.time()
         with self._timed("eval_s"):
             ev = self._evaluate()
+            st.clock.add_eval(time.time() - t0)
             if ev.counts:  # a streamed eval split's skips (the same at every evaluation)
                 st.logger.log(st.step, "data", {f"eval_{k}": v for k, v in ev.counts.items()})
             st.last_eval_step, st.last_results, st.last_artifacts = st.step, ev.results, ev.artifacts
@@ -504,7 +509,18 @@ class Trainer:
             plain = self._export(weights) if self._export is not None else None
         return plain if self.dist.is_main else None
 
-    def _finish(self, results: dict[str, float]) -> None:
+    def write_timing(self) -> dict[str, float]:
+        """Log where this run's wall time went (``phases.PhaseClock``): a ``timing`` event appended to
+        ``metrics.jsonl`` and the ``timing`` entry of ``final_metrics.json`` (main rank); returns the split."""
+        st = self.state
+        self.join_report()
+        split = st.clock.phases()
+        if self.dist.is_main:
+            rundir.write_timing(self.run_dir, st.step, split)
+            log.info("[timing] " + " ".join(f"{k}={v:.2f}" for k, v in split.items()))
+        return split
+
+    def _finish(self, results: dict[str, float], write_timing: bool = True) -> None:
         st = self.state
         if self.dist.is_main:
             rundir.write_final(self.run_dir, results, st.last_eval_step, st.last_eval_checkpoint)
@@ -512,11 +528,41 @@ class Trainer:
                 (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
         self._call("on_train_end", results)
         st.logger.close(results)
-        if self.dist.is_main and self.tc.report:
+        if self.dist.is_main and self.tc.report:  # in a thread: plotting (matplotlib's import alone ~1 s) overlaps
+            st.report = _Background(self.run_dir)  # the caller's finishing I/O (encoder directories)
+        D.barrier()
+        if write_timing:
+            self.write_timing()
+
+    def join_report(self) -> None:
+        """Wait for ``report.md`` (rendered in the background since the end of ``fit``); its error, if any, raises
+        here. ``fit`` joins it itself unless called with ``write_timing=False`` (then ``write_timing`` does)."""
+        st = self.state
+        if st is not None and st.report is not None:
+            report, st.report = st.report, None
+            report.join()
+
+
+class _Background:
+    """``write_report(run_dir)`` in a daemon thread; ``join`` waits and re-raises what it raised."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, args=(run_dir,), name="mm_ptft-report", daemon=True)
+        self.thread.start()
+
+    def _run(self, run_dir: Path) -> None:
+        try:
             from mm_ptft.train.report import write_report
 
-            write_report(self.run_dir)
-        D.barrier()
+            write_report(run_dir)
+        except BaseException as err:  # handed to join()
+            self.error = err
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:

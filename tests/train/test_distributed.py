@@ -50,7 +50,7 @@ def test_distributed_run_writes_once_and_evaluates_all_ranks(runs):
     for strategy in ("ddp", "fsdp"):
         final = final_results(runs / strategy)
         ref = final_results(runs / "single")
-        # torchmetrics syncs the eval metrics over both ranks' halves of the eval set; loss via all_reduce
+        # the metrics gather both ranks' halves of the eval set (all_gather_object); loss via all_reduce
         assert final["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-6)
         assert final["loss"] == pytest.approx(ref["loss"], rel=1e-4)
         assert (runs / strategy / "encoders" / "text" / "mm_ptft_encoder.json").exists()

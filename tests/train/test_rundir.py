@@ -3,6 +3,7 @@ a finished run resumed changes nothing; a resume with a changed config is refuse
 run predicts by itself; encoders come from the best checkpoint; stale temp files go; a full disk is named."""
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -155,3 +156,34 @@ def test_final_metrics_name_the_step_and_checkpoint_they_describe(finished, tmp_
     assert "## Final metrics (step 6, checkpoints/step_00000006)" in report and "| step |" not in report
     write_final(tmp_path, {"accuracy": 0.5}, 3, tmp_path / "checkpoints" / "step_00000003")  # not kept (keep_last)
     assert final_record(tmp_path) == {"step": 3, "checkpoint": None, "accuracy": 0.5}
+
+
+def test_timing_event_splits_the_wall_time_into_phases(finished):
+    """One ``timing`` event at the end of metrics.jsonl (also in final_metrics.json, not in the results): start-up,
+    train, eval, finish, non-negative, summing to the wall time since the process started (psutil's create time:
+    an independent clock, 1 s resolution), with the phase boundaries where the logged rows put them."""
+    import psutil
+
+    run, results = finished
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    timing = rows[-1]
+    assert timing["kind"] == "timing" and [r["kind"] for r in rows].count("timing") == 1
+    split = {k: timing[k] for k in ("startup_s", "train_s", "eval_s", "finish_s")}
+    assert all(v >= 0 for v in split.values()) and split["train_s"] > 0 and split["eval_s"] > 0, split
+    assert sum(split.values()) == pytest.approx(timing["wall_s"], abs=0.005)
+    assert timing["wall_s"] <= time.time() - psutil.Process().create_time() + 1.0
+    origin = timing["time"] - timing["wall_s"]
+    first_train = next(r for r in rows if r["kind"] == "train")
+    assert origin + split["startup_s"] <= first_train["time"] + 0.01  # training began before its first log
+    evals_logged = sum(r["eval_time_s"] for r in rows if r["kind"] == "train")  # the evaluations at steps 2 and 4
+    assert split["eval_s"] > evals_logged  # … and the final one at step 6
+    assert final_record(run)["timing"] == {**split, "wall_s": timing["wall_s"]}
+    assert "timing" not in results and final_results(run) == results
+
+
+def test_process_start_matches_psutil():
+    import psutil
+
+    from mm_ptft.train.phases import process_start
+
+    assert abs(process_start() - psutil.Process().create_time()) < 1.5  # psutil's boot time is whole seconds
