@@ -4,9 +4,11 @@ process, seeds interleaved.
 
 Both trainers run exactly N optimizer steps and are timed by ``benchmarks.common.StepClock`` from outside (an
 mm_ptft ``Callback`` / an HF ``TrainerCallback`` at each step end) over the same window (w, N]. The HF side is
-fed as ``run_speech_recognition_seq2seq.py`` feeds it: log-mel features computed once before training (its
-``dataset.map``), labels padded with -100 by a collator; mm_ptft decodes and featurises each clip in its loader
-(``train.num_workers`` of the recipe), so start-up and window differ in what they include: see the notes.
+fed two ways: as ``run_speech_recognition_seq2seq.py`` feeds it (log-mel features computed once before training,
+its ``dataset.map``: "precomputed") and from the same on-the-fly dataset mm_ptft trains on (each clip decoded and
+featurised when the loader asks: "on the fly"), labels padded with -100 by a collator. mm_ptft always featurises in
+its loader, in-process (``train.num_workers=0``) or in one worker process (``num_workers=1``, overlapping the
+step): start-up and window differ in what they include: see the notes.
 
     python benchmarks/whisper_vs_seq2seqtrainer.py [--quick] [--seeds 3] [--device cpu|cuda] [--threads 1]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallba
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (ClockCallback, StepClock, fmt, paired_rows, script_main, section,  # noqa: E402
+from benchmarks.common import (ClockCallback, StepClock, paired_rows, script_main, section,  # noqa: E402
                                throughput_rows, window_rule)
 from mm_ptft.run import load_config  # noqa: E402
 from mm_ptft.tasks.whisper_asr import WhisperASR  # noqa: E402
@@ -34,8 +37,8 @@ SIZES = {"quick": {"n_train": 96, "n_eval": 16, "steps": 16, "warmup": 4, "d_mod
          "full": {"n_train": 320, "n_eval": 32, "steps": 40, "warmup": 8, "d_model": 96}}
 
 
-def prepare(out: str, args: Any, seed: int):
-    cfg = load_config("recipes/whisper_asr/tiny.yaml", [
+def prepare(out: str, args: Any, seed: int, workers: int = 0):
+    cfg = load_config("recipes/whisper_asr/tiny.yaml", [f"train.num_workers={workers}",
         f"output_dir={out}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch}",
         f"train.device={args.device}", f"optim.lr={args.lr}", "sched.warmup_steps=0", "train.report=false",
         "train.log_every=100000", f"train.eval_every={args.steps}", f"seed={seed}", "train.group_by_length=false",
@@ -47,10 +50,10 @@ def prepare(out: str, args: Any, seed: int):
     return cfg, WhisperASR.prepare(cfg)
 
 
-def run_ours(args: Any, clock: StepClock, seed: int) -> None:
+def run_ours(args: Any, clock: StepClock, seed: int, workers: int = 0) -> None:
     clock.begin()
     with tempfile.TemporaryDirectory() as out:
-        cfg, p = prepare(out, args, seed)
+        cfg, p = prepare(out, args, seed, workers)
         clock.count_forward(p.task)
         Trainer.from_prepared(p, cfg, callbacks=[ClockCallback(clock)]).fit()
         clock.end()
@@ -76,14 +79,28 @@ class HFClock(TrainerCallback):
         self.clock.stamp()
 
 
-def run_hf(args: Any, clock: StepClock, seed: int) -> None:
+class OnTheFly(torch.utils.data.Dataset):
+    """mm_ptft's clip dataset (decode + log-mel per access) under the HF collator's key names."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        it = self.data[i]
+        return {"input_features": it[AUDIO], "labels": it[LABELS]}
+
+
+def run_hf(args: Any, clock: StepClock, seed: int, precompute: bool = True) -> None:
     clock.begin()
     with tempfile.TemporaryDirectory() as out:
         cfg, p = prepare(out, args, seed)
         model = p.task.whisper.model
 
-        def rows(data):  # features computed once, as the HF example's dataset.map does
-            return [{"input_features": it[AUDIO], "labels": it[LABELS]} for it in (data[i] for i in range(len(data)))]
+        def rows(data):  # precompute: features computed once, as the HF example's dataset.map does
+            return [OnTheFly(data)[i] for i in range(len(data))] if precompute else OnTheFly(data)
 
         targs = Seq2SeqTrainingArguments(
             output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch,
@@ -100,7 +117,11 @@ def run_hf(args: Any, clock: StepClock, seed: int) -> None:
         clock.end()
 
 
-ARMS = {"mm_ptft whisper_asr": run_ours, "transformers Seq2SeqTrainer": run_hf}
+ARMS = {"mm_ptft whisper_asr": run_ours,
+        "mm_ptft whisper_asr, 1 loader worker": partial(run_ours, workers=1),
+        "transformers Seq2SeqTrainer, precomputed": run_hf,
+        "transformers Seq2SeqTrainer, on the fly": partial(run_hf, precompute=False)}
+OURS, HF = list(ARMS)[:2], list(ARMS)[2:]
 
 
 def measure(args: Any, seeds: int) -> dict[str, list[dict[str, float]]]:
@@ -108,7 +129,7 @@ def measure(args: Any, seeds: int) -> dict[str, list[dict[str, float]]]:
     timings: dict[str, list[dict[str, float]]] = {name: [] for name in ARMS}
     names = list(ARMS)
     for seed in range(seeds):
-        for name in names[seed % 2:] + names[: seed % 2]:
+        for name in names[seed % len(names):] + names[: seed % len(names)]:
             clock = StepClock(args.warmup, args.steps, args.device)
             ARMS[name](args, clock, seed)
             timings[name].append(clock.timing())
@@ -124,12 +145,14 @@ def compare(quick: bool = False, seeds: int = 3, device: str = "") -> dict[str, 
     args = settings(quick, device)
     t = measure(args, seeds)
     rows = throughput_rows(t)
-    rows += paired_rows(t["mm_ptft whisper_asr"], t["transformers Seq2SeqTrainer"], "mm_ptft vs Seq2SeqTrainer")
+    for ours, hf in ((OURS[0], HF[0]), (OURS[1], HF[0]), (OURS[0], HF[1])):
+        rows += paired_rows(t[ours], t[hf], f"{ours} vs {hf.split(', ')[1]}")
     notes = [f"device {args.device}, fp32; random-init WhisperForConditionalGeneration d_model {args.d_model}, 2+2 "
              f"layers, 2 s window (200 log-mel frames), batch {args.batch}, {args.n_train} tone-speech clips, "
              f"{args.steps} steps, lr {args.lr}, no augmentation on either side",
-             "HF side: features computed before training (counted in its start-up), no per-step decoding; mm_ptft: "
-             "each clip decoded + featurised by the loader inside the window",
+             "HF precomputed: features computed before training (counted in its start-up), no per-step decoding; "
+             "HF on the fly and mm_ptft: each clip decoded + featurised by the loader inside the window "
+             "(HF's Trainer: in-process, dataloader_num_workers=0)",
              f"after s: both sides' final evaluation on {args.n_eval} clips with generation (mm_ptft also "
              "checkpoints and scores WER/CER)"]
     return section("issue-26: Whisper fine-tuning vs transformers Seq2SeqTrainer", window_rule(args.warmup, args.steps),

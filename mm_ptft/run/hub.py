@@ -206,7 +206,23 @@ def from_pretrained(path: str | Path, trust_remote_code: bool = False) -> Pretra
 
 PIPELINE = {"AutoModelForSequenceClassification": "text-classification",
             "AutoModelForImageClassification": "image-classification", "AutoModelForCTC": "automatic-speech-recognition",
-            "AutoModelForCausalLM": "text-generation", "AutoModelForQuestionAnswering": "question-answering"}
+            "AutoModelForCausalLM": "text-generation", "AutoModelForQuestionAnswering": "question-answering",
+            "AutoModelForSpeechSeq2Seq": "automatic-speech-recognition"}
+# classes named ambiguously (WhisperForConditionalGeneration, like T5's) are looked up in transformers' auto maps
+AUTO_MAPS = {"AutoModelForSpeechSeq2Seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"}
+
+
+def auto_class(hf_class: Optional[str]) -> Optional[str]:
+    """The ``PIPELINE`` auto class of an exported transformers class: by suffix (``Wav2Vec2ForCTC`` →
+    ``AutoModelForCTC``), else by membership in transformers' auto mapping (``AUTO_MAPS``); None when neither says."""
+    if not hf_class:
+        return None
+    auto = next((a for a in PIPELINE if hf_class.endswith(a.replace("AutoModel", ""))), None)
+    if auto:
+        return auto
+    from transformers.models.auto import modeling_auto
+
+    return next((a for a, name in AUTO_MAPS.items() if hf_class in getattr(modeling_auto, name, {}).values()), None)
 
 
 def data_cards(data: dict[str, Any], out: Path) -> list[str]:
@@ -252,7 +268,7 @@ def model_card(run_dir: Path, cfg: Any, task: nn.Module, fmt: str, info: dict[st
     step, metrics, where = checkpoint_metrics(run_dir, source)
     labels = list(getattr(task, "labels", []) or [])
     hf_class = info.get("class")
-    auto = next((a for a in PIPELINE if hf_class and hf_class.endswith(a.replace("AutoModel", ""))), None)
+    auto = auto_class(hf_class)
     library = {"hf": "transformers", "sentence_transformers": "sentence-transformers",
                "open_clip": "open_clip"}.get(fmt, "mm_ptft")
     front = ["---", f"library_name: {library}", "tags:", "- mm_ptft",

@@ -92,6 +92,9 @@ def test_export_hf_is_what_the_pipeline_loads_and_predict_matches_it(run, speech
     assert mine.shape == theirs.shape and torch.equal(mine, theirs)
     assert [t.strip() for t in proc.batch_decode(theirs, skip_special_tokens=True)] == \
         [t["raw_text"].strip() for t in ours]
+    # the hub card names the pipeline the directory was just loaded by (transformers' speech seq2seq auto map)
+    card = (exported / "README.md").read_text()
+    assert "pipeline_tag: automatic-speech-recognition" in card and "AutoModelForSpeechSeq2Seq" in card
 
 
 def _manifest(speech, root, rows):
