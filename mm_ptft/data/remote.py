@@ -63,7 +63,7 @@ class RemoteSettings:
 
 
 SETTINGS = RemoteSettings()
-_RETRIES = {"remote_retries": 0}  # this process's retries not yet taken by a stream (take_retries)
+_RETRIES = {"pid": os.getpid(), "n": 0}  # this process's retries not yet taken by a stream (take_retries)
 STATS = {"downloads": 0, "hits": 0}  # local_copy's fetches and cache hits in this process
 
 
@@ -131,16 +131,29 @@ def with_retries(url: str, call: Callable[[], T], what: str, key: str = "data.tr
             if not transient(err) or attempt == SETTINGS.retries:
                 raise DataError(f"{key}={redacted(url)}: {what} failed ({type(err).__name__}: {err})") from err
             wait = min(SETTINGS.backoff_s * 2 ** attempt, 30.0)
-            _RETRIES["remote_retries"] += 1
+            _count_retry()
             log.warning("%s: %s failed (%s); retry %d of %d in %.1f s", redacted(url), what, type(err).__name__,
                         attempt + 1, SETTINGS.retries, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
 
+def _own_retries() -> dict[str, int]:
+    """The counter of this process: a loader worker forked from the main process starts from 0, not from the
+    parent's count (which each worker would report again)."""
+    if _RETRIES["pid"] != os.getpid():
+        _RETRIES.update(pid=os.getpid(), n=0)
+    return _RETRIES
+
+
+def _count_retry() -> None:
+    _own_retries()["n"] += 1
+
+
 def take_retries() -> int:
     """Retries made in this process since the last call (a stream adds them to its counts)."""
-    n, _RETRIES["remote_retries"] = _RETRIES["remote_retries"], 0
+    own = _own_retries()
+    n, own["n"] = own["n"], 0
     return n
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mm_ptft.config import redacted
 from mm_ptft.contracts import on_device
 from mm_ptft.data.remote import take_retries
 from mm_ptft.data.shards import Shard, read_records
@@ -64,10 +65,11 @@ def assign(n_shards: int, reader: int, readers: int, order: Sequence[int]) -> li
 
 def hash_split(seed: int, fraction: float) -> Callable[[Shard, int], bool]:
     """A streaming train/eval split: a record is in eval when a seeded hash of (shard file name, row) falls
-    under ``fraction`` — the same rows every time, wherever the shards lie."""
+    under ``fraction`` — the same rows every time, wherever the shards lie (a presigned URL's changing signature
+    aside)."""
 
     def in_eval(shard: Shard, row: int) -> bool:
-        key = f"{seed}:{os.path.basename(shard.path)}:{shard.index}:{row}".encode()
+        key = f"{seed}:{os.path.basename(redacted(shard.path))}:{shard.index}:{row}".encode()  # no URL query string
         return zlib.crc32(key) / 2 ** 32 < fraction
 
     return in_eval

@@ -151,3 +151,15 @@ def test_redacted_drops_credentials_and_query_strings():
     assert redacted("https://u:pw@h.example/a.csv?X-Amz-Signature=s#f") == "https://h.example/a.csv"
     assert redacted("s3://bucket/shards/{0..3}.tar") == "s3://bucket/shards/{0..3}.tar"
     assert redacted("/local/path?x") == "/local/path?x"
+
+
+def test_the_streaming_eval_split_ignores_a_urls_signature():
+    from mm_ptft.data.shards import Shard
+    from mm_ptft.data.stream import hash_split
+
+    in_eval = hash_split(seed=3, fraction=0.3)
+    a, b = (Shard(f"https://h.example/d/train-0.tar?X-Amz-Signature={s}", "tar") for s in ("one", "two"))
+    local = Shard("/data/train-0.tar", "tar")
+    assert [in_eval(a, r) for r in range(200)] == [in_eval(b, r) for r in range(200)] == \
+        [in_eval(local, r) for r in range(200)]
+    assert 20 < sum(in_eval(a, r) for r in range(200)) < 100  # a split, not all or nothing
