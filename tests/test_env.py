@@ -130,7 +130,7 @@ def test_broken_torchaudio_leaves_text_working_and_audio_says_why(broken_env) ->
     ''')
     out = subprocess.run([sys.executable, "-c", script], env=broken_env, capture_output=True, text=True, check=True)
     assert "text ok (1, 3, 8)" in out.stdout
-    assert f"audio: audio resampling needs torchaudio, which cannot load here: torchaudio" in out.stdout
+    assert "audio: audio resampling needs torchaudio, which cannot load here: torchaudio" in out.stdout
     assert f"undefined symbol: {SYMBOL}" in out.stdout and "mm-ptft doctor" in out.stdout
 
 
