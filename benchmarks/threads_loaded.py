@@ -23,16 +23,18 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import fmt, fmt_paired, ratios, script_main, section  # noqa: E402
 
 RECIPE = "recipes/speech_recognition/tiny.yaml"
-ARMS = {"auto (train.threads=0)": {}, "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"}}
+ARMS = {"load-aware (train.threads=-1)": {"THREADS": "-1"}, "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"}}
 
 
 def run(extra_env: dict[str, str], steps: int, log_every: int) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    extra_env = dict(extra_env)
+    threads_arg = [f"train.threads={extra_env.pop('THREADS')}"] if "THREADS" in extra_env else []
     env.update(PYTHONPATH=str(ROOT), **extra_env)
     with tempfile.TemporaryDirectory() as out:
         done = subprocess.run([sys.executable, "-m", "mm_ptft.cli", "train", RECIPE, f"output_dir={out}",
                         f"train.max_steps={steps}", f"train.log_every={log_every}", "train.eval_every=100000",
-                        "train.report=false", "train.device=cpu", "train.report_to=[jsonl]"],
+                        "train.report=false", "train.device=cpu", "train.report_to=[jsonl]", *threads_arg],
                        cwd=ROOT, env=env, check=True, capture_output=True, text=True)
         rows = [r for r in map(json.loads, Path(out, "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     later = rows[1:]

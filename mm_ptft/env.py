@@ -165,7 +165,9 @@ def thread_plan(override: int = 0, local_world: int = 1) -> tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env), f"OMP_NUM_THREADS={env} (set in the environment: it wins over the sizing)"
-    cpus, busy = usable_cpus(), busy_cpus()
+    # -1 (train.threads=-1): less the CPUs the load average says are busy. Not the default: a count that follows the
+    # load makes a resumed run (or a rerun) compute with another thread count, so not bit-identical to a straight one
+    cpus, busy = usable_cpus(), busy_cpus() if override == -1 else 0
     n = max(1, (cpus - busy) // max(1, local_world))
     return n, f"{cpus} usable CPUs{f' - {busy} busy (load average)' if busy else ''} / {local_world} local process(es)"
 

@@ -190,12 +190,13 @@ def test_a_loaded_shared_machine_gets_the_cpus_its_load_leaves(monkeypatch):
     monkeypatch.setattr(E, "cpu_count", lambda: 16)
     monkeypatch.setattr(E.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(E.os, "getloadavg", lambda: (9.7, 5.0, 1.0))
-    n, why = E.thread_plan(0, 2)
+    n, why = E.thread_plan(-1, 2)  # train.threads=-1: the load-aware sizing
     assert n == 3 and "9 busy (load average)" in why
+    assert E.thread_plan(0, 2)[0] == 8  # the default ignores the load (a resume computes with the same count)
     monkeypatch.setattr(E.os, "getloadavg", lambda: (40.0, 5.0, 1.0))
-    assert E.thread_plan(0, 1)[0] == 1
+    assert E.thread_plan(-1, 1)[0] == 1
     monkeypatch.setattr(E.os, "cpu_count", lambda: 64)  # a 16-CPU affinity mask on a 64-CPU host
-    assert E.busy_cpus() == 0 and E.thread_plan(0, 2)[0] == 8
+    assert E.busy_cpus() == 0 and E.thread_plan(-1, 2)[0] == 8
 
 
 def test_train_threads_is_range_checked(tmp_path):

@@ -2,6 +2,7 @@
 crash (SIGKILL) while the writer is mid-write leaves no half checkpoint, and the resume from the previous complete one
 ends bit-identical to a straight run; a failed write stops the run with an error naming the checkpoint; one write is in
 flight at a time and the snapshot shares nothing with the tensors training goes on changing."""
+import json
 import os
 import signal
 import subprocess
@@ -52,7 +53,9 @@ def test_async_checkpoints_are_byte_identical_to_sync_ones(topics_data, straight
             assert (a / name).read_bytes() == (b / name).read_bytes(), (b / name)
         assert ckpt.verify(b) is None
     assert (out / "checkpoints" / "best.json").read_text() == (straight / "checkpoints" / "best.json").read_text()
-    assert (out / "final_metrics.json").read_text() == (straight / "final_metrics.json").read_text()
+    def results(run):  # the wall-clock phase split ("timing") differs between any two runs
+        return {k: v for k, v in json.loads((run / "final_metrics.json").read_text()).items() if k != "timing"}
+    assert results(out) == results(straight)
 
 
 def test_sigkill_mid_background_write_leaves_no_half_checkpoint_and_resumes_identically(topics_data, straight,
@@ -60,7 +63,7 @@ def test_sigkill_mid_background_write_leaves_no_half_checkpoint_and_resumes_iden
     out, marker = tmp_path / "crashed", tmp_path / "writer_mid_write"
     args = overrides(topics_data, out, "train.async_save=true")
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(marker), TEXT_TINY, *args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"},
+                            env={**os.environ, "PYTHONPATH": ROOT},  # threads sized as in this process (a count changes the bits)
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
