@@ -206,4 +206,4 @@ def test_train_threads_is_range_checked(tmp_path):
     from mm_paths import TEXT_TINY
 
     with pytest.raises(ConfigError, match="train.threads"):
-        load_config(TEXT_TINY, ["train.threads=-1", f"output_dir={tmp_path}"])
+        load_config(TEXT_TINY, ["train.threads=-2", f"output_dir={tmp_path}"])
