@@ -63,7 +63,7 @@ def test_sigkill_mid_background_write_leaves_no_half_checkpoint_and_resumes_iden
     out, marker = tmp_path / "crashed", tmp_path / "writer_mid_write"
     args = overrides(topics_data, out, "train.async_save=true")
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(marker), TEXT_TINY, *args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": ROOT},  # threads sized as in this process (a count changes the bits)
+                            env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads())},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:

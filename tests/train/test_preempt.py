@@ -136,7 +136,7 @@ def test_sigterm_to_the_process_group_of_a_streamed_run_with_workers_resumes_ide
     train(load_config(TEXT_TINY, stream_overrides(topics_data, shards, tmp_path / "straight")))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mm_ptft.cli", "train", TEXT_TINY, *stream_overrides(topics_data, shards, out)]
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     code, took, err = sigterm_mid_run(cmd, env, out, group=True)
     assert code == preempt.PREEMPTED_EXIT, err[-3000:]
     assert took < 60
