@@ -2,6 +2,7 @@
 sampling by hand, short clips (pad / loop), transforms on whole clips, and the hostile-file matrix."""
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,24 @@ def test_frames_equal_pyav_decode_of_the_same_indices(tmp_path, ext):
     assert got.dtype == torch.uint8 and got.shape == (5, 3, 32, 32)
     for k, i in enumerate(idx):
         assert torch.equal(got[k].permute(1, 2, 0), torch.from_numpy(ref[i]))
+
+
+def test_generated_mp4_clips_are_the_same_bytes_when_generated_again_after_training_work(tmp_path):
+    """A resumed run (or a CLI subprocess) regenerates data.generate's clips: they must be the bytes the first
+    run wrote. libx264's default mbtree rate control gave other bytes once a torch forward/backward had run in
+    the process (10-14 of 128 clips); the reference is the file bytes themselves."""
+    from mm_ptft.data.generated.video import moving_shapes
+
+    first = moving_shapes(str(tmp_path / "a"), n_train=48, n_eval=0, frames=8)
+    x = torch.randn(8, 3, 8, 32, 32, requires_grad=True)
+    torch.nn.Conv3d(3, 16, 3)(x).sum().backward()  # work that changes the process's state between generations
+    junk = [bytearray(os.urandom(40_000)) for _ in range(40)]
+    second = moving_shapes(str(tmp_path / "b"), n_train=48, n_eval=0, frames=8)
+    del junk
+    root_a, root_b = (Path(p["train_file"]).parent / "train" for p in (first, second))
+    names = sorted(p.name for p in root_a.iterdir())
+    assert len(names) == 48
+    assert [n for n in names if (root_a / n).read_bytes() != (root_b / n).read_bytes()] == []
 
 
 def test_rotation_metadata_turns_the_clip_upright(tmp_path):
