@@ -1,4 +1,4 @@
-"""Image classification, speech recognition (CTC) and multimodal classification through the preprocessing cache:
+"""Image classification, speech recognition (CTC and Whisper) and multimodal classification through the preprocessing cache:
 the same weights after N steps with the cache off, on a miss and on a hit; a changed setting makes a new entry;
 a hit checks no media file again."""
 import os
@@ -17,10 +17,14 @@ from mm_paths import ROOT
 STEPS = 2
 IMAGES = {"name": "image_shapes", "n_train": 16, "n_eval": 8, "size": 16, "seed": 4, "classes": ["circle", "square"]}
 TONES = {"name": "tone_speech", "n_train": 6, "n_eval": 3, "sample_rate": 16000, "seed": 2}
+WHISPER = ["model.whisper.config.d_model=32", "model.whisper.config.encoder_layers=1",
+           "model.whisper.config.decoder_layers=1", "model.whisper.config.encoder_ffn_dim=64",
+           "model.whisper.config.decoder_ffn_dim=64", "generation.max_new_tokens=4"]
 CASES = {  # recipe → (tiny config, generator, overrides, a setting that changes the preprocessed rows)
     "image_classification": ("image_classification", {**IMAGES, "layout": "folders"}, ["model.image.img_size=16"],
                              "data.verify_images=false"),
     "speech_recognition": ("speech_recognition", TONES, ["train.num_workers=0"], "data.max_duration=10"),
+    "whisper_asr": ("whisper_asr", {**TONES, "max_words": 2}, WHISPER, "data.max_duration=10"),
     "multimodal_classification": ("multimodal_classification", IMAGES,
                                   ["data.modalities=[image]", "data.image_column=path", "model.image.img_size=16"],
                                   "data.skip_bad_samples=true"),
