@@ -13,7 +13,8 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
-from mm_ptft.data.audio import CLIP_FEATURES, AudioCollator, Clip, clip_columns, clip_dataset, load_waveform, manifest_clips
+from mm_ptft.data.audio import CLIP_FEATURES, AudioCollator, Clip, clip_columns, clip_dataset, load_waveform, \
+    manifest_clips
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.table_cache import features, tokenizer_identity
