@@ -327,6 +327,16 @@ class AudioDataset(Dataset):
         return self.clips.lengths() if isinstance(self.clips, ClipTable) else [c.samples for c in self.clips]
 
 
+def clip_dataset(records: Any, pipe: AudioPipeline) -> Optional[AudioDataset]:
+    """Clips of a checked table (``clip_columns``; memory-mapped when it came from the preprocessing cache) decoded
+    through ``pipe`` on access; ``.cache`` is the entry's status (``check-data`` reports it)."""
+    if records is None:
+        return None
+    ds = AudioDataset(ClipTable(records), pipe)
+    ds.cache = records.cache
+    return ds
+
+
 class AudioCollator:
     """Pads waveforms (B, T) or features (B, F, N) with zeros, and label ids (B, S) with ``pad_id``."""
 

@@ -12,6 +12,11 @@ Three layouts, found in this order:
   first few named in the log.
 - **transcripts beside the audio** (speech): ``clip.wav`` + ``clip.txt`` or ``clip.lab`` anywhere under the folder;
   a clip without one gets an empty transcript, which the recipe names (or skips and counts).
+- **LibriSpeech** (speech): ``SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt`` holding ``UTTID TRANSCRIPT`` lines beside
+  ``UTTID.flac``; any ``*.trans.txt`` under the folder gives the transcripts of the clips in its directory (a clip
+  it does not list falls back to a ``.txt`` / ``.lab`` beside it); an utterance it lists without its audio file is a
+  row whose file is missing, which the recipe names (or skips and counts); an utterance listed twice is an error
+  naming the file and line.
 
 A folder may also hold split sub-folders, ``train/`` and one of ``val/``, ``validation/``, ``test/``, each in one of
 the layouts above (``split_folders``)."""
@@ -35,6 +40,7 @@ EXTS = {
 }
 METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 TRANSCRIPT_EXTS = (".txt", ".lab")
+TRANS = ".trans.txt"  # LibriSpeech: SPEAKER-CHAPTER.trans.txt, one "UTTID TRANSCRIPT" line per clip
 SPLITS = {"train": ("train",), "eval": ("val", "validation", "test")}  # eval: the first one present
 
 
@@ -149,18 +155,47 @@ def _class_folders(root: str, key: str, kind: str, counters: dict[str, int]) -> 
 
 
 def _transcribed_files(root: str, key: str, counters: dict[str, int]) -> tuple[list[str], list[str]]:
-    """(audio paths, transcripts) of audio files with a ``.txt`` / ``.lab`` beside them ('' where there is none)."""
+    """(audio paths, transcripts) of audio files with a ``.txt`` / ``.lab`` beside them or listed in a LibriSpeech
+    ``*.trans.txt`` of their directory ('' where there is none; a listed clip without its file: its expected path)."""
     files = list(walk_files(root))
     audio = [f for f in files if f.lower().endswith(EXTS["audio"])]
-    if not audio:
+    trans_files = [f for f in files if f.endswith(TRANS)]
+    listed = _librispeech_transcripts(trans_files)
+    if not audio and not listed:
         raise DataError(f"{key}={root}: no audio files ({', '.join(EXTS['audio'])}) and no "
                         f"{' / '.join(METADATA)}; an audio folder holds clips with a transcript beside each "
-                        f"(clip.wav + clip.txt or clip.lab) or a metadata.csv with file_name and transcription")
-    texts = [_transcript(f) for f in audio]
-    transcripts = {os.path.splitext(f)[0] + e for f in audio for e in TRANSCRIPT_EXTS}
+                        f"(clip.wav + clip.txt or clip.lab), LibriSpeech's SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt "
+                        f"beside UTTID.flac, or a metadata.csv with file_name and transcription")
+    by_stem = {os.path.splitext(f)[0]: f for f in audio}
+    missing = [stem + ".flac" for stem in listed if stem not in by_stem]  # the recipe names (or counts) each
+    paths = audio + missing
+    texts = [listed[os.path.splitext(f)[0]] if os.path.splitext(f)[0] in listed else _transcript(f) for f in paths]
+    transcripts = {os.path.splitext(f)[0] + e for f in audio for e in TRANSCRIPT_EXTS} | set(trans_files)
     _ignored(counters, "ignored_non_audio_files", [f for f in files if f not in transcripts and f not in audio
                                                    and os.path.basename(f) not in METADATA], root)
-    return audio, texts
+    return paths, texts
+
+
+def _librispeech_transcripts(trans_files: list[str]) -> dict[str, str]:
+    """{clip path without extension: transcript} from LibriSpeech ``*.trans.txt`` files (``UTTID TRANSCRIPT`` lines;
+    the clip is ``UTTID.<ext>`` in the file's directory); an utterance listed twice is an error naming file and line."""
+    out: dict[str, str] = {}
+    for path in trans_files:
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: transcript list is not UTF-8 text ({err})") from None
+        for n, line in enumerate(lines, 1):
+            parts = line.split(maxsplit=1)
+            if not parts:
+                continue
+            stem = os.path.join(os.path.dirname(path), parts[0])
+            if stem in out:
+                raise DataError(f"{path}: line {n}: utterance {parts[0]!r} is listed twice (LibriSpeech lists each "
+                                f"UTTID once, as 'UTTID TRANSCRIPT')")
+            out[stem] = " ".join(parts[1].split()) if len(parts) > 1 else ""
+    return out
 
 
 def _transcript(audio: str) -> str:

@@ -304,7 +304,7 @@ class VideoDataset(Dataset):
 
     def __init__(self, paths: Sequence[str], labels: Optional[Sequence[int]], transform: Callable,
                  sampling: VideoSampling, train: bool, skip_bad: bool = False, seed: int = 0) -> None:
-        self.paths, self.labels, self.transform = list(paths), labels, transform
+        self.paths, self.labels, self.transform = paths, labels, transform  # a table column: read per index
         self.sampling, self.train, self.skip_bad, self.seed = sampling, train, skip_bad, seed
         self.epoch_source: Any = None
 

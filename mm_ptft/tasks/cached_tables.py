@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping, Optional
 
-from mm_ptft.data.table_cache import ArrowRecords, CacheStatus, TableCache, cache_key, cached, default_root
+from mm_ptft.data.table_cache import ArrowRecords, CacheStatus, TableCache, cache_key, cached, default_root, features
 from mm_ptft.data.tables import ROW
-from mm_ptft.tasks.common import needs_train_file, resolve_files
+from mm_ptft.tasks.common import eval_name, needs_train_file, resolve_files
 
 Raw = Callable[[], tuple]  # () -> (train table, eval table, ...), read once
 
@@ -53,6 +53,22 @@ def map_table(table: Any, fn: Callable[[dict[str, list], list[int]], dict[str, l
                      new_fingerprint=f"{cache.key or 'mem'}-{split}")
 
 
+def map_records(table: Any, fn: Callable[[list[dict[str, Any]], list[int]], list[dict[str, Any]]], cache: TableCache,
+                split: str, features: Any, extra: Optional[Mapping[str, Any]] = None) -> Any:
+    """``fn(rows, row numbers) -> samples`` (one dict per kept row, as a recipe's record builder gives them) over
+    ``table`` in batches, as ``map_table`` writes them; each sample's columns are those of ``features``, with
+    ``extra``'s constant values (e.g. an evaluation flag) added to every sample."""
+    names, extra = list(features), dict(extra or {})
+
+    def call(batch: dict[str, list], rows: list[int]) -> dict[str, list]:
+        cols = [n for n in batch if n != ROW]
+        samples = [{**s, **extra} for s in fn([dict(zip(cols, vals)) for vals in zip(*(batch[c] for c in cols))],
+                                             list(rows))]
+        return {n: [s[n] for s in samples] for n in names}
+
+    return map_table(table, call, cache, split, features)
+
+
 def store_columns(columns: Mapping[str, list], cache: TableCache, split: str, features: Any) -> Any:
     """Columns a recipe computed from its raw data (checked media paths, label ids, sample counts ...) as the cache
     entry's ``split`` table (``map_table``: written to the entry, or kept in memory when the cache is off)."""
@@ -61,6 +77,21 @@ def store_columns(columns: Mapping[str, list], cache: TableCache, split: str, fe
     table = datasets.Dataset.from_dict(dict(columns), features=features)
     names = list(columns)  # a new dict: datasets drops the columns of the batch object itself (remove_columns)
     return map_table(table, lambda batch, rows: {n: batch[n] for n in names}, cache, split, features)
+
+
+def splits(cfg: Any, train_table: Any, eval_table: Any, train: bool) -> list[tuple[str, Any, str]]:
+    """(split, table, where) of the tables a recipe prepares: the training table when training, the evaluation table
+    when there is one; ``where`` names the file (or the seeded split) in messages."""
+    pairs = (("train", train_table if train else None, cfg.data.train_file), ("eval", eval_table, eval_name(cfg.data)))
+    return [(split, table, where) for split, table, where in pairs if table is not None]
+
+
+def store_splits(cfg: Any, tables: tuple[Any, Any], train: bool, columns: Callable[[Any, str], Mapping[str, list]],
+                 cache: TableCache, spec: Mapping[str, str]) -> dict[str, Any]:
+    """{split: the cache entry's table of ``columns(table, where)``} of the (train, eval) ``tables`` (``splits``);
+    ``spec``: the columns' types (``table_cache.features``)."""
+    return {split: store_columns(columns(table, where), cache, split, features(spec))
+            for split, table, where in splits(cfg, *tables, train)}
 
 
 def prepare_tables(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any],
@@ -79,5 +110,6 @@ def split_counts(info: Mapping[str, Any], counters: dict[str, int]) -> None:
         counters[k] = counters.get(k, 0) + int(v)
 
 
-def lengths(records: Optional[ArrowRecords], column: str) -> Optional[Any]:
-    return None if records is None else records.list_lengths(column)
+def lengths(records: Optional[ArrowRecords], *columns: str) -> Optional[Any]:
+    """The summed lengths of list ``columns`` (e.g. token ids) per sample, as a NumPy array (None without records)."""
+    return None if records is None else sum(records.list_lengths(c) for c in columns)

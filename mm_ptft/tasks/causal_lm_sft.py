@@ -11,17 +11,19 @@ from mm_ptft.config import RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
 from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, sft_length, sft_records
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.tables import DataError, rows_of
-from mm_ptft.data.text import Records, lengths_of
+from mm_ptft.data.table_cache import CacheFields, features, tokenizer_identity
+from mm_ptft.data.tables import DataError
 from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import lengths, map_records, once, prepare_tables, split_counts
 from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
     save_tokenizer
+from mm_ptft.types import LABELS, REFERENCE, TEXT
 
 
 @dataclass
-class SFTData:
+class SFTData(CacheFields):
     RANGES: ClassVar[dict[str, str]] = {"eval_fraction": "(0, 1)", "max_length": ">0", "shuffle_block": ">0",
                                         "pad_to_multiple_of": ">0"}  # checked by config.parse
     train_file: str = ""  # a file; with streaming also a glob, brace range, directory of shards or hf:<dataset>
@@ -66,12 +68,22 @@ def _require(ds: Any, d: SFTData, where: str) -> None:
                         f"{d.messages_column!r}; it has {ds.column_names} (set data.*_column to the right names)")
 
 
-def _records(ds: Any, cfg: CausalLMSFTConfig, tokenizer: Any, where: str, max_length: int,
-             counters: dict[str, int]) -> Records:
+def _records(ds: Any, cfg: CausalLMSFTConfig, tokenizer: Any, where: str, max_length: int, counters: dict[str, int],
+             cache: Any, split: str) -> Any:
+    """The tokenised samples of one split (prompt masked) as the cache entry's ``split`` table; evaluation samples
+    are marked ``UNPACKED`` (collated padded, with the prompt to generate from)."""
     d = cfg.data
     _require(ds, d, where)
-    return Records(sft_records(tokenizer, ds.to_list(), _cols(d), max_length, where, d.skip_bad_samples, counters,
-                               d.truncate, rows_of(ds)))
+
+    def fn(rows: list[dict[str, Any]], numbers: list[int]) -> list[dict[str, Any]]:
+        return sft_records(tokenizer, rows, _cols(d), max_length, where, d.skip_bad_samples, counters, d.truncate,
+                           numbers)
+
+    spec = {**FEATURES, UNPACKED: "bool"} if split == "eval" else FEATURES
+    return map_records(ds, fn, cache, split, features(spec), {UNPACKED: True} if split == "eval" else None)
+
+
+FEATURES = {TEXT: "int32[]", LABELS: "int32[]", "prompt_len": "int64", REFERENCE: "string"}  # an sft_sample
 
 
 def _corpus(ds: Any, d: SFTData) -> Optional[list[str]]:
@@ -97,27 +109,44 @@ def _task(cfg: CausalLMSFTConfig, corpus: Optional[list[str]]) -> tuple[CausalLM
 
 
 def prepare(cfg: CausalLMSFTConfig, train: bool = True) -> Prepared:
-    """Load the pairs or chats, build (or load) the causal LM and its tokenizer, tokenise with the prompt masked."""
+    """Load the pairs or chats, build (or load) the causal LM and its tokenizer, tokenise with the prompt masked; the
+    tokenised tables come from the preprocessing cache (``tasks/cached_tables.py``) when the same data was prepared
+    the same way before."""
     _check(cfg)
     d = cfg.data
     if d.streaming:
         return _prepare_stream(cfg, train)
-    train_ds, eval_ds = load_splits(cfg, train, learn=not (cfg.model.lm.get("tokenizer")
-                                                           or cfg.model.lm.get("name_or_path")))
-    counters: dict[str, int] = {}
-    _require(train_ds, d, d.train_file)
-    task, max_len = _task(cfg, _corpus(train_ds, d))
+    learn = not (cfg.model.lm.get("tokenizer") or cfg.model.lm.get("name_or_path"))
+
+    @once
+    def raw() -> tuple[Any, Any]:
+        train_ds, eval_ds = load_splits(cfg, train, learn=learn)
+        _require(train_ds, d, d.train_file)
+        return train_ds, eval_ds
+
+    task, max_len = _task(cfg, _corpus(raw()[0], d) if learn else None)
     tok = task.lm.tokenizer
-    tr = _records(train_ds, cfg, tok, d.train_file, max_len, counters) if train_ds is not None and train else None
-    ev = _records(eval_ds, cfg, tok, eval_name(d), max_len, counters) if eval_ds is not None else None
-    for item in ev.items if ev is not None else ():
-        item[UNPACKED] = True  # evaluated padded, with its prompt to generate from
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        train_ds, eval_ds = raw()
+        counters: dict[str, int] = {}
+        tables = {split: _records(ds, cfg, tok, where, max_len, counters, cache, split)
+                  for split, ds, where in (("train", train_ds if train else None, d.train_file),
+                                           ("eval", eval_ds, eval_name(d))) if ds is not None}
+        return tables, {"counters": counters}
+
+    settings = {"recipe": "causal_lm_sft", "columns": _cols(d), "max_length": max_len, "truncate": d.truncate,
+                "skip_bad": d.skip_bad_samples, "tokenizer": tokenizer_identity(tok)}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    counters: dict[str, int] = {}
+    split_counts(info, counters)
+    tr, ev = tables.get("train"), tables.get("eval")
     for name, part in (("training", tr), ("evaluation", ev)):
         if part is not None and len(part) == 0:
             raise DataError(f"no usable {name} samples left in {d.train_file or d.eval_file} "
                             f"(skipped: {counters.get('skipped_bad_samples', 0)})")
     collate = _collate(cfg, tok.pad_token_id, max_len, train)
-    return Prepared(task, tr, ev, collate, lengths_of(tr), lengths_of(ev), counters)
+    return Prepared(task, tr, ev, collate, lengths(tr, TEXT), lengths(ev, TEXT), counters)
 
 
 def _collate(cfg: CausalLMSFTConfig, pad_id: int, max_len: int, train: bool) -> SFTCollator:

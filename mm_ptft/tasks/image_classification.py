@@ -16,15 +16,15 @@ from mm_ptft.data.image import ImageAugment, ImageCollator, ImageDataset, batch_
 from mm_ptft.data.image_device import DeviceDecode, EncodedReader, check_decode_on
 from mm_ptft.data.image_stream import ImageRow
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.table_cache import CacheFields, features
+from mm_ptft.data.table_cache import CacheFields
 from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.image import IMAGE_ENCODERS
 from mm_ptft.heads.image_classification import EmaCallback, ImageClassificationTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.cached_tables import prepare_tables, split_counts, store_columns
-from mm_ptft.tasks.common import check_rehearsed_labels, earlier_config, eval_name, few_shot_rows, learn_labels, \
+from mm_ptft.tasks.cached_tables import prepare_tables, split_counts, store_splits
+from mm_ptft.tasks.common import check_rehearsed_labels, earlier_config, few_shot_rows, learn_labels, \
     needs_train_file, rehearsal_picks, resolve_files
 from mm_ptft.types import IMAGE, LABELS
 
@@ -150,10 +150,8 @@ def prepare(cfg: ImageClassificationConfig, train: bool = True) -> Prepared:
         labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
         few = few_shot_rows(d, tr[1], cfg.seed, counters) if tr is not None and train else None
         tr = _pick(tr, few) if few is not None else tr  # before scanning: a K-shot run decodes only its K images
-        tables = {split: store_columns(_checked(table, labels, d, where, counters), cache, split, features(FEATURES))
-                  for split, table, where in (("train", tr if train else None, d.train_file),
-                                              ("eval", ev, eval_name(d))) if table is not None}
-        return tables, {"labels": d.labels, "counters": counters}
+        check = lambda table, where: _checked(table, labels, d, where, counters)  # noqa: E731
+        return store_splits(cfg, (tr, ev), train, check, cache, FEATURES), {"labels": d.labels, "counters": counters}
 
     settings = {"recipe": "image_classification", "path_column": d.path_column, "label_column": d.label_column,
                 "labels": list(d.labels), "labels_per_class": d.labels_per_class, "skip_bad": d.skip_bad_samples,

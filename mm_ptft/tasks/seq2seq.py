@@ -12,18 +12,19 @@ from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import GenerationConfig, Prepared
 from mm_ptft.data.seq2seq import TRUNCATE, Seq2SeqCollator, Seq2SeqRow, seq2seq_length, seq2seq_records
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.data.tables import DataError, require_columns, rows_of
-from mm_ptft.data.text import Records
+from mm_ptft.data.table_cache import CacheFields, features, tokenizer_identity
+from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.heads.seq2seq import Seq2SeqTask, build_seq2seq_lm
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import lengths, map_records, once, prepare_tables, split_counts
 from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
     save_tokenizer
-from mm_ptft.types import TEXT, TEXT_MASK
+from mm_ptft.types import LABELS, REFERENCE, TEXT, TEXT_MASK
 
 
 @dataclass
-class Seq2SeqData(SplitData, StreamingData, SkipBadSamples):
+class Seq2SeqData(SplitData, StreamingData, SkipBadSamples, CacheFields):
     """train_file: CSV/TSV/JSON/JSONL/parquet with a source and a target column (streaming: shards, globs,
     ``hf:<dataset>``); data.generate: {name: seq2seq_toy, ...} for generated pairs."""
 
@@ -69,34 +70,64 @@ def _task(cfg: Seq2SeqConfig, corpus: Optional[list[str]]) -> Seq2SeqTask:
     return Seq2SeqTask(lm, cfg.generation)
 
 
-def _records(ds: Any, cfg: Seq2SeqConfig, task: Seq2SeqTask, where: str, counters: dict[str, int]) -> Records:
+def _records(ds: Any, cfg: Seq2SeqConfig, task: Seq2SeqTask, where: str, counters: dict[str, int], cache: Any,
+             split: str) -> Any:
+    """The tokenised source/target pairs of one split as the cache entry's ``split`` table."""
     d = cfg.data
     require_columns(ds, [d.source_column, d.target_column], where)
-    return Records(seq2seq_records(task.lm.tokenizer, ds.to_list(), _cols(d), _limits(cfg, task), where,
-                                   d.skip_bad_samples, counters, d.truncate, d.source_prefix, rows_of(ds)))
+
+    def fn(rows: list[dict[str, Any]], numbers: list[int]) -> list[dict[str, Any]]:
+        return seq2seq_records(task.lm.tokenizer, rows, _cols(d), _limits(cfg, task), where, d.skip_bad_samples,
+                               counters, d.truncate, d.source_prefix, numbers)
+
+    return map_records(ds, fn, cache, split, features(FEATURES))
+
+
+FEATURES = {TEXT: "int32[]", LABELS: "int32[]", REFERENCE: "string"}  # a seq2seq_sample
 
 
 def prepare(cfg: Seq2SeqConfig, train: bool = True) -> Prepared:
-    """Load the source/target pairs, build (or load) the encoder-decoder and its tokenizer, tokenise both sides."""
+    """Load the source/target pairs, build (or load) the encoder-decoder and its tokenizer, tokenise both sides; the
+    tokenised tables come from the preprocessing cache (``tasks/cached_tables.py``) when the same data was prepared
+    the same way before."""
     check_choices(cfg, TRUNCATE)
     d = cfg.data
     if d.streaming:
         return _prepare_stream(cfg, train)
     learn = not (cfg.model.lm.get("tokenizer") or cfg.model.lm.get("name_or_path"))
-    train_ds, eval_ds = load_splits(cfg, train, learn=learn)
-    if train_ds is not None:
-        require_columns(train_ds, [d.source_column, d.target_column], d.train_file)
+
+    @once
+    def raw() -> tuple[Any, Any]:
+        train_ds, eval_ds = load_splits(cfg, train, learn=learn)
+        if train_ds is not None:
+            require_columns(train_ds, [d.source_column, d.target_column], d.train_file)
+        return train_ds, eval_ds
+
+    train_ds = raw()[0] if learn else None
     corpus = [str(t) for c in _cols(d).values() for t in train_ds[c] if t] if train_ds is not None else None
     task = _task(cfg, corpus)
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        train_ds, eval_ds = raw()
+        counters: dict[str, int] = {}
+        tables = {split: _records(ds, cfg, task, where, counters, cache, split)
+                  for split, ds, where in (("train", train_ds if train else None, d.train_file),
+                                           ("eval", eval_ds, eval_name(d))) if ds is not None}
+        return tables, {"counters": counters}
+
+    settings = {"recipe": "seq2seq", "columns": _cols(d), "limits": _limits(cfg, task), "truncate": d.truncate,
+                "prefix": d.source_prefix, "skip_bad": d.skip_bad_samples,
+                "tokenizer": tokenizer_identity(task.lm.tokenizer)}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
     counters: dict[str, int] = {}
-    tr = _records(train_ds, cfg, task, d.train_file, counters) if train_ds is not None and train else None
-    ev = _records(eval_ds, cfg, task, eval_name(d), counters) if eval_ds is not None else None
+    split_counts(info, counters)
+    tr, ev = tables.get("train"), tables.get("eval")
     for name, part in (("training", tr), ("evaluation", ev)):
         if part is not None and len(part) == 0:
             raise DataError(f"no usable {name} samples left in {d.train_file or d.eval_file} "
                             f"(skipped: {counters.get('skipped_bad_samples', 0)})")
-    lengths = [[seq2seq_length(it) for it in p.items] if p is not None else None for p in (tr, ev)]
-    return Prepared(task, tr, ev, Seq2SeqCollator(task.lm.tokenizer.pad_token_id), *lengths, counters)
+    return Prepared(task, tr, ev, Seq2SeqCollator(task.lm.tokenizer.pad_token_id), lengths(tr, TEXT, LABELS),
+                    lengths(ev, TEXT, LABELS), counters)
 
 
 def _prepare_stream(cfg: Seq2SeqConfig, train: bool) -> Prepared:

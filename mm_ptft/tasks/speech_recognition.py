@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Iterable, Optional
+from typing import Any, ClassVar, Dict, Iterable
 
 import torch
 
 import mm_ptft.data.generated.audio  # noqa: F401  (registers the tone_speech generator)
 from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
-from mm_ptft.data.audio import CLIP_FEATURES, AudioCollator, AudioDataset, AudioPipeline, AugmentConfig, Clip, \
-    ClipTable, clip_columns, count, manifest_clips
+from mm_ptft.data.audio import CLIP_FEATURES, AudioCollator, AudioPipeline, AugmentConfig, Clip, \
+    clip_columns, clip_dataset, count, manifest_clips
 from mm_ptft.data.audio_stream import ClipRow
 from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.shards import column_batches
@@ -174,8 +174,8 @@ def prepare(cfg: SpeechRecognitionConfig, train: bool = True) -> Prepared:
     m.vocab, m.lexicon, counters = list(info["vocab"]), list(info["lexicon"]), {}
     split_counts(info, counters)
     task = CTCTask(enc, CharVocab(m.vocab), m.dropout, m.decoder, m.beam_size, m.lexicon)
-    tr = _audio(tables.get("train"), train_pipe)
-    ev = _audio(tables.get("eval"), eval_pipe)
+    tr = clip_dataset(tables.get("train"), train_pipe)
+    ev = clip_dataset(tables.get("eval"), eval_pipe)
     if ev is not None and not len(ev):
         raise DataError(f"{eval_name(d)}: no usable clips left (counts: {counters})")
     return Prepared(task, tr, ev, AudioCollator(), tr.lengths() if tr else None, ev.lengths() if ev else None,
@@ -195,15 +195,6 @@ def _learn_from(train_ds: Any, cfg: SpeechRecognitionConfig) -> None:
                               "and there is no data.train_file to learn them from")
     require_columns(train_ds, [d.text_column], d.train_file)
     _learn_targets(m, (normalize_text(t or "", d.lowercase, d.strip_punctuation) for t in train_ds[d.text_column]))
-
-
-def _audio(records: Any, pipe: AudioPipeline) -> Optional[AudioDataset]:
-    """Clips of a checked table (memory-mapped when it came from the cache) decoded through ``pipe`` on access."""
-    if records is None:
-        return None
-    ds = AudioDataset(ClipTable(records), pipe)
-    ds.cache = records.cache  # check-data reports the entry
-    return ds
 
 
 def _prepare_stream(cfg: SpeechRecognitionConfig, train: bool) -> Prepared:

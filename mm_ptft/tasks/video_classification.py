@@ -13,6 +13,7 @@ from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the
 from mm_ptft.data.folders import FolderSpec
 from mm_ptft.data.image import ImageAugment
 from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.table_cache import CacheFields
 from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.data.text import FollowEpoch
 from mm_ptft.data.video import VideoCollator, VideoDataset, VideoSampling, check_video, make_clip, video_table, \
@@ -21,8 +22,9 @@ from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.video import VIDEO_ENCODERS, VideoEncoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
-from mm_ptft.types import VIDEO, VIDEO_MASK
+from mm_ptft.tasks.cached_tables import prepare_tables, split_counts, store_splits
+from mm_ptft.tasks.common import learn_labels, needs_train_file
+from mm_ptft.types import LABELS, VIDEO, VIDEO_MASK
 
 
 def _no_flip() -> ImageAugment:
@@ -31,7 +33,7 @@ def _no_flip() -> ImageAugment:
 
 
 @dataclass
-class VideoClsData(SplitData, SkipBadSamples):
+class VideoClsData(SplitData, SkipBadSamples, CacheFields):
     """train_file: CSV/TSV/JSON/JSONL/parquet with video paths (relative to the file), or a folder with a sub-folder
     per class; data.generate: {name: moving_shapes, ...} for generated clips."""
 
@@ -69,46 +71,70 @@ def check_frames(encoder: VideoEncoder, sampling: VideoSampling) -> None:
                           f"{encoder.num_frames} frames (its config's num_frames): set one to the other")
 
 
-def _tables(cfg: VideoClassificationConfig, train: bool) -> tuple[Optional[tuple], Optional[tuple]]:
+def _tables(cfg: VideoClassificationConfig, train: bool, counters: dict[str, int]
+            ) -> tuple[Optional[tuple], Optional[tuple]]:
     """(paths, raw labels) of the training and evaluation data (a seeded split without ``data.eval_file``)."""
     d = cfg.data
     tr = ev = None
     if needs_train_file(d, train, learn=not d.labels):
-        tr = video_table(d.train_file, "data.train_file", d.path_column, d.label_column)
+        tr = video_table(d.train_file, "data.train_file", d.path_column, d.label_column, counters)
     if d.eval_file:
-        ev = video_table(d.eval_file, "data.eval_file", d.path_column, d.label_column)
+        ev = video_table(d.eval_file, "data.eval_file", d.path_column, d.label_column, counters)
     elif tr is not None:
         keep, held = seeded_split(tr[0], d.eval_fraction, cfg.seed)
         tr, ev = ([tr[0][i] for i in keep], [tr[1][i] for i in keep]), ([tr[0][i] for i in held], [tr[1][i] for i in held])
     return tr, ev
 
 
-def _dataset(table: Optional[tuple], labels: LabelMap, cfg: VideoClassificationConfig, pre: Any, train: bool,
-             where: str, counters: dict[str, int]) -> Optional[VideoDataset]:
-    if table is None:
-        return None
-    d = cfg.data
+def _checked(table: tuple, labels: LabelMap, d: VideoClsData, where: str, counters: dict[str, int]) -> dict[str, list]:
+    """The usable videos of a (paths, raw labels) table and their class indices, as table columns (``FEATURES``)."""
     paths, raw = table
     kept = [i for i, p in enumerate(paths) if check_video(i, p, where, d.skip_bad_samples, counters,
                                                           d.verify_videos, d.sampling.max_pixels)]
-    y = labels.encode([raw[i] for i in kept], where, kept)
-    return VideoDataset([paths[i] for i in kept], y, video_transforms(pre, d.augment, train), d.sampling, train,
-                        d.skip_bad_samples, cfg.seed)
+    return {"path": [paths[i] for i in kept], LABELS: labels.encode([raw[i] for i in kept], where, kept)}
+
+
+FEATURES = {"path": "string", LABELS: "int64"}
+
+
+def _dataset(records: Optional[Any], cfg: VideoClassificationConfig, pre: Any, train: bool) -> Optional[VideoDataset]:
+    """Clips of a checked table (memory-mapped when it came from the cache) sampled and decoded on access."""
+    if records is None:
+        return None
+    d = cfg.data
+    ds = VideoDataset(records.view("path"), records.view(LABELS), video_transforms(pre, d.augment, train), d.sampling,
+                      train, d.skip_bad_samples, cfg.seed)
+    ds.cache = records.cache  # check-data reports the entry
+    return ds
 
 
 def prepare(cfg: VideoClassificationConfig, train: bool = True) -> Prepared:
-    """Scan the video tables, learn labels, build the encoder (its preprocessing and clip length) and the head."""
+    """Learn labels, build the encoder (its preprocessing and clip length) and the head; the checked video tables
+    (which files decode, their class indices) come from the preprocessing cache when the same data was checked the
+    same way before (``tasks/cached_tables.py``), else the tables or folders are read and every video checked."""
     d = cfg.data
     d.sampling.check()
-    resolve_files(d, cfg.output_dir)
-    tr, ev = _tables(cfg, train)
-    labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
+    learn = not d.labels
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        counters: dict[str, int] = {}
+        tr, ev = _tables(cfg, train, counters)
+        labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
+        check = lambda table, where: _checked(table, labels, d, where, counters)  # noqa: E731
+        return store_splits(cfg, (tr, ev), train, check, cache, FEATURES), {"labels": d.labels, "counters": counters}
+
+    settings = {"recipe": "video_classification", "path_column": d.path_column, "label_column": d.label_column,
+                "labels": list(d.labels), "skip_bad": d.skip_bad_samples, "verify_videos": d.verify_videos,
+                "max_pixels": d.sampling.max_pixels}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    d.labels, counters = list(info["labels"]), {}
+    split_counts(info, counters)
+    labels = learn_labels(d, None)
     encoder = build_encoder(VIDEO_ENCODERS, cfg.model.video, "model.video")
     check_frames(encoder, d.sampling)
     task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
-    counters: dict[str, int] = {}
-    train_ds = _dataset(tr, labels, cfg, encoder.preprocess, True, d.train_file, counters) if train else None
-    eval_ds = _dataset(ev, labels, cfg, encoder.preprocess, False, eval_name(d), counters)
+    train_ds = _dataset(tables.get("train"), cfg, encoder.preprocess, True)
+    eval_ds = _dataset(tables.get("eval"), cfg, encoder.preprocess, False)
     callbacks = [FollowEpoch(train_ds)] if train_ds is not None else []  # clips seeded by (seed, epoch, index)
     return Prepared(task, train_ds, eval_ds, CountingCollate(VideoCollator()), counters=counters, callbacks=callbacks)
 

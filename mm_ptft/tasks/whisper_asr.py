@@ -13,17 +13,20 @@ import torch
 
 from mm_ptft.config import ConfigError, RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
-from mm_ptft.data.audio import AudioCollator, AudioDataset, Clip, load_waveform, manifest_clips
+from mm_ptft.data.audio import CLIP_FEATURES, AudioCollator, Clip, clip_columns, clip_dataset, load_waveform, \
+    manifest_clips
 from mm_ptft.data.shards import column_batches
 from mm_ptft.data.stream import CountingCollate
+from mm_ptft.data.table_cache import features, tokenizer_identity
 from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.data.whisper import LONG_AUDIO, WhisperClipRow, WhisperPipeline, fits
 from mm_ptft.heads.ctc import normalize_text
 from mm_ptft.heads.whisper import Whisper, WhisperTask, build_whisper, prefix_labels
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
+from mm_ptft.tasks.cached_tables import once, prepare_tables, split_counts, store_columns
 from mm_ptft.tasks.common import eval_name, is_main_process, load_splits
-from mm_ptft.tasks.speech_recognition import SpeechData
+from mm_ptft.tasks.speech_recognition import CLIP_KEYS, SpeechData
 from mm_ptft.types import IGNORE_INDEX
 
 
@@ -104,35 +107,59 @@ def _pipes(task: WhisperTask, cfg: WhisperASRConfig) -> tuple[WhisperPipeline, W
 
 
 def prepare(cfg: WhisperASRConfig, train: bool = True) -> Prepared:
-    """Load manifests (or shards), build the model and processor (learning a tokenizer for a random-init model)."""
+    """Build the model and processor (learning a tokenizer for a random-init model from the training transcripts);
+    the checked clips (usable files, sample counts, tokenised transcripts) come from the preprocessing cache when the
+    same data was prepared the same way before (``tasks/cached_tables.py``), else the manifests (or shards) are read
+    and every clip checked."""
     _check(cfg)
     d, spec = cfg.data, cfg.model.whisper
     if d.streaming:
         return _prepare_stream(cfg, train)
     learn = not (spec.get("processor") or spec.get("name_or_path"))
-    counters: dict[str, int] = {}
-    train_ds, eval_ds = load_splits(cfg, train, learn, counters)
-    corpus = None
-    if learn:
-        if train_ds is None:
-            raise ValueError("model.whisper has no processor or name_or_path and there is no data.train_file to learn "
-                             "a tokenizer from")
-        require_columns(train_ds, [d.text_column], d.train_file)
-        corpus = [t for t in map(_normalizer(cfg), (x or "" for x in train_ds[d.text_column])) if t]
-    task = _build(cfg, corpus)
+
+    @once
+    def raw() -> tuple[Any, Any, dict[str, int]]:
+        counters: dict[str, int] = {}
+        return (*load_splits(cfg, train, learn, counters), counters)
+
+    task = _build(cfg, _corpus(cfg, raw()[0]) if learn else None)
     train_pipe, eval_pipe = _pipes(task, cfg)
-    tr = ev = None
-    if train_ds is not None and train:
-        tr = AudioDataset(_clips(train_ds, d.train_file, cfg, train_pipe, task.whisper, counters), train_pipe)
-        if not len(tr):
-            raise DataError(f"{d.train_file}: no usable clips left (counts: {counters})")
-    if eval_ds is not None:
-        ev = AudioDataset(_clips(eval_ds, d.eval_file or d.train_file, cfg, eval_pipe, task.whisper, counters),
-                          eval_pipe)
-        if not len(ev):
-            raise DataError(f"{eval_name(d)}: no usable clips left (counts: {counters})")
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        train_ds, eval_ds, counters = raw()
+        tables = {}
+        for split, ds, where, pipe in (("train", train_ds if train else None, d.train_file, train_pipe),
+                                       ("eval", eval_ds, d.eval_file or d.train_file, eval_pipe)):
+            if ds is not None:
+                clips = _clips(ds, where, cfg, pipe, task.whisper, counters)
+                tables[split] = store_columns(clip_columns(clips), cache, split, features(CLIP_FEATURES))
+        return tables, {"counters": counters}
+
+    fe = task.whisper.processor.feature_extractor
+    settings = {"recipe": "whisper_asr", "data": {k: getattr(d, k) for k in (*CLIP_KEYS, "long_audio")},
+                "speed_factors": list(d.augment.speed_factors), "language": cfg.model.language,
+                "whisper_task": cfg.model.task, "tokenizer": tokenizer_identity(task.whisper.tokenizer),
+                "window": [int(fe.sampling_rate), int(fe.n_samples)], "max_labels": task.whisper.max_target_positions}
+    tables, info, _ = prepare_tables(cfg, train, learn, settings, build)
+    counters: dict[str, int] = {}
+    split_counts(info, counters)
+    tr, ev = clip_dataset(tables.get("train"), train_pipe), clip_dataset(tables.get("eval"), eval_pipe)
+    if tr is not None and not len(tr):
+        raise DataError(f"{d.train_file}: no usable clips left (counts: {counters})")
+    if ev is not None and not len(ev):
+        raise DataError(f"{eval_name(d)}: no usable clips left (counts: {counters})")
     return Prepared(task, tr, ev, AudioCollator(pad_id=IGNORE_INDEX), tr.lengths() if tr else None,
                     ev.lengths() if ev else None, counters)
+
+
+def _corpus(cfg: WhisperASRConfig, train_ds: Any) -> list[str]:
+    """The normalised training transcripts a random-init model's tokenizer is learnt from."""
+    d = cfg.data
+    if train_ds is None:
+        raise ValueError("model.whisper has no processor or name_or_path and there is no data.train_file to learn "
+                         "a tokenizer from")
+    require_columns(train_ds, [d.text_column], d.train_file)
+    return [t for t in map(_normalizer(cfg), (x or "" for x in train_ds[d.text_column])) if t]
 
 
 def _prepare_stream(cfg: WhisperASRConfig, train: bool) -> Prepared:

@@ -1,6 +1,7 @@
-"""Image classification, speech recognition (CTC) and multimodal classification through the preprocessing cache:
-the same weights after N steps with the cache off, on a miss and on a hit; a changed setting makes a new entry;
-a hit checks no media file again."""
+"""Image and video classification, speech recognition (CTC and Whisper), multimodal classification, causal-LM SFT and
+seq2seq through the preprocessing cache (text classification and regression: test_cached_tables.py): the same
+weights after N steps with the cache off, on a miss and on a hit; a changed setting (a check, max_length) makes a new
+entry; a hit checks no media file again."""
 import os
 
 import pytest
@@ -17,10 +18,22 @@ from mm_paths import ROOT
 STEPS = 2
 IMAGES = {"name": "image_shapes", "n_train": 16, "n_eval": 8, "size": 16, "seed": 4, "classes": ["circle", "square"]}
 TONES = {"name": "tone_speech", "n_train": 6, "n_eval": 3, "sample_rate": 16000, "seed": 2}
+WHISPER = ["model.whisper.config.d_model=32", "model.whisper.config.encoder_layers=1",
+           "model.whisper.config.decoder_layers=1", "model.whisper.config.encoder_ffn_dim=64",
+           "model.whisper.config.decoder_ffn_dim=64", "generation.max_new_tokens=4"]
+SFT = {"name": "sft_toy", "n_train": 24, "n_eval": 8, "seed": 0, "ops": ["add"]}
+PAIRS = {"name": "seq2seq_toy", "n_train": 24, "n_eval": 8, "seed": 0, "ops": ["reverse"]}
+VIDEOS = {"name": "moving_shapes", "n_train": 8, "n_eval": 4, "size": 32, "frames": 6, "speed": 2.0, "seed": 0}
+GEN = ["generation.max_new_tokens=2"]
 CASES = {  # recipe → (tiny config, generator, overrides, a setting that changes the preprocessed rows)
     "image_classification": ("image_classification", {**IMAGES, "layout": "folders"}, ["model.image.img_size=16"],
                              "data.verify_images=false"),
     "speech_recognition": ("speech_recognition", TONES, ["train.num_workers=0"], "data.max_duration=10"),
+    "whisper_asr": ("whisper_asr", {**TONES, "max_words": 2}, WHISPER, "data.max_duration=10"),
+    "video_classification": ("video_classification", VIDEOS, ["train.num_workers=0"], "data.verify_videos=false"),
+    "causal_lm_sft": ("causal_lm_sft", SFT, [*GEN, "model.lm.config={model_type: gpt2, n_embd: 32, n_layer: 1, "
+                                            "n_head: 2, n_positions: 64}"], "data.max_length=48"),
+    "seq2seq": ("seq2seq", PAIRS, GEN, "data.max_source_length=24"),
     "multimodal_classification": ("multimodal_classification", IMAGES,
                                   ["data.modalities=[image]", "data.image_column=path", "model.image.img_size=16"],
                                   "data.skip_bad_samples=true"),
@@ -57,8 +70,10 @@ def test_same_weights_off_miss_hit_and_a_new_entry_per_setting(tmp_path, case, m
     import mm_ptft.data.audio as audio
     import mm_ptft.data.image as image
     import mm_ptft.data.multimodal_rows as rows
+    import mm_ptft.data.video as video
 
-    for module, name in ((image, "image_problem"), (audio, "probe"), (rows, "usable_media")):  # a hit checks nothing
+    checks = ((image, "image_problem"), (audio, "probe"), (rows, "usable_media"), (video, "video_problem"))
+    for module, name in checks:  # a hit checks nothing
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail(f"{name} called on a hit"))
     hit, p_hit = fit(config(tmp_path, case, files, "hit"))
     monkeypatch.undo()

@@ -65,6 +65,9 @@ def _speaker(rng: np.random.Generator) -> Speaker:
                    tilt=rng.uniform(0.8, 1.6))
 
 
+LAYOUTS = ("table", "metadata", "transcripts", "librispeech")
+
+
 @GENERATORS.register()
 def tone_speech(out_dir: str, n_train: int = 600, n_eval: int = 100, sample_rate: int = 8000,
                 max_words: int = 3, train_speakers: int = 12, eval_speakers: int = 4,
@@ -72,10 +75,12 @@ def tone_speech(out_dir: str, n_train: int = 600, n_eval: int = 100, sample_rate
     """Tone-rendered phrases of 1..``max_words`` words as wav files in ``train/`` and ``eval/``; eval speakers are
     unseen. ``layout`` says how the transcripts are kept: ``table``: ``train.csv``/``eval.csv`` (columns ``audio`` =
     path relative to the CSV, ``text``, ``speaker``); ``metadata``: a ``metadata.csv`` in each folder (``file_name``,
-    ``transcription``, ``speaker``: datasets' audiofolder); ``transcripts``: ``<clip>.txt`` beside each clip. The
-    folder layouts give the folders as ``train_file`` / ``eval_file``."""
-    if layout not in ("table", "metadata", "transcripts"):
-        raise ValueError(f"data.generate.layout={layout!r}: choose table, metadata or transcripts")
+    ``transcription``, ``speaker``: datasets' audiofolder); ``transcripts``: ``<clip>.txt`` beside each clip;
+    ``librispeech``: ``SPEAKER/CHAPTER/SPEAKER-CHAPTER-NNNN.flac`` with ``SPEAKER-CHAPTER.trans.txt`` (upper-case
+    ``UTTID TRANSCRIPT`` lines) as LibriSpeech keeps them. The folder layouts give the folders as ``train_file`` /
+    ``eval_file``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"data.generate.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     import soundfile as sf
 
     rng, pick = np.random.default_rng(seed), random.Random(seed)
@@ -89,7 +94,8 @@ def tone_speech(out_dir: str, n_train: int = 600, n_eval: int = 100, sample_rate
         for i in range(n):
             s = pick.choice(list(spk_ids))
             text = " ".join(pick.choice(WORDS) for _ in range(pick.randint(1, max_words)))
-            rel = f"{split}/{i:05d}.wav"
+            rel = f"{split}/{i:05d}.wav" if layout != "librispeech" else f"{split}/{s}/{100 + s}/{s}-{100 + s}-{i:04d}.flac"
+            os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
             sf.write(os.path.join(out_dir, rel), render(text, sample_rate, speakers[s], rng, alphabet), sample_rate)
             rows.append((rel, text, f"spk{s:02d}"))
         paths[f"{split}_file"] = _keep_transcripts(out_dir, split, rows, layout)
@@ -98,6 +104,17 @@ def tone_speech(out_dir: str, n_train: int = 600, n_eval: int = 100, sample_rate
 
 def _keep_transcripts(out_dir: str, split: str, rows: list[tuple[str, str, str]], layout: str) -> str:
     """Write ``rows`` (path relative to ``out_dir``, transcript, speaker) as ``layout`` says; the split's data path."""
+    if layout == "librispeech":
+        lists: dict[str, list[str]] = {}
+        for rel, text, _ in rows:
+            clip = os.path.join(out_dir, rel)
+            utt = os.path.splitext(os.path.basename(clip))[0]
+            trans = os.path.join(os.path.dirname(clip), utt.rsplit("-", 1)[0] + ".trans.txt")
+            lists.setdefault(trans, []).append(f"{utt} {text.upper()}\n")
+        for trans, lines in lists.items():
+            with open(trans, "w") as f:
+                f.writelines(sorted(lines))
+        return os.path.join(out_dir, split)
     if layout == "transcripts":
         for rel, text, _ in rows:
             with open(os.path.join(out_dir, os.path.splitext(rel)[0] + ".txt"), "w") as f:
