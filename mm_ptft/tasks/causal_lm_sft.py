@@ -9,7 +9,8 @@ from typing import Any, ClassVar, Dict, Optional
 import mm_ptft.data.generated.sft  # noqa: F401  (registers the sft_toy generator)
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
-from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, sft_length, sft_records
+from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, check_template, sft_length, \
+    sft_records, template_texts
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.tables import DataError, rows_of
 from mm_ptft.data.text import Records, lengths_of
@@ -75,12 +76,15 @@ def _records(ds: Any, cfg: CausalLMSFTConfig, tokenizer: Any, where: str, max_le
 
 
 def _corpus(ds: Any, d: SFTData) -> Optional[list[str]]:
-    """Texts a random-init model's tokenizer learns its vocabulary from (prompts, responses, chat turns)."""
+    """Texts a random-init model's tokenizer learns its vocabulary from: prompts, responses, chat turns, and the plain
+    template's headers once per row (``template_texts``), so that the template itself has no unknown tokens."""
     if ds is None:
         return None
     if d.messages_column in ds.column_names:
-        return [m["content"] for ms in ds[d.messages_column] for m in ms or [] if isinstance(m.get("content"), str)]
-    return [str(t) for c in (d.prompt_column, d.response_column) for t in ds[c] if t]
+        texts = [m["content"] for ms in ds[d.messages_column] for m in ms or [] if isinstance(m.get("content"), str)]
+    else:
+        texts = [str(t) for c in (d.prompt_column, d.response_column) for t in ds[c] if t]
+    return texts + template_texts(len(ds))
 
 
 def _check(cfg: CausalLMSFTConfig) -> None:
@@ -89,6 +93,7 @@ def _check(cfg: CausalLMSFTConfig) -> None:
 
 def _task(cfg: CausalLMSFTConfig, corpus: Optional[list[str]]) -> tuple[CausalLMTask, int]:
     lm = build_causal_lm(cfg.model.lm, corpus, "model.lm")
+    check_template(lm.tokenizer, "model.lm")
     if not cfg.model.lm.get("name_or_path"):
         save_tokenizer(cfg.model.lm, lm.tokenizer, cfg.output_dir)
     if cfg.data.packing:
@@ -134,6 +139,7 @@ def _prepare_stream(cfg: CausalLMSFTConfig, train: bool) -> Prepared:
         corpus = S.stream_corpus(shards[0], lambda r: " ".join(
             [str(r.get(d.prompt_column) or ""), str(r.get(d.response_column) or "")]
             + [m.get("content", "") for m in r.get(d.messages_column) or []]))
+        corpus = corpus + template_texts(len(corpus)) if corpus is not None else None
     task, max_len = _task(cfg, corpus)
     fn = SFTRow(task.lm.tokenizer, _cols(d), max_len, d.skip_bad_samples, d.truncate)
     tr, ev = S.streams(cfg, shards, fn, train, length=sft_length)
