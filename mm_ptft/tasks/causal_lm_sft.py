@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Iterator, Optional
 
 import mm_ptft.data.generated.sft  # noqa: F401  (registers the sft_toy generator)
 from mm_ptft.config import RunConfig
@@ -17,8 +17,8 @@ from mm_ptft.data.text import Records, lengths_of
 from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
-from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
-    save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, generated_rows, \
+    load_splits, predict_batch_size, save_tokenizer
 
 
 @dataclass
@@ -147,9 +147,10 @@ def _prepare_stream(cfg: CausalLMSFTConfig, train: bool) -> Prepared:
     return Prepared(task, tr, ev, collate, None, None, {})
 
 
-def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> Iterator[dict[str, Any]]:
     """The response generated (``generation`` settings) for each prompt text or chat (list of messages), formatted
-    as in training, ``train.eval_batch_size`` prompts per ``generate``."""
+    as in training, ``train.eval_batch_size`` prompts per ``generate``; rows come out a batch at a time (every
+    input is checked before the first is generated)."""
     from mm_ptft.data.sft import encode_chat, check_messages
 
     task = prepared.task
@@ -159,8 +160,8 @@ def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> li
         chat = x if isinstance(x, list) else [{"role": "user", "content": str(x)}]
         msgs = check_messages([*chat, {"role": "assistant", "content": "-"}], "input", i)
         prompts.append(encode_chat(tok, msgs)[0][-cfg.data.max_length:])
-    texts = generate_batched(task, prompts, predict_batch_size(cfg), (PROMPT, PROMPT_MASK), left=True)
-    return [{"input": x, "generated": t} for x, t in zip(inputs, texts)]
+    yield from generated_rows(inputs, generate_batched(task, prompts, predict_batch_size(cfg), (PROMPT, PROMPT_MASK),
+                                                       left=True))
 
 
 CausalLMSFT = recipe(CausalLMSFTConfig, prepare, predict)
