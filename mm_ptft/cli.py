@@ -37,11 +37,11 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
-    from mm_ptft.run import predict
+    from mm_ptft.run import predict_rows
 
     inputs = list(ns.inputs) or [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
-    for row in predict(ns.run_dir, inputs, ns.checkpoint, ns.trust_remote_code, ns.set):
-        print(json.dumps(row))
+    for row in predict_rows(ns.run_dir, inputs, ns.checkpoint, ns.trust_remote_code, ns.set):
+        print(json.dumps(row), flush=True)  # written as it comes (a generative recipe yields a batch at a time)
     return 0
 
 

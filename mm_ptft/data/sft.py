@@ -56,6 +56,28 @@ def plain_prompt(messages: Sequence[Mapping[str, str]]) -> str:
     return turns + "### Assistant:\n"
 
 
+def template_texts(rows: int = 1) -> list[str]:
+    """The plain template's own text (every role's header and the assistant prompt), ``rows`` times: what a vocabulary
+    learned from the data must also learn, so that the template never tokenises to unknown tokens (a corpus of digit
+    sums has no ``#`` nor the letters of ``User``). Repeated per data row, as often as the template occurs in it."""
+    headers = "".join(PLAIN_TEMPLATE.format(Role=r.capitalize(), content="") for r in ROLES)
+    return [headers] * max(int(rows), 1)
+
+
+def check_template(tokenizer: Any, where: str) -> None:
+    """A tokenizer without a chat template must tokenise the plain template's headers without unknown tokens (else a
+    trained model could not tell the turns apart): a ValueError naming ``where`` otherwise."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if getattr(tokenizer, "chat_template", None) or unk is None:
+        return
+    text = template_texts()[0]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if unk in ids:
+        raise ValueError(f"{where}: the tokenizer turns the plain prompt template {text!r} into unknown tokens "
+                         f"({tokenizer.convert_ids_to_tokens(ids)}); give a tokenizer with a chat template or "
+                         f"one whose vocabulary covers the template, or leave {where}.tokenizer unset to learn one")
+
+
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids) of a checked chat: the tokenizer's chat template where it has one, else plain."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -200,5 +222,6 @@ class SFTRow:
         return out[0] if out else None
 
 
-__all__ = ["IGNORE", "PLAIN_CHAT_TEMPLATE", "PLAIN_TEMPLATE", "ROLES", "SFTCollator", "SFTRow", "sft_length", "bad_row", "check_messages", "counted_records", "encode_chat", "pad_rows", "plain_prompt",
-           "sft_records", "sft_sample"]
+__all__ = ["IGNORE", "PLAIN_CHAT_TEMPLATE", "PLAIN_TEMPLATE", "ROLES", "SFTCollator", "SFTRow", "bad_row",
+           "check_messages", "check_template", "counted_records", "encode_chat", "pad_rows", "plain_prompt", "sft_length", "sft_records",
+           "sft_sample", "template_texts"]

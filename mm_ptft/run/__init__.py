@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -134,15 +134,22 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
     return Trainer.from_prepared(prepared, cfg, train=False).evaluate()
 
 
-@torch.no_grad()
 def predict(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None,
             trust_remote_code: bool = False, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run a trained model on raw inputs (texts, file paths…) as its recipe defines (``overrides``: config keys, e.g.
     ``data.long_audio=chunk``)."""
+    return list(predict_rows(run_dir, inputs, checkpoint, trust_remote_code, overrides))
+
+
+@torch.no_grad()
+def predict_rows(run_dir: str | Path, inputs: Sequence[Any], checkpoint: Optional[str] = None,
+                 trust_remote_code: bool = False, overrides: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """``predict``'s rows as the recipe makes them: a generative recipe yields each batch's rows as soon as they are
+    generated (``mm-ptft predict`` writes them then), others their whole list."""
     cfg, prepared, recipe = load_run(run_dir, overrides, checkpoint=checkpoint, with_data=False,
                                      trust_remote_code=trust_remote_code)
-    return recipe.predict(cfg, prepared, list(inputs))
+    yield from recipe.predict(cfg, prepared, list(inputs))
 
 
 __all__ = ["build_trainer", "drop_data_files", "evaluate", "fit", "start", "load_config", "load_run", "pick_checkpoint",
-           "predict", "recipe_main", "train"]
+           "predict", "predict_rows", "recipe_main", "train"]

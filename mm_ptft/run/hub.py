@@ -161,7 +161,7 @@ class Pretrained:
 
     @torch.no_grad()
     def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-        return self.recipe.predict(self.cfg, self.prepared, list(inputs))
+        return list(self.recipe.predict(self.cfg, self.prepared, list(inputs)))
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         with torch.no_grad():

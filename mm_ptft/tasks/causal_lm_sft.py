@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Iterator, Optional
 
 import mm_ptft.data.generated.sft  # noqa: F401  (registers the sft_toy generator)
 from mm_ptft.config import RunConfig
 from mm_ptft.contracts import GenerationConfig, Prepared
-from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, sft_length, sft_records
+from mm_ptft.data.sft import PROMPT, PROMPT_MASK, UNPACKED, SFTCollator, SFTRow, check_template, sft_length, \
+    sft_records, template_texts
 from mm_ptft.data.stream import CountingCollate
 from mm_ptft.data.table_cache import CacheFields, features, tokenizer_identity
 from mm_ptft.data.tables import DataError
@@ -17,8 +18,8 @@ from mm_ptft.heads.causal_lm import CausalLMTask, build_causal_lm, check_packing
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.cached_tables import lengths, map_records, once, prepare_tables, split_counts
-from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
-    save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, generated_rows, load_splits, \
+    predict_batch_size, save_tokenizer
 from mm_ptft.types import LABELS, REFERENCE, TEXT
 
 
@@ -87,12 +88,15 @@ FEATURES = {TEXT: "int32[]", LABELS: "int32[]", "prompt_len": "int64", REFERENCE
 
 
 def _corpus(ds: Any, d: SFTData) -> Optional[list[str]]:
-    """Texts a random-init model's tokenizer learns its vocabulary from (prompts, responses, chat turns)."""
+    """Texts a random-init model's tokenizer learns its vocabulary from: prompts, responses, chat turns, and the plain
+    template's headers once per row (``template_texts``), so that the template itself has no unknown tokens."""
     if ds is None:
         return None
     if d.messages_column in ds.column_names:
-        return [m["content"] for ms in ds[d.messages_column] for m in ms or [] if isinstance(m.get("content"), str)]
-    return [str(t) for c in (d.prompt_column, d.response_column) for t in ds[c] if t]
+        texts = [m["content"] for ms in ds[d.messages_column] for m in ms or [] if isinstance(m.get("content"), str)]
+    else:
+        texts = [str(t) for c in (d.prompt_column, d.response_column) for t in ds[c] if t]
+    return texts + template_texts(len(ds))
 
 
 def _check(cfg: CausalLMSFTConfig) -> None:
@@ -101,6 +105,7 @@ def _check(cfg: CausalLMSFTConfig) -> None:
 
 def _task(cfg: CausalLMSFTConfig, corpus: Optional[list[str]]) -> tuple[CausalLMTask, int]:
     lm = build_causal_lm(cfg.model.lm, corpus, "model.lm")
+    check_template(lm.tokenizer, "model.lm")
     if not cfg.model.lm.get("name_or_path"):
         save_tokenizer(cfg.model.lm, lm.tokenizer, cfg.output_dir)
     if cfg.data.packing:
@@ -163,6 +168,7 @@ def _prepare_stream(cfg: CausalLMSFTConfig, train: bool) -> Prepared:
         corpus = S.stream_corpus(shards[0], lambda r: " ".join(
             [str(r.get(d.prompt_column) or ""), str(r.get(d.response_column) or "")]
             + [m.get("content", "") for m in r.get(d.messages_column) or []]))
+        corpus = corpus + template_texts(len(corpus)) if corpus is not None else None
     task, max_len = _task(cfg, corpus)
     fn = SFTRow(task.lm.tokenizer, _cols(d), max_len, d.skip_bad_samples, d.truncate)
     tr, ev = S.streams(cfg, shards, fn, train, length=sft_length)
@@ -170,9 +176,10 @@ def _prepare_stream(cfg: CausalLMSFTConfig, train: bool) -> Prepared:
     return Prepared(task, tr, ev, collate, None, None, {})
 
 
-def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> Iterator[dict[str, Any]]:
     """The response generated (``generation`` settings) for each prompt text or chat (list of messages), formatted
-    as in training, ``train.eval_batch_size`` prompts per ``generate``."""
+    as in training, ``train.eval_batch_size`` prompts per ``generate``; rows come out a batch at a time (every
+    input is checked before the first is generated)."""
     from mm_ptft.data.sft import encode_chat, check_messages
 
     task = prepared.task
@@ -182,8 +189,8 @@ def predict(cfg: CausalLMSFTConfig, prepared: Prepared, inputs: list[Any]) -> li
         chat = x if isinstance(x, list) else [{"role": "user", "content": str(x)}]
         msgs = check_messages([*chat, {"role": "assistant", "content": "-"}], "input", i)
         prompts.append(encode_chat(tok, msgs)[0][-cfg.data.max_length:])
-    texts = generate_batched(task, prompts, predict_batch_size(cfg), (PROMPT, PROMPT_MASK), left=True)
-    return [{"input": x, "generated": t} for x, t in zip(inputs, texts)]
+    yield from generated_rows(inputs, generate_batched(task, prompts, predict_batch_size(cfg), (PROMPT, PROMPT_MASK),
+                                                       left=True))
 
 
 CausalLMSFT = recipe(CausalLMSFTConfig, prepare, predict)

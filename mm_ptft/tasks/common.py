@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from mm_ptft.config import ConfigError
 from mm_ptft.contracts import Prepared, Recipe
@@ -121,18 +121,26 @@ def check_choices(cfg: Any, truncate: tuple[str, ...]) -> None:
 
 
 def generate_batched(task: Any, prompts: Sequence[Sequence[int]], batch_size: int, keys: tuple[str, str],
-                     left: bool) -> list[str]:
-    """The text a generative task writes for each token-id prompt, ``batch_size`` prompts per ``generate`` call
-    (padded per batch, ``left`` for a causal LM): memory bounded by the batch, not by the number of inputs."""
+                     left: bool) -> Iterator[list[str]]:
+    """The texts a generative task writes for token-id prompts, one list per ``generate`` call of ``batch_size``
+    prompts (padded per batch, ``left`` for a causal LM), each yielded as soon as it is generated: memory bounded by
+    the batch, not by the number of inputs, and a caller can write a batch's rows before the next is generated."""
     from mm_ptft.data.sft import pad_rows
 
     pad, dev = task.lm.tokenizer.pad_token_id, next(task.parameters()).device
-    out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         part = prompts[i:i + batch_size]
         ids, mask = pad_rows(part, pad, left), pad_rows([[1] * len(p) for p in part], 0, left)  # (b, P)
-        out += task.generate({keys[0]: ids.to(dev), keys[1]: mask.to(dev)})
-    return out
+        yield task.generate({keys[0]: ids.to(dev), keys[1]: mask.to(dev)})
+
+
+def generated_rows(inputs: Sequence[Any], batches: Iterator[list[str]]) -> Iterator[dict[str, Any]]:
+    """``{"input", "generated"}`` rows of ``generate_batched``'s batches, in input order, a batch at a time."""
+    done = 0
+    for texts in batches:
+        for x, t in zip(inputs[done: done + len(texts)], texts):
+            yield {"input": x, "generated": t}
+        done += len(texts)
 
 
 def predict_batch_size(cfg: Any) -> int:

@@ -107,7 +107,7 @@ def predict(cfg: DistillationConfig, prepared: Prepared, inputs: list[Any]) -> l
     task: DistillationTask = prepared.task  # type: ignore[assignment]
     scfg = task.student_config
     student = Prepared(task.student, prepared.train_data, prepared.eval_data, prepared.collate)
-    return get_recipe(scfg.task).predict(scfg, student, inputs)
+    return list(get_recipe(scfg.task).predict(scfg, student, inputs))
 
 
 

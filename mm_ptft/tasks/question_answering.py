@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Mapping
+from typing import Any, Callable, ClassVar, Dict, Iterator, Mapping
 
 import mm_ptft.data.generated.qa  # noqa: F401  (registers the qa_toy generator)
 from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData
@@ -20,7 +20,7 @@ from mm_ptft.heads.question_answering import QuestionAnsweringTask, SpanSearch
 from mm_ptft.metrics.question_answering import ANSWER_SPANS
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks.cached_tables import learned_tokenizer, lengths, map_table, once, prepare_tables, split_counts
-from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
+from mm_ptft.tasks.common import eval_name, load_splits, predict_batch_size, save_tokenizer
 from mm_ptft.types import TEXT, TEXT_SEGMENTS
 
 
@@ -163,20 +163,20 @@ def _input_row(x: Any, d: QAData, i: int) -> dict[str, Any]:
     return {d.question_column: q, d.context_column: c}
 
 
-def predict(cfg: QuestionAnsweringConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+def predict(cfg: QuestionAnsweringConfig, prepared: Prepared, inputs: list[Any]) -> Iterator[dict[str, Any]]:
     """The answer span of each ``{"question", "context"}``: its text and character offsets ``start``/``end`` (end
     exclusive) in the context, and its score (start + end logit); the null answer ("", offsets None) where the run
-    learnt SQuAD 2.0's and it wins. Long contexts are windowed as in training."""
+    learnt SQuAD 2.0's and it wins. Long contexts are windowed as in training; rows come out
+    ``train.eval_batch_size`` questions at a time (every input is checked before the first is answered)."""
     d, task = cfg.data, prepared.task
     rows = [_input_row(x, d, i) for i, x in enumerate(inputs)]
-    out = []
-    for at in range(0, len(rows), 32):
-        samples = Q.qa_samples(task.encoder.tokenizer, rows[at: at + 32], _cols(d), _limits(cfg, task.encoder),
-                               "input", False, {}, False, True, list(range(at, at + 32)))
+    size = predict_batch_size(cfg)
+    for at in range(0, len(rows), size):
+        samples = Q.qa_samples(task.encoder.tokenizer, rows[at: at + size], _cols(d), _limits(cfg, task.encoder),
+                               "input", False, {}, False, True, list(range(at, at + size)))
         spans = task(prepared.collate(samples))[ANSWER_SPANS]
-        out += [{"question": r[d.question_column], "context": r[d.context_column], **s}
-                for r, s in zip(rows[at: at + 32], spans)]
-    return out
+        yield from ({"question": r[d.question_column], "context": r[d.context_column], **s}
+                    for r, s in zip(rows[at: at + size], spans))
 
 
 QuestionAnswering = recipe(QuestionAnsweringConfig, prepare, predict)

@@ -5,7 +5,7 @@ generated text, and the target perplexity."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Iterator, Optional
 
 import mm_ptft.data.generated.sft  # noqa: F401  (registers the seq2seq_toy generator)
 from mm_ptft.config import RunConfig, SkipBadSamples, SplitData, StreamingData
@@ -18,8 +18,8 @@ from mm_ptft.heads.seq2seq import Seq2SeqTask, build_seq2seq_lm
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.cached_tables import lengths, map_records, once, prepare_tables, split_counts
-from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, load_splits, predict_batch_size, \
-    save_tokenizer
+from mm_ptft.tasks.common import check_choices, eval_name, generate_batched, generated_rows, load_splits, \
+    predict_batch_size, save_tokenizer
 from mm_ptft.types import LABELS, REFERENCE, TEXT, TEXT_MASK
 
 
@@ -143,14 +143,15 @@ def _prepare_stream(cfg: Seq2SeqConfig, train: bool) -> Prepared:
     return Prepared(task, tr, ev, CountingCollate(Seq2SeqCollator(task.lm.tokenizer.pad_token_id)), None, None, {})
 
 
-def predict(cfg: Seq2SeqConfig, prepared: Prepared, inputs: list[Any]) -> list[dict[str, Any]]:
+def predict(cfg: Seq2SeqConfig, prepared: Prepared, inputs: list[Any]) -> Iterator[dict[str, Any]]:
     """The target generated (``generation`` settings) for each source text (``data.source_prefix`` put first, cut
-    to ``data.max_source_length`` tokens as in training), ``train.eval_batch_size`` sources per ``generate``."""
+    to ``data.max_source_length`` tokens as in training), ``train.eval_batch_size`` sources per ``generate``; rows
+    come out a batch at a time."""
     task = prepared.task
     tok, limit = task.lm.tokenizer, _limits(cfg, task)[0]
     sources = [tok(cfg.data.source_prefix + str(x), truncation=True, max_length=limit)["input_ids"] for x in inputs]
-    texts = generate_batched(task, sources, predict_batch_size(cfg), (TEXT, TEXT_MASK), left=False)
-    return [{"input": x, "generated": t} for x, t in zip(inputs, texts)]
+    yield from generated_rows(inputs, generate_batched(task, sources, predict_batch_size(cfg), (TEXT, TEXT_MASK),
+                                                       left=False))
 
 
 Seq2Seq = recipe(Seq2SeqConfig, prepare, predict)

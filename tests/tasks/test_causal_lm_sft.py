@@ -156,3 +156,40 @@ def test_streaming_trains_and_evaluates(tmp_path):
                             f"data.eval_file={files['eval_file']}", "data.streaming=true", "train.max_steps=4",
                             "data.shuffle_block=16"))
     assert {"exact_match", "perplexity"} <= set(results)
+
+
+@pytest.mark.parametrize("chat, streaming", [(False, False), (True, False), (False, True)])
+def test_a_learned_vocabulary_tokenises_the_plain_template_without_unknown_tokens(tmp_path, chat, streaming):
+    """Digit sums alone hold neither ``#`` nor the letters of ``System``/``User``/``Assistant``: the vocabulary
+    learned from them must still cover the template, and the saved tokenizer decodes it back to its words."""
+    from tokenizers import normalizers, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from mm_ptft.data.sft import encode_chat, plain_prompt
+    from mm_ptft.tasks.causal_lm_sft import prepare
+
+    files = generate({"name": "sft_toy", "n_train": 64, "n_eval": 8, "ops": ["add"], "chat": chat}, tmp_path / "d")
+    cfg = run_cfg(tmp_path / "run", "data.generate=null", f"data.train_file={files['train_file']}",
+                  f"data.eval_file={files['eval_file']}", f"data.streaming={str(streaming).lower()}",
+                  "train.max_steps=2")
+    prepared = prepare(cfg)
+    chat_ = [{"role": "system", "content": "add"}, {"role": "user", "content": "add: 3 4"},
+             {"role": "assistant", "content": "7"}]
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")  # what the run directory keeps
+    for tok in (prepared.task.lm.tokenizer, saved):
+        prompt, response = encode_chat(tok, chat_)
+        assert tok.unk_token_id not in prompt + response, tok.convert_ids_to_tokens(prompt)
+        # the reference: the text as BERT's normaliser and pre-tokenizer split it (a WordPiece decode joins words)
+        text = normalizers.BertNormalizer(lowercase=True).normalize_str(plain_prompt(chat_[:-1]))
+        words = [w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(text)]
+        assert tok.decode(prompt, skip_special_tokens=True) == " ".join(words)
+
+
+def test_a_given_tokenizer_that_cannot_tokenise_the_plain_template_is_refused(tmp_path):
+    from mm_ptft.encoders.text import train_wordpiece
+
+    train_wordpiece(["1 2 3", "add"], 50).save_pretrained(tmp_path / "tok")
+    with pytest.raises(ValueError, match="model.lm: the tokenizer turns the plain prompt template .* unknown tokens"):
+        from mm_ptft.tasks.causal_lm_sft import prepare
+
+        prepare(run_cfg(tmp_path / "run", f"model.lm.tokenizer={tmp_path / 'tok'}"))
