@@ -157,7 +157,7 @@ class TrainConfig:
         "grad_clip": ">=0", "eval_every": ">=0", "log_every": ">0", "save_every": ">=0", "keep_last": ">=0",
         "save_every_minutes": ">=0",
         "early_stopping_patience": ">=0", "max_bad_steps": ">0", "num_workers": ">=0",
-        "prefetch_factor": ">0", "threads": ">=-1"}
+        "prefetch_factor": ">0", "threads": ">=0"}
     WORDS: ClassVar[dict[str, tuple[str, ...]]] = {"num_workers": ("auto",)}
     epochs: int = 1
     max_steps: int = -1  # optimizer steps; -1: run ``epochs`` full epochs
@@ -202,10 +202,10 @@ class TrainConfig:
     persistent_workers: bool = True  # with num_workers > 0: keep the workers between epochs (no restart per epoch;
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
     prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
-    # intra-op CPU threads; 0: the CPUs this process may use (affinity, cgroup quota) / processes on this node, unless
-    # OMP_NUM_THREADS is set in the environment (then it wins); -1: the same less the CPUs the load average says are
-    # busy (faster on a shared machine, but the count follows the load, so a resume is not bit-identical). Loader
-    # workers run 1 thread each
+    # intra-op CPU threads; 0: sized at the run's first start, the CPUs this process may use (affinity, cgroup quota)
+    # less those the load average says are busy, / processes on this node, unless OMP_NUM_THREADS is set in the
+    # environment (then it wins); recorded in the checkpoints, and a resume computes with the recorded count (so
+    # bit-identical to a straight run). Loader workers run 1 thread each
     threads: int = 0
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
     # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune |

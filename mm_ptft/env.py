@@ -4,6 +4,8 @@ what ``train.precision: auto`` means on this machine. Ground layer: imports noth
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -156,28 +158,47 @@ def usable_cpus() -> int:
     return max(1, min(cpu_count(), int(quota)) if quota else cpu_count())
 
 
-def thread_plan(override: int = 0, local_world: int = 1) -> tuple[int, str]:
-    """Intra-op threads a run uses, and why: ``train.threads`` when set; else ``OMP_NUM_THREADS`` when the user set
-    it (it wins over the sizing); else the usable CPUs divided by the processes on this node. Loader workers run
-    1 thread each (the DataLoader worker loop sets it)."""
+class ThreadPlan(NamedTuple):
+    """The intra-op threads a run computes with, why, and whether they were sized here (``auto``: not set by
+    ``train.threads`` or ``OMP_NUM_THREADS``), which a run records in its checkpoints and its resumes keep."""
+
+    threads: int
+    why: str
+    auto: bool
+
+
+def thread_plan(override: int = 0, local_world: int = 1, recorded: Optional[int] = None) -> ThreadPlan:
+    """Intra-op threads a run uses: ``train.threads`` when set; else ``OMP_NUM_THREADS`` when the user set it (it wins
+    over the sizing); else the count a checkpoint ``recorded`` (a resume computes with its first start's count, so
+    bit-identical to a straight run); else the usable CPUs less those the load average says are busy
+    (``busy_cpus``, measured once per process), divided by the processes on this node."""
     if override > 0:
-        return override, f"train.threads={override}"
+        return ThreadPlan(override, f"train.threads={override}", False)
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
-        return int(env), f"OMP_NUM_THREADS={env} (set in the environment: it wins over the sizing)"
-    # -1 (train.threads=-1): less the CPUs the load average says are busy. Not the default: a count that follows the
-    # load makes a resumed run (or a rerun) compute with another thread count, so not bit-identical to a straight one
-    cpus, busy = usable_cpus(), busy_cpus() if override == -1 else 0
+        return ThreadPlan(int(env), f"OMP_NUM_THREADS={env} (set in the environment: it wins over the sizing)", False)
+    if recorded:
+        return ThreadPlan(recorded, "as the run's first start chose: its checkpoint records the count, and a resume "
+                                    "computes with it", True)
+    cpus, busy = usable_cpus(), busy_at_start()
     n = max(1, (cpus - busy) // max(1, local_world))
-    return n, f"{cpus} usable CPUs{f' - {busy} busy (load average)' if busy else ''} / {local_world} local process(es)"
+    return ThreadPlan(n, f"{cpus} usable CPUs{f' - {busy} busy (load average)' if busy else ''} / {local_world} "
+                         f"local process(es)", True)
+
+
+@functools.lru_cache(maxsize=1)
+def busy_at_start() -> int:
+    """``busy_cpus`` the first time a run in this process asks: the runs one process starts (a notebook, a test
+    session) size their threads alike, so a rerun there computes with the same count."""
+    return busy_cpus()
 
 
 def busy_cpus() -> int:
     """The CPUs other processes keep busy, where the load average speaks for this process's CPUs: it is the whole
     machine's, so only when the affinity mask is every CPU and no cgroup quota applies (a shared machine, not a
-    container's slice of a host): the whole CPUs of the 1-minute load average (a run just starting adds next to nothing
-    to it), at most all but one; 0 elsewhere. Two threads per process on a 2-core machine other jobs keep busy ran the tiny speech recipe
-    20x slower than one (benchmarks/threads_loaded.py)."""
+    container's slice of a host): the whole CPUs of the 1-minute load average (a run just starting adds next to
+    nothing to it), at most all but one; 0 elsewhere. Two threads per process on a 2-core machine other jobs keep
+    busy ran the tiny speech recipe 20x slower than one (benchmarks/threads_loaded.py)."""
     if cgroup_cpus() is not None or cpu_count() != (os.cpu_count() or 1):
         return 0
     try:
@@ -187,13 +208,41 @@ def busy_cpus() -> int:
     return min(cpu_count() - 1, int(load))
 
 
-def apply_threads(override: int = 0, local_world: int = 1) -> str:
-    """``torch.set_num_threads`` per ``thread_plan``; returns the line the run logs."""
+def apply_threads(override: int = 0, local_world: int = 1, recorded: Optional[int] = None) -> ThreadPlan:
+    """Size this process's thread pools per ``thread_plan``: torch's intra-op threads, its inter-op pool to the same
+    count (only possible before any parallel work: later it stays), and, at 1 thread, tokenizers' parallelism off
+    (``TOKENIZERS_PARALLELISM``, unless set). Loader workers: ``limit_worker_threads``."""
     import torch
 
-    n, why = thread_plan(override, local_world)
-    torch.set_num_threads(n)
-    return f"threads: {n} intra-op ({why}); loader workers 1 each"
+    plan = thread_plan(override, local_world, recorded)
+    torch.set_num_threads(plan.threads)
+    with contextlib.suppress(RuntimeError):  # "cannot set number of interop threads after parallel work has started"
+        torch.set_num_interop_threads(plan.threads)
+    if plan.threads == 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return plan
+
+
+def thread_message(plan: ThreadPlan) -> str:
+    """The line a run logs for ``plan``."""
+    return f"threads: {plan.threads} intra-op ({plan.why}); loader workers 1 each"
+
+
+WORKER_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def limit_worker_threads() -> None:
+    """A loader worker's pools at 1 thread: torch's (the worker loop does it too), the BLAS/OpenMP libraries already
+    loaded (numpy's OpenBLAS, through ``threadpoolctl`` when installed; a forked worker inherits the parent's pools), the
+    same libraries in what it loads or starts later (their ``*_NUM_THREADS``), and tokenizers' parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.update({name: "1" for name in WORKER_THREAD_ENV}, TOKENIZERS_PARALLELISM="false")
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
 
 
 def cpu_flags() -> set[str]:
@@ -396,10 +445,10 @@ def thread_line() -> str:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "unknown"
-    n, why = thread_plan(0, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    n, why, _ = thread_plan(0, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return (f"threads: load average {load} (1/5/15 min) on {cpu_count()} CPUs in the affinity mask"
-            f"{f', cgroup quota {quota:g} CPUs' if quota else ''}; a run would use {n} intra-op threads ({why}), "
-            f"loader workers 1 each; train.threads=N overrides")
+            f"{f', cgroup quota {quota:g} CPUs' if quota else ''}; a run started now would use {n} intra-op threads "
+            f"({why}; a resume keeps its first start's count), loader workers 1 each; train.threads=N overrides")
 
 
 def version_lines() -> list[str]:

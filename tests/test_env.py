@@ -169,20 +169,22 @@ def test_thread_plan_divides_usable_cpus_by_local_ranks_and_lets_omp_and_train_t
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(E, "cpu_count", lambda: 16)
     monkeypatch.setattr(E, "cgroup_cpus", lambda: None)
-    monkeypatch.setattr(E, "busy_cpus", lambda: 0)
-    assert E.thread_plan(0, 4)[0] == 4 and E.thread_plan(0, 32)[0] == 1
+    monkeypatch.setattr(E, "busy_at_start", lambda: 0)
+    assert E.thread_plan(0, 4).threads == 4 and E.thread_plan(0, 32).threads == 1 and E.thread_plan(0, 4).auto
     monkeypatch.setattr(E, "cgroup_cpus", lambda: 6.5)  # a container allowed 6.5 CPUs of the 16
-    assert E.usable_cpus() == 6 and E.thread_plan(0, 2)[0] == 3
-    assert E.thread_plan(5, 2) == (5, "train.threads=5")
+    assert E.usable_cpus() == 6 and E.thread_plan(0, 2).threads == 3
+    assert E.thread_plan(5, 2) == (5, "train.threads=5", False)
+    assert E.thread_plan(5, 2, recorded=3).threads == 5  # explicit wins over a checkpoint's record
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    n, why = E.thread_plan(0, 1)
-    assert n == 2 and "OMP_NUM_THREADS=2" in why and "wins" in why
+    n, why, auto = E.thread_plan(0, 1, recorded=3)
+    assert n == 2 and "OMP_NUM_THREADS=2" in why and "wins" in why and not auto
     assert "intra-op threads" in E.thread_line() and "load average" in E.thread_line()
 
 
-def test_a_loaded_shared_machine_gets_the_cpus_its_load_leaves(monkeypatch):
+def test_a_loaded_shared_machine_gets_the_cpus_its_load_leaves_and_a_resume_the_recorded_count(monkeypatch):
     """By hand: 16 CPUs, all in the mask, load 9.7 → 9 busy → (16 - 9) // 2 ranks = 3; load 40 → 1 (never 0); a mask
-    or a cgroup quota narrower than the machine: the machine's load says nothing about them (no cut)."""
+    or a cgroup quota narrower than the machine: the machine's load says nothing about them (no cut). A checkpoint's
+    recorded count wins over the load; the load is read once per process."""
     from mm_ptft import env as E
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -190,13 +192,18 @@ def test_a_loaded_shared_machine_gets_the_cpus_its_load_leaves(monkeypatch):
     monkeypatch.setattr(E, "cpu_count", lambda: 16)
     monkeypatch.setattr(E.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(E.os, "getloadavg", lambda: (9.7, 5.0, 1.0))
-    n, why = E.thread_plan(-1, 2)  # train.threads=-1: the load-aware sizing
-    assert n == 3 and "9 busy (load average)" in why
-    assert E.thread_plan(0, 2)[0] == 8  # the default ignores the load (a resume computes with the same count)
+    E.busy_at_start.cache_clear()
+    n, why, auto = E.thread_plan(0, 2)  # the default: load-aware
+    assert (n, auto) == (3, True) and "9 busy (load average)" in why
+    kept = E.thread_plan(0, 2, recorded=8)
+    assert kept.threads == 8 and kept.auto and "checkpoint records" in kept.why
     monkeypatch.setattr(E.os, "getloadavg", lambda: (40.0, 5.0, 1.0))
-    assert E.thread_plan(-1, 1)[0] == 1
+    assert E.thread_plan(0, 2).threads == 3  # read once per process: this process's runs size alike
+    E.busy_at_start.cache_clear()
+    assert E.thread_plan(0, 1).threads == 1
     monkeypatch.setattr(E.os, "cpu_count", lambda: 64)  # a 16-CPU affinity mask on a 64-CPU host
-    assert E.busy_cpus() == 0 and E.thread_plan(-1, 2)[0] == 8
+    assert E.busy_cpus() == 0
+    E.busy_at_start.cache_clear()  # the next test's runs measure the real load again
 
 
 def test_train_threads_is_range_checked(tmp_path):
@@ -206,4 +213,4 @@ def test_train_threads_is_range_checked(tmp_path):
     from mm_paths import TEXT_TINY
 
     with pytest.raises(ConfigError, match="train.threads"):
-        load_config(TEXT_TINY, ["train.threads=-2", f"output_dir={tmp_path}"])
+        load_config(TEXT_TINY, ["train.threads=-1", f"output_dir={tmp_path}"])

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from mm_ptft.config import RunConfig
-from mm_ptft.env import apply_threads
+from mm_ptft.env import apply_threads, thread_message
 from mm_ptft.run.continual import previous_run
 from mm_ptft.contracts import Callback, Prepared
 from mm_ptft.train.finetune import prepare_for_training, save_encoders
@@ -78,7 +78,9 @@ def start(cfg: RunConfig, what: str = "train") -> None:
     seed_everything(cfg.seed)
     if D.is_main_process():
         setup_console()  # the thread line is shown (the trainer's console comes later)
-    log.info(apply_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    plan = apply_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    resuming = plan.auto and (cfg.train.resume or D.restart_count() > 0)
+    log.info(thread_message(plan) + ("; a resume then takes the count its checkpoint records" if resuming else ""))
     rundir.claim(cfg, restarting=D.restart_count() > 0)
     with main_process_first(cfg.train.device):
         if D.is_main_process():

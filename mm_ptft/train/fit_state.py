@@ -86,7 +86,8 @@ def checkpoint_state(st: FitState, loader: Any, epoch_batches: Optional[int], op
             "best": {"metric": st.best_value, "step": st.best_step},
             "callbacks": {key: cb.state_dict() for key, cb in stateful_callbacks(callbacks).items()},
             "batches_done": 0 if at_epoch_end else st.batches_done,
-            "counters": counters, "bad_steps_total": st.bad_steps_total, "num_workers": num_workers}
+            "counters": counters, "bad_steps_total": st.bad_steps_total, "num_workers": num_workers,
+            "threads": torch.get_num_threads()}  # the intra-op count it computed with: a resume keeps it
 
 
 def restore(st: FitState, state: dict[str, Any], callbacks: Sequence[Any], rank: int, seed: int,

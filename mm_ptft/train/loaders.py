@@ -2,6 +2,7 @@
 and per-epoch reseeding, and moving a batch onto the device."""
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from mm_ptft.config import ConfigError, TrainConfig
 from mm_ptft.contracts import on_device
+from mm_ptft.env import limit_worker_threads
 from mm_ptft.train.distributed import DistInfo
 from mm_ptft.train.preempt import worker_init
 from mm_ptft.train.samplers import GroupedBatchSampler
@@ -47,6 +49,14 @@ def num_workers(tc: TrainConfig, measured: Optional[int], cpus: int) -> int:
     return min(tc.num_workers, cpus)
 
 
+def init_worker(signals: Optional[Callable[[int], None]], worker_id: int) -> None:
+    """A loader worker's start: its thread pools at 1 thread (``env.limit_worker_threads``), then ``signals`` (the
+    preemption signals ignored: ``preempt.worker_init``; None when preemption is off)."""
+    limit_worker_threads()
+    if signals is not None:
+        signals(worker_id)
+
+
 def build_loader(data: Dataset, lengths: Optional[Sequence[int]], train: bool, *, tc: TrainConfig, seed: int,
                  dist: DistInfo, device: torch.device, collate: Callable[[list[Any]], Any], workers: int):
     """A ``StatefulDataLoader`` over ``data``: a stream as it comes (it splits, shuffles and buckets itself:
@@ -60,7 +70,7 @@ def build_loader(data: Dataset, lengths: Optional[Sequence[int]], train: bool, *
     common = dict(collate_fn=collate, num_workers=workers, pin_memory=device.type == "cuda",
                   generator=gen, persistent_workers=tc.persistent_workers and workers > 0,
                   prefetch_factor=tc.prefetch_factor if workers > 0 else None,
-                  worker_init_fn=worker_init(tc.preempt_signals) if workers > 0 else None)
+                  worker_init_fn=functools.partial(init_worker, worker_init(tc.preempt_signals)) if workers else None)
     if isinstance(data, IterableDataset):
         return StatefulDataLoader(data, batch_size=bs, **common)
     sampler = GroupedBatchSampler(len(data), bs, lengths if tc.group_by_length else None, shuffle=train,

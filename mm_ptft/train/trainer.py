@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from mm_ptft.config import ConfigError, RunConfig, to_dict
 from mm_ptft.contracts import Callback, Prepared, Task
-from mm_ptft.env import cpu_count, resolve_precision
+from mm_ptft.env import cpu_count, resolve_precision, thread_message, thread_plan
 from mm_ptft.train import async_save
 from mm_ptft.train import callbacks as C
 from mm_ptft.train import checkpoint as ckpt
@@ -310,22 +310,43 @@ class Trainer:
         if self.dist.is_main:
             setup_console()  # resume messages are logged before the RunLogger exists
             rundir.clean_stale(self.run_dir / "checkpoints")
-        self._resume()
+        self._size_threads(self._resume())
         self._size_workers()  # after the optimizer is built, before the first step
         return self.state
 
-    def _resume(self) -> None:
-        """``train.resume`` (or a torchrun restart): the latest good checkpoint's weights and state, if any."""
+    def _size_threads(self, state: Optional[dict[str, Any]]) -> None:
+        """Sized threads (``train.threads=0``, no ``OMP_NUM_THREADS``): a resume computes with the count its
+        checkpoint records (the first start's: bit-identical to a straight run); a first start under torchrun with
+        the fewest any rank sized (one collective, on every rank: ranks on nodes of other loads compute alike, and the
+        checkpoint records one count). Explicit settings stay; one that differs from the recorded count is logged."""
+        recorded = None if state is None else state.get("threads")
+        plan = thread_plan(self.tc.threads, self.dist.local_world, recorded)
+        if state is None and self.dist.enabled:
+            fewest = -D.all_reduce_max(-torch.get_num_threads())
+            plan = plan._replace(threads=fewest, why=f"the fewest any rank sized: {plan.why}")
+        elif recorded is None:  # a first start (start() or the caller set the threads), or a checkpoint without them
+            return
+        if plan.auto:
+            changed = plan.threads != torch.get_num_threads()
+            torch.set_num_threads(plan.threads)
+            if recorded or changed:
+                log.info(thread_message(plan))
+        elif recorded and plan.threads != recorded:
+            log.warning("%s; the run that wrote the checkpoint computed with %d: from here its bits differ from a "
+                        "straight run's", thread_message(plan), recorded)
+
+    def _resume(self) -> Optional[dict[str, Any]]:
+        """``train.resume`` (or a torchrun restart): the latest good checkpoint's weights and state, if any (returned)."""
         st, restarts = self.state, D.restart_count()
         if restarts:
             log.info("torchrun restart %d: resuming from the latest checkpoint in %s", restarts, self.run_dir)
         if not (self.tc.resume or restarts):
-            return
+            return None
         self._wait_saves()  # a checkpoint of this trainer's previous fit is complete before one is chosen
         found = ckpt.latest_good(self.run_dir / "checkpoints")
         if found is None:
             log.info("train.resume=true but no usable checkpoint in %s: starting fresh", self.run_dir)
-            return
+            return None
         fresh = [{k: v for k, v in g.items() if k != "params"} for g in st.opt.param_groups]  # this config's
         st.config_changes = rundir.check_resume(self.run_dir, self.cfg)
         state = self._load(found)
@@ -337,6 +358,7 @@ class Trainer:
             log.warning("resumed with a changed config (train.on_config_change=new): %s",
                         "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in st.config_changes))
         log.info("resumed from %s (step %d, epoch %d)", found, st.step, st.epoch)
+        return state
 
     def _train(self) -> dict[str, float]:
         """The loop, from the logged start to the last evaluation."""

@@ -1,6 +1,9 @@
 """``mm_ptft.train.loaders``: a loader pointed at an epoch gives that epoch's batches whatever it drew before (a
 resumed run's order), ``train.num_workers`` is capped at the CPUs with a warning naming the key, and the run's
 length comes from the loader or the config key a stream needs."""
+import os
+
+import numpy as np  # noqa: F401  (its BLAS is one of the pools a worker inherits)
 import pytest
 import torch
 from torch.utils.data import IterableDataset
@@ -52,3 +55,37 @@ def test_the_run_length_from_the_loader_or_the_key_a_stream_needs():
         L.schedule_length(stream, tc)
     with pytest.raises(ConfigError, match="set data.train_file"):
         L.schedule_length(None, tc)
+
+
+class PoolReport(torch.utils.data.Dataset):
+    """Each item: the thread pools of the process that reads it, as torch and threadpoolctl (which asks each loaded
+    BLAS/OpenMP library itself) report them, and the variables libraries loaded later read."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        from threadpoolctl import threadpool_info
+
+        return {"torch": torch.get_num_threads(), "pools": {p["internal_api"]: p["num_threads"] for p in threadpool_info()},
+                "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM")}}
+
+
+def test_loader_workers_run_every_pool_at_one_thread():
+    """The parent runs its pools at 2 threads (so a forked worker that kept them would show 2); the worker reports 1
+    for torch, for every BLAS/OpenMP library loaded (numpy's OpenBLAS, torch's OpenMP) and in the variables."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpoolctl.threadpool_limits(2):
+            parent = PoolReport()[0]
+            ld = L.build_loader(PoolReport(), None, False, tc=TrainConfig(batch_size=1, device="cpu"), seed=1,
+                                dist=DistInfo(), device=torch.device("cpu"), collate=lambda items: items[0], workers=1)
+            reports = list(ld)
+    finally:
+        torch.set_num_threads(threads)
+    assert parent["torch"] == 2 and max(parent["pools"].values()) == 2, parent  # the check can fail
+    for rep in reports:
+        assert rep["torch"] == 1 and set(rep["pools"].values()) == {1}, rep
+        assert rep["env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

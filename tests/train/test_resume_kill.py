@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mm_ptft.contracts import Callback
 from mm_ptft.run import load_config
 from mm_ptft.run import train
 from mm_ptft.train.rundir import final_results
@@ -82,3 +83,44 @@ def test_resume_at_an_epoch_boundary_gives_identical_weights(topics_data, straig
     final = f"step_{STEPS:08d}"
     assert_identical(weights(straight / "checkpoints" / final), weights(out / "checkpoints" / final))
     assert logged_steps(out) == list(range(PER_EPOCH + 1, STEPS + 1))
+
+
+class ThreadSpy(Callback):
+    """The intra-op thread count each optimizer step ran with."""
+
+    every_step = True
+
+    def __init__(self):
+        self.seen = set()
+
+    def on_step_end(self, trainer):
+        self.seen.add(torch.get_num_threads())
+
+
+def test_a_resume_computes_with_the_thread_count_its_checkpoint_records_whatever_the_load(topics_data, straight,
+                                                                                          tmp_path, monkeypatch):
+    """The straight run sized its threads at its start (``train.threads=0``) and its checkpoints record the count; its
+    mid-epoch checkpoint resumed while the load says otherwise (the sizing alone would now pick the other count of
+    1 or 2) computes with the recorded count and ends bitwise where the straight run does. The control, the same
+    resume with that other count forced (``train.threads``), ends elsewhere: the count does change the bits."""
+    from mm_ptft import env as E
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    mid = f"step_{2 * SAVE_EVERY:08d}"
+    first = torch.load(straight / "checkpoints" / mid / "trainer_state.pt", weights_only=True)["threads"]
+    assert first in (1, 2)
+    other = 3 - first
+    monkeypatch.setattr(E, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(E, "busy_at_start", lambda: 2 - other)  # the load now: 2 - busy = the other count
+    assert E.thread_plan(0, 1).threads == other
+
+    final, runs = f"step_{STEPS:08d}", {}
+    for name, extra in (("kept", ()), ("forced", (f"train.threads={other}",))):
+        out, spy = tmp_path / name, ThreadSpy()
+        shutil.copytree(straight / "checkpoints" / mid, out / "checkpoints" / mid)
+        train(load_config(TEXT_TINY, overrides(topics_data, out, "train.resume=true", *extra)), callbacks=[spy])
+        runs[name] = (spy.seen, weights(out / "checkpoints" / final))
+    assert runs["kept"][0] == {first} and runs["forced"][0] == {other}
+    assert_identical(weights(straight / "checkpoints" / final), runs["kept"][1])
+    ref = weights(straight / "checkpoints" / final)
+    assert any(not torch.equal(ref[k], runs["forced"][1][k]) for k in ref)
