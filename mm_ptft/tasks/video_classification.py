@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData
+from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the moving_shapes generator)
 from mm_ptft.data.folders import FolderSpec
@@ -17,10 +17,12 @@ from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.data.text import FollowEpoch
 from mm_ptft.data.video import VideoCollator, VideoDataset, VideoSampling, check_video, make_clip, video_table, \
     video_transforms
+from mm_ptft.data.video_stream import VideoRow
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.video import VIDEO_ENCODERS, VideoEncoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.common import eval_name, learn_labels, needs_train_file, resolve_files
 from mm_ptft.types import VIDEO, VIDEO_MASK
 
@@ -31,9 +33,10 @@ def _no_flip() -> ImageAugment:
 
 
 @dataclass
-class VideoClsData(SplitData, SkipBadSamples):
+class VideoClsData(SplitData, StreamingData, SkipBadSamples):
     """train_file: CSV/TSV/JSON/JSONL/parquet with video paths (relative to the file), or a folder with a sub-folder
-    per class; data.generate: {name: moving_shapes, ...} for generated clips."""
+    per class; data.generate: {name: moving_shapes, ...} for generated clips; with ``streaming: true`` shards (a
+    glob, brace range or directory) of WebDataset tars ({key}.mp4 + {key}.cls) or tables, read lazily."""
 
     path_column: str = "path"
     label_column: str = "label"
@@ -97,20 +100,44 @@ def _dataset(table: Optional[tuple], labels: LabelMap, cfg: VideoClassificationC
 
 
 def prepare(cfg: VideoClassificationConfig, train: bool = True) -> Prepared:
-    """Scan the video tables, learn labels, build the encoder (its preprocessing and clip length) and the head."""
+    """Scan the video tables (or, ``data.streaming``, name the shards), learn labels, build the encoder (its
+    preprocessing and clip length) and the head."""
     d = cfg.data
     d.sampling.check()
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     resolve_files(d, cfg.output_dir)
     tr, ev = _tables(cfg, train)
     labels = learn_labels(d, {d.label_column: tr[1]} if tr is not None else None)
-    encoder = build_encoder(VIDEO_ENCODERS, cfg.model.video, "model.video")
-    check_frames(encoder, d.sampling)
-    task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
+    task = _task(cfg, labels)
     counters: dict[str, int] = {}
-    train_ds = _dataset(tr, labels, cfg, encoder.preprocess, True, d.train_file, counters) if train else None
-    eval_ds = _dataset(ev, labels, cfg, encoder.preprocess, False, eval_name(d), counters)
+    train_ds = _dataset(tr, labels, cfg, task.encoder.preprocess, True, d.train_file, counters) if train else None
+    eval_ds = _dataset(ev, labels, cfg, task.encoder.preprocess, False, eval_name(d), counters)
     callbacks = [FollowEpoch(train_ds)] if train_ds is not None else []  # clips seeded by (seed, epoch, index)
     return Prepared(task, train_ds, eval_ds, CountingCollate(VideoCollator()), counters=counters, callbacks=callbacks)
+
+
+def _task(cfg: VideoClassificationConfig, labels: LabelMap) -> ClassificationTask:
+    """The video encoder (checked against ``data.sampling``) and a linear head over ``labels``."""
+    encoder = build_encoder(VIDEO_ENCODERS, cfg.model.video, "model.video")
+    check_frames(encoder, cfg.data.sampling)
+    return ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, cfg.data.labels)
+
+
+def _prepare_stream(cfg: VideoClassificationConfig, train: bool) -> Prepared:
+    """``data.streaming``: WebDataset tars (``{key}.mp4`` + ``{key}.cls``) or table shards, each clip sampled,
+    decoded, checked and transformed per sample in the loader workers (``data.video_stream.VideoRow``)."""
+    d = cfg.data
+    shards = S.shards_of(cfg, train)
+    labels = S.stream_labels(d, shards[0])
+    task = _task(cfg, labels)
+
+    def row(is_train: bool) -> VideoRow:
+        return VideoRow(video_transforms(task.encoder.preprocess, d.augment, is_train), d.sampling, is_train,
+                        d.path_column, d.label_column, labels, d.skip_bad_samples, cfg.seed)
+
+    train_ds, eval_ds = S.streams(cfg, shards, row(True), train, eval_fn=row(False))
+    return Prepared(task, train_ds, eval_ds, CountingCollate(VideoCollator()), counters={})
 
 
 def predict(cfg: VideoClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
