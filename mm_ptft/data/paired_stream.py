@@ -1,8 +1,10 @@
 """Streamed paired samples (``data.stream`` map function): a WebDataset sample or a manifest row → the
-item ``PairedDataset`` gives (``text`` ids, ``image`` (3, S, S), ``audio`` (T,) or (F, N), ``labels``).
+item ``PairedDataset`` gives (``text`` ids, ``image`` (3, S, S), ``audio`` (T,) or (F, N), ``video`` (T, 3, S, S)
+with ``video_mask``, ``labels``).
 
 A WebDataset sample follows the open_clip / img2dataset layout: ``{key}.txt`` (caption), one image
-(``jpg``/``jpeg``/``png``/``webp``/``bmp``), one audio clip (``flac``/``wav``/``mp3``/``ogg``/``opus``) and an
+(``jpg``/``jpeg``/``png``/``webp``/``bmp``), one audio clip (``flac``/``wav``/``mp3``/``ogg``/``opus``), one video
+(``mp4``/``webm``/``mkv``/``avi``/``mov``/``m4v``: its clip random in training, seeded per sample) and an
 optional label (``{key}.cls``, or ``label_column`` in ``{key}.json``). A manifest row has the caption
 column and media paths relative to the shard's folder. Media are decoded and checked when the sample is
 read (undecodable, empty, NaN/Inf audio: an error naming the shard and sample, or a counted skip with
@@ -16,13 +18,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from mm_ptft.data.multimodal import Columns, MediaConfig, image_input, load_audio, media_path
+from mm_ptft.data.multimodal import Columns, MediaConfig, image_input, load_audio, load_video, media_path
 from mm_ptft.data.shards import Shard
+from mm_ptft.data.stream import sample_seed
 from mm_ptft.data.tables import DataError, LabelMap
 from mm_ptft.data.text import tokenize
-from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT
+from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT, VIDEO, VIDEO_MASK
 
-EXTS = {"image": ("jpg", "jpeg", "png", "webp", "bmp"), "audio": ("flac", "wav", "mp3", "ogg", "opus")}
+EXTS = {"image": ("jpg", "jpeg", "png", "webp", "bmp"), "audio": ("flac", "wav", "mp3", "ogg", "opus"),
+        "video": ("mp4", "webm", "mkv", "avi", "mov", "m4v")}
 
 
 def is_tar_sample(record: dict[str, Any]) -> bool:
@@ -71,9 +75,16 @@ class PairedRecord:
     path checks them."""
 
     def __init__(self, modalities: Sequence[str], cols: Columns, media: MediaConfig, tokenizer: Any = None,
-                 max_length: int = 64, labels: Optional[LabelMap] = None, skip_bad: bool = False) -> None:
+                 max_length: int = 64, labels: Optional[LabelMap] = None, skip_bad: bool = False,
+                 train: bool = False, seed: int = 0) -> None:
+        """``train``: a video's clip is drawn at random (seeded per sample: seed, pass, shard, row), else centred."""
         self.modalities, self.cols, self.media, self.tokenizer = list(modalities), cols, media, tokenizer
         self.max_length, self.labels, self.skip_bad = max_length, labels, skip_bad
+        self.train, self.seed, self.pass_no = train, seed, 0
+
+    def set_pass(self, pass_no: int) -> None:
+        """Called by the stream at each pass: clips differ between passes, never between runs."""
+        self.pass_no = pass_no
 
     def text_of(self, record: dict[str, Any]) -> Any:
         value = record.get("txt") if is_tar_sample(record) else record.get(self.cols.text)
@@ -87,20 +98,27 @@ class PairedRecord:
         source, name = media_source(shard, row, record, modality, getattr(self.cols, modality))
         if modality == "image":
             return decode_media(lambda s: image_input(s, name, self.media), source, name)
+        if modality == "video":
+            with sample_seed(self.seed, self.pass_no, os.path.basename(shard.path), shard.index, row):
+                return decode_media(lambda s: load_video(s, self.media, self.train), source, name)
         return decode_media(lambda s: load_audio(s if isinstance(s, str) else (s, name), self.media), source, name)
 
     def __call__(self, shard: Shard, row: int, record: dict[str, Any], counters: dict[str, int]) -> Optional[dict]:
         item: dict[str, Any] = {}
-        for m in ("image", "audio"):
+        for m in ("image", "audio", "video"):
             if m not in self.modalities:
                 continue
             try:
-                item[IMAGE if m == "image" else AUDIO] = self._media(shard, row, record, m)
+                value = self._media(shard, row, record, m)
             except DataError:
                 if not self.skip_bad:
                     raise
                 counters[f"skipped_bad_{m}"] = counters.get(f"skipped_bad_{m}", 0) + 1
                 return None
+            if m == "video":
+                item[VIDEO], item[VIDEO_MASK] = value  # (T, 3, S, S), (T,)
+            else:
+                item[IMAGE if m == "image" else AUDIO] = value
         if AUDIO in item and self.media.n_mels <= 0 and \
                 item[AUDIO].shape[-1] < self.media.min_audio_seconds * self.media.sample_rate:
             counters["dropped_too_short"] = counters.get("dropped_too_short", 0) + 1
@@ -146,6 +164,10 @@ class LabeledRecord(PairedRecord):
         placeholders = {"text": (TEXT, self.blank_text), "image": (IMAGE, torch.zeros(3, self.media.image_size,
                                                                                         self.media.image_size)),
                         "audio": (AUDIO, torch.zeros(self.media.sample_rate // 10))}
+        frames = self.media.video_sampling.num_frames
+        if "video" in absent:
+            item[VIDEO_MASK] = torch.zeros(frames, dtype=torch.bool)  # (T,)
+        placeholders["video"] = (VIDEO, torch.zeros(frames, 3, self.media.video_size, self.media.video_size))
         for m in self.modalities:
             item[f"{m}_present"] = m not in absent
             if m in absent:

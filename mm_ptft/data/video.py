@@ -25,7 +25,7 @@ import bisect
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, NamedTuple, Optional, Sequence
+from typing import Any, BinaryIO, Callable, ClassVar, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -83,12 +83,24 @@ def _av() -> Any:
     return av
 
 
-def _open(path: str) -> Any:
-    """The container at ``path`` and its first video stream, or a ``DataError`` naming the file."""
+Source = Union[str, BinaryIO]  # a path, or an open binary file (a WebDataset member as ``io.BytesIO``)
+
+
+def _size(source: Source) -> int:
+    if isinstance(source, str):
+        return os.path.getsize(source)
+    here = source.seek(0, os.SEEK_END)
+    source.seek(0)
+    return here
+
+
+def _open(path: Source) -> Any:
+    """The container at ``path`` (a file name, or a binary file read from its start) and its first video stream,
+    or a ``DataError`` naming the file."""
     av = _av()
-    if not os.path.isfile(path):
+    if isinstance(path, str) and not os.path.isfile(path):
         raise DataError(f"{path}: video file not found")
-    if os.path.getsize(path) == 0:
+    if _size(path) == 0:
         raise DataError(f"{path}: empty video file")
     try:
         container = av.open(path)
@@ -101,7 +113,7 @@ def _open(path: str) -> Any:
     return container, container.streams.video[0]
 
 
-def probe_video(path: str, max_pixels: int = VideoSampling.max_pixels) -> VideoInfo:
+def probe_video(path: Source, max_pixels: int = VideoSampling.max_pixels) -> VideoInfo:
     """Frame count and presentation times from the packets (no decoding); frames over ``max_pixels`` refused."""
     av = _av()
     container, stream = _open(path)
@@ -150,7 +162,7 @@ def upright(frame: Any) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
-def decode_frames(path: str, indices: Sequence[int], max_pixels: int = VideoSampling.max_pixels) -> torch.Tensor:
+def decode_frames(path: Source, indices: Sequence[int], max_pixels: int = VideoSampling.max_pixels) -> torch.Tensor:
     """Frames ``indices`` (presentation order, repeats allowed) of ``path`` as (T, 3, H, W) uint8; decoding stops
     after the last one wanted. A file that ends (or breaks) before it is a ``DataError`` naming it."""
     av = _av()
@@ -191,10 +203,18 @@ def video_problem(path: str, decode: bool = True, max_pixels: int = VideoSamplin
         if decode:
             decode_frames(path, [info.num_frames - 1], max_pixels)
     except DataError as err:
-        text = str(err)
-        return next((kind for key, kind in (("no video stream", "no_stream"), ("zero frames", "zero_frames"),
-                                            ("max_pixels", "too_large"), ("truncated", "truncated")) if key in text), "corrupt")
+        return problem_of(err)
     return None
+
+
+def problem_of(err: DataError) -> str:
+    """The kind of a decoding ``DataError`` (``video_problem``'s names; counters say ``skipped_<kind>_videos``)."""
+    text = str(err)
+    return next((kind for key, kind in (("video file not found", "missing"), ("no video (", "missing"),
+                                        ("empty video file", "empty"),
+                                        ("no video stream", "no_stream"), ("zero frames", "zero_frames"),
+                                        ("max_pixels", "too_large"), ("truncated", "truncated")) if key in text),
+                "corrupt")
 
 
 def check_video(row: int, path: str, where: str, skip_bad: bool, counters: dict[str, int], decode: bool = True,
@@ -246,7 +266,7 @@ def resampled(times: Sequence[float], fps: float) -> list[int]:
     return [max(0, bisect.bisect_right(times, times[0] + k / fps + 1e-9) - 1) for k in range(count)]
 
 
-def sample_clip(path: str, s: VideoSampling, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_clip(path: Source, s: VideoSampling, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(frames (T', 3, H, W) uint8, mask (num_frames,) bool) of ``path`` sampled by ``s`` (T' real frames)."""
     info = probe_video(path, s.max_pixels)
     frames = resampled(info.times, s.fps) if s.fps > 0 else list(range(info.num_frames))
@@ -278,7 +298,7 @@ def pad_clip(clip: torch.Tensor, num_frames: int) -> torch.Tensor:
     return torch.cat([clip, clip.new_zeros((num_frames - clip.shape[0], *clip.shape[1:]))])
 
 
-def make_clip(path: str, s: VideoSampling, transform: Callable, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def make_clip(path: Source, s: VideoSampling, transform: Callable, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(video (T, 3, h, w) float, video_mask (T,)) of one file: sampled, transformed, padded."""
     clip, mask = sample_clip(path, s, train)
     return pad_clip(transform(clip), s.num_frames), mask

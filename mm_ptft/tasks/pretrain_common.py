@@ -231,14 +231,15 @@ def zero_shot_skip_reason(d: PretrainData, tables: Sequence[Any], has_text: bool
 
 
 def _record_fn(d: PretrainData, modalities: Sequence[str], encoders: Mapping[str, Encoder],
-               labels: Optional[LabelMap] = None) -> Any:
-    """The map function of a paired stream: ``modalities`` of a record, decoded for ``encoders``."""
+               labels: Optional[LabelMap] = None, train: bool = False, seed: int = 0) -> Any:
+    """The map function of a paired stream: ``modalities`` of a record, decoded for ``encoders`` (``train``:
+    random video clips, seeded per sample from ``seed``)."""
     from mm_ptft.data.paired_stream import PairedRecord
 
     text = encoders.get("text")
     max_len = min(d.max_length, getattr(text, "max_length", d.max_length))
     return PairedRecord(modalities, columns(d), media_config(encoders, d), getattr(text, "tokenizer", None), max_len,
-                        labels, d.skip_bad_samples)
+                        labels, d.skip_bad_samples, train, seed)
 
 
 def _bucket_length(modalities: Sequence[str]) -> Any:
@@ -268,7 +269,7 @@ def streamed(cfg: Any, modalities: Sequence[str], train: bool,
         log.info("zero-shot evaluation skipped: %s", "a stream's classes are not read ahead: set data.labels"
                  if d.label_column and d.prompt_templates and "text" in encoders and not d.labels
                  else zero_shot_skip_reason(d, [], "text" in encoders))
-    return encoders, labels, S.streams(cfg, shards, _record_fn(d, modalities, encoders), train,
+    return encoders, labels, S.streams(cfg, shards, _record_fn(d, modalities, encoders, None, True, cfg.seed), train,
                                        _bucket_length(modalities), _record_fn(d, modalities, encoders, labels))
 
 
@@ -279,7 +280,7 @@ def source_stream(cfg: Any, train_file: str, modalities: Sequence[str], encoders
     from mm_ptft.tasks import streaming as S
 
     shards = expand_sources(train_file, key)
-    return S.streams(cfg, (shards, []), _record_fn(cfg.data, modalities, encoders), True,
+    return S.streams(cfg, (shards, []), _record_fn(cfg.data, modalities, encoders, None, True, cfg.seed), True,
                      _bucket_length(modalities))[0]
 
 

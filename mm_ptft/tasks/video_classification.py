@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
-from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData
+from mm_ptft.config import ConfigError, RunConfig, SkipBadSamples, SplitData, StreamingData
 from mm_ptft.contracts import Prepared
 from mm_ptft.data.generated import video as _video  # noqa: F401  (registers the moving_shapes generator)
 from mm_ptft.data.folders import FolderSpec
@@ -18,10 +18,12 @@ from mm_ptft.data.tables import LabelMap, seeded_split
 from mm_ptft.data.text import FollowEpoch
 from mm_ptft.data.video import VideoCollator, VideoDataset, VideoSampling, check_video, make_clip, video_table, \
     video_transforms
+from mm_ptft.data.video_stream import VideoRow
 from mm_ptft.encoders.base import build_encoder
 from mm_ptft.encoders.video import VIDEO_ENCODERS, VideoEncoder
 from mm_ptft.heads.classification import ClassificationTask
 from mm_ptft.tasks import recipe
+from mm_ptft.tasks import streaming as S
 from mm_ptft.tasks.cached_tables import prepare_tables, split_counts, store_splits
 from mm_ptft.tasks.common import learn_labels, needs_train_file
 from mm_ptft.types import LABELS, VIDEO, VIDEO_MASK
@@ -33,9 +35,10 @@ def _no_flip() -> ImageAugment:
 
 
 @dataclass
-class VideoClsData(SplitData, SkipBadSamples, CacheFields):
+class VideoClsData(SplitData, StreamingData, SkipBadSamples, CacheFields):
     """train_file: CSV/TSV/JSON/JSONL/parquet with video paths (relative to the file), or a folder with a sub-folder
-    per class; data.generate: {name: moving_shapes, ...} for generated clips."""
+    per class; data.generate: {name: moving_shapes, ...} for generated clips; with ``streaming: true`` shards (a
+    glob, brace range or directory) of WebDataset tars ({key}.mp4 + {key}.cls) or tables, read lazily."""
 
     path_column: str = "path"
     label_column: str = "label"
@@ -111,9 +114,12 @@ def _dataset(records: Optional[Any], cfg: VideoClassificationConfig, pre: Any, t
 def prepare(cfg: VideoClassificationConfig, train: bool = True) -> Prepared:
     """Learn labels, build the encoder (its preprocessing and clip length) and the head; the checked video tables
     (which files decode, their class indices) come from the preprocessing cache when the same data was checked the
-    same way before (``tasks/cached_tables.py``), else the tables or folders are read and every video checked."""
+    same way before (``tasks/cached_tables.py``), else the tables or folders are read and every video checked;
+    ``data.streaming`` names the shards instead."""
     d = cfg.data
     d.sampling.check()
+    if d.streaming:
+        return _prepare_stream(cfg, train)
     learn = not d.labels
 
     def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -130,13 +136,34 @@ def prepare(cfg: VideoClassificationConfig, train: bool = True) -> Prepared:
     d.labels, counters = list(info["labels"]), {}
     split_counts(info, counters)
     labels = learn_labels(d, None)
-    encoder = build_encoder(VIDEO_ENCODERS, cfg.model.video, "model.video")
-    check_frames(encoder, d.sampling)
-    task = ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, d.labels)
-    train_ds = _dataset(tables.get("train"), cfg, encoder.preprocess, True)
-    eval_ds = _dataset(tables.get("eval"), cfg, encoder.preprocess, False)
+    task = _task(cfg, labels)
+    train_ds = _dataset(tables.get("train"), cfg, task.encoder.preprocess, True)
+    eval_ds = _dataset(tables.get("eval"), cfg, task.encoder.preprocess, False)
     callbacks = [FollowEpoch(train_ds)] if train_ds is not None else []  # clips seeded by (seed, epoch, index)
     return Prepared(task, train_ds, eval_ds, CountingCollate(VideoCollator()), counters=counters, callbacks=callbacks)
+
+
+def _task(cfg: VideoClassificationConfig, labels: LabelMap) -> ClassificationTask:
+    """The video encoder (checked against ``data.sampling``) and a linear head over ``labels``."""
+    encoder = build_encoder(VIDEO_ENCODERS, cfg.model.video, "model.video")
+    check_frames(encoder, cfg.data.sampling)
+    return ClassificationTask(encoder, len(labels), cfg.model.dropout, cfg.model.label_smoothing, cfg.data.labels)
+
+
+def _prepare_stream(cfg: VideoClassificationConfig, train: bool) -> Prepared:
+    """``data.streaming``: WebDataset tars (``{key}.mp4`` + ``{key}.cls``) or table shards, each clip sampled,
+    decoded, checked and transformed per sample in the loader workers (``data.video_stream.VideoRow``)."""
+    d = cfg.data
+    shards = S.shards_of(cfg, train)
+    labels = S.stream_labels(d, shards[0])
+    task = _task(cfg, labels)
+
+    def row(is_train: bool) -> VideoRow:
+        return VideoRow(video_transforms(task.encoder.preprocess, d.augment, is_train), d.sampling, is_train,
+                        d.path_column, d.label_column, labels, d.skip_bad_samples, cfg.seed)
+
+    train_ds, eval_ds = S.streams(cfg, shards, row(True), train, eval_fn=row(False))
+    return Prepared(task, train_ds, eval_ds, CountingCollate(VideoCollator()), counters={})
 
 
 def predict(cfg: VideoClassificationConfig, prepared: Prepared, paths: list[str]) -> list[dict[str, Any]]:
