@@ -23,7 +23,7 @@ from mm_ptft.data.shards import Shard
 from mm_ptft.data.stream import sample_seed
 from mm_ptft.data.tables import DataError, LabelMap
 from mm_ptft.data.text import tokenize
-from mm_ptft.types import AUDIO, IMAGE, LABELS, TEXT, VIDEO, VIDEO_MASK
+from mm_ptft.types import AUDIO, IMAGE, LABELS, REFERENCE, TEXT, VIDEO, VIDEO_MASK
 
 EXTS = {"image": ("jpg", "jpeg", "png", "webp", "bmp"), "audio": ("flac", "wav", "mp3", "ogg", "opus"),
         "video": ("mp4", "webm", "mkv", "avi", "mov", "m4v")}
@@ -76,11 +76,14 @@ class PairedRecord:
 
     def __init__(self, modalities: Sequence[str], cols: Columns, media: MediaConfig, tokenizer: Any = None,
                  max_length: int = 64, labels: Optional[LabelMap] = None, skip_bad: bool = False,
-                 train: bool = False, seed: int = 0) -> None:
+                 train: bool = False, seed: int = 0, overlong: str = "truncate", references: bool = False) -> None:
         """``train``: a video's clip is drawn at random (seeded per sample: seed, pass, shard, row), else centred."""
         self.modalities, self.cols, self.media, self.tokenizer = list(modalities), cols, media, tokenizer
         self.max_length, self.labels, self.skip_bad = max_length, labels, skip_bad
         self.train, self.seed, self.pass_no = train, seed, 0
+        #: a caption over ``max_length`` tokens: ``data.overlong_text`` (truncate | skip | error), as ``build_paired``
+        #: applies it to a manifest, counted in the same counters; ``references``: keep the raw caption too
+        self.overlong, self.references = overlong, references
 
     def set_pass(self, pass_no: int) -> None:
         """Called by the stream at each pass: clips differ between passes, never between runs."""
@@ -124,11 +127,15 @@ class PairedRecord:
             counters["dropped_too_short"] = counters.get("dropped_too_short", 0) + 1
             return None
         if "text" in self.modalities:
-            ids, kept = tokenize(self.tokenizer, [self.text_of(record)], self.max_length, shard.name,
-                                 self.skip_bad, counters, [row])
+            caption = self.text_of(record)
+            where = f"{shard.name}: sample {record['__key__']!r}" if is_tar_sample(record) else shard.name
+            ids, kept = tokenize(self.tokenizer, [caption], self.max_length, where, self.skip_bad, counters,
+                                 [row], self.overlong)
             if not kept:
                 return None
             item[TEXT] = ids[0]
+            if self.references:
+                item[REFERENCE] = str(caption)
         if self.labels is not None:
             item[LABELS] = self.labels.encode([self.label_of(record)], shard.name, [row])[0]
         return item

@@ -113,12 +113,13 @@ class PretrainTask(Task):
         return out
 
     def _sync_presence(self, subs: Mapping[str, Batch]) -> dict[str, dict[str, list[tuple[str, str]]]]:
-        """Under torchrun in training: which (contrastive objective, source, pair) some other rank
-        runs while this rank's batch lacks that source, so this rank joins its all-gathers."""
+        """Under torchrun in training: which (gathering objective — contrastive or ITM —, source, pair) some other
+        rank runs while this rank's batch lacks that source, so this rank joins its all-gathers."""
         if not self.training or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return {}
-        slots = [(name, src, p) for name, obj in self.objectives.items() if isinstance(obj, ContrastiveObjective)
-                 for src in self.sources for p in obj.pairs]
+        slots = [(name, src, p) for name, obj in self.objectives.items() if hasattr(obj, "join_collectives")
+                 for src in self.sources for p in (obj.pairs if isinstance(obj, ContrastiveObjective)
+                                                   else [tuple(obj.modalities)])]
         if not slots:
             return {}
         local = [float(src in subs and all(MODALITY_KEYS[m] in subs[src] for m in p)) for _, src, p in slots]

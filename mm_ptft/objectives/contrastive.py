@@ -29,23 +29,27 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Concatenate ``x`` (B_r, D) from every rank in rank order → (sum B_r, D), and the offset of
+def gather_with_grad(x: torch.Tensor, pad_value: float = 0) -> tuple[torch.Tensor, int]:
+    """Concatenate ``x`` (B_r, ...) from every rank in rank order → (sum B_r, ...), and the offset of
     this rank's rows in it. Gradients flow back to each rank's own rows. Ranks may hold different
-    (even zero) row counts: rows are padded for the collective and the padding dropped.
-    Identity outside a process group."""
+    (even zero) row counts and different sizes along the other axes (token sequences of another
+    length): every axis is padded with ``pad_value`` to the largest size for the collective, and the
+    row padding dropped (the other axes stay padded: the caller masks them). Integer tensors gather
+    too (without gradient). Identity outside a process group."""
     rank, world = _world()
     if world == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    counts = [int(s) for s in sizes]
-    padded = F.pad(x, (0, 0, 0, max(counts) - x.shape[0])).contiguous()  # (B_max, D)
-    parts = all_gather(padded)  # world x (B_max, D), differentiable
-    return torch.cat([p[:c] for p, c in zip(parts, counts)], 0), sum(counts[:rank])  # (sum B_r, D)
+    shape = torch.tensor(list(x.shape), device=x.device)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    largest = torch.stack(shapes).amax(0).tolist()
+    counts = [int(s[0]) for s in shapes]
+    pad = [p for d in reversed(range(x.dim())) for p in (0, int(largest[d]) - x.shape[d])]
+    padded = F.pad(x, pad, value=pad_value).contiguous()  # (B_max, ...max)
+    parts = all_gather(padded)  # world x (B_max, ...), differentiable
+    return torch.cat([p[:c] for p, c in zip(parts, counts)], 0), sum(counts[:rank])  # (sum B_r, ...)
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float,

@@ -50,7 +50,7 @@ def prepare(cfg: PretrainCaptioningConfig, train: bool = True) -> Prepared:
         raise ConfigError(f"data.modalities={mods}: captioning needs the text (caption) column; add text")
     counters: dict[str, int] = {}
     if d.streaming:
-        encoders, labels, (tr, ev) = streamed(cfg, mods, train)
+        encoders, labels, (tr, ev) = streamed(cfg, mods, train, references=True)
         prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
     else:
         train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)

@@ -231,15 +231,16 @@ def zero_shot_skip_reason(d: PretrainData, tables: Sequence[Any], has_text: bool
 
 
 def _record_fn(d: PretrainData, modalities: Sequence[str], encoders: Mapping[str, Encoder],
-               labels: Optional[LabelMap] = None, train: bool = False, seed: int = 0) -> Any:
+               labels: Optional[LabelMap] = None, train: bool = False, seed: int = 0, references: bool = False) -> Any:
     """The map function of a paired stream: ``modalities`` of a record, decoded for ``encoders`` (``train``:
-    random video clips, seeded per sample from ``seed``)."""
+    random video clips, seeded per sample from ``seed``); captions over ``data.max_length`` handled by
+    ``data.overlong_text`` as the manifest path does (``references``: raw captions kept, for caption metrics)."""
     from mm_ptft.data.paired_stream import PairedRecord
 
     text = encoders.get("text")
     max_len = min(d.max_length, getattr(text, "max_length", d.max_length))
     return PairedRecord(modalities, columns(d), media_config(encoders, d), getattr(text, "tokenizer", None), max_len,
-                        labels, d.skip_bad_samples, train, seed)
+                        labels, d.skip_bad_samples, train, seed, d.overlong_text, references)
 
 
 def _bucket_length(modalities: Sequence[str]) -> Any:
@@ -249,12 +250,11 @@ def _bucket_length(modalities: Sequence[str]) -> Any:
     return text_length if list(modalities) == ["text"] else None
 
 
-def streamed(cfg: Any, modalities: Sequence[str], train: bool,
-             encoder_modalities: Optional[Sequence[str]] = None) -> tuple[dict[str, Encoder], Optional[LabelMap],
-                                                                        tuple[Any, Any]]:
+def streamed(cfg: Any, modalities: Sequence[str], train: bool, encoder_modalities: Optional[Sequence[str]] = None,
+             references: bool = False) -> tuple[dict[str, Encoder], Optional[LabelMap], tuple[Any, Any]]:
     """``data.streaming``: (encoders of ``encoder_modalities`` (default: ``modalities``), zero-shot labels from
     ``data.labels`` or None, (train stream, eval stream) of ``modalities``) — samples decoded and checked per
-    record in the loader workers (``PairedRecord``)."""
+    record in the loader workers (``PairedRecord``; ``references``: the eval stream keeps raw captions)."""
     from mm_ptft.data.paired_stream import PairedRecord
     from mm_ptft.tasks import streaming as S
 
@@ -270,7 +270,8 @@ def streamed(cfg: Any, modalities: Sequence[str], train: bool,
                  if d.label_column and d.prompt_templates and "text" in encoders and not d.labels
                  else zero_shot_skip_reason(d, [], "text" in encoders))
     return encoders, labels, S.streams(cfg, shards, _record_fn(d, modalities, encoders, None, True, cfg.seed), train,
-                                       _bucket_length(modalities), _record_fn(d, modalities, encoders, labels))
+                                       _bucket_length(modalities),
+                                       _record_fn(d, modalities, encoders, labels, references=references))
 
 
 def source_stream(cfg: Any, train_file: str, modalities: Sequence[str], encoders: Mapping[str, Encoder],

@@ -1,6 +1,6 @@
 """pretrain_captioning end to end: the tiny CoCa run's captions beat the most-frequent-caption baseline in BLEU-4
 (slow), predict writes captions for images and audio, CoCa inside pretrain_joint, and bad captions (empty,
-overlong) are clear errors or counted skips."""
+overlong) are clear errors or counted skips, in a manifest and in streamed WebDataset shards alike."""
 from __future__ import annotations
 
 import collections
@@ -140,3 +140,68 @@ def test_a_run_without_a_captioning_objective_is_a_config_error(tmp_path: Path) 
     path = _manifest(tmp_path, ["a red circle", "a blue square", "a green cross", "a yellow circle"])
     with pytest.raises(ConfigError, match="no captioning objective"):
         _prepare(path, "model.objectives={clip: {name: clip, embed_dim: 16}}")
+
+
+# ---- streamed captions (data.streaming): the same data.overlong_text / skip_bad_samples rules as the manifest ------
+
+def _tar_shard(tmp_path: Path, captions: list[str]) -> Path:
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    path = tmp_path / "captions-000.tar"
+    with wds.TarWriter(str(path)) as sink:
+        for i, c in enumerate(captions):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), (40 * i % 255, 90, 120)).save(buf, "PNG")
+            sink.write({"__key__": f"s{i}", "png": buf.getvalue(), "txt": c})
+    return path
+
+
+def _stream_items(shard: Path, *overrides: str) -> tuple[list[dict], dict[str, int]]:
+    """Every item the streamed eval split yields (one pass) and the skip counts its samples carried."""
+    from mm_ptft.types import take_counts
+
+    p = _prepare(shard, "data.streaming=true", *overrides)
+    counts: dict[str, int] = {}
+    items = list(p.eval_data)
+    for it in items:
+        take_counts(it, counts)
+    return items, counts
+
+
+def test_streamed_overlong_caption_follows_data_overlong_text_and_is_counted(tmp_path: Path) -> None:
+    from mm_ptft.data.tables import DataError
+
+    shard = _tar_shard(tmp_path, ["a red circle", LONG, "a blue square", "a green cross"])
+    items, counts = _stream_items(shard)  # captioning's default, as the manifest path: skip
+    assert len(items) == 3 and counts == {"skipped_overlong_text": 1}
+    assert [it["reference"] for it in items] == ["a red circle", "a blue square", "a green cross"]
+    items, counts = _stream_items(shard, "data.overlong_text=truncate")
+    assert len(items) == 4 and counts == {"truncated_texts": 1} and len(items[1]["text"]) == 16
+    with pytest.raises(DataError, match="captions-000.tar: sample 's1': row 1: text of 42 tokens is over "
+                                        "data.max_length=16"):
+        _stream_items(shard, "data.overlong_text=error")
+
+
+def test_streamed_empty_caption_names_the_sample_or_is_a_counted_skip(tmp_path: Path) -> None:
+    from mm_ptft.data.tables import DataError
+
+    shard = _tar_shard(tmp_path, ["a red circle", " ", "a blue square", "a green cross"])
+    with pytest.raises(DataError, match="captions-000.tar: sample 's1': row 1: empty text"):
+        _stream_items(shard)
+    items, counts = _stream_items(shard, "data.skip_bad_samples=true")
+    assert len(items) == 3 and counts == {"skipped_empty_text": 1}
+
+
+def test_streamed_skips_reach_the_run_counters(tmp_path: Path) -> None:
+    """A streamed training run logs the overlong captions it dropped (metrics.jsonl data records)."""
+    shard = _tar_shard(tmp_path, ["a red circle", LONG, "a blue square", "a green cross"] * 4)
+    out = tmp_path / "run"
+    run(out, f"data.train_file={shard}", f"data.eval_file={shard}", "data.generate=null", "data.streaming=true",
+        "train.max_steps=2", "train.batch_size=4", "train.report=false", "train.threads=1", "train.log_every=1",
+        "train.num_workers=0", "sched.warmup_steps=0")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    dropped = sum(r.get("skipped_overlong_text", 0) for r in logged if r.get("kind") == "data")
+    assert dropped >= 1, logged
