@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from mm_ptft.data.sft import bad_row, pad_rows
-from mm_ptft.data.tables import ROW, DataError, load_table
+from mm_ptft.data.tables import ROW, DataError, load_table, non_utf8_line
 from mm_ptft.types import REFERENCE, TEXT, TEXT_MASK, TEXT_SEGMENTS
 
 START, END = "start_positions", "end_positions"  # (B,) token index of the answer's first / last token (CLS: none)
@@ -70,7 +70,9 @@ def load_qa_table(path: str, key: str = "data.train_file") -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (UnicodeDecodeError, ValueError) as err:
+    except UnicodeDecodeError:
+        raise DataError(f"{key}={path}: could not be read{non_utf8_line(path)}") from None
+    except ValueError as err:
         raise DataError(f"{key}={path}: not a JSON document ({type(err).__name__}: {err})") from None
     if not (isinstance(doc, dict) and "data" in doc):
         return load_table(path, key)

@@ -151,8 +151,12 @@ def _csv_blocks(shard: Shard, column: Optional[str], key: str) -> Iterator[Any]:
 
 
 def _jsonl(shard: Shard) -> Iterator[dict[str, Any]]:
-    with open_file(shard.path, "r", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open_file(shard.path, "rb") as f:  # decoded line by line, so a line that is not UTF-8 is named
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{shard.name}: line {n} is not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
             try:

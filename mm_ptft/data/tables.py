@@ -61,9 +61,52 @@ def _load_file(path: str, key: str, shown: str) -> Any:
     except Exception as err:  # datasets wraps parser errors in many types
         if _no_records(path, kwargs.get("delimiter", ",")) if BUILDERS[ext] == "csv" else False:
             raise DataError(f"{key}={shown}: could not be read: the file has no rows") from None
-        where = _bad_json_line(path) if ext == ".jsonl" else ""
+        where = (_bad_json_line(path) if ext == ".jsonl" else "") or non_utf8_line(path)
         raise DataError(f"{key}={shown}: could not be read{where} ({type(err).__name__}: {err})") from err
+    check_utf8(ds, f"{key}={shown}")
     return with_rows(ds, f"{key}={shown}")
+
+
+def _valid(table: Any) -> bool:
+    import pyarrow as pa
+
+    try:
+        table.validate(full=True)  # full: also the UTF-8 of every string, nested ones (chat messages) included
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def check_utf8(ds: Any, where: str) -> None:
+    """A DataError naming the first row (0-based, as in the file) and its column(s) whose text is not UTF-8: the JSON
+    reader stores such bytes as they are, and they would fail later, far from the file, as a raw UnicodeDecodeError."""
+    table = ds.data.table
+    if _valid(table):
+        return
+    def rows(a: int, b: int) -> Any:  # a copy (take), not a slice: a sliced list column keeps all its child values
+        return table.take(np.arange(a, b))
+
+    lo, hi = 0, len(table)  # the first bad row lies in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _valid(rows(lo, mid)) else (lo, mid)
+    cols = [n for n in table.column_names if not _valid(rows(lo, lo + 1).select([n]))]
+    raise DataError(f"{where}: row {lo}: {cols} not UTF-8 text; write the file as UTF-8 (e.g. iconv -f latin1 -t "
+                    f"utf-8), or drop the row")
+
+
+def non_utf8_line(path: str) -> str:
+    """`` at line L: not UTF-8 text`` for the first line of a file that does not decode as UTF-8, else ''."""
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return f" at line {n}: not UTF-8 text ({err.reason} at byte {err.start} of the line)"
+    except OSError:
+        pass
+    return ""
 
 
 def with_rows(ds: Any, where: str) -> Any:

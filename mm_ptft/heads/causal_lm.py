@@ -58,9 +58,10 @@ class CausalLMTask(GenerativeLMTask):
         return out[:, inputs.shape[1]:]  # (B, new): the prompt cut off
 
 
-def check_packing(model: nn.Module, where: str) -> None:
+def check_packing(model: nn.Module, where: str, attn_key: str = "model.lm.attn_implementation") -> None:
     """Refuse packing where the model's attention would let a packed sample see the one before it: two short
-    sequences packed with restarting ``position_ids`` must give the logits each gives alone."""
+    sequences packed with restarting ``position_ids`` must give the logits each gives alone. The error names
+    ``where`` (the packing key) and ``attn_key`` (the key choosing the attention implementation)."""
     vocab = int(model.config.vocab_size)
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, vocab, (1, 5), generator=g), torch.randint(0, vocab, (1, 4), generator=g)
@@ -74,11 +75,10 @@ def check_packing(model: nn.Module, where: str) -> None:
     model.train(was)
     if not torch.allclose(packed.float(), alone.float(), atol=1e-4):
         impl = getattr(model.config, "_attn_implementation", "?")
-        raise ValueError(f"{where}=true: {type(model).__name__} with attn_implementation={impl!r} lets a packed sample "
-                         f"attend to the one before it (it does not isolate samples by position_ids); set {where}=false, "
-                         f"or an attention implementation that does (transformers' sdpa/eager/flash_attention_2 masks)")
-
-
+        raise ValueError(f"{where}=true: {type(model).__name__} with {attn_key}={impl!r} lets a packed sample attend "
+                         f"to the one before it (it does not keep samples apart by their restarting position_ids); "
+                         f"set {where}=false, or {attn_key} to an implementation that does (transformers' sdpa, "
+                         f"eager or flash_attention_2 for Llama/Qwen/Mistral/GPT-2)")
 
 
 def build_causal_lm(spec: Mapping[str, Any], corpus: Optional[list[str]] = None, where: str = "model.lm") -> CausalLM:

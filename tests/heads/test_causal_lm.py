@@ -3,6 +3,7 @@ for random-init GPT-2 and Llama; packing against the same samples unpacked, per 
 attention leaks across samples (OPT); generation equals the model's own ``generate``."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -109,3 +110,35 @@ def test_generate_is_the_models_own_generate_and_sampling_repeats_by_seed(strate
 def test_bad_strategy_is_refused_naming_the_key():
     with pytest.raises(ValueError, match="generation.strategy='topk'"):
         GenerationConfig(strategy="topk").hf_kwargs()
+
+
+def _causal_only(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """An attention implementation that is causal by place in the row and ignores the mask transformers builds
+    (so also the sample bounds a packed row's position ids give): what packing must refuse."""
+    rep = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)  # (B, H, L, d)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None  # (B, L, H, d)
+
+
+def test_an_attn_implementation_that_crosses_samples_is_refused_naming_the_keys(tmp_path):
+    from transformers import AttentionInterface
+
+    from mm_ptft.tasks import load_config
+    from mm_ptft.tasks.causal_lm_sft import prepare
+
+    from mm_paths import ROOT
+
+    AttentionInterface.register("causal_only", _causal_only)
+    lm = json.dumps({"config": CONFIGS["llama"], "attn_implementation": "causal_only"})
+    small = ["data.generate.n_train=16", "data.generate.n_eval=4", f"model.lm={lm}"]
+    tiny = f"{ROOT}/recipes/causal_lm_sft/tiny.yaml"
+    with pytest.raises(ValueError, match=r"data.packing=true: LlamaForCausalLM with "
+                                         r"model.lm.attn_implementation='causal_only' lets a packed sample attend .* "
+                                         r"set data.packing=false, or model.lm.attn_implementation to"):
+        prepare(load_config(tiny, [f"output_dir={tmp_path / 'a'}", *small, "data.packing=true"]))
+    assert prepare(load_config(tiny, [f"output_dir={tmp_path / 'b'}", *small])).task.lm.model.config \
+        ._attn_implementation == "causal_only"  # unpacked, the same model is fine
+    for impl in ("sdpa", "eager"):  # transformers' own keep packed samples apart
+        spec = {"config": CONFIGS["llama"], "attn_implementation": impl}
+        check_packing(build_causal_lm(spec, [t for r in rows(20) for t in r.values()]).model, "data.packing")

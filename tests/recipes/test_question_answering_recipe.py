@@ -76,3 +76,40 @@ def test_tiny_recipe_beats_the_blind_baseline(tmp_path):
     rows = [json.loads(x) for x in Path(cfg.data.eval_file).read_text().splitlines()]
     baseline = sum(blind_answer(r["context"]) == r["answer_text"] for r in rows) / len(rows)  # about 0.25
     assert results["exact_match"] >= baseline + 0.3, (results, baseline)
+
+
+def plain_transformers_span(model, tok, question: str, context: str, max_answer: int) -> tuple[str, int, int]:
+    """run_qa.py's answer with transformers alone, for a context that fits one window: the context span
+    (s <= e < s + max_answer tokens) of the highest start + end logit, as characters of the context."""
+    enc = tok(question, context, truncation="only_second", return_offsets_mapping=True, return_tensors="pt")
+    offsets, seq = enc.pop("offset_mapping")[0].tolist(), enc.sequence_ids(0)
+    assert None in seq[1:] and seq[-1] is None  # the whole context is in the window (no overflow)
+    with torch.no_grad():
+        out = model(**enc)
+    start, end = out.start_logits[0].tolist(), out.end_logits[0].tolist()
+    ctx = [t for t, s in enumerate(seq) if s == 1]
+    s, e = max(((s, e) for s in ctx for e in ctx if s <= e < s + max_answer), key=lambda p: start[p[0]] + end[p[1]])
+    return context[offsets[s][0]: offsets[e][1]], offsets[s][0], offsets[e][1]
+
+
+def test_predict_equals_plain_transformers_on_the_export(run, tmp_path):
+    """mm-ptft predict against plain transformers on the exported directory alone (``AutoModelForQuestionAnswering``
+    + ``AutoTokenizer``, run_qa.py's best span; transformers 5 has no question-answering pipeline), on contexts
+    that fit one window: answer text and character offsets alike."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from mm_ptft.run.export import export_run
+
+    out = export_run(run, "hf", tmp_path / "hf")
+    cfg, _, _ = load_run(run, with_data=False)
+    model, tok = AutoModelForQuestionAnswering.from_pretrained(str(out)).eval(), AutoTokenizer.from_pretrained(str(out))
+    inputs = [{"question": q, "context": c} for q, c in [
+        ("Where did it happen?", "In the garden, three children watched a blue owl."),
+        ("What colour is mentioned?", "A red fox slept in the forest."),
+        ("How many are there?", "Two cats sat by the river."),
+        ("Which animal is it about?", "In the harbour, five children watched a grey seal.")]]
+    ours = predict(run, inputs)
+    theirs = [plain_transformers_span(model, tok, x["question"], x["context"], cfg.data.max_answer_length)
+              for x in inputs]
+    assert len({r["answer"] for r in ours}) > 1  # the questions matter
+    assert [(r["answer"], r["start"], r["end"]) for r in ours] == theirs
