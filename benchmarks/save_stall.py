@@ -2,7 +2,7 @@
 the write on a background thread), for a ~100M-parameter model through the real Trainer.
 
 Three arms, interleaved per seed (ABC, CBA, …): no checkpoints in the window, checkpoints written in-line, and
-``train.async_save``. Every arm ends with the same final checkpoint (written and waited for), so the difference of an
+``train.async_save`` (the optimizer's tensors copied by the writer thread beside the next forward/backward). Every arm ends with the same final checkpoint (written and waited for), so the difference of an
 arm's time from the end of step w to the end of the fit, minus the no-checkpoint arm's, divided by the checkpoints
 in the window, is the time each checkpoint cost the run — the in-line write, or the snapshot plus what the
 background write took from the steps beside it (on a shared 2-core CPU it competes with them for the cores).
@@ -11,6 +11,7 @@ background write took from the steps beside it (on a shared 2-core CPU it compet
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,7 @@ def sizes(quick: bool) -> dict[str, Any]:
 
 
 def run(arm: str, size: dict[str, Any], device: str, seed: int) -> dict[str, float]:
-    clock = StepClock(size["warmup"], size["steps"], device)
+    clock, load_start = StepClock(size["warmup"], size["steps"], device), os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config("recipes/text_classification/tiny.yaml", [
             f"output_dir={out}", f"train.max_steps={size['steps']}", f"train.batch_size={size['batch']}",
@@ -58,7 +59,8 @@ def run(arm: str, size: dict[str, Any], device: str, seed: int) -> dict[str, flo
     steps_ms = [1000 * (b - a) for a, b in zip(times[w - 1:n - 1], times[w:n])]  # steps w+1 … N
     saved = [k for k in range(w, n) if k % size["every"] == 0]  # a checkpoint after step k: in step k+1's time
     return {"to_end_s": clock.t_end - times[w - 1], "params": params, "saves": len(saved) if arm != "no checkpoint"
-            else 0, "after_save_ms": [steps_ms[k - w] for k in saved], "steps_ms": steps_ms}
+            else 0, "after_save_ms": [steps_ms[k - w] for k in saved], "steps_ms": steps_ms,
+            "load": (load_start, os.getloadavg()[0])}
 
 
 def compare(quick: bool, seeds: int, device: str) -> dict[str, Any]:
@@ -89,8 +91,13 @@ def compare(quick: bool, seeds: int, device: str) -> dict[str, Any]:
                    notes=[f"batch {size['batch']} × 32 tokens, fp32, AdamW (the checkpoint holds weights + 2 moments: "
                           f"~{12 * params / 1e9:.1f} GB per checkpoint), keep_last=2; each write is checksummed "
                           "(SHA-256) and fsynced",
-                          "async: the step after a checkpoint pays the CPU snapshot (a copy of weights + optimizer "
-                          "state); the write then runs beside the next steps, on the same cores"])
+                          "async: the training thread copies only what a forward may change (buffers) and the "
+                          "small trainer state; the writer thread copies the optimizer's tensors (weights + "
+                          "moments) beside the next step's forward/backward, which waits for them before its "
+                          "optimizer step (the fence), then writes; all of it on the same cores as training",
+                          f"load average (1 min) at the start/end of each run: "
+                          + "; ".join(f"{arm} " + ", ".join(f"{r['load'][0]:.1f}-{r['load'][1]:.1f}" for r in runs)
+                                      for arm, runs in raw.items())])
 
 
 if __name__ == "__main__":

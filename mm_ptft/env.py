@@ -210,14 +210,19 @@ def busy_cpus() -> int:
 
 def apply_threads(override: int = 0, local_world: int = 1, recorded: Optional[int] = None) -> ThreadPlan:
     """Size this process's thread pools per ``thread_plan``: torch's intra-op threads, its inter-op pool to the same
-    count (only possible before any parallel work: later it stays), and, at 1 thread, tokenizers' parallelism off
-    (``TOKENIZERS_PARALLELISM``, unless set). Loader workers: ``limit_worker_threads``."""
+    count (only possible before any parallel work: later it stays), the BLAS libraries loaded (``threadpoolctl``, when
+    installed) to the same count, and, at 1 thread, tokenizers' parallelism off (``TOKENIZERS_PARALLELISM``, unless
+    set). Loader workers: ``limit_worker_threads``."""
     import torch
 
     plan = thread_plan(override, local_world, recorded)
     torch.set_num_threads(plan.threads)
     with contextlib.suppress(RuntimeError):  # "cannot set number of interop threads after parallel work has started"
         torch.set_num_interop_threads(plan.threads)
+    with contextlib.suppress(ImportError):  # numpy's OpenBLAS sizes itself to every CPU (OMP_NUM_THREADS=1 caps it)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(plan.threads, user_api="blas")
     if plan.threads == 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return plan

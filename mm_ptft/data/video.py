@@ -173,6 +173,8 @@ def decode_frames(path: Source, indices: Sequence[int], max_pixels: int = VideoS
         w, h = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         if w * h > max_pixels:
             raise DataError(f"{path}: frames of {w}x{h} exceed data.sampling.max_pixels={max_pixels}")
+        # FFmpeg's own threads, as many as the process's intra-op threads (1 in a loader worker), not one per CPU
+        stream.codec_context.thread_count = torch.get_num_threads()
         stream.thread_type = "AUTO"
         try:
             for i, frame in enumerate(container.decode(stream)):

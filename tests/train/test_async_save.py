@@ -105,7 +105,7 @@ def test_one_write_in_flight_and_the_snapshot_shares_nothing_with_training(tmp_p
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = {"rng": torch.get_rng_state(), "opt": {"exp_avg": torch.ones(3)}}
     state["twice"] = state["opt"]
-    weights, snap = async_save.snapshot(ckpt.weights_of(model), state)
+    weights, snap, _ = async_save.snapshot(ckpt.weights_of(model), state)
     release, events = threading.Event(), []
 
     def first():
@@ -136,8 +136,47 @@ def test_weights_are_written_as_safetensors_save_model_writes_them(tmp_path):
     model["b"].weight = model["a"].weight  # tied
     save_model(model, str(tmp_path / "reference.safetensors"))
     ckpt.save(tmp_path, 1, model, {}, "")
-    snap, _ = async_save.snapshot(ckpt.weights_of(model), {})
+    snap, _, _ = async_save.snapshot(ckpt.weights_of(model), {})
     ckpt.save(tmp_path, 2, snap, {}, "")
     ref = (tmp_path / "reference.safetensors").read_bytes()
     assert (tmp_path / "step_00000001" / ckpt.WEIGHTS).read_bytes() == ref
     assert (tmp_path / "step_00000002" / ckpt.WEIGHTS).read_bytes() == ref
+
+
+def test_the_optimizers_tensors_are_copied_beside_the_next_forward_and_fenced_before_its_step(tmp_path, monkeypatch):
+    """The snapshot leaves the optimizer's tensors (parameters, moments) to the writer thread, made slow here: the
+    forward after the save changes BatchNorm's running statistics (copied at once), ``fence`` waits for the slow copies,
+    then the step changes the parameters and moments. The checkpoint holds the values of the save, all of them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(8, 3)).sum().backward()
+    opt.step()  # the moments exist
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {i: s["exp_avg"].clone() for i, s in enumerate(opt.state_dict()["state"].values())}
+    real_fill, filling, forward_done = async_save.fill, [], threading.Event()
+
+    def slow_fill(pending):
+        forward_done.wait(60)  # the forward below runs first
+        time.sleep(0.2)
+        filling.append(len(pending))
+        real_fill(pending)
+
+    monkeypatch.setattr(async_save, "fill", slow_fill)
+    weights, snap, pending = async_save.snapshot(ckpt.weights_of(model), {"optimizer": opt.state_dict()},
+                                                 async_save.optimizer_owned(opt))
+    assert len(pending) == 4 + 4 * 3  # weight, bias of both layers; each one's step, exp_avg, exp_avg_sq
+    writer = async_save.BackgroundWriter()
+    writer.submit(tmp_path / "step_00000001", lambda: ckpt.save(tmp_path, 1, weights, snap, ""), pending)
+    model(torch.randn(8, 3) + 5).sum().backward()  # changes the live running_mean / running_var
+    forward_done.set()
+    writer.fence()
+    assert filling == [16]
+    opt.step()
+    writer.wait()
+    saved = load_file(str(tmp_path / "step_00000001" / ckpt.WEIGHTS))
+    assert not torch.equal(model.state_dict()["1.running_mean"], before["1.running_mean"])
+    assert not torch.equal(model.state_dict()["0.weight"], before["0.weight"])
+    assert all(torch.equal(saved[k], before[k]) for k in before), [k for k in before if not torch.equal(saved[k], before[k])]
+    state = ckpt.read_state(tmp_path / "step_00000001")["optimizer"]["state"]
+    assert all(torch.equal(s["exp_avg"], moments[i]) for i, s in enumerate(state.values()))

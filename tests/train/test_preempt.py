@@ -150,26 +150,30 @@ def test_sigterm_to_the_process_group_of_a_streamed_run_with_workers_resumes_ide
     assert logged_steps(out) == list(range(1, STREAM_STEPS + 1))
 
 
-@pytest.mark.slow  # two torchrun launches of 2 gloo ranks (~40 s on 2 busy cores)
-def test_sigterm_under_torchrun_stops_both_ranks_at_one_step_and_resumes_identically(topics_data, tmp_path):
-    """SIGTERM to torchrun, which passes it to its workers: both ranks agree on one step (``log_every=2``: at an
-    all_reduce step, not the step each saw the signal), rank 0 writes that checkpoint, and a resumed 2-rank run ends
-    bitwise where a straight 2-rank run does."""
+@pytest.mark.slow  # two torchrun launches of 2 gloo ranks, each with a loader worker (~60 s at load 8 on 2 cores)
+def test_sigterm_under_torchrun_with_streamed_data_and_workers_stops_both_ranks_at_one_step_and_resumes_identically(
+        topics_data, shards, tmp_path):
+    """SIGTERM to the whole process group (as SLURM signals every process of a step: torchrun, which passes it on, its
+    2 ranks and their loader workers): both ranks agree on one step (``log_every=2``: at an all_reduce step, not the
+    step each saw the signal), rank 0 writes that checkpoint with each rank's stream position (2 shards: one per
+    reader), and a resumed 2-rank run ends bitwise where a straight 2-rank run does."""
     from torchrun_util import overrides as dist_overrides, torchrun
 
     steps = 8
     common = ("train.batch_size=16", "train.group_by_length=false", "train.save_every=0", "train.eval_every=100",
-              f"train.max_steps={steps}", "train.log_every=2", "model.dropout=0.1")
+              f"train.max_steps={steps}", "train.log_every=2", "model.dropout=0.1", "data.generate=null",
+              f"data.train_file={shards}", "data.streaming=true", "data.shuffle_block=64", "train.num_workers=1")
     out = tmp_path / "preempted"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "tests", "train", "dist_worker.py"), TEXT_TINY,
            *dist_overrides(topics_data, out, *common)]
-    code, took, err = sigterm_mid_run(cmd, {**os.environ, "PYTHONPATH": ROOT}, out)
+    code, took, err = sigterm_mid_run(cmd, {**os.environ, "PYTHONPATH": ROOT}, out, group=True)
     assert code != 0 and took < 60, err[-3000:]
     (row,) = rows(out, "preempted")
     assert row["step"] % 2 == 0 and 2 <= row["step"] < steps, row  # an agreement step
     assert [p.name for p in step_dirs(out / "checkpoints")] == [row["checkpoint"]] == [f"step_{row['step']:08d}"]
     assert not (out / "final_metrics.json").exists()
+    assert "DataLoader worker" not in err, err[-3000:]  # no worker died of the signal
 
     proc = torchrun(dist_overrides(topics_data, out, *common, "train.resume=true"),
                     dist_overrides(topics_data, tmp_path / "straight", *common))
