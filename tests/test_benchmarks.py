@@ -165,3 +165,18 @@ def test_compile_break_even_is_compile_time_over_step_time_saved():
     # batch 32: eager 100 samples/s = 0.32 s/step, compiled 200 samples/s = 0.16 s/step; 8 s of compiling
     assert break_even(8.0, 32, 100.0, 200.0) == pytest.approx(8.0 / 0.16)  # 50 steps
     assert break_even(8.0, 32, 100.0, 100.0) == math.inf and break_even(8.0, 32, 100.0, 90.0) == math.inf
+
+
+def test_video_loader_benchmark_times_each_worker_count_against_the_step():
+    pytest.importorskip("av")
+    from benchmarks import video_loader
+
+    assert run_all.COMPARISONS["video_loader"] == "benchmarks.video_loader"
+    sec = video_loader.compare(quick=True, seeds=1, device="cpu", workers=(0, 1), size=32, frames=8, num_frames=2,
+                               batch=2, steps=3)
+    rates = sec["raw"]["rates"]
+    assert list(rates) == ["loader, num_workers=0", "loader, num_workers=1", "training step (batches in memory)"]
+    assert all(len(r) == 1 and r[0] > 0 for r in rates.values())
+    step = rates["training step (batches in memory)"][0]
+    ratio = float(sec["rows"][0][2].split(" ± ")[0])  # the loader's clips/s over the step's, by hand
+    assert ratio == pytest.approx(rates["loader, num_workers=0"][0] / step, abs=0.006)

@@ -132,3 +132,13 @@ def test_masked_video_with_videomae_s_own_decoder_trains_through_the_recipe(tmp_
     conf.model.objective = {"name": "masked_video", "decoder": "hf", "mask_ratio": 0.75}
     results = run.train(conf)
     assert results["mvm_loss"] > 0 and os.path.isfile(tmp_path / "encoders" / "video" / "config.json")
+
+
+def test_the_gpu_scale_config_parses_and_fine_tunes_videomae_base_on_ucf101():
+    """recipes/video_classification/config.yaml (no download here: parsed, not run)."""
+    conf = load_config(os.path.join(ROOT, "recipes", "video_classification", "config.yaml"))
+    assert conf.task == "video_classification" and not conf.data.generate
+    assert conf.model.video == {"name": "hf", "name_or_path": "MCG-NJU/videomae-base"}
+    assert conf.data.sampling.num_frames == 16  # VideoMAE-base's fixed clip length (check_frames)
+    assert conf.data.train_file.endswith("ucf101/train.csv") and conf.train.precision == "bf16"
+    assert conf.finetune.strategy == "llrd"
