@@ -156,6 +156,23 @@ class PretrainTask(Task):
         emb = F.normalize(self.retrieval.proj["text"](enc.pooled).float(), dim=-1)  # type: ignore[union-attr]
         return F.normalize(emb.view(self.num_classes, -1, emb.shape[-1]).mean(1), dim=-1)  # (C, E)
 
+    # ---- export --format hf: an image captioner as a transformers VisionEncoderDecoderModel ------------------
+    def export_hf(self) -> nn.Module:
+        from mm_ptft.heads.caption_hf import vision_encoder_decoder
+
+        return vision_encoder_decoder(self)
+
+    def export_hf_files(self, path: Any, max_length: Optional[int] = None) -> None:
+        from mm_ptft.heads.caption_hf import save_caption_files
+
+        save_caption_files(self, path, max_length)
+
+    def hf_parity(self, model: nn.Module, batch: Batch) -> dict[str, Any]:
+        """Same greedy caption tokens from the exported model as from the run (``caption_hf.caption_parity``)."""
+        from mm_ptft.heads.caption_hf import caption_parity
+
+        return caption_parity(self, model, batch)
+
     def build_metrics(self) -> "PretrainMetrics":
         from mm_ptft.metrics.retrieval import PretrainMetrics  # torchmetrics: imported only to evaluate
 
