@@ -161,7 +161,11 @@ class PairedDataset(Dataset):
 
     def lengths(self) -> Optional[list[int]]:
         """Token counts for length-grouped batching (text sources only)."""
-        return [len(r[TEXT]) for r in self.rows] if self.rows and TEXT in self.rows[0] else None
+        if not len(self.rows) or TEXT not in self.rows[0]:
+            return None
+        if hasattr(self.rows, "list_lengths"):  # a table (the preprocessing cache's rows): one column read
+            return self.rows.list_lengths(TEXT).tolist()
+        return [len(r[TEXT]) for r in self.rows]
 
 
 def usable_media(modality: str, row: int, path: Optional[str], where: str, media: MediaConfig, skip_bad: bool,

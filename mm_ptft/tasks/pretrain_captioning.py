@@ -14,8 +14,7 @@ from mm_ptft.data.text import OVERLONG
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.tasks import recipe
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, class_prompts, collator,
-                                           paired_splits, predict_embeddings, streamed, tables_and_encoders,
-                                           zero_shot)
+                                           paired_data, predict_embeddings, streamed)
 
 
 @dataclass
@@ -53,8 +52,9 @@ def prepare(cfg: PretrainCaptioningConfig, train: bool = True) -> Prepared:
         encoders, labels, (tr, ev) = streamed(cfg, mods, train, references=True)
         prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
     else:
-        train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
-        labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
+        pairs = paired_data(cfg, mods, train, references=True)
+        encoders, labels, prompts, tr, ev, counters = (pairs.encoders, pairs.labels, pairs.prompts, pairs.train,
+                                                       pairs.eval, pairs.counters)
     objectives, weights = build_objectives(cfg.model.objectives, encoders)
     task = PretrainTask(encoders, objectives, weights, prompts=prompts, num_classes=len(labels) if labels else 0)
     if not task.captioners:
@@ -64,8 +64,6 @@ def prepare(cfg: PretrainCaptioningConfig, train: bool = True) -> Prepared:
         missing = sorted(set(obj.modalities) - set(mods))
         if missing:
             raise ConfigError(f"model.objectives.{key} reads {missing}, which data.modalities={mods} does not load")
-    if not d.streaming:
-        tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters, references=True)
     return Prepared(task, tr, ev, CountingCollate(collator(encoders, d)), None, None, counters)
 
 

@@ -2,6 +2,7 @@
 (``pretrain_contrastive``, ``pretrain_masked``, ``pretrain_joint``)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,19 +22,21 @@ from mm_ptft.data.folders import EXTS
 from mm_ptft.data.image_device import DeviceDecode, check_decode_on
 from mm_ptft.data.multimodal import (MIN_AUDIO_SECONDS, Columns, MediaConfig, MultimodalCollator, PairedDataset,
                                      build_paired, paired_ops)
-from mm_ptft.data.tables import LabelMap
+from mm_ptft.data.table_cache import CacheFields, features, tokenizer_identity
+from mm_ptft.data.tables import ROW, LabelMap
 from mm_ptft.data.video import VideoSampling
-from mm_ptft.types import VIDEO, VIDEO_MASK
+from mm_ptft.types import AUDIO, IMAGE, LABELS, REFERENCE, TEXT, VIDEO, VIDEO_MASK
 from mm_ptft.encoders import TEXT_ENCODERS, build_encoder
 from mm_ptft.encoders.base import Encoder, one_clip_per_model
 from mm_ptft.objectives import OBJECTIVES, Objective
+from mm_ptft.tasks.cached_tables import learned_tokenizer, once, prepare_tables, split_counts, splits, store_columns
 from mm_ptft.tasks.common import eval_name, load_splits, save_tokenizer
 
 log = logging.getLogger("mm_ptft")
 
 
 @dataclass
-class PretrainData(SplitData, StreamingData, SkipBadSamples):
+class PretrainData(SplitData, StreamingData, SkipBadSamples, CacheFields):
     """A paired manifest (CSV/JSONL/parquet): caption, image path, audio path, video path, optional label."""
 
     RANGES: ClassVar[dict[str, str]] = {
@@ -166,27 +169,80 @@ def paired_split(table: Any, path: str, modalities: Sequence[str], d: PretrainDa
                         use_labels, d.skip_bad_samples, counters, references, d.overlong_text)
 
 
-def tables_and_encoders(cfg: Any, modalities: Sequence[str], train: bool) -> tuple[Any, Any, dict[str, Encoder]]:
-    """(train table, eval table, encoders of ``modalities``); a text encoder without a tokenizer learns one on
-    the training captions."""
+@dataclass
+class PairedData:
+    """What a map-style pretraining recipe trains on: its encoders, zero-shot classes and prompts (None without), the
+    paired splits (rows memory-mapped from the preprocessing cache) and the counts preparing made."""
+
+    encoders: dict[str, Encoder]
+    labels: Optional[LabelMap]
+    prompts: Optional[tuple[torch.Tensor, torch.Tensor]]
+    train: Optional[PairedDataset]
+    eval: Optional[PairedDataset]
+    counters: dict[str, int]
+
+
+#: the columns of a checked pair (``build_paired``'s rows): file row, token ids, media paths, class, raw caption
+PAIR_FEATURES = {ROW: "int64", TEXT: "int32[]", IMAGE: "string", AUDIO: "string", VIDEO: "string", LABELS: "int64",
+                 REFERENCE: "string"}
+
+
+def paired_data(cfg: Any, modalities: Sequence[str], train: bool, zero_shot_eval: bool = True,
+                references: bool = False) -> PairedData:
+    """Encoders of ``modalities`` (a text encoder without a tokenizer learns one on the training captions) and the
+    checked, tokenised pairs of the training and evaluation tables, from the preprocessing cache when the same data
+    was prepared the same way before (``tasks/cached_tables.py``), else read and every media file checked. With
+    ``zero_shot_eval`` the eval split keeps its classes (``zero_shot``); with ``references`` its raw captions."""
     d = cfg.data
-    train_ds, eval_ds = load_tables(cfg, train)
-    corpus = train_ds[d.text_column] if train_ds is not None and "text" in modalities else None
-    return train_ds, eval_ds, build_encoders(cfg.model, modalities, cfg.output_dir, corpus)
+    raw = once(lambda: load_tables(cfg, train))
+    if train:
+        raw()  # no data at all is an error before anything is built
+    learn = "text" in modalities and learned_tokenizer(cfg.model.text or {})
+    corpus = raw()[0][d.text_column] if learn and raw()[0] is not None else None
+    encoders = build_encoders(cfg.model, modalities, cfg.output_dir, corpus)
+    media, text = media_config(encoders, d), encoders.get("text")
+    given = list(d.labels)
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        counters: dict[str, int] = {}
+        tables = list(raw())
+        labels = label_map(d, tables) if zero_shot_eval and text is not None else None
+        out = {}
+        for split, table, where in splits(cfg, *tables, train):
+            ds = paired_split(table, where, modalities, d, media, encoders, labels if split == "eval" else None,
+                              counters, references and split == "eval")
+            spec = {k: v for k, v in PAIR_FEATURES.items() if k in (ds.rows[0] if ds.rows else {ROW: 0})}
+            out[split] = store_columns({k: [r[k] for r in ds.rows] for k in spec}, cache, split, features(spec))
+        skip = "" if labels is not None else zero_shot_skip_reason(d, tables, text is not None)
+        return out, {"labels": d.labels, "zero_shot_skipped": skip, "counters": counters}
+
+    settings = {"recipe": cfg.task, "modalities": list(modalities), "labels": given, "zero_shot": zero_shot_eval,
+                "references": references, "media": dataclasses.asdict(media),
+                "data": {k: getattr(d, k) for k in PAIR_KEYS},
+                "max_length": min(d.max_length, getattr(text, "max_length", d.max_length)),
+                "tokenizer": tokenizer_identity(text.tokenizer) if text is not None else None}
+    tables, info, _ = prepare_tables(cfg, train, False, settings, build)
+    d.labels, counters = list(info["labels"]), {}
+    split_counts(info, counters)
+    labels = LabelMap(d.labels) if zero_shot_eval and not info["zero_shot_skipped"] else None
+    if zero_shot_eval and labels is None:
+        log.info("zero-shot evaluation skipped: %s", info["zero_shot_skipped"])
+    prompts = class_prompts(labels, d.prompt_templates, text.tokenizer) if labels is not None else None
+    tr, ev = (_paired(tables.get(s), media, w) for s, w in (("train", d.train_file), ("eval", eval_name(d))))
+    return PairedData(encoders, labels, prompts, tr, ev, counters)
 
 
-def paired_splits(d: PretrainData, tables: tuple[Any, Any], modalities: Sequence[str],
-                  encoders: Mapping[str, Encoder], eval_labels: Optional[LabelMap],
-                  counters: dict[str, int], references: bool = False
-                  ) -> tuple[Optional[PairedDataset], Optional[PairedDataset]]:
-    """Training and evaluation ``PairedDataset``s of ``modalities`` (labels on the eval split for zero-shot; with
-    ``references`` its raw captions, for caption metrics)."""
-    media = media_config(encoders, d)
-    train_ds, eval_ds = tables
-    tr = paired_split(train_ds, d.train_file, modalities, d, media, encoders, None, counters) if train_ds else None
-    ev = (paired_split(eval_ds, eval_name(d), modalities, d, media, encoders, eval_labels, counters, references)
-          if eval_ds is not None else None)
-    return tr, ev
+PAIR_KEYS = ("text_column", "image_column", "audio_column", "video_column", "label_column", "prompt_templates",
+             "overlong_text", "skip_bad_samples")  # what a checked pair depends on, besides media and tokenizer
+
+
+def _paired(records: Any, media: MediaConfig, where: str) -> Optional[PairedDataset]:
+    """The pairs of a checked table (memory-mapped when it came from the cache), media decoded on access."""
+    if records is None:
+        return None
+    ds = PairedDataset(records, media, where)
+    ds.cache = records.cache  # check-data reports the entry
+    return ds
 
 
 def seeded_clips(datasets: Sequence[Optional[PairedDataset]], seed: int) -> list[Any]:

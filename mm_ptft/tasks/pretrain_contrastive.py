@@ -11,9 +11,8 @@ from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
 from mm_ptft.data.stream import CountingCollate
-from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, class_prompts, collator, paired_splits,
-                                           predict_embeddings, seeded_clips, streamed, tables_and_encoders,
-                                           zero_shot)
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, class_prompts, collator, paired_data,
+                                           predict_embeddings, seeded_clips, streamed)
 
 
 @dataclass
@@ -42,9 +41,9 @@ def prepare(cfg: PretrainContrastiveConfig, train: bool = True) -> Prepared:
         encoders, labels, (tr, ev) = streamed(cfg, mods, train)
         prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels else None
     else:
-        train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
-        labels, prompts = zero_shot(d, [train_ds, eval_ds], encoders)
-        tr, ev = paired_splits(d, (train_ds, eval_ds), mods, encoders, labels, counters)
+        pairs = paired_data(cfg, mods, train)
+        encoders, labels, prompts, tr, ev, counters = (pairs.encoders, pairs.labels, pairs.prompts, pairs.train,
+                                                       pairs.eval, pairs.counters)
     callbacks = seeded_clips([tr], cfg.seed) if not d.streaming else []
     spec = {"modalities": mods, **cfg.model.objective}
     objectives = {"contrastive": OBJECTIVES.build(spec, "model.objective", encoders=encoders)}

@@ -12,8 +12,8 @@ from mm_ptft.data.stream import CountingCollate
 from mm_ptft.heads.pretraining import PretrainTask
 from mm_ptft.objectives import OBJECTIVES
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, collator, paired_splits,
-                                           seeded_clips, streamed, tables_and_encoders)
+from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_objectives, collator, paired_data,
+                                           seeded_clips, streamed)
 
 
 @dataclass
@@ -44,12 +44,11 @@ def prepare(cfg: PretrainMaskedConfig, train: bool = True) -> Prepared:
     if cfg.data.streaming:
         encoders, _, (tr, ev) = streamed(cfg, mods, train)
         return Prepared(_task(cfg, mods, encoders), tr, ev, CountingCollate(collator(encoders, cfg.data)))
-    train_ds, eval_ds, encoders = tables_and_encoders(cfg, mods, train)
-    counters: dict[str, int] = {}
-    tr, ev = paired_splits(cfg.data, (train_ds, eval_ds), mods, encoders, None, counters)
-    return Prepared(_task(cfg, mods, encoders), tr, ev, collator(encoders, cfg.data),
+    pairs = paired_data(cfg, mods, train, zero_shot_eval=False)
+    tr, ev = pairs.train, pairs.eval
+    return Prepared(_task(cfg, mods, pairs.encoders), tr, ev, collator(pairs.encoders, cfg.data),
                     tr.lengths() if tr is not None else None,
-                    ev.lengths() if ev else None, counters, seeded_clips([tr], cfg.seed))
+                    ev.lengths() if ev else None, pairs.counters, seeded_clips([tr], cfg.seed))
 
 
 def _task(cfg: PretrainMaskedConfig, mods: list[str], encoders: Dict[str, Any]) -> PretrainTask:

@@ -1,5 +1,5 @@
-"""Image and video classification, speech recognition (CTC and Whisper), multimodal classification, causal-LM SFT and
-seq2seq through the preprocessing cache (text classification and regression: test_cached_tables.py): the same
+"""Image and video classification, speech recognition (CTC and Whisper), multimodal classification, the map-style
+pretraining recipes (contrastive, masked, captioning), causal-LM SFT and seq2seq through the preprocessing cache (text classification and regression: test_cached_tables.py): the same
 weights after N steps with the cache off, on a miss and on a hit; a changed setting (a check, max_length) makes a new
 entry; a hit checks no media file again."""
 import os
@@ -9,6 +9,7 @@ import torch
 
 from mm_ptft.data.generated import generate
 from mm_ptft.run import load_config
+from mm_ptft.run.check_data import check_data
 from mm_ptft.tasks import get_recipe
 from mm_ptft.train.rng import seed_everything
 from mm_ptft.train.trainer import Trainer
@@ -24,6 +25,7 @@ WHISPER = ["model.whisper.config.d_model=32", "model.whisper.config.encoder_laye
 SFT = {"name": "sft_toy", "n_train": 24, "n_eval": 8, "seed": 0, "ops": ["add"]}
 PAIRS = {"name": "seq2seq_toy", "n_train": 24, "n_eval": 8, "seed": 0, "ops": ["reverse"]}
 VIDEOS = {"name": "moving_shapes", "n_train": 8, "n_eval": 4, "size": 32, "frames": 6, "speed": 2.0, "seed": 0}
+SHAPES = {"name": "shapes_captions", "n_train": 16, "n_eval": 8, "image_size": 32, "sample_rate": 8000, "seed": 0}
 GEN = ["generation.max_new_tokens=2"]
 CASES = {  # recipe → (tiny config, generator, overrides, a setting that changes the preprocessed rows)
     "image_classification": ("image_classification", {**IMAGES, "layout": "folders"}, ["model.image.img_size=16"],
@@ -31,6 +33,11 @@ CASES = {  # recipe → (tiny config, generator, overrides, a setting that chang
     "speech_recognition": ("speech_recognition", TONES, ["train.num_workers=0"], "data.max_duration=10"),
     "whisper_asr": ("whisper_asr", {**TONES, "max_words": 2}, WHISPER, "data.max_duration=10"),
     "video_classification": ("video_classification", VIDEOS, ["train.num_workers=0"], "data.verify_videos=false"),
+    "pretrain_contrastive": ("pretrain_contrastive", SHAPES, [], "data.max_length=6"),
+    "pretrain_masked": ("pretrain_masked", SHAPES, ["data.modalities=[text,image]", "model.image={name: tiny_cnn, "
+                        "widths: [8, 16], img_size: 32}", "model.objective={name: conditioned_mlm, modality: image}"],
+                        "data.overlong_text=skip"),
+    "pretrain_captioning": ("pretrain_captioning", SHAPES, [], "data.max_length=6"),
     "causal_lm_sft": ("causal_lm_sft", SFT, [*GEN, "model.lm.config={model_type: gpt2, n_embd: 32, n_layer: 1, "
                                             "n_head: 2, n_positions: 64}"], "data.max_length=48"),
     "seq2seq": ("seq2seq", PAIRS, GEN, "data.max_source_length=24"),
@@ -40,13 +47,19 @@ CASES = {  # recipe → (tiny config, generator, overrides, a setting that chang
 }
 
 
-def config(tmp_path, case, files, run, *extra):
-    name, _, over, _ = CASES[case]
+def recipe_file(case):
+    return os.path.join(ROOT, "recipes", CASES[case][0], "tiny.yaml")
+
+
+def overrides(tmp_path, case, files, run, *extra):
     files = [f"data.{k}={v}" for k, v in files.items()]
-    return load_config(os.path.join(ROOT, "recipes", name, "tiny.yaml"),
-                       [f"output_dir={tmp_path / run}", "train.report=false", "train.report_to=[]",
-                        "data.generate=null", f"train.max_steps={STEPS}", "train.eval_every=0", "train.batch_size=4", "train.device=cpu",
-                        f"data.cache_dir={tmp_path / 'cache'}", *files, *over, *extra])
+    return [f"output_dir={tmp_path / run}", "train.report=false", "train.report_to=[]", "data.generate=null",
+            f"train.max_steps={STEPS}", "train.eval_every=0", "train.batch_size=4", "train.device=cpu",
+            f"data.cache_dir={tmp_path / 'cache'}", *files, *CASES[case][2], *extra]
+
+
+def config(tmp_path, case, files, run, *extra):
+    return load_config(recipe_file(case), overrides(tmp_path, case, files, run, *extra))
 
 
 def fit(c):
@@ -84,3 +97,14 @@ def test_same_weights_off_miss_hit_and_a_new_entry_per_setting(tmp_path, case, m
     assert len(entries(tmp_path)) == 1
     get_recipe(case).prepare(config(tmp_path, case, files, "other", CASES[case][3]))
     assert len(entries(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("case", ["whisper_asr", "video_classification", "pretrain_contrastive", "pretrain_masked",
+                                  "causal_lm_sft", "seq2seq"])
+def test_check_data_reports_the_entry(tmp_path, case):
+    files = generate(CASES[case][1], tmp_path / "data")
+    first = check_data(recipe_file(case), overrides(tmp_path, case, files, "a"))["cache"]
+    second = check_data(recipe_file(case), overrides(tmp_path, case, files, "b"))["cache"]
+    assert (first["state"], second["state"]) == ("miss", "hit") and first["path"] == second["path"]
+    assert os.path.dirname(second["path"]) == str(tmp_path / "cache") and second["size_bytes"] > 0
+    assert second["describe"].startswith(f"cache: hit {second['path']}")
