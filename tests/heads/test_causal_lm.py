@@ -66,6 +66,9 @@ def test_packed_batch_gives_each_sample_the_loss_it_has_alone(kind):
     assert packed["text"].shape[0] < len(items) and int(packed["packed_samples"].sum()) == len(items)
     unpacked = SFTCollator(task.lm.tokenizer.pad_token_id)(items)
     assert float(task(packed)["loss"]) == pytest.approx(float(task(unpacked)["loss"]), abs=1e-5)
+    theirs = task.lm.model(input_ids=unpacked["text"], attention_mask=unpacked["text_mask"],
+                           labels=unpacked["labels"]).loss  # transformers' own loss on the same samples unpacked
+    assert abs(float(task(packed)["loss"]) - float(theirs)) <= 1e-5
     logp = task.logits(packed).double().log_softmax(-1)  # (R, L, V)
     _, alone = hand_loss(task.lm.model, items)
     got, pos = [], packed["position_ids"]
