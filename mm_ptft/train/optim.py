@@ -4,6 +4,7 @@ Fine-tuning strategies (freezing, LLRD, LoRA) live in ``mm_ptft.train.finetune``
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from typing import Any, Callable, Iterable, Optional
 
@@ -102,20 +103,6 @@ def _timm_optimizer(name: str) -> Optional[Callable[..., torch.optim.Optimizer]]
     return build
 
 
-def _hf_schedule(kind: str) -> Callable[..., Any]:
-    """A warmup + ``kind`` decay builder over transformers' schedule functions."""
-
-    def build(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, cfg: Optional[SchedConfig] = None) -> Any:
-        from transformers import get_scheduler
-
-        return get_scheduler(kind, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
-
-    return build
-
-
-SCHEDULERS.register("constant")(_hf_schedule("constant_with_warmup"))
-SCHEDULERS.register("linear")(_hf_schedule("linear"))
-SCHEDULERS.register("cosine")(_hf_schedule("cosine"))
 
 
 def _warmup_then(decay: Callable[..., Callable[[int], float]]) -> Callable[..., Any]:
@@ -132,6 +119,28 @@ def _warmup_then(decay: Callable[..., Callable[[int], float]]) -> Callable[..., 
         return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
 
     return build
+
+
+# constant / linear / cosine: transformers' warmup schedules (get_scheduler's formulas, value for value) written
+# here, because importing transformers.optimization imports its Trainer utilities and peft (~0.7 s of start-up)
+@SCHEDULERS.register("constant")
+@_warmup_then
+def _constant(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total: int) -> Callable[[int], float]:
+    return lambda s: 1.0
+
+
+@SCHEDULERS.register("linear")
+@_warmup_then
+def _linear(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total: int) -> Callable[[int], float]:
+    return lambda s: max(0.0, float(total - warmup - s) / float(max(1, total - warmup)))  # 1 → 0 after warmup
+
+
+@SCHEDULERS.register("cosine")
+@_warmup_then
+def _cosine(cfg: SchedConfig, opt: torch.optim.Optimizer, warmup: int, total: int) -> Callable[[int], float]:
+    """Half a cosine from 1 to 0 over the steps after warmup (transformers' ``num_cycles=0.5``)."""
+    span = float(max(1, total - warmup))
+    return lambda s: max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * (float(s) / span))))
 
 
 @SCHEDULERS.register("exponential")
@@ -186,8 +195,8 @@ def build_optimizer(groups: Iterable[dict[str, Any]], cfg: OptimConfig, device: 
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int):
-    """Warmup then constant / linear / cosine (transformers' schedule functions) or exponential / step /
-    polynomial decay (LambdaLR here); the builder gets the ``SchedConfig`` as ``cfg``."""
+    """Warmup then constant / linear / cosine (transformers' schedule formulas) or exponential / step /
+    polynomial decay, each a LambdaLR; the builder gets the ``SchedConfig`` as ``cfg``."""
     if cfg.name not in SCHEDULERS:
         raise ConfigError(f"sched.name={cfg.name!r}; choose one of {SCHEDULERS.names()}")
     if 0 < total_steps <= cfg.warmup_steps:

@@ -1,4 +1,6 @@
 """Optimizers and warmup schedules from their registries, checked against hand computations."""
+import warnings
+
 import pytest
 import torch
 
@@ -18,6 +20,47 @@ def test_schedules_with_warmup(name, step, expected):
         opt.step()
         sched.step()
     assert sched.get_last_lr()[0] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("warmup, total", [(0, 103), (10, 100), (7, 7), (3, 1)])
+def test_warmup_schedules_give_transformers_values_exactly(name, warmup, total):
+    """Every step's lr, bit for bit, against transformers' ``get_scheduler`` (what HF's Trainer and earlier
+    mm_ptft runs used): the schedule is written here so a run need not import transformers.optimization."""
+    from transformers import get_scheduler
+
+    def lrs(make):
+        p = torch.nn.Parameter(torch.zeros(1))
+        q = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([{"params": [p], "lr": 5e-5}, {"params": [q], "lr": 3e-4}])
+        sched, out = make(opt), []
+        for _ in range(total + 3):
+            out.append(list(sched.get_last_lr()))
+            opt.step()
+            sched.step()
+        return out
+
+    hf = {"constant": "constant_with_warmup"}.get(name, name)
+    ref = lrs(lambda o: get_scheduler(hf, o, num_warmup_steps=warmup, num_training_steps=max(total, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # warmup >= total warns
+        ours = lrs(lambda o: build_scheduler(o, SchedConfig(name=name, warmup_steps=warmup), total_steps=total))
+    assert ours == ref
+
+
+def test_a_text_run_does_not_import_transformers_trainer_utilities():
+    """Building the linear schedule leaves transformers.optimization / trainer_utils (and peft) unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom mm_ptft.config import SchedConfig\n"
+            "from mm_ptft.train.optim import build_scheduler\n"
+            "o = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)\n"
+            "build_scheduler(o, SchedConfig(name='linear', warmup_steps=2), 10)\n"
+            "print(sorted(m for m in ('transformers.optimization', 'transformers.trainer_utils', 'peft') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
