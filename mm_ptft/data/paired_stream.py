@@ -147,8 +147,9 @@ class LabeledRecord(PairedRecord):
     False (counted ``missing_<modality>``), as ``data.multimodal_rows`` does; the label is required."""
 
     def __init__(self, modalities: Sequence[str], cols: Columns, media: MediaConfig, tokenizer: Any,
-                 max_length: int, labels: LabelMap, blank_text: list[int], skip_bad: bool = False) -> None:
-        super().__init__(modalities, cols, media, tokenizer, max_length, labels, skip_bad)
+                 max_length: int, labels: LabelMap, blank_text: list[int], skip_bad: bool = False,
+                 train: bool = False, seed: int = 0) -> None:
+        super().__init__(modalities, cols, media, tokenizer, max_length, labels, skip_bad, train, seed)
         self.blank_text = blank_text
 
     def _absent(self, record: dict[str, Any], modality: str) -> bool:
@@ -164,8 +165,10 @@ class LabeledRecord(PairedRecord):
         for m in sorted(absent):
             counters[f"missing_{m}"] = counters.get(f"missing_{m}", 0) + 1
         present = [m for m in self.modalities if m not in absent]
-        item = PairedRecord(present, self.cols, self.media, self.tokenizer, self.max_length, self.labels,
-                            self.skip_bad)(shard, row, record, counters)
+        reader = PairedRecord(present, self.cols, self.media, self.tokenizer, self.max_length, self.labels,
+                              self.skip_bad, self.train, self.seed)
+        reader.set_pass(self.pass_no)
+        item = reader(shard, row, record, counters)
         if item is None:
             return None
         placeholders = {"text": (TEXT, self.blank_text), "image": (IMAGE, torch.zeros(3, self.media.image_size,

@@ -169,15 +169,18 @@ def _prepare_stream(cfg: MultimodalClassificationConfig, train: bool) -> Prepare
     S.unsupported(labels_per_class=d.labels_per_class > 0)
     shards = S.shards_of(cfg, train)
     labels = S.stream_labels(d, shards[0])
-    cols = Columns(d.text_column, d.image_column, d.audio_column, d.label_column)
+    cols = Columns(d.text_column, d.image_column, d.audio_column, d.label_column, d.video_column)
     reader = PairedRecord(d.modalities, cols, MediaConfig())
     corpus = S.stream_corpus(shards[0], reader.text_of) if train and "text" in d.modalities else None
     encoders = build_encoders(cfg.model, d.modalities, cfg.output_dir, corpus)
     tok = getattr(encoders.get("text"), "tokenizer", None)
     max_len = min(d.max_length, getattr(encoders.get("text"), "max_length", d.max_length))
-    fn = LabeledRecord(d.modalities, cols, media_config(encoders, d), tok, max_len, labels,  # type: ignore[arg-type]
-                       tok("")["input_ids"] if tok is not None else [], d.skip_bad_samples)
-    tr, ev = S.streams(cfg, shards, fn, train)
+
+    def fn(is_train: bool) -> LabeledRecord:  # training: random seeded video clips; eval: centred
+        return LabeledRecord(d.modalities, cols, media_config(encoders, d), tok, max_len, labels,  # type: ignore
+                             tok("")["input_ids"] if tok is not None else [], d.skip_bad_samples, is_train, cfg.seed)
+
+    tr, ev = S.streams(cfg, shards, fn(True), train, eval_fn=fn(False))
     collate = CountingCollate(PresenceCollator(tok.pad_token_id if tok is not None else 0))
     return Prepared(_task(cfg, encoders, labels), tr, ev, collate)
 

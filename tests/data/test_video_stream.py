@@ -125,3 +125,24 @@ def _paired(media, train: bool, pass_no: int):
     fn = PairedRecord(["video"], Columns("caption", "image", "audio", "label", "video"), media, train=train)
     fn.set_pass(pass_no)
     return fn
+
+
+def test_streamed_multimodal_classification_draws_seeded_random_clips_in_training_and_centred_in_eval(clips):
+    """``LabeledRecord`` (streamed multimodal classification) samples a video as the paired stream does: a random
+    clip per (seed, pass, shard, row) in training, the centred one in eval."""
+    from mm_ptft.data.multimodal import Columns, MediaConfig
+    from mm_ptft.data.paired_stream import LabeledRecord
+
+    media = MediaConfig(video_size=32, video_sampling=VideoSampling(num_frames=2, frame_stride=1))
+    rec = {"__key__": "k", "mp4": clips["good"], "cls": b"left"}
+    shard = Shard("/d/train-0.tar", "tar")
+
+    def draw(train: bool, row: int) -> torch.Tensor:
+        fn = LabeledRecord(["video"], Columns("caption", "image", "audio", "label", "video"), media, None, 8,
+                           LabelMap(LABELS), [], train=train, seed=0)
+        return fn(shard, row, rec, {})["video"]
+
+    assert torch.equal(draw(True, 3), draw(True, 3))
+    assert len({float(draw(True, r)[0].mean()) for r in range(8)}) > 1
+    assert torch.equal(draw(False, 0), draw(False, 5))
+    assert torch.equal(draw(False, 0), _paired(media, False, 0)(shard, 0, {**rec, "txt": b"x"}, {})["video"])
