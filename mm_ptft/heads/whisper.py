@@ -159,13 +159,15 @@ class WhisperTask(Task):
 
 def whisper_tokenizer(corpus: Iterable[str], vocab_size: int = 400) -> Any:
     """A ``WhisperTokenizer`` for a random-init model: byte-level BPE learned from ``corpus`` (``tokenizers``'
-    trainer) plus Whisper's special tokens (start of transcript, the 99 language tokens, task, no-timestamps)."""
+    trainer) plus Whisper's special tokens (start of transcript, the 99 language tokens, task, no-timestamps).
+    Every transcript gets a leading space (``add_prefix_space``, as OpenAI's Whisper texts start with one), so a
+    word is the same token (``Ġword``) first in a phrase or later; without it the first word has its own pieces."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import WhisperTokenizer
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(list(corpus), trainer)
@@ -173,7 +175,8 @@ def whisper_tokenizer(corpus: Iterable[str], vocab_size: int = 400) -> Any:
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
     specials = [SOT, *[f"<|{code}|>" for code in LANGUAGES], *TASK_TOKENS, "<|startoflm|>", "<|startofprev|>",
                 "<|nospeech|>", NO_TIMESTAMPS]
-    return WhisperTokenizer(vocab=learned["vocab"], merges=merges, additional_special_tokens=specials)
+    return WhisperTokenizer(vocab=learned["vocab"], merges=merges, additional_special_tokens=specials,
+                            add_prefix_space=True)
 
 
 def set_prefix(model: nn.Module, tokenizer: Any, language: Optional[str], task: str) -> None:
