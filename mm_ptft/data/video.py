@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mm_ptft.data.folders import EXTS
+from mm_ptft.data.remote import local_media, media_file
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import LABELS, VIDEO, VIDEO_MASK
 
@@ -86,10 +87,11 @@ def _av() -> Any:
 def _open(path: str) -> Any:
     """The container at ``path`` and its first video stream, or a ``DataError`` naming the file."""
     av = _av()
+    name, path = path, media_file(path)  # a URL: its local copy
     if not os.path.isfile(path):
-        raise DataError(f"{path}: video file not found")
+        raise DataError(f"{name}: video file not found")
     if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: empty video file")
+        raise DataError(f"{name}: empty video file")
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as err:
@@ -181,8 +183,9 @@ def decode_frames(path: str, indices: Sequence[int], max_pixels: int = VideoSamp
 
 def video_problem(path: str, decode: bool = True, max_pixels: int = VideoSampling.max_pixels) -> Optional[str]:
     """Why ``path`` cannot be used as a video (None when it can): missing, empty, no_stream, zero_frames,
-    too_large, truncated or (``decode``: every frame decoded once) corrupt."""
-    if not os.path.isfile(path):
+    too_large, truncated or (``decode``: every frame decoded once) corrupt. A URL is checked as its local copy."""
+    path = local_media(path)
+    if path is None or not os.path.isfile(path):
         return "missing"
     if os.path.getsize(path) == 0:
         return "empty"
