@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mm_ptft.data.remote import media_file, resolve
 from mm_ptft.data.tables import DataError, column, require_columns, rows_of
 from mm_ptft.env import require_torchaudio
 from mm_ptft.types import AUDIO, AUDIO_LENGTHS, LABEL_LENGTHS, LABELS, TRANSCRIPTS
@@ -68,11 +69,12 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Decode ``path`` with soundfile → (samples (T, C) float32, sample rate); DataError naming the
     file when it is unreadable, empty, truncated (fewer samples than the header declares) or holds NaN/Inf
     samples."""
+    name, path = path, media_file(path)  # a URL: its local copy
     if not os.path.isfile(path):
-        raise DataError(f"{path}: audio file not found")
+        raise DataError(f"{name}: audio file not found")
     if path.lower().endswith(".wav") and wav_truncated(path):
-        raise DataError(f"{path}: truncated WAV (the data chunk is shorter than its header says)")
-    return decode_audio(path, path)
+        raise DataError(f"{name}: truncated WAV (the data chunk is shorter than its header says)")
+    return decode_audio(path, name)
 
 
 def decode_audio(source: Any, name: str) -> tuple[np.ndarray, int]:
@@ -100,14 +102,15 @@ def probe(path: str) -> tuple[int, int, int]:
     """(frames, sample rate, channels) from the file header only (cheap; for duration filters)."""
     import soundfile as sf
 
+    name, path = path, media_file(path)  # a URL: its local copy
     if not os.path.isfile(path):
-        raise DataError(f"{path}: audio file not found")
+        raise DataError(f"{name}: audio file not found")
     try:
         info = sf.info(path)
     except Exception as err:
-        raise DataError(f"{path}: unreadable audio ({err})") from err
+        raise DataError(f"{name}: unreadable audio ({err})") from err
     if info.frames <= 0:
-        raise DataError(f"{path}: empty audio (0 samples)")
+        raise DataError(f"{name}: empty audio (0 samples)")
     return int(info.frames), int(info.samplerate), int(info.channels)
 
 
@@ -211,11 +214,6 @@ class Clip:
     samples: int  # at the pipeline's sample rate
 
 
-def resolve_path(path: str, manifest: str) -> str:
-    """Audio paths in a manifest are relative to the manifest's folder (absolute paths kept)."""
-    return path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(manifest)), path)
-
-
 def scan_clips(paths: Sequence[str], manifest: str, sample_rate: int, min_s: float, max_s: float,
                skip_bad: bool, check_audio: bool, counters: dict[str, int],
                rows: Optional[Sequence[int]] = None) -> list[tuple[int, str, int]]:
@@ -240,7 +238,7 @@ def check_clip(row: int, rel: Any, manifest: str, sample_rate: int, min_s: float
     try:
         if not rel:
             raise DataError("empty audio path")
-        path = resolve_path(str(rel), manifest)
+        path = resolve(str(rel), manifest)  # relative to the manifest's folder (a remote one's too)
         frames, rate, channels = probe(path)
         if check_audio:
             read_audio(path)

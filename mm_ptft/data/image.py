@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from mm_ptft.features.image import eval_resize
 from mm_ptft.data.folders import EXTS, FolderSpec, read_table
+from mm_ptft.data.remote import local_media, media_file, resolve
 from mm_ptft.data.tables import DataError, require_columns
 from mm_ptft.types import IMAGE, LABELS
 
@@ -76,7 +77,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decoded_size(path: str) -> tuple[int, int]:
     """(width, height) of ``path`` as ``load_image`` gives it (the EXIF orientation applied), from the header."""
-    with Image.open(path) as img:
+    with Image.open(media_file(path)) as img:
         w, h = img.size
         return (h, w) if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
 
@@ -84,7 +85,7 @@ def decoded_size(path: str) -> tuple[int, int]:
 def load_image(path: str) -> Image.Image:
     """Decode ``path`` fully into the 8-bit RGB PIL image a viewer shows (``to_rgb``)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(media_file(path)) as img:
             img.load()  # decodes every pixel: truncated files fail here, not later in a worker
             return to_rgb(img)
     except FileNotFoundError:
@@ -96,8 +97,10 @@ def load_image(path: str) -> Image.Image:
 
 
 def image_problem(path: str, decode: bool = True) -> Optional[str]:
-    """Why ``path`` cannot be used as an image (None when it can): missing, empty or undecodable."""
-    if not os.path.isfile(path):
+    """Why ``path`` (a file or a URL: its local copy) cannot be used as an image (None when it can): missing, empty
+    or undecodable."""
+    path = local_media(path)
+    if path is None or not os.path.isfile(path):
         return "missing"
     if os.path.getsize(path) == 0:
         return "empty"
@@ -131,23 +134,18 @@ def check_image(row: int, path: str, where: str, skip_bad: bool, counters: dict[
 
 
 # ------------------------------------------------------------------------------------------- tables
-def resolve_path(path: str, root: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(root, path)
-
-
 def image_table(source: str, key: str, path_column: str, label_column: str, counters: Optional[dict[str, int]] = None,
                 kind: str = "image") -> tuple[list[str], list[Any]]:
-    """(absolute paths, raw labels) from a CSV/TSV/JSON/JSONL/parquet table (paths relative to the table's folder)
-    or a folder (``data.folders``: class sub-folders of ``kind`` files, or a metadata file); files a folder's
-    listing skipped are counted in ``counters``."""
+    """(absolute paths or URLs, raw labels) from a CSV/TSV/JSON/JSONL/parquet table (paths relative to the table's
+    folder, also a remote one's: ``remote.resolve``) or a folder (``data.folders``: class sub-folders of ``kind``
+    files, or a metadata file); files a folder's listing skipped are counted in ``counters``."""
     ds = read_table(source, key, FolderSpec(kind, path_column, label_column), counters)
     require_columns(ds, [path_column, label_column], source)
-    root = os.path.dirname(os.path.abspath(source))
     paths = []
     for row, p in enumerate(ds[path_column]):
         if not p:
             raise DataError(f"{source}: row {row}: empty {path_column!r}")
-        paths.append(resolve_path(str(p), root))
+        paths.append(resolve(str(p), source))
     return paths, list(ds[label_column])
 
 

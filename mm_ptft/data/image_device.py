@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mm_ptft.config import ConfigError
 from mm_ptft.data.image import EXIF_ORIENTATION, ImagePipeline, load_image
+from mm_ptft.data.remote import media_file
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import COUNTS, IMAGE
 
@@ -83,7 +84,7 @@ def _raw_bytes(source: Any) -> bytes:
     if isinstance(source, io.BytesIO):
         return source.getvalue()
     try:
-        with open(source, "rb") as f:
+        with open(media_file(source), "rb") as f:  # a URL: its local copy
             return f.read()
     except FileNotFoundError:
         raise DataError(f"{source}: image file not found") from None

@@ -16,7 +16,6 @@ source, so it carries that source's keys only.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -28,6 +27,7 @@ from mm_ptft.contracts import on_device
 from mm_ptft.data.image import ImagePipeline, check_image, interpolation_mode
 from mm_ptft.data.image import load_image as decode_image
 from mm_ptft.data.image_device import read_encoded
+from mm_ptft.data.remote import resolve
 from mm_ptft.data.tables import ROW, DataError, LabelMap, column, require_columns, rows_of
 from mm_ptft.data.text import tokenize
 from mm_ptft.data.video import VideoSampling, check_video, pad_clip, sample_clip
@@ -183,11 +183,12 @@ def usable_media(modality: str, row: int, path: Optional[str], where: str, media
                       counters) is not None
 
 
-def media_path(base: str, value: Any) -> Optional[str]:
-    """A manifest's media cell as a path: relative ones resolve against the manifest's folder; empty → None."""
+def media_path(table: str, value: Any) -> Optional[str]:
+    """A manifest's media cell as a path or URL: relative ones resolve against the manifest's folder, also a remote
+    manifest's (``remote.resolve``); empty → None."""
     if value is None or not str(value).strip():
         return None
-    return value if os.path.isabs(value) else os.path.join(base, value)
+    return resolve(str(value), table)
 
 
 def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, media: MediaConfig,
@@ -204,14 +205,13 @@ def build_paired(ds: Any, path: str, modalities: Sequence[str], cols: Columns, m
         raise DataError(f"{path}: unknown modality {bad}; choose from {MODALITIES}")
     need = [getattr(cols, m) for m in modalities] + ([cols.label] if labels is not None else [])
     require_columns(ds, need, path)
-    base = os.path.dirname(os.path.abspath(path))
     media_cols = {m: column(ds, getattr(cols, m)) for m in ("image", "audio", "video") if m in modalities}
     file_rows = rows_of(ds) or list(range(len(ds)))  # the file's own rows, for messages
     rows: list[dict[str, Any]] = []
     for r in range(len(ds)):
         row: dict[str, Any] = {"_row": r, ROW: file_rows[r]}
         for m, values in media_cols.items():
-            p = media_path(base, values[r])
+            p = media_path(path, values[r])
             if not usable_media(m, file_rows[r], p, path, media, skip_bad, counters):
                 break
             row[m] = p  # the batch key of each media modality is its name

@@ -3,7 +3,6 @@ cell), which is flagged as ``<modality>_present`` in the batch; a path that is g
 not a missing modality: an error naming the row, or a counted skip."""
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import torch
@@ -85,7 +84,6 @@ def labeled_rows(ds: Any, path: str, d: Any, labels: LabelMap, tokenizer: Any, m
     Media files get the unimodal recipes' checks (``usable_media``): an error naming the row, or a counted skip."""
     cols = {m: getattr(d, f"{m}_column") for m in d.modalities}
     require_columns(ds, [*cols.values(), d.label_column], path)
-    base = os.path.dirname(os.path.abspath(path))
     out, raw_labels = [], []
     for k, r in enumerate(ds):
         row: dict[str, Any] = {ROW: r.get(ROW, k)}
@@ -97,7 +95,7 @@ def labeled_rows(ds: Any, path: str, d: Any, labels: LabelMap, tokenizer: Any, m
             elif m == "text":
                 row[m] = v  # tokenised below, in one batch
             else:
-                p = media_path(base, v)
+                p = media_path(path, v)
                 if not usable_media(m, row[ROW], p, path, media, d.skip_bad_samples, counters):
                     break
                 row[m] = p

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -52,7 +51,7 @@ def media_source(shard: Shard, row: int, record: dict[str, Any], modality: str, 
     name = f"{shard.name}: row {row}"
     if column not in record:
         raise DataError(f"{name}: missing column {column!r}; it has {sorted(record)}")
-    path = media_path(os.path.dirname(os.path.abspath(shard.path)), record[column])
+    path = media_path(shard.path, record[column])
     if path is None:
         raise DataError(f"{name}: empty {column!r} cell")
     return path, name

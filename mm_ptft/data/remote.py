@@ -265,6 +265,44 @@ def expand(pattern: str, key: str, kinds: Callable[[str], str]) -> list[str]:
     return urls
 
 
+# ---- media files that tables name ----------------------------------------------------------------------------------
+def resolve(value: str, table: str) -> str:
+    """Where a table's media cell points: a URL or an absolute path as it is; a relative path against the table's
+    folder, which for a remote table is its URL's "folder" (``s3://b/data/t.csv`` + ``a/x.wav`` →
+    ``s3://b/data/a/x.wav``; the table URL's query string is not carried over)."""
+    if is_url(value) or os.path.isabs(value):
+        return value
+    if is_url(table):
+        return table.split("?", 1)[0].rsplit("/", 1)[0] + "/" + value
+    return os.path.join(os.path.dirname(os.path.abspath(table)), value)
+
+
+_MEDIA: dict[str, str] = {}  # URL → its local copy, in this process
+
+
+def media_file(path: str, key: str = "media") -> str:
+    """A local path to decode a media file from: ``path`` itself, or for a URL its local copy (``local_copy``: fetched
+    once into the bounded remote cache, transient failures retried and counted, a missing object a ``DataError``
+    naming the URL), remembered in this process while the copy is there."""
+    if not is_url(path):
+        return path
+    found = _MEDIA.get(path)
+    if found is None or not os.path.isfile(found):
+        found = _MEDIA[path] = local_copy(path, key)
+    return found
+
+
+def local_media(path: str) -> Optional[str]:
+    """``media_file(path)``, or None when a URL names no object (a check counts it as a missing file; other failures
+    are errors naming the URL)."""
+    try:
+        return media_file(path)
+    except DataError as err:
+        if str(err).endswith("no such object"):
+            return None
+        raise
+
+
 # ---- the local copies of map-style files ---------------------------------------------------------------------------
 def local_copy(url: str, key: str = "data.train_file") -> str:
     """A local copy of ``url`` (a map-style data file), fetched once into the cache and then reused while the object's
@@ -323,4 +361,5 @@ def evict(root: Path, keep: Optional[Path] = None) -> list[Path]:
 
 
 __all__ = ["RemoteSettings", "RetryingFile", "configure", "evict", "expand", "filesystem", "identity", "is_url",
-           "local_copy", "open_file", "take_retries", "transient", "with_retries"]
+           "local_copy", "local_media", "media_file", "open_file", "resolve", "take_retries", "transient",
+           "with_retries"]

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mm_ptft.data.folders import EXTS
+from mm_ptft.data.remote import local_media, media_file
 from mm_ptft.data.tables import DataError
 from mm_ptft.types import LABELS, VIDEO, VIDEO_MASK
 
@@ -98,18 +99,21 @@ def _open(path: Source) -> Any:
     """The container at ``path`` (a file name, or a binary file read from its start) and its first video stream,
     or a ``DataError`` naming the file."""
     av = _av()
-    if isinstance(path, str) and not os.path.isfile(path):
-        raise DataError(f"{path}: video file not found")
+    name = path
+    if isinstance(path, str):
+        path = media_file(path)  # a URL: its local copy
+        if not os.path.isfile(path):
+            raise DataError(f"{name}: video file not found")
     if _size(path) == 0:
-        raise DataError(f"{path}: empty video file")
+        raise DataError(f"{name}: empty video file")
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable video ({type(err).__name__}: {err})") from None
+        raise DataError(f"{name}: unreadable video ({type(err).__name__}: {err})") from None
     if not container.streams.video:
         kinds = [st.type for st in container.streams]
         container.close()
-        raise DataError(f"{path}: no video stream (streams: {', '.join(kinds) or 'none'})")
+        raise DataError(f"{name}: no video stream (streams: {', '.join(kinds) or 'none'})")
     return container, container.streams.video[0]
 
 
@@ -195,8 +199,9 @@ def decode_frames(path: Source, indices: Sequence[int], max_pixels: int = VideoS
 
 def video_problem(path: str, decode: bool = True, max_pixels: int = VideoSampling.max_pixels) -> Optional[str]:
     """Why ``path`` cannot be used as a video (None when it can): missing, empty, no_stream, zero_frames,
-    too_large, truncated or (``decode``: every frame decoded once) corrupt."""
-    if not os.path.isfile(path):
+    too_large, truncated or (``decode``: every frame decoded once) corrupt. A URL is checked as its local copy."""
+    path = local_media(path)
+    if path is None or not os.path.isfile(path):
         return "missing"
     if os.path.getsize(path) == 0:
         return "empty"
