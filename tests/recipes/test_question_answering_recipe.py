@@ -113,3 +113,11 @@ def test_predict_equals_plain_transformers_on_the_export(run, tmp_path):
               for x in inputs]
     assert len({r["answer"] for r in ours}) > 1  # the questions matter
     assert [(r["answer"], r["start"], r["end"]) for r in ours] == theirs
+
+
+def test_gpu_config_is_valid():
+    """The GPU-scale config.yaml (SQuAD with MiniLM, run_qa.py's window) validates through the config schema."""
+    cfg = load_config(RECIPE / "config.yaml")
+    assert cfg.task == "question_answering" and cfg.model.text["name_or_path"] and not cfg.data.generate
+    assert cfg.data.train_file == "hf:squad" and (cfg.data.max_length, cfg.data.doc_stride) == (384, 128)
+    assert cfg.train.precision == "auto"
