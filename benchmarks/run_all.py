@@ -27,7 +27,8 @@ COMPARISONS = {"trainer_overhead": "benchmarks.trainer_overhead", "vs_hf_trainer
                "compile_speed": "benchmarks.compile_speed", "table_memory": "benchmarks.table_memory",
                "ctc_lm": "benchmarks.ctc_lm", "vs_open_clip_coca": "benchmarks.vs_open_clip_coca",
                "whisper_vs_seq2seqtrainer": "benchmarks.whisper_vs_seq2seqtrainer",
-               "save_stall": "benchmarks.save_stall", "threads_loaded": "benchmarks.threads_loaded",
+               "save_stall": "benchmarks.save_stall", "snapshot_stall": "benchmarks.snapshot_stall",
+               "threads_loaded": "benchmarks.threads_loaded",
                "vs_trl_sft": "benchmarks.vs_trl_sft", "video_loader": "benchmarks.video_loader"}
 QUICK_SEEDS = 2
 

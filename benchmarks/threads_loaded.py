@@ -1,6 +1,6 @@
 """Samples/s of the tiny speech recipe with the automatic thread sizing (``train.threads=0``: the usable CPUs less those
 the load average says are busy, / the processes on the node, at the run's first start) vs ``OMP_NUM_THREADS=1``, on
-the machine as it is (shared, loaded), arms interleaved ABAB.
+the machine as it is (shared, loaded), arms interleaved ABBA.
 
 Each run is ``mm-ptft train recipes/speech_recognition/tiny.yaml`` in a fresh process (the sizing happens at start-up)
 for a few dozen steps; its rate is the samples over the ``train`` rows after the first (start-up and warm-up left out)
@@ -48,9 +48,9 @@ def run(extra_env: dict[str, str], steps: int, log_every: int) -> dict[str, floa
 def compare(quick: bool, seeds: int, device: str = "") -> dict[str, Any]:
     steps, log_every = (12, 4) if quick else (18, 6)
     raw: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
-    for _ in range(seeds):  # ABAB: the machine's load drifts alike over both arms
-        for arm, env in ARMS.items():
-            raw[arm].append(run(env, steps, log_every))
+    for i in range(seeds):  # ABBA…: the load drifts alike over both arms, and neither always runs first
+        for arm in (list(ARMS) if i % 2 == 0 else list(ARMS)[::-1]):
+            raw[arm].append(run(ARMS[arm], steps, log_every))
     auto, one = ([r["samples_per_s"] for r in raw[a]] for a in ARMS)
     rows = [[arm, fmt([r["samples_per_s"] for r in runs], 1), fmt([r["load_before"] for r in runs], 1),
              fmt([r["load_1min"] for r in runs], 1), ", ".join(str(r["threads"]) for r in runs)]
@@ -60,7 +60,7 @@ def compare(quick: bool, seeds: int, device: str = "") -> dict[str, Any]:
                      f"{a / b:.2f}" for a, b in zip(auto, one))])
     return section("Threads on a loaded machine: automatic sizing vs OMP_NUM_THREADS=1 (tiny speech recipe, CPU)",
                    f"{steps} steps per run in a fresh process, samples/s over the train rows after the first "
-                   f"(log_every={log_every}), training time only; arms interleaved ABAB, {seeds} repeats",
+                   f"(log_every={log_every}), training time only; arms interleaved ABBA, {seeds} repeats",
                    ["arm", "samples/s", "load average (1 min) before the run", "after the run",
                     "intra-op threads chosen, per run"], rows, seeds=seeds, quick=quick,
                    raw=raw, notes=["auto: `train.threads=0` — at the run's first start, the usable CPUs (affinity, "

@@ -1,13 +1,11 @@
 """Checkpoints written off the training thread (``train.async_save``).
 
-A checkpoint is a CPU snapshot of what it holds (every tensor copied: training goes on changing the live ones), which
-a background thread writes exactly as the synchronous path does (``checkpoint.save_and_prune``: temporary directory,
-checksums, fsync, atomic rename, ``best.json``, keep-last-K). The snapshot is taken in two parts. The tensors only the
-optimizer's step changes (its parameters and their state: nearly all of the bytes) are copied by the background
-thread, beside the next step's forward and backward passes, which read them but do not change them; the training
-thread waits for those copies only at that step's optimizer step (``fence``). Everything else (buffers, which a
-forward may change, such as BatchNorm's running statistics; frozen weights; callback and loader state) is copied on
-the training thread at once. One write is in flight at a time: the next save waits for it. A failed write is kept and raised on the training
+The training thread takes a CPU snapshot of what the checkpoint holds (every tensor copied: training goes on
+changing the live ones), into the previous snapshot's buffers once its write is done: a run's checkpoints copy into
+the same pages, held for the run, instead of faulting in fresh ones each time, which was most of the stall
+(``benchmarks/snapshot_stall.py``). A background thread then writes it exactly as the synchronous path does
+(``checkpoint.save_and_prune``: temporary directory, checksums, fsync, atomic rename, ``best.json``, keep-last-K).
+One write is in flight at a time: the next save waits for it. A failed write is kept and raised on the training
 thread — at the next step check (``poll``), the next save or the end of the fit (``wait``) — as a CheckpointError
 naming the checkpoint. A crash mid-write leaves only the temporary ``.tmp_step_*`` directory, which no reader takes
 for a checkpoint (``step_dirs``) and the next run removes (``rundir.clean_stale``).
@@ -18,7 +16,7 @@ import copy
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -26,7 +24,7 @@ from mm_ptft.train.checkpoint import CheckpointError, Weights
 
 
 def _tensors(obj: Any, found: dict[int, torch.Tensor]) -> None:
-    """Every tensor in nested dicts, lists and tuples, by ``id``."""
+    """Every tensor in nested dicts, lists and tuples, by ``id``, in the order met."""
     if isinstance(obj, torch.Tensor):
         found[id(obj)] = obj
     elif isinstance(obj, dict):
@@ -37,49 +35,37 @@ def _tensors(obj: Any, found: dict[int, torch.Tensor]) -> None:
             _tensors(v, found)
 
 
-Pending = list[tuple[torch.Tensor, torch.Tensor]]  # (live tensor, its snapshot buffer, still to fill)
+def _whole(t: torch.Tensor, sharing: Counter) -> bool:
+    """A tensor a plain buffer of its shape stands for in the files: contiguous, its entire storage, which no other
+    tensor here shares, and no autograd flag (``torch.save`` would record it)."""
+    return (sharing[t.data_ptr()] == 1 and not t.requires_grad and t.is_contiguous() and t.storage_offset() == 0
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size())
 
 
-def optimizer_owned(opt: torch.optim.Optimizer) -> frozenset[int]:
-    """The storages (``data_ptr``) only ``opt``'s step changes: the parameters it steps and their state tensors."""
-    ptrs = {p.data_ptr() for group in opt.param_groups for p in group["params"]}
-    ptrs.update(t.data_ptr() for per_param in opt.state.values() for t in per_param.values()
-                if isinstance(t, torch.Tensor))
-    return frozenset(ptrs)
-
-
-def _whole_storage(t: torch.Tensor) -> bool:
-    """A contiguous tensor that is its entire storage: an empty buffer of its shape saves to the same bytes."""
-    return t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
-
-
-def snapshot(weights: Weights, state: dict[str, Any], deferred: frozenset[int] = frozenset()
-             ) -> tuple[Weights, dict[str, Any], Pending]:
-    """Copies of the weights and the trainer state that share nothing with the live ones, and the copies still to make:
-    a tensor whose storage is in ``deferred`` (``optimizer_owned``; a whole storage no other tensor here shares) gets
-    an empty CPU buffer now, filled later (``fill``); every other tensor is copied now. A deep copy: objects (and CPU
-    tensor storages) referenced twice stay shared, so the files written are byte-identical to the synchronous path's;
-    device tensors are copied to the CPU once each (no second device copy)."""
+def snapshot(weights: Weights, state: dict[str, Any], reuse: Sequence[torch.Tensor] = ()
+             ) -> tuple[Weights, dict[str, Any], list[torch.Tensor]]:
+    """CPU copies of the weights and the trainer state that share nothing with the live ones, and the buffers it
+    filled. A tensor that is its whole storage (nearly all the bytes: weights, moments) is copied into the buffer at
+    its position in ``reuse`` (the previous snapshot's, once its write is done) where shape and dtype match, else into
+    a new one: a run's checkpoints reuse the same pages instead of faulting in fresh ones each time. The rest is a
+    deep copy: objects (and CPU tensor storages) referenced twice stay shared, so the files written are
+    byte-identical to the synchronous path's; device tensors are copied to the CPU once each."""
     found: dict[int, torch.Tensor] = {}
     _tensors((weights.tensors, state), found)
     sharing = Counter(t.data_ptr() for t in found.values())
     memo: dict[int, Any] = {}
-    pending: Pending = []
-    for key, t in found.items():
-        if t.data_ptr() in deferred and sharing[t.data_ptr()] == 1 and _whole_storage(t):
-            memo[key] = torch.empty(t.shape, dtype=t.dtype, device="cpu")  # pages touched by the filling thread
-            pending.append((t, memo[key]))
-        elif t.device.type != "cpu":
-            memo[key] = t.detach().to("cpu", copy=True)
-    tensors, state = copy.deepcopy((weights.tensors, state), memo)
-    return Weights(tensors, weights.metadata), state, pending
-
-
-def fill(pending: Pending) -> None:
-    """Copy each live tensor into its snapshot buffer."""
+    buffers: list[torch.Tensor] = []
     with torch.no_grad():
-        for live, buffer in pending:
-            buffer.copy_(live)
+        for key, t in found.items():
+            if _whole(t, sharing):
+                old = reuse[len(buffers)] if len(buffers) < len(reuse) else None
+                fits = old is not None and old.shape == t.shape and old.dtype == t.dtype
+                buffers.append((old if fits else torch.empty(t.shape, dtype=t.dtype, device="cpu")).copy_(t))
+                memo[key] = buffers[-1]
+            elif t.device.type != "cpu":
+                memo[key] = t.detach().to("cpu", copy=True)
+    tensors, state = copy.deepcopy((weights.tensors, state), memo)
+    return Weights(tensors, weights.metadata), state, buffers
 
 
 class BackgroundWriter:
@@ -90,36 +76,30 @@ class BackgroundWriter:
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._path: Optional[Path] = None
-        self._filled = threading.Event()
-        self._filled.set()
+        self._buffers: list[torch.Tensor] = []  # the last snapshot's: free again once its write is done
 
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, path: Path, job: Callable[[], Any], pending: Pending = ()) -> None:
-        """Fill the snapshot's ``pending`` buffers, then run ``job`` (writing checkpoint ``path``), once the write in
-        flight is done (its error raised first)."""
+    def snapshot(self, weights: Weights, state: dict[str, Any]) -> tuple[Weights, dict[str, Any]]:
+        """``snapshot`` into the buffers of the previous one, once its write is on disk (its error raised first)."""
+        self.wait()
+        weights, state, self._buffers = snapshot(weights, state, self._buffers)
+        return weights, state
+
+    def submit(self, path: Path, job: Callable[[], Any]) -> None:
+        """Start ``job`` (writing checkpoint ``path``) once the write in flight is done (its error raised first)."""
         self.wait()
         self._path = path
-        self._filled.clear()
-        self._thread = threading.Thread(target=self._run, args=(job, pending), name=f"mm_ptft-save-{path.name}")
+        self._thread = threading.Thread(target=self._run, args=(job,), name=f"mm_ptft-save-{path.name}")
         self._thread.start()
 
-    def _run(self, job: Callable[[], Any], pending: Pending) -> None:
+    def _run(self, job: Callable[[], Any]) -> None:
         try:
-            try:
-                fill(pending)
-            finally:
-                self._filled.set()  # a failed copy is raised at the next poll/wait, not waited on forever
             job()
         except BaseException as err:  # kept for the training thread: never lost with this thread
             self._error = err
-
-    def fence(self) -> None:
-        """Block until the snapshot in flight holds its copies of the live tensors (call before changing them: the
-        optimizer step); the write itself goes on."""
-        self._filled.wait()
 
     def poll(self) -> None:
         """Raise the error of a write that has ended (cheap: no wait while one is in flight)."""

@@ -186,8 +186,7 @@ class Trainer:
 
     def save_checkpoint(self, wait: bool = False) -> Optional[Path]:
         """Write a checkpoint from rank 0 (every rank must call it: FSDP gathers the full state first). With
-        ``train.async_save`` rank 0 takes a CPU snapshot (the optimizer's tensors copied in the background before the
-        next optimizer step: ``async_save``) and a background thread writes it (the returned path
+        ``train.async_save`` rank 0 takes a CPU snapshot and a background thread writes it (the returned path
         exists once the write is done; a failed write raises here, at a later step or at the fit's end);
         ``wait=True`` returns once it is on disk (then every rank has waited: a preempted run exits after it)."""
         self.should_save = False
@@ -212,11 +211,10 @@ class Trainer:
             if self._writer is None or wait:
                 self._wait_saves()
                 path = write(weights, state)
-            else:  # the optimizer's tensors are copied beside the next forward/backward, then written in the background
-                owned = frozenset() if P.is_fsdp(self.model) else async_save.optimizer_owned(st.opt)  # FSDP: gathered
-                weights, state, pending = async_save.snapshot(ckpt.weights_of(weights), state, owned)
+            else:  # the snapshot is the stall; the write overlaps the next steps
+                weights, state = self._writer.snapshot(ckpt.weights_of(weights), state)
                 path = root / ckpt.step_name(st.step)
-                self._writer.submit(path, functools.partial(write, weights, state), pending)
+                self._writer.submit(path, functools.partial(write, weights, state))
         D.barrier()
         self._call("on_save", path)
         return path
@@ -466,8 +464,6 @@ class Trainer:
         sync where the optimizer can skip on the device (``step.skips_on_device``). Returns the gradient norm
         (a device tensor)."""
         st = self.state
-        if self._writer is not None:
-            self._writer.fence()  # a snapshot being taken has copied what this step changes
         st.scaler.unscale_(st.opt)
         norm = S.grad_norm(S.params_of(st.opt), self.tc.grad_clip)  # same on every rank (reduced grads)
         if st.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself (fused: on the device)

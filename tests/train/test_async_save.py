@@ -143,40 +143,34 @@ def test_weights_are_written_as_safetensors_save_model_writes_them(tmp_path):
     assert (tmp_path / "step_00000002" / ckpt.WEIGHTS).read_bytes() == ref
 
 
-def test_the_optimizers_tensors_are_copied_beside_the_next_forward_and_fenced_before_its_step(tmp_path, monkeypatch):
-    """The snapshot leaves the optimizer's tensors (parameters, moments) to the writer thread, made slow here: the
-    forward after the save changes BatchNorm's running statistics (copied at once), ``fence`` waits for the slow copies,
-    then the step changes the parameters and moments. The checkpoint holds the values of the save, all of them."""
-    torch.manual_seed(0)
+def test_a_snapshot_reuses_the_previous_ones_buffers_once_its_write_is_on_disk(tmp_path):
+    """The second checkpoint's snapshot waits for the first write (a slow one here), then copies into the very buffers
+    of the first (same storage), holding the new values; both files hold their own step's values."""
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(8, 3)).sum().backward()
-    opt.step()  # the moments exist
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    moments = {i: s["exp_avg"].clone() for i, s in enumerate(opt.state_dict()["state"].values())}
-    real_fill, filling, forward_done = async_save.fill, [], threading.Event()
-
-    def slow_fill(pending):
-        forward_done.wait(60)  # the forward below runs first
-        time.sleep(0.2)
-        filling.append(len(pending))
-        real_fill(pending)
-
-    monkeypatch.setattr(async_save, "fill", slow_fill)
-    weights, snap, pending = async_save.snapshot(ckpt.weights_of(model), {"optimizer": opt.state_dict()},
-                                                 async_save.optimizer_owned(opt))
-    assert len(pending) == 4 + 4 * 3  # weight, bias of both layers; each one's step, exp_avg, exp_avg_sq
-    writer = async_save.BackgroundWriter()
-    writer.submit(tmp_path / "step_00000001", lambda: ckpt.save(tmp_path, 1, weights, snap, ""), pending)
-    model(torch.randn(8, 3) + 5).sum().backward()  # changes the live running_mean / running_var
-    forward_done.set()
-    writer.fence()
-    assert filling == [16]
     opt.step()
+    writer, release = async_save.BackgroundWriter(), threading.Event()
+    values = []
+    for step in (1, 2):
+        values.append({k: v.clone() for k, v in model.state_dict().items()})
+        weights, snap = writer.snapshot(ckpt.weights_of(model), {"optimizer": opt.state_dict()})
+        if step == 1:
+            first = {k: v.data_ptr() for k, v in weights.tensors.items()}
+
+            def slow(w=weights, s=snap):
+                release.wait(30)
+                ckpt.save(tmp_path, 1, w, s, "")
+
+            writer.submit(tmp_path / "step_00000001", slow)
+            model(torch.randn(8, 3) + 3).sum().backward()  # training goes on: new weights and statistics
+            opt.step()
+            threading.Timer(0.2, release.set).start()
+        else:
+            assert {k: v.data_ptr() for k, v in weights.tensors.items()} == first  # the same buffers
+            writer.submit(tmp_path / "step_00000002", lambda w=weights, s=snap: ckpt.save(tmp_path, 2, w, s, ""))
     writer.wait()
-    saved = load_file(str(tmp_path / "step_00000001" / ckpt.WEIGHTS))
-    assert not torch.equal(model.state_dict()["1.running_mean"], before["1.running_mean"])
-    assert not torch.equal(model.state_dict()["0.weight"], before["0.weight"])
-    assert all(torch.equal(saved[k], before[k]) for k in before), [k for k in before if not torch.equal(saved[k], before[k])]
-    state = ckpt.read_state(tmp_path / "step_00000001")["optimizer"]["state"]
-    assert all(torch.equal(s["exp_avg"], moments[i]) for i, s in enumerate(state.values()))
+    for step in (1, 2):
+        saved = load_file(str(tmp_path / f"step_{step:08d}" / ckpt.WEIGHTS))
+        assert all(torch.equal(saved[k], values[step - 1][k]) for k in saved), step
+    assert not torch.equal(values[0]["0.weight"], values[1]["0.weight"])

@@ -124,3 +124,41 @@ def test_a_resume_computes_with_the_thread_count_its_checkpoint_records_whatever
     assert_identical(weights(straight / "checkpoints" / final), runs["kept"][1])
     ref = weights(straight / "checkpoints" / final)
     assert any(not torch.equal(ref[k], runs["forced"][1][k]) for k in ref)
+
+
+def _threads_worker(rank, port, out):
+    """Rank r sized r + 1 threads at its start; ``Trainer._size_threads`` on a first start, then on a resume of a
+    checkpoint that recorded 2."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from mm_ptft.config import TrainConfig
+    from mm_ptft.train.distributed import DistInfo
+    from mm_ptft.train.trainer import Trainer
+
+    os.environ.pop("OMP_NUM_THREADS", None)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))
+    fake = SimpleNamespace(tc=TrainConfig(device="cpu"), dist=DistInfo(rank=rank, world=2, local_rank=rank,
+                                                                       local_world=2))
+    torch.set_num_threads(rank + 1)
+    Trainer._size_threads(fake, None)
+    first = torch.get_num_threads()
+    Trainer._size_threads(fake, {"threads": 2})
+    torch.save({"first": first, "resumed": torch.get_num_threads()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_torchrun_ranks_start_with_the_fewest_threads_any_rank_sized_and_resume_with_the_recorded_count(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_threads_worker, args=(port, str(tmp_path / "r")), nprocs=2, join=True)
+    got = [torch.load(f"{tmp_path / 'r'}.{r}", weights_only=True) for r in (0, 1)]
+    assert got == [{"first": 1, "resumed": 2}] * 2
