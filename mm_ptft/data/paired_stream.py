@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import torch
