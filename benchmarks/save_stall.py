@@ -2,7 +2,7 @@
 the write on a background thread), for a ~100M-parameter model through the real Trainer.
 
 Three arms, interleaved per seed (ABC, CBA, …): no checkpoints in the window, checkpoints written in-line, and
-``train.async_save`` (the optimizer's tensors copied by the writer thread beside the next forward/backward). Every arm ends with the same final checkpoint (written and waited for), so the difference of an
+``train.async_save``. Every arm ends with the same final checkpoint (written and waited for), so the difference of an
 arm's time from the end of step w to the end of the fit, minus the no-checkpoint arm's, divided by the checkpoints
 in the window, is the time each checkpoint cost the run — the in-line write, or the snapshot plus what the
 background write took from the steps beside it (on a shared 2-core CPU it competes with them for the cores).
@@ -91,10 +91,9 @@ def compare(quick: bool, seeds: int, device: str) -> dict[str, Any]:
                    notes=[f"batch {size['batch']} × 32 tokens, fp32, AdamW (the checkpoint holds weights + 2 moments: "
                           f"~{12 * params / 1e9:.1f} GB per checkpoint), keep_last=2; each write is checksummed "
                           "(SHA-256) and fsynced",
-                          "async: the training thread copies only what a forward may change (buffers) and the "
-                          "small trainer state; the writer thread copies the optimizer's tensors (weights + "
-                          "moments) beside the next step's forward/backward, which waits for them before its "
-                          "optimizer step (the fence), then writes; all of it on the same cores as training",
+                          "async: the step after a checkpoint pays the CPU snapshot (weights + optimizer state "
+                          "copied into the previous snapshot's buffers); the write then runs beside the next steps, "
+                          "on the same cores",
                           f"load average (1 min) at the start/end of each run: "
                           + "; ".join(f"{arm} " + ", ".join(f"{r['load'][0]:.1f}-{r['load'][1]:.1f}" for r in runs)
                                       for arm, runs in raw.items())])
