@@ -7,7 +7,7 @@ read only on a miss, or when a vocabulary must be learned from their texts."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from mm_ptft.data.table_cache import ArrowRecords, CacheStatus, TableCache, cache_key, cached, default_root, features
 from mm_ptft.data.tables import ROW
@@ -26,11 +26,13 @@ def once(load: Raw) -> Raw:
     return functools.lru_cache(maxsize=None)(load)
 
 
-def table_cache(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any]) -> TableCache:
-    """The cache entry of ``cfg.data``'s files preprocessed with ``settings`` (generated files resolved first)."""
+def table_cache(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any],
+                more_files: Sequence[str] = ()) -> TableCache:
+    """The cache entry of ``cfg.data``'s files (and ``more_files``, e.g. a mixture's sources) preprocessed with
+    ``settings`` (generated files resolved first)."""
     d = cfg.data
     resolve_files(d, cfg.output_dir)
-    files = [f for f in (d.train_file if needs_train_file(d, train, learn) else "", d.eval_file) if f]
+    files = [f for f in (d.train_file if needs_train_file(d, train, learn) else "", d.eval_file, *more_files) if f]
     off = "data.cache=false" if not getattr(d, "cache", True) else \
         "data.rehearsal mixes in another task's rows" if getattr(d, "rehearsal", None) is not None else \
         "an hf: source (datasets keeps its own Arrow cache of it)" if any(f.startswith("hf:") for f in files) else ""
@@ -95,11 +97,11 @@ def store_splits(cfg: Any, tables: tuple[Any, Any], train: bool, columns: Callab
 
 
 def prepare_tables(cfg: Any, train: bool, learn: bool, settings: Mapping[str, Any],
-                   build: Callable[[TableCache], tuple[dict[str, Any], dict[str, Any]]]
-                   ) -> tuple[dict[str, ArrowRecords], dict[str, Any], CacheStatus]:
-    """({split: ArrowRecords}, info, status) of the cache entry for ``settings``: read when complete and intact,
-    else ``build(cache)`` (which maps the raw tables with ``map_table``) and sealed."""
-    cache = table_cache(cfg, train, learn, settings)
+                   build: Callable[[TableCache], tuple[dict[str, Any], dict[str, Any]]],
+                   more_files: Sequence[str] = ()) -> tuple[dict[str, ArrowRecords], dict[str, Any], CacheStatus]:
+    """({split: ArrowRecords}, info, status) of the cache entry for ``settings`` (``table_cache``): read when
+    complete and intact, else ``build(cache)`` (which maps the raw tables with ``map_table``) and sealed."""
+    cache = table_cache(cfg, train, learn, settings, more_files)
     tables, info, status = cached(cache, build)
     return {split: ArrowRecords(t, status) for split, t in tables.items()}, info, status
 

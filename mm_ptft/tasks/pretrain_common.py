@@ -211,32 +211,52 @@ def paired_data(cfg: Any, modalities: Sequence[str], train: bool, zero_shot_eval
         for split, table, where in splits(cfg, *tables, train):
             ds = paired_split(table, where, modalities, d, media, encoders, labels if split == "eval" else None,
                               counters, references and split == "eval")
-            spec = {k: v for k, v in PAIR_FEATURES.items() if k in (ds.rows[0] if ds.rows else {ROW: 0})}
-            out[split] = store_columns({k: [r[k] for r in ds.rows] for k in spec}, cache, split, features(spec))
+            out[split] = store_pairs(ds, cache, split)
         skip = "" if labels is not None else zero_shot_skip_reason(d, tables, text is not None)
         return out, {"labels": d.labels, "zero_shot_skipped": skip, "counters": counters}
 
-    settings = {"recipe": cfg.task, "modalities": list(modalities), "labels": given, "zero_shot": zero_shot_eval,
-                "references": references, "media": dataclasses.asdict(media),
-                "data": {k: getattr(d, k) for k in PAIR_KEYS},
-                "max_length": min(d.max_length, getattr(text, "max_length", d.max_length)),
-                "tokenizer": tokenizer_identity(text.tokenizer) if text is not None else None}
+    settings = pair_settings(cfg, modalities, media, encoders, given, zero_shot=zero_shot_eval, references=references)
     tables, info, _ = prepare_tables(cfg, train, False, settings, build)
+    labels, prompts, counters = zero_shot_of(d, info, encoders, zero_shot_eval)
+    tr, ev = (paired_table(tables.get(s), media, w) for s, w in (("train", d.train_file), ("eval", eval_name(d))))
+    return PairedData(encoders, labels, prompts, tr, ev, counters)
+
+
+def store_pairs(ds: PairedDataset, cache: Any, split: str) -> Any:
+    """``build_paired``'s checked rows of one split as the cache entry's ``split`` table (``PAIR_FEATURES``)."""
+    spec = {k: v for k, v in PAIR_FEATURES.items() if k in (ds.rows[0] if ds.rows else {ROW: 0})}
+    return store_columns({k: [r[k] for r in ds.rows] for k in spec}, cache, split, features(spec))
+
+
+def pair_settings(cfg: Any, modalities: Sequence[str], media: MediaConfig, encoders: Mapping[str, Encoder],
+                  labels: Sequence[str], **more: Any) -> dict[str, Any]:
+    """What checked pairs depend on (the cache key's settings): recipe, modalities, columns and checks, media
+    decoding, the effective max_length, the tokenizer, the class names given, and ``more``."""
+    d, text = cfg.data, encoders.get("text")
+    return {"recipe": cfg.task, "modalities": list(modalities), "labels": list(labels),
+            "media": dataclasses.asdict(media), "data": {k: getattr(d, k) for k in PAIR_KEYS},
+            "max_length": min(d.max_length, getattr(text, "max_length", d.max_length)),
+            "tokenizer": tokenizer_identity(text.tokenizer) if text is not None else None, **more}
+
+
+def zero_shot_of(d: PretrainData, info: Mapping[str, Any], encoders: Mapping[str, Encoder], wanted: bool = True
+                 ) -> tuple[Optional[LabelMap], Optional[tuple[torch.Tensor, torch.Tensor]], dict[str, int]]:
+    """(zero-shot classes, their prompts, preparing's counts) from what a cache entry kept (``info``: the classes
+    learned, or why there are none); ``data.labels`` set to the classes."""
     d.labels, counters = list(info["labels"]), {}
     split_counts(info, counters)
-    labels = LabelMap(d.labels) if zero_shot_eval and not info["zero_shot_skipped"] else None
-    if zero_shot_eval and labels is None:
+    labels = LabelMap(d.labels) if wanted and not info["zero_shot_skipped"] else None
+    if wanted and labels is None:
         log.info("zero-shot evaluation skipped: %s", info["zero_shot_skipped"])
-    prompts = class_prompts(labels, d.prompt_templates, text.tokenizer) if labels is not None else None
-    tr, ev = (_paired(tables.get(s), media, w) for s, w in (("train", d.train_file), ("eval", eval_name(d))))
-    return PairedData(encoders, labels, prompts, tr, ev, counters)
+    prompts = class_prompts(labels, d.prompt_templates, encoders["text"].tokenizer) if labels is not None else None
+    return labels, prompts, counters
 
 
 PAIR_KEYS = ("text_column", "image_column", "audio_column", "video_column", "label_column", "prompt_templates",
              "overlong_text", "skip_bad_samples")  # what a checked pair depends on, besides media and tokenizer
 
 
-def _paired(records: Any, media: MediaConfig, where: str) -> Optional[PairedDataset]:
+def paired_table(records: Any, media: MediaConfig, where: str) -> Optional[PairedDataset]:
     """The pairs of a checked table (memory-mapped when it came from the cache), media decoded on access."""
     if records is None:
         return None

@@ -18,11 +18,14 @@ from mm_ptft.data.multimodal import JointCollator, MixtureDataset
 from mm_ptft.data.stream import CountingCollate, MixtureStream
 from mm_ptft.data.tables import load_table
 from mm_ptft.heads.pretraining import PretrainTask
+from mm_ptft.objectives.captioning import CaptioningObjective
 from mm_ptft.tasks import recipe
-from mm_ptft.tasks.common import eval_name
+from mm_ptft.tasks.cached_tables import learned_tokenizer, once, prepare_tables
+from mm_ptft.tasks.common import eval_name, resolve_files
 from mm_ptft.tasks.pretrain_common import (EncoderSpecs, PretrainData, build_encoders, build_objectives, class_prompts,
-                                           collator, load_tables, media_config, paired_split, predict_embeddings,
-                                           seeded_clips, source_stream, streamed, zero_shot)
+                                           collator, label_map, load_tables, media_config, pair_settings,
+                                           paired_split, paired_table, predict_embeddings, seeded_clips, source_stream,
+                                           store_pairs, streamed, zero_shot_of, zero_shot_skip_reason)
 
 
 @dataclass
@@ -65,27 +68,51 @@ def prepare(cfg: PretrainJointConfig, train: bool = True) -> Prepared:
                           f"sources); use data.decode_on=worker, or pretrain_contrastive / pretrain_masked")
     if d.streaming:
         return _prepare_stream(cfg, train)
-    first, eval_ds = load_tables(cfg, train)
+    resolve_files(d, cfg.output_dir)  # generated data: data.train_file, which sources without their own file read
     files = {n: s.train_file or d.train_file for n, s in sorted(d.sources.items())}
-    tables = {n: load_table(f, f"data.sources.{n}.train_file") if f != d.train_file else first
-              for n, f in files.items()} if train else {}
     mods = sorted({m for s in d.sources.values() for m in s.modalities} | set(d.eval_modalities))
-    texts = [t for n, tb in tables.items() if "text" in d.sources[n].modalities for t in tb[d.text_column]]
+
+    @once
+    def raw() -> tuple[dict[str, Any], Any]:
+        first, eval_ds = load_tables(cfg, train)
+        tables = {n: load_table(f, f"data.sources.{n}.train_file") if f != d.train_file else first
+                  for n, f in files.items()} if train else {}
+        return tables, eval_ds
+
+    learn = train and "text" in mods and learned_tokenizer(cfg.model.text or {})
+    texts = [t for n, tb in raw()[0].items() if "text" in d.sources[n].modalities for t in tb[d.text_column]] \
+        if learn else []
     encoders = build_encoders(cfg.model, mods, cfg.output_dir, texts or None)
     objectives, weights = build_objectives(cfg.model.objectives, encoders)
-    labels, prompts = zero_shot(d, [eval_ds], encoders)
+    media, given = media_config(encoders, d), list(d.labels)
+    captions = any(isinstance(o, CaptioningObjective) for o in objectives.values())  # eval keeps its raw captions
+
+    def build(cache: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        tables, eval_ds = raw()
+        counters: dict[str, int] = {}
+        out = {f"source_{n}": store_pairs(paired_split(tb, files[n], d.sources[n].modalities, d, media, encoders,
+                                                       None, counters), cache, f"source_{n}")
+               for n, tb in tables.items()}
+        labels = label_map(d, [eval_ds]) if "text" in encoders else None
+        if eval_ds is not None:
+            out["eval"] = store_pairs(paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders,
+                                                   labels, counters, references=captions), cache, "eval")
+        skip = "" if labels is not None else zero_shot_skip_reason(d, [eval_ds], "text" in encoders)
+        return out, {"labels": d.labels, "zero_shot_skipped": skip, "counters": counters}
+
+    settings = pair_settings(cfg, mods, media, encoders, given, sources={n: [files[n], d.sources[n].modalities]
+                                                                          for n in files}, references=captions)
+    sources = sorted(set(files.values())) if train else []  # the sources' own files key the entry too
+    tables, info, status = prepare_tables(cfg, train, False, settings, build, sources)
+    labels, prompts, counters = zero_shot_of(d, info, encoders)
     task = PretrainTask(encoders, objectives, weights, sources=list(files), prompts=prompts,
                         num_classes=len(labels) if labels else 0)
-    media, counters = media_config(encoders, d), {}
-    parts = {n: paired_split(tb, files[n], d.sources[n].modalities, d, media, encoders, None, counters)
-             for n, tb in tables.items()}
-    weights = {n: s.weight for n, s in d.sources.items()}
-    tr = MixtureDataset(parts, weights, d.epoch_size, cfg.seed) if parts else None
+    parts = {n: paired_table(tables[f"source_{n}"], media, files[n]) for n in files if f"source_{n}" in tables}
+    tr = MixtureDataset(parts, {n: s.weight for n, s in d.sources.items()}, d.epoch_size, cfg.seed) if parts else None
     if tr is not None:
         counters.update({f"epoch_samples_{n}": c for n, c in tr.counts().items()})
-    ev = (paired_split(eval_ds, eval_name(d), d.eval_modalities, d, media, encoders, labels, counters,
-                       references=bool(task.captioners))
-          if eval_ds is not None else None)
+        tr.cache = status  # check-data reports the entry
+    ev = paired_table(tables.get("eval"), media, eval_name(d))
     return Prepared(task, tr, ev, JointCollator(collator(encoders)), None, None, counters,
                     seeded_clips(list(parts.values()), cfg.seed))
 

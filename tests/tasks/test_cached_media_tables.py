@@ -1,5 +1,5 @@
 """Image and video classification, speech recognition (CTC and Whisper), multimodal classification, the map-style
-pretraining recipes (contrastive, masked, captioning), causal-LM SFT and seq2seq through the preprocessing cache (text classification and regression: test_cached_tables.py): the same
+pretraining recipes (contrastive, masked, captioning, joint), causal-LM SFT and seq2seq through the preprocessing cache (text classification and regression: test_cached_tables.py): the same
 weights after N steps with the cache off, on a miss and on a hit; a changed setting (a check, max_length) makes a new
 entry; a hit checks no media file again."""
 import os
@@ -38,6 +38,7 @@ CASES = {  # recipe → (tiny config, generator, overrides, a setting that chang
                         "widths: [8, 16], img_size: 32}", "model.objective={name: conditioned_mlm, modality: image}"],
                         "data.overlong_text=skip"),
     "pretrain_captioning": ("pretrain_captioning", SHAPES, [], "data.max_length=6"),
+    "pretrain_joint": ("pretrain_joint", SHAPES, [], "data.max_audio_seconds=0.3"),
     "causal_lm_sft": ("causal_lm_sft", SFT, [*GEN, "model.lm.config={model_type: gpt2, n_embd: 32, n_layer: 1, "
                                             "n_head: 2, n_positions: 64}"], "data.max_length=48"),
     "seq2seq": ("seq2seq", PAIRS, GEN, "data.max_source_length=24"),
@@ -100,7 +101,7 @@ def test_same_weights_off_miss_hit_and_a_new_entry_per_setting(tmp_path, case, m
 
 
 @pytest.mark.parametrize("case", ["whisper_asr", "video_classification", "pretrain_contrastive", "pretrain_masked",
-                                  "causal_lm_sft", "seq2seq"])
+                                  "pretrain_joint", "causal_lm_sft", "seq2seq"])
 def test_check_data_reports_the_entry(tmp_path, case):
     files = generate(CASES[case][1], tmp_path / "data")
     first = check_data(recipe_file(case), overrides(tmp_path, case, files, "a"))["cache"]
