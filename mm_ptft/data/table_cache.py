@@ -79,6 +79,9 @@ def tokenizer_identity(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         text = backend.to_str()
+    elif not hasattr(tokenizer, "get_vocab"):  # open_clip's tokenizers: fixed per model name and context length
+        text = json.dumps([type(tokenizer).__name__, getattr(tokenizer, "model_name", None),
+                           getattr(tokenizer, "context_length", None)])
     else:
         text = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()),
                            sorted(map(str, tokenizer.all_special_tokens))])
