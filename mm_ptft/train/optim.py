@@ -103,8 +103,6 @@ def _timm_optimizer(name: str) -> Optional[Callable[..., torch.optim.Optimizer]]
     return build
 
 
-
-
 def _warmup_then(decay: Callable[..., Callable[[int], float]]) -> Callable[..., Any]:
     """A LambdaLR builder: linear warmup from 0 over ``warmup_steps``, then the factor
     ``decay(cfg, opt, warmup, total)(steps after warmup)`` on each group's lr (as transformers' schedules do)."""
