@@ -8,10 +8,12 @@ sides alternated (ABAB…) ``--reps`` times in one process. ``--profile``: a ``t
 side's ops over the window (self CPU time) instead.
 
     python benchmarks/train_step_vs_hf.py [--steps 30] [--warmup 5] [--reps 3] [--threads 1] [--profile]
+        [--sides 'mm_ptft,HF Trainer,mm_ptft dense embedding grads']
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import sys
@@ -71,10 +73,11 @@ def fixed_batches(prepared: Any, steps: int) -> list[list[int]]:
     return list(GroupedBatchSampler(len(lengths), BATCH, lengths, seed=0))[:steps]
 
 
-def run_ours(tmp: Path, data: dict[str, str], batches: list[list[int]], clock: CPUClock, precision: str) -> None:
+def run_ours(tmp: Path, data: dict[str, str], batches: list[list[int]], clock: CPUClock, precision: str,
+             extra: tuple[str, ...] = ()) -> None:
     out = tmp / f"ours_{time.time_ns()}"
     cfg = load_config(RECIPE, [*minilm_overrides(str(out), data, 0, precision), f"train.max_steps={len(batches)}",
-                               "train.report=false", "train.log_every=100000", "train.eval_every=100000"])
+                               "train.report=false", "train.log_every=100000", "train.eval_every=100000", *extra])
     p = TextClassification.prepare(cfg)
     trainer = Trainer.from_prepared(p, cfg, callbacks=[OursClock(clock)])
     trainer.eval_loader = None  # the step alone: no final evaluation
@@ -119,7 +122,9 @@ def run_hf(tmp: Path, data: dict[str, str], batches: list[list[int]], clock: CPU
 
 #: side → (its run, the precision it is given for --precision fp32 / bf16)
 SIDES = {"mm_ptft": (run_ours, {"fp32": "fp32", "bf16": "auto"}),
-         "HF Trainer": (run_hf, {"fp32": "fp32", "bf16": "bf16"})}
+         "HF Trainer": (run_hf, {"fp32": "fp32", "bf16": "bf16"}),
+         "mm_ptft dense embedding grads": (functools.partial(run_ours, extra=("train.sparse_embedding_grads=false",)),
+                                           {"fp32": "fp32", "bf16": "auto"})}
 
 
 def main() -> None:

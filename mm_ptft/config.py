@@ -208,6 +208,10 @@ class TrainConfig:
     # bit-identical to a straight run). Loader workers run 1 thread each
     threads: int = 0
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
+    # CPU, one process, no compile: large trainable embedding tables (>= 1M values, e.g. a 30k-word vocabulary) take
+    # sparse row gradients written into a kept dense buffer instead of a fresh zero-filled (V, D) gradient per step
+    # (the same gradient; mm_ptft/train/row_grads.py). false: the plain dense backward
+    sparse_embedding_grads: bool = True
     # torch.compile the model: false | true (= default) | default | reduce-overhead | max-autotune |
     # max-autotune-no-cudagraphs (see mm_ptft/train/compiling.py). reduce-overhead/max-autotune record CUDA graphs on
     # CUDA (one per batch shape: bound the shapes, e.g. data.pad_to_multiple_of); on CPU they compile like default

@@ -12,6 +12,7 @@ from mm_ptft.train import rng as R
 from mm_ptft.train import step as S
 from mm_ptft.train.logging import RunLogger
 from mm_ptft.train.phases import PhaseClock
+from mm_ptft.train.row_grads import RowGrads
 
 
 @dataclass
@@ -27,6 +28,8 @@ class FitState:
     faults: S.FaultCounter
     found_inf: torch.Tensor  # the last step's NaN/Inf flag (1.0: skipped), on the device
     undo: Optional[S.Undo] = None  # non-fused optimizers: skip by rolling back (train.undo_skips)
+    # sparse-row embedding gradients of the training loop (train.sparse_embedding_grads; set when training starts)
+    row_grads: RowGrads = field(default_factory=lambda: RowGrads([]))
     step: int = 0
     epoch: int = 0
     batches_done: int = 0  # in the current epoch

@@ -39,6 +39,7 @@ from mm_ptft.train.logging import RunLogger, log, setup_console
 from mm_ptft.train.optim import (GroupBuilder, apply_hparams, build_optimizer, build_scheduler, decay_groups, l1_params,
                                  l1_penalty)
 from mm_ptft.train.rng import seed_everything
+from mm_ptft.train.row_grads import RowGrads
 from mm_ptft.types import take_counts
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -273,6 +274,8 @@ class Trainer:
             seed_everything(self.cfg.seed + self.dist.rank)
         st.logger = RunLogger(self.run_dir, self.dist.is_main, st.total, st.start_step, trackers, resolved)
         st.window = S.Window()  # the first train log covers the time from here
+        st.row_grads = RowGrads.for_fit(self.task, self.device, self.tc.sparse_embedding_grads, self.dist.enabled,
+                                        compiling.compile_mode(self.tc.compile) is not None)
         try:
             results = self._train()
             self._wait_saves()  # the last checkpoint is on disk before final_metrics.json names it
@@ -281,6 +284,8 @@ class Trainer:
             self._drain_saves(err)
             st.logger.close(None)  # trackers mark the run failed (and W&B's service process ends)
             raise
+        finally:
+            st.row_grads.close()  # the model's embedding tables are plain (dense-gradient) modules again
         return results
 
     def _drain_saves(self, err: BaseException) -> None:
@@ -464,6 +469,7 @@ class Trainer:
         sync where the optimizer can skip on the device (``step.skips_on_device``). Returns the gradient norm
         (a device tensor)."""
         st = self.state
+        st.row_grads.densify()
         st.scaler.unscale_(st.opt)
         norm = S.grad_norm(S.params_of(st.opt), self.tc.grad_clip)  # same on every rank (reduced grads)
         if st.scaler.is_enabled():  # fp16: the scaler skips overflow steps itself (fused: on the device)
@@ -478,6 +484,7 @@ class Trainer:
             stepped = S.step_unless(st.opt, st.found_inf, on_device, undo)
             st.faults.add(st.found_inf)
         st.opt.zero_grad(set_to_none=True)
+        st.row_grads.released(st.found_inf)
         st.sched.step()
         st.step, st.grad_norm = st.step + 1, norm
         st.window.steps += 1  # counted before on_step_end: a callback's log_train covers this step
