@@ -238,12 +238,19 @@ def other_cpu_use(start: Optional[CpuSnapshot] = None) -> Optional[float]:
         time.sleep(MIN_WINDOW_S)
         now = cpu_snapshot() or start
     others = (now.machine - start.machine) - (now.own - start.own)
-    return max(0.0, others / CLOCK_TICKS / max(now.time - start.time, 1e-9))
+    global _measured
+    _measured = (max(0.0, others / CLOCK_TICKS / max(now.time - start.time, 1e-9)), now.time - start.time)
+    return _measured[0]
+
+
+_measured: Optional[tuple[float, float]] = None  # the last ``other_cpu_use``: (CPUs, window seconds)
 
 
 def busy_signal() -> str:
-    """What ``busy_cpus`` reads on this machine (named in the run's threads line)."""
-    return "load average" if PROCESS_START is None else "CPU use of other processes"
+    """What ``busy_cpus`` read on this machine (named in the run's threads line)."""
+    if PROCESS_START is None:
+        return "load average"
+    return "CPU use of other processes" + (f", {_measured[0]:.2f} CPUs over {_measured[1]:.1f} s" if _measured else "")
 
 
 def busy_cpus() -> int:

