@@ -1,6 +1,7 @@
 """Samples/s of the tiny speech recipe with the automatic thread sizing (``train.threads=0``: the usable CPUs less those
-the load average says are busy, / the processes on the node, at the run's first start) vs ``OMP_NUM_THREADS=1``, on
-the machine as it is (shared, loaded), arms interleaved ABBA.
+other processes keep busy during the run's start-up, / the processes on the node, at the run's first start) vs
+``OMP_NUM_THREADS=1``, on the machine as it is (shared, loaded), arms interleaved ABBA. The load average is
+reported beside each run as the machine's state (it is no longer what the sizing reads: it lags by a minute).
 
 Each run is ``mm-ptft train recipes/speech_recognition/tiny.yaml`` in a fresh process (the sizing happens at start-up)
 for a few dozen steps; its rate is the samples over the ``train`` rows after the first (start-up and warm-up left out)
@@ -64,7 +65,8 @@ def compare(quick: bool, seeds: int, device: str = "") -> dict[str, Any]:
                    ["arm", "samples/s", "load average (1 min) before the run", "after the run",
                     "intra-op threads chosen, per run"], rows, seeds=seeds, quick=quick,
                    raw=raw, notes=["auto: `train.threads=0` — at the run's first start, the usable CPUs (affinity, "
-                                   "cgroup quota) less those the 1-minute load average says are busy, divided by the "
+                                   "cgroup quota) less those other processes keep busy during its start-up (their CPU time from /proc/stat "
+                                   "less this process's own; before issue 31, the 1-minute load average), divided by the "
                                    "processes on the node (recorded in the checkpoints; a resume reuses it); loader "
                                    "workers at 1 thread in every pool (torch, BLAS/OpenMP via threadpoolctl, "
                                    "*_NUM_THREADS, TOKENIZERS_PARALLELISM); inter-op threads = intra-op; "

@@ -203,9 +203,9 @@ class TrainConfig:
     # their random streams then run on across epochs, so worker-side augmentation is not reseeded each epoch)
     prefetch_factor: int = 2  # with num_workers > 0: batches each worker loads ahead
     # intra-op CPU threads; 0: sized at the run's first start, the CPUs this process may use (affinity, cgroup quota)
-    # less those the load average says are busy, / processes on this node, unless OMP_NUM_THREADS is set in the
-    # environment (then it wins); recorded in the checkpoints, and a resume computes with the recorded count (so
-    # bit-identical to a straight run). Loader workers run 1 thread each
+    # less those other processes keep busy now (their CPU use during start-up), / processes on this node, unless
+    # OMP_NUM_THREADS is set in the environment (then it wins); recorded in the checkpoints, and a resume computes with
+    # the recorded count (so bit-identical to a straight run). Loader workers run 1 thread each
     threads: int = 0
     group_by_length: bool = True  # length-grouped batches (randomised mega-batches) where lengths exist
     # CPU, one process, no compile: large trainable embedding tables (>= 1M values, e.g. a 30k-word vocabulary) take

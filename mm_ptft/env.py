@@ -12,6 +12,7 @@ import importlib.util
 import os
 import platform
 import sys
+import time
 import warnings
 from typing import Callable, NamedTuple, Optional
 
@@ -170,8 +171,8 @@ class ThreadPlan(NamedTuple):
 def thread_plan(override: int = 0, local_world: int = 1, recorded: Optional[int] = None) -> ThreadPlan:
     """Intra-op threads a run uses: ``train.threads`` when set; else ``OMP_NUM_THREADS`` when the user set it (it wins
     over the sizing); else the count a checkpoint ``recorded`` (a resume computes with its first start's count, so
-    bit-identical to a straight run); else the usable CPUs less those the load average says are busy
-    (``busy_cpus``, measured once per process), divided by the processes on this node."""
+    bit-identical to a straight run); else the usable CPUs less those other processes keep busy now (``busy_cpus``,
+    measured once per process), divided by the processes on this node."""
     if override > 0:
         return ThreadPlan(override, f"train.threads={override}", False)
     env = os.environ.get("OMP_NUM_THREADS", "")
@@ -182,7 +183,7 @@ def thread_plan(override: int = 0, local_world: int = 1, recorded: Optional[int]
                                     "computes with it", True)
     cpus, busy = usable_cpus(), busy_at_start()
     n = max(1, (cpus - busy) // max(1, local_world))
-    return ThreadPlan(n, f"{cpus} usable CPUs{f' - {busy} busy (load average)' if busy else ''} / {local_world} "
+    return ThreadPlan(n, f"{cpus} usable CPUs{f' - {busy} busy ({busy_signal()})' if busy else ''} / {local_world} "
                          f"local process(es)", True)
 
 
@@ -193,19 +194,83 @@ def busy_at_start() -> int:
     return busy_cpus()
 
 
+class CpuSnapshot(NamedTuple):
+    """CPU time counters at one moment (Linux ``/proc``), in clock ticks."""
+
+    time: float  # time.monotonic()
+    machine: int  # busy ticks of every CPU: /proc/stat's user + nice + system + irq + softirq + steal
+    own: int  # this process's ticks, all its threads: /proc/self/stat's utime + stime
+    pid: int  # whose ``own`` it is (a forked child's counters start again from 0)
+
+
+def cpu_snapshot() -> Optional[CpuSnapshot]:
+    """The counters now, or None where ``/proc`` does not have them (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            cpu = f.readline().split()
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as f:
+            mine = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 is mine[0]; utime, stime 14, 15
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in cpu[1:9])
+        return CpuSnapshot(time.monotonic(), user + nice + system + irq + softirq + steal,
+                           int(mine[11]) + int(mine[12]), os.getpid())
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# The start of the window over which other processes' CPU use is measured: taken when mm_ptft is imported (``import
+# mm_ptft`` imports this module first), so a run's own imports and set-up (seconds) are the window.
+PROCESS_START = cpu_snapshot()
+MIN_WINDOW_S, MAX_WINDOW_S = 0.3, 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def other_cpu_use(start: Optional[CpuSnapshot] = None) -> Optional[float]:
+    """The CPUs other processes used on average since ``start`` (default: when mm_ptft was imported): the machine's
+    busy time less this process's own (all its threads), over the time between. A window shorter than
+    ``MIN_WINDOW_S`` (a library user asking at once), longer than ``MAX_WINDOW_S`` (a notebook imported an hour ago)
+    or begun in the parent of a forked process is replaced by a fresh one of ``MIN_WINDOW_S`` (this sleeps that long, once). None where /proc has no counters."""
+    start = start or PROCESS_START
+    now = cpu_snapshot()
+    if start is None or now is None:
+        return None
+    if start.pid != now.pid or not MIN_WINDOW_S <= now.time - start.time <= MAX_WINDOW_S:
+        start = now
+        time.sleep(MIN_WINDOW_S)
+        now = cpu_snapshot() or start
+    others = (now.machine - start.machine) - (now.own - start.own)
+    global _measured
+    _measured = (max(0.0, others / CLOCK_TICKS / max(now.time - start.time, 1e-9)), now.time - start.time)
+    return _measured[0]
+
+
+_measured: Optional[tuple[float, float]] = None  # the last ``other_cpu_use``: (CPUs, window seconds)
+
+
+def busy_signal() -> str:
+    """What ``busy_cpus`` read on this machine (named in the run's threads line)."""
+    if PROCESS_START is None:
+        return "load average"
+    return "CPU use of other processes" + (f", {_measured[0]:.2f} CPUs over {_measured[1]:.1f} s" if _measured else "")
+
+
 def busy_cpus() -> int:
-    """The CPUs other processes keep busy, where the load average speaks for this process's CPUs: it is the whole
-    machine's, so only when the affinity mask is every CPU and no cgroup quota applies (a shared machine, not a
-    container's slice of a host): the whole CPUs of the 1-minute load average (a run just starting adds next to
-    nothing to it), at most all but one; 0 elsewhere. Two threads per process on a 2-core machine other jobs keep
-    busy ran the tiny speech recipe 20x slower than one (benchmarks/threads_loaded.py)."""
+    """The CPUs other processes keep busy, where a machine-wide figure speaks for this process's CPUs: only when the
+    affinity mask is every CPU and no cgroup quota applies (a shared machine, not a container's slice of a host); 0
+    elsewhere. The figure is the CPU time other processes used over the window since mm_ptft was imported (the run's
+    start-up: ``other_cpu_use``), rounded to whole CPUs (half a CPU in use counts as busy: a parallel region runs at
+    the pace of its slowest thread), at most all but one. Where /proc has no counters (not Linux), the 1-minute load
+    average instead: it lags by a minute, so a run started just after another finished (a sweep, the benchmark) read
+    the finished run's load and took half the CPUs of this quiet 2-core machine. Two threads per process on a 2-core
+    machine other jobs keep busy ran the tiny speech recipe 20x slower than one (benchmarks/threads_loaded.py)."""
     if cgroup_cpus() is not None or cpu_count() != (os.cpu_count() or 1):
         return 0
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return 0
-    return min(cpu_count() - 1, int(load))
+    others = other_cpu_use()
+    if others is None:
+        try:
+            others = float(int(os.getloadavg()[0]))
+        except OSError:
+            return 0
+    return min(cpu_count() - 1, int(others + 0.5))
 
 
 def apply_threads(override: int = 0, local_world: int = 1, recorded: Optional[int] = None) -> ThreadPlan:
@@ -444,14 +509,16 @@ def device_lines() -> list[str]:
 
 
 def thread_line() -> str:
-    """The load average and the threads a run started here would use (``mm-ptft doctor``)."""
+    """Other processes' CPU use, the load average and the threads a run started here would use (``mm-ptft doctor``)."""
     quota = cgroup_cpus()
     try:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "unknown"
+    others = other_cpu_use()
+    use = f"other processes use {others:.2f} CPUs now, " if others is not None else ""
     n, why, _ = thread_plan(0, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return (f"threads: load average {load} (1/5/15 min) on {cpu_count()} CPUs in the affinity mask"
+    return (f"threads: {use}load average {load} (1/5/15 min) on {cpu_count()} CPUs in the affinity mask"
             f"{f', cgroup quota {quota:g} CPUs' if quota else ''}; a run started now would use {n} intra-op threads "
             f"({why}; a resume keeps its first start's count), loader workers 1 each; train.threads=N overrides")
 

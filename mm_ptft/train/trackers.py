@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -45,11 +46,16 @@ def start(tracker: Tracker, run_dir: Path, config: dict[str, Any], start_step: i
     try:
         tracker.start(run_dir, config, start_step)
     except Exception as err:
-        where = getattr(tracker, "where", type(tracker).__name__)
-        env = ", ".join(f"{k}={os.environ[k]!r}" for k in tracker.settings if k in os.environ)
-        msg = (str(err).strip().splitlines() or [""])[0][:300]
-        raise TrackerError(f"{where}: the tracker did not start ({env or 'no ' + '/'.join(tracker.settings) + ' set'}"
-                           f"): {type(err).__name__}: {msg}") from err
+        raise start_error(tracker, err) from err
+
+
+def start_error(tracker: Tracker, err: BaseException) -> TrackerError:
+    """The one line for a tracker that did not start: its ``train.report_to`` entry, the settings it read, the error."""
+    where = getattr(tracker, "where", type(tracker).__name__)
+    env = ", ".join(f"{k}={os.environ[k]!r}" for k in tracker.settings if k in os.environ)
+    msg = (str(err).strip().splitlines() or [""])[0][:300]
+    return TrackerError(f"{where}: the tracker did not start ({env or 'no ' + '/'.join(tracker.settings) + ' set'}"
+                        f"): {type(err).__name__}: {msg}")
 
 
 TRACKERS: Registry[Tracker] = Registry("tracker")
@@ -98,19 +104,65 @@ class JsonlTracker(Tracker):
 
 @TRACKERS.register("tensorboard")
 class TensorBoardTracker(Tracker):
-    """TensorBoard events in ``tensorboard/``, one scalar per number (``train/loss``, ``eval/accuracy`` …)."""
+    """TensorBoard events in ``tensorboard/``, one scalar per number (``train/loss``, ``eval/accuracy`` …).
+
+    Importing ``torch.utils.tensorboard`` (tensorboard, protobuf: 0.3 s) and opening the writer happen in a
+    background thread started by ``start``, off the run's start-up: the first steps run meanwhile (their kernels
+    release the GIL). Records logged before the writer is ready wait in a list; the first ``log`` after it is ready
+    writes them, ``finish`` waits for it. A start that failed there is retried once here (a failure of the
+    thread's import machinery, not of the start, does not lose the events) and, failing again, raised at that
+    ``log`` / ``finish`` as the ``TrackerError`` naming the ``train.report_to`` entry."""
 
     def start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
+        self.dir, self.purge_step = run_dir / "tensorboard", start_step or None
+        self.writer: Any = None
+        self.pending: list[dict[str, Any]] = []
+        self.error: Optional[BaseException] = None
+        self.opening = threading.Thread(target=self._open_in_background, name="mm_ptft-tensorboard", daemon=True)
+        self.opening.start()
+
+    def _open(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step or None)
+        return SummaryWriter(str(self.dir), purge_step=self.purge_step)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def _open_in_background(self) -> None:
+        try:
+            self.writer = self._open()
+        except Exception as err:  # kept for the main thread: raised at the next log / finish
+            self.error = err
+
+    def _ready(self, wait: bool) -> bool:
+        """Whether the writer is open (waiting for it when ``wait``); a failed start is retried once, then raised."""
+        if self.opening is not None:
+            if self.opening.is_alive() and not wait:
+                return False
+            self.opening.join()
+            self.opening = None
+            if self.error is not None:
+                try:
+                    self.writer = self._open()
+                except Exception as err:
+                    raise start_error(self, err) from err
+            for record in self.pending:
+                self._write(record)
+            self.pending = []
+        return True
+
+    def _write(self, record: dict[str, Any]) -> None:
         for name, v in scalars(record):
             self.writer.add_scalar(name, v, record["step"])
 
+    def log(self, record: dict[str, Any]) -> None:
+        if self._ready(wait=False):
+            self._write(record)
+        else:
+            self.pending.append(record)
+
     def finish(self, results: Optional[dict[str, float]]) -> None:
-        self.writer.close()
+        self._ready(wait=True)
+        if self.writer is not None:  # None: its start failed, already raised at a log
+            self.writer.close()
 
 
 @TRACKERS.register("wandb")
@@ -213,4 +265,5 @@ def from_config(report_to: Sequence[str]) -> list[Tracker]:
     return trackers
 
 
-__all__ = ["EXTRA", "TRACKERS", "Tracker", "TrackerError", "start", "flatten", "from_config", "scalars"]
+__all__ = ["EXTRA", "TRACKERS", "Tracker", "TrackerError", "start", "start_error", "flatten", "from_config",
+           "scalars"]

@@ -229,3 +229,85 @@ def test_a_tracker_that_will_not_start_is_one_line_and_leaves_output_dir_as_it_w
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] if existing else not out.exists()
     results = train(_tiny(topics_data, out, "train.report_to=[]"))  # the rerun: not "already holds a run"
     assert "accuracy" in results and (out / "final_metrics.json").is_file()
+
+
+SLOW_TENSORBOARD = '''
+import json, sys, threading, time
+sys.path[:0] = {paths!r}
+seen = {{}}
+
+class SlowTensorBoard:  # a finder that makes the tensorboard import take 3 s, and notes which thread asked
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.utils.tensorboard" and "thread" not in seen:
+            seen["thread"] = threading.current_thread().name
+            time.sleep(3)
+        return None
+
+sys.meta_path.insert(0, SlowTensorBoard())
+from mm_ptft.train.callbacks import Callback
+from mm_ptft.train.trainer import Trainer
+from test_callbacks import Linear, collate, data
+from test_trackers import toy_cfg
+
+class FirstStep(Callback):
+    def on_step_end(self, trainer):
+        seen.setdefault("imported_at_step_1", "torch.utils.tensorboard" in sys.modules)
+
+Trainer(Linear(), toy_cfg({out!r}, report_to=["tensorboard"]), data(), data(8), collate, callbacks=[FirstStep()]).fit()
+print(json.dumps(seen))
+'''
+
+
+def test_tensorboard_starts_off_the_critical_path_and_keeps_every_event(tmp_path):
+    """With the tensorboard import made 3 s slow, the fit's first step runs before it is imported (a background
+    thread imports it, not the main one), and every record still reaches the events file (tensorboard's own reader):
+    the ones logged meanwhile wait for the writer."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    here = Path(__file__).resolve().parent
+    code = SLOW_TENSORBOARD.format(paths=[str(here), str(here.parent)], out=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"thread": "mm_ptft-tensorboard", "imported_at_step_1": False}
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for kind, name in (("train", "loss"), ("eval", "loss")):
+        logged = {r["step"]: r[name] for r in rows if r["kind"] == kind}
+        tb = {e.step: e.value for e in events.Scalars(f"{kind}/{name}")}
+        assert sorted(logged) == ([1, 2, 3, 4] if kind == "train" else [2, 4])
+        assert tb.keys() == logged.keys() and all(tb[s] == pytest.approx(logged[s], rel=1e-6) for s in logged)
+
+
+@pytest.mark.parametrize("fails", [1, 2])
+def test_a_tensorboard_start_that_fails_in_the_background_is_retried_then_named(tmp_path, monkeypatch, fails):
+    """The background open failing once (e.g. the thread's import machinery): retried at the first log, the events
+    all there. Failing again: the run stops with the one TrackerError line naming train.report_to."""
+    from mm_ptft.train import trackers as T
+
+    real, calls = T.TensorBoardTracker._open, []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) <= fails:
+            raise OSError("No space left on device")
+        return real(self)
+
+    monkeypatch.setattr(T.TensorBoardTracker, "_open", flaky)
+    cfg = toy_cfg(tmp_path, report_to=["tensorboard"])
+    if fails == 2:
+        with pytest.raises(T.TrackerError, match=r"train\.report_to\[0\]='tensorboard': the tracker did not start"
+                                                 r".*OSError: No space left on device"):
+            Trainer(Linear(), cfg, data(), data(8), collate).fit()
+        return
+    Trainer(Linear(), cfg, data(), data(8), collate).fit()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4] and len(calls) == 2
