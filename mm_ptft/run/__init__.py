@@ -46,21 +46,22 @@ def fit_trainer(trainer: Trainer, cfg: RunConfig) -> dict[str, float]:
         return results
     plain = trainer.plain_model()  # under FSDP every rank takes part in gathering the weights
     if plain is not None:
-        save_best_encoders(plain, Path(cfg.output_dir))
+        save_best_encoders(plain, Path(cfg.output_dir), trainer.weights_checkpoint())
     D.barrier()
     trainer.write_timing()  # the finish includes the encoder directories
     return results
 
 
-def save_best_encoders(model: torch.nn.Module, run_dir: Path) -> None:
+def save_best_encoders(model: torch.nn.Module, run_dir: Path, in_memory: Optional[Path] = None) -> None:
     """``encoders/`` from the checkpoint ``eval``/``predict`` pick (the best, else the latest), not from the
-    last weights; ``encoders/<modality>/source.json`` says which."""
+    last weights; ``encoders/<modality>/source.json`` says which. ``in_memory``: the checkpoint ``model`` holds the
+    weights of (``Trainer.weights_checkpoint``); picked, it is neither re-hashed nor reloaded."""
     try:
-        source = pick_checkpoint(run_dir)
+        source = pick_checkpoint(run_dir, trusted=in_memory)
     except FileNotFoundError:
         source = None
-    if source is not None:
-        ckpt.load(source, model)
+    if source is not None and source != in_memory:
+        ckpt.load_weights(source, model)
     save_encoders(model, run_dir / "encoders")
     best = run_dir / "checkpoints" / "best.json"
     is_best = source is not None and best.is_file() and json.loads(best.read_text()).get("path") == source.name

@@ -163,17 +163,18 @@ def save_tokenizer(spec: dict[str, Any], tokenizer: Any, output_dir: str) -> Non
     spec["tokenizer"] = str(path.resolve())
 
 
-def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None) -> Path:
-    """``checkpoint`` if given, else the run's best checkpoint, else its latest good one."""
+def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None, trusted: Optional[Path] = None) -> Path:
+    """``checkpoint`` if given, else the run's best checkpoint, else its latest good one. ``trusted``: a checkpoint
+    this process wrote and has not changed since (``Trainer.weights_checkpoint``): taken without re-hashing it."""
     if checkpoint:
         return Path(checkpoint)
     root = Path(run_dir) / "checkpoints"
     best = root / "best.json"
     if best.exists():
         path = root / json.loads(best.read_text())["path"]
-        if path.is_dir() and ckpt.verify(path) is None:
+        if path.is_dir() and ((trusted is not None and path == trusted) or ckpt.verify(path) is None):
             return path
-    found = ckpt.latest_good(root)
+    found = ckpt.latest_good(root, trusted)
     if found is None:
         raise FileNotFoundError(f"no usable checkpoint under {root}")
     return found
@@ -212,7 +213,7 @@ def load_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: Opt
     with contextlib.nullcontext() if trust_remote_code else untrusted_source(str(run_dir)):
         prepared = recipe.prepare(cfg, train=train_data)
     apply_finetune(prepared.task, cfg.finetune)  # the same modules (e.g. LoRA adapters) as the checkpoint
-    ckpt.load(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
+    ckpt.load_weights(pick_checkpoint(cfg.output_dir if path.is_file() else path, checkpoint), prepared.task)
     prepared.task.eval()
     return cfg, prepared, recipe
 

@@ -140,10 +140,11 @@ def verify(path: Path) -> Optional[str]:
     return None
 
 
-def latest_good(ckpt_root: Path) -> Optional[Path]:
-    """Newest intact checkpoint; corrupted newer ones are reported and skipped."""
+def latest_good(ckpt_root: Path, trusted: Optional[Path] = None) -> Optional[Path]:
+    """Newest intact checkpoint; corrupted newer ones are reported and skipped. ``trusted``: a checkpoint this
+    process wrote and has not changed since (``Trainer.weights_checkpoint``), taken without re-hashing it."""
     for path in reversed(step_dirs(ckpt_root)):
-        problem = verify(path)
+        problem = None if trusted is not None and path == trusted else verify(path)
         if problem is None:
             return path
         log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, problem)
@@ -152,6 +153,13 @@ def latest_good(ckpt_root: Path) -> Optional[Path]:
 
 def load(path: Path, model: nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` (strict) and return the trainer state."""
+    load_weights(path, model)
+    return read_state(path)
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load a checkpoint's weights into ``model`` (strict), not its trainer state (the optimizer's: twice the
+    weights' size)."""
     from safetensors.torch import load_model
 
     try:
@@ -165,7 +173,6 @@ def load(path: Path, model: nn.Module) -> dict[str, Any]:
     if missing or unexpected:
         raise CheckpointError(f"{path}: checkpoint is from another model: missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")
-    return read_state(path)
 
 
 def read_state(path: Path) -> dict[str, Any]:

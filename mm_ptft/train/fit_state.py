@@ -40,6 +40,7 @@ class FitState:
     last_eval_checkpoint: Optional[Path] = None  # the checkpoint written with the last evaluation (main rank)
     last_results: dict[str, float] = field(default_factory=dict)
     last_artifacts: dict[str, Any] = field(default_factory=dict)  # the last evaluation's non-scalar results
+    artifacts_written: bool = False  # last_artifacts are in the run directory
     counts_changed: bool = False  # skip counters changed since the last train log
     config_changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, old, new) on a resume
     already_finished: Optional[dict[str, float]] = None  # a finished run resumed: its final metrics
@@ -49,6 +50,8 @@ class FitState:
     grad_norm: Optional[torch.Tensor] = None  # the last optimizer step's (a device tensor)
     clock: PhaseClock = field(default_factory=PhaseClock)  # start-up / train / eval / finish split
     report: Any = None  # report.md being rendered in the background (Trainer.join_report)
+    saved: Optional[tuple[Path, int, tuple[tuple[int, int], ...]]] = None  # the last checkpoint this fit wrote,
+    # its step and the weights' fingerprint then (Trainer.weights_checkpoint)
 
     @property
     def bad_steps_total(self) -> int:

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 from mm_ptft.train.rundir import final_record, final_results
 
@@ -13,19 +18,26 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)write ``RUN_DIR/report.md`` with curves of every logged loss and eval metric."""
+INPUTS = ("metrics.jsonl", "confusion_matrix.json")  # what the plots are drawn from
+
+
+def write_report(run_dir: str | Path, go: Optional[Callable[[], bool]] = None) -> Optional[Path]:
+    """(Re)write ``RUN_DIR/report.md`` with curves of every logged loss and eval metric. ``go``: called once the
+    plots are drawn, before ``final_metrics.json`` is read (a run draws while its final checkpoint is written);
+    False: stop without writing report.md (None returned). Plots whose inputs changed meanwhile are drawn again."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
-    for rec in read_metrics(run_dir):
-        for k, v in rec.items():
-            if k not in ("step", "time", "kind", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                series[(rec["kind"], k)].append((rec["step"], v))
+    drawn = _inputs_state(run_dir)
+    sections = _plots(plt, run_dir)
+    if go is not None:
+        if not go():
+            return None
+        if _inputs_state(run_dir) != drawn:
+            sections = _plots(plt, run_dir)
     lines = [f"# Run report: {run_dir.name}", ""]
     record, final = final_record(run_dir), final_results(run_dir)
     if record is not None and final is not None:
@@ -34,6 +46,26 @@ def write_report(run_dir: str | Path) -> Path:
         lines += [f"## Final metrics{at}", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in final.items()]
         lines.append("")
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines + sections))
+    return out
+
+
+def _inputs_state(run_dir: Path) -> list[Optional[tuple[int, int]]]:
+    """Size and modification time of each of ``INPUTS`` (None: absent)."""
+    stats = [(run_dir / name).stat() if (run_dir / name).is_file() else None for name in INPUTS]
+    return [None if st is None else (st.st_size, st.st_mtime_ns) for st in stats]
+
+
+def _plots(plt, run_dir: Path) -> list[str]:
+    """The curve PNGs (one per kind of row, fixed margins: no layout pass) and the confusion matrix PNG; their
+    report.md sections."""
+    series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for rec in read_metrics(run_dir):
+        for k, v in rec.items():
+            if k not in ("step", "time", "kind", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                series[(rec["kind"], k)].append((rec["step"], v))
+    lines: list[str] = []
     for kind in sorted({k for k, _ in series}):
         names = sorted(n for k, n in series if k == kind and ("loss" in n or kind == "eval") and n != "lr")
         if not names:
@@ -45,7 +77,7 @@ def write_report(run_dir: str | Path) -> Path:
         ax.set_xlabel("step")
         ax.set_title(f"{kind} curves")
         ax.legend(fontsize=7)
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.91)
         png = run_dir / f"{kind}_curves.png"
         fig.savefig(png, dpi=100)
         plt.close(fig)
@@ -53,9 +85,7 @@ def write_report(run_dir: str | Path) -> Path:
     cm_path = run_dir / "confusion_matrix.json"
     if cm_path.exists():
         lines += _confusion_png(plt, run_dir, json.loads(cm_path.read_text()))
-    out = run_dir / "report.md"
-    out.write_text("\n".join(lines))
-    return out
+    return lines
 
 
 def _confusion_png(plt, run_dir: Path, cm: dict) -> list[str]:
@@ -77,3 +107,60 @@ def _confusion_png(plt, run_dir: Path, cm: dict) -> list[str]:
     fig.savefig(run_dir / "confusion_matrix.png", dpi=100)
     plt.close(fig)
     return ["## confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
+
+
+class ReportProcess:
+    """``write_report(run_dir)`` in a child interpreter, started at a run's final evaluation: it imports matplotlib
+    and draws the plots while the run writes its final checkpoint (on another core: no GIL shared, no matplotlib in
+    the run's process), and writes report.md once ``release()`` says final_metrics.json is on disk. ``join`` waits
+    and raises what it failed with; ``cancel`` (a failed run) ends it without report.md."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import mm_ptft
+
+        self.run_dir, self.released = Path(run_dir), False
+        root = str(Path(mm_ptft.__file__).resolve().parent.parent)  # this very package, whatever sys.path holds
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "mm_ptft.train.report", str(self.run_dir)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+
+    def release(self) -> None:
+        """final_metrics.json is written: the child may read it and write report.md."""
+        if not self.released:
+            self.released = True
+            self._tell(b"go\n")
+
+    def cancel(self) -> None:
+        """End the child without report.md (its stdin closes before a go)."""
+        self.released = True
+        self._tell(b"")
+        self.proc.wait()
+        self.stderr.close()
+
+    def join(self) -> None:
+        self.release()
+        code = self.proc.wait()
+        self.stderr.seek(0)
+        err = self.stderr.read().decode(errors="replace").strip().splitlines()
+        self.stderr.close()
+        if code != 0:
+            raise RuntimeError(f"report.md for {self.run_dir} failed (exit {code}): " + " | ".join(err[-5:]))
+
+    def _tell(self, line: bytes) -> None:
+        try:
+            if line:
+                self.proc.stdin.write(line)
+            self.proc.stdin.close()
+        except BrokenPipeError:  # the child ended already: join reports how
+            pass
+
+
+def main(argv: Sequence[str]) -> int:
+    """The child of ``ReportProcess``: ``RUN_DIR``; report.md once stdin says ``go`` (EOF first: nothing)."""
+    write_report(argv[0], go=lambda: sys.stdin.readline().strip() == "go")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import json
 import math
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -216,6 +215,7 @@ class Trainer:
                 weights, state = self._writer.snapshot(ckpt.weights_of(weights), state)
                 path = root / ckpt.step_name(st.step)
                 self._writer.submit(path, functools.partial(write, weights, state))
+            st.saved = (path, st.step, _fingerprint(self._unwrapped()))
         D.barrier()
         self._call("on_save", path)
         return path
@@ -281,6 +281,9 @@ class Trainer:
             self._wait_saves()  # the last checkpoint is on disk before final_metrics.json names it
             self._finish(results, write_timing)
         except BaseException as err:
+            if st.report is not None:  # no report.md for a failed fit
+                st.report, report = None, st.report
+                report.cancel()
             self._drain_saves(err)
             st.logger.close(None)  # trackers mark the run failed (and W&B's service process ends)
             raise
@@ -519,6 +522,7 @@ class Trainer:
             if ev.counts:  # a streamed eval split's skips (the same at every evaluation)
                 st.logger.log(st.step, "data", {f"eval_{k}": v for k, v in ev.counts.items()})
             st.last_eval_step, st.last_results, st.last_artifacts = st.step, ev.results, ev.artifacts
+            st.artifacts_written = False
             if ev.results:
                 st.logger.log(st.step, "eval", ev.results)
             self._call("on_evaluate", ev.results)
@@ -527,7 +531,26 @@ class Trainer:
             better = st.best_value is None or (value > st.best_value if self.greater else value < st.best_value)
             if better:
                 st.best_value, st.best_step = value, st.step
+        if st.step >= st.total or self.should_stop:  # the final evaluation: the report draws while the checkpoint
+            self._write_artifacts()  # is written
+            self._start_report()
         st.last_eval_checkpoint = self.save_checkpoint()
+
+    def _write_artifacts(self) -> None:
+        """The last evaluation's non-scalar results as ``<name>.json`` (main rank; once per evaluation)."""
+        st = self.state
+        if self.dist.is_main and not st.artifacts_written:
+            for stem, value in st.last_artifacts.items():
+                (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
+            st.artifacts_written = True
+
+    def _start_report(self) -> None:
+        """``report.md`` (``train.report``) in a child process from now on (``report.ReportProcess``; main rank)."""
+        st = self.state
+        if self.dist.is_main and self.tc.report and st.report is None:
+            from mm_ptft.train.report import ReportProcess
+
+            st.report = ReportProcess(self.run_dir)
 
     def plain_model(self) -> Optional[nn.Module]:
         """The trained task as one plain module on the main process, None elsewhere (under FSDP a collective:
@@ -537,6 +560,20 @@ class Trainer:
             weights = P.full_model_state(plain)
             plain = self._export(weights) if self._export is not None else None
         return plain if self.dist.is_main else None
+
+    def weights_checkpoint(self) -> Optional[Path]:
+        """The checkpoint that holds exactly the weights the model holds now (main rank): the last one this fit
+        wrote, when no optimizer step was taken since (a fused optimizer bumps no version counter) and no parameter
+        or buffer was replaced or changed in place (their storages and version counters: no bytes compared), and
+        it is still kept; else None. Exporting from it needs no reload. (A callback that rewrites weights through
+        ``.data`` after the last checkpoint goes unseen: that checkpoint would not hold its change either.)"""
+        st = self.state
+        if st is None or st.saved is None or not self.dist.is_main:
+            return None
+        self._wait_saves()
+        path, step, fingerprint = st.saved
+        same = step == st.step and fingerprint == _fingerprint(self._unwrapped())
+        return path if same and path.is_dir() else None
 
     def write_timing(self) -> dict[str, float]:
         """Log where this run's wall time went (``phases.PhaseClock``): a ``timing`` event appended to
@@ -553,45 +590,30 @@ class Trainer:
         st = self.state
         if self.dist.is_main:
             rundir.write_final(self.run_dir, results, st.last_eval_step, st.last_eval_checkpoint)
-            for stem, value in st.last_artifacts.items():
-                (self.run_dir / f"{stem}.json").write_text(json.dumps(value))
+            self._write_artifacts()
         self._call("on_train_end", results)
         st.logger.close(results)
-        if self.dist.is_main and self.tc.report:  # in a thread: plotting (matplotlib's import alone ~1 s) overlaps
-            st.report = _Background(self.run_dir)  # the caller's finishing I/O (encoder directories)
+        self._start_report()  # started at the final evaluation unless the run ended otherwise
+        if st.report is not None:  # it writes report.md (its plots redrawn if on_train_end logged more rows)
+            st.report.release()  # while the caller writes the encoder directories
         D.barrier()
         if write_timing:
             self.write_timing()
 
     def join_report(self) -> None:
-        """Wait for ``report.md`` (rendered in the background since the end of ``fit``); its error, if any, raises
-        here. ``fit`` joins it itself unless called with ``write_timing=False`` (then ``write_timing`` does)."""
+        """Wait for ``report.md`` (rendered in a child process since the final evaluation); its error, if any,
+        raises here. ``fit`` joins it itself unless called with ``write_timing=False`` (then ``write_timing`` does)."""
         st = self.state
         if st is not None and st.report is not None:
             report, st.report = st.report, None
             report.join()
 
 
-class _Background:
-    """``write_report(run_dir)`` in a daemon thread; ``join`` waits and re-raises what it raised."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, args=(run_dir,), name="mm_ptft-report", daemon=True)
-        self.thread.start()
-
-    def _run(self, run_dir: Path) -> None:
-        try:
-            from mm_ptft.train.report import write_report
-
-            write_report(run_dir)
-        except BaseException as err:  # handed to join()
-            self.error = err
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+def _fingerprint(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Each parameter's and buffer's storage address and version counter (bumped by every in-place change: an
+    optimizer step, ``load_state_dict``, a callback's ``copy_``): equal fingerprints mean the same weights. Under
+    FSDP these are this rank's shards; no collective."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 def _mean_over_ranks(sums: dict[str, torch.Tensor]) -> dict[str, float]:

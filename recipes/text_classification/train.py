@@ -45,7 +45,7 @@ def main(argv: list[str]) -> dict:
     if trainer.already_finished is None:
         model = trainer.plain_model()
         if model is not None:
-            save_best_encoders(model, Path(cfg.output_dir))
+            save_best_encoders(model, Path(cfg.output_dir), trainer.weights_checkpoint())
         barrier()
 
     # The run directory now holds config.yaml, metrics.jsonl, checkpoints/, final_metrics.json,
