@@ -116,10 +116,8 @@ class ReportProcess:
     and raises what it failed with; ``cancel`` (a failed run) ends it without report.md."""
 
     def __init__(self, run_dir: Path) -> None:
-        import mm_ptft
-
         self.run_dir, self.released = Path(run_dir), False
-        root = str(Path(mm_ptft.__file__).resolve().parent.parent)  # this very package, whatever sys.path holds
+        root = str(Path(__file__).resolve().parents[2])  # this very package's root, whatever sys.path holds
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "mm_ptft.train.report", str(self.run_dir)],
