@@ -228,7 +228,8 @@ def other_cpu_use(start: Optional[CpuSnapshot] = None) -> Optional[float]:
     """The CPUs other processes used on average since ``start`` (default: when mm_ptft was imported): the machine's
     busy time less this process's own (all its threads), over the time between. A window shorter than
     ``MIN_WINDOW_S`` (a library user asking at once), longer than ``MAX_WINDOW_S`` (a notebook imported an hour ago)
-    or begun in the parent of a forked process is replaced by a fresh one of ``MIN_WINDOW_S`` (this sleeps that long, once). None where /proc has no counters."""
+    or begun in the parent of a forked process is replaced by a fresh one of ``MIN_WINDOW_S`` (this sleeps that
+    long, once). None where /proc has no counters."""
     start = start or PROCESS_START
     now = cpu_snapshot()
     if start is None or now is None:

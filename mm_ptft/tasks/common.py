@@ -172,7 +172,7 @@ def pick_checkpoint(run_dir: str | Path, checkpoint: Optional[str] = None, trust
     best = root / "best.json"
     if best.exists():
         path = root / json.loads(best.read_text())["path"]
-        if path.is_dir() and ((trusted is not None and path == trusted) or ckpt.verify(path) is None):
+        if path.is_dir() and (path == trusted or ckpt.verify(path) is None):
             return path
     found = ckpt.latest_good(root, trusted)
     if found is None:

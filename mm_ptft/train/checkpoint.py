@@ -144,7 +144,7 @@ def latest_good(ckpt_root: Path, trusted: Optional[Path] = None) -> Optional[Pat
     """Newest intact checkpoint; corrupted newer ones are reported and skipped. ``trusted``: a checkpoint this
     process wrote and has not changed since (``Trainer.weights_checkpoint``), taken without re-hashing it."""
     for path in reversed(step_dirs(ckpt_root)):
-        problem = None if trusted is not None and path == trusted else verify(path)
+        problem = None if path == trusted else verify(path)
         if problem is None:
             return path
         log.warning("checkpoint %s is unusable (%s); falling back to the previous one", path, problem)

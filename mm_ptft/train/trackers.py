@@ -106,10 +106,10 @@ class JsonlTracker(Tracker):
 class TensorBoardTracker(Tracker):
     """TensorBoard events in ``tensorboard/``, one scalar per number (``train/loss``, ``eval/accuracy`` …).
 
-    Importing ``torch.utils.tensorboard`` (tensorboard, protobuf: 0.3 s) and opening the writer happen in a
-    background thread started by ``start``, off the run's start-up: the first steps run meanwhile (their kernels
-    release the GIL). Records logged before the writer is ready wait in a list; the first ``log`` after it is ready
-    writes them, ``finish`` waits for it. A start that failed there is retried once here (a failure of the
+    Importing ``torch.utils.tensorboard`` (40–60 ms measured once a run's other imports are done; more on a cold
+    start) and opening the writer happen in a background thread started by ``start``, off the run's start-up: the
+    first steps run meanwhile (their kernels release the GIL). Records logged before the writer is ready wait in a
+    list; the first ``log`` after it is ready writes them, ``finish`` waits for it. A start that failed there is retried once here (a failure of the
     thread's import machinery, not of the start, does not lose the events) and, failing again, raised at that
     ``log`` / ``finish`` as the ``TrackerError`` naming the ``train.report_to`` entry."""
 
