@@ -304,8 +304,9 @@ WORKER_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
 
 def limit_worker_threads() -> None:
     """A loader worker's pools at 1 thread: torch's (the worker loop does it too), the BLAS/OpenMP libraries already
-    loaded (numpy's OpenBLAS, through ``threadpoolctl`` when installed; a forked worker inherits the parent's pools), the
-    same libraries in what it loads or starts later (their ``*_NUM_THREADS``), and tokenizers' parallelism."""
+    loaded (numpy's OpenBLAS, through ``threadpoolctl`` when installed; a forked worker inherits the parent's
+    pools), the same libraries in what it loads or starts later (their ``*_NUM_THREADS``), and tokenizers'
+    parallelism."""
     import torch
 
     torch.set_num_threads(1)

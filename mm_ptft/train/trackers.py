@@ -109,9 +109,9 @@ class TensorBoardTracker(Tracker):
     Importing ``torch.utils.tensorboard`` (40–60 ms measured once a run's other imports are done; more on a cold
     start) and opening the writer happen in a background thread started by ``start``, off the run's start-up: the
     first steps run meanwhile (their kernels release the GIL). Records logged before the writer is ready wait in a
-    list; the first ``log`` after it is ready writes them, ``finish`` waits for it. A start that failed there is retried once here (a failure of the
-    thread's import machinery, not of the start, does not lose the events) and, failing again, raised at that
-    ``log`` / ``finish`` as the ``TrackerError`` naming the ``train.report_to`` entry."""
+    list; the first ``log`` after it is ready writes them, ``finish`` waits for it. A start that failed there is
+    retried once here (a failure of the thread's import machinery, not of the start, does not lose the events) and,
+    failing again, raised at that ``log`` / ``finish`` as the ``TrackerError`` naming the ``train.report_to`` entry."""
 
     def start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
         self.dir, self.purge_step = run_dir / "tensorboard", start_step or None
