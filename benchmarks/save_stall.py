@@ -94,7 +94,7 @@ def compare(quick: bool, seeds: int, device: str) -> dict[str, Any]:
                           "async: the step after a checkpoint pays the CPU snapshot (weights + optimizer state "
                           "copied into the previous snapshot's buffers); the write then runs beside the next steps, "
                           "on the same cores",
-                          f"load average (1 min) at the start/end of each run: "
+                          "load average (1 min) at the start/end of each run: "
                           + "; ".join(f"{arm} " + ", ".join(f"{r['load'][0]:.1f}-{r['load'][1]:.1f}" for r in runs)
                                       for arm, runs in raw.items())])
 
