@@ -22,6 +22,7 @@ spend over half their tokens on padding, as on real text of varied length.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -229,19 +230,28 @@ def ours_process(tmp: Path, data: dict[str, str], seed: int, precision: str) -> 
     return {"wall_s": wall, "cpu_s": cpu, **final["timing"], "accuracy": final["accuracy"]}
 
 
-def hf_process(tmp: Path, data: dict[str, str], seed: int, precision: str) -> dict[str, float]:
-    out = tmp / f"hf_{precision}_{seed}"
+def hf_process(tmp: Path, data: dict[str, str], seed: int, precision: str, checkpoint: bool = False
+               ) -> dict[str, float]:
+    """``checkpoint``: HF writes its resumable checkpoint at the end too (``hf_text_worker.py --checkpoint``)."""
+    out = tmp / f"hf_{precision}{'_ckpt' if checkpoint else ''}_{seed}"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "hf_text_worker.py"), minilm_path(), data["train_file"],
-           data["eval_file"], str(out), "--seed", str(seed), *(["--bf16"] if precision != "fp32" else [])]
+           data["eval_file"], str(out), "--seed", str(seed), *(["--bf16"] if precision != "fp32" else []),
+           *(["--checkpoint"] if checkpoint else [])]
     wall, cpu = launch(cmd, tmp / f"{out.name}.log")
     res = json.loads((tmp / f"{out.name}.log").read_text().strip().splitlines()[-1])
     return {"wall_s": wall, "cpu_s": cpu, **res["timing"], "accuracy": res["accuracy"]}
 
 
+HF_CKPT = "HF group_by_length fp32 + final checkpoint"
 #: arm name → (side, our train.precision / HF's --bf16 when not fp32)
 PROCESS_ARMS = {"mm_ptft fp32": (ours_process, "fp32"), "HF group_by_length fp32": (hf_process, "fp32"),
+                HF_CKPT: (functools.partial(hf_process, checkpoint=True), "fp32"),
                 "mm_ptft precision=auto": (ours_process, "auto"), "HF group_by_length bf16": (hf_process, "bf16")}
-PAIRS = (("mm_ptft fp32", "HF group_by_length fp32"), ("mm_ptft precision=auto", "HF group_by_length bf16"))
+#: arms run together, in an order reversed every other seed
+GROUPS = (("mm_ptft fp32", "HF group_by_length fp32", HF_CKPT), ("mm_ptft precision=auto", "HF group_by_length bf16"))
+#: (ours, theirs): the speed-up rows
+PAIRS = (("mm_ptft fp32", "HF group_by_length fp32"), ("mm_ptft precision=auto", "HF group_by_length bf16"),
+         ("mm_ptft fp32", HF_CKPT))
 
 
 def measure_processes(quick: bool, seeds: int) -> dict[str, list[dict[str, float]]]:
@@ -250,8 +260,8 @@ def measure_processes(quick: bool, seeds: int) -> dict[str, list[dict[str, float
         tmp = Path(tmp_dir)
         data = text_rows(tmp / "data", *((200, 100) if quick else ROWS))
         for seed in range(seeds):
-            for pair in PAIRS:
-                for name in pair[::(-1) ** seed]:  # ABBA…: the side that goes first alternates
+            for group in GROUPS:
+                for name in group[::(-1) ** seed]:  # ABBA…: the side that goes first alternates
                     side, precision = PROCESS_ARMS[name]
                     runs[name].append(side(tmp, data, seed, precision))
                     print(f"seed {seed} {name}: " + json.dumps({k: round(v, 2) for k, v in runs[name][-1].items()}),
@@ -283,8 +293,9 @@ def compare(quick: bool = False, seeds: int = 5, device: str = "") -> dict[str, 
              f"1 epoch, batch {BATCH}, CPU, each side's default torch threads; both sides timed as whole processes",
              "wall s: process start → exit, from the launching process; CPU s: the child's user+system seconds; "
              "start-up: process start (/proc/self/stat) → training starts; finish: after the final evaluation "
-             "(ours: final checkpoint, final_metrics, report.md PNGs, encoder dirs; HF: save_model); exit: wall less "
-             "the four phases (interpreter launch before the process clock, teardown)",
+             "(ours: final checkpoint, final_metrics, report.md PNGs, encoder dirs; HF: save_model, and with '+ final "
+             "checkpoint' its resumable checkpoint too, which it writes inside train() and is moved here); exit: "
+             "wall less the four phases (interpreter launch before the process clock, teardown)",
              "speed-up rows: per-seed ratio HF / ours of wall s (col. 2) and CPU s (col. 3); the accuracy column is "
              "ours − HF, paired. Target: ≥ 1.2× wall in fp32 and auto/bf16, accuracy within 0.02",
              "a shared 2-core machine loaded by other jobs: sides interleaved per seed, spread shown as ± sd"]
