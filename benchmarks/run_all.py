@@ -28,6 +28,7 @@ COMPARISONS = {"trainer_overhead": "benchmarks.trainer_overhead", "vs_hf_trainer
                "ctc_lm": "benchmarks.ctc_lm", "vs_open_clip_coca": "benchmarks.vs_open_clip_coca",
                "whisper_vs_seq2seqtrainer": "benchmarks.whisper_vs_seq2seqtrainer",
                "save_stall": "benchmarks.save_stall", "snapshot_stall": "benchmarks.snapshot_stall",
+               "checkpoint_write": "benchmarks.checkpoint_write",
                "threads_loaded": "benchmarks.threads_loaded",
                "vs_trl_sft": "benchmarks.vs_trl_sft", "video_loader": "benchmarks.video_loader"}
 QUICK_SEEDS = 2
