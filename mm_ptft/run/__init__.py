@@ -75,7 +75,8 @@ def save_best_encoders(model: torch.nn.Module, run_dir: Path, in_memory: Optiona
 def start(cfg: RunConfig, what: str = "train") -> None:
     """Seed, and claim ``output_dir`` before anything is written into it: another run there is refused
     unless resumed (``train.resume``) or replaced (``train.overwrite_output_dir``), and a second live writer
-    is refused by the run lock (``train.runlock``; taken by the main process)."""
+    is refused by the run lock (``train.runlock``; taken by the main process). With ``train.report`` the main
+    process starts report.md's child here (``report.prestart``)."""
     seed_everything(cfg.seed)
     if D.is_main_process():
         setup_console()  # the thread line is shown (the trainer's console comes later)
@@ -87,6 +88,10 @@ def start(cfg: RunConfig, what: str = "train") -> None:
         if D.is_main_process():
             runlock.acquire(Path(cfg.output_dir), what)
             rundir.clear_for_overwrite(cfg)
+    if what == "train" and cfg.train.report and D.is_main_process():
+        from mm_ptft.train.report import prestart
+
+        prestart()  # report.md's child loads matplotlib while this process loads the model and data
 
 
 def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, float]:

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import IO, Callable, NamedTuple, Optional, Sequence
 
 from mm_ptft.train.rundir import final_record, final_results
 
@@ -25,11 +25,7 @@ def write_report(run_dir: str | Path, go: Optional[Callable[[], bool]] = None) -
     """(Re)write ``RUN_DIR/report.md`` with curves of every logged loss and eval metric. ``go``: called once the
     plots are drawn, before ``final_metrics.json`` is read (a run draws while its final checkpoint is written);
     False: stop without writing report.md (None returned). Plots whose inputs changed meanwhile are drawn again."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     run_dir = Path(run_dir)
     drawn = _inputs_state(run_dir)
     sections = _plots(plt, run_dir)
@@ -49,6 +45,16 @@ def write_report(run_dir: str | Path, go: Optional[Callable[[], bool]] = None) -
     out = run_dir / "report.md"
     out.write_text("\n".join(lines + sections))
     return out
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _inputs_state(run_dir: Path) -> list[Optional[tuple[int, int]]]:
@@ -109,19 +115,63 @@ def _confusion_png(plt, run_dir: Path, cm: dict) -> list[str]:
     return ["## confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
 
 
+class _Child(NamedTuple):
+    proc: subprocess.Popen
+    stderr: IO[bytes]
+
+
+def _spawn(*args: str) -> _Child:
+    """``python -m mm_ptft.train.report ARGS`` with this very package first on its path (whatever sys.path holds),
+    stdin a pipe, stderr kept for ``join``."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "mm_ptft.train.report", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    return _Child(proc, stderr)
+
+
+_spare: Optional[_Child] = None  # started by prestart(), waiting for a run directory
+
+
+def prestart() -> None:
+    """Start the next ``ReportProcess``'s child now, so that its interpreter and matplotlib (about 0.55 CPU-seconds)
+    load on the core a run's start-up leaves idle (imports, ``from_pretrained`` and tokenizing are mostly one
+    thread) rather than beside the final checkpoint write. It waits for a run directory; one at a time per process;
+    it ends when this process does (its stdin closes) if no run takes it."""
+    global _spare
+    if _spare is None or _spare.proc.poll() is not None:
+        _spare = _spawn("--wait")
+
+
+def _take_spare(run_dir: Path) -> Optional[_Child]:
+    """The prestarted child, given ``run_dir``; None if there is none or it has ended."""
+    global _spare
+    child, _spare = _spare, None
+    if child is None:
+        return None
+    try:
+        if child.proc.poll() is None:
+            child.proc.stdin.write((json.dumps(str(run_dir.resolve())) + "\n").encode())
+            child.proc.stdin.flush()
+            return child
+    except BrokenPipeError:
+        pass
+    child.proc.wait()
+    child.stderr.close()
+    return None
+
+
 class ReportProcess:
-    """``write_report(run_dir)`` in a child interpreter, started at a run's final evaluation: it imports matplotlib
-    and draws the plots while the run writes its final checkpoint (on another core: no GIL shared, no matplotlib in
-    the run's process), and writes report.md once ``release()`` says final_metrics.json is on disk. ``join`` waits
-    and raises what it failed with; ``cancel`` (a failed run) ends it without report.md."""
+    """``write_report(run_dir)`` in a child interpreter, started at a run's final evaluation (the one ``prestart``
+    started, if any): it draws the plots while the run writes its final checkpoint (on another core: no GIL shared,
+    no matplotlib in the run's process), and writes report.md once ``release()`` says final_metrics.json is on
+    disk. ``join`` waits and raises what it failed with; ``cancel`` (a failed run) ends it without report.md. Each
+    step is a line on the child's stdin, never only its end: forked loader workers may hold a copy of the pipe."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.released = Path(run_dir), False
-        root = str(Path(__file__).resolve().parents[2])  # this very package's root, whatever sys.path holds
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "mm_ptft.train.report", str(self.run_dir)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+        self.proc, self.stderr = _take_spare(self.run_dir) or _spawn(str(self.run_dir))
 
     def release(self) -> None:
         """final_metrics.json is written: the child may read it and write report.md."""
@@ -130,9 +180,9 @@ class ReportProcess:
             self._tell(b"go\n")
 
     def cancel(self) -> None:
-        """End the child without report.md (its stdin closes before a go)."""
+        """End the child without report.md."""
         self.released = True
-        self._tell(b"")
+        self._tell(b"stop\n")
         self.proc.wait()
         self.stderr.close()
 
@@ -146,16 +196,24 @@ class ReportProcess:
             raise RuntimeError(f"report.md for {self.run_dir} failed (exit {code}): " + " | ".join(err[-5:]))
 
     def _tell(self, line: bytes) -> None:
+        if self.proc.stdin.closed:
+            return
         try:
-            if line:
-                self.proc.stdin.write(line)
+            self.proc.stdin.write(line)
             self.proc.stdin.close()
         except BrokenPipeError:  # the child ended already: join reports how
             pass
 
 
 def main(argv: Sequence[str]) -> int:
-    """The child of ``ReportProcess``: ``RUN_DIR``; report.md once stdin says ``go`` (EOF first: nothing)."""
+    """The child of ``ReportProcess``: ``RUN_DIR``, or ``--wait`` (``prestart``: matplotlib first, then the run
+    directory as a JSON line on stdin; ``stop`` or EOF: nothing); report.md once stdin says ``go``."""
+    if argv[:1] == ["--wait"]:
+        _pyplot()
+        line = sys.stdin.readline().strip()
+        if line in ("", "stop"):
+            return 0
+        argv = [json.loads(line)]
     write_report(argv[0], go=lambda: sys.stdin.readline().strip() == "go")
     return 0
 
