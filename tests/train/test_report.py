@@ -96,18 +96,23 @@ def test_cancel_ends_the_child_while_a_forked_process_holds_its_stdin(tmp_path):
         holder.join()
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie, left for init to reap, has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_spare_no_run_takes_ends_with_its_parent():
     code = ("import sys; from mm_ptft.train import report; report.prestart(); "
             "print(report._spare.proc.pid, flush=True)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     pid = int(out.stdout.split()[0])
     deadline = time.time() + 30
-    while Path(f"/proc/{pid}").exists() and time.time() < deadline:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] if Path(f"/proc/{pid}").exists() else ""
-        if state == "Z":  # ended; its parent (gone) left it for init to reap
-            break
+    while _running(pid) and time.time() < deadline:
         time.sleep(0.1)
-    alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    alive = _running(pid)
     if alive:
         os.kill(pid, 9)
     assert not alive, "the prestarted child outlived the process that started it"
